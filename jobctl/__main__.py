@@ -1,0 +1,5 @@
+import sys
+
+from jobctl.cli import main
+
+sys.exit(main())

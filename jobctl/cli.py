@@ -1,0 +1,343 @@
+"""The jobctl command line: parse, call the core (`jobctl.api`), render.
+
+No SQL and no status rules here. stdout carries data only (ids, statuses,
+JSON); messages and errors go to stderr as one line `jobctl: error: ...`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+
+from jobctl import model, render
+from jobctl.api import Jobctl, resolve_db_path
+from jobctl.model import JobctlError, UsageError
+
+EXIT_CODES_HELP = """
+Exit codes: 0 ok; 1 the job failed (watch/wait) or verify found a difference;
+2 usage (unknown option, unknown status word); 3 job not found;
+4 transition not allowed, or a conflicting --id; 5 database unusable
+(not a jobctl database, newer schema, read-only, full, or still locked);
+6 the job was cancelled (watch/wait); 124 timeout; 130 interrupted.
+"""
+
+app = typer.Typer(
+    name="jobctl",
+    help="A job database for scripts and CI pipelines that fan work out into child jobs.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+status_app = typer.Typer(help="Set or get a job's status.", no_args_is_help=True)
+db_app = typer.Typer(help="The database file.", no_args_is_help=True)
+app.add_typer(status_app, name="status")
+app.add_typer(db_app, name="db")
+
+JSON = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for lists).")]
+
+
+def info(message: str) -> None:
+    """A message for the person, on stderr."""
+    sys.stderr.write(f"jobctl: {message}\n")
+
+
+def open_db(ctx: typer.Context) -> Jobctl:
+    return Jobctl(ctx.obj["db"])
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    db: Annotated[Optional[str], typer.Option("--db", metavar="PATH",
+                                              help="Database file [default: $JOBCTL_DB, else "
+                                                   "~/.local/share/jobctl/jobctl.db].")] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """A job database for scripts and CI pipelines that fan work out into child jobs."""
+    if version:
+        from jobctl import __version__
+
+        print(__version__)
+        raise typer.Exit()
+    ctx.obj = {"db": db}
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create (or migrate) the database now instead of on first use."""
+    jc = open_db(ctx)
+    info(f"database ready: {jc.path}")
+
+
+@db_app.command("path")
+def db_path(ctx: typer.Context) -> None:
+    """Print the path of the database in use (--db, $JOBCTL_DB or the default)."""
+    print(resolve_db_path(ctx.obj["db"]))
+
+
+def parse_meta(items: List[str]) -> dict:
+    meta = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad --meta {item!r}: use KEY=VALUE")
+        meta[key.strip()] = value
+    return meta
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The job's name.")],
+    type: Annotated[Optional[str], typer.Option("--type", help="A type label, e.g. crawl.")] = None,
+    id: Annotated[Optional[str], typer.Option("--id", help="Choose the id; rerunning with the same "
+                                              "attributes is then a no-op (exit 4 if they differ).")] = None,
+    parent: Annotated[Optional[str], typer.Option("--parent", help="Make it a child of this job.")] = None,
+    meta: Annotated[List[str], typer.Option("--meta", metavar="KEY=VALUE",
+                                            help="Metadata, repeatable.")] = [],
+) -> None:
+    """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
+    meta_dict = parse_meta(meta)
+    print(open_db(ctx).create(name, type=type, parent=parent, id=id, meta=meta_dict))
+
+
+@app.command()
+def spawn(
+    ctx: typer.Context,
+    parent: Annotated[str, typer.Argument(help="The parent job.")],
+    count: Annotated[Optional[int], typer.Option("--count", help="How many children.")] = None,
+    name: Annotated[List[str], typer.Option("--name", help="A child's name, repeatable.")] = [],
+    names_from: Annotated[Optional[str], typer.Option("--names-from", metavar="FILE|-",
+                                                      help="Child names, one per line.")] = None,
+    type: Annotated[Optional[str], typer.Option("--type", help="The children's type.")] = None,
+) -> None:
+    """Create children of PARENT, pending, in one transaction; print their ids, one per line."""
+    if sum(x is not None and x != [] for x in (count, name, names_from)) != 1:
+        raise UsageError("give exactly one of --count, --name or --names-from")
+    names = list(name) or None
+    if names_from is not None:
+        names = read_lines(names_from, "--names-from")
+    ids = open_db(ctx).spawn(parent, count=count, names=names, type=type)
+    sys.stdout.write("\n".join(ids) + "\n")
+
+
+def read_lines(source: str, option: str) -> List[str]:
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {option} {source}: {exc}") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+@status_app.command("set")
+def status_set(
+    ctx: typer.Context,
+    args: Annotated[List[str], typer.Argument(metavar="JOB... STATUS",
+                                              help="Job ids, then the new status.")],
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Why; shown in the log.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Allow any transition, even out of a final "
+                                        "status, and on a job with children.")] = False,
+    stdin: Annotated[bool, typer.Option("--stdin", help="Also read job ids from stdin.")] = False,
+) -> None:
+    """Set the status of one or more jobs, all or nothing, in one transaction.
+
+    Statuses: pending, running, completed, failed, cancelled. Setting the
+    status a job already has is a no-op (exit 0, no event).
+    """
+    *ids, status = args
+    model.check_status_word(status)
+    if stdin:
+        ids += sys.stdin.read().split()
+    open_db(ctx).set_status(ids, status, message=message, force=force)
+
+
+@status_app.command("get")
+def status_get(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Print the job's status word."""
+    print(open_db(ctx).status(job))
+
+
+@app.command()
+def progress(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
+             json: JSON = False) -> None:
+    """Print the counts of the job's children: 66 pending, 1 running, 41 completed, 0 failed."""
+    p = open_db(ctx).progress(job)
+    render.write_json(p) if json else print(p["progress_text"])
+
+
+@app.command()
+def show(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
+         json: JSON = False) -> None:
+    """Show a job: its fields, metadata and progress."""
+    j = open_db(ctx).get(job)
+    render.write_json(j) if json else render.job(j)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    parent: Annotated[Optional[str], typer.Option("--parent", help="Only children of this job.")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="Only jobs with this status.")] = None,
+    type: Annotated[Optional[str], typer.Option("--type", help="Only jobs of this type.")] = None,
+    stale_after: Annotated[Optional[str], typer.Option(
+        "--stale-after", metavar="DURATION",
+        help="Only running jobs whose last heartbeat (or start) is older than this: 90s, 5m, 1h.")] = None,
+    json: JSON = False,
+) -> None:
+    """List jobs, oldest first: a table on a terminal, id<TAB>status<TAB>name lines in a pipe."""
+    stale = model.parse_duration(stale_after) if stale_after is not None else None
+    rows = open_db(ctx).list(parent=parent, status=status, type=type, stale_after=stale)
+    render.write_ndjson(rows) if json else render.jobs(rows)
+
+
+@app.command()
+def tree(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The root of the tree.")],
+         json: JSON = False) -> None:
+    """Show the job and its descendants: every node's status, every parent's progress."""
+    rows = open_db(ctx).tree(job)
+    render.write_ndjson(rows) if json else render.tree(rows)
+
+
+@app.command()
+def log(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job id.")],
+    message: Annotated[str, typer.Argument(help="The log line.")],
+    level: Annotated[str, typer.Option("--level", help="info, warning or error.")] = "info",
+) -> None:
+    """Append a line to the job's log (watchers see it live)."""
+    open_db(ctx).log(job, message, level=level)
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job id.")],
+    children: Annotated[bool, typer.Option("--children", help="Include the children's changes, "
+                                           "each with the progress after it.")] = False,
+    json: JSON = False,
+) -> None:
+    """Show the job's log: its status changes and log lines, oldest first."""
+    lines = open_db(ctx).logs(job, children=children)
+    if json:
+        render.write_ndjson(lines)
+    else:
+        for line in lines:
+            render.write_line(f"{line['at']} [{line['level']}] {render.plain(line['text'])}")
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    job: Annotated[Optional[str], typer.Option("--job", help="Only this job and its descendants.")] = None,
+    since: Annotated[int, typer.Option("--since", metavar="EVENT_ID", help="Only events after this id.")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many.")] = None,
+    json: JSON = False,
+) -> None:
+    """Print events in event-id order (the id is the cursor for --since)."""
+    rows = open_db(ctx).events(job=job, since=since, limit=limit)
+    if json:
+        render.write_ndjson(render.event_json(e) for e in rows)
+    else:
+        for e in rows:
+            render.write_line(render.event_line(e))
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job id.")],
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Why.")] = None,
+) -> None:
+    """Cancel the job and every unfinished descendant; print the ids cancelled."""
+    for job_id in open_db(ctx).cancel(job, message=message):
+        print(job_id)
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job id.")],
+    failed_children: Annotated[bool, typer.Option("--failed-children",
+                                                  help="Retry only failed jobs below JOB.")] = False,
+) -> None:
+    """Put a failed or cancelled job back to pending (for a parent: its failed or
+    cancelled jobs below it); print the ids retried."""
+    ids = open_db(ctx).retry(job, failed_children=failed_children)
+    if not ids:
+        info("nothing to retry")
+    for job_id in ids:
+        print(job_id)
+
+
+@app.command()
+def claim(ctx: typer.Context, parent: Annotated[str, typer.Argument(help="The parent job.")]) -> None:
+    """Take the oldest pending child of PARENT, set it running and print its id (exit 3 if none)."""
+    job_id = open_db(ctx).claim(parent)
+    if job_id is None:
+        raise model.NotFound(f"job {parent} has no pending child")
+    print(job_id)
+
+
+@app.command()
+def heartbeat(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Record that the job's worker is alive (no event: not a status change)."""
+    open_db(ctx).heartbeat(job)
+
+
+@app.command()
+def reap(
+    ctx: typer.Context,
+    stale_after: Annotated[str, typer.Option("--stale-after", metavar="DURATION",
+                                             help="Heartbeat age that counts as dead: 90s, 5m, 1h.")],
+    to: Annotated[str, typer.Option("--to", help="failed or pending.")] = "failed",
+) -> None:
+    """Move running jobs whose worker stopped beating to failed (or pending); print their ids."""
+    for job_id in open_db(ctx).reap(model.parse_duration(stale_after), to=to):
+        print(job_id)
+
+
+@app.command()
+def verify(ctx: typer.Context, json: JSON = False) -> None:
+    """Check that replaying the events reproduces the jobs table, that the kept
+    child counts match a real count, and SQLite's integrity check. Exit 1 on any difference."""
+    problems = open_db(ctx).verify()
+    if json:
+        render.write_json({"ok": not problems, "problems": problems})
+    else:
+        for p in problems:
+            print(p)
+        info("verify: ok" if not problems else f"verify: {len(problems)} difference(s)")
+    if problems:
+        raise typer.Exit(1)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The console script: run the app, turning every error into one line on stderr."""
+    from typer._click.exceptions import NoArgsIsHelpError  # typer >= 0.28 vendors click
+    from typer.exceptions import TyperException
+
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="jobctl", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except JobctlError as exc:
+        sys.stderr.write(f"jobctl: error: {exc}\n")
+        return exc.exit_code
+    except NoArgsIsHelpError as exc:
+        sys.stderr.write(exc.format_message() + "\n")
+        return model.EXIT_USAGE
+    except TyperException as exc:
+        text = " ".join(exc.format_message().split())
+        sys.stderr.write(f"jobctl: error: {text} (see --help)\n")
+        return getattr(exc, "exit_code", model.EXIT_USAGE)
+    except KeyboardInterrupt:
+        return model.EXIT_INTERRUPTED

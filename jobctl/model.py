@@ -1,0 +1,201 @@
+"""The status model: statuses, allowed transitions, derived parent status,
+status timestamps and the replay of events. Pure code: no I/O, no SQL.
+
+Every rule about how a job's status may change lives here, so the write path
+(`jobctl.api`) and the replay check (`jobctl verify`) apply the same rules.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Mapping
+
+PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = (
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+)
+STATUSES: tuple[str, ...] = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
+TERMINAL: frozenset[str] = frozenset({COMPLETED, FAILED, CANCELLED})
+ACTIVE: frozenset[str] = frozenset({PENDING, RUNNING})
+
+# The transition table, written down as data. A non-terminal job may move to
+# any other status except running -> pending; terminal statuses are final.
+ALLOWED: Mapping[str, frozenset[str]] = {
+    PENDING: frozenset({RUNNING, COMPLETED, FAILED, CANCELLED}),
+    RUNNING: frozenset({COMPLETED, FAILED, CANCELLED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+# `retry` is the one way back out of a terminal status (besides --force).
+RETRYABLE: frozenset[str] = frozenset({FAILED, CANCELLED})
+
+# Event kinds in the events table.
+CREATE, STATUS, LOG = "create", "status", "log"
+LOG_LEVELS: tuple[str, ...] = ("info", "warning", "error")
+
+# Exit codes, documented in the README and in `jobctl --help`.
+EXIT_OK = 0
+EXIT_FAILED = 1  # watch/wait: the job failed
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_DATABASE = 5
+EXIT_CANCELLED = 6  # watch/wait: the job was cancelled
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+
+# The exit status `watch --exit-status` and `wait` give for a terminal status.
+EXIT_FOR_STATUS: Mapping[str, int] = {
+    COMPLETED: EXIT_OK,
+    FAILED: EXIT_FAILED,
+    CANCELLED: EXIT_CANCELLED,
+}
+# How bad each outcome is, for `wait` on several jobs: the worst one wins.
+SEVERITY: Mapping[int, int] = {EXIT_OK: 0, EXIT_CANCELLED: 1, EXIT_FAILED: 2, EXIT_TIMEOUT: 3}
+
+MAX_NAME_LENGTH = 1000
+MAX_MESSAGE_LENGTH = 100_000
+
+
+class JobctlError(Exception):
+    """An error a user can act on; `exit_code` is what the CLI exits with."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(JobctlError):
+    exit_code = EXIT_USAGE
+
+
+class NotFound(JobctlError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class Conflict(JobctlError):
+    """A transition that is not allowed, or a conflicting `--id`."""
+
+    exit_code = EXIT_CONFLICT
+
+
+class DatabaseUnusable(JobctlError):
+    exit_code = EXIT_DATABASE
+
+
+def check_status_word(word: str) -> str:
+    """Return `word` if it is a status, else raise a usage error listing them."""
+    if word not in STATUSES:
+        raise UsageError(f"unknown status {word!r} (valid: {', '.join(STATUSES)})")
+    return word
+
+
+def check_transition(job_id: str, old: str, new: str, *, force: bool = False) -> None:
+    """Raise Conflict unless `old -> new` is allowed. Same-status is the caller's no-op."""
+    if force or new in ALLOWED[old]:
+        return
+    if old in TERMINAL:
+        hint = " (use `jobctl retry` or --force)" if new == PENDING and old in RETRYABLE else " (use --force)"
+        raise Conflict(f"job {job_id} is {old}, a final status: {old} → {new} not allowed{hint}")
+    raise Conflict(f"job {job_id}: {old} → {new} not allowed (use --force)")
+
+
+def derive_status(counts: Mapping[str, int], current: str) -> str:
+    """A parent's status from the counts of its direct children.
+
+    No children: the job keeps its status. Any child pending or running: running.
+    All terminal: failed if any failed, cancelled if all cancelled, else completed.
+    """
+    total = sum(counts.get(s, 0) for s in STATUSES)
+    if total == 0:
+        return current
+    if counts.get(PENDING, 0) or counts.get(RUNNING, 0):
+        return RUNNING
+    if counts.get(FAILED, 0):
+        return FAILED
+    if counts.get(CANCELLED, 0) == total:
+        return CANCELLED
+    return COMPLETED
+
+
+def enter_status(job: dict, new: str, at: str) -> None:
+    """Set `job['status']` and its status timestamps, in place.
+
+    started_at is set on entering running, completed_at on entering a terminal
+    status; going back to pending (retry) clears both, so a retried job's
+    timestamps describe its latest attempt.
+    """
+    job["status"] = new
+    job["updated_at"] = at
+    if new == RUNNING:
+        job["started_at"] = at
+        job["completed_at"] = None
+    elif new in TERMINAL:
+        job["completed_at"] = at
+    else:
+        job["started_at"] = None
+        job["completed_at"] = None
+
+
+REPLAYED_FIELDS = ("parent_id", "status", "created_at", "started_at", "completed_at", "updated_at")
+
+
+def replay(events: Iterable[Mapping]) -> dict[str, dict]:
+    """Fold events (in id order) into every job's state, from empty.
+
+    Returns {job_id: {field: value}} for REPLAYED_FIELDS. A status event whose
+    old status does not match the replayed state is kept as is: `verify` then
+    reports the job as different, which is the point.
+    """
+    jobs: dict[str, dict] = {}
+    for e in events:
+        kind = e["kind"]
+        if kind == CREATE:
+            job = {"parent_id": e["parent_id"], "created_at": e["at"], "started_at": None,
+                   "completed_at": None}
+            enter_status(job, e["new_status"], e["at"])
+            jobs[e["job_id"]] = job
+        elif kind == STATUS:
+            job = jobs.get(e["job_id"])
+            if job is None:  # a status change for a job never created
+                job = jobs[e["job_id"]] = {"parent_id": e["parent_id"], "created_at": None,
+                                           "started_at": None, "completed_at": None}
+            enter_status(job, e["new_status"], e["at"])
+    return jobs
+
+
+def timestamp(t: float) -> str:
+    """A Unix time as an ISO 8601 UTC string with microseconds, sortable as text."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def now() -> str:
+    return timestamp(time.time())
+
+
+def ago(seconds: float) -> str:
+    """The timestamp `seconds` before now."""
+    return timestamp(time.time() - seconds)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1h', '2d' or plain seconds -> seconds. Raises UsageError."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    try:
+        if t and t[-1] in units:
+            value = float(t[:-1]) * units[t[-1]]
+        else:
+            value = float(t)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(f"bad duration {text!r} (use e.g. 90s, 5m, 1h)")
+    return value

@@ -1,0 +1,61 @@
+"""Progress: the counts of a job's direct children by status, folding events
+into counts, and the text and JSON forms. Pure code: no I/O."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from jobctl.model import CANCELLED, COMPLETED, CREATE, FAILED, PENDING, RUNNING, STATUS, STATUSES
+
+
+def empty_counts() -> dict[str, int]:
+    return {s: 0 for s in STATUSES}
+
+
+def fold(counts: dict[str, int], old: str | None, new: str | None, n: int = 1) -> None:
+    """Apply `n` children's change old -> new to `counts`, in place, in O(1).
+
+    old None means the children were just created; new None means they went away.
+    """
+    if old is not None:
+        counts[old] -= n
+    if new is not None:
+        counts[new] += n
+
+
+def fold_events(events: Iterable[Mapping], parent_id: str, counts: dict[str, int] | None = None):
+    """Yield (event, counts after it) for every event, folding the events of
+    `parent_id`'s direct children into `counts` (a fresh zero count by default).
+
+    The same dict is yielded each time: copy it to keep a snapshot.
+    """
+    counts = empty_counts() if counts is None else counts
+    for e in events:
+        if e["parent_id"] == parent_id and e["kind"] in (CREATE, STATUS):
+            fold(counts, e["old_status"], e["new_status"])
+        yield e, counts
+
+
+def progress_text(counts: Mapping[str, int]) -> str:
+    """`66 pending, 1 running, 41 completed, 0 failed`, plus `, V cancelled` when V > 0."""
+    text = (
+        f"{counts.get(PENDING, 0)} pending, {counts.get(RUNNING, 0)} running, "
+        f"{counts.get(COMPLETED, 0)} completed, {counts.get(FAILED, 0)} failed"
+    )
+    if counts.get(CANCELLED, 0):
+        text += f", {counts[CANCELLED]} cancelled"
+    return text
+
+
+def progress_dict(job_id: str, status: str, counts: Mapping[str, int]) -> dict:
+    """The JSON form of a job's progress."""
+    d: dict = {"job_id": job_id, "status": status, "total_children": sum(counts.get(s, 0) for s in STATUSES)}
+    for s in STATUSES:
+        d[f"{s}_children"] = counts.get(s, 0)
+    d["progress_text"] = progress_text(counts)
+    return d
+
+
+def finished(counts: Mapping[str, int]) -> int:
+    """How many children are in a terminal status."""
+    return counts.get(COMPLETED, 0) + counts.get(FAILED, 0) + counts.get(CANCELLED, 0)

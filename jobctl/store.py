@@ -1,0 +1,407 @@
+"""The SQLite store: the only module that speaks SQL.
+
+Connection settings (WAL, busy timeout, foreign keys, `BEGIN IMMEDIATE`),
+schema and numbered migrations, and the queries the core needs. The interface
+is deliberately narrow (rows in, rows out) so that a second backend can sit
+behind it. Rules about statuses live in `jobctl.model`, not here.
+
+sqlite-utils is imported only when a migration has to run: a database whose
+`PRAGMA user_version` is current is used through plain sqlite3, which keeps
+one-shot commands such as `jobctl status set` fast.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
+
+from jobctl.model import STATUSES, DatabaseUnusable
+
+APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
+SCHEMA_VERSION = 1  # the number of migrations below; stored in PRAGMA user_version
+DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
+BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter, after the busy timeout
+
+JOB_COLUMNS = (
+    "id", "parent_id", "root_id", "name", "type", "status", "created_at",
+    "started_at", "completed_at", "updated_at", "last_heartbeat", "metadata",
+)
+EVENT_COLUMNS = (
+    "job_id", "parent_id", "root_id", "kind", "old_status", "new_status", "at", "message", "log_id",
+)
+_EVENT_SELECT = (
+    "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
+    " coalesce(l.message, e.message) AS message, l.level AS level"
+    " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
+)
+_CHUNK = 500  # ids per `IN (...)` query, below SQLite's variable limit
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
+    return {d[0]: v for d, v in zip(cursor.description, row)}
+
+
+def busy_timeout_from_env() -> float:
+    raw = os.environ.get("JOBCTL_BUSY_TIMEOUT")
+    if not raw:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise DatabaseUnusable(f"JOBCTL_BUSY_TIMEOUT must be a number of seconds, not {raw!r}")
+    return value
+
+
+def _unusable(path: str, exc: BaseException) -> DatabaseUnusable:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return DatabaseUnusable(f"database {path} is still locked after the busy timeout"
+                                " (set JOBCTL_BUSY_TIMEOUT to wait longer)")
+    if "readonly" in text or "read-only" in text:
+        return DatabaseUnusable(f"database {path} is read-only")
+    if "disk is full" in text or "full" in text:
+        return DatabaseUnusable(f"database {path}: disk is full; nothing was written")
+    if "not a database" in text:
+        return DatabaseUnusable(f"{path} is not a jobctl database (not an SQLite file)")
+    return DatabaseUnusable(f"database {path}: {text}")
+
+
+class Store:
+    """One connection to a jobctl database."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str):
+        self.conn = conn
+        self.path = path
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str, *, busy_timeout: float | None = None) -> "Store":
+        """Open (creating and migrating as needed) the jobctl database at `path`.
+
+        Anything that is not a jobctl database, or is one from a newer jobctl,
+        is refused with DatabaseUnusable and left byte-identical.
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise DatabaseUnusable(f"{path} is a directory, not a database file")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise DatabaseUnusable(f"cannot create database {path}: directory {parent} does not exist")
+        timeout = busy_timeout_from_env() if busy_timeout is None else busy_timeout
+        try:
+            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _unusable(path, exc) from None
+        store = cls(conn, path)
+        try:
+            store._check_and_migrate()
+        except BaseException:
+            conn.close()
+            raise
+        conn.row_factory = _dict_row
+        return store
+
+    def _check_and_migrate(self) -> None:
+        try:
+            app_id, version = self._header()
+            if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
+                self._settings()
+                return
+            self._refuse_foreign(app_id, version)
+            # Fresh file, or an older jobctl schema: migrate under the write
+            # lock, re-checking once we hold it (another process may have won).
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            self._settings()
+            with self.write():
+                app_id, version = self._header()
+                self._refuse_foreign(app_id, version)
+                if version < SCHEMA_VERSION:
+                    _migrate(self.conn)
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
+
+    def _header(self) -> tuple[int, int]:
+        return self.conn.execute("SELECT * FROM pragma_application_id, pragma_user_version").fetchone()
+
+    def _refuse_foreign(self, app_id: int, version: int) -> None:
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise DatabaseUnusable(
+                    f"database {self.path} has schema version {version}, newer than this jobctl"
+                    f" understands ({SCHEMA_VERSION}): upgrade jobctl")
+            return
+        has_tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != 0 or has_tables:
+            raise DatabaseUnusable(f"{self.path} is not a jobctl database (it belongs to another program)")
+
+    def _settings(self) -> None:
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------ transactions
+    @contextmanager
+    def write(self) -> Iterator["Store"]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
+
+        BEGIN IMMEDIATE takes the write lock up front, so a transaction never
+        fails half-way with "database is locked"; the busy timeout waits for
+        the lock, and a few jittered retries follow if it runs out.
+        """
+        conn = self.conn
+        for attempt in range(BEGIN_RETRIES + 1):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == BEGIN_RETRIES:
+                    raise _unusable(self.path, exc) from None
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        try:
+            yield self
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _unusable(self.path, exc) from None
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator["Store"]:
+        """A read transaction: every query inside sees the same snapshot."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
+
+    # -------------------------------------------------------------------- jobs
+    def get_job(self, job_id: str) -> dict | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def get_jobs(self, ids: Sequence[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
+                found[row["id"]] = row
+        return found
+
+    def insert_jobs(self, jobs: Iterable[dict]) -> None:
+        cols = ",".join(JOB_COLUMNS)
+        marks = ",".join("?" * len(JOB_COLUMNS))
+        self.conn.executemany(f"INSERT INTO jobs ({cols}) VALUES ({marks})",
+                              (tuple(j.get(c) for c in JOB_COLUMNS) for j in jobs))
+
+    def update_statuses(self, jobs: Iterable[dict]) -> None:
+        """Write status and status timestamps of each job dict back."""
+        self.conn.executemany(
+            "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ? WHERE id = ?",
+            ((j["status"], j["started_at"], j["completed_at"], j["updated_at"], j["id"]) for j in jobs))
+
+    def set_heartbeat(self, job_id: str, at: str) -> bool:
+        cur = self.conn.execute("UPDATE jobs SET last_heartbeat = ? WHERE id = ?", (at, job_id))
+        return cur.rowcount == 1
+
+    def has_children(self, job_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM jobs WHERE parent_id = ? LIMIT 1", (job_id,)))
+
+    def children(self, parent_id: str) -> list[dict]:
+        return self._query("SELECT * FROM jobs WHERE parent_id = ? ORDER BY rowid", (parent_id,))
+
+    def subtree(self, job_id: str) -> list[dict]:
+        """The job and all its descendants, parents before children."""
+        return self._query(
+            "WITH RECURSIVE t(id, depth) AS (SELECT ?, 0 UNION ALL"
+            " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
+            " SELECT jobs.*, t.depth AS depth FROM t JOIN jobs ON jobs.id = t.id ORDER BY t.depth, jobs.rowid",
+            (job_id,))
+
+    def list_jobs(self, *, parent_id: str | None = None, status: str | None = None,
+                  type: str | None = None, running_since_before: str | None = None,
+                  limit: int | None = None) -> Iterator[dict]:
+        """Jobs matching every given filter, oldest first, streamed.
+
+        running_since_before: only running jobs whose last heartbeat (or start,
+        when they never sent one) is older than that timestamp.
+        """
+        where, params = [], []
+        if parent_id is not None:
+            where.append("parent_id = ?")
+            params.append(parent_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if type is not None:
+            where.append("type = ?")
+            params.append(type)
+        if running_since_before is not None:
+            # Jobs with children are not stale: their status is derived, no worker beats for them.
+            where.append("status = 'running' AND coalesce(last_heartbeat, started_at) < ?"
+                         " AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)")
+            params.append(running_since_before)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        try:
+            yield from self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
+
+    # ------------------------------------------------------------------ counts
+    def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """The kept child counts of each parent (zeros for a job with no children)."""
+        out = {p: dict.fromkeys(STATUSES, 0) for p in parent_ids}
+        for i in range(0, len(parent_ids), _CHUNK):
+            chunk = parent_ids[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT * FROM child_counts WHERE parent_id IN ({marks})", chunk):
+                out[row["parent_id"]] = {s: row[s] for s in STATUSES}
+        return out
+
+    def save_counts(self, counts: dict[str, dict[str, int]]) -> None:
+        cols = ",".join(STATUSES)
+        self.conn.executemany(
+            f"INSERT OR REPLACE INTO child_counts (parent_id, {cols}) VALUES (?, ?, ?, ?, ?, ?)",
+            ((p, *(c[s] for s in STATUSES)) for p, c in counts.items()))
+
+    def count_children(self, parent_id: str | None = None) -> dict[str, dict[str, int]]:
+        """A real count of children by status, per parent (for verify)."""
+        sql = "SELECT parent_id, status, count(*) AS n FROM jobs WHERE parent_id IS NOT NULL"
+        params: tuple = ()
+        if parent_id is not None:
+            sql += " AND parent_id = ?"
+            params = (parent_id,)
+        out: dict[str, dict[str, int]] = {}
+        for row in self._query(sql + " GROUP BY parent_id, status", params):
+            out.setdefault(row["parent_id"], dict.fromkeys(STATUSES, 0))[row["status"]] = row["n"]
+        return out
+
+    def all_counts(self) -> dict[str, dict[str, int]]:
+        return {r["parent_id"]: {s: r[s] for s in STATUSES}
+                for r in self._query("SELECT * FROM child_counts")}
+
+    # ------------------------------------------------------------ events, logs
+    def insert_events(self, events: Iterable[dict]) -> None:
+        cols = ",".join(EVENT_COLUMNS)
+        marks = ",".join("?" * len(EVENT_COLUMNS))
+        self.conn.executemany(f"INSERT INTO events ({cols}) VALUES ({marks})",
+                              (tuple(e.get(c) for c in EVENT_COLUMNS) for e in events))
+
+    def insert_log(self, job_id: str, level: str, message: str, at: str) -> int:
+        cur = self.conn.execute("INSERT INTO logs (job_id, level, message, at) VALUES (?, ?, ?, ?)",
+                                (job_id, level, message, at))
+        return cur.lastrowid
+
+    def events(self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None,
+               limit: int | None = None) -> list[dict]:
+        """Events with id > since, in id order, optionally of one tree or one job."""
+        sql = _EVENT_SELECT + " WHERE e.id > ?"
+        params: list = [since]
+        if root_id is not None:
+            sql += " AND e.root_id = ?"
+            params.append(root_id)
+        if job_id is not None:
+            sql += " AND e.job_id = ?"
+            params.append(job_id)
+        sql += " ORDER BY e.id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._query(sql, params)
+
+    def child_events(self, parent_id: str) -> list[dict]:
+        """Events of a job and of its direct children, in id order."""
+        return self._query(_EVENT_SELECT + " WHERE e.job_id = ? OR e.parent_id = ? ORDER BY e.id",
+                           (parent_id, parent_id))
+
+    def last_event_id(self) -> int:
+        return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (cheap: no disk read)."""
+        return self.conn.execute("PRAGMA data_version").fetchone()["data_version"]
+
+    # ------------------------------------------------------------------ verify
+    def all_jobs(self) -> list[dict]:
+        return self._query("SELECT * FROM jobs ORDER BY rowid")
+
+    def all_events(self) -> Iterator[dict]:
+        return iter(self._query("SELECT * FROM events ORDER BY id"))
+
+    def integrity_check(self) -> list[str]:
+        rows = self._query("PRAGMA integrity_check")
+        problems = [next(iter(r.values())) for r in rows]
+        return [] if problems == ["ok"] else problems
+
+    def wal_checkpoint(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+# --------------------------------------------------------------- migrations
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending numbered migrations (inside the caller's transaction)."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    migrations = Migrations("jobctl")
+
+    @migrations(name="0001_initial")
+    def initial(db: Database) -> None:
+        db["jobs"].create(
+            {"id": str, "parent_id": str, "root_id": str, "name": str, "type": str, "status": str,
+             "created_at": str, "started_at": str, "completed_at": str, "updated_at": str,
+             "last_heartbeat": str, "metadata": str},
+            pk="id", not_null={"root_id", "name", "status", "created_at", "updated_at"},
+            foreign_keys=[("parent_id", "jobs", "id")],
+        )
+        # Lists a parent's children by status, and finds stale running jobs.
+        db["jobs"].create_index(["parent_id", "status"])
+        db["jobs"].create_index(["status", "last_heartbeat"])
+        # AUTOINCREMENT: an event id is never reused, it is every consumer's cursor.
+        db.execute(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " job_id TEXT NOT NULL REFERENCES jobs(id), parent_id TEXT, root_id TEXT NOT NULL,"
+            " kind TEXT NOT NULL, old_status TEXT, new_status TEXT, at TEXT NOT NULL,"
+            " message TEXT, log_id INTEGER REFERENCES logs(id))")
+        db["events"].create_index(["root_id", "id"])
+        db["events"].create_index(["job_id", "id"])
+        db["events"].create_index(["parent_id", "id"])
+        for action in ("UPDATE", "DELETE"):
+            db.execute(f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events"
+                       " BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END")
+        db["logs"].create(
+            {"id": int, "job_id": str, "level": str, "message": str, "at": str},
+            pk="id", not_null={"job_id", "level", "message", "at"},
+            foreign_keys=[("job_id", "jobs", "id")],
+        )
+        db["logs"].create_index(["job_id", "id"])
+        db["child_counts"].create(
+            {"parent_id": str, **{s: int for s in STATUSES}},
+            pk="parent_id", not_null=set(STATUSES), defaults=dict.fromkeys(STATUSES, 0),
+            foreign_keys=[("parent_id", "jobs", "id")],
+        )
+
+    db = Database(conn, execute_plugins=False)
+    migrations.apply(db)
+    assert len(migrations.pending(db)) == 0
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {len(migrations._migrations)}")
