@@ -10,6 +10,7 @@ import sys
 from typing import Annotated, List, Optional
 
 import typer
+import typer.core
 
 
 from jobctl import model, render
@@ -24,7 +25,34 @@ Exit codes: 0 ok; 1 the job failed (watch/wait) or verify found a difference;
 6 the job was cancelled (watch/wait); 124 timeout; 130 interrupted.
 """
 
+class JobctlGroup(typer.core.TyperGroup):
+    """Turns every error, ours or the parser's, into one line on stderr and its exit code,
+    whether the app runs as the console script or under typer's CliRunner."""
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        from typer._click.exceptions import NoArgsIsHelpError  # typer 0.28 vendors click
+        from typer.exceptions import TyperException
+
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "jobctl", standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except JobctlError as exc:
+            sys.stderr.write(f"jobctl: error: {exc}\n")
+            code = exc.exit_code
+        except NoArgsIsHelpError as exc:  # bare `jobctl`: the help, as a usage error
+            sys.stderr.write(exc.format_message() + "\n")
+            code = model.EXIT_USAGE
+        except TyperException as exc:
+            text = " ".join(exc.format_message().split())
+            sys.stderr.write(f"jobctl: error: {text} (see --help)\n")
+            code = getattr(exc, "exit_code", model.EXIT_USAGE)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=JobctlGroup,
     name="jobctl",
     help="A job database for scripts and CI pipelines that fan work out into child jobs.",
     epilog=EXIT_CODES_HELP,
@@ -53,8 +81,8 @@ def open_db(ctx: typer.Context) -> Jobctl:
 def main_options(
     ctx: typer.Context,
     db: Annotated[Optional[str], typer.Option("--db", metavar="PATH",
-                                              help="Database file [default: $JOBCTL_DB, else "
-                                                   "~/.local/share/jobctl/jobctl.db].")] = None,
+                                              help="Database file (default: $JOBCTL_DB, else "
+                                                   "~/.local/share/jobctl/jobctl.db).")] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """A job database for scripts and CI pipelines that fan work out into child jobs."""
@@ -269,8 +297,10 @@ def retry(
     failed_children: Annotated[bool, typer.Option("--failed-children",
                                                   help="Retry only failed jobs below JOB.")] = False,
 ) -> None:
-    """Put a failed or cancelled job back to pending (for a parent: its failed or
-    cancelled jobs below it); print the ids retried."""
+    """Put a failed or cancelled job back to pending; print the ids retried.
+
+    For a job with children, its failed or cancelled jobs below it are retried.
+    """
     ids = open_db(ctx).retry(job, failed_children=failed_children)
     if not ids:
         info("nothing to retry")
@@ -307,8 +337,12 @@ def reap(
 
 @app.command()
 def verify(ctx: typer.Context, json: JSON = False) -> None:
-    """Check that replaying the events reproduces the jobs table, that the kept
-    child counts match a real count, and SQLite's integrity check. Exit 1 on any difference."""
+    """Check the database: events replay to the jobs table, counts are right. Exit 1 if not.
+
+    Replays the events from empty and compares every job's status and status
+    timestamps, compares the kept child counts with a real count, and runs
+    SQLite's integrity check.
+    """
     problems = open_db(ctx).verify()
     if json:
         render.write_json({"ok": not problems, "problems": problems})
@@ -321,23 +355,11 @@ def verify(ctx: typer.Context, json: JSON = False) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """The console script: run the app, turning every error into one line on stderr."""
-    from typer._click.exceptions import NoArgsIsHelpError  # typer >= 0.28 vendors click
-    from typer.exceptions import TyperException
-
-    command = typer.main.get_command(app)
+    """The console script."""
     try:
-        rv = command.main(args=argv, prog_name="jobctl", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except JobctlError as exc:
-        sys.stderr.write(f"jobctl: error: {exc}\n")
-        return exc.exit_code
-    except NoArgsIsHelpError as exc:
-        sys.stderr.write(exc.format_message() + "\n")
-        return model.EXIT_USAGE
-    except TyperException as exc:
-        text = " ".join(exc.format_message().split())
-        sys.stderr.write(f"jobctl: error: {text} (see --help)\n")
-        return getattr(exc, "exit_code", model.EXIT_USAGE)
-    except KeyboardInterrupt:
-        return model.EXIT_INTERRUPTED
+        return app(args=argv, prog_name="jobctl", standalone_mode=False)
+    except BrokenPipeError:  # `jobctl list | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

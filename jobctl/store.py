@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 from jobctl.model import STATUSES, DatabaseUnusable
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 1  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 2  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter, after the busy timeout
 
@@ -92,7 +92,9 @@ class Store:
             raise DatabaseUnusable(f"{path} is a directory, not a database file")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise DatabaseUnusable(f"cannot create database {path}: directory {parent} does not exist")
+            raise DatabaseUnusable(f"cannot create database {path}: directory {parent} does not exist or cannot be reached")
+        if not os.path.exists(path) and not os.access(parent, os.W_OK):
+            raise DatabaseUnusable(f"cannot create database {path}: directory {parent} is read-only")
         timeout = busy_timeout_from_env() if busy_timeout is None else busy_timeout
         try:
             conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -357,15 +359,14 @@ class Store:
 
 
 # --------------------------------------------------------------- migrations
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Apply pending numbered migrations (inside the caller's transaction)."""
-    from sqlite_utils import Database
+def _migrations():
+    """The numbered migrations, in order. Never edit one that has shipped: add the next."""
     from sqlite_utils.migrations import Migrations
 
     migrations = Migrations("jobctl")
 
     @migrations(name="0001_initial")
-    def initial(db: Database) -> None:
+    def initial(db) -> None:
         db["jobs"].create(
             {"id": str, "parent_id": str, "root_id": str, "name": str, "type": str, "status": str,
              "created_at": str, "started_at": str, "completed_at": str, "updated_at": str,
@@ -376,7 +377,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
         # Lists a parent's children by status, and finds stale running jobs.
         db["jobs"].create_index(["parent_id", "status"])
         db["jobs"].create_index(["status", "last_heartbeat"])
-        # AUTOINCREMENT: an event id is never reused, it is every consumer's cursor.
+        db["logs"].create(
+            {"id": int, "job_id": str, "level": str, "message": str, "at": str},
+            pk="id", not_null={"job_id", "level", "message", "at"},
+            foreign_keys=[("job_id", "jobs", "id")],
+        )
+        db["logs"].create_index(["job_id", "id"])
+        # AUTOINCREMENT: an event id is never reused; it is every consumer's cursor.
         db.execute(
             "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " job_id TEXT NOT NULL REFERENCES jobs(id), parent_id TEXT, root_id TEXT NOT NULL,"
@@ -388,20 +395,32 @@ def _migrate(conn: sqlite3.Connection) -> None:
         for action in ("UPDATE", "DELETE"):
             db.execute(f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events"
                        " BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END")
-        db["logs"].create(
-            {"id": int, "job_id": str, "level": str, "message": str, "at": str},
-            pk="id", not_null={"job_id", "level", "message", "at"},
-            foreign_keys=[("job_id", "jobs", "id")],
-        )
-        db["logs"].create_index(["job_id", "id"])
+
+    @migrations(name="0002_child_counts")
+    def child_counts(db) -> None:
+        # Progress in O(1) whatever the fan-out: each parent's child counts are
+        # kept up to date in the transaction that changes a child.
         db["child_counts"].create(
             {"parent_id": str, **{s: int for s in STATUSES}},
             pk="parent_id", not_null=set(STATUSES), defaults=dict.fromkeys(STATUSES, 0),
             foreign_keys=[("parent_id", "jobs", "id")],
         )
+        sums = ", ".join(f"sum(status = '{s}')" for s in STATUSES)
+        db.execute(f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)})"
+                   f" SELECT parent_id, {sums} FROM jobs WHERE parent_id IS NOT NULL GROUP BY parent_id")
 
+    return migrations
+
+
+def _migrate(conn: sqlite3.Connection, stop_before: str | None = None) -> None:
+    """Apply pending migrations inside the caller's transaction, and mark the
+    file as a jobctl database of the resulting schema version."""
+    from sqlite_utils import Database
+
+    migrations = _migrations()
     db = Database(conn, execute_plugins=False)
-    migrations.apply(db)
-    assert len(migrations.pending(db)) == 0
+    migrations.apply(db, stop_before=stop_before)
+    version = len(migrations.applied(db))
+    assert stop_before is not None or version == SCHEMA_VERSION, "SCHEMA_VERSION is out of date"
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute(f"PRAGMA user_version = {len(migrations._migrations)}")
+    conn.execute(f"PRAGMA user_version = {version}")

@@ -1,0 +1,314 @@
+"""The CLI contract, in-process through CliRunner and through the installed console script."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import typer.main
+
+from conftest import JOBCTL, ROOT, run, seed_news_crawler
+from jobctl.cli import app
+
+SEED_TEXT = "66 pending, 1 running, 41 completed, 0 failed"
+PROGRESS_FIELDS = ["job_id", "status", "total_children", "pending_children", "running_children",
+                   "completed_children", "failed_children", "cancelled_children", "progress_text"]
+
+
+def all_commands():
+    """Every command path, e.g. ['status', 'set'], from the Typer app itself."""
+    def walk(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if not subs:
+            yield path
+            return
+        for name, sub in subs.items():
+            yield from walk(sub, path + [name])
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_command_has_help(cli):
+    commands = all_commands()
+    assert ["status", "set"] in commands and ["verify"] in commands
+    for path in commands:
+        result = cli(*path, "--help", db=False)
+        assert result.exit_code == 0, path
+        cmd = typer.main.get_command(app)
+        for part in path:
+            cmd = cmd.commands[part]
+        assert cmd.help and cmd.help.strip(), f"{path} has no help text"
+
+
+def test_top_level_help_documents_exit_codes(cli):
+    out = cli("--help", db=False).stdout
+    for fragment in ["3 job not found", "4 transition not allowed", "5 database unusable", "124 timeout"]:
+        assert fragment in " ".join(out.split())
+
+
+def test_seed_scenario_progress_text_and_json(cli, jc):
+    parent = seed_news_crawler(jc)
+    result = cli("progress", parent)
+    assert result.exit_code == 0
+    assert result.stdout == SEED_TEXT + "\n"
+    data = json.loads(cli("progress", parent, "--json").stdout)
+    assert list(data) == PROGRESS_FIELDS
+    assert data == {"job_id": parent, "status": "running", "total_children": 108, "pending_children": 66,
+                    "running_children": 1, "completed_children": 41, "failed_children": 0,
+                    "cancelled_children": 0, "progress_text": SEED_TEXT}
+
+
+def test_create_prints_id_alone_and_spawn_prints_ids(cli):
+    result = cli("create", "News Crawler", "--type", "crawl", "--meta", "owner=ci", "--meta", "x=a=b")
+    assert result.exit_code == 0 and result.stderr == ""
+    parent = result.stdout.strip()
+    assert result.stdout == parent + "\n"
+    kids = cli("spawn", parent, "--name", "a", "--name", "b").stdout.split()
+    assert kids == [f"{parent}.1", f"{parent}.2"]
+    shown = json.loads(cli("show", parent, "--json").stdout)
+    assert shown["metadata"] == {"owner": "ci", "x": "a=b"}
+    assert shown["type"] == "crawl" and shown["status"] == "running"  # children pending: derived running
+    assert shown["progress"]["progress_text"] == "2 pending, 0 running, 0 completed, 0 failed"
+
+
+def test_create_with_id_is_idempotent_and_conflicts_exit_4(cli):
+    assert cli("create", "build", "--id", "build-42").stdout == "build-42\n"
+    n_events = len(cli("events", "--json").stdout.splitlines())
+    again = cli("create", "build", "--id", "build-42")
+    assert again.exit_code == 0 and again.stdout == "build-42\n"
+    assert len(cli("events", "--json").stdout.splitlines()) == n_events  # no event
+    other = cli("create", "deploy", "--id", "build-42")
+    assert other.exit_code == 4
+    assert "build-42" in other.stderr and other.stderr.count("\n") == 1
+
+
+def test_spawn_names_from_file_and_stdin(cli, tmp_path):
+    parent = cli("create", "p").stdout.strip()
+    names = tmp_path / "names.txt"
+    names.write_text("https://a.example/\n\nhttps://b.example/\n")
+    ids = cli("spawn", parent, "--names-from", names).stdout.split()
+    assert len(ids) == 2
+    ids += cli("spawn", parent, "--names-from", "-", input="c\nd\n").stdout.split()
+    assert ids == [f"{parent}.{i}" for i in range(1, 5)]
+    listed = cli("list", "--parent", parent).stdout.splitlines()
+    assert [line.split("\t")[2] for line in listed] == ["https://a.example/", "https://b.example/", "c", "d"]
+
+
+def test_status_set_many_ids_all_or_nothing(cli):
+    parent = cli("create", "p").stdout.strip()
+    kids = cli("spawn", parent, "--count", "3").stdout.split()
+    before = cli("events", "--json").stdout
+    bad = cli("status", "set", kids[0], "nope", kids[1], "running")
+    assert bad.exit_code == 3 and "nope" in bad.stderr
+    assert cli("events", "--json").stdout == before
+    assert [cli("status", "get", k).stdout.strip() for k in kids] == ["pending"] * 3
+    ok = cli("status", "set", *kids, "running", "-m", "go")
+    assert ok.exit_code == 0 and ok.stdout == ""
+    assert [cli("status", "get", k).stdout.strip() for k in kids] == ["running"] * 3
+
+
+def test_status_set_stdin(cli):
+    parent = cli("create", "p").stdout.strip()
+    kids = cli("spawn", parent, "--count", "5").stdout
+    assert cli("status", "set", "--stdin", "completed", input=kids).exit_code == 0
+    assert cli("progress", parent).stdout == "0 pending, 0 running, 5 completed, 0 failed\n"
+    assert cli("status", "get", parent).stdout == "completed\n"
+
+
+def test_same_status_is_a_noop_without_event(cli):
+    job = cli("create", "j").stdout.strip()
+    cli("status", "set", job, "running")
+    before = cli("events").stdout
+    again = cli("status", "set", job, "running")
+    assert again.exit_code == 0
+    assert cli("events").stdout == before
+
+
+@pytest.mark.parametrize("old,new", [("running", "pending"), ("completed", "running"),
+                                     ("failed", "pending"), ("cancelled", "completed")])
+def test_forbidden_transition_exit_4_unless_forced(cli, old, new):
+    job = cli("create", "j").stdout.strip()
+    if old != "running":
+        cli("status", "set", job, "running")
+    cli("status", "set", job, old)
+    result = cli("status", "set", job, new)
+    assert result.exit_code == 4 and f"{old} → {new}" in result.stderr
+    assert cli("status", "get", job).stdout.strip() == old
+    assert cli("status", "set", job, new, "--force").exit_code == 0
+    assert cli("status", "get", job).stdout.strip() == new
+
+
+def test_unknown_status_word_lists_valid_ones(cli):
+    job = cli("create", "j").stdout.strip()
+    for word in ["RUNNING", "done", "Pending"]:
+        result = cli("status", "set", job, word)
+        assert result.exit_code == 2
+        assert "pending, running, completed, failed, cancelled" in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+def test_log_lines_for_status_changes_and_children(cli):
+    parent = cli("create", "p").stdout.strip()
+    kids = cli("spawn", parent, "--count", "2").stdout.split()
+    cli("status", "set", kids[0], "running")
+    cli("status", "set", kids[0], "failed", "--message", "timeout after 30s")
+    cli("log", kids[0], "retrying soon", "--level", "warning")
+    own = cli("logs", kids[0]).stdout.splitlines()
+    assert own[1].endswith("[info] status changed: pending → running")
+    assert own[2].endswith("[info] status changed: running → failed: timeout after 30s")
+    assert own[3].endswith("[warning] retrying soon")
+    view = [json.loads(line)["text"] for line in cli("logs", parent, "--children", "--json").stdout.splitlines()]
+    assert f"child {kids[0]} pending → running: 1 pending, 1 running, 0 completed, 0 failed" in view
+    assert f"child {kids[0]} running → failed: 1 pending, 0 running, 0 completed, 1 failed" in view
+    assert f"child {kids[0]}: retrying soon" in view
+    assert not any(line.startswith("child") for line in
+                   (json.loads(x)["text"] for x in cli("logs", parent, "--json").stdout.splitlines()))
+
+
+def test_events_since_limit_and_job(cli):
+    a = cli("create", "a").stdout.strip()
+    b = cli("create", "b").stdout.strip()
+    kids = cli("spawn", a, "--count", "2").stdout.split()
+    cli("status", "set", b, "running")
+    all_events = [json.loads(x) for x in cli("events", "--json").stdout.splitlines()]
+    ids = [e["id"] for e in all_events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    since = [json.loads(x) for x in cli("events", "--since", ids[1], "--json").stdout.splitlines()]
+    assert since == all_events[2:]
+    assert len(cli("events", "--limit", 2).stdout.splitlines()) == 2
+    of_a = {json.loads(x)["job_id"] for x in cli("events", "--job", a, "--json").stdout.splitlines()}
+    assert of_a == {a, *kids}
+    assert cli("events", "--since", "-1").exit_code == 2
+    assert cli("events", "--since", "abc").exit_code == 2
+
+
+def test_list_filters_and_json(cli):
+    parent = cli("create", "p", "--type", "crawl").stdout.strip()
+    kids = cli("spawn", parent, "--count", "3", "--type", "page").stdout.split()
+    cli("status", "set", kids[1], "running")
+    running = cli("list", "--status", "running", "--json").stdout.splitlines()
+    assert {json.loads(x)["id"] for x in running} == {parent, kids[1]}
+    assert [json.loads(x)["id"] for x in cli("list", "--type", "page", "--json").stdout.splitlines()] == kids
+    assert cli("list", "--parent", "missing").exit_code == 3
+
+
+def test_tree_shows_status_and_progress(cli):
+    root = cli("create", "root").stdout.strip()
+    mid = cli("create", "mid", "--parent", root).stdout.strip()
+    leaf = cli("spawn", mid, "--count", "2").stdout.split()[0]
+    cli("status", "set", leaf, "completed")
+    lines = cli("tree", root).stdout.splitlines()
+    assert lines[0] == f"{root} running root (0 pending, 1 running, 0 completed, 0 failed)"
+    assert lines[1] == f"  {mid} running mid (1 pending, 0 running, 1 completed, 0 failed)"
+    assert lines[2].startswith(f"    {leaf} completed")
+    depths = [json.loads(x)["depth"] for x in cli("tree", root, "--json").stdout.splitlines()]
+    assert depths == [0, 1, 2, 2]
+
+
+def test_cancel_and_retry(cli):
+    parent = cli("create", "p").stdout.strip()
+    kids = cli("spawn", parent, "--count", "3").stdout.split()
+    cli("status", "set", kids[0], "completed")
+    cli("status", "set", kids[1], "failed")
+    assert cli("status", "get", parent).stdout.strip() == "running"
+    assert cli("retry", parent, "--failed-children").stdout.split() == [kids[1]]
+    cancelled = cli("cancel", parent).stdout.split()
+    assert cancelled == [parent, kids[1], kids[2]]
+    assert cli("status", "get", parent).stdout.strip() == "cancelled"
+    assert cli("progress", parent).stdout == "0 pending, 0 running, 1 completed, 0 failed, 2 cancelled\n"
+    assert cli("retry", parent).stdout.split() == [kids[1], kids[2]]
+    assert cli("status", "get", parent).stdout.strip() == "running"
+    assert cli("retry", kids[0]).exit_code == 4  # completed is not retryable
+    assert cli("verify").exit_code == 0
+
+
+def test_verify_reports_tampering(cli, db_path):
+    import sqlite3
+
+    job = cli("create", "j").stdout.strip()
+    cli("status", "set", job, "running")
+    assert cli("verify").exit_code == 0
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE jobs SET status = 'completed' WHERE id = ?", (job,))
+    conn.commit()
+    conn.close()
+    result = cli("verify", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert any(job in p and "status" in p for p in report["problems"])
+
+
+def test_db_path_resolution(cli, tmp_path, monkeypatch):
+    explicit = tmp_path / "x.db"
+    assert cli("--db", explicit, "db", "path", db=False).stdout == f"{explicit}\n"
+    monkeypatch.setenv("JOBCTL_DB", str(tmp_path / "env.db"))
+    assert cli("db", "path", db=False).stdout == f"{tmp_path / 'env.db'}\n"
+    monkeypatch.delenv("JOBCTL_DB")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert cli("db", "path", db=False).stdout == f"{tmp_path / 'xdg' / 'jobctl' / 'jobctl.db'}\n"
+    assert cli("init", db=False).exit_code == 0
+    assert (tmp_path / "xdg" / "jobctl" / "jobctl.db").exists()
+
+
+def test_heartbeat_list_stale_and_reap(cli, db_path):
+    import sqlite3
+
+    parent = cli("create", "p").stdout.strip()
+    kids = cli("spawn", parent, "--count", "3").stdout.split()
+    cli("status", "set", *kids[:2], "running")
+    conn = sqlite3.connect(db_path)  # age the first child's start by an hour
+    conn.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kids[0],))
+    conn.commit()
+    conn.close()
+    assert cli("list", "--stale-after", "5m").stdout.split("\t")[0] == kids[0]
+    assert cli("heartbeat", kids[0]).exit_code == 0
+    assert cli("list", "--stale-after", "5m").stdout == ""
+    assert cli("reap", "--stale-after", "0.001s").stdout.split() == kids[:2]
+    assert cli("progress", parent).stdout == "1 pending, 0 running, 0 completed, 2 failed\n"
+    assert "heartbeat lost" in cli("logs", kids[0]).stdout
+    assert cli("list", "--stale-after", "soon").exit_code == 2
+
+
+def test_claim_takes_pending_children_in_order(cli):
+    parent = cli("create", "p").stdout.strip()
+    kids = cli("spawn", parent, "--count", "2").stdout.split()
+    assert cli("claim", parent).stdout.strip() == kids[0]
+    assert cli("claim", parent).stdout.strip() == kids[1]
+    assert cli("claim", parent).exit_code == 3
+
+
+@pytest.mark.parametrize("name", ["it's \"quoted\"", "line1\nline2", "'); DROP TABLE jobs;--",
+                                  "Nachrichten-Crawler äöü 新闻 🚀", "$(rm -rf /) `x` ; | &"])
+def test_odd_names_are_stored_verbatim(cli, name):
+    job = cli("create", name).stdout.strip()
+    assert json.loads(cli("show", job, "--json").stdout)["name"] == name
+    assert cli("verify").exit_code == 0
+
+
+# ----------------------------------------------------------- console script
+def test_console_script_seed_scenario(tmp_path):
+    db = tmp_path / "seed.db"
+    script = subprocess.run(["bash", str(ROOT / "fixtures" / "news_crawler.sh")], capture_output=True,
+                            text=True, env={**__import__("os").environ, "JOBCTL_DB": str(db),
+                                            "PATH": f"{__import__('pathlib').Path(JOBCTL).parent}:/usr/bin:/bin"})
+    assert script.returncode == 0, script.stderr
+    parent = script.stdout.strip()
+    result = run("progress", parent, db=db)
+    assert result.returncode == 0 and result.stdout == SEED_TEXT + "\n"
+    assert json.loads(run("progress", parent, "--json", db=db).stdout)["total_children"] == 108
+    assert run("verify", db=db).returncode == 0
+
+
+def test_console_script_errors_are_one_line(tmp_path):
+    db = tmp_path / "e.db"
+    result = run("status", "get", "missing", db=db)
+    assert result.returncode == 3
+    assert result.stdout == "" and result.stderr == "jobctl: error: job missing not found\n"
+    result = run("create", "x", "--no-such-option", db=db)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_python_dash_m_works(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jobctl", "--db", str(tmp_path / "m.db"), "create", "x"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and len(result.stdout.split()) == 1
