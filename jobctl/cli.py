@@ -336,6 +336,84 @@ def reap(
 
 
 @app.command()
+def watch(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job to watch (usually a parent).")],
+    exit_status: Annotated[bool, typer.Option("--exit-status", help="Exit 0 if the job completed, "
+                                              "1 if it failed, 6 if it was cancelled.")] = False,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS",
+                                                     help="Give up after this long (exit 124).")] = None,
+    json: Annotated[bool, typer.Option("--json", help="NDJSON: one object per line.")] = False,
+    since: Annotated[Optional[int], typer.Option("--since", metavar="EVENT_ID",
+                                                 help="First replay the events after this id.")] = None,
+    from_start: Annotated[bool, typer.Option("--from-start", help="First replay all the job's events.")] = False,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", metavar="SECONDS",
+                                                 help="Check this often even without a file "
+                                                      "notification.")] = 1.0,
+) -> None:
+    """Follow a job live until it ends: its progress and every event and log line below it.
+
+    A live view on a terminal, plain lines in a pipe or CI log, NDJSON with
+    --json. Exit 0 when the job ends (see --exit-status), 124 on --timeout,
+    130 on Ctrl-C, 3 if the job does not exist.
+    """
+    from jobctl import watch as watching
+
+    if since is not None and from_start:
+        raise UsageError("give --since or --from-start, not both")
+    jc = open_db(ctx)
+    sink = render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
+    code = watching.run_watch(jc, job, sink, since=0 if from_start else since, timeout=timeout,
+                              poll_interval=poll_interval, exit_status=exit_status)
+    raise typer.Exit(code)
+
+
+@app.command()
+def wait(
+    ctx: typer.Context,
+    jobs: Annotated[List[str], typer.Argument(metavar="JOB...", help="The jobs to wait for.")],
+    timeout: Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS",
+                                                     help="Give up after this long (exit 124).")] = None,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", metavar="SECONDS",
+                                                 help="Check this often even without a file "
+                                                      "notification.")] = 1.0,
+) -> None:
+    """Wait quietly until every job has ended; print one line per job.
+
+    Exit 0 if all completed, 6 if any was cancelled, 1 if any failed,
+    124 on timeout: the worst outcome wins.
+    """
+    from jobctl import watch as watching
+
+    code = watching.run_wait(open_db(ctx), jobs, render.PlainWatch._write, timeout=timeout,
+                             poll_interval=poll_interval)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    children: Annotated[int, typer.Option("--children", help="How many pages to crawl.")] = 108,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 4,
+    fail_rate: Annotated[float, typer.Option("--fail-rate", help="Share of pages that fail.")] = 0.05,
+    speed: Annotated[float, typer.Option("--speed", metavar="FACTOR", help="2 runs twice as fast.")] = 1.0,
+    db: Annotated[Optional[str], typer.Option("--db", metavar="PATH",
+                                              help="Keep the demo's database here "
+                                                   "(default: a temporary file).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for a repeatable run.")] = None,
+) -> None:
+    """Watch a "News Crawler" job fan out to worker processes, live.
+
+    Spawns the children, starts real worker subprocesses that claim pending
+    children and move them through running to completed or failed, writing
+    log lines as they go, and runs `watch` in the foreground until the end.
+    """
+    from jobctl import demo as demo_module
+
+    raise typer.Exit(demo_module.run(children=children, workers=workers, fail_rate=fail_rate, speed=speed,
+                                     db=db, seed=seed))
+
+
+@app.command()
 def verify(ctx: typer.Context, json: JSON = False) -> None:
     """Check the database: events replay to the jobs table, counts are right. Exit 1 if not.
 

@@ -127,3 +127,151 @@ def event_json(e: Mapping) -> dict:
     """The JSON form of an event (what `events --json` and `watch --json` share)."""
     return {k: e[k] for k in ("id", "job_id", "parent_id", "kind", "old_status", "new_status", "at",
                               "message", "level")}
+
+
+# ------------------------------------------------------------------ watch
+def clock(at: str) -> str:
+    """HH:MM:SS, in local time, of an event timestamp."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(at).astimezone().strftime("%H:%M:%S")
+
+
+def update_line(e: Mapping, progress: Mapping) -> str:
+    """A watch line: `HH:MM:SS <job> <old> → <new> | <progress>` or a log line."""
+    if e["kind"] == "log":
+        return f"{clock(e['at'])} [{e['level']}] {e['job_id']}: {plain(e['message'])}"
+    return f"{clock(e['at'])} {e['job_id']} {e['old_status'] or 'new'} → {e['new_status']} | {progress['progress_text']}"
+
+
+def summary_line(job: Mapping, progress: Mapping, reason: str) -> str:
+    text = f"{job['id']} {progress['status']}"
+    if progress["total_children"]:
+        text += f" | {progress['progress_text']}"
+    return text + (f" ({reason})" if reason else "")
+
+
+class PlainWatch:
+    """Plain lines, flushed per line: for CI logs and pipes."""
+
+    def start(self, job: Mapping, progress: Mapping) -> None:
+        line = f"{clock(job['updated_at'])} {plain(job['name'])} ({job['id']}) {progress['status']}"
+        if progress["total_children"]:
+            line += f" | {progress['progress_text']}"
+        self._write(line)
+
+    def update(self, update) -> None:
+        self._write(update_line(update.event, update.progress))
+
+    def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
+        self._write(summary_line(job, progress, reason))
+
+    @staticmethod
+    def _write(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+class JsonWatch:
+    """NDJSON: every line has the watched job's progress fields; event lines
+    carry the event as `event` (the same object `events --json` prints)."""
+
+    def start(self, job: Mapping, progress: Mapping) -> None:
+        write_json({"type": "start", **progress, "name": job["name"]})
+
+    def update(self, update) -> None:
+        write_json({"type": "event", **update.progress, "event": event_json(update.event)})
+
+    def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
+        write_json({"type": "end", **progress, "reason": reason or "finished", "exit_code": code})
+
+
+class LiveWatch:
+    """A rich Live view: header with a status badge, a progress bar with rate and
+    ETA from the event timestamps, the counts line, and a tail of log lines."""
+
+    TAIL = 12
+
+    def __init__(self, console_=None):
+        from collections import deque
+
+        from rich.live import Live
+
+        self.console = console_ or console()
+        self.lines: deque = deque(maxlen=self.TAIL)
+        self.finished_at: deque = deque(maxlen=200)  # (unix time, finished children)
+        self.job: Mapping = {}
+        self.progress: Mapping = {}
+        self.live = Live(console=self.console, refresh_per_second=8, transient=False,
+                         get_renderable=self.render)
+
+    def start(self, job: Mapping, progress: Mapping) -> None:
+        self.job, self.progress = job, progress
+        self._mark(job["updated_at"])
+        self.live.start()
+
+    def update(self, update) -> None:
+        from rich.markup import escape
+
+        e, self.progress = update.event, update.progress
+        if e["kind"] == "log":
+            style = {"warning": "yellow", "error": "red"}.get(e["level"], "dim")
+            self.lines.append(f"[dim]{clock(e['at'])}[/] [{style}]{e['level']:<9}[/] "
+                              f"[bold]{escape(e['job_id'])}[/] {escape(plain(e['message']))}")
+        else:
+            new = e["new_status"]
+            self.lines.append(f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
+                              f"[bold]{escape(e['job_id'])}[/] {e['old_status'] or 'new'} → {new}")
+            self._mark(e["at"])
+
+    def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
+        self.progress = progress
+        self.live.update(self.render(final=reason), refresh=True)
+        self.live.stop()
+
+    def _mark(self, at: str) -> None:
+        from datetime import datetime
+
+        t = datetime.fromisoformat(at).timestamp()
+        done = self.progress.get("completed_children", 0) + self.progress.get("failed_children", 0) \
+            + self.progress.get("cancelled_children", 0)
+        if not self.finished_at or self.finished_at[-1][1] != done:
+            self.finished_at.append((t, done))
+
+    def rate(self) -> float | None:
+        """Children finished per second, over the recent event timestamps."""
+        if len(self.finished_at) < 2:
+            return None
+        (t0, d0), (t1, d1) = self.finished_at[0], self.finished_at[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
+
+    def render(self, final: str | None = None):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        p = self.progress
+        status = p.get("status", "?")
+        header = Text.assemble((plain(self.job.get("name", "")), "bold"), "  ",
+                               (f"({self.job.get('id', '')})", "dim"), "  ",
+                               (f" {status.upper()} ", f"reverse {STATUS_STYLE.get(status, '')}"))
+        parts = [header]
+        total = p.get("total_children", 0)
+        if total:
+            done = p["completed_children"] + p["failed_children"] + p["cancelled_children"]
+            rate = self.rate()
+            stats = f" {done}/{total} {100 * done / total:5.1f}%"
+            if rate:
+                stats += f"  {rate:.1f}/s"
+                if done < total:
+                    eta = int((total - done) / rate)
+                    stats += f"  ETA {eta // 60}:{eta % 60:02d}"
+            bar = Table.grid(padding=(0, 1))
+            bar.add_row(ProgressBar(total=total, completed=done, width=40), Text(stats))
+            parts += [bar, Text(p["progress_text"])]
+        parts.append(Text.from_markup("\n".join(self.lines)) if self.lines else Text("waiting for events…",
+                                                                                        style="dim"))
+        if final is not None:
+            parts.append(Text(f"{status}{f' ({final})' if final else ''}", style="bold"))
+        return Group(*parts)

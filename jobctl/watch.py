@@ -1,0 +1,247 @@
+"""The tail loop behind `jobctl watch` and `jobctl wait`.
+
+One long-lived read connection (opening one per wake-up would touch the -wal
+file and wake the watcher forever). watchfiles watches the database's
+directory, filtered to the database file and its -wal (watching the .db alone
+sees no WAL commits; watching the -wal itself goes deaf once SQLite deletes
+it). Every wake-up is only a hint: the truth is `SELECT ... WHERE id > cursor`.
+A timer checks `PRAGMA data_version` every poll interval too, so a missed
+notification costs at most that interval; JOBCTL_WATCH_POLL=1 forces polling
+only. Progress is counted once at start and then folded per event in O(1).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from jobctl import model
+from jobctl.api import Jobctl
+from jobctl.model import CREATE, STATUS, TERMINAL, NotFound, UsageError
+from jobctl.progress import empty_counts, fold, progress_dict
+
+DEFAULT_POLL_INTERVAL = 1.0
+STEP_MS = 10  # how long the watcher waits for more changes once one came
+DEBOUNCE_MS = 20  # the most it groups changes for, under a constant stream of commits
+
+
+@dataclass
+class Update:
+    """One event of the watched tree, with the watched job's progress after it."""
+
+    event: dict
+    progress: dict
+    replay: bool  # from --since/--from-start history rather than live
+
+
+@dataclass
+class Tail:
+    """Follows one job: its subtree's events in id order and its progress."""
+
+    jc: Jobctl
+    job_id: str
+    job: dict = field(default_factory=dict)
+    subtree: set = field(default_factory=set)
+    counts: dict = field(default_factory=empty_counts)
+    cursor: int = 0
+    live_from: int = 0
+
+    @classmethod
+    def start(cls, jc: Jobctl, job_id: str, since: int | None = None) -> "Tail":
+        """Read the job's state, its progress and the cursor in one snapshot.
+
+        With `since`, the cursor is put back to that event id and the counts to
+        what they were then, so the replayed events show the progress of their time.
+        """
+        if since is not None and since < 0:
+            raise UsageError(f"--since takes an event id (0 or more), not {since}")
+        store = jc.store
+        with store.read():
+            job = store.get_job(job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} not found")
+            tail = cls(jc, job_id, job=job, subtree={r["id"] for r in store.subtree(job_id)})
+            tail.live_from = store.last_event_id()
+            if since is None:
+                tail.cursor = tail.live_from
+                tail.counts = store.get_counts([job_id])[job_id]
+            else:
+                tail.cursor = min(since, tail.live_from)
+                for e in store.child_events(job_id):
+                    if e["id"] > tail.cursor:
+                        break
+                    if e["parent_id"] == job_id and e["kind"] in (CREATE, STATUS):
+                        fold(tail.counts, e["old_status"], e["new_status"])
+                    if e["job_id"] == job_id and e["kind"] in (CREATE, STATUS):
+                        tail.job["status"] = e["new_status"]
+        return tail
+
+    @property
+    def status(self) -> str:
+        return self.job["status"]
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def progress(self) -> dict:
+        return progress_dict(self.job_id, self.status, self.counts)
+
+    def read(self) -> list[Update]:
+        """The new events of the watched tree since the cursor, folded into the progress.
+
+        Stops after the event that makes the job final (when live), so the
+        last progress is the final one.
+        """
+        rows = self.jc.store.events(since=self.cursor, root_id=self.job["root_id"])
+        updates = []
+        for e in rows:
+            self.cursor = e["id"]
+            if e["kind"] == CREATE and e["parent_id"] in self.subtree:
+                self.subtree.add(e["job_id"])
+            if e["job_id"] not in self.subtree:
+                continue
+            if e["parent_id"] == self.job_id and e["kind"] in (CREATE, STATUS):
+                fold(self.counts, e["old_status"], e["new_status"])
+            if e["job_id"] == self.job_id and e["kind"] in (CREATE, STATUS):
+                self.job["status"] = e["new_status"]
+            replay = e["id"] <= self.live_from
+            updates.append(Update(e, self.progress(), replay))
+            if not replay and self.done:
+                break
+        return updates
+
+
+class Waker:
+    """Blocks until the database may have changed, or a timeout."""
+
+    def __init__(self, jc: Jobctl, poll_interval: float = DEFAULT_POLL_INTERVAL,
+                 force_poll: bool | None = None):
+        if not poll_interval > 0:
+            raise UsageError(f"--poll-interval must be more than 0 seconds, not {poll_interval}")
+        self.jc = jc
+        self.poll_interval = poll_interval
+        self.version = jc.store.data_version()
+        self.notify = None
+        if force_poll is None:
+            force_poll = os.environ.get("JOBCTL_WATCH_POLL", "") not in ("", "0")
+        if not force_poll:
+            try:
+                from watchfiles._rust_notify import RustNotify
+
+                directory = os.path.dirname(os.path.abspath(jc.path))
+                self.notify = RustNotify([directory], False, False, 50, False, True)
+            except Exception:  # no inotify (limits, odd filesystems): poll instead
+                self.notify = None
+        base = os.path.basename(jc.path)
+        self.names = {base, base + "-wal"}
+
+    @property
+    def mode(self) -> str:
+        return "watchfiles" if self.notify is not None else "polling"
+
+    def wait(self, timeout: float) -> None:
+        """Return when a commit may have happened, at most after `timeout` seconds
+        (or the poll interval, whichever is shorter)."""
+        limit = max(0.0, min(timeout, self.poll_interval))
+        if self.notify is None:
+            end = time.monotonic() + limit
+            while time.monotonic() < end:
+                if self._changed():
+                    return
+                time.sleep(min(0.01, max(0.0, end - time.monotonic())))
+            return
+        raw = self.notify.watch(DEBOUNCE_MS, STEP_MS, max(1, int(limit * 1000)), None)
+        if raw == "signal":
+            raise KeyboardInterrupt
+        self._changed()  # keep data_version current; the caller reads either way
+
+    def _changed(self) -> bool:
+        version = self.jc.store.data_version()
+        changed, self.version = version != self.version, version
+        return changed
+
+    def close(self) -> None:
+        if self.notify is not None:
+            self.notify.close()
+
+
+def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on_done) -> bool:
+    """Feed every tail's updates to on_update(tail, update) and call on_done(tail)
+    as each one's job ends, until all have ended (True) or `timeout` runs out (False)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = list(tails)
+    while True:
+        for tail in list(pending):
+            for update in tail.read():
+                on_update(tail, update)
+            if tail.done and tail.cursor >= tail.live_from:
+                pending.remove(tail)
+                on_done(tail)
+        if not pending:
+            return True
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        waker.wait(waker.poll_interval if remaining is None else remaining)
+
+
+def exit_code_for(status: str) -> int:
+    return model.EXIT_FOR_STATUS.get(status, model.EXIT_OK)
+
+
+def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeout: float | None = None,
+              poll_interval: float = DEFAULT_POLL_INTERVAL, exit_status: bool = False) -> int:
+    """`jobctl watch`: the start state, then every event of the tree, then a summary.
+
+    Returns the exit code: 0 when the job ends (with `exit_status`: 0 completed,
+    1 failed, 6 cancelled), 124 on timeout, 130 on Ctrl-C.
+    """
+    if timeout is not None and timeout < 0:
+        raise UsageError(f"--timeout must be 0 seconds or more, not {timeout}")
+    tail = Tail.start(jc, job_id, since=since)
+    waker = Waker(jc, poll_interval)
+    sink.start(tail.job, tail.progress())
+    try:
+        finished = follow([tail], waker, timeout, lambda t, u: sink.update(u), lambda t: None)
+    except KeyboardInterrupt:
+        sink.end(tail.job, tail.progress(), "interrupted", model.EXIT_INTERRUPTED)
+        return model.EXIT_INTERRUPTED
+    finally:
+        waker.close()
+    if not finished:
+        sink.end(tail.job, tail.progress(), "timeout", model.EXIT_TIMEOUT)
+        return model.EXIT_TIMEOUT
+    code = exit_code_for(tail.status) if exit_status else model.EXIT_OK
+    sink.end(tail.job, tail.progress(), "", code)
+    return code
+
+
+def run_wait(jc: Jobctl, job_ids: list[str], write_line, *, timeout: float | None = None,
+             poll_interval: float = DEFAULT_POLL_INTERVAL) -> int:
+    """`jobctl wait`: one final line per job; the worst outcome is the exit code."""
+    if timeout is not None and timeout < 0:
+        raise UsageError(f"--timeout must be 0 seconds or more, not {timeout}")
+    from jobctl.render import summary_line
+
+    tails = [Tail.start(jc, j) for j in dict.fromkeys(job_ids)]
+    codes = []
+
+    def done(tail: Tail) -> None:
+        codes.append(exit_code_for(tail.status))
+        write_line(summary_line(tail.job, tail.progress(), ""))
+
+    waker = Waker(jc, poll_interval)
+    try:
+        finished = follow(tails, waker, timeout, lambda t, u: None, done)
+    except KeyboardInterrupt:
+        return model.EXIT_INTERRUPTED
+    finally:
+        waker.close()
+    if not finished:
+        for tail in tails:
+            if not (tail.done and tail.cursor >= tail.live_from):
+                write_line(summary_line(tail.job, tail.progress(), "timeout"))
+        codes.append(model.EXIT_TIMEOUT)
+    return max(codes, key=lambda c: model.SEVERITY[c])
