@@ -274,7 +274,9 @@ class Jobctl:
             for j in sub:
                 j.pop("depth", None)
                 ch.jobs.setdefault(j["id"], j)
-            targets = [ch.jobs[j["id"]] for j in sub if j["status"] not in TERMINAL]
+            # Deepest first, so the job's own event comes last: whoever sees it
+            # has already seen every descendant's.
+            targets = [ch.jobs[j["id"]] for j in reversed(sub) if j["status"] not in TERMINAL]
             ch.frozen = {j["id"] for j in targets}
             for j in targets:
                 ch.set_status(j, CANCELLED, message or "cancelled")

@@ -154,7 +154,7 @@ def summary_line(job: Mapping, progress: Mapping, reason: str) -> str:
 class PlainWatch:
     """Plain lines, flushed per line: for CI logs and pipes."""
 
-    def start(self, job: Mapping, progress: Mapping) -> None:
+    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
         line = f"{clock(job['updated_at'])} {plain(job['name'])} ({job['id']}) {progress['status']}"
         if progress["total_children"]:
             line += f" | {progress['progress_text']}"
@@ -176,8 +176,8 @@ class JsonWatch:
     """NDJSON: every line has the watched job's progress fields; event lines
     carry the event as `event` (the same object `events --json` prints)."""
 
-    def start(self, job: Mapping, progress: Mapping) -> None:
-        write_json({"type": "start", **progress, "name": job["name"]})
+    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
+        write_json({"type": "start", **progress, "name": job["name"], "cursor": cursor})
 
     def update(self, update) -> None:
         write_json({"type": "event", **update.progress, "event": event_json(update.event)})
@@ -205,7 +205,7 @@ class LiveWatch:
         self.live = Live(console=self.console, refresh_per_second=8, transient=False,
                          get_renderable=self.render)
 
-    def start(self, job: Mapping, progress: Mapping) -> None:
+    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
         self.job, self.progress = job, progress
         self._mark(job["updated_at"])
         self.live.start()

@@ -68,6 +68,7 @@ class Tail:
                 tail.counts = store.get_counts([job_id])[job_id]
             else:
                 tail.cursor = min(since, tail.live_from)
+                tail.job["status"] = model.PENDING  # as created; its own events up to the cursor follow
                 for e in store.child_events(job_id):
                     if e["id"] > tail.cursor:
                         break
@@ -141,21 +142,20 @@ class Waker:
     def mode(self) -> str:
         return "watchfiles" if self.notify is not None else "polling"
 
-    def wait(self, timeout: float) -> None:
-        """Return when a commit may have happened, at most after `timeout` seconds
-        (or the poll interval, whichever is shorter)."""
+    def wait(self, timeout: float) -> bool:
+        """Wait for a commit, at most `timeout` seconds or the poll interval,
+        whichever is shorter. True when the database may have changed."""
         limit = max(0.0, min(timeout, self.poll_interval))
         if self.notify is None:
-            end = time.monotonic() + limit
-            while time.monotonic() < end:
-                if self._changed():
-                    return
-                time.sleep(min(0.01, max(0.0, end - time.monotonic())))
-            return
+            time.sleep(limit)
+            return self._changed()
         raw = self.notify.watch(DEBOUNCE_MS, STEP_MS, max(1, int(limit * 1000)), None)
         if raw == "signal":
             raise KeyboardInterrupt
-        self._changed()  # keep data_version current; the caller reads either way
+        changed = self._changed()
+        if isinstance(raw, set):  # a file event: read even if data_version lags behind it
+            return any(os.path.basename(path) in self.names for _, path in raw) or changed
+        return changed
 
     def _changed(self) -> bool:
         version = self.jc.store.data_version()
@@ -172,8 +172,9 @@ def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on
     as each one's job ends, until all have ended (True) or `timeout` runs out (False)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = list(tails)
+    changed = True
     while True:
-        for tail in list(pending):
+        for tail in list(pending) if changed else ():
             for update in tail.read():
                 on_update(tail, update)
             if tail.done and tail.cursor >= tail.live_from:
@@ -184,7 +185,7 @@ def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return False
-        waker.wait(waker.poll_interval if remaining is None else remaining)
+        changed = waker.wait(waker.poll_interval if remaining is None else remaining)
 
 
 def exit_code_for(status: str) -> int:
@@ -202,7 +203,7 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
         raise UsageError(f"--timeout must be 0 seconds or more, not {timeout}")
     tail = Tail.start(jc, job_id, since=since)
     waker = Waker(jc, poll_interval)
-    sink.start(tail.job, tail.progress())
+    sink.start(tail.job, tail.progress(), tail.cursor)
     try:
         finished = follow([tail], waker, timeout, lambda t, u: sink.update(u), lambda t: None)
     except KeyboardInterrupt:

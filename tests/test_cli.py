@@ -212,7 +212,7 @@ def test_cancel_and_retry(cli):
     assert cli("status", "get", parent).stdout.strip() == "running"
     assert cli("retry", parent, "--failed-children").stdout.split() == [kids[1]]
     cancelled = cli("cancel", parent).stdout.split()
-    assert cancelled == [parent, kids[1], kids[2]]
+    assert cancelled == [kids[2], kids[1], parent]  # deepest first, the job itself last
     assert cli("status", "get", parent).stdout.strip() == "cancelled"
     assert cli("progress", parent).stdout == "0 pending, 0 running, 1 completed, 0 failed, 2 cancelled\n"
     assert cli("retry", parent).stdout.split() == [kids[1], kids[2]]

@@ -1,0 +1,279 @@
+"""watch and wait, through real subprocesses; the live view; the demo."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import FULL, JOBCTL, run
+from jobctl import Jobctl
+from jobctl.watch import Tail, Waker
+
+WRITERS = 4
+CHILDREN = 504  # x2 changes each: over 1,000 status changes
+
+
+def start_watch(db, *args, env=None):
+    proc = subprocess.Popen([JOBCTL, "--db", str(db), "watch", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+    first = proc.stdout.readline()  # the start line: the watch is now following
+    assert first, proc.stderr.read()
+    return proc, first
+
+
+WRITER = """
+import sys
+from jobctl import Jobctl
+db, ids, final = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+with Jobctl(db) as jc:
+    for i, job in enumerate(ids):
+        last = i == len(ids) - 1
+        if last and final == "cancelled":
+            break  # left pending: the test cancels the parent
+        jc.set_status([job], "running")
+        if i % 10 == 0:
+            jc.log(job, f"working on {job}")
+        jc.set_status([job], "failed" if last and final == "failed" else "completed")
+"""
+
+
+def writers(db, kids, final):
+    chunks = [kids[i::WRITERS] for i in range(WRITERS)]
+    return [subprocess.Popen([sys.executable, "-c", WRITER, str(db), ",".join(c), final]) for c in chunks]
+
+
+@pytest.mark.parametrize("final,code", [("completed", 0), ("failed", 1), ("cancelled", 6)])
+def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db_path, final, code):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("News Crawler")
+        kids = jc.spawn(parent, count=CHILDREN)
+    proc, first = start_watch(db_path, parent, "--json", "--exit-status", "--timeout", 120)
+    start = json.loads(first)
+    assert start["type"] == "start" and start["progress_text"] == f"{CHILDREN} pending, 0 running, 0 completed, 0 failed"
+    procs = writers(db_path, kids, final)
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    if final == "cancelled":  # each writer left its last child pending
+        run("cancel", parent, db=db_path, check=True)
+    out, err = proc.communicate(timeout=60)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == code, err
+    events = [line["event"] for line in lines if line["type"] == "event"]
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids)), "events out of order or duplicated"
+    # exactly the tree's events from the start cursor up to the one that ended the parent
+    expected = [json.loads(x) for x in run("events", "--job", parent, "--since", start["cursor"], "--json",
+                                           db=db_path).stdout.splitlines()]
+    end_id = next(e["id"] for e in expected if e["job_id"] == parent and e["new_status"] in
+                  ("completed", "failed", "cancelled"))
+    assert events == [e for e in expected if e["id"] <= end_id]
+    assert sum(e["kind"] == "status" for e in events) >= 1000
+    end = lines[-1]
+    assert end["type"] == "end" and end["exit_code"] == proc.returncode
+    fresh = json.loads(run("progress", parent, "--json", db=db_path).stdout)
+    assert {k: v for k, v in end.items() if k in fresh} == fresh
+    # every event line carries the progress after it, and it only ever moves by one child
+    for line in lines:
+        assert sum(line[f"{s}_children"] for s in ("pending", "running", "completed", "failed",
+                                                   "cancelled")) == line["total_children"] == CHILDREN
+    assert run("verify", db=db_path).returncode == 0
+
+
+def test_since_replays_like_events_then_goes_live(db_path):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        kids = jc.spawn(parent, count=4)
+        jc.set_status(kids[:2], "running")
+        cursor = jc.events()[-1]["id"]
+        jc.set_status(kids[:2], "completed")
+        jc.log(kids[2], "hello")
+    replay = [json.loads(x) for x in run("events", "--job", parent, "--since", cursor, "--json",
+                                         db=db_path).stdout.splitlines()]
+    proc, first = start_watch(db_path, parent, "--since", cursor, "--json", "--timeout", 60)
+    assert json.loads(first)["progress_text"] == "2 pending, 2 running, 0 completed, 0 failed"
+    got = [json.loads(proc.stdout.readline()) for _ in replay]
+    assert [g["event"] for g in got] == replay
+    assert got[-1]["progress_text"] == "2 pending, 0 running, 2 completed, 0 failed"
+    with Jobctl(db_path) as jc:  # now the live tail
+        jc.set_status(kids[2:], "completed")
+    out, _ = proc.communicate(timeout=30)
+    live = [json.loads(x) for x in out.splitlines()]
+    assert [x["event"]["job_id"] for x in live if x["type"] == "event"] == [kids[2], kids[3], parent]
+    assert live[-1]["type"] == "end" and live[-1]["status"] == "completed"
+    assert proc.returncode == 0
+
+
+def test_from_start_replays_all_of_a_finished_job_and_exits(db_path):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        kid = jc.spawn(parent, count=1)[0]
+        jc.set_status([kid], "failed")
+    result = run("watch", parent, "--from-start", "--exit-status", db=db_path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "p (" in lines[0] and "pending" in lines[0]
+    assert any(f"{kid} pending → failed | 0 pending, 0 running, 0 completed, 1 failed" in x for x in lines)
+    assert lines[-1] == f"{parent} failed | 0 pending, 0 running, 0 completed, 1 failed"
+
+
+def test_already_terminal_exits_at_once_with_its_code(db_path):
+    with Jobctl(db_path) as jc:
+        done, cancelled = jc.create("a"), jc.create("b")
+        jc.set_status([done], "completed")
+        jc.cancel(cancelled)
+    assert run("watch", done, "--exit-status", db=db_path).returncode == 0
+    result = run("watch", cancelled, "--exit-status", db=db_path)
+    assert result.returncode == 6 and result.stdout.splitlines()[-1] == f"{cancelled} cancelled"
+    assert run("watch", cancelled, db=db_path).returncode == 0  # without --exit-status
+
+
+def test_timeout_unknown_job_and_bad_options(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("slow")
+    result = run("watch", job, "--timeout", "0.3", db=db_path)
+    assert result.returncode == 124 and result.stdout.splitlines()[-1] == f"{job} pending (timeout)"
+    assert run("watch", "nope", db=db_path).returncode == 3
+    assert run("watch", job, "--since", 1, "--from-start", db=db_path).returncode == 2
+    assert run("watch", job, "--poll-interval", 0, db=db_path).returncode == 2
+
+
+def test_ctrl_c_exits_130_without_traceback(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("forever")
+    proc, _ = start_watch(db_path, job)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert out.splitlines()[-1] == f"{job} pending (interrupted)"
+
+
+@pytest.mark.parametrize("env,interval", [({"JOBCTL_WATCH_POLL": "1"}, 0.3), ({}, 60)])
+def test_change_seen_by_polling_and_by_file_notification(db_path, env, interval):
+    """Forced polling sees a change within its poll interval; with watchfiles a change is seen
+    long before a 60 s poll interval would have fired."""
+    with Jobctl(db_path) as jc:
+        job = jc.create("j")
+    proc, _ = start_watch(db_path, job, "--poll-interval", interval, "--timeout", 30, env=env)
+    time.sleep(0.3)
+    with Jobctl(db_path) as jc:
+        jc.set_status([job], "running")
+        line = proc.stdout.readline()
+        assert f"{job} pending → running" in line
+        jc.set_status([job], "completed")
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_waker_modes(db_path, monkeypatch):
+    with Jobctl(db_path) as jc, Jobctl(db_path) as writer:
+        job = writer.create("j")
+        assert Waker(jc, 0.05).mode == "watchfiles"
+        monkeypatch.setenv("JOBCTL_WATCH_POLL", "1")
+        waker = Waker(jc, 0.05)
+        assert waker.mode == "polling"
+        assert waker.wait(1) is False  # nothing committed since it started
+        writer.set_status([job], "running")
+        assert waker.wait(1) is True
+
+
+def test_tail_fold_matches_a_fresh_count(db_path):
+    """The O(1) fold of events into counts agrees with counting the children again."""
+    import random
+
+    rng = random.Random(7)
+    with Jobctl(db_path) as jc, Jobctl(db_path) as writer:
+        parent = writer.create("p")
+        kids = writer.spawn(parent, count=40)
+        tail = Tail.start(jc, parent)
+        for step in range(300):
+            kid = rng.choice(kids)
+            status = writer.status(kid)
+            choices = {"pending": ["running", "failed"], "running": ["completed", "failed", "cancelled"]}
+            if status in choices:
+                writer.set_status([kid], rng.choice(choices[status]))
+            elif status in ("failed", "cancelled") and rng.random() < 0.5:
+                writer.retry(kid)
+            if step % 7 == 0:
+                tail.read()
+                assert tail.counts == writer.store.count_children(parent)[parent]
+        tail.read()
+        assert tail.counts == writer.store.count_children(parent)[parent]
+        assert tail.status == writer.status(parent)
+
+
+def test_wait_returns_the_worst_outcome(db_path):
+    with Jobctl(db_path) as jc:
+        a, b, c = jc.create("a"), jc.create("b"), jc.create("c")
+        jc.set_status([a], "completed")
+        jc.set_status([b], "failed")
+        jc.cancel(c)
+    assert run("wait", a, db=db_path).returncode == 0
+    assert run("wait", a, c, db=db_path).returncode == 6
+    result = run("wait", a, b, c, db=db_path)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"{a} completed", f"{b} failed", f"{c} cancelled"]
+    assert run("wait", a, "nope", db=db_path).returncode == 3
+
+
+def test_wait_follows_jobs_live_and_times_out(db_path):
+    with Jobctl(db_path) as jc:
+        a, b = jc.create("a"), jc.create("b")
+    proc = subprocess.Popen([JOBCTL, "--db", str(db_path), "wait", a, b, "--timeout", "60"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    with Jobctl(db_path) as jc:
+        jc.set_status([a], "completed")
+        jc.set_status([b], "running")
+        jc.set_status([b], "completed")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and sorted(out.splitlines()) == sorted([f"{a} completed", f"{b} completed"])
+    with Jobctl(db_path) as jc:
+        c = jc.create("c")
+    result = run("wait", a, c, "--timeout", "0.3", db=db_path)
+    assert result.returncode == 124
+    assert result.stdout.splitlines() == [f"{a} completed", f"{c} pending (timeout)"]
+
+
+def test_live_view_renders_on_a_terminal(db_path, monkeypatch):
+    from rich.console import Console
+
+    from jobctl.render import LiveWatch
+    from jobctl.watch import run_watch
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("News Crawler")
+        kids = jc.spawn(parent, count=3)
+        jc.set_status(kids, "running")
+        cursor = jc.events()[0]["id"]
+        jc.log(kids[0], "fetching https://example.com/")
+        jc.set_status(kids, "completed")
+        buf = io.StringIO()
+        sink = LiveWatch(Console(file=buf, force_terminal=True, width=100, color_system="truecolor"))
+        assert run_watch(jc, parent, sink, since=cursor) == 0
+    screen = buf.getvalue()
+    assert "News Crawler" in screen and parent in screen and "COMPLETED" in screen
+    assert "0 pending, 0 running, 3 completed, 0 failed" in screen
+    assert "3/3" in screen and "100.0%" in screen
+    assert "fetching https://example.com/" in screen
+    assert "\x1b[" in screen  # coloured
+    monkeypatch.setenv("NO_COLOR", "1")
+    buf = io.StringIO()
+    with Jobctl(db_path) as jc:
+        run_watch(jc, parent, LiveWatch(Console(file=buf, force_terminal=True, width=100)))
+    assert "\x1b[3" not in buf.getvalue() and "\x1b[4" not in buf.getvalue()  # no colour codes
+
+
+def test_demo_runs_to_the_end():
+    children = 108 if FULL else 8
+    result = run("demo", "--children", children, "--workers", 2, "--speed", 20, "--seed", 3, timeout=120)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert f"{children} " in last.replace(",", " ") or "completed" in last
+    assert "jobctl demo:" in result.stderr and " 0 pending, 0 running" in result.stderr
