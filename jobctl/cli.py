@@ -350,6 +350,9 @@ def watch(
     poll_interval: Annotated[float, typer.Option("--poll-interval", metavar="SECONDS",
                                                  help="Check this often even without a file "
                                                       "notification.")] = 1.0,
+    stale_after: Annotated[Optional[str], typer.Option(
+        "--stale-after", metavar="DURATION",
+        help="Mark running children whose last heartbeat (or start) is older than this: 90s, 5m.")] = None,
 ) -> None:
     """Follow a job live until it ends: its progress and every event and log line below it.
 
@@ -361,10 +364,11 @@ def watch(
 
     if since is not None and from_start:
         raise UsageError("give --since or --from-start, not both")
+    stale = model.parse_duration(stale_after) if stale_after is not None else None
     jc = open_db(ctx)
     sink = render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
     code = watching.run_watch(jc, job, sink, since=0 if from_start else since, timeout=timeout,
-                              poll_interval=poll_interval, exit_status=exit_status)
+                              poll_interval=poll_interval, exit_status=exit_status, stale_after=stale)
     raise typer.Exit(code)
 
 

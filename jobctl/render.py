@@ -137,6 +137,22 @@ def clock(at: str) -> str:
     return datetime.fromisoformat(at).astimezone().strftime("%H:%M:%S")
 
 
+def clock_now() -> str:
+    import time
+
+    return time.strftime("%H:%M:%S")
+
+
+def duration(seconds: float) -> str:
+    """95 -> '1m35s'."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def update_line(e: Mapping, progress: Mapping) -> str:
     """A watch line: `HH:MM:SS <job> <old> → <new> | <progress>` or a log line."""
     if e["kind"] == "log":
@@ -163,6 +179,11 @@ class PlainWatch:
     def update(self, update) -> None:
         self._write(update_line(update.event, update.progress))
 
+    def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
+        for job_id, age in new.items():
+            self._write(f"{clock_now()} {job_id} stale: no heartbeat for {duration(age)}"
+                        f" | {progress['progress_text']}")
+
     def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
         self._write(summary_line(job, progress, reason))
 
@@ -181,6 +202,10 @@ class JsonWatch:
 
     def update(self, update) -> None:
         write_json({"type": "event", **update.progress, "event": event_json(update.event)})
+
+    def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
+        write_json({"type": "stale", **progress, "stale_job_ids": list(new),
+                    "seconds_since_heartbeat": [round(v, 1) for v in new.values()], "all_stale": all_stale})
 
     def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
         write_json({"type": "end", **progress, "reason": reason or "finished", "exit_code": code})
@@ -202,6 +227,7 @@ class LiveWatch:
         self.finished_at: deque = deque(maxlen=200)  # (unix time, finished children)
         self.job: Mapping = {}
         self.progress: Mapping = {}
+        self.stale_ids: list = []
         self.live = Live(console=self.console, refresh_per_second=8, transient=False,
                          get_renderable=self.render)
 
@@ -223,6 +249,12 @@ class LiveWatch:
             self.lines.append(f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
                               f"[bold]{escape(e['job_id'])}[/] {e['old_status'] or 'new'} → {new}")
             self._mark(e["at"])
+
+    def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
+        self.stale_ids = all_stale
+        for job_id, age in new.items():
+            self.lines.append(f"[dim]{clock_now()}[/] [bold yellow]{'stale':<9}[/] [bold]{job_id}[/] "
+                              f"no heartbeat for {duration(age)}")
 
     def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
         self.progress = progress
@@ -270,6 +302,9 @@ class LiveWatch:
             bar = Table.grid(padding=(0, 1))
             bar.add_row(ProgressBar(total=total, completed=done, width=40), Text(stats))
             parts += [bar, Text(p["progress_text"])]
+        if self.stale_ids:
+            shown = ", ".join(self.stale_ids[:5]) + (" …" if len(self.stale_ids) > 5 else "")
+            parts.append(Text(f"⚠ {len(self.stale_ids)} stale (no heartbeat): {shown}", style="bold yellow"))
         parts.append(Text.from_markup("\n".join(self.lines)) if self.lines else Text("waiting for events…",
                                                                                         style="dim"))
         if final is not None:

@@ -170,9 +170,10 @@ class Waker:
             self.notify.close()
 
 
-def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on_done) -> bool:
+def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on_done, on_tick=None) -> bool:
     """Feed every tail's updates to on_update(tail, update) and call on_done(tail)
-    as each one's job ends, until all have ended (True) or `timeout` runs out (False)."""
+    as each one's job ends, until all have ended (True) or `timeout` runs out (False).
+    on_tick(), if given, runs once per wake-up or poll interval."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = list(tails)
     changed = True
@@ -185,6 +186,8 @@ def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on
                 on_done(tail)
         if not pending:
             return True
+        if on_tick is not None:
+            on_tick()
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return False
@@ -195,20 +198,47 @@ def exit_code_for(status: str) -> int:
     return model.EXIT_FOR_STATUS.get(status, model.EXIT_OK)
 
 
+class StaleCheck:
+    """Tells the sink which running children of the job have stopped beating
+    (last heartbeat, or start, older than `stale_after` seconds), once each."""
+
+    def __init__(self, tail: Tail, stale_after: float, sink):
+        self.tail, self.stale_after, self.sink = tail, stale_after, sink
+        self.marked: set[str] = set()
+
+    def __call__(self) -> None:
+        from datetime import datetime, timezone
+
+        rows = self.tail.jc.store.list_jobs(parent_id=self.tail.job_id,
+                                            running_since_before=model.ago(self.stale_after))
+        now = datetime.now(timezone.utc)
+        stale = {r["id"]: (now - datetime.fromisoformat(r["last_heartbeat"] or r["started_at"])).total_seconds()
+                 for r in rows}
+        new = {k: v for k, v in stale.items() if k not in self.marked}
+        self.marked = set(stale)
+        if new:
+            self.sink.stale(new, sorted(self.marked), self.tail.progress())
+
+
 def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeout: float | None = None,
-              poll_interval: float = DEFAULT_POLL_INTERVAL, exit_status: bool = False) -> int:
+              poll_interval: float = DEFAULT_POLL_INTERVAL, exit_status: bool = False,
+              stale_after: float | None = None) -> int:
     """`jobctl watch`: the start state, then every event of the tree, then a summary.
 
     Returns the exit code: 0 when the job ends (with `exit_status`: 0 completed,
-    1 failed, 6 cancelled), 124 on timeout, 130 on Ctrl-C.
+    1 failed, 6 cancelled), 124 on timeout, 130 on Ctrl-C. With `stale_after`,
+    running children without a recent heartbeat are reported as stale.
     """
     if timeout is not None and timeout < 0:
         raise UsageError(f"--timeout must be 0 seconds or more, not {timeout}")
     tail = Tail.start(jc, job_id, since=since)
     waker = Waker(jc, poll_interval)
     sink.start(tail.job, tail.progress(), tail.cursor)
+    on_tick = StaleCheck(tail, stale_after, sink) if stale_after is not None else None
     try:
-        finished = follow([tail], waker, timeout, lambda t, u: sink.update(u), lambda t: None)
+        if on_tick is not None:
+            on_tick()
+        finished = follow([tail], waker, timeout, lambda t, u: sink.update(u), lambda t: None, on_tick)
     except KeyboardInterrupt:
         sink.end(tail.job, tail.progress(), "interrupted", model.EXIT_INTERRUPTED)
         return model.EXIT_INTERRUPTED

@@ -277,3 +277,31 @@ def test_demo_runs_to_the_end():
     last = result.stdout.splitlines()[-1]
     assert f"{children} " in last.replace(",", " ") or "completed" in last
     assert "jobctl demo:" in result.stderr and " 0 pending, 0 running" in result.stderr
+
+
+def test_watch_marks_stale_children(db_path):
+    import sqlite3
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        kids = jc.spawn(parent, count=3)
+        jc.set_status(kids[:2], "running")
+        jc.heartbeat(kids[1])
+    conn = sqlite3.connect(db_path)  # the first child's worker went quiet an hour ago
+    conn.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kids[0],))
+    conn.commit()
+    conn.close()
+    proc, _ = start_watch(db_path, parent, "--stale-after", "5m", "--json", "--poll-interval", "0.2",
+                          "--timeout", 30)
+    stale = json.loads(proc.stdout.readline())
+    assert stale["type"] == "stale" and stale["stale_job_ids"] == [kids[0]] and stale["all_stale"] == [kids[0]]
+    assert stale["seconds_since_heartbeat"][0] > 3600
+    with Jobctl(db_path) as jc:
+        jc.reap(300)  # heartbeat lost: the stale child fails, the parent's progress follows
+        jc.set_status(kids[1:], "completed")
+    out, _ = proc.communicate(timeout=30)
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["event"]["message"] for x in lines if x["type"] == "event"][0] == "heartbeat lost"
+    assert lines[-1]["progress_text"] == "0 pending, 0 running, 2 completed, 1 failed"
+    plain = run("watch", parent, "--stale-after", "5m", db=db_path)  # already final: nothing running is stale
+    assert "stale" not in plain.stdout
