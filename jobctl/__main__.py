@@ -1,5 +1,5 @@
 import sys
 
-from jobctl.cli import main
+from jobctl.fastpath import main
 
 sys.exit(main())

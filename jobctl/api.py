@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from jobctl import model
@@ -371,7 +370,7 @@ class Jobctl:
 
     def _free_root_id(self) -> str:
         while True:
-            candidate = secrets.token_hex(4)
+            candidate = os.urandom(4).hex()
             if self.store.get_job(candidate) is None:
                 return candidate
 

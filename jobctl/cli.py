@@ -13,7 +13,7 @@ import typer
 import typer.core
 
 
-from jobctl import model, render
+from jobctl import fastpath, model, render
 from jobctl.api import Jobctl, resolve_db_path
 from jobctl.model import JobctlError, UsageError
 
@@ -37,8 +37,7 @@ class JobctlGroup(typer.core.TyperGroup):
             rv = super().main(args=args, prog_name=prog_name or "jobctl", standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
         except JobctlError as exc:
-            sys.stderr.write(f"jobctl: error: {exc}\n")
-            code = exc.exit_code
+            code = fastpath.error(exc)
         except NoArgsIsHelpError as exc:  # bare `jobctl`: the help, as a usage error
             sys.stderr.write(exc.format_message() + "\n")
             code = model.EXIT_USAGE
@@ -77,20 +76,24 @@ def open_db(ctx: typer.Context) -> Jobctl:
     return Jobctl(ctx.obj["db"])
 
 
+def print_version(value: bool) -> None:
+    if value:
+        from jobctl import __version__
+
+        print(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
     db: Annotated[Optional[str], typer.Option("--db", metavar="PATH",
                                               help="Database file (default: $JOBCTL_DB, else "
                                                    "~/.local/share/jobctl/jobctl.db).")] = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """A job database for scripts and CI pipelines that fan work out into child jobs."""
-    if version:
-        from jobctl import __version__
-
-        print(__version__)
-        raise typer.Exit()
     ctx.obj = {"db": db}
 
 
@@ -434,14 +437,3 @@ def verify(ctx: typer.Context, json: JSON = False) -> None:
         info("verify: ok" if not problems else f"verify: {len(problems)} difference(s)")
     if problems:
         raise typer.Exit(1)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """The console script."""
-    try:
-        return app(args=argv, prog_name="jobctl", standalone_mode=False)
-    except BrokenPipeError:  # `jobctl list | head`: the reader left; not an error
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
