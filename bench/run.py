@@ -190,6 +190,163 @@ def watch_idle(args, tmp):
     return {"metric": "CPU % while idle", **out, "seconds": args.idle_seconds}
 
 
+# ------------------------------------------------------- writes and reads
+def _template(tmp, name, children):
+    """A database with one parent and `children` pending children, checkpointed."""
+    import sqlite3
+
+    from jobctl import Jobctl
+
+    db = tmp / f"{name}.db"
+    with Jobctl(db) as jc:
+        parent = jc.create(name, id="p")
+        kids = jc.spawn(parent, count=children) if children else []
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return db, parent, kids
+
+
+def _fresh(template, tmp, i):
+    import shutil
+
+    db = tmp / f"run{i}.db"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(template, db)
+    return db
+
+
+def _timed(cmd, stdin=None):
+    started = time.perf_counter()
+    subprocess.run(cmd, input=stdin, stdout=subprocess.DEVNULL, check=True, text=True)
+    return time.perf_counter() - started
+
+
+def _ratio_result(metric, ours, base, bar, limit, **extra):
+    mo, mb = statistics.median(ours), statistics.median(base)
+    return {"metric": metric, "jobctl_median_ms": mo * 1000, "baseline_median_ms": mb * 1000,
+            "ratio": mo / mb, "runs": len(ours), "bar": bar, "met": mo / mb <= limit, **extra}
+
+
+@benchmark
+def status_set_call(args, tmp):
+    """`jobctl status set JOB running`, one process per call, against a bare sqlite3
+    script doing the same UPDATE + INSERT event in BEGIN IMMEDIATE."""
+    runs = args.calls
+    db, parent, kids = _template(tmp, "calls", 2 * runs)
+    ours, base = [], []
+    for i in range(runs):
+        ours.append(_timed([JOBCTL, "--db", str(db), "status", "set", kids[2 * i], "running"]))
+        base.append(_timed([sys.executable, str(HERE / "baselines.py"), "status-set", str(db), kids[2 * i + 1]]))
+    return _ratio_result("wall time per call", ours, base, "ratio ≤ 4 (ultimately ≤ 2)", 4)
+
+
+@benchmark
+def status_set_stdin(args, tmp):
+    """`jobctl status set --stdin running` with many ids in one transaction, against a
+    raw sqlite3 loop doing the same writes."""
+    template, parent, kids = _template(tmp, "batch", args.batch_ids)
+    ids = "\n".join(kids) + "\n"
+    ours, base = [], []
+    for i in range(args.rounds * 3):
+        db = _fresh(template, tmp, i)
+        ours.append(_timed([JOBCTL, "--db", str(db), "status", "set", "--stdin", "running"], ids))
+        db = _fresh(template, tmp, i)
+        base.append(_timed([sys.executable, str(HERE / "baselines.py"), "batch", str(db)], ids))
+    return _ratio_result("wall time", ours, base, "ratio ≤ 2", 2, ids=args.batch_ids)
+
+
+@benchmark
+def spawn(args, tmp):
+    """`jobctl spawn PARENT --count N` (rows and events) against raw executemany of the same rows."""
+    template, parent, _ = _template(tmp, "spawn", 0)
+    ours, base = [], []
+    for i in range(args.rounds * 3):
+        db = _fresh(template, tmp, i)
+        ours.append(_timed([JOBCTL, "--db", str(db), "spawn", parent, "--count", str(args.spawn_children)]))
+        db = _fresh(template, tmp, i)
+        base.append(_timed([sys.executable, str(HERE / "baselines.py"), "spawn", str(db), parent,
+                            str(args.spawn_children)]))
+    return _ratio_result("wall time", ours, base, "ratio ≤ 2", 2, children=args.spawn_children)
+
+
+def _million(args, tmp):
+    from jobctl import Jobctl
+
+    db = tmp / "million.db"
+    with Jobctl(db) as jc:
+        parent = jc.create("million", id="m")
+        left = args.progress_children
+        while left:
+            jc.spawn(parent, count=min(left, 250_000))
+            left -= min(left, 250_000)
+        kids_for_rss = [f"{parent}.{i}" for i in range(1, 1001)]
+    return db, parent, kids_for_rss
+
+
+@benchmark
+def progress_million(args, tmp):
+    """`progress` of a parent with a million children: the kept counts (one row) against
+    the GROUP BY count over the children with the (parent_id, status) index; then watch's
+    peak RSS on that parent while 1,000 events go by."""
+    from jobctl import Jobctl
+
+    db, parent, kids = _million(args, tmp)
+    ours, base = [], []
+    with Jobctl(db) as jc:
+        conn = jc.store.conn
+        for _ in range(args.rounds * 10):
+            t = time.perf_counter()
+            jc.progress(parent)
+            ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            conn.execute("SELECT status, count(*) FROM jobs WHERE parent_id = ? GROUP BY status", (parent,)).fetchall()
+            base.append(time.perf_counter() - t)
+    cli = statistics.median(_timed([JOBCTL, "--db", str(db), "progress", parent, "--json"]) for _ in range(5))
+    proc, reader = start_reader([JOBCTL, "--db", str(db), "watch", parent, "--json"])
+    with Jobctl(db) as jc:
+        for k in kids:
+            jc.set_status([k], "running")
+    deadline = time.time() + 60
+    while sum('"type": "event"' in line for _, line in reader.lines) < len(kids) and time.time() < deadline:
+        time.sleep(0.05)
+    rss_mb = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                  if line.startswith("VmHWM")) / 1024
+    stop(proc)
+    mo, mb = statistics.median(ours), statistics.median(base)
+    return {"metric": "query time (ms)", "children": args.progress_children, "jobctl_median_ms": mo * 1000,
+            "baseline_median_ms": mb * 1000, "ratio": mo / mb, "cli_progress_json_ms": cli * 1000,
+            "watch_peak_rss_mb": rss_mb, "bar": "≤ 5 ms query; watch RSS ≤ 100 MB",
+            "met": mo * 1000 <= 5 and rss_mb <= 100}
+
+
+@benchmark
+def concurrent_writers(args, tmp):
+    """8 processes writing status changes at once through the Python API, commits/s,
+    against raw sqlite3 processes with the same pattern (SELECT, UPDATE, INSERT event,
+    UPDATE counts, one transaction each)."""
+    template, parent, kids = _template(tmp, "writers", 8 * 10)
+    n = args.writer_commits
+
+    def one(script):
+        db = _fresh(template, tmp, script.stem)
+        start = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, str(script), str(db), str(start), str(n),
+                                   ",".join(kids[w::8])], stdout=subprocess.PIPE, text=True)
+                 for w in range(8)]
+        ends = [float(p.communicate(timeout=600)[0].split()[-1]) for p in procs]
+        return 8 * n / (max(ends) - start)
+
+    ours, base = [], []
+    for _ in range(args.rounds):
+        ours.append(one(HERE / "api_writer.py"))
+        base.append(one(HERE / "baseline_writer.py"))
+    mo, mb = statistics.median(ours), statistics.median(base)
+    return {"metric": "commits/s", "writers": 8, "commits_each": n, "jobctl": mo, "baseline": mb,
+            "ratio": mo / mb, "bar": "ratio ≥ 0.5", "met": mo / mb >= 0.5}
+
+
 # ------------------------------------------------------------------- main
 def machine():
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
@@ -205,11 +362,25 @@ def main(argv=None):
     parser.add_argument("--rate", type=float, default=20.0, help="commits per second for the latency run")
     parser.add_argument("--throughput-children", type=int, default=20_000, help="100000 for the full size")
     parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--calls", type=int, default=30, help="status set calls per side")
+    parser.add_argument("--batch-ids", type=int, default=10_000)
+    parser.add_argument("--spawn-children", type=int, default=100_000)
+    parser.add_argument("--progress-children", type=int, default=1_000_000)
+    parser.add_argument("--writer-commits", type=int, default=500, help="per writer")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
     if args.tiny:
         args.rounds, args.latency_events, args.rate = 1, 10, 50.0
         args.throughput_children, args.idle_seconds = 200, 0.5
+        args.calls, args.batch_ids, args.spawn_children = 3, 200, 1000
+        args.progress_children, args.writer_commits = 2000, 20
+    # Measure what users run: bytecode cached. (Some shells export PYTHONDONTWRITEBYTECODE,
+    # which would make every jobctl process compile its modules again.)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    import compileall
+
+    import jobctl
+    compileall.compile_dir(str(Path(jobctl.__file__).parent), quiet=1)
     results = {"machine": machine(), "args": vars(args), "benchmarks": {}}
     for name in args.only or BENCHMARKS:
         with tempfile.TemporaryDirectory(prefix=f"jobctl-bench-{name}-") as tmp:

@@ -215,6 +215,8 @@ class Jobctl:
                 raise UsageError("no child names given")
         elif not isinstance(count, int) or count < 1:
             raise UsageError(f"--count must be a positive whole number, not {count}")
+        elif count > model.MAX_SPAWN:
+            raise UsageError(f"--count is at most {model.MAX_SPAWN:,} children in one spawn, not {count:,}")
         n = count if names is None else len(names)
         with self.store.write():
             ch = _Change(self.store)

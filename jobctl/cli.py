@@ -30,7 +30,6 @@ class JobctlGroup(typer.core.TyperGroup):
     whether the app runs as the console script or under typer's CliRunner."""
 
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
-        from typer._click.exceptions import NoArgsIsHelpError  # typer 0.28 vendors click
         from typer.exceptions import TyperException
 
         try:
@@ -38,9 +37,6 @@ class JobctlGroup(typer.core.TyperGroup):
             code = rv if isinstance(rv, int) else 0
         except JobctlError as exc:
             code = fastpath.error(exc)
-        except NoArgsIsHelpError as exc:  # bare `jobctl`: the help, as a usage error
-            sys.stderr.write(exc.format_message() + "\n")
-            code = model.EXIT_USAGE
         except TyperException as exc:
             text = " ".join(exc.format_message().split())
             sys.stderr.write(f"jobctl: error: {text} (see --help)\n")
@@ -55,12 +51,11 @@ app = typer.Typer(
     name="jobctl",
     help="A job database for scripts and CI pipelines that fan work out into child jobs.",
     epilog=EXIT_CODES_HELP,
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-status_app = typer.Typer(help="Set or get a job's status.", no_args_is_help=True)
-db_app = typer.Typer(help="The database file.", no_args_is_help=True)
+status_app = typer.Typer(help="Set or get a job's status.")
+db_app = typer.Typer(help="The database file.")
 app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
 

@@ -58,6 +58,7 @@ EXIT_FOR_STATUS: Mapping[str, int] = {
 SEVERITY: Mapping[int, int] = {EXIT_OK: 0, EXIT_CANCELLED: 1, EXIT_FAILED: 2, EXIT_TIMEOUT: 3}
 
 MAX_NAME_LENGTH = 1000
+MAX_SPAWN = 10_000_000  # children in one spawn: ids and rows are built in memory
 MAX_MESSAGE_LENGTH = 100_000
 
 
