@@ -1,0 +1,378 @@
+"""Unit tests for jobctl.model: the transition table, status words, derived
+parent status, status timestamps, replay, durations and timestamps."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobctl import model
+from jobctl.model import (ACTIVE, ALLOWED, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STATUSES,
+                          TERMINAL, Conflict, JobctlError, UsageError)
+
+ALL_PAIRS = list(itertools.product(STATUSES, STATUSES))
+
+
+def expected_allowed(old: str, new: str) -> bool:
+    """The documented rule, written independently of the ALLOWED table."""
+    if old in (COMPLETED, FAILED, CANCELLED):
+        return False
+    if old == new:
+        return False
+    return not (old == RUNNING and new == PENDING)
+
+
+# ------------------------------------------------------------------ constants
+def test_status_sets():
+    assert STATUSES == ("pending", "running", "completed", "failed", "cancelled")
+    assert TERMINAL == {"completed", "failed", "cancelled"}
+    assert ACTIVE == {"pending", "running"}
+    assert set(ALLOWED) == set(STATUSES)
+
+
+def test_exit_codes_of_errors():
+    assert UsageError("x").exit_code == 2
+    assert Conflict("x").exit_code == 4
+    assert model.NotFound("x").exit_code == 3
+    assert model.DatabaseUnusable("x").exit_code == 5
+    assert JobctlError("x", exit_code=7).exit_code == 7
+    assert isinstance(Conflict("x"), JobctlError)
+    assert isinstance(UsageError("x"), JobctlError)
+
+
+# ----------------------------------------------------------- transition table
+@pytest.mark.parametrize("old,new", ALL_PAIRS)
+def test_allowed_table_matches_rule(old, new):
+    assert (new in ALLOWED[old]) == expected_allowed(old, new)
+
+
+@pytest.mark.parametrize("old,new", ALL_PAIRS)
+def test_check_transition_without_force(old, new):
+    if expected_allowed(old, new):
+        assert model.check_transition("j1", old, new) is None
+    else:
+        with pytest.raises(Conflict) as info:
+            model.check_transition("j1", old, new)
+        assert info.value.exit_code == 4
+        assert "j1" in str(info.value)
+        assert f"{old} → {new}" in str(info.value)
+
+
+@pytest.mark.parametrize("old,new", ALL_PAIRS)
+def test_check_transition_force_allows_everything(old, new):
+    assert model.check_transition("j1", old, new, force=True) is None
+
+
+def test_allowed_counts():
+    # pending -> 4 others, running -> 3 (not pending), terminal -> none
+    assert {s: len(ALLOWED[s]) for s in STATUSES} == {
+        PENDING: 4, RUNNING: 3, COMPLETED: 0, FAILED: 0, CANCELLED: 0}
+
+
+@pytest.mark.parametrize("old", sorted(TERMINAL))
+@pytest.mark.parametrize("new", STATUSES)
+def test_terminal_is_final(old, new):
+    with pytest.raises(Conflict) as info:
+        model.check_transition("abc", old, new)
+    assert "final status" in str(info.value)
+
+
+def test_conflict_hints():
+    for old in (FAILED, CANCELLED):
+        with pytest.raises(Conflict) as info:
+            model.check_transition("j", old, PENDING)
+        assert "retry" in str(info.value)
+    with pytest.raises(Conflict) as info:
+        model.check_transition("j", COMPLETED, PENDING)
+    assert "retry" not in str(info.value)
+    assert "--force" in str(info.value)
+    with pytest.raises(Conflict) as info:
+        model.check_transition("j", RUNNING, PENDING)
+    assert "--force" in str(info.value)
+    assert "final" not in str(info.value)
+
+
+# ---------------------------------------------------------------- status word
+@pytest.mark.parametrize("word", STATUSES)
+def test_check_status_word_accepts(word):
+    assert model.check_status_word(word) == word
+
+
+@pytest.mark.parametrize("word", ["RUNNING", "Running", "", "done", " running", "running ",
+                                  "Pending", "canceled", "complete", "fail"])
+def test_check_status_word_rejects(word):
+    with pytest.raises(UsageError) as info:
+        model.check_status_word(word)
+    assert info.value.exit_code == 2
+    msg = str(info.value)
+    assert repr(word) in msg
+    for s in STATUSES:
+        assert s in msg
+    assert "pending, running, completed, failed, cancelled" in msg
+
+
+# ------------------------------------------------------------- derive_status
+def c(p=0, r=0, co=0, f=0, ca=0) -> dict:
+    return {PENDING: p, RUNNING: r, COMPLETED: co, FAILED: f, CANCELLED: ca}
+
+
+@pytest.mark.parametrize("current", STATUSES)
+@pytest.mark.parametrize("counts", [{}, c(), {PENDING: 0, FAILED: 0}])
+def test_derive_no_children_keeps_current(counts, current):
+    assert model.derive_status(counts, current) == current
+
+
+@pytest.mark.parametrize("counts,expected", [
+    (c(p=1), RUNNING),
+    (c(r=1), RUNNING),
+    (c(p=66, r=1, co=41), RUNNING),
+    (c(p=1, f=5), RUNNING),
+    (c(r=1, ca=3), RUNNING),
+    (c(p=1, r=1, co=1, f=1, ca=1), RUNNING),
+    ({RUNNING: 2}, RUNNING),
+    (c(co=3), COMPLETED),
+    ({COMPLETED: 1}, COMPLETED),
+    (c(co=1, ca=1), COMPLETED),
+    (c(co=1, ca=100), COMPLETED),
+    (c(f=1), FAILED),
+    (c(co=10, f=1), FAILED),
+    (c(f=1, ca=9), FAILED),
+    (c(co=1, f=1, ca=1), FAILED),
+    ({FAILED: 2}, FAILED),
+    (c(ca=1), CANCELLED),
+    (c(ca=7), CANCELLED),
+    ({CANCELLED: 3}, CANCELLED),
+])
+@pytest.mark.parametrize("current", STATUSES)
+def test_derive_table(counts, expected, current):
+    assert model.derive_status(counts, current) == expected
+
+
+count_dicts = st.fixed_dictionaries({}, optional={s: st.integers(0, 5) for s in STATUSES})
+
+
+@given(counts=count_dicts, current=st.sampled_from(STATUSES))
+def test_derive_rules(counts, current):
+    got = model.derive_status(counts, current)
+    n = {s: counts.get(s, 0) for s in STATUSES}
+    total = sum(n.values())
+    if total == 0:
+        assert got == current
+    elif n[PENDING] or n[RUNNING]:
+        assert got == RUNNING
+    else:
+        # all terminal
+        if n[FAILED] > 0:
+            assert got == FAILED
+        elif n[CANCELLED] == total:
+            assert got == CANCELLED
+        else:
+            assert got == COMPLETED
+    # consequences of the rules stated the other way round
+    if total:
+        assert (got == CANCELLED) == (n[CANCELLED] == total)
+        assert (got in TERMINAL) == (n[PENDING] + n[RUNNING] == 0)
+        if got == COMPLETED:
+            assert n[COMPLETED] > 0 and n[FAILED] == 0
+
+
+# --------------------------------------------------------------- enter_status
+def blank_job(status=PENDING):
+    return {"status": status, "started_at": None, "completed_at": None, "updated_at": "t0"}
+
+
+def test_enter_running_sets_started_at():
+    job = blank_job()
+    model.enter_status(job, RUNNING, "t1")
+    assert job == {"status": RUNNING, "started_at": "t1", "completed_at": None, "updated_at": "t1"}
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL))
+def test_enter_terminal_sets_completed_at_and_keeps_started_at(terminal):
+    job = blank_job()
+    model.enter_status(job, RUNNING, "t1")
+    model.enter_status(job, terminal, "t2")
+    assert job == {"status": terminal, "started_at": "t1", "completed_at": "t2", "updated_at": "t2"}
+
+
+def test_enter_terminal_from_pending_leaves_started_at_none():
+    job = blank_job()
+    model.enter_status(job, COMPLETED, "t1")
+    assert job["started_at"] is None
+    assert job["completed_at"] == "t1"
+
+
+def test_enter_pending_clears_both():
+    job = blank_job()
+    model.enter_status(job, RUNNING, "t1")
+    model.enter_status(job, FAILED, "t2")
+    model.enter_status(job, PENDING, "t3")
+    assert job == {"status": PENDING, "started_at": None, "completed_at": None, "updated_at": "t3"}
+
+
+def test_enter_running_again_clears_completed_at():
+    job = blank_job()
+    model.enter_status(job, COMPLETED, "t1")
+    model.enter_status(job, RUNNING, "t2")  # e.g. a forced or derived change
+    assert job["started_at"] == "t2"
+    assert job["completed_at"] is None
+
+
+def test_enter_status_keeps_other_fields():
+    job = dict(blank_job(), id="x", name="n", parent_id="p")
+    model.enter_status(job, RUNNING, "t1")
+    assert (job["id"], job["name"], job["parent_id"]) == ("x", "n", "p")
+
+
+# --------------------------------------------------------------------- replay
+def ev(kind, job_id, old, new, at, parent_id=None):
+    return {"kind": kind, "job_id": job_id, "parent_id": parent_id, "old_status": old,
+            "new_status": new, "at": at}
+
+
+def test_replay_single_job():
+    events = [
+        ev("create", "a", None, PENDING, "t1"),
+        ev("status", "a", PENDING, RUNNING, "t2"),
+        ev("log", "a", None, None, "t3"),
+        ev("status", "a", RUNNING, COMPLETED, "t4"),
+    ]
+    assert model.replay(events) == {"a": {
+        "parent_id": None, "status": COMPLETED, "created_at": "t1", "started_at": "t2",
+        "completed_at": "t4", "updated_at": "t4"}}
+
+
+def test_replay_several_jobs():
+    events = [
+        ev("create", "p", None, PENDING, "t01"),
+        ev("create", "p.1", None, PENDING, "t02", parent_id="p"),
+        ev("create", "p.2", None, PENDING, "t02", parent_id="p"),
+        ev("status", "p", PENDING, RUNNING, "t02"),
+        ev("status", "p.1", PENDING, RUNNING, "t03", parent_id="p"),
+        ev("log", "p.1", None, None, "t04", parent_id="p"),
+        ev("status", "p.1", RUNNING, FAILED, "t05", parent_id="p"),
+        ev("status", "p.2", PENDING, CANCELLED, "t06", parent_id="p"),
+        ev("status", "p", RUNNING, FAILED, "t06"),
+        ev("status", "p.1", FAILED, PENDING, "t07", parent_id="p"),  # retry
+        ev("status", "p", FAILED, RUNNING, "t07"),
+        ev("create", "q", None, PENDING, "t08"),
+    ]
+    got = model.replay(events)
+    assert set(got) == {"p", "p.1", "p.2", "q"}
+    assert got["p"] == {"parent_id": None, "status": RUNNING, "created_at": "t01",
+                        "started_at": "t07", "completed_at": None, "updated_at": "t07"}
+    assert got["p.1"] == {"parent_id": "p", "status": PENDING, "created_at": "t02",
+                          "started_at": None, "completed_at": None, "updated_at": "t07"}
+    assert got["p.2"] == {"parent_id": "p", "status": CANCELLED, "created_at": "t02",
+                          "started_at": None, "completed_at": "t06", "updated_at": "t06"}
+    assert got["q"] == {"parent_id": None, "status": PENDING, "created_at": "t08",
+                        "started_at": None, "completed_at": None, "updated_at": "t08"}
+    for job in got.values():
+        assert set(job) == set(model.REPLAYED_FIELDS)
+
+
+def test_replay_empty():
+    assert model.replay([]) == {}
+
+
+def test_replay_status_for_unknown_job():
+    got = model.replay([ev("status", "ghost", PENDING, RUNNING, "t1", parent_id="p")])
+    assert got["ghost"]["created_at"] is None
+    assert got["ghost"]["status"] == RUNNING
+    assert got["ghost"]["parent_id"] == "p"
+
+
+def test_replay_keeps_mismatching_old_status():
+    # the event says running -> completed while the replayed job is pending: kept as is
+    got = model.replay([ev("create", "a", None, PENDING, "t1"),
+                        ev("status", "a", RUNNING, COMPLETED, "t2")])
+    assert got["a"]["status"] == COMPLETED
+    assert got["a"]["started_at"] is None
+
+
+@given(st.lists(st.sampled_from(STATUSES), max_size=15))
+def test_replay_matches_enter_status(seq):
+    events = [ev("create", "a", None, PENDING, "t000")]
+    job = {"parent_id": None, "created_at": "t000", "started_at": None, "completed_at": None}
+    model.enter_status(job, PENDING, "t000")
+    old = PENDING
+    for i, new in enumerate(seq, 1):
+        at = f"t{i:03d}"
+        events.append(ev("status", "a", old, new, at))
+        model.enter_status(job, new, at)
+        old = new
+    assert model.replay(events) == {"a": job}
+    # status always the last new_status
+    assert model.replay(events)["a"]["status"] == (seq[-1] if seq else PENDING)
+
+
+# ------------------------------------------------------------- parse_duration
+@pytest.mark.parametrize("text,seconds", [
+    ("90s", 90), ("5m", 300), ("1h", 3600), ("2d", 172800), ("1.5", 1.5), ("10", 10),
+    ("0.5m", 30), (" 5m ", 300), ("1e3", 1000), ("1.5h", 5400),
+])
+def test_parse_duration(text, seconds):
+    assert model.parse_duration(text) == pytest.approx(seconds)
+    assert isinstance(model.parse_duration(text), float)
+
+
+@pytest.mark.parametrize("text", ["", " ", "abc", "-5s", "-1", "0", "0s", "0.0", "nan", "nans",
+                                  "inf", "infh", "-inf", "1e400", "5x", "s", "m", "5 m m", "5mm"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(UsageError) as info:
+        model.parse_duration(text)
+    assert info.value.exit_code == 2
+    assert repr(text) in str(info.value)
+
+
+# ------------------------------------------------------------ timestamp / now
+TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+
+
+def test_timestamp_known_values():
+    assert model.timestamp(0) == "1970-01-01T00:00:00.000000Z"
+    assert model.timestamp(1.5) == "1970-01-01T00:00:01.500000Z"
+    assert model.timestamp(86400 + 3661.25) == "1970-01-02T01:01:01.250000Z"
+    assert model.timestamp(1_700_000_000) == "2023-11-14T22:13:20.000000Z"
+
+
+@given(st.floats(0, 4e9, allow_nan=False, allow_infinity=False))
+def test_timestamp_format(t):
+    assert TS_RE.match(model.timestamp(t))
+
+
+@given(st.floats(0, 4e9), st.floats(0, 4e9))
+def test_timestamp_sortable_as_text(a, b):
+    a, b = sorted((a, b))
+    assert model.timestamp(a) <= model.timestamp(b)
+
+
+def test_timestamp_microseconds_order():
+    base = 1_700_000_000
+    stamps = [model.timestamp(base + k / 1000) for k in range(0, 1000, 37)]
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == len(stamps)
+
+
+def test_now_format_and_range():
+    before = model.timestamp(time.time())
+    n = model.now()
+    after = model.timestamp(time.time())
+    assert TS_RE.match(n)
+    assert n.endswith("Z")
+    assert len(n.split(".")[1]) == 7  # 6 digits + Z
+    assert before <= n <= after
+
+
+def test_ago():
+    a = model.ago(3600)
+    n = model.now()
+    assert TS_RE.match(a)
+    assert a < n
+    # about an hour back
+    assert model.timestamp(time.time() - 3605) < a < model.timestamp(time.time() - 3595)

@@ -1,0 +1,471 @@
+"""A hypothesis state machine against the real Python API on a real SQLite
+file, checked after every step against a plain in-memory model of the
+documented semantics (written here, independently of jobctl.model)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import jobctl
+
+PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
+FINAL = {COMPLETED, FAILED, CANCELLED}
+LARGE = 365 * 86400.0  # a stale_after nothing can reach
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12).filter(
+    lambda s: s.strip())
+
+
+def may_move(old: str, new: str) -> bool:
+    """Without force: a non-terminal job may move to any other status except running -> pending."""
+    return old not in FINAL and old != new and (old, new) != (RUNNING, PENDING)
+
+
+def derived(counts: Counter, current: str) -> str:
+    """A parent's status from its direct children's statuses."""
+    total = sum(counts.values())
+    if total == 0:
+        return current
+    if counts[PENDING] or counts[RUNNING]:
+        return RUNNING
+    if counts[FAILED]:
+        return FAILED
+    if counts[CANCELLED] == total:
+        return CANCELLED
+    return COMPLETED
+
+
+class Model:
+    """Jobs as dicts; every status change counted as one event."""
+
+    def __init__(self):
+        self.jobs: dict[str, dict] = {}  # id -> {status, parent, name, kids: [ids]}
+        self.order: list[str] = []  # creation order (the jobs table's rowid order)
+        self.events = 0
+
+    def copy(self) -> "Model":
+        m = Model()
+        m.jobs = {k: dict(v, kids=list(v["kids"])) for k, v in self.jobs.items()}
+        m.order = list(self.order)
+        m.events = self.events
+        return m
+
+    def status(self, jid: str) -> str:
+        return self.jobs[jid]["status"]
+
+    def counts(self, jid: str) -> Counter:
+        return Counter(self.jobs[k]["status"] for k in self.jobs[jid]["kids"])
+
+    def add(self, parent: str | None, ids_names: list[tuple[str, str]]) -> None:
+        for jid, name in ids_names:
+            assert jid not in self.jobs
+            self.jobs[jid] = {"status": PENDING, "parent": parent, "name": name, "kids": []}
+            self.order.append(jid)
+            self.events += 1
+            if parent is not None:
+                self.jobs[parent]["kids"].append(jid)
+        if parent is not None:
+            self.roll_up(parent, frozenset())
+
+    def set(self, jid: str, new: str, frozen: frozenset = frozenset()) -> bool:
+        job = self.jobs[jid]
+        if job["status"] == new:
+            return False
+        job["status"] = new
+        self.events += 1
+        if job["parent"] is not None:
+            self.roll_up(job["parent"], frozen)
+        return True
+
+    def roll_up(self, pid: str, frozen: frozenset) -> None:
+        if pid in frozen:
+            return
+        d = derived(self.counts(pid), self.status(pid))
+        if d != self.status(pid):
+            self.set(pid, d, frozen)
+
+    def subtree(self, jid: str) -> list[str]:
+        """The job and its descendants, by depth, then creation order."""
+        out, level = [], [jid]
+        while level:
+            out += level
+            nxt = [k for j in level for k in self.jobs[j]["kids"]]
+            level = sorted(nxt, key=self.order.index)
+        return out
+
+    # ---- operations: return the expected result, or raise Conflict
+    def set_status(self, ids: list[str], new: str, force: bool) -> list[str]:
+        changed = []
+        for jid in dict.fromkeys(ids):
+            old = self.status(jid)
+            if old == new:
+                continue
+            if not force and not may_move(old, new):
+                raise jobctl.Conflict(f"{jid}: {old} -> {new}")
+            if not force and self.jobs[jid]["kids"]:
+                raise jobctl.Conflict(f"{jid} has children")
+            self.set(jid, new)
+            changed.append(jid)
+        return changed
+
+    def cancel(self, jid: str) -> list[str]:
+        """The job and its non-final descendants, deepest first (the job's own
+        event comes last); each stays cancelled: none is re-derived meanwhile."""
+        targets = [j for j in reversed(self.subtree(jid)) if self.status(j) not in FINAL]
+        frozen = frozenset(targets)
+        for t in targets:
+            assert self.set(t, CANCELLED, frozen)
+        return targets
+
+    def retry(self, jid: str, failed_children: bool) -> list[str]:
+        job = self.jobs[jid]
+        if not job["kids"]:
+            if failed_children or job["status"] == PENDING:
+                targets = []
+            elif job["status"] in (FAILED, CANCELLED):
+                targets = [jid]
+            else:
+                raise jobctl.Conflict(f"{jid} is {job['status']}")
+        else:
+            wanted = {FAILED} if failed_children else {FAILED, CANCELLED}
+            targets = [j for j in self.subtree(jid)
+                       if not self.jobs[j]["kids"] and self.status(j) in wanted]
+        for t in targets:
+            assert self.set(t, PENDING)
+        return targets
+
+
+class JobctlMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="jobctl-prop-")
+        self.jc = jobctl.Jobctl(f"{self.dir}/jobs.db")
+        self.m = Model()
+        self.roots = 0
+
+    def teardown(self):
+        self.jc.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------- helpers
+    def snapshot(self):
+        rows = sorted((dict(r) for r in self.jc.list()), key=lambda r: r["id"])
+        progress = {r["id"]: self.jc.progress(r["id"]) for r in rows}
+        return rows, progress, len(self.jc.events())
+
+    def last_event_id(self) -> int:
+        events = self.jc.events()
+        return events[-1]["id"] if events else 0
+
+    def expect_conflict(self, call):
+        before = self.snapshot()
+        with pytest.raises(jobctl.Conflict) as info:
+            call()
+        assert info.value.exit_code == 4
+        assert self.snapshot() == before
+
+    def any_job(self, data) -> str:
+        return data.draw(st.sampled_from(self.m.order), label="job")
+
+    def pick(self, data, preferred: list[str]) -> str:
+        """One of `preferred` nine times in ten (when there are any), else any job."""
+        if preferred and data.draw(st.integers(0, 9), label="preferred?"):
+            return data.draw(st.sampled_from(preferred), label="job")
+        return self.any_job(data)
+
+    def open_jobs(self) -> list[str]:
+        return [j for j in self.m.order if self.m.status(j) not in FINAL]
+
+    def final_jobs(self) -> list[str]:
+        return [j for j in self.m.order if self.m.status(j) in FINAL]
+
+    # --------------------------------------------------------------- rules
+    @initialize(shape=st.lists(st.integers(0, 3), max_size=4))
+    def seed_tree(self, shape):
+        """A root with len(shape) children, child i with shape[i] children of its own."""
+        root = self.jc.create("seed", id="r0")
+        self.m.add(None, [(root, "seed")])
+        if shape:
+            kids = self.jc.spawn(root, count=len(shape))
+            self.m.add(root, [(k, f"child {k.rsplit('.', 1)[1]}") for k in kids])
+            for kid, n in zip(kids, shape):
+                if n:
+                    grandkids = self.jc.spawn(kid, names=[f"g{i}" for i in range(n)])
+                    self.m.add(kid, [(g, f"g{i}") for i, g in enumerate(grandkids)])
+
+    @rule(name=names, explicit=st.booleans())
+    def create_root(self, name, explicit):
+        self.roots += 1
+        want = f"r{self.roots}" if explicit else None
+        jid = self.jc.create(name, id=want)
+        if explicit:
+            assert jid == want
+        assert jid not in self.m.jobs
+        self.m.add(None, [(jid, name)])
+
+    @precondition(lambda self: self.open_jobs())
+    @rule(data=st.data(), name=names)
+    def create_child(self, data, name):
+        parent = data.draw(st.sampled_from(self.open_jobs()), label="parent")
+        jid = self.jc.create(name, parent=parent)
+        assert jid == f"{parent}.{len(self.m.jobs[parent]['kids']) + 1}"
+        self.m.add(parent, [(jid, name)])
+
+    @precondition(lambda self: self.open_jobs())
+    @rule(data=st.data(), n=st.integers(1, 5))
+    def spawn(self, data, n):
+        parent = data.draw(st.sampled_from(self.open_jobs()), label="parent")
+        ids = self.jc.spawn(parent, count=n)
+        k = len(self.m.jobs[parent]["kids"])
+        assert ids == [f"{parent}.{k + i}" for i in range(1, n + 1)]
+        self.m.add(parent, [(i, f"child {i.rsplit('.', 1)[1]}") for i in ids])
+
+    @precondition(lambda self: self.final_jobs())
+    @rule(data=st.data(), name=names, how=st.sampled_from(["create", "spawn"]))
+    def add_under_final_parent(self, data, name, how):
+        parent = data.draw(st.sampled_from(self.final_jobs()), label="parent")
+        if how == "create":
+            self.expect_conflict(lambda: self.jc.create(name, parent=parent))
+        else:
+            self.expect_conflict(lambda: self.jc.spawn(parent, count=2))
+
+    @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data())
+    def create_again_with_same_id(self, data):
+        jid = self.any_job(data)
+        job = self.m.jobs[jid]
+        before = self.snapshot()
+        assert self.jc.create(job["name"], id=jid, parent=job["parent"]) == jid
+        assert self.snapshot() == before
+
+    @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data(), status=st.sampled_from(STATUSES), force=st.booleans())
+    def set_status(self, data, status, force):
+        jid = self.any_job(data)
+        self._set_status([jid], status, force)
+
+    @precondition(lambda self: len(self.m.jobs) >= 2)
+    @rule(data=st.data(), status=st.sampled_from(STATUSES), force=st.booleans(), k=st.integers(2, 3))
+    def set_status_many(self, data, status, force, k):
+        ids = data.draw(st.lists(st.sampled_from(self.m.order), min_size=2, max_size=k), label="ids")
+        self._set_status(ids, status, force)
+
+    def _set_status(self, ids, status, force):
+        trial = self.m.copy()
+        try:
+            expected = trial.set_status(ids, status, force)
+        except jobctl.Conflict:
+            self.expect_conflict(lambda: self.jc.set_status(ids, status, force=force))
+            return
+        assert self.jc.set_status(ids, status, force=force) == expected
+        self.m = trial
+
+    @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data())
+    def cancel(self, data):
+        # mostly a job with something left to cancel: cancelling a final tree is a no-op
+        live = [j for j in self.m.order if any(self.m.status(k) not in FINAL for k in self.m.subtree(j))]
+        jid = self.pick(data, live)
+        since = self.last_event_id()
+        expected = self.m.cancel(jid)
+        assert self.jc.cancel(jid) == expected
+        if expected and expected[-1] == jid:
+            # the job's own event comes after every descendant's (only the
+            # ancestors' derived events may follow it)
+            sub = set(self.m.subtree(jid))
+            mine = [e for e in self.jc.events(since=since) if e["job_id"] in sub]
+            assert (mine[-1]["job_id"], mine[-1]["new_status"]) == (jid, CANCELLED)
+
+    @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data(), failed_children=st.booleans())
+    def retry(self, data, failed_children):
+        # mostly a job with something to retry below it (or itself)
+        wanted = {FAILED} if failed_children else {FAILED, CANCELLED}
+        useful = [j for j in self.m.order if any(self.m.status(k) in wanted for k in self.m.subtree(j))]
+        jid = self.pick(data, useful)
+        trial = self.m.copy()
+        try:
+            expected = trial.retry(jid, failed_children)
+        except jobctl.Conflict:
+            self.expect_conflict(lambda: self.jc.retry(jid, failed_children=failed_children))
+            return
+        assert self.jc.retry(jid, failed_children=failed_children) == expected
+        self.m = trial
+
+    @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data(), message=names, level=st.sampled_from(["info", "warning", "error"]))
+    def log(self, data, message, level):
+        jid = self.any_job(data)
+        self.jc.log(jid, message, level=level)
+        self.m.events += 1
+        last = self.jc.logs(jid)[-1]
+        assert (last["text"], last["level"], last["job_id"]) == (message, level, jid)
+
+    @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data())
+    def heartbeat(self, data):
+        jid = self.any_job(data)
+        before = self.jc.get(jid)
+        self.jc.heartbeat(jid)
+        after = self.jc.get(jid)
+        assert after["last_heartbeat"] is not None
+        assert before["last_heartbeat"] is None or after["last_heartbeat"] >= before["last_heartbeat"]
+        assert after["status"] == before["status"]
+
+    @rule(to=st.sampled_from([FAILED, PENDING]))
+    def reap_nothing_stale(self, to):
+        before = self.snapshot()
+        assert self.jc.reap(LARGE, to=to) == []
+        assert self.snapshot() == before
+
+    # ---------------------------------------------------------- invariants
+    @invariant()
+    def statuses_match(self):
+        rows = {r["id"]: r for r in self.jc.list()}
+        assert set(rows) == set(self.m.jobs)
+        for jid, job in self.m.jobs.items():
+            row = rows[jid]
+            assert row["status"] == job["status"], jid
+            assert row["parent_id"] == job["parent"], jid
+            # status timestamps follow the status
+            if row["status"] == PENDING:
+                assert row["started_at"] is None and row["completed_at"] is None, row
+            elif row["status"] == RUNNING:
+                assert row["started_at"] is not None and row["completed_at"] is None, row
+            else:
+                assert row["completed_at"] is not None, row
+
+    @invariant()
+    def progress_matches(self):
+        for jid in self.m.order:
+            p = self.jc.progress(jid)
+            want = self.m.counts(jid)
+            got = {s: p[f"{s}_children"] for s in STATUSES}
+            assert got == {s: want[s] for s in STATUSES}, jid
+            assert p["total_children"] == sum(got.values()) == len(self.m.jobs[jid]["kids"])
+            assert p["status"] == self.m.status(jid)
+
+    @invariant()
+    def verify_clean(self):
+        assert self.jc.verify() == []
+
+    @invariant()
+    def event_count(self):
+        assert len(self.jc.events()) == self.m.events
+
+
+JobctlMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
+TestJobctl = JobctlMachine.TestCase
+
+
+# ---------------------------------------------------------------------------
+# A few fixed scenarios the state machine reaches only rarely, each checked
+# against the same model and spelled out event by event.
+def run_both(jc, m: Model, op: str, *args, **kw):
+    got = getattr(jc, op)(*args, **kw)
+    want = getattr(m, op)(*args, **kw)
+    assert got == want
+    assert {j["id"]: j["status"] for j in jc.list()} == {k: v["status"] for k, v in m.jobs.items()}
+    assert len(jc.events()) == m.events
+    assert jc.verify() == []
+    return got
+
+
+def changes(jc, since):
+    return [(e["job_id"], e["old_status"], e["new_status"]) for e in jc.events(since=since)]
+
+
+def last_id(jc):
+    return jc.events()[-1]["id"]
+
+
+def test_cancel_is_deepest_first_and_the_job_stays_cancelled(tmp_path):
+    with jobctl.Jobctl(tmp_path / "j.db") as jc:
+        m = Model()
+        p = jc.create("p", id="p")
+        m.add(None, [(p, "p")])
+        kids = jc.spawn(p, count=3)
+        m.add(p, [(k, k) for k in kids])
+        a, b, c = kids
+        run_both(jc, m, "set_status", [a], COMPLETED, force=False)
+        run_both(jc, m, "set_status", [b], RUNNING, force=False)
+        since = last_id(jc)
+        assert run_both(jc, m, "cancel", p) == [c, b, p]
+        # no derived flip of p to completed half-way: p is cancelled explicitly, once
+        assert changes(jc, since) == [(c, PENDING, CANCELLED), (b, RUNNING, CANCELLED),
+                                      (p, RUNNING, CANCELLED)]
+        assert jc.status(p) == CANCELLED and jc.status(a) == COMPLETED
+
+
+def test_cancel_through_a_forced_final_parent(tmp_path):
+    with jobctl.Jobctl(tmp_path / "j.db") as jc:
+        m = Model()
+        r = jc.create("r", id="r")
+        m.add(None, [(r, "r")])
+        q, s = jc.spawn(r, count=2)
+        m.add(r, [(q, q), (s, s)])
+        q1, q2 = jc.spawn(q, count=2)
+        m.add(q, [(q1, q1), (q2, q2)])
+        run_both(jc, m, "set_status", [q], COMPLETED, force=True)
+        since = last_id(jc)
+        # q is final, so not a target: its status follows its children's
+        assert run_both(jc, m, "cancel", r) == [q2, q1, s, r]
+        assert changes(jc, since) == [(q2, PENDING, CANCELLED), (q, COMPLETED, RUNNING),
+                                      (q1, PENDING, CANCELLED), (q, RUNNING, CANCELLED),
+                                      (s, PENDING, CANCELLED), (r, RUNNING, CANCELLED)]
+
+
+def test_retry_below_a_parent(tmp_path):
+    with jobctl.Jobctl(tmp_path / "j.db") as jc:
+        m = Model()
+        p = jc.create("p", id="p")
+        m.add(None, [(p, "p")])
+        a, b, c = jc.spawn(p, count=3)
+        m.add(p, [(a, a), (b, b), (c, c)])
+        run_both(jc, m, "set_status", [a], FAILED, force=False)
+        run_both(jc, m, "set_status", [b], CANCELLED, force=False)
+        run_both(jc, m, "set_status", [c], COMPLETED, force=False)
+        assert jc.status(p) == FAILED
+        assert run_both(jc, m, "retry", p, failed_children=True) == [a]
+        assert jc.status(p) == RUNNING
+        run_both(jc, m, "set_status", [a], FAILED, force=False)
+        assert run_both(jc, m, "retry", p, failed_children=False) == [a, b]
+        assert [jc.status(j) for j in (p, a, b, c)] == [RUNNING, PENDING, PENDING, COMPLETED]
+        assert run_both(jc, m, "retry", a, failed_children=False) == []  # pending: nothing to do
+        with pytest.raises(jobctl.Conflict):
+            jc.retry(c)  # completed
+        with pytest.raises(jobctl.Conflict):
+            m.retry(c, False)
+
+
+def test_set_status_of_a_parent_and_same_status(tmp_path):
+    with jobctl.Jobctl(tmp_path / "j.db") as jc:
+        m = Model()
+        p = jc.create("p", id="p")
+        m.add(None, [(p, "p")])
+        (a,) = jc.spawn(p, count=1)
+        m.add(p, [(a, a)])
+        n = len(jc.events())
+        with pytest.raises(jobctl.Conflict) as info:
+            jc.set_status([p], COMPLETED)  # running -> completed is allowed, but p has children
+        assert "children" in str(info.value)
+        assert run_both(jc, m, "set_status", [p], RUNNING, force=False) == []  # same status: no-op
+        assert len(jc.events()) == n
+        # p first: p has children, a conflict, and nothing changes (all or nothing)
+        with pytest.raises(jobctl.Conflict):
+            jc.set_status([p, a], COMPLETED)
+        assert len(jc.events()) == n and jc.status(a) == PENDING
+        # a first: its change makes p completed, so p is then a no-op
+        assert run_both(jc, m, "set_status", [a, p], COMPLETED, force=False) == [a]
+        with pytest.raises(jobctl.Conflict):
+            jc.create("late", parent=p)
+        assert run_both(jc, m, "set_status", [p], RUNNING, force=True) == [p]
+        assert jc.progress(p)["completed_children"] == 1
