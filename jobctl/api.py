@@ -37,8 +37,10 @@ def default_db_path() -> str:
 
 
 def resolve_db_path(db: str | os.PathLike | None = None) -> str:
-    """--db, else $JOBCTL_DB, else the default location."""
-    if db:
+    """--db, else $JOBCTL_DB (unless empty), else the default location."""
+    if db is not None:
+        if not os.fspath(db):
+            raise UsageError("--db must not be empty")
         return os.fspath(db)
     return os.environ.get("JOBCTL_DB") or default_db_path()
 
@@ -82,6 +84,7 @@ class _Change:
         self.jobs: dict[str, dict] = {}
         self.dirty: dict[str, dict] = {}
         self.counts: dict[str, dict[str, int]] = {}
+        self.changed_counts: set[str] = set()
         self.events: list[dict] = []
         # Jobs whose status this change sets explicitly (cancel): their
         # children's changes do not re-derive them.
@@ -130,6 +133,7 @@ class _Change:
     def child_changed(self, parent_id: str, old: str | None, new: str | None, n: int = 1) -> None:
         counts = self.counts_of(parent_id)
         fold(counts, old, new, n)
+        self.changed_counts.add(parent_id)
         if parent_id in self.frozen:
             return
         parent = self.job(parent_id)
@@ -148,8 +152,8 @@ class _Change:
     def flush(self) -> None:
         if self.dirty:
             self.store.update_statuses(self.dirty.values())
-        if self.counts:
-            self.store.save_counts(self.counts)
+        if self.changed_counts:
+            self.store.save_counts({p: self.counts[p] for p in self.changed_counts})
         if self.events:
             self.store.insert_events(self.events)
 
@@ -447,9 +451,9 @@ class Jobctl:
 
     def events(self, *, job: str | None = None, since: int = 0, limit: int | None = None) -> list[dict]:
         """Events after `since`, in id order; with `job`, those of the job and its descendants."""
-        if since < 0:
+        if not 0 <= since <= model.MAX_INT:
             raise UsageError(f"--since takes an event id (0 or more), not {since}")
-        if limit is not None and limit < 1:
+        if limit is not None and not 1 <= limit <= model.MAX_INT:
             raise UsageError(f"--limit must be a positive whole number, not {limit}")
         if job is None:
             return self.store.events(since=since, limit=limit)

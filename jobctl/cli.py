@@ -33,6 +33,7 @@ class JobctlGroup(typer.core.TyperGroup):
         from typer.exceptions import TyperException
 
         try:
+            fastpath.check_argv(sys.argv[1:] if args is None else list(args))
             rv = super().main(args=args, prog_name=prog_name or "jobctl", standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
         except JobctlError as exc:
@@ -154,7 +155,7 @@ def spawn(
 def read_lines(source: str, option: str) -> List[str]:
     try:
         if source == "-":
-            text = sys.stdin.read()
+            text = fastpath.read_stdin()
         else:
             with open(source, encoding="utf-8") as f:
                 text = f.read()
@@ -181,7 +182,7 @@ def status_set(
     *ids, status = args
     model.check_status_word(status)
     if stdin:
-        ids += sys.stdin.read().split()
+        ids += fastpath.read_stdin().split()
     open_db(ctx).set_status(ids, status, message=message, force=force)
 
 

@@ -73,7 +73,7 @@ def run_fast(command: str, db: str | None, a: tuple) -> None:
         ids, status, message, force, stdin = a
         model.check_status_word(status)
         if stdin:
-            ids = ids + sys.stdin.read().split()
+            ids = ids + read_stdin().split()
         Jobctl(db).set_status(ids, status, message=message, force=force)
     elif command == "log":
         job, message, level = a
@@ -82,10 +82,35 @@ def run_fast(command: str, db: str | None, a: tuple) -> None:
         Jobctl(db).heartbeat(a[0])
 
 
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {10: "\\n", 9: "\\t", 13: "\\r"}
+
+
 def error(exc) -> int:
-    """The one-line error every jobctl failure prints; returns its exit code."""
-    sys.stderr.write(f"jobctl: error: {exc}\n")
+    """The one-line error every jobctl failure prints (control characters escaped,
+    so an odd id cannot break the line); returns its exit code."""
+    sys.stderr.write(f"jobctl: error: {str(exc).translate(_CONTROL)}\n")
     return exc.exit_code
+
+
+def check_argv(argv: list[str]) -> None:
+    """Arguments that are not valid UTF-8 (Python hands them over as lone
+    surrogates) cannot be stored as text: a usage error, not a traceback."""
+    from jobctl.model import UsageError
+
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"argument {arg.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8") from None
+
+
+def read_stdin() -> str:
+    from jobctl.model import UsageError
+
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"standard input is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             from jobctl.model import JobctlError
 
             try:
+                check_argv(argv)
                 run_fast(*fast)
                 return 0
             except JobctlError as exc:

@@ -57,6 +57,8 @@ EXIT_FOR_STATUS: Mapping[str, int] = {
 # How bad each outcome is, for `wait` on several jobs: the worst one wins.
 SEVERITY: Mapping[int, int] = {EXIT_OK: 0, EXIT_CANCELLED: 1, EXIT_FAILED: 2, EXIT_TIMEOUT: 3}
 
+MAX_INT = 2**63 - 1  # SQLite's largest integer: the most an event id or a --limit can be
+MAX_SECONDS = 100 * 365 * 86400  # the longest duration or timeout that makes sense
 MAX_NAME_LENGTH = 1000
 MAX_SPAWN = 10_000_000  # children in one spawn: ids and rows are built in memory
 MAX_MESSAGE_LENGTH = 100_000
@@ -197,6 +199,14 @@ def parse_duration(text: str) -> float:
             value = float(t)
     except ValueError:
         value = -1.0
-    if not value > 0 or value != value or value == float("inf"):
-        raise UsageError(f"bad duration {text!r} (use e.g. 90s, 5m, 1h)")
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise UsageError(f"bad duration {text!r} (use e.g. 90s, 5m, 1h; at most 100 years)")
+    return value
+
+
+def check_seconds(value: float | None, option: str, *, zero: bool = True) -> float | None:
+    """A --timeout or --poll-interval: finite, not negative (and not 0 unless `zero`)."""
+    if value is not None and not ((0 <= value if zero else 0 < value) and value <= MAX_SECONDS):
+        raise UsageError(f"{option} must be {'0' if zero else 'more than 0'} seconds or more, at most"
+                         f" 100 years, not {value}")
     return value

@@ -54,7 +54,7 @@ class Tail:
         With `since`, the cursor is put back to that event id and the counts to
         what they were then, so the replayed events show the progress of their time.
         """
-        if since is not None and since < 0:
+        if since is not None and not 0 <= since <= model.MAX_INT:
             raise UsageError(f"--since takes an event id (0 or more), not {since}")
         store = jc.store
         with store.read():
@@ -122,8 +122,7 @@ class Waker:
 
     def __init__(self, jc: Jobctl, poll_interval: float = DEFAULT_POLL_INTERVAL,
                  force_poll: bool | None = None):
-        if not poll_interval > 0:
-            raise UsageError(f"--poll-interval must be more than 0 seconds, not {poll_interval}")
+        model.check_seconds(poll_interval, "--poll-interval", zero=False)
         self.jc = jc
         self.poll_interval = poll_interval
         self.version = jc.store.data_version()
@@ -229,8 +228,7 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
     1 failed, 6 cancelled), 124 on timeout, 130 on Ctrl-C. With `stale_after`,
     running children without a recent heartbeat are reported as stale.
     """
-    if timeout is not None and timeout < 0:
-        raise UsageError(f"--timeout must be 0 seconds or more, not {timeout}")
+    model.check_seconds(timeout, "--timeout")
     tail = Tail.start(jc, job_id, since=since)
     waker = Waker(jc, poll_interval)
     sink.start(tail.job, tail.progress(), tail.cursor)
@@ -255,8 +253,7 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
 def run_wait(jc: Jobctl, job_ids: list[str], write_line, *, timeout: float | None = None,
              poll_interval: float = DEFAULT_POLL_INTERVAL) -> int:
     """`jobctl wait`: one final line per job; the worst outcome is the exit code."""
-    if timeout is not None and timeout < 0:
-        raise UsageError(f"--timeout must be 0 seconds or more, not {timeout}")
+    model.check_seconds(timeout, "--timeout")
     from jobctl.render import summary_line
 
     tails = [Tail.start(jc, j) for j in dict.fromkeys(job_ids)]
