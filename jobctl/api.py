@@ -102,6 +102,15 @@ class _Change:
     def job(self, job_id: str) -> dict:
         return self.load([job_id])[0]
 
+    def subtree(self, job_id: str) -> list[dict]:
+        """The job and its descendants (parents first), loaded into this change."""
+        rows = self.store.subtree(job_id)
+        if not rows:
+            raise NotFound(f"job {job_id} not found")
+        for row in rows:
+            row.pop("depth", None)
+        return [self.jobs.setdefault(row["id"], row) for row in rows]
+
     def counts_of(self, parent_id: str) -> dict[str, int]:
         if parent_id not in self.counts:
             self.load_counts([parent_id])
@@ -273,15 +282,9 @@ class Jobctl:
         check_message(message)
         with self.store.write():
             ch = _Change(self.store)
-            sub = self.store.subtree(job_id)
-            if not sub:
-                raise NotFound(f"job {job_id} not found")
-            for j in sub:
-                j.pop("depth", None)
-                ch.jobs.setdefault(j["id"], j)
             # Deepest first, so the job's own event comes last: whoever sees it
             # has already seen every descendant's.
-            targets = [ch.jobs[j["id"]] for j in reversed(sub) if j["status"] not in TERMINAL]
+            targets = [j for j in reversed(ch.subtree(job_id)) if j["status"] not in TERMINAL]
             ch.frozen = {j["id"] for j in targets}
             for j in targets:
                 ch.set_status(j, CANCELLED, message or "cancelled")
@@ -308,14 +311,10 @@ class Jobctl:
                     raise Conflict(f"job {job_id} is {job['status']}: only failed or cancelled jobs"
                                    " can be retried")
             else:
-                sub = self.store.subtree(job_id)
+                sub = ch.subtree(job_id)
                 parents = {j["parent_id"] for j in sub}
                 wanted = {FAILED} if failed_children else RETRYABLE
-                for j in sub:
-                    j.pop("depth", None)
-                    ch.jobs.setdefault(j["id"], j)
-                targets = [ch.jobs[j["id"]] for j in sub
-                           if j["id"] not in parents and j["status"] in wanted]
+                targets = [j for j in sub if j["id"] not in parents and j["status"] in wanted]
             for t in targets:
                 ch.set_status(t, PENDING, "retry")
             ch.flush()

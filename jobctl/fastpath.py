@@ -82,13 +82,12 @@ def run_fast(command: str, db: str | None, a: tuple) -> None:
         Jobctl(db).heartbeat(a[0])
 
 
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {10: "\\n", 9: "\\t", 13: "\\r"}
-
-
 def error(exc) -> int:
     """The one-line error every jobctl failure prints (control characters escaped,
     so an odd id cannot break the line); returns its exit code."""
-    sys.stderr.write(f"jobctl: error: {str(exc).translate(_CONTROL)}\n")
+    from jobctl.render import plain
+
+    sys.stderr.write(f"jobctl: error: {plain(exc)}\n")
     return exc.exit_code
 
 
