@@ -61,6 +61,10 @@ app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for lists).")]
+TIMEOUT = Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS",
+                                                  help="Give up after this long (exit 124).")]
+POLL_INTERVAL = Annotated[float, typer.Option("--poll-interval", metavar="SECONDS",
+                                              help="Check this often even without a file notification.")]
 
 
 def info(message: str) -> None:
@@ -340,15 +344,12 @@ def watch(
     job: Annotated[str, typer.Argument(help="The job to watch (usually a parent).")],
     exit_status: Annotated[bool, typer.Option("--exit-status", help="Exit 0 if the job completed, "
                                               "1 if it failed, 6 if it was cancelled.")] = False,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS",
-                                                     help="Give up after this long (exit 124).")] = None,
+    timeout: TIMEOUT = None,
     json: Annotated[bool, typer.Option("--json", help="NDJSON: one object per line.")] = False,
     since: Annotated[Optional[int], typer.Option("--since", metavar="EVENT_ID",
                                                  help="First replay the events after this id.")] = None,
     from_start: Annotated[bool, typer.Option("--from-start", help="First replay all the job's events.")] = False,
-    poll_interval: Annotated[float, typer.Option("--poll-interval", metavar="SECONDS",
-                                                 help="Check this often even without a file "
-                                                      "notification.")] = 1.0,
+    poll_interval: POLL_INTERVAL = 1.0,
     stale_after: Annotated[Optional[str], typer.Option(
         "--stale-after", metavar="DURATION",
         help="Mark running children whose last heartbeat (or start) is older than this: 90s, 5m.")] = None,
@@ -375,11 +376,8 @@ def watch(
 def wait(
     ctx: typer.Context,
     jobs: Annotated[List[str], typer.Argument(metavar="JOB...", help="The jobs to wait for.")],
-    timeout: Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS",
-                                                     help="Give up after this long (exit 124).")] = None,
-    poll_interval: Annotated[float, typer.Option("--poll-interval", metavar="SECONDS",
-                                                 help="Check this often even without a file "
-                                                      "notification.")] = 1.0,
+    timeout: TIMEOUT = None,
+    poll_interval: POLL_INTERVAL = 1.0,
 ) -> None:
     """Wait quietly until every job has ended; print one line per job.
 
