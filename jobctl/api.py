@@ -15,10 +15,11 @@ SQL stays in `jobctl.store`.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from typing import Iterable, Iterator, Mapping, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
+
+if TYPE_CHECKING:
+    from typing import Iterator, Mapping, Sequence
 
 from jobctl import model
 from jobctl.model import (ACTIVE, CANCELLED, CREATE, FAILED, LOG, PENDING, RETRYABLE, RUNNING,
@@ -26,7 +27,7 @@ from jobctl.model import (ACTIVE, CANCELLED, CREATE, FAILED, LOG, PENDING, RETRY
 from jobctl.progress import empty_counts, fold, fold_events, progress_dict, progress_text
 from jobctl.store import Store
 
-_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}\Z")
+_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}\Z"
 DERIVED_MESSAGE = "derived from children"
 
 
@@ -60,13 +61,17 @@ def check_message(message: str | None, what: str = "message") -> str | None:
 
 
 def check_id(job_id: str) -> str:
-    if not _ID_RE.match(job_id):
+    import re  # here, not at the top: json and re cost ~7 ms at every start of `status set`
+
+    if not re.match(_ID_PATTERN, job_id):
         raise UsageError(f"bad job id {job_id!r}: use 1-200 letters, digits and _.:@/+- "
                          "(starting with a letter, digit or _)")
     return job_id
 
 
 def _meta_json(meta: Mapping | None) -> str | None:
+    import json
+
     return json.dumps(dict(meta), sort_keys=True, ensure_ascii=False) if meta else None
 
 
@@ -404,6 +409,8 @@ class Jobctl:
         job = self.store.get_job(job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found")
+        import json
+
         job["metadata"] = json.loads(job["metadata"]) if job["metadata"] else {}
         counts = self.store.get_counts([job_id])[job_id]
         job["progress"] = progress_dict(job_id, job["status"], counts) if sum(counts.values()) else None

@@ -8,7 +8,10 @@ Every rule about how a job's status may change lives here, so the write path
 from __future__ import annotations
 
 import time
-from typing import Iterable, Mapping
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
+
+if TYPE_CHECKING:
+    from typing import Iterable, Mapping
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = (
     "pending",

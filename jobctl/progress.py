@@ -3,7 +3,10 @@ into counts, and the text and JSON forms. Pure code: no I/O."""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
+
+if TYPE_CHECKING:
+    from typing import Iterable, Mapping
 
 from jobctl.model import CANCELLED, COMPLETED, CREATE, FAILED, PENDING, RUNNING, STATUS, STATUSES
 

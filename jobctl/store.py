@@ -18,7 +18,10 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from operator import itemgetter
-from typing import Iterable, Iterator, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
+
+if TYPE_CHECKING:
+    from typing import Iterable, Iterator, Sequence
 
 from jobctl.model import STATUSES, DatabaseUnusable
 
