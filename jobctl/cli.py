@@ -105,9 +105,10 @@ def init(ctx: typer.Context) -> None:
 
 
 @db_app.command("path")
-def db_path(ctx: typer.Context) -> None:
+def db_path(ctx: typer.Context, json: JSON = False) -> None:
     """Print the path of the database in use (--db, $JOBCTL_DB or the default)."""
-    print(resolve_db_path(ctx.obj["db"]))
+    path = resolve_db_path(ctx.obj["db"])
+    render.write_json({"path": path}) if json else print(path)
 
 
 def parse_meta(items: List[str]) -> dict:
@@ -191,9 +192,11 @@ def status_set(
 
 
 @status_app.command("get")
-def status_get(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+def status_get(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
+               json: JSON = False) -> None:
     """Print the job's status word."""
-    print(open_db(ctx).status(job))
+    status = open_db(ctx).status(job)
+    render.write_json({"job_id": job, "status": status}) if json else print(status)
 
 
 @app.command()

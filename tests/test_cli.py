@@ -27,6 +27,18 @@ def all_commands():
     return list(walk(typer.main.get_command(app), []))
 
 
+def test_every_read_command_takes_json(cli):
+    job = cli("create", "j").stdout.strip()
+    reads = [["status", "get", job], ["progress", job], ["show", job], ["list"], ["tree", job],
+             ["logs", job], ["events"], ["verify"], ["db", "path"]]
+    for argv in reads:
+        result = cli(*argv, "--json")
+        assert result.exit_code == 0, argv
+        for line in result.stdout.splitlines():
+            json.loads(line)
+    assert json.loads(cli("status", "get", job, "--json").stdout) == {"job_id": job, "status": "pending"}
+
+
 def test_every_command_has_help(cli):
     commands = all_commands()
     assert ["status", "set"] in commands and ["verify"] in commands
