@@ -326,6 +326,17 @@ class JobctlMachine(RuleBasedStateMachine):
         assert self.jc.reap(LARGE, to=to) == []
         assert self.snapshot() == before
 
+    @rule(to=st.sampled_from([FAILED, PENDING]))
+    def reap_every_running_leaf(self, to):
+        """Every running job without children has a heartbeat (or start) older than a
+        microsecond: all are reaped, oldest first, and their parents follow."""
+        expected = [j for j in self.m.order if self.m.status(j) == RUNNING and not self.m.jobs[j]["kids"]]
+        assert self.jc.reap(1e-6, to=to) == expected
+        for jid in expected:
+            self.m.set(jid, to)
+        for jid in expected:
+            assert self.jc.logs(jid)[-1]["text"].endswith("heartbeat lost")
+
     # ---------------------------------------------------------- invariants
     @invariant()
     def statuses_match(self):
