@@ -29,6 +29,15 @@ class JobctlGroup(typer.core.TyperGroup):
     """Turns every error, ours or the parser's, into one line on stderr and its exit code,
     whether the app runs as the console script or under typer's CliRunner."""
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # `jobctl list | head -1`: the reader left early; not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
         from typer.exceptions import TyperException
 

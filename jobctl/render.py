@@ -56,13 +56,14 @@ def jobs(rows: Iterable[Mapping]) -> None:
             write_line(f"{r['id']}\t{r['status']}\t{plain(r['name'])}")
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, header_style="bold")
     for col in ("id", "status", "name", "type", "parent", "updated"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["id"], status_text(r["status"]), plain(r["name"]), r["type"] or "",
-                      r["parent_id"] or "", r["updated_at"])
+        table.add_row(*(Text(plain(v)) for v in (r["id"],)), status_text(r["status"]),
+                      *(Text(plain(v)) for v in (r["name"], r["type"] or "", r["parent_id"] or "", r["updated_at"])))
     console().print(table)
 
 
@@ -78,12 +79,13 @@ def job(j: Mapping) -> None:
             write_line(f"{k}: {plain(v) if v is not None else '-'}")
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for k, v in lines:
-        table.add_row(k, status_text(v) if k == "status" else plain(v) if v is not None else "-")
+        table.add_row(k, status_text(v) if k == "status" else Text(plain(v) if v is not None else "-"))
     console().print(table)
 
 

@@ -253,8 +253,9 @@ class Store:
                   limit: int | None = None) -> Iterator[dict]:
         """Jobs matching every given filter, oldest first, streamed.
 
-        running_since_before: only running jobs whose last heartbeat (or start,
-        when they never sent one) is older than that timestamp.
+        running_since_before: only running jobs whose last sign of life is older
+        than that timestamp: the later of their start and their last heartbeat
+        (a heartbeat from an earlier attempt, before a retry, does not count).
         """
         where, params = [], []
         if parent_id is not None:
@@ -268,7 +269,7 @@ class Store:
             params.append(type)
         if running_since_before is not None:
             # Jobs with children are not stale: their status is derived, no worker beats for them.
-            where.append("status = 'running' AND coalesce(last_heartbeat, started_at) < ?"
+            where.append("status = 'running' AND max(coalesce(last_heartbeat, ''), started_at) < ?"
                          " AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)")
             params.append(running_since_before)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"

@@ -209,8 +209,8 @@ class StaleCheck:
         rows = self.tail.jc.store.list_jobs(parent_id=self.tail.job_id,
                                             running_since_before=model.ago(self.stale_after))
         now = datetime.now(timezone.utc)
-        stale = {r["id"]: (now - datetime.fromisoformat(r["last_heartbeat"] or r["started_at"])).total_seconds()
-                 for r in rows}
+        stale = {r["id"]: (now - datetime.fromisoformat(max(r["last_heartbeat"] or "", r["started_at"])))
+                 .total_seconds() for r in rows}
         new = {k: v for k, v in stale.items() if k not in self.marked}
         self.marked = set(stale)
         if new:

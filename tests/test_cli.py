@@ -324,3 +324,46 @@ def test_python_dash_m_works(tmp_path):
     result = subprocess.run([sys.executable, "-m", "jobctl", "--db", str(tmp_path / "m.db"), "create", "x"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and len(result.stdout.split()) == 1
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
+    db = tmp_path / "pipe.db"
+    with __import__("jobctl").Jobctl(db) as jc:
+        jc.spawn(jc.create("p"), count=20000)
+    for cmd in (f"{JOBCTL} list | head -1", f"{JOBCTL} events | head -1", f"{JOBCTL} list --json | head -1"):
+        result = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True,
+                                env={**__import__("os").environ, "JOBCTL_DB": str(db)})
+        assert result.returncode == 0, (cmd, result.stderr)
+        assert len(result.stdout.splitlines()) == 1 and result.stderr == ""
+
+
+def test_markup_in_names_is_shown_as_text_on_a_terminal(cli, monkeypatch):
+    import jobctl.render as render
+
+    job = cli("create", "[/] oops [bold red]hi", "--type", "[x]").stdout.strip()
+    monkeypatch.setattr(render, "is_terminal", lambda: True)
+    monkeypatch.setattr(render, "console", lambda **kw: __import__("rich.console").console.Console(
+        force_terminal=True, width=200, **kw))
+    for argv in (["list"], ["show", job], ["tree", job]):
+        result = cli(*argv)
+        assert result.exit_code == 0, (argv, result.exception)
+        assert "[/] oops [bold red]hi" in result.stdout, argv
+
+
+def test_a_heartbeat_from_an_earlier_attempt_does_not_make_a_new_one_stale(cli, db_path):
+    import sqlite3
+
+    parent = cli("create", "p").stdout.strip()
+    kid = cli("spawn", parent, "--count", "1").stdout.strip()
+    cli("status", "set", kid, "running")
+    cli("heartbeat", kid)
+    cli("status", "set", kid, "failed")
+    conn = sqlite3.connect(db_path)  # that attempt's heartbeat was long ago
+    conn.execute("UPDATE jobs SET last_heartbeat = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kid,))
+    conn.commit()
+    conn.close()
+    cli("retry", kid)
+    cli("status", "set", kid, "running")  # a new attempt, started just now
+    assert cli("list", "--stale-after", "5m").stdout == ""
+    assert cli("reap", "--stale-after", "5m").stdout == ""
+    assert cli("status", "get", kid).stdout == "running\n"
