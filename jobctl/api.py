@@ -156,10 +156,12 @@ class _Change:
             self.set_status(parent, derived, DERIVED_MESSAGE)
 
     def add_jobs(self, parent: dict | None, jobs: list[dict]) -> None:
-        """Insert new pending jobs (all children of `parent`, or one root)."""
-        for j in jobs:
-            self.event(j, CREATE, None, j["status"])
+        """Insert new pending jobs (all children of `parent`, or one root).
+        If one of their ids is taken, IdTaken is raised and nothing has changed."""
         self.store.insert_jobs(jobs)
+        for j in jobs:
+            self.jobs[j["id"]] = j
+            self.event(j, CREATE, None, j["status"])
         if parent is not None:
             self.child_changed(parent["id"], None, PENDING, n=len(jobs))
 
@@ -216,7 +218,7 @@ class Jobctl:
                     return id
             p = self._open_parent(ch, parent) if parent is not None else None
             if id is None:
-                id = self._free_child_id(p, 1)[0] if p else self._free_root_id()
+                id = self._free_child_id(p) if p else self._free_root_id()
             job = self._new_job(ch, id, name, type, p, meta_json)
             ch.add_jobs(p, [job])
             ch.flush()
@@ -239,16 +241,11 @@ class Jobctl:
         with self.store.write():
             ch = _Change(self.store)
             p = self._open_parent(ch, parent)
-            ids = self._free_child_id(p, n)
-            if names is None:
-                names = [f"child {i.rsplit('.', 1)[1]}" for i in ids]
-            jobs = [self._new_job(ch, i, nm, type, p, None) for i, nm in zip(ids, names)]
+            start = sum(ch.counts_of(parent).values()) + 1
             try:
-                ch.add_jobs(p, jobs)
-            except Exception as exc:  # a user-chosen --id took one of the numbered ids
-                if "UNIQUE" in str(exc):
-                    raise Conflict(f"cannot spawn under {parent}: a child id is already taken ({exc})") from None
-                raise
+                ids = self._add_children(ch, p, start, n, names, type)
+            except model.IdTaken:  # a chosen --id took a number: go on after the highest one
+                ids = self._add_children(ch, p, self.store.last_child_number(parent) + 1, n, names, type)
             ch.flush()
         return ids
 
@@ -384,13 +381,20 @@ class Jobctl:
             if self.store.get_job(candidate) is None:
                 return candidate
 
-    def _free_child_id(self, parent: dict, n: int) -> list[str]:
-        """Children are numbered: <parent>.1, <parent>.2, ..."""
-        start = sum(self.store.get_counts([parent["id"]])[parent["id"]].values()) + 1
-        if n == 1:
-            while self.store.get_job(f"{parent['id']}.{start}") is not None:
-                start += 1
-        return [f"{parent['id']}.{k}" for k in range(start, start + n)]
+    def _free_child_id(self, parent: dict) -> str:
+        """The next free numbered id for one child: <parent>.<N>."""
+        n = sum(self.store.get_counts([parent["id"]])[parent["id"]].values()) + 1
+        while self.store.get_job(f"{parent['id']}.{n}") is not None:
+            n += 1
+        return f"{parent['id']}.{n}"
+
+    def _add_children(self, ch: _Change, parent: dict, start: int, n: int, names: Sequence[str] | None,
+                      type: str | None) -> list[str]:
+        """Children are numbered <parent>.<start>, <parent>.<start + 1>, ..."""
+        ids = [f"{parent['id']}.{k}" for k in range(start, start + n)]
+        names = names if names is not None else [f"child {k}" for k in range(start, start + n)]
+        ch.add_jobs(parent, [self._new_job(ch, i, nm, type, parent, None) for i, nm in zip(ids, names)])
+        return ids
 
     @staticmethod
     def _new_job(ch: _Change, id: str, name: str, type: str | None, parent: dict | None,
@@ -400,7 +404,6 @@ class Jobctl:
                "created_at": ch.at, "started_at": None, "completed_at": None,
                "last_heartbeat": None, "metadata": meta_json}
         model.enter_status(job, PENDING, ch.at)
-        ch.jobs[id] = job
         return job
 
     # ---------------------------------------------------------------- queries
@@ -479,7 +482,7 @@ class Jobctl:
         with self.store.read():
             if self.store.get_job(job_id) is None:
                 raise NotFound(f"job {job_id} not found")
-            events = self.store.child_events(job_id)
+            events = list(self.store.child_events(job_id))
         out = []
         for e, counts in fold_events(events, job_id):
             own = e["job_id"] == job_id

@@ -92,6 +92,10 @@ class Conflict(JobctlError):
     exit_code = EXIT_CONFLICT
 
 
+class IdTaken(Conflict):
+    """A new job's id already exists."""
+
+
 class DatabaseUnusable(JobctlError):
     exit_code = EXIT_DATABASE
 

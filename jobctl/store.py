@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms pe
 if TYPE_CHECKING:
     from typing import Iterable, Iterator, Sequence
 
-from jobctl.model import STATUSES, DatabaseUnusable
+from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 2  # the number of migrations below; stored in PRAGMA user_version
@@ -219,10 +219,27 @@ class Store:
         return found
 
     def insert_jobs(self, jobs: Iterable[dict]) -> None:
-        """Insert job dicts (every key of JOB_COLUMNS present)."""
+        """Insert job dicts (every key of JOB_COLUMNS present), all or none:
+        IdTaken if one of the ids exists already."""
         cols = ",".join(JOB_COLUMNS)
         marks = ",".join("?" * len(JOB_COLUMNS))
-        self.conn.executemany(f"INSERT INTO jobs ({cols}) VALUES ({marks})", map(_job_row, jobs))
+        self.conn.execute("SAVEPOINT insert_jobs")
+        try:
+            self.conn.executemany(f"INSERT INTO jobs ({cols}) VALUES ({marks})", map(_job_row, jobs))
+        except sqlite3.IntegrityError as exc:
+            self.conn.execute("ROLLBACK TO insert_jobs")
+            self.conn.execute("RELEASE insert_jobs")
+            if "jobs.id" in str(exc):
+                raise IdTaken(f"a job id is taken ({exc})") from None
+            raise
+        self.conn.execute("RELEASE insert_jobs")
+
+    def last_child_number(self, parent_id: str) -> int:
+        """The highest N of any job id `<parent_id>.N` (children are numbered so)."""
+        prefix = parent_id + "."
+        rows = self.conn.execute("SELECT id FROM jobs WHERE id > ? AND id < ?", (prefix, parent_id + "/"))
+        return max((int(r["id"][len(prefix):]) for r in rows
+                    if r["id"][len(prefix):].isdigit() and r["id"][len(prefix):].isascii()), default=0)
 
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         """Write status and status timestamps of each job dict back."""
@@ -341,10 +358,18 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return self._query(sql, params)
 
-    def child_events(self, parent_id: str) -> list[dict]:
-        """Events of a job and of its direct children, in id order."""
-        return self._query(_EVENT_SELECT + " WHERE e.job_id = ? OR e.parent_id = ? ORDER BY e.id",
-                           (parent_id, parent_id))
+    def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
+        """Events of a job and of its direct children (up to event `until`), in id
+        order, streamed: consume them inside the same read transaction."""
+        sql = _EVENT_SELECT + " WHERE (e.job_id = ? OR e.parent_id = ?)"
+        params: tuple = (parent_id, parent_id)
+        if until is not None:
+            sql += " AND e.id <= ?"
+            params += (until,)
+        try:
+            yield from self.conn.execute(sql + " ORDER BY e.id", params)
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
 
     def last_event_id(self) -> int:
         return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from itertools import takewhile
 
 from jobctl import model
 from jobctl.api import Jobctl
@@ -25,6 +24,7 @@ from jobctl.progress import empty_counts, fold, fold_events, progress_dict
 DEFAULT_POLL_INTERVAL = 1.0
 STEP_MS = 5  # once a change came, how long to wait for more (bench: 10 ms gave p50 16 ms; 2 ms cost 2% CPU idle)
 DEBOUNCE_MS = 20  # the most it groups changes for, under a constant stream of commits
+PAGE = 2000  # events read at a time: a long replay streams, and --timeout is checked between pages
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Tail:
     counts: dict = field(default_factory=empty_counts)
     cursor: int = 0
     live_from: int = 0
+    more: bool = False  # the last read stopped at a page boundary: read again before waiting
 
     @classmethod
     def start(cls, jc: Jobctl, job_id: str, since: int | None = None) -> "Tail":
@@ -72,8 +73,7 @@ class Tail:
             else:
                 tail.cursor = min(since, tail.live_from)
                 tail.job["status"] = model.PENDING  # as created; its own events up to the cursor follow
-                history = takewhile(lambda e: e["id"] <= tail.cursor, store.child_events(job_id))
-                for e, _ in fold_events(history, job_id, tail.counts):
+                for e, _ in fold_events(store.child_events(job_id, until=tail.cursor), job_id, tail.counts):
                     if e["job_id"] == job_id and e["kind"] in (CREATE, STATUS):
                         tail.job["status"] = e["new_status"]
         return tail
@@ -95,7 +95,8 @@ class Tail:
         Stops after the event that makes the job final (when live), so the
         last progress is the final one.
         """
-        rows = self.jc.store.events(since=self.cursor, root_id=self.job["root_id"])
+        rows = self.jc.store.events(since=self.cursor, root_id=self.job["root_id"], limit=PAGE)
+        self.more = len(rows) == PAGE
         updates = []
         for e in rows:
             self.cursor = e["id"]
@@ -111,6 +112,7 @@ class Tail:
             replay = e["id"] <= self.live_from
             updates.append(Update(e, self.progress(), replay))
             if not replay and self.done:
+                self.more = False
                 break
         return updates
 
@@ -178,7 +180,7 @@ def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on
         for tail in list(pending) if changed else ():
             for update in tail.read():
                 on_update(tail, update)
-            if tail.done and tail.cursor >= tail.live_from:
+            if tail.done and tail.cursor >= tail.live_from and not tail.more:
                 pending.remove(tail)
                 on_done(tail)
         if not pending:
@@ -188,7 +190,10 @@ def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return False
-        changed = waker.wait(waker.poll_interval if remaining is None else remaining)
+        if any(t.more for t in pending):
+            changed = True  # a long backlog: the next page at once
+        else:
+            changed = waker.wait(waker.poll_interval if remaining is None else remaining)
 
 
 def exit_code_for(status: str) -> int:

@@ -367,3 +367,15 @@ def test_a_heartbeat_from_an_earlier_attempt_does_not_make_a_new_one_stale(cli, 
     assert cli("list", "--stale-after", "5m").stdout == ""
     assert cli("reap", "--stale-after", "5m").stdout == ""
     assert cli("status", "get", kid).stdout == "running\n"
+
+
+def test_spawn_goes_on_after_a_chosen_id_that_took_a_number(cli):
+    assert cli("create", "P", "--id", "P").exit_code == 0
+    assert cli("create", "r", "--id", "P.1").exit_code == 0  # a root that looks like P's first child
+    first = cli("spawn", "P", "--count", "3")
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.split() == ["P.2", "P.3", "P.4"]
+    assert cli("spawn", "P", "--count", "2").stdout.split() == ["P.5", "P.6"]
+    assert cli("create", "one more", "--parent", "P").stdout.strip() == "P.7"
+    assert cli("progress", "P").stdout == "6 pending, 0 running, 0 completed, 0 failed\n"
+    assert cli("verify").exit_code == 0

@@ -305,3 +305,26 @@ def test_watch_marks_stale_children(db_path):
     assert lines[-1]["progress_text"] == "0 pending, 0 running, 2 completed, 1 failed"
     plain = run("watch", parent, "--stale-after", "5m", db=db_path)  # already final: nothing running is stale
     assert "stale" not in plain.stdout
+
+
+def test_a_long_replay_is_read_in_pages_and_honours_the_timeout(db_path):
+    from jobctl.watch import PAGE
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("big")
+        jc.spawn(parent, count=3 * PAGE)
+        jc.set_status([f"{parent}.1"], "running")
+        jc.cancel(parent)
+        total = len(jc.events())
+    full = run("watch", parent, "--from-start", "--json", "--exit-status", "--timeout", "60", db=db_path)
+    events = [json.loads(x)["event"]["id"] for x in full.stdout.splitlines() if '"type": "event"' in x]
+    assert full.returncode == 6
+    assert events == list(range(1, total + 1))  # every page, in order, nothing twice
+    big = 20 * PAGE
+    with Jobctl(db_path) as jc:
+        jc.retry(parent)  # running again, with a long history to replay
+        jc.spawn(parent, count=big)
+    cut = run("watch", parent, "--from-start", "--json", "--timeout", "0.2", db=db_path)
+    printed = [json.loads(x)["event"]["id"] for x in cut.stdout.splitlines() if '"type": "event"' in x]
+    assert cut.returncode == 124
+    assert 0 < len(printed) < total and printed == list(range(1, len(printed) + 1))
