@@ -498,7 +498,7 @@ class Jobctl:
         problems = []
         with self.store.read():
             problems += [f"integrity: {p}" for p in self.store.integrity_check()]
-            replayed = model.replay(self.store.all_events())
+            replayed = model.replay(self.store.all_events(), problems)
             jobs = self.store.all_jobs()
             real = self.store.count_children()
             kept = self.store.all_counts()

@@ -157,26 +157,34 @@ def enter_status(job: dict, new: str, at: str) -> None:
 REPLAYED_FIELDS = ("parent_id", "status", "created_at", "started_at", "completed_at", "updated_at")
 
 
-def replay(events: Iterable[Mapping]) -> dict[str, dict]:
+def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str, dict]:
     """Fold events (in id order) into every job's state, from empty.
 
-    Returns {job_id: {field: value}} for REPLAYED_FIELDS. A status event whose
-    old status does not match the replayed state is kept as is: `verify` then
-    reports the job as different, which is the point.
+    Returns {job_id: {field: value}} for REPLAYED_FIELDS. Events that contradict
+    the history so far (a second create, a change of a job never created, an
+    old status that is not the job's status then) are still applied, and are
+    described in `problems` when a list is given.
     """
     jobs: dict[str, dict] = {}
+    note = problems.append if problems is not None else (lambda text: None)
     for e in events:
-        kind = e["kind"]
+        kind, job_id = e["kind"], e["job_id"]
         if kind == CREATE:
+            if job_id in jobs:
+                note(f"event {e.get('id')}: job {job_id} created a second time")
             job = {"parent_id": e["parent_id"], "created_at": e["at"], "started_at": None,
                    "completed_at": None}
             enter_status(job, e["new_status"], e["at"])
-            jobs[e["job_id"]] = job
+            jobs[job_id] = job
         elif kind == STATUS:
-            job = jobs.get(e["job_id"])
-            if job is None:  # a status change for a job never created
-                job = jobs[e["job_id"]] = {"parent_id": e["parent_id"], "created_at": None,
-                                           "started_at": None, "completed_at": None}
+            job = jobs.get(job_id)
+            if job is None:
+                note(f"event {e.get('id')}: status change of job {job_id}, which was never created")
+                job = jobs[job_id] = {"parent_id": e["parent_id"], "created_at": None, "status": None,
+                                      "started_at": None, "completed_at": None}
+            elif job["status"] != e["old_status"]:
+                note(f"event {e.get('id')}: job {job_id} {e['old_status']} → {e['new_status']},"
+                     f" but it was {job['status']}")
             enter_status(job, e["new_status"], e["at"])
     return jobs
 

@@ -28,7 +28,7 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 2  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
-BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter, after the busy timeout
+BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 
 JOB_COLUMNS = (
     "id", "parent_id", "root_id", "name", "type", "status", "created_at",
@@ -104,7 +104,10 @@ class Store:
             raise DatabaseUnusable(f"cannot create database {path}: directory {parent} is read-only")
         timeout = busy_timeout_from_env() if busy_timeout is None else busy_timeout
         try:
-            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            # SQLite waits for a lock up to its busy timeout per try; the tries of
+            # BEGIN IMMEDIATE share JOBCTL_BUSY_TIMEOUT, so that is the whole wait.
+            conn = sqlite3.connect(path, timeout=timeout / (BEGIN_RETRIES + 1), isolation_level=None,
+                                   check_same_thread=False)
         except sqlite3.Error as exc:
             raise _unusable(path, exc) from None
         store = cls(conn, path)

@@ -379,3 +379,17 @@ def test_spawn_goes_on_after_a_chosen_id_that_took_a_number(cli):
     assert cli("create", "one more", "--parent", "P").stdout.strip() == "P.7"
     assert cli("progress", "P").stdout == "6 pending, 0 running, 0 completed, 0 failed\n"
     assert cli("verify").exit_code == 0
+
+
+def test_verify_reports_an_event_that_contradicts_the_history(cli, db_path):
+    import sqlite3
+
+    job = cli("create", "j").stdout.strip()
+    cli("status", "set", job, "running")
+    conn = sqlite3.connect(db_path)  # an invented event: it claims the job was completed
+    conn.execute("INSERT INTO events (job_id, root_id, kind, old_status, new_status, at)"
+                 " VALUES (?, ?, 'status', 'completed', 'running', '2030-01-01T00:00:00.000000Z')", (job, job))
+    conn.commit()
+    conn.close()
+    report = json.loads(cli("verify", "--json").stdout)
+    assert any("completed → running, but it was running" in p for p in report["problems"])

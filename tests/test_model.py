@@ -376,3 +376,23 @@ def test_ago():
     assert a < n
     # about an hour back
     assert model.timestamp(time.time() - 3605) < a < model.timestamp(time.time() - 3595)
+
+
+def test_replay_describes_events_that_contradict_the_history():
+    from jobctl.model import replay
+
+    at = "2026-01-01T00:00:00.000000Z"
+    events = [
+        {"id": 1, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending", "at": at},
+        {"id": 2, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "running", "new_status": "failed", "at": at},
+        {"id": 3, "kind": "status", "job_id": "b", "parent_id": None, "old_status": "pending", "new_status": "running", "at": at},
+        {"id": 4, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending", "at": at},
+        {"id": 5, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "pending", "new_status": "running", "at": at},
+    ]
+    problems = []
+    jobs = replay(events, problems)
+    assert jobs["a"]["status"] == "running" and jobs["b"]["status"] == "running"
+    assert problems == ["event 2: job a running → failed, but it was pending",
+                        "event 3: status change of job b, which was never created",
+                        "event 4: job a created a second time"]
+    assert replay(events) == jobs  # without a list, the same fold

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import time
 import shutil
 import sqlite3
 import subprocess
@@ -33,9 +34,11 @@ def test_new_database_settings(db_path):
 
 
 def test_busy_timeout_from_environment(db_path, monkeypatch):
+    from jobctl.store import BEGIN_RETRIES
+
     monkeypatch.setenv("JOBCTL_BUSY_TIMEOUT", "2.5")
-    with Jobctl(db_path) as jc:
-        assert jc.store.conn.execute("PRAGMA busy_timeout").fetchone()["timeout"] == 2500
+    with Jobctl(db_path) as jc:  # shared among the tries of BEGIN IMMEDIATE
+        assert jc.store.conn.execute("PRAGMA busy_timeout").fetchone()["timeout"] == 2500 // (BEGIN_RETRIES + 1)
     monkeypatch.setenv("JOBCTL_BUSY_TIMEOUT", "soon")
     with pytest.raises(DatabaseUnusable):
         Jobctl(db_path)
@@ -177,8 +180,11 @@ def test_still_locked_after_busy_timeout_exits_5(db_path):
     holder = sqlite3.connect(db_path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        result = run("status", "set", job, "running", db=db_path, env={"JOBCTL_BUSY_TIMEOUT": "0.2"})
+        started = time.monotonic()
+        result = run("status", "set", job, "running", db=db_path, env={"JOBCTL_BUSY_TIMEOUT": "1"})
+        waited = time.monotonic() - started
         assert result.returncode == 5
+        assert 1 <= waited < 5  # the timeout is the whole wait, retries included (not 4 x 1 s)
         assert "locked" in result.stderr and result.stderr.count("\n") == 1
     finally:
         holder.execute("ROLLBACK")
