@@ -360,7 +360,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="alternations of jobctl and baseline")
     parser.add_argument("--latency-events", type=int, default=500)
     parser.add_argument("--rate", type=float, default=20.0, help="commits per second for the latency run")
-    parser.add_argument("--throughput-children", type=int, default=20_000, help="100000 for the full size")
+    parser.add_argument("--throughput-children", type=int, default=100_000)
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--calls", type=int, default=30, help="status set calls per side")
     parser.add_argument("--batch-ids", type=int, default=10_000)

@@ -339,7 +339,7 @@ class Jobctl:
         """Append a log line to a job (a logs row plus a `log` event for watchers)."""
         if level not in model.LOG_LEVELS:
             raise UsageError(f"unknown log level {level!r} (valid: {', '.join(model.LOG_LEVELS)})")
-        if not message:
+        if not message or not message.strip():
             raise UsageError("a log message must not be empty")
         check_message(message)
         with self.store.write():
@@ -412,9 +412,7 @@ class Jobctl:
         job = self.store.get_job(job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found")
-        import json
-
-        job["metadata"] = json.loads(job["metadata"]) if job["metadata"] else {}
+        _decoded(job)
         counts = self.store.get_counts([job_id])[job_id]
         job["progress"] = progress_dict(job_id, job["status"], counts) if sum(counts.values()) else None
         return job
@@ -441,7 +439,8 @@ class Jobctl:
         if parent is not None and self.store.get_job(parent) is None:
             raise NotFound(f"job {parent} not found")
         cutoff = model.ago(stale_after) if stale_after is not None else None
-        return self.store.list_jobs(parent_id=parent, status=status, type=type, running_since_before=cutoff)
+        rows = self.store.list_jobs(parent_id=parent, status=status, type=type, running_since_before=cutoff)
+        return (_decoded(row) for row in rows)
 
     def tree(self, job_id: str) -> list[dict]:
         """The job and its descendants (parents first), each with `depth` and `progress`."""
@@ -518,6 +517,17 @@ class Jobctl:
                 problems.append(f"job {parent}: kept child counts {progress_text(kept.get(parent, zero))!r},"
                                 f" real count {progress_text(real.get(parent, zero))!r}")
         return problems
+
+
+def _decoded(job: dict) -> dict:
+    """The job row with its metadata as an object ({} when it has none)."""
+    if job["metadata"]:
+        import json
+
+        job["metadata"] = json.loads(job["metadata"])
+    else:
+        job["metadata"] = {}
+    return job
 
 
 def log_text(e: Mapping, own: bool, counts: Mapping[str, int]) -> str | None:

@@ -98,6 +98,7 @@ def main_options(
     ctx: typer.Context,
     db: Annotated[Optional[str], typer.Option("--db", metavar="PATH",
                                               help="Database file (default: $JOBCTL_DB, else "
+                                                   "$XDG_DATA_HOME/jobctl/jobctl.db, i.e. "
                                                    "~/.local/share/jobctl/jobctl.db).")] = None,
     version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
@@ -126,6 +127,8 @@ def parse_meta(items: List[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"bad --meta {item!r}: use KEY=VALUE")
+        if key.strip() in meta:
+            raise UsageError(f"--meta {key.strip()!r} given twice")
         meta[key.strip()] = value
     return meta
 
@@ -390,6 +393,8 @@ def wait(
     jobs: Annotated[List[str], typer.Argument(metavar="JOB...", help="The jobs to wait for.")],
     timeout: TIMEOUT = None,
     poll_interval: POLL_INTERVAL = 1.0,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object per job (its progress "
+                                       "fields and the reason).")] = False,
 ) -> None:
     """Wait quietly until every job has ended; print one line per job.
 
@@ -398,13 +403,15 @@ def wait(
     """
     from jobctl import watch as watching
 
-    code = watching.run_wait(open_db(ctx), jobs, render.PlainWatch._write, timeout=timeout,
-                             poll_interval=poll_interval)
+    sink = render.JsonWatch() if json else render.PlainWatch()
+    code = watching.run_wait(open_db(ctx), jobs, lambda job, progress, reason: sink.end(job, progress, reason, None),
+                             timeout=timeout, poll_interval=poll_interval)
     raise typer.Exit(code)
 
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     children: Annotated[int, typer.Option("--children", help="How many pages to crawl.")] = 108,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 4,
     fail_rate: Annotated[float, typer.Option("--fail-rate", help="Share of pages that fail.")] = 0.05,
@@ -423,7 +430,7 @@ def demo(
     from jobctl import demo as demo_module
 
     raise typer.Exit(demo_module.run(children=children, workers=workers, fail_rate=fail_rate, speed=speed,
-                                     db=db, seed=seed))
+                                     db=db or ctx.obj["db"], seed=seed))
 
 
 @app.command()

@@ -81,7 +81,10 @@ def run(*, children: int = 108, workers: int = 4, fail_rate: float = 0.05, speed
                        "--speed", str(speed)] + (["--seed", str(seed * 1000 + i)] if seed is not None else [])
                 procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
             sink = render.LiveWatch() if render.is_terminal() else render.PlainWatch()
-            code = watch.run_watch(jc, parent, sink, poll_interval=0.5)
+            # Workers beat once a page; if one dies, its page would stay running and
+            # the parent with it: the demo reaps pages silent for 10 s, as a user would.
+            code = watch.run_watch(jc, parent, sink, poll_interval=0.5, stale_after=10 / speed + 2,
+                                   on_stale=lambda ids: jc.reap(10 / speed + 2))
             progress = jc.progress(parent)
         sys.stderr.write(f"jobctl demo: {parent} {progress['status']}: {progress['progress_text']}\n")
         if tmp is None:

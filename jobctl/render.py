@@ -209,8 +209,9 @@ class JsonWatch:
         write_json({"type": "stale", **progress, "stale_job_ids": list(new),
                     "seconds_since_heartbeat": [round(v, 1) for v in new.values()], "all_stale": all_stale})
 
-    def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
-        write_json({"type": "end", **progress, "reason": reason or "finished", "exit_code": code})
+    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
+        line = {"type": "end", **progress, "reason": reason or "finished"}
+        write_json(line if code is None else {**line, "exit_code": code})
 
 
 class LiveWatch:

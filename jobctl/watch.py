@@ -204,8 +204,8 @@ class StaleCheck:
     """Tells the sink which running children of the job have stopped beating
     (last heartbeat, or start, older than `stale_after` seconds), once each."""
 
-    def __init__(self, tail: Tail, stale_after: float, sink):
-        self.tail, self.stale_after, self.sink = tail, stale_after, sink
+    def __init__(self, tail: Tail, stale_after: float, sink, on_stale=None):
+        self.tail, self.stale_after, self.sink, self.on_stale = tail, stale_after, sink, on_stale
         self.marked: set[str] = set()
 
     def __call__(self) -> None:
@@ -220,11 +220,13 @@ class StaleCheck:
         self.marked = set(stale)
         if new:
             self.sink.stale(new, sorted(self.marked), self.tail.progress())
+            if self.on_stale is not None:
+                self.on_stale(list(new))
 
 
 def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeout: float | None = None,
               poll_interval: float = DEFAULT_POLL_INTERVAL, exit_status: bool = False,
-              stale_after: float | None = None) -> int:
+              stale_after: float | None = None, on_stale=None) -> int:
     """`jobctl watch`: the start state, then every event of the tree, then a summary.
 
     Returns the exit code: 0 when the job ends (with `exit_status`: 0 completed,
@@ -235,7 +237,7 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
     tail = Tail.start(jc, job_id, since=since)
     waker = Waker(jc, poll_interval)
     sink.start(tail.job, tail.progress(), tail.cursor)
-    on_tick = StaleCheck(tail, stale_after, sink) if stale_after is not None else None
+    on_tick = StaleCheck(tail, stale_after, sink, on_stale) if stale_after is not None else None
     try:
         if on_tick is not None:
             on_tick()
@@ -253,18 +255,17 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
     return code
 
 
-def run_wait(jc: Jobctl, job_ids: list[str], write_line, *, timeout: float | None = None,
+def run_wait(jc: Jobctl, job_ids: list[str], report, *, timeout: float | None = None,
              poll_interval: float = DEFAULT_POLL_INTERVAL) -> int:
-    """`jobctl wait`: one final line per job; the worst outcome is the exit code."""
+    """`jobctl wait`: report(job, progress, reason) once per job as it ends (or
+    times out); the worst outcome is the exit code."""
     model.check_seconds(timeout, "--timeout")
-    from jobctl.render import summary_line
-
     tails = [Tail.start(jc, j) for j in dict.fromkeys(job_ids)]
     codes = []
 
     def done(tail: Tail) -> None:
         codes.append(exit_code_for(tail.status))
-        write_line(summary_line(tail.job, tail.progress(), ""))
+        report(tail.job, tail.progress(), "")
 
     waker = Waker(jc, poll_interval)
     try:
@@ -276,6 +277,6 @@ def run_wait(jc: Jobctl, job_ids: list[str], write_line, *, timeout: float | Non
     if not finished:
         for tail in tails:
             if not (tail.done and tail.cursor >= tail.live_from):
-                write_line(summary_line(tail.job, tail.progress(), "timeout"))
+                report(tail.job, tail.progress(), "timeout")
         codes.append(model.EXIT_TIMEOUT)
     return max(codes, key=lambda c: model.SEVERITY[c])

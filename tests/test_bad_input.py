@@ -285,6 +285,7 @@ CASES = [
 
     # --- --meta, --since, --limit (exit 2)
     c("meta-novalue", 2, "create", "x", "--meta", "novalue", expect="bad --meta"),
+    c("meta-key-twice", 2, "create", "x", "--meta", "a=1", "--meta", "a=2", expect="given twice"),
     c("meta-no-key", 2, "create", "x", "--meta", "=x", expect="bad --meta"),
     c("meta-blank-key", 2, "create", "x", "--meta", "ok=1", "--meta", "  =x", expect="bad --meta"),
     c("events-since-abc", 2, "events", "--since", "abc", expect="--since"),
@@ -306,6 +307,7 @@ CASES = [
     c("reap-stale-after-huge", 2, "reap", "--stale-after", "1e300", expect="bad duration"),
     c("log-level-loud", 2, "log", "P.2", "msg", "--level", "loud", expect="info, warning, error"),
     c("log-empty-message", 2, "log", "P.2", "", expect="must not be empty"),
+    c("log-whitespace-message", 2, "log", "P.2", "   ", expect="must not be empty"),
     c("status-message-too-long", 2, "status", "set", "P.1", "running", "-m", "m" * 100_001, expect="100001"),
     c("log-message-too-long", 2, "log", "P.2", "m" * 100_001, expect="100001"),
     c("cancel-message-too-long", 2, "cancel", "P", "-m", "m" * 100_001, expect="100001"),

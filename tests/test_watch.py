@@ -274,8 +274,12 @@ def test_demo_runs_to_the_end():
     children = 108 if FULL else 8
     result = run("demo", "--children", children, "--workers", 2, "--speed", 20, "--seed", 3, timeout=120)
     assert result.returncode == 0, result.stderr
+    import re
+
     last = result.stdout.splitlines()[-1]
-    assert f"{children} " in last.replace(",", " ") or "completed" in last
+    counts = re.search(r"\| 0 pending, 0 running, (\d+) completed, (\d+) failed$", last)
+    assert counts and int(counts[1]) + int(counts[2]) == children, last
+    assert last.split()[1] == ("failed" if int(counts[2]) else "completed")
     assert "jobctl demo:" in result.stderr and " 0 pending, 0 running" in result.stderr
 
 
@@ -328,3 +332,14 @@ def test_a_long_replay_is_read_in_pages_and_honours_the_timeout(db_path):
     printed = [json.loads(x)["event"]["id"] for x in cut.stdout.splitlines() if '"type": "event"' in x]
     assert cut.returncode == 124
     assert 0 < len(printed) < total and printed == list(range(1, len(printed) + 1))
+
+
+def test_wait_json(db_path):
+    with Jobctl(db_path) as jc:
+        a, b = jc.create("a"), jc.create("b")
+        jc.set_status([a], "failed")
+    result = run("wait", a, b, "--json", "--timeout", "0.2", db=db_path)
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert result.returncode == 124
+    assert [(x["job_id"], x["status"], x["reason"]) for x in lines] == [(a, "failed", "finished"),
+                                                                       (b, "pending", "timeout")]
