@@ -17,8 +17,8 @@ from jobctl import Jobctl
 
 WRITERS = 8
 CHILDREN = 200
-CLI_CALLS = 250 if FULL else 10
-API_CALLS = 10_000 if FULL else 400
+CLI_CALLS = 250 if FULL else 40
+API_CALLS = 10_000 if FULL else 1000
 
 # Each writer owns CHILDREN / WRITERS children and walks them through this cycle,
 # one call per step; it records what it did so the test can compare the events.
