@@ -459,21 +459,41 @@ class Jobctl:
 
     def events(self, *, job: str | None = None, since: int = 0, limit: int | None = None) -> list[dict]:
         """Events after `since`, in id order; with `job`, those of the job and its descendants."""
+        return list(self.iter_events(job=job, since=since, limit=limit))
+
+    def iter_events(self, *, job: str | None = None, since: int = 0, limit: int | None = None,
+                    page: int = 5000) -> Iterator[dict]:
+        """events(), streamed a page at a time (a million events need not fit in memory)."""
         if not 0 <= since <= model.MAX_INT:
             raise UsageError(f"--since takes an event id (0 or more), not {since}")
         if limit is not None and not 1 <= limit <= model.MAX_INT:
             raise UsageError(f"--limit must be a positive whole number, not {limit}")
-        if job is None:
-            return self.store.events(since=since, limit=limit)
-        with self.store.read():
-            row = self.store.get_job(job)
-            if row is None:
-                raise NotFound(f"job {job} not found")
-            if row["parent_id"] is None:
-                return self.store.events(since=since, root_id=job, limit=limit)
-            ids = self.subtree_ids(job)
-            out = [e for e in self.store.events(since=since, root_id=row["root_id"]) if e["job_id"] in ids]
-        return out[:limit] if limit is not None else out
+        root, ids = None, None
+        if job is not None:
+            with self.store.read():
+                row = self.store.get_job(job)
+                if row is None:
+                    raise NotFound(f"job {job} not found")
+                root = row["root_id"]
+                if row["parent_id"] is not None:  # below a root: keep the subtree's ids
+                    ids = self.subtree_ids(job)
+        left = limit
+        while left is None or left > 0:
+            rows = self.store.events(since=since, root_id=root, limit=page)
+            for e in rows:
+                if ids is not None:
+                    if e["kind"] == CREATE and e["parent_id"] in ids:
+                        ids.add(e["job_id"])
+                    if e["job_id"] not in ids:
+                        continue
+                yield e
+                if left is not None:
+                    left -= 1
+                    if not left:
+                        return
+            if len(rows) < page:
+                return
+            since = rows[-1]["id"]
 
     def logs(self, job_id: str, *, children: bool = False) -> list[dict]:
         """The job's log: its status changes and log lines; with `children`, its

@@ -289,7 +289,7 @@ def events(
     json: JSON = False,
 ) -> None:
     """Print events in event-id order (the id is the cursor for --since)."""
-    rows = open_db(ctx).events(job=job, since=since, limit=limit)
+    rows = open_db(ctx).iter_events(job=job, since=since, limit=limit)
     if json:
         render.write_ndjson(render.event_json(e) for e in rows)
     else:

@@ -417,3 +417,19 @@ def test_the_readme_tour_works_as_written(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "progress.txt").read_text().splitlines() == expected
     assert run("verify", db=tmp_path / "jobs.db").returncode == 0
+
+
+def test_events_are_paged_without_losing_or_repeating_one(jc):
+    parent = jc.create("p")
+    mid = jc.create("mid", parent=parent)
+    other = jc.create("other")
+    kids = jc.spawn(mid, count=30)
+    jc.set_status(kids[:10], "running")
+    jc.log(other, "noise")
+    everything = jc.events()
+    assert [e["id"] for e in jc.iter_events(page=7)] == [e["id"] for e in everything]
+    below_mid = [e for e in everything if e["job_id"] in {mid, *kids}]
+    assert list(jc.iter_events(job=mid, page=4)) == below_mid
+    assert list(jc.iter_events(job=mid, page=4, limit=9)) == below_mid[:9]
+    assert list(jc.iter_events(job=parent, since=below_mid[3]["id"], page=5)) == \
+        [e for e in everything if e["root_id"] == parent and e["id"] > below_mid[3]["id"]]
