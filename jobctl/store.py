@@ -254,12 +254,6 @@ class Store:
         cur = self.conn.execute("UPDATE jobs SET last_heartbeat = ? WHERE id = ?", (at, job_id))
         return cur.rowcount == 1
 
-    def has_children(self, job_id: str) -> bool:
-        return bool(self._query("SELECT 1 FROM jobs WHERE parent_id = ? LIMIT 1", (job_id,)))
-
-    def children(self, parent_id: str) -> list[dict]:
-        return self._query("SELECT * FROM jobs WHERE parent_id = ? ORDER BY rowid", (parent_id,))
-
     def subtree(self, job_id: str) -> list[dict]:
         """The job and all its descendants, parents before children."""
         return self._query(
@@ -392,9 +386,6 @@ class Store:
         rows = self._query("PRAGMA integrity_check")
         problems = [next(iter(r.values())) for r in rows]
         return [] if problems == ["ok"] else problems
-
-    def wal_checkpoint(self) -> None:
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 # --------------------------------------------------------------- migrations
