@@ -231,6 +231,7 @@ class LiveWatch:
         self.job: Mapping = {}
         self.progress: Mapping = {}
         self.stale_ids: list = []
+        self.final: str | None = None
         self.live = Live(console=self.console, refresh_per_second=8, transient=False,
                          get_renderable=self.render)
 
@@ -261,7 +262,8 @@ class LiveWatch:
 
     def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
         self.progress = progress
-        self.live.update(self.render(final=reason), refresh=True)
+        self.final = reason  # get_renderable draws the last frame with the summary
+        self.live.refresh()
         self.live.stop()
 
     def _mark(self, at: str) -> None:
@@ -280,7 +282,7 @@ class LiveWatch:
         (t0, d0), (t1, d1) = self.finished_at[0], self.finished_at[-1]
         return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
 
-    def render(self, final: str | None = None):
+    def render(self):
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
@@ -310,6 +312,7 @@ class LiveWatch:
             parts.append(Text(f"⚠ {len(self.stale_ids)} stale (no heartbeat): {shown}", style="bold yellow"))
         parts.append(Text.from_markup("\n".join(self.lines)) if self.lines else Text("waiting for events…",
                                                                                         style="dim"))
-        if final is not None:
-            parts.append(Text(f"{status}{f' ({final})' if final else ''}", style="bold"))
+        if self.final is not None:
+            parts.append(Text(f"{self.job.get('id', '')} {status}" + (f" ({self.final})" if self.final else ""),
+                              style=f"bold {STATUS_STYLE.get(status, '')}"))
         return Group(*parts)

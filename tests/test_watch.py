@@ -263,6 +263,7 @@ def test_live_view_renders_on_a_terminal(db_path, monkeypatch):
     assert "3/3" in screen and "100.0%" in screen
     assert "fetching https://example.com/" in screen
     assert "\x1b[" in screen  # coloured
+    assert f"{parent} completed" in screen  # the summary stays in the last frame
     monkeypatch.setenv("NO_COLOR", "1")
     buf = io.StringIO()
     with Jobctl(db_path) as jc:
