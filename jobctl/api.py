@@ -355,14 +355,17 @@ class Jobctl:
             if not self.store.set_heartbeat(job_id, model.now()):
                 raise NotFound(f"job {job_id} not found")
 
-    def reap(self, stale_after: float, *, to: str = FAILED) -> list[str]:
-        """Move running jobs whose heartbeat is older than `stale_after` seconds to `to`."""
+    def reap(self, stale_after: float, *, to: str = FAILED, parent: str | None = None) -> list[str]:
+        """Move running jobs whose heartbeat is older than `stale_after` seconds to `to`
+        (only the children of `parent`, if given)."""
         if to not in (FAILED, PENDING):
             raise UsageError(f"reap moves stale jobs to failed or pending, not {to!r}")
         with self.store.write():
             ch = _Change(self.store)
+            if parent is not None:
+                ch.job(parent)
             cutoff = model.ago(stale_after)
-            stale = list(self.store.list_jobs(running_since_before=cutoff))
+            stale = list(self.store.list_jobs(parent_id=parent, running_since_before=cutoff))
             for j in stale:
                 job = ch.jobs.setdefault(j["id"], j)
                 ch.set_status(job, to, "heartbeat lost")

@@ -347,9 +347,10 @@ def reap(
     stale_after: Annotated[str, typer.Option("--stale-after", metavar="DURATION",
                                              help="Heartbeat age that counts as dead: 90s, 5m, 1h.")],
     to: Annotated[str, typer.Option("--to", help="failed or pending.")] = "failed",
+    parent: Annotated[Optional[str], typer.Option("--parent", help="Only children of this job.")] = None,
 ) -> None:
     """Move running jobs whose worker stopped beating to failed (or pending); print their ids."""
-    for job_id in open_db(ctx).reap(model.parse_duration(stale_after), to=to):
+    for job_id in open_db(ctx).reap(model.parse_duration(stale_after), to=to, parent=parent):
         print(job_id)
 
 

@@ -73,7 +73,8 @@ def run(*, children: int = 108, workers: int = 4, fail_rate: float = 0.05, speed
     rng = random.Random(seed)
     procs: list[subprocess.Popen] = []
     try:
-        with Jobctl(db) as jc:
+        # The reaper writes through its own connection, so the watch sees its commits.
+        with Jobctl(db) as jc, Jobctl(db) as reaper:
             parent = jc.create("News Crawler", type="crawl", meta={"demo": "true"})
             jc.spawn(parent, names=page_names(children, rng), type="page")
             for i in range(workers):
@@ -84,7 +85,7 @@ def run(*, children: int = 108, workers: int = 4, fail_rate: float = 0.05, speed
             # Workers beat once a page; if one dies, its page would stay running and
             # the parent with it: the demo reaps pages silent for 10 s, as a user would.
             code = watch.run_watch(jc, parent, sink, poll_interval=0.5, stale_after=10 / speed + 2,
-                                   on_stale=lambda ids: jc.reap(10 / speed + 2))
+                                   on_stale=lambda ids: reaper.reap(10 / speed + 2, parent=parent))
             progress = jc.progress(parent)
         sys.stderr.write(f"jobctl demo: {parent} {progress['status']}: {progress['progress_text']}\n")
         if tmp is None:

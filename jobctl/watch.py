@@ -114,6 +114,10 @@ class Tail:
             if not replay and self.done:
                 self.more = False
                 break
+        if not self.more:
+            # Every event of this tree up to now has been read; the newest event at
+            # start may belong to another tree, so the cursor alone would not reach it.
+            self.cursor = max(self.cursor, self.live_from)
         return updates
 
 

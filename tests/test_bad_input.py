@@ -242,6 +242,7 @@ CASES = [
     c("status-set-stdin-one-unknown", 3, "status", "set", "--stdin", "running", input="P.1\nnope\nroot\n",
       expect=NOT_FOUND),
     c("claim-no-pending-child", 3, "claim", "D", expect="no pending child"),
+    c("reap-parent-unknown", 3, "reap", "--stale-after", "5m", "--parent", "nope", expect=NOT_FOUND),
     c("unknown-id-with-newline", 3, "status", "get", "no\nsuch"),
     c("unknown-parent-with-newline", 3, "create", "x", "--parent", "no\nsuch"),
     c("heartbeat-unknown-with-newline", 3, "heartbeat", "no\nsuch"),

@@ -271,9 +271,11 @@ def test_live_view_renders_on_a_terminal(db_path, monkeypatch):
     assert "\x1b[3" not in buf.getvalue() and "\x1b[4" not in buf.getvalue()  # no colour codes
 
 
-def test_demo_runs_to_the_end():
+@pytest.mark.parametrize("env", [{}, {"JOBCTL_WATCH_POLL": "1"}], ids=["watchfiles", "polling"])
+def test_demo_runs_to_the_end(env):
     children = 108 if FULL else 8
-    result = run("demo", "--children", children, "--workers", 2, "--speed", 20, "--seed", 3, timeout=120)
+    result = run("demo", "--children", children, "--workers", 2, "--speed", 20, "--seed", 3, timeout=120,
+                 env=env)
     assert result.returncode == 0, result.stderr
     import re
 
@@ -344,3 +346,30 @@ def test_wait_json(db_path):
     assert result.returncode == 124
     assert [(x["job_id"], x["status"], x["reason"]) for x in lines] == [(a, "failed", "finished"),
                                                                        (b, "pending", "timeout")]
+
+
+def test_replay_of_a_finished_job_ends_when_another_tree_wrote_last(db_path):
+    with Jobctl(db_path) as jc:
+        a = jc.create("a")
+        jc.set_status([a], "running")
+        jc.set_status([a], "completed")
+        jc.create("b")  # the newest event belongs to another tree
+    result = run("watch", a, "--from-start", "--exit-status", "--timeout", "30", db=db_path)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-1] == f"{a} completed"
+
+
+def test_reap_of_one_parent_leaves_other_jobs_alone(db_path):
+    import sqlite3
+
+    with Jobctl(db_path) as jc:
+        p, other = jc.create("p"), jc.create("other")
+        kid = jc.spawn(p, count=1)[0]
+        jc.set_status([kid, other], "running")
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z'")
+    conn.commit()
+    conn.close()
+    assert run("reap", "--stale-after", "1m", "--parent", p, db=db_path).stdout.split() == [kid]
+    with Jobctl(db_path) as jc:
+        assert jc.status(other) == "running" and jc.status(p) == "failed"
