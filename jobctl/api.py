@@ -484,11 +484,8 @@ class Jobctl:
         while left is None or left > 0:
             rows = self.store.events(since=since, root_id=root, limit=page)
             for e in rows:
-                if ids is not None:
-                    if e["kind"] == CREATE and e["parent_id"] in ids:
-                        ids.add(e["job_id"])
-                    if e["job_id"] not in ids:
-                        continue
+                if not model.in_tree(ids, e):
+                    continue
                 yield e
                 if left is not None:
                     left -= 1

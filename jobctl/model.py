@@ -154,6 +154,16 @@ def enter_status(job: dict, new: str, at: str) -> None:
         job["completed_at"] = None
 
 
+def in_tree(ids: set | None, e: Mapping) -> bool:
+    """Whether event `e` concerns the tree whose job ids are `ids` (None: any
+    event does). A job created under the tree joins it: `ids` grows in place."""
+    if ids is None:
+        return True
+    if e["kind"] == CREATE and e["parent_id"] in ids:
+        ids.add(e["job_id"])
+    return e["job_id"] in ids
+
+
 REPLAYED_FIELDS = ("parent_id", "status", "created_at", "started_at", "completed_at", "updated_at")
 
 

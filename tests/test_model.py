@@ -396,3 +396,15 @@ def test_replay_describes_events_that_contradict_the_history():
                         "event 3: status change of job b, which was never created",
                         "event 4: job a created a second time"]
     assert replay(events) == jobs  # without a list, the same fold
+
+
+def test_in_tree_grows_with_jobs_created_under_it():
+    from jobctl.model import in_tree
+
+    ids = {"p"}
+    create = lambda job, parent: {"kind": "create", "job_id": job, "parent_id": parent}  # noqa: E731
+    assert in_tree(ids, create("p.1", "p")) and ids == {"p", "p.1"}
+    assert in_tree(ids, create("p.1.1", "p.1")) and "p.1.1" in ids
+    assert not in_tree(ids, create("q.1", "q")) and "q.1" not in ids
+    assert not in_tree(ids, {"kind": "status", "job_id": "q", "parent_id": None})
+    assert in_tree(None, {"kind": "status", "job_id": "anything", "parent_id": None})
