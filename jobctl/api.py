@@ -7,28 +7,37 @@ layer over this class; workers written in Python use it directly:
     kids = jc.spawn(parent, count=3)
     jc.set_status([kids[0]], "running")
 
-Each mutation is one `BEGIN IMMEDIATE` transaction that changes the rows and
-appends one event for every job whose status it creates or changes, parents
-whose derived status follows included. Status rules come from `jobctl.model`;
-SQL stays in `jobctl.store`.
+Each mutation is one write transaction (see `jobctl.store.base` for the
+contract) that changes the rows and appends one event for every job whose
+status it creates or changes, parents whose derived status follows included.
+Status rules come from `jobctl.model`; SQL stays in the store modules, and
+nothing here knows which backend it runs on.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from typing import Iterator, Mapping, Sequence
+    from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+
+    from jobctl.store.base import Store
+
+    T = TypeVar("T")
 
 from jobctl import model
-from jobctl.model import (ACTIVE, CANCELLED, CREATE, FAILED, LOG, PENDING, RETRYABLE, RUNNING,
-                          STATUS, TERMINAL, Conflict, NotFound, UsageError)
-from jobctl.progress import empty_counts, fold, fold_events, progress_dict, progress_text
-from jobctl.store import Store
+from jobctl.model import (CANCELLED, CREATE, FAILED, LOG, PENDING, RETRYABLE, RUNNING, STATUS, STATUSES,
+                          TERMINAL, Conflict, DatabaseUnusable, UsageError, not_found)
+from jobctl.progress import change_text, empty_counts, fold, fold_events, progress_dict, progress_text
+from jobctl.store import masked, open_store
+from jobctl.store.base import Retryable
 
 _ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}\Z"
 DERIVED_MESSAGE = "derived from children"
+WRITE_RETRIES = 5  # tries of a write transaction that failed for a transient reason (PostgreSQL)
 
 
 def default_db_path() -> str:
@@ -38,12 +47,18 @@ def default_db_path() -> str:
 
 
 def resolve_db_path(db: str | os.PathLike | None = None) -> str:
-    """--db, else $JOBCTL_DB (unless empty), else the default location."""
+    """--db, else $JOBCTL_DB (unless empty), else the default location: a
+    SQLite path or a PostgreSQL URL."""
     if db is not None:
         if not os.fspath(db):
             raise UsageError("--db must not be empty")
         return os.fspath(db)
     return os.environ.get("JOBCTL_DB") or default_db_path()
+
+
+def display_name(db: str) -> str:
+    """The database as shown to people: the path, or the URL with its password masked."""
+    return masked(db)
 
 
 def check_name(name: str) -> str:
@@ -89,7 +104,7 @@ class _Change:
         self.jobs: dict[str, dict] = {}
         self.dirty: dict[str, dict] = {}
         self.counts: dict[str, dict[str, int]] = {}
-        self.changed_counts: set[str] = set()
+        self.deltas: dict[str, dict[str, int]] = {}  # what this change adds to each parent's counts
         self.events: list[dict] = []
         # Jobs whose status this change sets explicitly (cancel): their
         # children's changes do not re-derive them.
@@ -101,7 +116,7 @@ class _Change:
             self.jobs.update(self.store.get_jobs(missing))
         for i in ids:
             if i not in self.jobs:
-                raise NotFound(f"job {i} not found")
+                raise not_found(i)
         return [self.jobs[i] for i in ids]
 
     def job(self, job_id: str) -> dict:
@@ -111,7 +126,7 @@ class _Change:
         """The job and its descendants (parents first), loaded into this change."""
         rows = self.store.subtree(job_id)
         if not rows:
-            raise NotFound(f"job {job_id} not found")
+            raise not_found(job_id)
         for row in rows:
             row.pop("depth", None)
         return [self.jobs.setdefault(row["id"], row) for row in rows]
@@ -145,13 +160,15 @@ class _Change:
         return True
 
     def child_changed(self, parent_id: str, old: str | None, new: str | None, n: int = 1) -> None:
-        counts = self.counts_of(parent_id)
-        fold(counts, old, new, n)
-        self.changed_counts.add(parent_id)
+        fold(self.counts_of(parent_id), old, new, n)
+        delta = self.deltas.get(parent_id)
+        if delta is None:
+            delta = self.deltas[parent_id] = dict.fromkeys(STATUSES, 0)
+        fold(delta, old, new, n)
         if parent_id in self.frozen:
             return
         parent = self.job(parent_id)
-        derived = model.derive_status(counts, parent["status"])
+        derived = model.derive_status(self.counts[parent_id], parent["status"])
         if derived != parent["status"]:
             self.set_status(parent, derived, DERIVED_MESSAGE)
 
@@ -168,20 +185,50 @@ class _Change:
     def flush(self) -> None:
         if self.dirty:
             self.store.update_statuses(self.dirty.values())
-        if self.changed_counts:
-            self.store.save_counts({p: self.counts[p] for p in self.changed_counts})
+        if self.deltas:
+            self.store.apply_count_deltas(self.deltas)
         if self.events:
             self.store.insert_events(self.events)
+
+
+def transaction(method: Callable[..., T]) -> Callable[..., T]:
+    """The envelope of every mutation: `method(self, ch, ...)` runs inside one
+    write transaction with a fresh _Change `ch`, which is flushed before the
+    commit. A transaction that failed for a transient reason (the store raises
+    Retryable, with nothing written) runs again, a few times, with jitter."""
+
+    def run(self: Jobctl, *args, **kwargs):
+        for attempt in range(WRITE_RETRIES):
+            try:
+                with self.store.write():
+                    ch = _Change(self.store)
+                    result = method(self, ch, *args, **kwargs)
+                    ch.flush()
+                return result
+            except Retryable as exc:
+                if attempt == WRITE_RETRIES - 1:
+                    raise DatabaseUnusable(f"{exc} (still failing after {WRITE_RETRIES} tries;"
+                                           " nothing was written)") from None
+                time.sleep(random.uniform(0.01, 0.05) * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    return run
 
 
 class Jobctl:
     """A jobctl database. Thread-unsafe; open one per process or thread."""
 
-    def __init__(self, db: str | os.PathLike | None = None, *, busy_timeout: float | None = None):
+    def __init__(self, db: str | os.PathLike | None = None, *, busy_timeout: float | None = None,
+                 create: bool = True):
+        """Open the database `db` (a SQLite path or a PostgreSQL URL; see
+        resolve_db_path). With `create=False`, a database that does not exist
+        yet is refused (DatabaseUnusable) instead of created."""
         self.path = resolve_db_path(db)
-        if db is None and not os.environ.get("JOBCTL_DB"):
+        if create and db is None and not os.environ.get("JOBCTL_DB"):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.store = Store.open(self.path, busy_timeout=busy_timeout)
+        self.store: Store = open_store(self.path, busy_timeout=busy_timeout, create=create)
+        self.name = self.store.name  # for people: a URL's password is masked
 
     def close(self) -> None:
         self.store.close()
@@ -205,23 +252,23 @@ class Jobctl:
             check_id(id)
             if id == parent:
                 raise UsageError(f"job {id} cannot be its own parent")
-        meta_json = _meta_json(meta)
-        with self.store.write():
-            ch = _Change(self.store)
-            if id is not None:
-                existing = self.store.get_job(id)
-                if existing is not None:
-                    want = {"name": name, "type": type, "parent_id": parent, "metadata": meta_json}
-                    differ = [k for k, v in want.items() if existing[k] != v]
-                    if differ:
-                        raise Conflict(f"job {id} already exists with a different {', '.join(differ)}")
-                    return id
-            p = self._open_parent(ch, parent) if parent is not None else None
-            if id is None:
-                id = self._free_child_id(p) if p else self._free_root_id()
-            job = self._new_job(ch, id, name, type, p, meta_json)
-            ch.add_jobs(p, [job])
-            ch.flush()
+        return self._create(name, type, parent, id, _meta_json(meta))
+
+    @transaction
+    def _create(self, ch: _Change, name: str, type: str | None, parent: str | None, id: str | None,
+                meta_json: str | None) -> str:
+        if id is not None:
+            existing = self.store.get_job(id)
+            if existing is not None:
+                want = {"name": name, "type": type, "parent_id": parent, "metadata": meta_json}
+                differ = [k for k, v in want.items() if existing[k] != v]
+                if differ:
+                    raise Conflict(f"job {id} already exists with a different {', '.join(differ)}")
+                return id
+        p = self._open_parent(ch, parent) if parent is not None else None
+        if id is None:
+            id = self._free_child_id(p) if p else self._free_root_id()
+        ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json)])
         return id
 
     def spawn(self, parent: str, *, count: int | None = None, names: Sequence[str] | None = None,
@@ -237,17 +284,17 @@ class Jobctl:
             raise UsageError(f"--count must be a positive whole number, not {count}")
         elif count > model.MAX_SPAWN:
             raise UsageError(f"--count is at most {model.MAX_SPAWN:,} children in one spawn, not {count:,}")
-        n = count if names is None else len(names)
-        with self.store.write():
-            ch = _Change(self.store)
-            p = self._open_parent(ch, parent)
-            start = sum(ch.counts_of(parent).values()) + 1
-            try:
-                ids = self._add_children(ch, p, start, n, names, type)
-            except model.IdTaken:  # a chosen --id took a number: go on after the highest one
-                ids = self._add_children(ch, p, self.store.last_child_number(parent) + 1, n, names, type)
-            ch.flush()
-        return ids
+        return self._spawn(parent, count if names is None else len(names), names, type)
+
+    @transaction
+    def _spawn(self, ch: _Change, parent: str, n: int, names: Sequence[str] | None,
+               type: str | None) -> list[str]:
+        p = self._open_parent(ch, parent)
+        start = sum(ch.counts_of(parent).values()) + 1
+        try:
+            return self._add_children(ch, p, start, n, names, type)
+        except model.IdTaken:  # a chosen --id took a number: go on after the highest one
+            return self._add_children(ch, p, self.store.last_child_number(parent) + 1, n, names, type)
 
     def set_status(self, ids: Sequence[str], status: str, *, message: str | None = None,
                    force: bool = False) -> list[str]:
@@ -261,39 +308,43 @@ class Jobctl:
         ids = list(dict.fromkeys(ids))
         if not ids:
             raise UsageError("no job ids given")
+        return self._set_status(ids, status, message, force)
+
+    @transaction
+    def _set_status(self, ch: _Change, ids: list[str], status: str, message: str | None,
+                    force: bool) -> list[str]:
         changed = []
-        with self.store.write():
-            ch = _Change(self.store)
-            jobs = ch.load(ids)
-            if not force:
-                ch.load_counts(ids)
-            for job in jobs:
-                if job["status"] == status:
-                    continue
-                model.check_transition(job["id"], job["status"], status, force=force)
-                if not force and sum(ch.counts_of(job["id"]).values()):
-                    raise Conflict(f"job {job['id']} has children: its status is derived from theirs"
-                                   " (use `jobctl cancel`, or --force)")
-                ch.set_status(job, status, message)
-                changed.append(job["id"])
-            ch.flush()
+        jobs = ch.load(ids)
+        if not force:
+            ch.load_counts(ids)
+        for job in jobs:
+            if job["status"] == status:
+                continue
+            model.check_transition(job["id"], job["status"], status, force=force)
+            if not force and sum(ch.counts_of(job["id"]).values()):
+                raise Conflict(f"job {job['id']} has children: its status is derived from theirs"
+                               " (use `jobctl cancel`, or --force)")
+            ch.set_status(job, status, message)
+            changed.append(job["id"])
         return changed
 
     def cancel(self, job_id: str, *, message: str | None = None) -> list[str]:
         """Cancel the job and every non-terminal descendant; return the ids cancelled."""
         check_message(message)
-        with self.store.write():
-            ch = _Change(self.store)
-            # Deepest first, so the job's own event comes last: whoever sees it
-            # has already seen every descendant's.
-            targets = [j for j in reversed(ch.subtree(job_id)) if j["status"] not in TERMINAL]
-            ch.frozen = {j["id"] for j in targets}
-            for j in targets:
-                ch.set_status(j, CANCELLED, message or "cancelled")
-            ch.flush()
+        return self._cancel(job_id, message)
+
+    @transaction
+    def _cancel(self, ch: _Change, job_id: str, message: str | None) -> list[str]:
+        # Deepest first, so the job's own event comes last: whoever sees it
+        # has already seen every descendant's.
+        targets = [j for j in reversed(ch.subtree(job_id)) if j["status"] not in TERMINAL]
+        ch.frozen = {j["id"] for j in targets}
+        for j in targets:
+            ch.set_status(j, CANCELLED, message or "cancelled")
         return [j["id"] for j in targets]
 
-    def retry(self, job_id: str, *, failed_children: bool = False) -> list[str]:
+    @transaction
+    def retry(self, ch: _Change, job_id: str, *, failed_children: bool = False) -> list[str]:
         """Put failed or cancelled jobs back to pending; return their ids.
 
         A job without children is retried itself. For a job with children the
@@ -301,39 +352,35 @@ class Jobctl:
         retried (only the failed ones with `failed_children`), and the
         parents' derived statuses follow.
         """
-        with self.store.write():
-            ch = _Change(self.store)
-            job = ch.job(job_id)
-            if not sum(ch.counts_of(job_id).values()):
-                if failed_children or job["status"] == PENDING:
-                    targets = []
-                elif job["status"] in RETRYABLE:
-                    targets = [job]
-                else:
-                    raise Conflict(f"job {job_id} is {job['status']}: only failed or cancelled jobs"
-                                   " can be retried")
+        job = ch.job(job_id)
+        if not sum(ch.counts_of(job_id).values()):
+            if failed_children or job["status"] == PENDING:
+                targets = []
+            elif job["status"] in RETRYABLE:
+                targets = [job]
             else:
-                sub = ch.subtree(job_id)
-                parents = {j["parent_id"] for j in sub}
-                wanted = {FAILED} if failed_children else RETRYABLE
-                targets = [j for j in sub if j["id"] not in parents and j["status"] in wanted]
-            for t in targets:
-                ch.set_status(t, PENDING, "retry")
-            ch.flush()
+                raise Conflict(f"job {job_id} is {job['status']}: only failed or cancelled jobs"
+                               " can be retried")
+        else:
+            sub = ch.subtree(job_id)
+            parents = {j["parent_id"] for j in sub}
+            wanted = {FAILED} if failed_children else RETRYABLE
+            targets = [j for j in sub if j["id"] not in parents and j["status"] in wanted]
+        for t in targets:
+            ch.set_status(t, PENDING, "retry")
         return [t["id"] for t in targets]
 
-    def claim(self, parent: str, *, message: str | None = None) -> str | None:
-        """Atomically take the oldest pending child of `parent` and set it running."""
-        with self.store.write():
-            ch = _Change(self.store)
-            ch.job(parent)
-            rows = list(self.store.list_jobs(parent_id=parent, status=PENDING, limit=1))
-            if not rows:
-                return None
-            job = ch.jobs.setdefault(rows[0]["id"], rows[0])
-            ch.set_status(job, RUNNING, message)
-            ch.flush()
-            return job["id"]
+    @transaction
+    def claim(self, ch: _Change, parent: str, *, message: str | None = None) -> str | None:
+        """Atomically take the oldest pending child of `parent` and set it running;
+        concurrent claimers never get the same child."""
+        ch.job(parent)
+        row = self.store.next_child(parent, PENDING)
+        if row is None:
+            return None
+        job = ch.jobs.setdefault(row["id"], row)
+        ch.set_status(job, RUNNING, message)
+        return job["id"]
 
     def log(self, job_id: str, message: str, *, level: str = "info") -> None:
         """Append a log line to a job (a logs row plus a `log` event for watchers)."""
@@ -342,34 +389,34 @@ class Jobctl:
         if not message or not message.strip():
             raise UsageError("a log message must not be empty")
         check_message(message)
-        with self.store.write():
-            ch = _Change(self.store)
-            job = ch.job(job_id)
-            log_id = self.store.insert_log(job_id, level, message, ch.at)
-            ch.event(job, LOG, None, None, None, log_id)
-            ch.flush()
+        self._log(job_id, message, level)
 
-    def heartbeat(self, job_id: str) -> None:
+    @transaction
+    def _log(self, ch: _Change, job_id: str, message: str, level: str) -> None:
+        job = ch.job(job_id)
+        log_id = self.store.insert_log(job_id, level, message, ch.at)
+        ch.event(job, LOG, None, None, None, log_id)
+
+    @transaction
+    def heartbeat(self, ch: _Change, job_id: str) -> None:
         """Record that the job's worker is alive. Not a status change: no event."""
-        with self.store.write():
-            if not self.store.set_heartbeat(job_id, model.now()):
-                raise NotFound(f"job {job_id} not found")
+        if not self.store.set_heartbeat(job_id, ch.at):
+            raise not_found(job_id)
 
     def reap(self, stale_after: float, *, to: str = FAILED, parent: str | None = None) -> list[str]:
         """Move running jobs whose heartbeat is older than `stale_after` seconds to `to`
         (only the children of `parent`, if given)."""
         if to not in (FAILED, PENDING):
             raise UsageError(f"reap moves stale jobs to failed or pending, not {to!r}")
-        with self.store.write():
-            ch = _Change(self.store)
-            if parent is not None:
-                ch.job(parent)
-            cutoff = model.ago(stale_after)
-            stale = list(self.store.list_jobs(parent_id=parent, running_since_before=cutoff))
-            for j in stale:
-                job = ch.jobs.setdefault(j["id"], j)
-                ch.set_status(job, to, "heartbeat lost")
-            ch.flush()
+        return self._reap(model.ago(stale_after), to, parent)
+
+    @transaction
+    def _reap(self, ch: _Change, cutoff: str, to: str, parent: str | None) -> list[str]:
+        if parent is not None:
+            ch.job(parent)
+        stale = list(self.store.list_jobs(parent_id=parent, status=RUNNING, alive_before=cutoff))
+        for j in stale:
+            ch.set_status(ch.jobs.setdefault(j["id"], j), to, "heartbeat lost")
         return [j["id"] for j in stale]
 
     def _open_parent(self, ch: _Change, parent_id: str) -> dict:
@@ -410,28 +457,26 @@ class Jobctl:
         return job
 
     # ---------------------------------------------------------------- queries
-    def get(self, job_id: str) -> dict:
-        """The job's row, with `metadata` decoded and `progress` when it has children."""
+    def _job(self, job_id: str) -> dict:
         job = self.store.get_job(job_id)
         if job is None:
-            raise NotFound(f"job {job_id} not found")
-        _decoded(job)
+            raise not_found(job_id)
+        return job
+
+    def get(self, job_id: str) -> dict:
+        """The job's row, with `metadata` decoded and `progress` when it has children."""
+        job = _decoded(self._job(job_id))
         counts = self.store.get_counts([job_id])[job_id]
         job["progress"] = progress_dict(job_id, job["status"], counts) if sum(counts.values()) else None
         return job
 
     def status(self, job_id: str) -> str:
-        job = self.store.get_job(job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found")
-        return job["status"]
+        return self._job(job_id)["status"]
 
     def progress(self, job_id: str) -> dict:
         """Counts of the job's direct children by status, in O(1) from the kept counts."""
         with self.store.read():
-            job = self.store.get_job(job_id)
-            if job is None:
-                raise NotFound(f"job {job_id} not found")
+            job = self._job(job_id)
             counts = self.store.get_counts([job_id])[job_id]
         return progress_dict(job_id, job["status"], counts)
 
@@ -439,23 +484,36 @@ class Jobctl:
              stale_after: float | None = None) -> Iterator[dict]:
         if status is not None:
             model.check_status_word(status)
-        if parent is not None and self.store.get_job(parent) is None:
-            raise NotFound(f"job {parent} not found")
-        cutoff = model.ago(stale_after) if stale_after is not None else None
-        rows = self.store.list_jobs(parent_id=parent, status=status, type=type, running_since_before=cutoff)
-        return (_decoded(row) for row in rows)
+        if parent is not None:
+            self._job(parent)
+        cutoff = None
+        if stale_after is not None:  # stale: running, with no recent sign of life
+            if status not in (None, RUNNING):
+                return iter(())
+            status, cutoff = RUNNING, model.ago(stale_after)
+        rows = self.store.list_jobs(parent_id=parent, status=status, type=type, alive_before=cutoff)
+        return (_decoded(row, "alive_at") for row in rows)
 
     def tree(self, job_id: str) -> list[dict]:
         """The job and its descendants (parents first), each with `depth` and `progress`."""
         with self.store.read():
             sub = self.store.subtree(job_id)
             if not sub:
-                raise NotFound(f"job {job_id} not found")
+                raise not_found(job_id)
             counts = self.store.get_counts([j["id"] for j in sub])
         for j in sub:
             c = counts[j["id"]]
             j["progress"] = progress_dict(j["id"], j["status"], c) if sum(c.values()) else None
         return sub
+
+    def stale_children(self, parent: str, stale_after: float) -> dict[str, float]:
+        """{child id: seconds since its last sign of life} for the running children
+        of `parent` that count as stale (the rule is the store's list_jobs)."""
+        from datetime import datetime, timezone
+
+        now = datetime.now(timezone.utc)
+        rows = self.store.list_jobs(parent_id=parent, status=RUNNING, alive_before=model.ago(stale_after))
+        return {r["id"]: (now - datetime.fromisoformat(r["alive_at"])).total_seconds() for r in rows}
 
     def subtree_ids(self, job_id: str) -> set[str]:
         return {j["id"] for j in self.store.subtree(job_id)}
@@ -467,40 +525,42 @@ class Jobctl:
     def iter_events(self, *, job: str | None = None, since: int = 0, limit: int | None = None,
                     page: int = 5000) -> Iterator[dict]:
         """events(), streamed a page at a time (a million events need not fit in memory)."""
-        if not 0 <= since <= model.MAX_INT:
-            raise UsageError(f"--since takes an event id (0 or more), not {since}")
+        model.check_since(since)
         if limit is not None and not 1 <= limit <= model.MAX_INT:
             raise UsageError(f"--limit must be a positive whole number, not {limit}")
         root, ids = None, None
         if job is not None:
             with self.store.read():
-                row = self.store.get_job(job)
-                if row is None:
-                    raise NotFound(f"job {job} not found")
+                row = self._job(job)
                 root = row["root_id"]
                 if row["parent_id"] is not None:  # below a root: keep the subtree's ids
                     ids = self.subtree_ids(job)
         left = limit
         while left is None or left > 0:
-            rows = self.store.events(since=since, root_id=root, limit=page)
+            rows, since, more = self.tree_events(since, root, ids, page)
             for e in rows:
-                if not model.in_tree(ids, e):
-                    continue
                 yield e
                 if left is not None:
                     left -= 1
                     if not left:
                         return
-            if len(rows) < page:
+            if not more:
                 return
-            since = rows[-1]["id"]
+
+    def tree_events(self, since: int, root_id: str | None, ids: set | None,
+                    page: int) -> tuple[list[dict], int, bool]:
+        """One page of events after `since` of the tree `root_id` (None: every
+        tree), kept to the job ids `ids` when given (see model.in_tree).
+        Returns (events, the cursor after the page, whether more may follow)."""
+        rows = self.store.events(since=since, root_id=root_id, limit=page)
+        cursor = rows[-1]["id"] if rows else since
+        return [e for e in rows if model.in_tree(ids, e)], cursor, len(rows) == page
 
     def logs(self, job_id: str, *, children: bool = False) -> list[dict]:
         """The job's log: its status changes and log lines; with `children`, its
         children's changes too, each with the job's progress text after it."""
         with self.store.read():
-            if self.store.get_job(job_id) is None:
-                raise NotFound(f"job {job_id} not found")
+            self._job(job_id)
             events = list(self.store.child_events(job_id))
         out = []
         for e, counts in fold_events(events, job_id):
@@ -513,7 +573,7 @@ class Jobctl:
 
     def verify(self) -> list[str]:
         """Differences between the events and the jobs table, between the kept
-        child counts and a real count, and SQLite's integrity check. [] is clean."""
+        child counts and a real count, and the store's own integrity check (SQLite's). [] is clean."""
         problems = []
         with self.store.read():
             problems += [f"integrity: {p}" for p in self.store.integrity_check()]
@@ -539,8 +599,11 @@ class Jobctl:
         return problems
 
 
-def _decoded(job: dict) -> dict:
-    """The job row with its metadata as an object ({} when it has none)."""
+def _decoded(job: dict, *drop: str) -> dict:
+    """The job row with its metadata as an object ({} when it has none), less
+    the query's helper columns `drop`."""
+    for key in drop:
+        job.pop(key, None)
     if job["metadata"]:
         import json
 
@@ -557,6 +620,6 @@ def log_text(e: Mapping, own: bool, counts: Mapping[str, int]) -> str | None:
     if e["kind"] == CREATE:
         return f"created ({e['new_status']})" if own else None
     if own:
-        text = f"status changed: {e['old_status']} → {e['new_status']}"
+        text = f"status changed: {change_text(e)}"
         return f"{text}: {e['message']}" if e["message"] else text
-    return f"child {e['job_id']} {e['old_status']} → {e['new_status']}: {progress_text(counts)}"
+    return f"child {e['job_id']} {change_text(e)}: {progress_text(counts)}"

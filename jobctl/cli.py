@@ -1,4 +1,5 @@
-"""The jobctl command line: parse, call the core (`jobctl.api`), render.
+"""The jobctl command line: the Typer app. It parses and documents every
+command; the bodies are in `jobctl.commands`, shared with the fast path.
 
 No SQL and no status rules here. stdout carries data only (ids, statuses,
 JSON); messages and errors go to stderr as one line `jobctl: error: ...`.
@@ -13,9 +14,9 @@ import typer
 import typer.core
 
 
-from jobctl import fastpath, model, render
-from jobctl.api import Jobctl, resolve_db_path
-from jobctl.model import JobctlError, UsageError
+from jobctl import commands, model
+from jobctl.console import check_argv, error
+from jobctl.model import JobctlError
 
 EXIT_CODES_HELP = """
 Exit codes: 0 ok; 1 the job failed (watch/wait) or verify found a difference;
@@ -42,11 +43,11 @@ class JobctlGroup(typer.core.TyperGroup):
         from typer.exceptions import TyperException
 
         try:
-            fastpath.check_argv(sys.argv[1:] if args is None else list(args))
+            check_argv(sys.argv[1:] if args is None else list(args))
             rv = super().main(args=args, prog_name=prog_name or "jobctl", standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
         except JobctlError as exc:
-            code = fastpath.error(exc)
+            code = error(exc)
         except TyperException as exc:
             text = " ".join(exc.format_message().split())
             sys.stderr.write(f"jobctl: error: {text} (see --help)\n")
@@ -76,28 +77,23 @@ POLL_INTERVAL = Annotated[float, typer.Option("--poll-interval", metavar="SECOND
                                               help="Check this often even without a file notification.")]
 
 
-def info(message: str) -> None:
-    """A message for the person, on stderr."""
-    sys.stderr.write(f"jobctl: {message}\n")
-
-
-def open_db(ctx: typer.Context) -> Jobctl:
-    return Jobctl(ctx.obj["db"])
+def done(code: int) -> None:
+    """End a command with the body's exit code."""
+    if code:
+        raise typer.Exit(code)
 
 
 def print_version(value: bool) -> None:
     if value:
-        from jobctl import __version__
-
-        print(__version__)
-        raise typer.Exit()
+        raise typer.Exit(commands.version())
 
 
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    db: Annotated[Optional[str], typer.Option("--db", metavar="PATH",
-                                              help="Database file (default: $JOBCTL_DB, else "
+    db: Annotated[Optional[str], typer.Option("--db", metavar="PATH|URL",
+                                              help="Database: a SQLite file, or a postgresql:// URL "
+                                                   "(default: $JOBCTL_DB, else "
                                                    "$XDG_DATA_HOME/jobctl/jobctl.db, i.e. "
                                                    "~/.local/share/jobctl/jobctl.db).")] = None,
     version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
@@ -110,27 +106,14 @@ def main_options(
 @app.command()
 def init(ctx: typer.Context) -> None:
     """Create (or migrate) the database now instead of on first use."""
-    jc = open_db(ctx)
-    info(f"database ready: {jc.path}")
+    done(commands.init(ctx.obj["db"]))
 
 
 @db_app.command("path")
 def db_path(ctx: typer.Context, json: JSON = False) -> None:
-    """Print the path of the database in use (--db, $JOBCTL_DB or the default)."""
-    path = resolve_db_path(ctx.obj["db"])
-    render.write_json({"path": path}) if json else print(path)
+    """Print the database in use (--db, $JOBCTL_DB or the default; a URL's password masked)."""
+    done(commands.db_path(ctx.obj["db"], json=json))
 
-
-def parse_meta(items: List[str]) -> dict:
-    meta = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"bad --meta {item!r}: use KEY=VALUE")
-        if key.strip() in meta:
-            raise UsageError(f"--meta {key.strip()!r} given twice")
-        meta[key.strip()] = value
-    return meta
 
 
 @app.command()
@@ -145,8 +128,7 @@ def create(
                                             help="Metadata, repeatable.")] = [],
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
-    meta_dict = parse_meta(meta)
-    print(open_db(ctx).create(name, type=type, parent=parent, id=id, meta=meta_dict))
+    done(commands.create(ctx.obj["db"], name, type=type, id=id, parent=parent, meta=meta))
 
 
 @app.command()
@@ -160,25 +142,8 @@ def spawn(
     type: Annotated[Optional[str], typer.Option("--type", help="The children's type.")] = None,
 ) -> None:
     """Create children of PARENT, pending, in one transaction; print their ids, one per line."""
-    if sum(x is not None and x != [] for x in (count, name, names_from)) != 1:
-        raise UsageError("give exactly one of --count, --name or --names-from")
-    names = list(name) or None
-    if names_from is not None:
-        names = read_lines(names_from, "--names-from")
-    ids = open_db(ctx).spawn(parent, count=count, names=names, type=type)
-    sys.stdout.write("\n".join(ids) + "\n")
+    done(commands.spawn(ctx.obj["db"], parent, count=count, name=name, names_from=names_from, type=type))
 
-
-def read_lines(source: str, option: str) -> List[str]:
-    try:
-        if source == "-":
-            text = fastpath.read_stdin()
-        else:
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {option} {source}: {exc}") from None
-    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
 
 @status_app.command("set")
@@ -196,35 +161,28 @@ def status_set(
     Statuses: pending, running, completed, failed, cancelled. Setting the
     status a job already has is a no-op (exit 0, no event).
     """
-    *ids, status = args
-    model.check_status_word(status)
-    if stdin:
-        ids += fastpath.read_stdin().split()
-    open_db(ctx).set_status(ids, status, message=message, force=force)
+    done(commands.status_set(ctx.obj["db"], args, message=message, force=force, stdin=stdin))
 
 
 @status_app.command("get")
 def status_get(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
                json: JSON = False) -> None:
     """Print the job's status word."""
-    status = open_db(ctx).status(job)
-    render.write_json({"job_id": job, "status": status}) if json else print(status)
+    done(commands.status_get(ctx.obj["db"], job, json=json))
 
 
 @app.command()
 def progress(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
              json: JSON = False) -> None:
     """Print the counts of the job's children: 66 pending, 1 running, 41 completed, 0 failed."""
-    p = open_db(ctx).progress(job)
-    render.write_json(p) if json else print(p["progress_text"])
+    done(commands.progress(ctx.obj["db"], job, json=json))
 
 
 @app.command()
 def show(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
          json: JSON = False) -> None:
     """Show a job: its fields, metadata and progress."""
-    j = open_db(ctx).get(job)
-    render.write_json(j) if json else render.job(j)
+    done(commands.show(ctx.obj["db"], job, json=json))
 
 
 @app.command("list")
@@ -239,17 +197,15 @@ def list_(
     json: JSON = False,
 ) -> None:
     """List jobs, oldest first: a table on a terminal, id<TAB>status<TAB>name lines in a pipe."""
-    stale = model.parse_duration(stale_after) if stale_after is not None else None
-    rows = open_db(ctx).list(parent=parent, status=status, type=type, stale_after=stale)
-    render.write_ndjson(rows) if json else render.jobs(rows)
+    done(commands.list_(ctx.obj["db"], parent=parent, status=status, type=type, stale_after=stale_after,
+                        json=json))
 
 
 @app.command()
 def tree(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The root of the tree.")],
          json: JSON = False) -> None:
     """Show the job and its descendants: every node's status, every parent's progress."""
-    rows = open_db(ctx).tree(job)
-    render.write_ndjson(rows) if json else render.tree(rows)
+    done(commands.tree(ctx.obj["db"], job, json=json))
 
 
 @app.command()
@@ -260,7 +216,7 @@ def log(
     level: Annotated[str, typer.Option("--level", help="info, warning or error.")] = "info",
 ) -> None:
     """Append a line to the job's log (watchers see it live)."""
-    open_db(ctx).log(job, message, level=level)
+    done(commands.log(ctx.obj["db"], job, message, level=level))
 
 
 @app.command()
@@ -272,12 +228,7 @@ def logs(
     json: JSON = False,
 ) -> None:
     """Show the job's log: its status changes and log lines, oldest first."""
-    lines = open_db(ctx).logs(job, children=children)
-    if json:
-        render.write_ndjson(lines)
-    else:
-        for line in lines:
-            render.write_line(f"{line['at']} [{line['level']}] {render.plain(line['text'])}")
+    done(commands.logs(ctx.obj["db"], job, children=children, json=json))
 
 
 @app.command()
@@ -289,12 +240,7 @@ def events(
     json: JSON = False,
 ) -> None:
     """Print events in event-id order (the id is the cursor for --since)."""
-    rows = open_db(ctx).iter_events(job=job, since=since, limit=limit)
-    if json:
-        render.write_ndjson(render.event_json(e) for e in rows)
-    else:
-        for e in rows:
-            render.write_line(render.event_line(e))
+    done(commands.events(ctx.obj["db"], job=job, since=since, limit=limit, json=json))
 
 
 @app.command()
@@ -304,8 +250,7 @@ def cancel(
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="Why.")] = None,
 ) -> None:
     """Cancel the job and every unfinished descendant; print the ids cancelled."""
-    for job_id in open_db(ctx).cancel(job, message=message):
-        print(job_id)
+    done(commands.cancel(ctx.obj["db"], job, message=message))
 
 
 @app.command()
@@ -319,26 +264,19 @@ def retry(
 
     For a job with children, its failed or cancelled jobs below it are retried.
     """
-    ids = open_db(ctx).retry(job, failed_children=failed_children)
-    if not ids:
-        info("nothing to retry")
-    for job_id in ids:
-        print(job_id)
+    done(commands.retry(ctx.obj["db"], job, failed_children=failed_children))
 
 
 @app.command()
 def claim(ctx: typer.Context, parent: Annotated[str, typer.Argument(help="The parent job.")]) -> None:
     """Take the oldest pending child of PARENT, set it running and print its id (exit 3 if none)."""
-    job_id = open_db(ctx).claim(parent)
-    if job_id is None:
-        raise model.NotFound(f"job {parent} has no pending child")
-    print(job_id)
+    done(commands.claim(ctx.obj["db"], parent))
 
 
 @app.command()
 def heartbeat(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
     """Record that the job's worker is alive (no event: not a status change)."""
-    open_db(ctx).heartbeat(job)
+    done(commands.heartbeat(ctx.obj["db"], job))
 
 
 @app.command()
@@ -350,8 +288,7 @@ def reap(
     parent: Annotated[Optional[str], typer.Option("--parent", help="Only children of this job.")] = None,
 ) -> None:
     """Move running jobs whose worker stopped beating to failed (or pending); print their ids."""
-    for job_id in open_db(ctx).reap(model.parse_duration(stale_after), to=to, parent=parent):
-        print(job_id)
+    done(commands.reap(ctx.obj["db"], stale_after, to=to, parent=parent))
 
 
 @app.command()
@@ -376,16 +313,8 @@ def watch(
     --json. Exit 0 when the job ends (see --exit-status), 124 on --timeout,
     130 on Ctrl-C, 3 if the job does not exist.
     """
-    from jobctl import watch as watching
-
-    if since is not None and from_start:
-        raise UsageError("give --since or --from-start, not both")
-    stale = model.parse_duration(stale_after) if stale_after is not None else None
-    jc = open_db(ctx)
-    sink = render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
-    code = watching.run_watch(jc, job, sink, since=0 if from_start else since, timeout=timeout,
-                              poll_interval=poll_interval, exit_status=exit_status, stale_after=stale)
-    raise typer.Exit(code)
+    done(commands.watch(ctx.obj["db"], job, exit_status=exit_status, timeout=timeout, json=json, since=since,
+                        from_start=from_start, poll_interval=poll_interval, stale_after=stale_after))
 
 
 @app.command()
@@ -402,12 +331,7 @@ def wait(
     Exit 0 if all completed, 6 if any was cancelled, 1 if any failed,
     124 on timeout: the worst outcome wins.
     """
-    from jobctl import watch as watching
-
-    sink = render.JsonWatch() if json else render.PlainWatch()
-    code = watching.run_wait(open_db(ctx), jobs, lambda job, progress, reason: sink.end(job, progress, reason, None),
-                             timeout=timeout, poll_interval=poll_interval)
-    raise typer.Exit(code)
+    done(commands.wait(ctx.obj["db"], jobs, timeout=timeout, poll_interval=poll_interval, json=json))
 
 
 @app.command()
@@ -428,10 +352,8 @@ def demo(
     children and move them through running to completed or failed, writing
     log lines as they go, and runs `watch` in the foreground until the end.
     """
-    from jobctl import demo as demo_module
-
-    raise typer.Exit(demo_module.run(children=children, workers=workers, fail_rate=fail_rate, speed=speed,
-                                     db=db or ctx.obj["db"], seed=seed))
+    done(commands.demo(db or ctx.obj["db"], children=children, workers=workers, fail_rate=fail_rate, speed=speed,
+                       seed=seed))
 
 
 @app.command()
@@ -440,14 +362,6 @@ def verify(ctx: typer.Context, json: JSON = False) -> None:
 
     Replays the events from empty and compares every job's status and status
     timestamps, compares the kept child counts with a real count, and runs
-    SQLite's integrity check.
+    SQLite's integrity check (on PostgreSQL, the server keeps its own).
     """
-    problems = open_db(ctx).verify()
-    if json:
-        render.write_json({"ok": not problems, "problems": problems})
-    else:
-        for p in problems:
-            print(p)
-        info("verify: ok" if not problems else f"verify: {len(problems)} difference(s)")
-    if problems:
-        raise typer.Exit(1)
+    done(commands.verify(ctx.obj["db"], json=json))

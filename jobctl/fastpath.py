@@ -1,134 +1,120 @@
-"""The console script's entry point, with a fast path for the calls scripts make
-thousands of times: `status set`, `log` and `heartbeat`.
+"""The console script's entry point, with a fast path for the calls scripts
+make in loops: `status set`, `status get`, `log`, `heartbeat`, `claim`,
+`progress`, `create`, `spawn`, `events` and `--version`.
 
 Importing typer and building its command tree costs about 65 ms per process,
-twice what the write itself costs. So plainly well-formed argv for those three
-commands is parsed here and handed straight to the same API call the Typer
-command makes; anything else (help, an option this parser does not know, a
-missing argument) goes to the Typer app, which gives the same answer more
-slowly. tests/test_fastpath.py runs argv both ways and compares the results.
+more than the write itself. So plainly well-formed argv for those commands is
+parsed here, by the table FAST, and handed to the same body in
+`jobctl.commands` that the Typer command calls; anything else (help, an
+option this parser does not know, a value it cannot convert, a missing
+argument) goes to the Typer app, which gives the same answer more slowly.
+tests/test_fastpath.py checks that FAST accepts exactly the Typer commands'
+options, that both paths give the same results, and that typer stays unloaded.
 """
 
 from __future__ import annotations
 
 import sys
 
+# command words -> (body in jobctl.commands, positional parameters ("*name":
+# one or more), flags {option: parameter}, valued options {option: (parameter,
+# type)}; a type of list means the option repeats).
+FAST: dict = {
+    ("status", "set"): ("status_set", ["*args"], {"--force": "force", "--stdin": "stdin"},
+                        {"--message": ("message", str), "-m": ("message", str)}),
+    ("status", "get"): ("status_get", ["job"], {"--json": "json"}, {}),
+    ("log",): ("log", ["job", "message"], {}, {"--level": ("level", str)}),
+    ("heartbeat",): ("heartbeat", ["job"], {}, {}),
+    ("claim",): ("claim", ["parent"], {}, {}),
+    ("progress",): ("progress", ["job"], {"--json": "json"}, {}),
+    ("create",): ("create", ["name"], {}, {"--type": ("type", str), "--id": ("id", str),
+                                           "--parent": ("parent", str), "--meta": ("meta", list)}),
+    ("spawn",): ("spawn", ["parent"], {}, {"--count": ("count", int), "--name": ("name", list),
+                                           "--names-from": ("names_from", str), "--type": ("type", str)}),
+    ("events",): ("events", [], {"--json": "json"}, {"--job": ("job", str), "--since": ("since", int),
+                                                     "--limit": ("limit", int)}),
+}
 
-def _options(args: list[str], flags: set[str], valued: dict[str, str]):
-    """Split args into positionals and options, click-style; None if anything is unusual."""
-    positional: list[str] = []
-    opts: dict = {}
+
+def _bind(args: list[str], positional: list[str], flags: dict, valued: dict) -> dict | None:
+    """Click-style parsing of `args` into {parameter: value}; None if anything is unusual."""
+    words: list[str] = []
+    params: dict = {}
     i = 0
     while i < len(args):
         a = args[i]
         if a == "--":
-            positional += args[i + 1:]
+            words += args[i + 1:]
             break
         if a in flags:
-            opts[a] = True
+            params[flags[a]] = True
         elif a in valued:
             if i + 1 >= len(args):
                 return None
-            opts[valued[a]] = args[i + 1]
+            name, kind = valued[a]
+            value = args[i + 1]
+            if kind is list:
+                params.setdefault(name, []).append(value)
+            elif kind is int:
+                if not value.lstrip("-").isdigit() or not value.isascii():
+                    return None
+                params[name] = int(value)
+            elif name in params:
+                return None  # given twice: let click decide
+            else:
+                params[name] = value
             i += 1
         elif a.startswith("-") and a != "-":
             return None
         else:
-            positional.append(a)
+            words.append(a)
         i += 1
-    return positional, opts
+    if positional[:1] and positional[0].startswith("*"):
+        if not words:
+            return None
+        params[positional[0][1:]] = words
+    elif len(words) != len(positional):
+        return None
+    else:
+        params.update(zip(positional, words))
+    return params
 
 
-def parse(argv: list[str]):
-    """(command, db, arguments) for a fast-path call, or None to use the Typer app."""
+def parse(argv: list[str]) -> tuple[str, str | None, dict] | None:
+    """(body name, db, parameters) for a fast-path call, or None to use the Typer app."""
     args, db = list(argv), None
     if args[:1] == ["--db"] and len(args) >= 2:
         db, args = args[1], args[2:]
-    if args[:2] == ["status", "set"]:
-        split = _options(args[2:], {"--force", "--stdin"}, {"--message": "message", "-m": "message"})
-        if split is None or not split[0]:
-            return None
-        positional, opts = split
-        return "status set", db, (positional[:-1], positional[-1], opts.get("message"),
-                                  "--force" in opts, "--stdin" in opts)
-    if args[:1] == ["log"]:
-        split = _options(args[1:], set(), {"--level": "level"})
-        if split is None or len(split[0]) != 2:
-            return None
-        (job, message), opts = split
-        return "log", db, (job, message, opts.get("level", "info"))
-    if args[:1] == ["heartbeat"]:
-        split = _options(args[1:], set(), {})
-        if split is None or len(split[0]) != 1 or split[1]:
-            return None
-        return "heartbeat", db, (split[0][0],)
+    if args == ["--version"]:
+        return "version", None, {}
+    for words, (body, positional, flags, valued) in FAST.items():
+        if tuple(args[:len(words)]) == words:
+            params = _bind(args[len(words):], positional, flags, valued)
+            return None if params is None else (body, db, params)
     return None
 
 
-def run_fast(command: str, db: str | None, a: tuple) -> None:
-    from jobctl import model
-    from jobctl.api import Jobctl
-
-    if command == "status set":
-        ids, status, message, force, stdin = a
-        model.check_status_word(status)
-        if stdin:
-            ids = ids + read_stdin().split()
-        Jobctl(db).set_status(ids, status, message=message, force=force)
-    elif command == "log":
-        job, message, level = a
-        Jobctl(db).log(job, message, level=level)
-    else:
-        Jobctl(db).heartbeat(a[0])
-
-
-def error(exc) -> int:
-    """The one-line error every jobctl failure prints (control characters escaped,
-    so an odd id cannot break the line); returns its exit code."""
-    from jobctl.render import plain
-
-    sys.stderr.write(f"jobctl: error: {plain(exc)}\n")
-    return exc.exit_code
-
-
-def check_argv(argv: list[str]) -> None:
-    """Arguments that are not valid UTF-8 (Python hands them over as lone
-    surrogates) cannot be stored as text: a usage error, not a traceback."""
-    from jobctl.model import UsageError
-
-    for arg in argv:
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(f"argument {arg.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8") from None
-
-
-def read_stdin() -> str:
-    from jobctl.model import UsageError
-
-    try:
-        return sys.stdin.read()
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"standard input is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-
-
 def main(argv: list[str] | None = None) -> int:
-    """The `jobctl` console script."""
+    """The `jobctl` console script (and `python -m jobctl`)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         fast = parse(argv)
-        if fast is not None:
-            from jobctl.model import JobctlError
+        if fast is None:
+            from jobctl.cli import app
 
-            try:
-                check_argv(argv)
-                run_fast(*fast)
-                return 0
-            except JobctlError as exc:
-                return error(exc)
-        from jobctl.cli import app
+            return app(args=argv, prog_name="jobctl", standalone_mode=False)
+        from jobctl import commands
+        from jobctl.console import check_argv, error
+        from jobctl.model import JobctlError
 
-        return app(args=argv, prog_name="jobctl", standalone_mode=False)
+        body, db, params = fast
+        try:
+            check_argv(argv)
+            if body == "version":
+                return commands.version()
+            return getattr(commands, body)(db, **params)
+        except JobctlError as exc:
+            return error(exc)
     except BrokenPipeError:  # `jobctl list | head`: the reader left; not an error
         import os
 

@@ -100,6 +100,18 @@ class DatabaseUnusable(JobctlError):
     exit_code = EXIT_DATABASE
 
 
+def not_found(job_id: str) -> NotFound:
+    """The one "job X not found" error."""
+    return NotFound(f"job {job_id} not found")
+
+
+def check_since(since: int) -> int:
+    """An event id to read after (--since): 0 or more."""
+    if not 0 <= since <= MAX_INT:
+        raise UsageError(f"--since takes an event id (0 or more), not {since}")
+    return since
+
+
 def check_status_word(word: str) -> str:
     """Return `word` if it is a status, else raise a usage error listing them."""
     if word not in STATUSES:

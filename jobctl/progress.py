@@ -26,6 +26,13 @@ def fold(counts: dict[str, int], old: str | None, new: str | None, n: int = 1) -
         counts[new] += n
 
 
+def fold_event(counts: dict[str, int], parent_id: str, e: Mapping) -> None:
+    """Fold one event into `parent_id`'s child counts, if it is a direct child's
+    creation or status change."""
+    if e["parent_id"] == parent_id and e["kind"] in (CREATE, STATUS):
+        fold(counts, e["old_status"], e["new_status"])
+
+
 def fold_events(events: Iterable[Mapping], parent_id: str, counts: dict[str, int] | None = None):
     """Yield (event, counts after it) for every event, folding the events of
     `parent_id`'s direct children into `counts` (a fresh zero count by default).
@@ -34,9 +41,13 @@ def fold_events(events: Iterable[Mapping], parent_id: str, counts: dict[str, int
     """
     counts = empty_counts() if counts is None else counts
     for e in events:
-        if e["parent_id"] == parent_id and e["kind"] in (CREATE, STATUS):
-            fold(counts, e["old_status"], e["new_status"])
+        fold_event(counts, parent_id, e)
         yield e, counts
+
+
+def change_text(e: Mapping) -> str:
+    """A status event's change: `running → failed` (`new → pending` for a creation)."""
+    return f"{e['old_status'] or 'new'} → {e['new_status']}"
 
 
 def progress_text(counts: Mapping[str, int]) -> str:

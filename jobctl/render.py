@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+from jobctl.console import plain
+from jobctl.progress import change_text, finished
+
+if TYPE_CHECKING:
+    from jobctl.watch import Update
+
 STATUS_STYLE = {"pending": "yellow", "running": "cyan", "completed": "green",
                 "failed": "bold red", "cancelled": "magenta"}
-
-
-def plain(text: object) -> str:
-    """Text safe for one line of plain output: control characters escaped."""
-    return "" if text is None else str(text).translate(_CONTROL)
 
 
 def is_terminal() -> bool:
@@ -120,8 +120,7 @@ def event_line(e: Mapping) -> str:
     """One event as a plain line: `<id> <at> <job> <old> → <new>[: message]` or a log line."""
     if e["kind"] == "log":
         return f"{e['id']} {e['at']} {e['job_id']} [{e['level']}] {plain(e['message'])}"
-    old = e["old_status"] or "new"
-    text = f"{e['id']} {e['at']} {e['job_id']} {old} → {e['new_status']}"
+    text = f"{e['id']} {e['at']} {e['job_id']} {change_text(e)}"
     return text + (f": {plain(e['message'])}" if e["message"] else "")
 
 
@@ -132,6 +131,13 @@ def event_json(e: Mapping) -> dict:
 
 
 # ------------------------------------------------------------------ watch
+def counts_of(progress: Mapping) -> dict[str, int]:
+    """The counts in a progress dict (progress.progress_dict's `<status>_children`)."""
+    from jobctl.model import STATUSES
+
+    return {s: progress.get(f"{s}_children", 0) for s in STATUSES}
+
+
 def clock(at: str) -> str:
     """HH:MM:SS, in local time, of an event timestamp."""
     from datetime import datetime
@@ -159,7 +165,7 @@ def update_line(e: Mapping, progress: Mapping) -> str:
     """A watch line: `HH:MM:SS <job> <old> → <new> | <progress>` or a log line."""
     if e["kind"] == "log":
         return f"{clock(e['at'])} [{e['level']}] {e['job_id']}: {plain(e['message'])}"
-    return f"{clock(e['at'])} {e['job_id']} {e['old_status'] or 'new'} → {e['new_status']} | {progress['progress_text']}"
+    return f"{clock(e['at'])} {e['job_id']} {change_text(e)} | {progress['progress_text']}"
 
 
 def summary_line(job: Mapping, progress: Mapping, reason: str) -> str:
@@ -178,7 +184,7 @@ class PlainWatch:
             line += f" | {progress['progress_text']}"
         self._write(line)
 
-    def update(self, update) -> None:
+    def update(self, update: Update) -> None:
         self._write(update_line(update.event, update.progress))
 
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
@@ -186,7 +192,7 @@ class PlainWatch:
             self._write(f"{clock_now()} {job_id} stale: no heartbeat for {duration(age)}"
                         f" | {progress['progress_text']}")
 
-    def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
+    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
         self._write(summary_line(job, progress, reason))
 
     @staticmethod
@@ -202,7 +208,7 @@ class JsonWatch:
     def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
         write_json({"type": "start", **progress, "name": job["name"], "cursor": cursor})
 
-    def update(self, update) -> None:
+    def update(self, update: Update) -> None:
         write_json({"type": "event", **update.progress, "event": event_json(update.event)})
 
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
@@ -240,7 +246,7 @@ class LiveWatch:
         self._mark(job["updated_at"])
         self.live.start()
 
-    def update(self, update) -> None:
+    def update(self, update: Update) -> None:
         from rich.markup import escape
 
         e, self.progress = update.event, update.progress
@@ -251,7 +257,7 @@ class LiveWatch:
         else:
             new = e["new_status"]
             self.lines.append(f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
-                              f"[bold]{escape(e['job_id'])}[/] {e['old_status'] or 'new'} → {new}")
+                              f"[bold]{escape(e['job_id'])}[/] {change_text(e)}")
             self._mark(e["at"])
 
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
@@ -260,7 +266,7 @@ class LiveWatch:
             self.lines.append(f"[dim]{clock_now()}[/] [bold yellow]{'stale':<9}[/] [bold]{job_id}[/] "
                               f"no heartbeat for {duration(age)}")
 
-    def end(self, job: Mapping, progress: Mapping, reason: str, code: int) -> None:
+    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
         self.progress = progress
         self.final = reason  # get_renderable draws the last frame with the summary
         self.live.refresh()
@@ -270,8 +276,7 @@ class LiveWatch:
         from datetime import datetime
 
         t = datetime.fromisoformat(at).timestamp()
-        done = self.progress.get("completed_children", 0) + self.progress.get("failed_children", 0) \
-            + self.progress.get("cancelled_children", 0)
+        done = finished(counts_of(self.progress))
         if not self.finished_at or self.finished_at[-1][1] != done:
             self.finished_at.append((t, done))
 
@@ -296,7 +301,7 @@ class LiveWatch:
         parts = [header]
         total = p.get("total_children", 0)
         if total:
-            done = p["completed_children"] + p["failed_children"] + p["cancelled_children"]
+            done = finished(counts_of(p))
             rate = self.rate()
             stats = f" {done}/{total} {100 * done / total:5.1f}%"
             if rate:

@@ -1,29 +1,34 @@
-"""The tail loop behind `jobctl watch` and `jobctl wait`.
+"""The tail loop behind `jobctl watch` and `jobctl wait`: a change source
+from the store, the fold, and a sink.
 
-One long-lived read connection (opening one per wake-up would touch the -wal
-file and wake the watcher forever). watchfiles watches the database's
-directory, filtered to the database file and its -wal (watching the .db alone
-sees no WAL commits; watching the -wal itself goes deaf once SQLite deletes
-it). Every wake-up is only a hint: the truth is `SELECT ... WHERE id > cursor`.
-A timer checks `PRAGMA data_version` every poll interval too, so a missed
-notification costs at most that interval; JOBCTL_WATCH_POLL=1 forces polling
-only. Progress is counted once at start and then folded per event in O(1).
+One long-lived read connection. The store's waker (`Store.waker`: file
+notifications for SQLite, LISTEN/NOTIFY for PostgreSQL, each with a timer
+fallback) says when the database may have changed; every wake-up is only a
+hint: the truth is the events after the cursor. Progress is counted once at
+start and then folded per event in O(1). What is shown goes to a sink
+(`jobctl.render`'s live, plain and JSON views follow the `Sink` protocol).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import Mapping, Protocol
+
+    from jobctl.store.base import Waker
+else:
+    Protocol = object
+
 from jobctl import model
 from jobctl.api import Jobctl
-from jobctl.model import CREATE, STATUS, TERMINAL, NotFound, UsageError
-from jobctl.progress import empty_counts, fold, progress_dict
+from jobctl.model import TERMINAL, not_found
+from jobctl.progress import empty_counts, fold_event, progress_dict
 
 DEFAULT_POLL_INTERVAL = 1.0
-STEP_MS = 5  # once a change came, how long to wait for more (bench: 10 ms gave p50 16 ms; 2 ms cost 2% CPU idle)
-DEBOUNCE_MS = 20  # the most it groups changes for, under a constant stream of commits
 PAGE = 2000  # events read at a time: a long replay streams, and --timeout is checked between pages
 
 
@@ -34,6 +39,18 @@ class Update:
     event: dict
     progress: dict
     replay: bool  # from --since/--from-start history rather than live
+
+
+@dataclass
+class Sink(Protocol):
+    """Where a watch goes: render.LiveWatch (a terminal), PlainWatch (lines)
+    and JsonWatch (NDJSON) follow this. `end`'s code is None for `wait`,
+    which reports each job without an exit code of its own."""
+
+    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None: ...
+    def update(self, update: Update) -> None: ...
+    def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None: ...
+    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None: ...
 
 
 @dataclass
@@ -56,13 +73,13 @@ class Tail:
         With `since`, the cursor is put back to that event id and the counts to
         what they were then, so the replayed events show the progress of their time.
         """
-        if since is not None and not 0 <= since <= model.MAX_INT:
-            raise UsageError(f"--since takes an event id (0 or more), not {since}")
+        if since is not None:
+            model.check_since(since)
         store = jc.store
         with store.read():
             job = store.get_job(job_id)
             if job is None:
-                raise NotFound(f"job {job_id} not found")
+                raise not_found(job_id)
             # A root's tree is everything with its root_id: no id set to keep in memory.
             subtree = None if job["parent_id"] is None else {r["id"] for r in store.subtree(job_id)}
             tail = cls(jc, job_id, job=job, subtree=subtree)
@@ -79,11 +96,8 @@ class Tail:
 
     def apply(self, e: dict) -> None:
         """Fold one event of the job or of a direct child into its status and counts."""
-        if e["kind"] not in (CREATE, STATUS):
-            return
-        if e["parent_id"] == self.job_id:
-            fold(self.counts, e["old_status"], e["new_status"])
-        if e["job_id"] == self.job_id:
+        fold_event(self.counts, self.job_id, e)
+        if e["job_id"] == self.job_id and e["new_status"] is not None:
             self.job["status"] = e["new_status"]
 
     @property
@@ -108,19 +122,16 @@ class Tail:
         Stops after the event that makes the job final (when live), so the
         last progress is the final one.
         """
-        rows = self.jc.store.events(since=self.cursor, root_id=self.job["root_id"], limit=PAGE)
-        self.more = len(rows) == PAGE
+        rows, cursor, self.more = self.jc.tree_events(self.cursor, self.job["root_id"], self.subtree, PAGE)
         updates = []
         for e in rows:
-            self.cursor = e["id"]
-            if not model.in_tree(self.subtree, e):
-                continue
             self.apply(e)
             replay = e["id"] <= self.live_from
             updates.append(Update(e, self.progress(), replay))
             if not replay and self.done:
-                self.more = False
+                cursor, self.more = e["id"], False
                 break
+        self.cursor = cursor
         if not self.more:
             # Every event of this tree up to now has been read; the newest event at
             # start may belong to another tree, so the cursor alone would not reach it.
@@ -128,59 +139,13 @@ class Tail:
         return updates
 
 
-class Waker:
-    """Blocks until the database may have changed, or a timeout."""
-
-    def __init__(self, jc: Jobctl, poll_interval: float = DEFAULT_POLL_INTERVAL,
-                 force_poll: bool | None = None):
-        model.check_seconds(poll_interval, "--poll-interval", zero=False)
-        self.jc = jc
-        self.poll_interval = poll_interval
-        self.version = jc.store.data_version()
-        self.notify = None
-        if force_poll is None:
-            force_poll = os.environ.get("JOBCTL_WATCH_POLL", "") not in ("", "0")
-        if not force_poll:
-            try:
-                from watchfiles._rust_notify import RustNotify
-
-                directory = os.path.dirname(os.path.abspath(jc.path))
-                self.notify = RustNotify([directory], False, False, 50, False, True)
-            except Exception:  # no inotify (limits, odd filesystems): poll instead
-                self.notify = None
-        base = os.path.basename(jc.path)
-        self.names = {base, base + "-wal"}
-
-    @property
-    def mode(self) -> str:
-        return "watchfiles" if self.notify is not None else "polling"
-
-    def wait(self, timeout: float) -> bool:
-        """Wait for a commit, at most `timeout` seconds or the poll interval,
-        whichever is shorter. True when the database may have changed."""
-        limit = max(0.0, min(timeout, self.poll_interval))
-        if self.notify is None:
-            time.sleep(limit)
-            return self._changed()
-        raw = self.notify.watch(DEBOUNCE_MS, STEP_MS, max(1, int(limit * 1000)), None)
-        if raw == "signal":
-            raise KeyboardInterrupt
-        changed = self._changed()
-        if isinstance(raw, set):  # a file event: read even if data_version lags behind it
-            return any(os.path.basename(path) in self.names for _, path in raw) or changed
-        return changed
-
-    def _changed(self) -> bool:
-        version = self.jc.store.data_version()
-        changed, self.version = version != self.version, version
-        return changed
-
-    def close(self) -> None:
-        if self.notify is not None:
-            self.notify.close()
+def waker_for(jc: Jobctl, poll_interval: float) -> Waker:
+    model.check_seconds(poll_interval, "--poll-interval", zero=False)
+    return jc.store.waker(poll_interval)
 
 
-def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on_done, on_tick=None) -> bool:
+def follow(tails: list[Tail], waker: Waker, poll_interval: float, timeout: float | None, on_update, on_done,
+           on_tick=None) -> bool:
     """Feed every tail's updates to on_update(tail, update) and call on_done(tail)
     as each one's job ends, until all have ended (True) or `timeout` runs out (False).
     on_tick(), if given, runs once per wake-up or poll interval."""
@@ -204,7 +169,7 @@ def follow(tails: list[Tail], waker: Waker, timeout: float | None, on_update, on
             continue
         if on_tick is not None:
             on_tick()
-        changed = waker.wait(waker.poll_interval if remaining is None else remaining)
+        changed = waker.wait(poll_interval if remaining is None else remaining)
 
 
 def exit_code_for(status: str) -> int:
@@ -220,13 +185,7 @@ class StaleCheck:
         self.marked: set[str] = set()
 
     def __call__(self) -> None:
-        from datetime import datetime, timezone
-
-        rows = self.tail.jc.store.list_jobs(parent_id=self.tail.job_id,
-                                            running_since_before=model.ago(self.stale_after))
-        now = datetime.now(timezone.utc)
-        stale = {r["id"]: (now - datetime.fromisoformat(max(r["last_heartbeat"] or "", r["started_at"])))
-                 .total_seconds() for r in rows}
+        stale = self.tail.jc.stale_children(self.tail.job_id, self.stale_after)
         new = {k: v for k, v in stale.items() if k not in self.marked}
         self.marked = set(stale)
         if new:
@@ -246,13 +205,14 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
     """
     model.check_seconds(timeout, "--timeout")
     tail = Tail.start(jc, job_id, since=since)
-    waker = Waker(jc, poll_interval)
-    sink.start(tail.job, tail.progress(), tail.cursor)
+    waker = waker_for(jc, poll_interval)
     on_tick = StaleCheck(tail, stale_after, sink, on_stale) if stale_after is not None else None
     try:
+        sink.start(tail.job, tail.progress(), tail.cursor)
         if on_tick is not None:
             on_tick()
-        finished = follow([tail], waker, timeout, lambda t, u: sink.update(u), lambda t: None, on_tick)
+        finished = follow([tail], waker, poll_interval, timeout, lambda t, u: sink.update(u), lambda t: None,
+                          on_tick)
     except KeyboardInterrupt:
         sink.end(tail.job, tail.progress(), "interrupted", model.EXIT_INTERRUPTED)
         return model.EXIT_INTERRUPTED
@@ -278,9 +238,9 @@ def run_wait(jc: Jobctl, job_ids: list[str], report, *, timeout: float | None = 
         codes.append(exit_code_for(tail.status))
         report(tail.job, tail.progress(), "")
 
-    waker = Waker(jc, poll_interval)
+    waker = waker_for(jc, poll_interval)
     try:
-        finished = follow(tails, waker, timeout, lambda t, u: None, done)
+        finished = follow(tails, waker, poll_interval, timeout, lambda t, u: None, done)
     except KeyboardInterrupt:
         return model.EXIT_INTERRUPTED
     finally:

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOBCTL, run
+from conftest import JOBCTL, ROOT, run
 from jobctl import STATUSES, DatabaseUnusable, Jobctl
 from jobctl.model import MAX_NAME_LENGTH
-from jobctl.store import SCHEMA_VERSION
+from jobctl.store.sqlite import SCHEMA_VERSION
 
 VALID_STATUSES = ", ".join(STATUSES)  # how the error message lists them
 ONE_MB = 1_000_000
@@ -383,6 +383,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [case.param() for case in CASES])
 def test_bad_input_changes_nothing(case: Case, tmp_path, template):
     db = prepare_db(case.db, tmp_path, template)
@@ -404,12 +405,26 @@ def test_bad_input_changes_nothing(case: Case, tmp_path, template):
     assert (snapshot(db), listing(tmp_path)) == before
 
 
-def test_the_table_is_big_enough():
+def readme_case_count() -> int:
+    """The number of table cases README.md states under "Bad input cases" (kept by hand)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"^### Bad input cases\n(.*?)(?=^#)", readme, re.S | re.M)
+    assert section, "README.md has no 'Bad input cases' section"
+    stated = re.findall(r"\b(\d[\d,]*) cases in one\s+table\b", section[1])
+    assert len(stated) == 1, f"expected one '<N> cases in one table' in the section, found {stated}"
+    return int(stated[0].replace(",", ""))
+
+
+def test_the_table_is_big_enough_and_the_readme_counts_it():
     assert len(CASES) >= 35
     assert len({case.id for case in CASES}) == len(CASES)
+    assert readme_case_count() == len(CASES), "update the count in README.md's 'Bad input cases'"
 
 
 # ------------------------------------------------ cases that need their own set-up
+@pytest.mark.slow
 def test_empty_db_option_does_not_fall_back_to_the_default(tmp_path, template):
     """`--db ""` is a bad value; it must not quietly mean the default database."""
     default = tmp_path / "xdg" / "jobctl" / "jobctl.db"
@@ -421,6 +436,7 @@ def test_empty_db_option_does_not_fall_back_to_the_default(tmp_path, template):
     assert_one_error_line(result, 2)
 
 
+@pytest.mark.slow
 def test_absurd_count_is_refused_not_a_memory_error(tmp_path, template):
     """A --count no database could hold must be refused up front (exit 2, or 5 as
     for a full disk), not by running out of memory. Run under a 250 MB address-space
@@ -459,6 +475,7 @@ INJECTION = [
 ]
 
 
+@pytest.mark.slow
 def test_injection_and_shell_metacharacters_are_stored_verbatim(tmp_path, template):
     db = copy_template(template, tmp_path / "jobs.db")
     env = env_for(tmp_path)
@@ -529,6 +546,7 @@ done
 """
 
 
+@pytest.mark.slow
 def test_disk_full_console_script(tmp_path, template):
     """SQLITE_FULL from a real full filesystem (ENOSPC): a 256 KiB tmpfs mounted in a
     private user+mount namespace, the console script spawning 200,000 children on it."""
@@ -554,6 +572,7 @@ def test_disk_full_console_script(tmp_path, template):
     assert check.returncode == 0 and check.stdout == "", check.stdout + check.stderr
 
 
+@pytest.mark.slow
 def test_file_size_limit_console_script(tmp_path, template):
     """`ulimit -f` (bash counts 1024-byte blocks): the write that crosses the limit fails.
 

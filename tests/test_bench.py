@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # subprocesses throughout: `dev.py test --fast` skips them
 
 
 def test_bench_harness_runs_at_tiny_sizes(tmp_path):

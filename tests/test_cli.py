@@ -27,16 +27,43 @@ def all_commands():
     return list(walk(typer.main.get_command(app), []))
 
 
+def json_lines(result, argv) -> list:
+    """The JSON values a command printed, one per line; fails on a non-zero exit, on empty
+    output (every read command prints at least one value) and on a line that is not JSON."""
+    assert result.exit_code == 0, (argv, result.stderr)
+    lines = result.stdout.splitlines()
+    assert lines, f"{argv} printed nothing"
+    assert result.stdout.endswith("\n") and all(line.strip() for line in lines), (argv, result.stdout)
+    values = []
+    for line in lines:
+        try:
+            values.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"{argv} printed a line that is not JSON: {line!r}") from None
+    return values
+
+
 def test_every_read_command_takes_json(cli):
     job = cli("create", "j").stdout.strip()
     reads = [["status", "get", job], ["progress", job], ["show", job], ["list"], ["tree", job],
              ["logs", job], ["events"], ["verify"], ["db", "path"]]
     for argv in reads:
-        result = cli(*argv, "--json")
-        assert result.exit_code == 0, argv
-        for line in result.stdout.splitlines():
-            json.loads(line)
+        values = json_lines(cli(*argv, "--json"), argv)
+        assert all(isinstance(v, dict) for v in values), argv
     assert json.loads(cli("status", "get", job, "--json").stdout) == {"job_id": job, "status": "pending"}
+
+
+def test_the_json_helper_fails_on_empty_output():
+    class Result:
+        exit_code, stdout, stderr = 0, "", ""
+
+    with pytest.raises(AssertionError, match="printed nothing"):
+        json_lines(Result(), ["list"])
+    Result.stdout = "not json\n"
+    with pytest.raises(AssertionError, match="not JSON"):
+        json_lines(Result(), ["list"])
+    Result.stdout = '{"a": 1}\n'
+    assert json_lines(Result(), ["list"]) == [{"a": 1}]
 
 
 def test_every_command_has_help(cli):
@@ -298,6 +325,7 @@ def test_odd_names_are_stored_verbatim(cli, name):
 
 
 # ----------------------------------------------------------- console script
+@pytest.mark.slow
 def test_console_script_seed_scenario(tmp_path):
     db = tmp_path / "seed.db"
     script = subprocess.run(["bash", str(ROOT / "fixtures" / "news_crawler.sh")], capture_output=True,
@@ -311,8 +339,10 @@ def test_console_script_seed_scenario(tmp_path):
     assert run("verify", db=db).returncode == 0
 
 
+@pytest.mark.slow
 def test_console_script_errors_are_one_line(tmp_path):
     db = tmp_path / "e.db"
+    run("init", db=db, check=True)
     result = run("status", "get", "missing", db=db)
     assert result.returncode == 3
     assert result.stdout == "" and result.stderr == "jobctl: error: job missing not found\n"
@@ -320,12 +350,28 @@ def test_console_script_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["list"], ["status", "get", "x"], ["progress", "x"], ["show", "x"],
+                                  ["tree", "x"], ["events"], ["logs", "x"], ["verify"], ["watch", "x"],
+                                  ["wait", "x"]])
+def test_read_commands_refuse_a_missing_database_and_create_nothing(tmp_path, argv):
+    db = tmp_path / "typo.db"
+    result = run(*argv, db=db)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr == (f"jobctl: error: no jobctl database at {db}"
+                             " (create one with `jobctl init` or any write)\n")
+    assert list(tmp_path.iterdir()) == []
+    assert run("create", "x", db=db).returncode == 0  # a write still creates it
+
+
+@pytest.mark.slow
 def test_python_dash_m_works(tmp_path):
     result = subprocess.run([sys.executable, "-m", "jobctl", "--db", str(tmp_path / "m.db"), "create", "x"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and len(result.stdout.split()) == 1
 
 
+@pytest.mark.slow
 def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
     db = tmp_path / "pipe.db"
     with __import__("jobctl").Jobctl(db) as jc:
@@ -395,6 +441,7 @@ def test_verify_reports_an_event_that_contradicts_the_history(cli, db_path):
     assert any("completed → running, but it was running" in p for p in report["problems"])
 
 
+@pytest.mark.slow
 def test_the_readme_tour_works_as_written(tmp_path):
     """Run the README's tour with bash; each `# <progress text>` comment is what the line prints."""
     import os

@@ -15,6 +15,8 @@ import pytest
 from conftest import FULL, JOBCTL, run
 from jobctl import Jobctl
 
+pytestmark = pytest.mark.slow  # subprocesses throughout: `dev.py test --fast` skips them
+
 WRITERS = 8
 CHILDREN = 200
 CLI_CALLS = 250 if FULL else 40
@@ -130,6 +132,26 @@ def test_writes_wait_out_a_lock_with_retries(db_path):
         assert jc.status(job) == "running"
 
 
+def wait_until_blocked_on_a_full_pipe(proc, timeout=30):
+    """Return once `proc` sleeps in the kernel writing to a pipe nobody reads (Linux: its
+    wchan is pipe_write, or anon_pipe_write on newer kernels). Where /proc/PID/wchan is
+    missing or hidden, the first line read by the caller is all the synchronisation there is:
+    the reader is then inside its query, which is what the test needs."""
+    path = f"/proc/{proc.pid}/wchan"
+    try:
+        wchan = open(path).read()
+    except OSError:
+        return
+    if wchan in ("", "0"):  # hidden from us
+        return
+    deadline = time.monotonic() + timeout
+    while "pipe_write" not in wchan:
+        assert proc.poll() is None, "the reader ended before filling the pipe"
+        assert time.monotonic() < deadline, f"the reader never blocked on the pipe (wchan {wchan!r})"
+        time.sleep(0.005)  # polling its state, not waiting for it
+        wchan = open(path).read()
+
+
 def test_a_slow_reader_blocks_no_writer(db_path):
     """`jobctl list` stuck on a full pipe holds a read transaction; writers go on."""
     with Jobctl(db_path) as jc:
@@ -137,7 +159,9 @@ def test_a_slow_reader_blocks_no_writer(db_path):
         kids = jc.spawn(parent, count=5000)
     reader = subprocess.Popen([JOBCTL, "--db", str(db_path), "list"], stdout=subprocess.PIPE)
     try:
-        time.sleep(1.0)  # it has filled the pipe (5,000 lines > 64 KiB) and waits for us
+        first = reader.stdout.readline()  # it is reading the jobs and printing them
+        assert first.split(b"\t")[0] == parent.encode(), first
+        wait_until_blocked_on_a_full_pipe(reader)  # 5,000 lines > 64 KiB: it waits for us
         assert reader.poll() is None
         started = time.monotonic()
         for kid in kids[:5]:
@@ -145,8 +169,8 @@ def test_a_slow_reader_blocks_no_writer(db_path):
             assert result.returncode == 0, result.stderr
         assert time.monotonic() - started < 10
     finally:
-        out = reader.communicate(timeout=30)[0]
-    assert len(out.splitlines()) == 5001
+        out = reader.communicate(timeout=30)[0]  # the rest, after the first line read above
+    assert len(out.splitlines()) == 5000
     with Jobctl(db_path) as jc:
         assert jc.progress(parent)["running_children"] == 5
         assert jc.verify() == []

@@ -125,9 +125,12 @@ def test_fold_same_status_is_unchanged():
 
 def test_fold_returns_none_and_mutates_in_place():
     counts = empty_counts()
-    same = counts
+    before = dict(counts)  # a copy: the dict passed in must change, the copy must not
     assert fold(counts, None, FAILED, 2) is None
-    assert same is counts and counts[FAILED] == 2
+    assert counts[FAILED] == 2 and counts == c(f=2)
+    assert before == c() and counts != before
+    assert fold(counts, FAILED, COMPLETED) is None
+    assert counts == c(co=1, f=1) and before == c()
 
 
 # -------------------------------------------------------------- fold_events
@@ -166,10 +169,16 @@ def test_fold_events_only_direct_children_of_parent():
 
 
 def test_fold_events_yields_same_dict():
-    events = [ev("create", "p.1", "p", None, PENDING), ev("create", "p.2", "p", None, PENDING)]
-    dicts = [counts for _, counts in fold_events(events, "p")]
-    assert dicts[0] is dicts[1]
-    assert dicts[0] == c(p=2)
+    """The same dict every time, updated in place between yields (documented: copy to keep one)."""
+    events = [ev("create", "p.1", "p", None, PENDING, 1), ev("create", "p.2", "p", None, PENDING, 2),
+              ev("status", "p.1", "p", PENDING, RUNNING, 3)]
+    dicts, seen = [], []
+    for _, counts in fold_events(events, "p"):
+        dicts.append(counts)
+        seen.append(dict(counts))  # the values at this step, before the generator goes on
+    assert len(dicts) == 3 and all(d is dicts[0] for d in dicts)
+    assert seen == [c(p=1), c(p=2), c(p=1, r=1)]  # the values changed from one yield to the next
+    assert dicts[0] == c(p=1, r=1)  # the one dict holds the last state
 
 
 def test_fold_events_starts_from_given_counts():

@@ -1,18 +1,21 @@
 """The database file: location, creation, connection settings, migrations, refusals."""
 
+import ast
 import hashlib
 import os
+import re
 import time
 import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import JOBCTL, ROOT, run
+from conftest import ROOT, run
 from jobctl import DatabaseUnusable, Jobctl
-from jobctl.store import APPLICATION_ID, SCHEMA_VERSION, Store
+from jobctl.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStore as Store
 
 
 def digest(path):
@@ -34,7 +37,7 @@ def test_new_database_settings(db_path):
 
 
 def test_busy_timeout_from_environment(db_path, monkeypatch):
-    from jobctl.store import BEGIN_RETRIES
+    from jobctl.store.sqlite import BEGIN_RETRIES
 
     monkeypatch.setenv("JOBCTL_BUSY_TIMEOUT", "2.5")
     with Jobctl(db_path) as jc:  # shared among the tries of BEGIN IMMEDIATE
@@ -71,6 +74,7 @@ def test_v1_database_is_migrated_on_open(tmp_path):
         assert jc.verify() == []
 
 
+@pytest.mark.slow
 def test_concurrent_first_opens_migrate_once(tmp_path):
     db = tmp_path / "race.db"
     code = "import sys; from jobctl import Jobctl; Jobctl(sys.argv[1]).create('x')"
@@ -101,6 +105,7 @@ def _future_jobctl_db(path):
     conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make,expect", [
     (lambda p: p.write_text("hello, I am a text file\n" * 40), "not a jobctl database"),
     (_other_programs_db, "another program"),
@@ -118,6 +123,7 @@ def test_foreign_and_future_files_refused_byte_identical(tmp_path, make, expect)
     assert sorted(os.listdir(tmp_path)) == files_before
 
 
+@pytest.mark.slow
 def test_directory_and_missing_parent_refused(tmp_path):
     result = run("create", "x", db=tmp_path)
     assert result.returncode == 5 and "directory" in result.stderr
@@ -127,13 +133,102 @@ def test_directory_and_missing_parent_refused(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def as_unprivileged():
-    """A command prefix that drops root (root ignores file permissions)."""
-    if os.geteuid() != 0:
-        return []
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root without setpriv to drop privileges")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+NOBODY = 65534
+CANNOT_DROP = 77  # the forked child could not give up root
+
+
+def preload_jobctl() -> None:
+    """Import, in this process, every module jobctl may import while it runs: its own
+    modules and whatever any of them imports, at the top or inside a function. A child
+    forked from here then needs to read no module file: after dropping root it may not be
+    allowed to (the checkout, its virtualenv or Python itself may sit in a directory
+    only root can enter)."""
+    import importlib
+    import pkgutil
+
+    import jobctl
+
+    wanted = {"jobctl.cli", "jobctl.fastpath"}
+    wanted |= {m.name for m in pkgutil.walk_packages(jobctl.__path__, "jobctl.", onerror=lambda name: None)}
+    for path in (ROOT / "jobctl").rglob("*.py"):
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.Import):
+                wanted |= {a.name for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+                wanted.add(n.module)
+                wanted |= {f"{n.module}.{a.name}" for a in n.names}  # submodules imported by name
+    for name in sorted(wanted):
+        if name.split(".")[-1] == "__main__":  # running it is what importing it does
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:  # not a module (a name in one), or an optional backend's driver
+            pass
+
+
+def run_unprivileged(*argv):
+    """`jobctl ARGV` as an unprivileged user (root ignores file permissions): the console
+    script's entry point, jobctl.fastpath.main, in a forked child that drops to nobody
+    first when running as root, and as this user otherwise. The child runs on the modules
+    this process has already imported, so it works wherever the checkout sits, even in a
+    private directory nobody cannot enter. Returns (exit code, stdout, stderr)."""
+    import threading
+
+    preload_jobctl()
+    from jobctl.fastpath import main
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 70
+        try:
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            sys.stdin = open(0, closefd=False)
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", closefd=False)
+            if os.geteuid() == 0:
+                try:
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                except PermissionError:  # root without CAP_SETUID/CAP_SETGID (some containers)
+                    code = CANNOT_DROP
+                    raise
+            assert os.geteuid() != 0
+            code = main([str(a) for a in argv])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code if isinstance(code, int) else 70)
+    os.close(out_w)
+    os.close(err_w)
+    captured = {}
+
+    def drain(fd, key):
+        with open(fd, "rb") as f:
+            captured[key] = f.read().decode()
+
+    readers = [threading.Thread(target=drain, args=(out_r, "out")), threading.Thread(target=drain, args=(err_r, "err"))]
+    for t in readers:
+        t.start()
+    _, status = os.waitpid(pid, 0)
+    for t in readers:
+        t.join(timeout=60)
+    code = os.waitstatus_to_exitcode(status)
+    if code == CANNOT_DROP:
+        pytest.skip(f"running as root without the right to drop to uid {NOBODY}: {captured['err']}")
+    return code, captured["out"], captured["err"]
 
 
 @pytest.fixture
@@ -156,24 +251,25 @@ def test_read_only_file_refused_and_unchanged(shared_dir):
         job = jc.create("x")
     db.chmod(0o444)
     before = digest(db)
-    cmd = as_unprivileged() + [JOBCTL, "--db", str(db)]
-    result = subprocess.run(cmd + ["create", "y"], capture_output=True, text=True)
-    assert result.returncode == 5 and "read-only" in result.stderr, result.stderr
+    code, out, err = run_unprivileged("--db", db, "create", "y")
+    assert code == 5 and "read-only" in err and err.count("\n") == 1, err
+    assert out == ""
     assert digest(db) == before
-    reading = subprocess.run(cmd + ["status", "get", job], capture_output=True, text=True)
-    assert reading.returncode == 0 and reading.stdout == "pending\n"
+    code, out, err = run_unprivileged("--db", db, "status", "get", job)
+    assert (code, out, err) == (0, "pending\n", "")
 
 
 def test_path_in_read_only_directory_refused(shared_dir):
     ro_dir = shared_dir / "ro"
     ro_dir.mkdir()
     ro_dir.chmod(0o555)
-    result = subprocess.run(as_unprivileged() + [JOBCTL, "--db", str(ro_dir / "j.db"), "create", "x"],
-                            capture_output=True, text=True)
-    assert result.returncode == 5 and "read-only" in result.stderr, result.stderr
+    code, out, err = run_unprivileged("--db", ro_dir / "j.db", "create", "x")
+    assert code == 5 and "read-only" in err and err.count("\n") == 1, err
+    assert out == ""
     assert list(ro_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_still_locked_after_busy_timeout_exits_5(db_path):
     with Jobctl(db_path) as jc:
         job = jc.create("x")
@@ -194,9 +290,145 @@ def test_still_locked_after_busy_timeout_exits_5(db_path):
         assert jc.verify() == []
 
 
-def test_store_has_no_status_rules():
-    """The store speaks SQL only; the model holds the rules (and the cli holds neither)."""
-    cli_source = (ROOT / "jobctl" / "cli.py").read_text()
-    assert "SELECT" not in cli_source and "execute(" not in cli_source
-    api_source = (ROOT / "jobctl" / "api.py").read_text()
-    assert "SELECT" not in api_source and ".execute(" not in api_source
+# ------------------------------------------------- layering: who speaks SQL, who knows the rules
+PACKAGE = ROOT / "jobctl"
+# SQL as this project writes it: statement shapes with upper-case keywords, so prose that
+# says "select" or "update" does not count. SQL in lower case would still need an
+# .execute() call or a driver to run, and those are looked for too.
+SQL = re.compile(r"""
+      \bSELECT\b[\s\S]*\bFROM\b
+    | \bINSERT\s+(OR\s+[A-Z]+\s+)?INTO\b
+    | \bUPDATE\s+\w+\s+SET\b
+    | \bDELETE\s+FROM\b
+    | \bPRAGMA\s+\w
+    | ^\s*(BEGIN(\s+(IMMEDIATE|EXCLUSIVE|DEFERRED|TRANSACTION))? | COMMIT | ROLLBACK(\s+TO\s+\w+)?
+           | SAVEPOINT\s+\w+ | RELEASE\s+(SAVEPOINT\s+)?\w+)\s*;?\s*$
+    | \b(CREATE|DROP|ALTER)\s+(TEMP\s+)?(TABLE|INDEX|TRIGGER|VIEW)\b
+    | \bWHERE\s+[\w.]+\s*(=|<|>|!=|\bIN\b|\bIS\b|\bLIKE\b)
+""", re.X)
+DRIVERS = {"sqlite3", "sqlite_utils", "psycopg", "psycopg2", "asyncpg"}
+EXECUTE = {"execute", "executemany", "executescript"}
+
+
+def store_modules() -> list:
+    """The store: jobctl/store.py before the move to a package, jobctl/store/*.py after it."""
+    return sorted({*PACKAGE.glob("store.py"), *PACKAGE.glob("store/**/*.py")})
+
+
+def other_modules() -> list:
+    store = set(store_modules())
+    return sorted(p for p in PACKAGE.rglob("*.py") if p not in store and "__pycache__" not in p.parts)
+
+
+def code_strings(tree):
+    """(line, text) of every string constant that is code, not a docstring or a bare
+    string statement. The literal parts of f-strings are included."""
+    bare = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in bare:
+            yield n.lineno, n.value
+
+
+def imported_modules(tree, path):
+    """(line, absolute module name, imported names or None) of every import; relative imports resolved."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    if path.name == "__init__.py":
+        package = ".".join(path.relative_to(ROOT).parts[:-1])
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            for alias in n.names:
+                yield n.lineno, alias.name, None
+        elif isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            if n.level:
+                parts = package.split(".")
+                parts = parts[:len(parts) - (n.level - 1)]
+                base = ".".join(parts + ([n.module] if n.module else []))
+            yield n.lineno, base, [a.name for a in n.names]
+
+
+def sql_in(path) -> list:
+    tree = ast.parse(path.read_text(), str(path))
+    found = [f"{path.name}:{line}: SQL in a string: {text[:60]!r}" for line, text in code_strings(tree)
+             if SQL.search(text)]
+    found += [f"{path.name}:{n.lineno}: .{n.func.attr}() call" for n in ast.walk(tree)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in EXECUTE]
+    found += [f"{path.name}:{line}: imports {module}" for line, module, _ in imported_modules(tree, path)
+              if module.split(".")[0] in DRIVERS]
+    return found
+
+
+def test_only_the_store_speaks_sql():
+    """Every module under jobctl/ except the store modules holds no SQL: no SQL statement in a
+    string (docstrings may talk about it), no .execute() call, no database driver imported."""
+    store, others = store_modules(), other_modules()
+    names = {p.relative_to(PACKAGE).as_posix() for p in others}
+    assert store, "no store module found"
+    assert {"cli.py", "api.py", "watch.py", "model.py", "progress.py", "fastpath.py"} <= names, names
+    assert not names & {p.relative_to(PACKAGE).as_posix() for p in store}
+    # the detector does find the store's SQL, so an empty result below means something
+    assert any(sql_in(p) for p in store), "the SQL detector found no SQL even in the store"
+    checked, problems = [], []
+    for path in others:
+        problems += sql_in(path)
+        checked.append(path.relative_to(PACKAGE).as_posix())
+    assert sorted(checked) == sorted(names)
+    assert problems == []
+
+
+def test_the_sql_detector_tells_sql_from_prose():
+    for sql in ["SELECT id FROM jobs", "SELECT * FROM events WHERE id > ?", "INSERT INTO jobs VALUES (?)",
+                "INSERT OR REPLACE INTO child_counts", "UPDATE jobs SET status = ?", "DELETE FROM logs",
+                "PRAGMA user_version", "BEGIN IMMEDIATE", "BEGIN", "COMMIT", "ROLLBACK",
+                "SAVEPOINT insert_jobs", "RELEASE insert_jobs", "CREATE TABLE t (x)",
+                "status = 'running' AND x WHERE parent_id = ?", "f(x) FROM jobs WHERE parent_id IS NOT NULL"]:
+        assert SQL.search(sql), sql
+    for prose in ["Select a job from the list", "update the counts", "begin", "end", "commit", "status set",
+                  "where N is the count", "Release notes", "delete from the list",
+                  "jobctl: error: job x not found", "the parent's progress is updated from its children"]:
+        assert not SQL.search(prose), prose
+
+
+def model_definitions(path) -> set:
+    """The names jobctl.model defines at its top level: constants, tables and functions."""
+    names = set()
+    for n in ast.parse(path.read_text()).body:
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+            names.add(n.name)
+        for target in n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []:
+            names |= {t.id for t in ast.walk(target) if isinstance(t, ast.Name)}
+    return names
+
+
+def test_the_store_has_no_status_rules():
+    """The store speaks SQL only; the status rules live in jobctl.model. A store module takes
+    from jobctl.model only STATUSES (to name the count columns) and exception classes, never
+    imports the model module itself (so it cannot call its functions), never names one of
+    the model's rules, and compares nothing with a status word."""
+    from jobctl import model
+
+    allowed = {"STATUSES"} | {name for name, obj in vars(model).items()
+                              if isinstance(obj, type) and issubclass(obj, Exception)}
+    rules = model_definitions(Path(model.__file__)) - allowed - {"TYPE_CHECKING"}
+    assert {"ALLOWED", "TERMINAL", "RETRYABLE", "check_transition", "derive_status", "PENDING"} <= rules
+    store = store_modules()
+    assert store, "no store module found"
+    checked, problems = [], []
+    for path in store:
+        name = path.relative_to(PACKAGE).as_posix()
+        tree = ast.parse(path.read_text(), str(path))
+        for line, module, names in imported_modules(tree, path):
+            if module == "jobctl.model":
+                bad = ["jobctl.model"] if names is None else sorted(set(names) - allowed)
+                problems += [f"{name}:{line}: imports {b} from jobctl.model" for b in bad]
+            elif module == "jobctl" and names and "model" in names:
+                problems.append(f"{name}:{line}: imports the model module")
+        for n in ast.walk(tree):
+            ident = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
+            if ident in rules:
+                problems.append(f"{name}:{n.lineno}: names the model's {ident}")
+        problems += [f"{name}:{line}: the status word {text!r} as a value" for line, text in code_strings(tree)
+                     if text in model.STATUSES]
+        checked.append(name)
+    assert checked and len(checked) == len(store)
+    assert problems == []

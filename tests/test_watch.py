@@ -12,17 +12,26 @@ import pytest
 
 from conftest import FULL, JOBCTL, run
 from jobctl import Jobctl
-from jobctl.watch import Tail, Waker
+from jobctl.watch import Tail
 
 WRITERS = 4
 CHILDREN = 504  # x2 changes each: over 1,000 status changes
 
 
-def start_watch(db, *args, env=None):
-    proc = subprocess.Popen([JOBCTL, "--db", str(db), "watch", *map(str, args)], stdout=subprocess.PIPE,
+def start_watch(db, job, *args, env=None):
+    """Start `jobctl watch JOB ARGS...` and return once it has printed its start line.
+
+    The start line comes after the watch has read the job's state and set up its
+    wake-ups, so every commit from then on is one it follows live."""
+    proc = subprocess.Popen([JOBCTL, "--db", str(db), "watch", str(job), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
-    first = proc.stdout.readline()  # the start line: the watch is now following
+    first = proc.stdout.readline()
     assert first, proc.stderr.read()
+    if "--json" in map(str, args):
+        start = json.loads(first)
+        assert start["type"] == "start" and start["job_id"] == job and isinstance(start["cursor"], int), first
+    else:
+        assert f"({job}) " in first, first  # `HH:MM:SS name (id) status ...`
     return proc, first
 
 
@@ -47,6 +56,7 @@ def writers(db, kids, final):
     return [subprocess.Popen([sys.executable, "-c", WRITER, str(db), ",".join(c), final]) for c in chunks]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("final,code", [("completed", 0), ("failed", 1), ("cancelled", 6)])
 def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db_path, final, code):
     with Jobctl(db_path) as jc:
@@ -84,6 +94,7 @@ def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db_path, 
     assert run("verify", db=db_path).returncode == 0
 
 
+@pytest.mark.slow
 def test_since_replays_like_events_then_goes_live(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("p")
@@ -108,6 +119,7 @@ def test_since_replays_like_events_then_goes_live(db_path):
     assert proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_from_start_replays_all_of_a_finished_job_and_exits(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("p")
@@ -121,6 +133,7 @@ def test_from_start_replays_all_of_a_finished_job_and_exits(db_path):
     assert lines[-1] == f"{parent} failed | 0 pending, 0 running, 0 completed, 1 failed"
 
 
+@pytest.mark.slow
 def test_already_terminal_exits_at_once_with_its_code(db_path):
     with Jobctl(db_path) as jc:
         done, cancelled = jc.create("a"), jc.create("b")
@@ -132,6 +145,7 @@ def test_already_terminal_exits_at_once_with_its_code(db_path):
     assert run("watch", cancelled, db=db_path).returncode == 0  # without --exit-status
 
 
+@pytest.mark.slow
 def test_timeout_unknown_job_and_bad_options(db_path):
     with Jobctl(db_path) as jc:
         job = jc.create("slow")
@@ -142,11 +156,14 @@ def test_timeout_unknown_job_and_bad_options(db_path):
     assert run("watch", job, "--poll-interval", 0, db=db_path).returncode == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_without_traceback(db_path):
     with Jobctl(db_path) as jc:
         job = jc.create("forever")
     proc, _ = start_watch(db_path, job)
-    time.sleep(0.2)
+    with Jobctl(db_path) as jc:  # one live event, seen and printed: the watch is in its loop now
+        jc.log(job, "still here")
+    assert "still here" in proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130
@@ -154,6 +171,7 @@ def test_ctrl_c_exits_130_without_traceback(db_path):
     assert out.splitlines()[-1] == f"{job} pending (interrupted)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env,interval", [({"JOBCTL_WATCH_POLL": "1"}, 0.3), ({}, 60)])
 def test_change_seen_by_polling_and_by_file_notification(db_path, env, interval):
     """Forced polling sees a change within its poll interval; with watchfiles a change is seen
@@ -161,25 +179,37 @@ def test_change_seen_by_polling_and_by_file_notification(db_path, env, interval)
     with Jobctl(db_path) as jc:
         job = jc.create("j")
     proc, _ = start_watch(db_path, job, "--poll-interval", interval, "--timeout", 30, env=env)
-    time.sleep(0.3)
     with Jobctl(db_path) as jc:
+        # committed after the start line: the watch may still be reading what came before,
+        # so this first change may be picked up by that read rather than by a wake-up
         jc.set_status([job], "running")
         line = proc.stdout.readline()
         assert f"{job} pending → running" in line
+        # the watch printed that line from rows it had already read, so this commit comes
+        # after its last read: only a wake-up (a poll, or a file notification) can show it
+        committed = time.monotonic()
         jc.set_status([job], "completed")
-    proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=30)
+    seen_after = time.monotonic() - committed
     assert proc.returncode == 0
+    assert f"{job} running → completed" in out
+    assert seen_after < 30  # the watch's own --timeout: with watchfiles, well inside the 60 s poll interval
 
 
 def test_waker_modes(db_path, monkeypatch):
     with Jobctl(db_path) as jc, Jobctl(db_path) as writer:
         job = writer.create("j")
-        assert Waker(jc, 0.05).mode == "watchfiles"
+        first = jc.store.waker(0.05)
+        assert first.mode == "watchfiles"
+        assert first.wait(1) is False  # nothing committed since it started
+        writer.set_status([job], "running")
+        assert first.wait(1) is True
+        first.close()
         monkeypatch.setenv("JOBCTL_WATCH_POLL", "1")
-        waker = Waker(jc, 0.05)
+        waker = jc.store.waker(0.05)
         assert waker.mode == "polling"
         assert waker.wait(1) is False  # nothing committed since it started
-        writer.set_status([job], "running")
+        writer.set_status([job], "completed")
         assert waker.wait(1) is True
 
 
@@ -208,6 +238,7 @@ def test_tail_fold_matches_a_fresh_count(db_path):
         assert tail.status == writer.status(parent)
 
 
+@pytest.mark.slow
 def test_wait_returns_the_worst_outcome(db_path):
     with Jobctl(db_path) as jc:
         a, b, c = jc.create("a"), jc.create("b"), jc.create("c")
@@ -222,18 +253,24 @@ def test_wait_returns_the_worst_outcome(db_path):
     assert run("wait", a, "nope", db=db_path).returncode == 3
 
 
+@pytest.mark.slow
 def test_wait_follows_jobs_live_and_times_out(db_path):
     with Jobctl(db_path) as jc:
         a, b = jc.create("a"), jc.create("b")
     proc = subprocess.Popen([JOBCTL, "--db", str(db_path), "wait", a, b, "--timeout", "60"],
-                            stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with Jobctl(db_path) as jc:
-        jc.set_status([a], "completed")
+        jc.set_status([a], "completed")  # live or already at its start: wait prints a either way
+        first = proc.stdout.readline()
+        assert first == f"{a} completed\n", proc.stderr.read() if not first else first
+        # wait has read b's state and found it pending (it printed a but not b), so b's
+        # changes, made only now, can reach it only by following the database live
+        assert proc.poll() is None
         jc.set_status([b], "running")
         jc.set_status([b], "completed")
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and sorted(out.splitlines()) == sorted([f"{a} completed", f"{b} completed"])
+    assert proc.returncode == 0 and out == f"{b} completed\n"
+    assert sorted([first, *out.splitlines(keepends=True)]) == sorted([f"{a} completed\n", f"{b} completed\n"])
     with Jobctl(db_path) as jc:
         c = jc.create("c")
     result = run("wait", a, c, "--timeout", "0.3", db=db_path)
@@ -271,6 +308,7 @@ def test_live_view_renders_on_a_terminal(db_path, monkeypatch):
     assert "\x1b[3" not in buf.getvalue() and "\x1b[4" not in buf.getvalue()  # no colour codes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", [{}, {"JOBCTL_WATCH_POLL": "1"}], ids=["watchfiles", "polling"])
 def test_demo_runs_to_the_end(env):
     children = 108 if FULL else 8
@@ -286,6 +324,7 @@ def test_demo_runs_to_the_end(env):
     assert "jobctl demo:" in result.stderr and " 0 pending, 0 running" in result.stderr
 
 
+@pytest.mark.slow
 def test_watch_marks_stale_children(db_path):
     import sqlite3
 
@@ -314,6 +353,7 @@ def test_watch_marks_stale_children(db_path):
     assert "stale" not in plain.stdout
 
 
+@pytest.mark.slow
 def test_a_long_replay_is_read_in_pages_and_honours_the_timeout(db_path):
     from jobctl.watch import PAGE
 
@@ -327,16 +367,18 @@ def test_a_long_replay_is_read_in_pages_and_honours_the_timeout(db_path):
     events = [json.loads(x)["event"]["id"] for x in full.stdout.splitlines() if '"type": "event"' in x]
     assert full.returncode == 6
     assert events == list(range(1, total + 1))  # every page, in order, nothing twice
-    big = 20 * PAGE
+    big = 100 * PAGE  # far more than watch replays in 0.2 s (about 50,000 events/s here)
     with Jobctl(db_path) as jc:
         jc.retry(parent)  # running again, with a long history to replay
         jc.spawn(parent, count=big)
+        total = len(jc.events())
     cut = run("watch", parent, "--from-start", "--json", "--timeout", "0.2", db=db_path)
     printed = [json.loads(x)["event"]["id"] for x in cut.stdout.splitlines() if '"type": "event"' in x]
     assert cut.returncode == 124
     assert 0 < len(printed) < total and printed == list(range(1, len(printed) + 1))
 
 
+@pytest.mark.slow
 def test_wait_json(db_path):
     with Jobctl(db_path) as jc:
         a, b = jc.create("a"), jc.create("b")
@@ -348,6 +390,7 @@ def test_wait_json(db_path):
                                                                        (b, "pending", "timeout")]
 
 
+@pytest.mark.slow
 def test_replay_of_a_finished_job_ends_when_another_tree_wrote_last(db_path):
     with Jobctl(db_path) as jc:
         a = jc.create("a")
@@ -359,6 +402,7 @@ def test_replay_of_a_finished_job_ends_when_another_tree_wrote_last(db_path):
     assert result.stdout.splitlines()[-1] == f"{a} completed"
 
 
+@pytest.mark.slow
 def test_reap_of_one_parent_leaves_other_jobs_alone(db_path):
     import sqlite3
 

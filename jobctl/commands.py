@@ -1,0 +1,269 @@
+"""One body per command. Both entries call these: the fast path
+(`jobctl.fastpath`, for the calls scripts make in loops) and the Typer app
+(`jobctl.cli`, which parses everything else and shows help). Nothing here
+imports typer.
+
+Each function takes the database (`db`: --db's value, or None) and the
+command's parameters under the Typer command's own names, prints its result,
+and returns the exit code. Errors are raised as JobctlError.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import Iterator
+
+    from jobctl.api import Jobctl
+
+from jobctl import model
+from jobctl.console import info, read_lines, read_stdin
+from jobctl.model import UsageError
+
+
+def _open(db: str | None, *, create: bool = True) -> Jobctl:
+    """The database, opened for one command. Read-only commands pass
+    create=False: a mistyped path is an error, not a new empty database."""
+    from jobctl.api import Jobctl
+
+    return Jobctl(db, create=create)
+
+
+def _print_lines(items) -> None:
+    out = sys.stdout
+    for item in items:
+        out.write(f"{item}\n")
+
+
+def _json(obj: object) -> None:
+    from jobctl import render
+
+    render.write_json(obj)
+
+
+# ----------------------------------------------------------------- one-shot
+def status_set(db: str | None, args: list[str], message: str | None = None, force: bool = False,
+               stdin: bool = False) -> int:
+    *ids, status = args
+    model.check_status_word(status)
+    if stdin:
+        ids += read_stdin().split()
+    with _open(db) as jc:
+        jc.set_status(ids, status, message=message, force=force)
+    return 0
+
+
+def status_get(db: str | None, job: str, json: bool = False) -> int:
+    with _open(db, create=False) as jc:
+        status = jc.status(job)
+    _json({"job_id": job, "status": status}) if json else print(status)
+    return 0
+
+
+def log(db: str | None, job: str, message: str, level: str = "info") -> int:
+    with _open(db) as jc:
+        jc.log(job, message, level=level)
+    return 0
+
+
+def heartbeat(db: str | None, job: str) -> int:
+    with _open(db) as jc:
+        jc.heartbeat(job)
+    return 0
+
+
+def claim(db: str | None, parent: str) -> int:
+    with _open(db) as jc:
+        job_id = jc.claim(parent)
+    if job_id is None:
+        raise model.NotFound(f"job {parent} has no pending child")
+    print(job_id)
+    return 0
+
+
+def progress(db: str | None, job: str, json: bool = False) -> int:
+    with _open(db, create=False) as jc:
+        p = jc.progress(job)
+    _json(p) if json else print(p["progress_text"])
+    return 0
+
+
+def parse_meta(items: list[str]) -> dict:
+    meta: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad --meta {item!r}: use KEY=VALUE")
+        if key.strip() in meta:
+            raise UsageError(f"--meta {key.strip()!r} given twice")
+        meta[key.strip()] = value
+    return meta
+
+
+def create(db: str | None, name: str, type: str | None = None, id: str | None = None,
+           parent: str | None = None, meta: list[str] | None = None) -> int:
+    meta_dict = parse_meta(meta or [])
+    with _open(db) as jc:
+        print(jc.create(name, type=type, parent=parent, id=id, meta=meta_dict))
+    return 0
+
+
+def spawn(db: str | None, parent: str, count: int | None = None, name: list[str] | None = None,
+          names_from: str | None = None, type: str | None = None) -> int:
+    if sum(x is not None and x != [] for x in (count, name, names_from)) != 1:
+        raise UsageError("give exactly one of --count, --name or --names-from")
+    names = list(name or []) or None
+    if names_from is not None:
+        names = read_lines(names_from, "--names-from")
+    with _open(db) as jc:
+        ids = jc.spawn(parent, count=count, names=names, type=type)
+    sys.stdout.write("\n".join(ids) + "\n")
+    return 0
+
+
+def events(db: str | None, job: str | None = None, since: int = 0, limit: int | None = None,
+           json: bool = False) -> int:
+    from jobctl import render
+
+    with _open(db, create=False) as jc:
+        rows: Iterator[dict] = jc.iter_events(job=job, since=since, limit=limit)
+        if json:
+            render.write_ndjson(render.event_json(e) for e in rows)
+        else:
+            for e in rows:
+                render.write_line(render.event_line(e))
+    return 0
+
+
+def version() -> int:
+    from jobctl import __version__
+
+    print(__version__)
+    return 0
+
+
+# ------------------------------------------------------------------- others
+def init(db: str | None) -> int:
+    with _open(db) as jc:
+        info(f"database ready: {jc.name}")
+    return 0
+
+
+def db_path(db: str | None, json: bool = False) -> int:
+    from jobctl.api import display_name, resolve_db_path
+
+    name = display_name(resolve_db_path(db))
+    _json({"path": name}) if json else print(name)
+    return 0
+
+
+def show(db: str | None, job: str, json: bool = False) -> int:
+    from jobctl import render
+
+    with _open(db, create=False) as jc:
+        j = jc.get(job)
+    render.write_json(j) if json else render.job(j)
+    return 0
+
+
+def list_(db: str | None, parent: str | None = None, status: str | None = None, type: str | None = None,
+          stale_after: str | None = None, json: bool = False) -> int:
+    from jobctl import render
+
+    stale = model.parse_duration(stale_after) if stale_after is not None else None
+    with _open(db, create=False) as jc:
+        rows = jc.list(parent=parent, status=status, type=type, stale_after=stale)
+        render.write_ndjson(rows) if json else render.jobs(rows)
+    return 0
+
+
+def tree(db: str | None, job: str, json: bool = False) -> int:
+    from jobctl import render
+
+    with _open(db, create=False) as jc:
+        rows = jc.tree(job)
+    render.write_ndjson(rows) if json else render.tree(rows)
+    return 0
+
+
+def logs(db: str | None, job: str, children: bool = False, json: bool = False) -> int:
+    from jobctl import render
+
+    with _open(db, create=False) as jc:
+        lines = jc.logs(job, children=children)
+    if json:
+        render.write_ndjson(lines)
+    else:
+        for line in lines:
+            render.write_line(f"{line['at']} [{line['level']}] {render.plain(line['text'])}")
+    return 0
+
+
+def cancel(db: str | None, job: str, message: str | None = None) -> int:
+    with _open(db) as jc:
+        _print_lines(jc.cancel(job, message=message))
+    return 0
+
+
+def retry(db: str | None, job: str, failed_children: bool = False) -> int:
+    with _open(db) as jc:
+        ids = jc.retry(job, failed_children=failed_children)
+    if not ids:
+        info("nothing to retry")
+    _print_lines(ids)
+    return 0
+
+
+def reap(db: str | None, stale_after: str, to: str = "failed", parent: str | None = None) -> int:
+    seconds = model.parse_duration(stale_after)
+    with _open(db) as jc:
+        _print_lines(jc.reap(seconds, to=to, parent=parent))
+    return 0
+
+
+def watch(db: str | None, job: str, exit_status: bool = False, timeout: float | None = None,
+          json: bool = False, since: int | None = None, from_start: bool = False, poll_interval: float = 1.0,
+          stale_after: str | None = None) -> int:
+    from jobctl import render
+    from jobctl import watch as watching
+
+    if since is not None and from_start:
+        raise UsageError("give --since or --from-start, not both")
+    stale = model.parse_duration(stale_after) if stale_after is not None else None
+    with _open(db, create=False) as jc:
+        sink: watching.Sink = (render.JsonWatch() if json else render.LiveWatch() if render.is_terminal()
+                               else render.PlainWatch())
+        return watching.run_watch(jc, job, sink, since=0 if from_start else since, timeout=timeout,
+                                  poll_interval=poll_interval, exit_status=exit_status, stale_after=stale)
+
+
+def wait(db: str | None, jobs: list[str], timeout: float | None = None, poll_interval: float = 1.0,
+         json: bool = False) -> int:
+    from jobctl import render
+    from jobctl import watch as watching
+
+    sink: watching.Sink = render.JsonWatch() if json else render.PlainWatch()
+    with _open(db, create=False) as jc:
+        return watching.run_wait(jc, jobs, lambda job, progress, reason: sink.end(job, progress, reason, None),
+                                 timeout=timeout, poll_interval=poll_interval)
+
+
+def demo(db: str | None, children: int = 108, workers: int = 4, fail_rate: float = 0.05, speed: float = 1.0,
+         seed: int | None = None) -> int:
+    from jobctl import demo as demo_module
+
+    return demo_module.run(children=children, workers=workers, fail_rate=fail_rate, speed=speed, db=db, seed=seed)
+
+
+def verify(db: str | None, json: bool = False) -> int:
+    with _open(db, create=False) as jc:
+        problems = jc.verify()
+    if json:
+        _json({"ok": not problems, "problems": problems})
+    else:
+        _print_lines(problems)
+        info("verify: ok" if not problems else f"verify: {len(problems)} difference(s)")
+    return 1 if problems else 0

@@ -1,0 +1,67 @@
+"""Console helpers shared by both entries (the fast path and the Typer app):
+the one-line error, the argv check, standard input, and control-character
+escaping. A leaf: it imports nothing of jobctl's at import time."""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from jobctl.model import JobctlError
+
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+
+
+def plain(text: object) -> str:
+    """Text safe for one line of plain output: control characters escaped."""
+    return "" if text is None else str(text).translate(_CONTROL)
+
+
+def error(exc: JobctlError) -> int:
+    """The one-line error every jobctl failure prints (control characters escaped,
+    so an odd id cannot break the line); returns its exit code."""
+    sys.stderr.write(f"jobctl: error: {plain(exc)}\n")
+    return exc.exit_code
+
+
+def info(message: str) -> None:
+    """A message for the person, on stderr."""
+    sys.stderr.write(f"jobctl: {message}\n")
+
+
+def check_argv(argv: list[str]) -> None:
+    """Arguments that are not valid UTF-8 (Python hands them over as lone
+    surrogates) cannot be stored as text: a usage error, not a traceback."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            from jobctl.model import UsageError
+
+            raise UsageError(f"argument {arg.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8") from None
+
+
+def read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        from jobctl.model import UsageError
+
+        raise UsageError(f"standard input is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def read_lines(source: str, option: str) -> list[str]:
+    """The non-blank lines of a file, or of stdin for `-` (--names-from)."""
+    try:
+        if source == "-":
+            text = read_stdin()
+        else:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        from jobctl.model import UsageError
+
+        raise UsageError(f"cannot read {option} {source}: {exc}") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]

@@ -1,0 +1,119 @@
+"""The store protocol: what the write path (`jobctl.api`) and the tail loop
+(`jobctl.watch`) need from a database, in domain terms. One module per backend
+implements it (`jobctl.store.sqlite`, `jobctl.store.postgres`); only those
+modules speak SQL, and none of them knows a status rule.
+
+The contract both backends keep
+-------------------------------
+- **Atomic writes.** Everything done inside one `write()` block commits
+  together or not at all. `write()` also serialises writers: a write
+  transaction holds the database's write lock from its start (SQLite's
+  `BEGIN IMMEDIATE`; a transaction-scoped advisory lock on PostgreSQL), so a
+  read-then-write inside it (a job's status, child counts) loses no update.
+- **Child counts change by deltas** (`apply_count_deltas`), never by writing
+  back a value read earlier.
+- **Event ids are the commit order.** Ids are assigned under the write lock,
+  so a transaction's events all have higher ids than those of every
+  transaction that committed before it. A reader that has seen event id N
+  never later sees a new event with an id <= N: `events(since=cursor)` never
+  misses or repeats an event, on either backend.
+- **No gaps.** Event ids are consecutive. A rolled-back transaction leaves no
+  hole (its ids are handed out again to the next writer, which is safe because
+  no reader ever saw them). A gap in ids a reader sees therefore never means
+  a lost event.
+- **Retries.** A write that fails for a transient reason (serialisation
+  failure, deadlock) raises `Retryable` with nothing written; the caller may
+  run the whole transaction again. Everything else raises `DatabaseUnusable`
+  (exit 5) or a domain error (`IdTaken`).
+- **Wake-ups are hints.** `waker()` returns an object whose `wait()` returns
+  when the database may have changed (or after the poll interval): the truth
+  is always `events(since=cursor)`.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from typing import Iterable, Iterator, Protocol, Sequence
+else:
+    Protocol = object
+
+from jobctl.model import DatabaseUnusable
+
+JOB_COLUMNS = (
+    "id", "parent_id", "root_id", "name", "type", "status", "created_at",
+    "started_at", "completed_at", "updated_at", "last_heartbeat", "metadata",
+)
+EVENT_COLUMNS = (
+    "job_id", "parent_id", "root_id", "kind", "old_status", "new_status", "at", "message", "log_id",
+)
+
+
+class Retryable(DatabaseUnusable):
+    """A write transaction failed for a transient reason and changed nothing: run it again."""
+
+
+class Waker(Protocol):
+    """Blocks until the database may have changed (a hint, never the truth)."""
+
+    mode: str  # how it learns of changes: "watchfiles", "polling", "listen"
+
+    def wait(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds (or the poll interval, whichever is
+        shorter); True when the database may have changed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """One connection to a jobctl database. See the module docstring for the contract."""
+
+    name: str  # what to show a person: the SQLite path, or the URL with any password masked
+
+    # transactions
+    def write(self) -> AbstractContextManager[Store]: ...
+    def read(self) -> AbstractContextManager[Store]: ...
+    def close(self) -> None: ...
+
+    # jobs
+    def get_job(self, job_id: str) -> dict | None: ...
+    def get_jobs(self, ids: Sequence[str]) -> dict[str, dict]: ...
+    def insert_jobs(self, jobs: Sequence[dict]) -> None:
+        """All or none: IdTaken if one of the ids exists, with nothing inserted."""
+    def update_statuses(self, jobs: Iterable[dict]) -> None: ...
+    def set_heartbeat(self, job_id: str, at: str) -> bool: ...
+    def last_child_number(self, parent_id: str) -> int:
+        """The highest N of any job id `<parent_id>.N`."""
+    def subtree(self, job_id: str) -> list[dict]:
+        """The job and its descendants, parents before children, each with `depth`."""
+    def list_jobs(self, *, parent_id: str | None = None, status: str | None = None,
+                  type: str | None = None, alive_before: str | None = None,
+                  limit: int | None = None) -> Iterator[dict]:
+        """Oldest first. alive_before is the stale rule: jobs without children
+        whose later of start and last heartbeat is older; rows get `alive_at`."""
+    def next_child(self, parent_id: str, status: str) -> dict | None:
+        """The oldest child of `parent_id` with `status`, locked for this write
+        transaction; concurrent callers never get the same row."""
+
+    # child counts
+    def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...
+    def apply_count_deltas(self, deltas: dict[str, dict[str, int]]) -> None: ...
+    def count_children(self, parent_id: str | None = None) -> dict[str, dict[str, int]]: ...
+    def all_counts(self) -> dict[str, dict[str, int]]: ...
+
+    # events and logs
+    def insert_events(self, events: Sequence[dict]) -> None: ...
+    def insert_log(self, job_id: str, level: str, message: str, at: str) -> int: ...
+    def events(self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None,
+               limit: int | None = None) -> list[dict]: ...
+    def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]: ...
+    def last_event_id(self) -> int: ...
+    def waker(self, poll_interval: float) -> Waker: ...
+
+    # verify
+    def all_jobs(self) -> list[dict]: ...
+    def all_events(self) -> Iterator[dict]: ...
+    def integrity_check(self) -> list[str]: ...
