@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from jobctl import Jobctl
+from jobctl import DatabaseUnusable, Jobctl
 from jobctl.cli import app
+from throwaway_pg import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The installed console script, next to the interpreter running the tests.
@@ -17,9 +18,42 @@ JOBCTL = shutil.which("jobctl", path=str(Path(sys.executable).parent)) or "jobct
 FULL = os.environ.get("JOBCTL_FULL") == "1"
 
 
+BACKENDS = ["sqlite", "postgres"]
+
+
 @pytest.fixture
 def db_path(tmp_path):
+    """A SQLite file (for the tests about SQLite itself)."""
     return tmp_path / "jobs.db"
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request, tmp_path) -> str:
+    """The contract tests' database, once per backend: a SQLite path, or the
+    URL of a fresh database on a real, throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    return request.getfixturevalue("pg_url")
+
+
+def exists(db: str) -> bool:
+    """Whether a jobctl database is at `db` (either backend)."""
+    try:
+        Jobctl(db, create=False).close()
+    except DatabaseUnusable:
+        return False
+    return True
+
+
+def snapshot(db: str) -> tuple:
+    """Everything in the database, as the API reads it: jobs, kept counts,
+    events and logs, to prove that a refused command changed nothing."""
+    if not exists(db):
+        return ()
+    with Jobctl(db, create=False) as jc:
+        store = jc.store
+        return (store.all_jobs(), store.all_counts(), list(store.all_events()),
+                [(e["id"], e["message"], e["level"]) for e in store.events()])
 
 
 @pytest.fixture

@@ -35,19 +35,38 @@ from __future__ import annotations
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
     from contextlib import AbstractContextManager
-    from typing import Iterable, Iterator, Protocol, Sequence
+    from typing import Protocol
 else:
     Protocol = object
 
 from jobctl.model import DatabaseUnusable
 
 JOB_COLUMNS = (
-    "id", "parent_id", "root_id", "name", "type", "status", "created_at",
-    "started_at", "completed_at", "updated_at", "last_heartbeat", "metadata",
+    "id",
+    "parent_id",
+    "root_id",
+    "name",
+    "type",
+    "status",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
+    "last_heartbeat",
+    "metadata",
 )
 EVENT_COLUMNS = (
-    "job_id", "parent_id", "root_id", "kind", "old_status", "new_status", "at", "message", "log_id",
+    "job_id",
+    "parent_id",
+    "root_id",
+    "kind",
+    "old_status",
+    "new_status",
+    "at",
+    "message",
+    "log_id",
 )
 
 
@@ -83,17 +102,27 @@ class Store(Protocol):
     def get_jobs(self, ids: Sequence[str]) -> dict[str, dict]: ...
     def insert_jobs(self, jobs: Sequence[dict]) -> None:
         """All or none: IdTaken if one of the ids exists, with nothing inserted."""
+
     def update_statuses(self, jobs: Iterable[dict]) -> None: ...
     def set_heartbeat(self, job_id: str, at: str) -> bool: ...
     def last_child_number(self, parent_id: str) -> int:
         """The highest N of any job id `<parent_id>.N`."""
+
     def subtree(self, job_id: str) -> list[dict]:
         """The job and its descendants, parents before children, each with `depth`."""
-    def list_jobs(self, *, parent_id: str | None = None, status: str | None = None,
-                  type: str | None = None, alive_before: str | None = None,
-                  limit: int | None = None) -> Iterator[dict]:
+
+    def list_jobs(
+        self,
+        *,
+        parent_id: str | None = None,
+        status: str | None = None,
+        type: str | None = None,
+        alive_before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict]:
         """Oldest first. alive_before is the stale rule: jobs without children
         whose later of start and last heartbeat is older; rows get `alive_at`."""
+
     def next_child(self, parent_id: str, status: str) -> dict | None:
         """The oldest child of `parent_id` with `status`, locked for this write
         transaction; concurrent callers never get the same row."""
@@ -107,8 +136,9 @@ class Store(Protocol):
     # events and logs
     def insert_events(self, events: Sequence[dict]) -> None: ...
     def insert_log(self, job_id: str, level: str, message: str, at: str) -> int: ...
-    def events(self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None,
-               limit: int | None = None) -> list[dict]: ...
+    def events(
+        self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None, limit: int | None = None
+    ) -> list[dict]: ...
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]: ...
     def last_event_id(self) -> int: ...
     def waker(self, poll_interval: float) -> Waker: ...

@@ -18,10 +18,11 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from operator import itemgetter
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from typing import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS
@@ -38,8 +39,8 @@ _EVENT_SELECT = (
 )
 _UPSERT_COUNTS = (
     f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)}) VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (parent_id) DO UPDATE SET "
-    + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES))
+    " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES)
+)
 _ALIVE_AT = "max(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _CHUNK = 500  # ids per `IN (...)` query, below SQLite's variable limit
 _job_row = itemgetter(*JOB_COLUMNS)  # dict -> tuple in C: spawn writes 100,000s of rows
@@ -67,8 +68,9 @@ def busy_timeout_from_env() -> float:
 def _unusable(path: str, exc: BaseException) -> DatabaseUnusable:
     text = str(exc)
     if "locked" in text or "busy" in text:
-        return DatabaseUnusable(f"database {path} is still locked after the busy timeout"
-                                " (set JOBCTL_BUSY_TIMEOUT to wait longer)")
+        return DatabaseUnusable(
+            f"database {path} is still locked after the busy timeout (set JOBCTL_BUSY_TIMEOUT to wait longer)"
+        )
     if "readonly" in text or "read-only" in text:
         return DatabaseUnusable(f"database {path} is read-only")
     if "disk is full" in text or "full" in text:
@@ -99,19 +101,21 @@ class SqliteStore:
         if os.path.isdir(path):
             raise DatabaseUnusable(f"{path} is a directory, not a database file")
         if not create and not os.path.exists(path):
-            raise DatabaseUnusable(f"no jobctl database at {path}"
-                                   " (create one with `jobctl init` or any write)")
+            raise DatabaseUnusable(f"no jobctl database at {path} (create one with `jobctl init` or any write)")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise DatabaseUnusable(f"cannot create database {path}: directory {parent} does not exist or cannot be reached")
+            raise DatabaseUnusable(
+                f"cannot create database {path}: directory {parent} does not exist or cannot be reached"
+            )
         if not os.path.exists(path) and not os.access(parent, os.W_OK):
             raise DatabaseUnusable(f"cannot create database {path}: directory {parent} is read-only")
         timeout = busy_timeout_from_env() if busy_timeout is None else busy_timeout
         try:
             # SQLite waits for a lock up to its busy timeout per try; the tries of
             # BEGIN IMMEDIATE share JOBCTL_BUSY_TIMEOUT, so that is the whole wait.
-            conn = sqlite3.connect(path, timeout=timeout / (BEGIN_RETRIES + 1), isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                path, timeout=timeout / (BEGIN_RETRIES + 1), isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise _unusable(path, exc) from None
         store = cls(conn, path)
@@ -151,7 +155,8 @@ class SqliteStore:
             if version > SCHEMA_VERSION:
                 raise DatabaseUnusable(
                     f"database {self.path} has schema version {version}, newer than this jobctl"
-                    f" understands ({SCHEMA_VERSION}): upgrade jobctl")
+                    f" understands ({SCHEMA_VERSION}): upgrade jobctl"
+                )
             return
         has_tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app_id != 0 or has_tables:
@@ -219,7 +224,7 @@ class SqliteStore:
     def get_jobs(self, ids: Sequence[str]) -> dict[str, dict]:
         found: dict[str, dict] = {}
         for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i:i + _CHUNK]
+            chunk = ids[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for row in self._query(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
                 found[row["id"]] = row
@@ -245,14 +250,21 @@ class SqliteStore:
         """The highest N of any job id `<parent_id>.N` (children are numbered so)."""
         prefix = parent_id + "."
         rows = self.conn.execute("SELECT id FROM jobs WHERE id > ? AND id < ?", (prefix, parent_id + "/"))
-        return max((int(r["id"][len(prefix):]) for r in rows
-                    if r["id"][len(prefix):].isdigit() and r["id"][len(prefix):].isascii()), default=0)
+        return max(
+            (
+                int(r["id"][len(prefix) :])
+                for r in rows
+                if r["id"][len(prefix) :].isdigit() and r["id"][len(prefix) :].isascii()
+            ),
+            default=0,
+        )
 
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         """Write status and status timestamps of each job dict back."""
         self.conn.executemany(
             "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ? WHERE id = ?",
-            map(_status_row, jobs))
+            map(_status_row, jobs),
+        )
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
         cur = self.conn.execute("UPDATE jobs SET last_heartbeat = ? WHERE id = ?", (at, job_id))
@@ -264,11 +276,18 @@ class SqliteStore:
             "WITH RECURSIVE t(id, depth) AS (SELECT ?, 0 UNION ALL"
             " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
             " SELECT jobs.*, t.depth AS depth FROM t JOIN jobs ON jobs.id = t.id ORDER BY t.depth, jobs.rowid",
-            (job_id,))
+            (job_id,),
+        )
 
-    def list_jobs(self, *, parent_id: str | None = None, status: str | None = None,
-                  type: str | None = None, alive_before: str | None = None,
-                  limit: int | None = None) -> Iterator[dict]:
+    def list_jobs(
+        self,
+        *,
+        parent_id: str | None = None,
+        status: str | None = None,
+        type: str | None = None,
+        alive_before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict]:
         """Jobs matching every given filter, oldest first, streamed.
 
         alive_before: only jobs without children whose last sign of life, the
@@ -308,7 +327,7 @@ class SqliteStore:
         """The kept child counts of each parent (zeros for a job with no children)."""
         out = {p: dict.fromkeys(STATUSES, 0) for p in parent_ids}
         for i in range(0, len(parent_ids), _CHUNK):
-            chunk = parent_ids[i:i + _CHUNK]
+            chunk = parent_ids[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for row in self._query(f"SELECT * FROM child_counts WHERE parent_id IN ({marks})", chunk):
                 out[row["parent_id"]] = {s: row[s] for s in STATUSES}
@@ -320,8 +339,9 @@ class SqliteStore:
 
     def next_child(self, parent_id: str, status: str) -> dict | None:
         """The oldest child with `status` (the write lock keeps it ours until COMMIT)."""
-        rows = self._query("SELECT * FROM jobs WHERE parent_id = ? AND status = ? ORDER BY rowid LIMIT 1",
-                           (parent_id, status))
+        rows = self._query(
+            "SELECT * FROM jobs WHERE parent_id = ? AND status = ? ORDER BY rowid LIMIT 1", (parent_id, status)
+        )
         return rows[0] if rows else None
 
     def count_children(self, parent_id: str | None = None) -> dict[str, dict[str, int]]:
@@ -337,8 +357,7 @@ class SqliteStore:
         return out
 
     def all_counts(self) -> dict[str, dict[str, int]]:
-        return {r["parent_id"]: {s: r[s] for s in STATUSES}
-                for r in self._query("SELECT * FROM child_counts")}
+        return {r["parent_id"]: {s: r[s] for s in STATUSES} for r in self._query("SELECT * FROM child_counts")}
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Iterable[dict]) -> None:
@@ -348,12 +367,14 @@ class SqliteStore:
         self.conn.executemany(f"INSERT INTO events ({cols}) VALUES ({marks})", map(_event_row, events))
 
     def insert_log(self, job_id: str, level: str, message: str, at: str) -> int:
-        cur = self.conn.execute("INSERT INTO logs (job_id, level, message, at) VALUES (?, ?, ?, ?)",
-                                (job_id, level, message, at))
-        return cur.lastrowid
+        cur = self.conn.execute(
+            "INSERT INTO logs (job_id, level, message, at) VALUES (?, ?, ?, ?)", (job_id, level, message, at)
+        )
+        return cur.lastrowid or 0  # always set after an INSERT
 
-    def events(self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None,
-               limit: int | None = None) -> list[dict]:
+    def events(
+        self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None, limit: int | None = None
+    ) -> list[dict]:
         """Events with id > since, in id order, optionally of one tree or one job."""
         sql = _EVENT_SELECT + " WHERE e.id > ?"
         params: list = [since]
@@ -435,8 +456,13 @@ class FileWaker:
                 self.changes = watchfiles.watch(
                     os.path.dirname(os.path.abspath(store.path)),
                     watch_filter=lambda change, path: os.path.basename(path) in names,
-                    debounce=DEBOUNCE_MS, step=STEP_MS, rust_timeout=TICK_MS, yield_on_timeout=True,
-                    recursive=False, force_polling=False)
+                    debounce=DEBOUNCE_MS,
+                    step=STEP_MS,
+                    rust_timeout=TICK_MS,
+                    yield_on_timeout=True,
+                    recursive=False,
+                    force_polling=False,
+                )
             except Exception:  # no inotify (limits, odd filesystems): poll instead
                 self.changes = None
         self.mode = "watchfiles" if self.changes is not None else "polling"
@@ -476,10 +502,22 @@ def _migrations():
     @migrations(name="0001_initial")
     def initial(db) -> None:
         db["jobs"].create(
-            {"id": str, "parent_id": str, "root_id": str, "name": str, "type": str, "status": str,
-             "created_at": str, "started_at": str, "completed_at": str, "updated_at": str,
-             "last_heartbeat": str, "metadata": str},
-            pk="id", not_null={"root_id", "name", "status", "created_at", "updated_at"},
+            {
+                "id": str,
+                "parent_id": str,
+                "root_id": str,
+                "name": str,
+                "type": str,
+                "status": str,
+                "created_at": str,
+                "started_at": str,
+                "completed_at": str,
+                "updated_at": str,
+                "last_heartbeat": str,
+                "metadata": str,
+            },
+            pk="id",
+            not_null={"root_id", "name", "status", "created_at", "updated_at"},
             foreign_keys=[("parent_id", "jobs", "id")],
         )
         # Lists a parent's children by status, and finds stale running jobs.
@@ -487,7 +525,8 @@ def _migrations():
         db["jobs"].create_index(["status", "last_heartbeat"])
         db["logs"].create(
             {"id": int, "job_id": str, "level": str, "message": str, "at": str},
-            pk="id", not_null={"job_id", "level", "message", "at"},
+            pk="id",
+            not_null={"job_id", "level", "message", "at"},
             foreign_keys=[("job_id", "jobs", "id")],
         )
         db["logs"].create_index(["job_id", "id"])
@@ -496,13 +535,16 @@ def _migrations():
             "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " job_id TEXT NOT NULL REFERENCES jobs(id), parent_id TEXT, root_id TEXT NOT NULL,"
             " kind TEXT NOT NULL, old_status TEXT, new_status TEXT, at TEXT NOT NULL,"
-            " message TEXT, log_id INTEGER REFERENCES logs(id))")
+            " message TEXT, log_id INTEGER REFERENCES logs(id))"
+        )
         db["events"].create_index(["root_id", "id"])
         db["events"].create_index(["job_id", "id"])
         db["events"].create_index(["parent_id", "id"])
         for action in ("UPDATE", "DELETE"):
-            db.execute(f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events"
-                       " BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END")
+            db.execute(
+                f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events"
+                " BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END"
+            )
 
     @migrations(name="0002_child_counts")
     def child_counts(db) -> None:
@@ -510,12 +552,16 @@ def _migrations():
         # kept up to date in the transaction that changes a child.
         db["child_counts"].create(
             {"parent_id": str, **{s: int for s in STATUSES}},
-            pk="parent_id", not_null=set(STATUSES), defaults=dict.fromkeys(STATUSES, 0),
+            pk="parent_id",
+            not_null=set(STATUSES),
+            defaults=dict.fromkeys(STATUSES, 0),
             foreign_keys=[("parent_id", "jobs", "id")],
         )
         sums = ", ".join(f"sum(status = '{s}')" for s in STATUSES)
-        db.execute(f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)})"
-                   f" SELECT parent_id, {sums} FROM jobs WHERE parent_id IS NOT NULL GROUP BY parent_id")
+        db.execute(
+            f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)})"
+            f" SELECT parent_id, {sums} FROM jobs WHERE parent_id IS NOT NULL GROUP BY parent_id"
+        )
 
     return migrations
 
