@@ -5,9 +5,33 @@ fan work out into child jobs, with live progress.
 """
 
 from jobctl.api import Jobctl
-from jobctl.model import (CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STATUSES, Conflict,
-                          DatabaseUnusable, JobctlError, NotFound, UsageError)
+from jobctl.model import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    STATUSES,
+    Conflict,
+    DatabaseUnusable,
+    JobctlError,
+    NotFound,
+    UsageError,
+)
 
 __version__ = "0.1.0"
-__all__ = ["Jobctl", "JobctlError", "UsageError", "NotFound", "Conflict", "DatabaseUnusable",
-           "STATUSES", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "__version__"]
+__all__ = [
+    "Jobctl",
+    "JobctlError",
+    "UsageError",
+    "NotFound",
+    "Conflict",
+    "DatabaseUnusable",
+    "STATUSES",
+    "PENDING",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "__version__",
+]

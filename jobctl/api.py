@@ -16,21 +16,40 @@ nothing here knows which backend it runs on.
 
 from __future__ import annotations
 
+import builtins  # Jobctl.list shadows the name `list` in annotations below it
 import os
 import random
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from typing import TypeVar
 
     from jobctl.store.base import Store
 
     T = TypeVar("T")
 
+from datetime import UTC
+
 from jobctl import model
-from jobctl.model import (CANCELLED, CREATE, FAILED, LOG, PENDING, RETRYABLE, RUNNING, STATUS, STATUSES,
-                          TERMINAL, Conflict, DatabaseUnusable, UsageError, not_found)
+from jobctl.model import (
+    CANCELLED,
+    CREATE,
+    FAILED,
+    LOG,
+    PENDING,
+    RETRYABLE,
+    RUNNING,
+    STATUS,
+    STATUSES,
+    TERMINAL,
+    Conflict,
+    DatabaseUnusable,
+    UsageError,
+    not_found,
+)
 from jobctl.progress import change_text, empty_counts, fold, fold_events, progress_dict, progress_text
 from jobctl.store import masked, open_store
 from jobctl.store.base import Retryable
@@ -79,8 +98,9 @@ def check_id(job_id: str) -> str:
     import re  # here, not at the top: json and re cost ~7 ms at every start of `status set`
 
     if not re.match(_ID_PATTERN, job_id):
-        raise UsageError(f"bad job id {job_id!r}: use 1-200 letters, digits and _.:@/+- "
-                         "(starting with a letter, digit or _)")
+        raise UsageError(
+            f"bad job id {job_id!r}: use 1-200 letters, digits and _.:@/+- (starting with a letter, digit or _)"
+        )
     return job_id
 
 
@@ -141,11 +161,28 @@ class _Change:
         if missing:
             self.counts.update(self.store.get_counts(missing))
 
-    def event(self, job: dict, kind: str, old: str | None, new: str | None,
-              message: str | None = None, log_id: int | None = None) -> None:
-        self.events.append({"job_id": job["id"], "parent_id": job["parent_id"], "root_id": job["root_id"],
-                            "kind": kind, "old_status": old, "new_status": new, "at": self.at,
-                            "message": message, "log_id": log_id})
+    def event(
+        self,
+        job: dict,
+        kind: str,
+        old: str | None,
+        new: str | None,
+        message: str | None = None,
+        log_id: int | None = None,
+    ) -> None:
+        self.events.append(
+            {
+                "job_id": job["id"],
+                "parent_id": job["parent_id"],
+                "root_id": job["root_id"],
+                "kind": kind,
+                "old_status": old,
+                "new_status": new,
+                "at": self.at,
+                "message": message,
+                "log_id": log_id,
+            }
+        )
 
     def set_status(self, job: dict, new: str, message: str | None) -> bool:
         """Move `job` to `new` (no checks: callers check), with its event and roll-up."""
@@ -207,9 +244,10 @@ def transaction(method: Callable[..., T]) -> Callable[..., T]:
                 return result
             except Retryable as exc:
                 if attempt == WRITE_RETRIES - 1:
-                    raise DatabaseUnusable(f"{exc} (still failing after {WRITE_RETRIES} tries;"
-                                           " nothing was written)") from None
-                time.sleep(random.uniform(0.01, 0.05) * 2 ** attempt)
+                    raise DatabaseUnusable(
+                        f"{exc} (still failing after {WRITE_RETRIES} tries; nothing was written)"
+                    ) from None
+                time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
         raise AssertionError("unreachable")
 
     run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__
@@ -219,8 +257,7 @@ def transaction(method: Callable[..., T]) -> Callable[..., T]:
 class Jobctl:
     """A jobctl database. Thread-unsafe; open one per process or thread."""
 
-    def __init__(self, db: str | os.PathLike | None = None, *, busy_timeout: float | None = None,
-                 create: bool = True):
+    def __init__(self, db: str | os.PathLike | None = None, *, busy_timeout: float | None = None, create: bool = True):
         """Open the database `db` (a SQLite path or a PostgreSQL URL; see
         resolve_db_path). With `create=False`, a database that does not exist
         yet is refused (DatabaseUnusable) instead of created."""
@@ -240,8 +277,15 @@ class Jobctl:
         self.close()
 
     # -------------------------------------------------------------- mutations
-    def create(self, name: str, *, type: str | None = None, parent: str | None = None,
-               id: str | None = None, meta: Mapping[str, str] | None = None) -> str:
+    def create(
+        self,
+        name: str,
+        *,
+        type: str | None = None,
+        parent: str | None = None,
+        id: str | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> str:
         """Create a job (pending) and return its id.
 
         With `id`, creating the same job again is a no-op that returns the id;
@@ -255,8 +299,9 @@ class Jobctl:
         return self._create(name, type, parent, id, _meta_json(meta))
 
     @transaction
-    def _create(self, ch: _Change, name: str, type: str | None, parent: str | None, id: str | None,
-                meta_json: str | None) -> str:
+    def _create(
+        self, ch: _Change, name: str, type: str | None, parent: str | None, id: str | None, meta_json: str | None
+    ) -> str:
         if id is not None:
             existing = self.store.get_job(id)
             if existing is not None:
@@ -271,8 +316,9 @@ class Jobctl:
         ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json)])
         return id
 
-    def spawn(self, parent: str, *, count: int | None = None, names: Sequence[str] | None = None,
-              type: str | None = None) -> list[str]:
+    def spawn(
+        self, parent: str, *, count: int | None = None, names: Sequence[str] | None = None, type: str | None = None
+    ) -> list[str]:
         """Create children of `parent`, pending, in one transaction; return their ids."""
         if (count is None) == (names is None):
             raise UsageError("give either a count or names of the children")
@@ -287,8 +333,7 @@ class Jobctl:
         return self._spawn(parent, count if names is None else len(names), names, type)
 
     @transaction
-    def _spawn(self, ch: _Change, parent: str, n: int, names: Sequence[str] | None,
-               type: str | None) -> list[str]:
+    def _spawn(self, ch: _Change, parent: str, n: int, names: Sequence[str] | None, type: str | None) -> list[str]:
         p = self._open_parent(ch, parent)
         start = sum(ch.counts_of(parent).values()) + 1
         try:
@@ -296,8 +341,9 @@ class Jobctl:
         except model.IdTaken:  # a chosen --id took a number: go on after the highest one
             return self._add_children(ch, p, self.store.last_child_number(parent) + 1, n, names, type)
 
-    def set_status(self, ids: Sequence[str], status: str, *, message: str | None = None,
-                   force: bool = False) -> list[str]:
+    def set_status(
+        self, ids: Sequence[str], status: str, *, message: str | None = None, force: bool = False
+    ) -> list[str]:
         """Set the status of every job in `ids`, all or nothing; return the ids that changed.
 
         Setting a status a job already has is a no-op. A job with children has
@@ -311,8 +357,7 @@ class Jobctl:
         return self._set_status(ids, status, message, force)
 
     @transaction
-    def _set_status(self, ch: _Change, ids: list[str], status: str, message: str | None,
-                    force: bool) -> list[str]:
+    def _set_status(self, ch: _Change, ids: list[str], status: str, message: str | None, force: bool) -> list[str]:
         changed = []
         jobs = ch.load(ids)
         if not force:
@@ -321,9 +366,10 @@ class Jobctl:
             if job["status"] == status:
                 continue
             model.check_transition(job["id"], job["status"], status, force=force)
-            if not force and sum(ch.counts_of(job["id"]).values()):
-                raise Conflict(f"job {job['id']} has children: its status is derived from theirs"
-                               " (use `jobctl cancel`, or --force)")
+            if not force and any(ch.counts_of(job["id"]).values()):
+                raise Conflict(
+                    f"job {job['id']} has children: its status is derived from theirs (use `jobctl cancel`, or --force)"
+                )
             ch.set_status(job, status, message)
             changed.append(job["id"])
         return changed
@@ -359,8 +405,7 @@ class Jobctl:
             elif job["status"] in RETRYABLE:
                 targets = [job]
             else:
-                raise Conflict(f"job {job_id} is {job['status']}: only failed or cancelled jobs"
-                               " can be retried")
+                raise Conflict(f"job {job_id} is {job['status']}: only failed or cancelled jobs can be retried")
         else:
             sub = ch.subtree(job_id)
             parents = {j["parent_id"] for j in sub}
@@ -438,8 +483,9 @@ class Jobctl:
             n += 1
         return f"{parent['id']}.{n}"
 
-    def _add_children(self, ch: _Change, parent: dict, start: int, n: int, names: Sequence[str] | None,
-                      type: str | None) -> list[str]:
+    def _add_children(
+        self, ch: _Change, parent: dict, start: int, n: int, names: Sequence[str] | None, type: str | None
+    ) -> list[str]:
         """Children are numbered <parent>.<start>, <parent>.<start + 1>, ..."""
         ids = [f"{parent['id']}.{k}" for k in range(start, start + n)]
         names = names if names is not None else [f"child {k}" for k in range(start, start + n)]
@@ -447,12 +493,19 @@ class Jobctl:
         return ids
 
     @staticmethod
-    def _new_job(ch: _Change, id: str, name: str, type: str | None, parent: dict | None,
-                 meta_json: str | None) -> dict:
-        job = {"id": id, "parent_id": parent["id"] if parent else None,
-               "root_id": parent["root_id"] if parent else id, "name": name, "type": type,
-               "created_at": ch.at, "started_at": None, "completed_at": None,
-               "last_heartbeat": None, "metadata": meta_json}
+    def _new_job(ch: _Change, id: str, name: str, type: str | None, parent: dict | None, meta_json: str | None) -> dict:
+        job = {
+            "id": id,
+            "parent_id": parent["id"] if parent else None,
+            "root_id": parent["root_id"] if parent else id,
+            "name": name,
+            "type": type,
+            "created_at": ch.at,
+            "started_at": None,
+            "completed_at": None,
+            "last_heartbeat": None,
+            "metadata": meta_json,
+        }
         model.enter_status(job, PENDING, ch.at)
         return job
 
@@ -480,8 +533,14 @@ class Jobctl:
             counts = self.store.get_counts([job_id])[job_id]
         return progress_dict(job_id, job["status"], counts)
 
-    def list(self, *, parent: str | None = None, status: str | None = None, type: str | None = None,
-             stale_after: float | None = None) -> Iterator[dict]:
+    def list(
+        self,
+        *,
+        parent: str | None = None,
+        status: str | None = None,
+        type: str | None = None,
+        stale_after: float | None = None,
+    ) -> Iterator[dict]:
         if status is not None:
             model.check_status_word(status)
         if parent is not None:
@@ -494,7 +553,7 @@ class Jobctl:
         rows = self.store.list_jobs(parent_id=parent, status=status, type=type, alive_before=cutoff)
         return (_decoded(row, "alive_at") for row in rows)
 
-    def tree(self, job_id: str) -> list[dict]:
+    def tree(self, job_id: str) -> builtins.list[dict]:
         """The job and its descendants (parents first), each with `depth` and `progress`."""
         with self.store.read():
             sub = self.store.subtree(job_id)
@@ -509,21 +568,22 @@ class Jobctl:
     def stale_children(self, parent: str, stale_after: float) -> dict[str, float]:
         """{child id: seconds since its last sign of life} for the running children
         of `parent` that count as stale (the rule is the store's list_jobs)."""
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = self.store.list_jobs(parent_id=parent, status=RUNNING, alive_before=model.ago(stale_after))
         return {r["id"]: (now - datetime.fromisoformat(r["alive_at"])).total_seconds() for r in rows}
 
     def subtree_ids(self, job_id: str) -> set[str]:
         return {j["id"] for j in self.store.subtree(job_id)}
 
-    def events(self, *, job: str | None = None, since: int = 0, limit: int | None = None) -> list[dict]:
+    def events(self, *, job: str | None = None, since: int = 0, limit: int | None = None) -> builtins.list[dict]:
         """Events after `since`, in id order; with `job`, those of the job and its descendants."""
         return list(self.iter_events(job=job, since=since, limit=limit))
 
-    def iter_events(self, *, job: str | None = None, since: int = 0, limit: int | None = None,
-                    page: int = 5000) -> Iterator[dict]:
+    def iter_events(
+        self, *, job: str | None = None, since: int = 0, limit: int | None = None, page: int = 5000
+    ) -> Iterator[dict]:
         """events(), streamed a page at a time (a million events need not fit in memory)."""
         model.check_since(since)
         if limit is not None and not 1 <= limit <= model.MAX_INT:
@@ -547,8 +607,9 @@ class Jobctl:
             if not more:
                 return
 
-    def tree_events(self, since: int, root_id: str | None, ids: set | None,
-                    page: int) -> tuple[list[dict], int, bool]:
+    def tree_events(
+        self, since: int, root_id: str | None, ids: set | None, page: int
+    ) -> tuple[builtins.list[dict], int, bool]:
         """One page of events after `since` of the tree `root_id` (None: every
         tree), kept to the job ids `ids` when given (see model.in_tree).
         Returns (events, the cursor after the page, whether more may follow)."""
@@ -556,7 +617,7 @@ class Jobctl:
         cursor = rows[-1]["id"] if rows else since
         return [e for e in rows if model.in_tree(ids, e)], cursor, len(rows) == page
 
-    def logs(self, job_id: str, *, children: bool = False) -> list[dict]:
+    def logs(self, job_id: str, *, children: bool = False) -> builtins.list[dict]:
         """The job's log: its status changes and log lines; with `children`, its
         children's changes too, each with the job's progress text after it."""
         with self.store.read():
@@ -567,11 +628,18 @@ class Jobctl:
             own = e["job_id"] == job_id
             if not own and not children:
                 continue
-            out.append({"event_id": e["id"], "at": e["at"], "job_id": e["job_id"],
-                        "level": e["level"] or "info", "text": log_text(e, own, counts)})
+            out.append(
+                {
+                    "event_id": e["id"],
+                    "at": e["at"],
+                    "job_id": e["job_id"],
+                    "level": e["level"] or "info",
+                    "text": log_text(e, own, counts),
+                }
+            )
         return [o for o in out if o["text"] is not None]
 
-    def verify(self) -> list[str]:
+    def verify(self) -> builtins.list[str]:
         """Differences between the events and the jobs table, between the kept
         child counts and a real count, and the store's own integrity check (SQLite's). [] is clean."""
         problems = []
@@ -594,8 +662,10 @@ class Jobctl:
         zero = empty_counts()
         for parent in sorted(set(real) | set(kept)):
             if real.get(parent, zero) != kept.get(parent, zero):
-                problems.append(f"job {parent}: kept child counts {progress_text(kept.get(parent, zero))!r},"
-                                f" real count {progress_text(real.get(parent, zero))!r}")
+                problems.append(
+                    f"job {parent}: kept child counts {progress_text(kept.get(parent, zero))!r},"
+                    f" real count {progress_text(real.get(parent, zero))!r}"
+                )
         return problems
 
 

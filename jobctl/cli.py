@@ -8,11 +8,11 @@ JSON); messages and errors go to stderr as one line `jobctl: error: ...`.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, List, Optional
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 import typer.core
-
 
 from jobctl import commands, model
 from jobctl.console import check_argv, error
@@ -25,6 +25,7 @@ Exit codes: 0 ok; 1 the job failed (watch/wait) or verify found a difference;
 (not a jobctl database, newer schema, read-only, full, or still locked);
 6 the job was cancelled (watch/wait); 124 timeout; 130 interrupted.
 """
+
 
 class JobctlGroup(typer.core.TyperGroup):
     """Turns every error, ours or the parser's, into one line on stderr and its exit code,
@@ -39,12 +40,27 @@ class JobctlGroup(typer.core.TyperGroup):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
 
-    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         from typer.exceptions import TyperException
 
         try:
             check_argv(sys.argv[1:] if args is None else list(args))
-            rv = super().main(args=args, prog_name=prog_name or "jobctl", standalone_mode=False, **extra)
+            rv = super().main(
+                args=args,
+                prog_name=prog_name or "jobctl",
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
             code = rv if isinstance(rv, int) else 0
         except JobctlError as exc:
             code = error(exc)
@@ -71,10 +87,12 @@ app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for lists).")]
-TIMEOUT = Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS",
-                                                  help="Give up after this long (exit 124).")]
-POLL_INTERVAL = Annotated[float, typer.Option("--poll-interval", metavar="SECONDS",
-                                              help="Check this often even without a file notification.")]
+TIMEOUT = Annotated[
+    float | None, typer.Option("--timeout", metavar="SECONDS", help="Give up after this long (exit 124).")
+]
+POLL_INTERVAL = Annotated[
+    float, typer.Option("--poll-interval", metavar="SECONDS", help="Check this often even without a file notification.")
+]
 
 
 def done(code: int) -> None:
@@ -91,13 +109,20 @@ def print_version(value: bool) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    db: Annotated[Optional[str], typer.Option("--db", metavar="PATH|URL",
-                                              help="Database: a SQLite file, or a postgresql:// URL "
-                                                   "(default: $JOBCTL_DB, else "
-                                                   "$XDG_DATA_HOME/jobctl/jobctl.db, i.e. "
-                                                   "~/.local/share/jobctl/jobctl.db).")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="PATH|URL",
+            help="Database: a SQLite file, or a postgresql:// URL "
+            "(default: $JOBCTL_DB, else "
+            "$XDG_DATA_HOME/jobctl/jobctl.db, i.e. "
+            "~/.local/share/jobctl/jobctl.db).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """A job database for scripts and CI pipelines that fan work out into child jobs."""
     ctx.obj = {"db": db}
@@ -115,17 +140,19 @@ def db_path(ctx: typer.Context, json: JSON = False) -> None:
     done(commands.db_path(ctx.obj["db"], json=json))
 
 
-
 @app.command()
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The job's name.")],
-    type: Annotated[Optional[str], typer.Option("--type", help="A type label, e.g. crawl.")] = None,
-    id: Annotated[Optional[str], typer.Option("--id", help="Choose the id; rerunning with the same "
-                                              "attributes is then a no-op (exit 4 if they differ).")] = None,
-    parent: Annotated[Optional[str], typer.Option("--parent", help="Make it a child of this job.")] = None,
-    meta: Annotated[List[str], typer.Option("--meta", metavar="KEY=VALUE",
-                                            help="Metadata, repeatable.")] = [],
+    type: Annotated[str | None, typer.Option("--type", help="A type label, e.g. crawl.")] = None,
+    id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="Choose the id; rerunning with the same attributes is then a no-op (exit 4 if they differ)."
+        ),
+    ] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="Make it a child of this job.")] = None,
+    meta: Annotated[list[str], typer.Option("--meta", metavar="KEY=VALUE", help="Metadata, repeatable.")] = [],
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
     done(commands.create(ctx.obj["db"], name, type=type, id=id, parent=parent, meta=meta))
@@ -135,25 +162,26 @@ def create(
 def spawn(
     ctx: typer.Context,
     parent: Annotated[str, typer.Argument(help="The parent job.")],
-    count: Annotated[Optional[int], typer.Option("--count", help="How many children.")] = None,
-    name: Annotated[List[str], typer.Option("--name", help="A child's name, repeatable.")] = [],
-    names_from: Annotated[Optional[str], typer.Option("--names-from", metavar="FILE|-",
-                                                      help="Child names, one per line.")] = None,
-    type: Annotated[Optional[str], typer.Option("--type", help="The children's type.")] = None,
+    count: Annotated[int | None, typer.Option("--count", help="How many children.")] = None,
+    name: Annotated[list[str], typer.Option("--name", help="A child's name, repeatable.")] = [],
+    names_from: Annotated[
+        str | None, typer.Option("--names-from", metavar="FILE|-", help="Child names, one per line.")
+    ] = None,
+    type: Annotated[str | None, typer.Option("--type", help="The children's type.")] = None,
 ) -> None:
     """Create children of PARENT, pending, in one transaction; print their ids, one per line."""
     done(commands.spawn(ctx.obj["db"], parent, count=count, name=name, names_from=names_from, type=type))
 
 
-
 @status_app.command("set")
 def status_set(
     ctx: typer.Context,
-    args: Annotated[List[str], typer.Argument(metavar="JOB... STATUS",
-                                              help="Job ids, then the new status.")],
-    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Why; shown in the log.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Allow any transition, even out of a final "
-                                        "status, and on a job with children.")] = False,
+    args: Annotated[list[str], typer.Argument(metavar="JOB... STATUS", help="Job ids, then the new status.")],
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Why; shown in the log.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Allow any transition, even out of a final status, and on a job with children."),
+    ] = False,
     stdin: Annotated[bool, typer.Option("--stdin", help="Also read job ids from stdin.")] = False,
 ) -> None:
     """Set the status of one or more jobs, all or nothing, in one transaction.
@@ -165,22 +193,19 @@ def status_set(
 
 
 @status_app.command("get")
-def status_get(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
-               json: JSON = False) -> None:
+def status_get(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")], json: JSON = False) -> None:
     """Print the job's status word."""
     done(commands.status_get(ctx.obj["db"], job, json=json))
 
 
 @app.command()
-def progress(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
-             json: JSON = False) -> None:
+def progress(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")], json: JSON = False) -> None:
     """Print the counts of the job's children: 66 pending, 1 running, 41 completed, 0 failed."""
     done(commands.progress(ctx.obj["db"], job, json=json))
 
 
 @app.command()
-def show(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")],
-         json: JSON = False) -> None:
+def show(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")], json: JSON = False) -> None:
     """Show a job: its fields, metadata and progress."""
     done(commands.show(ctx.obj["db"], job, json=json))
 
@@ -188,22 +213,27 @@ def show(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    parent: Annotated[Optional[str], typer.Option("--parent", help="Only children of this job.")] = None,
-    status: Annotated[Optional[str], typer.Option("--status", help="Only jobs with this status.")] = None,
-    type: Annotated[Optional[str], typer.Option("--type", help="Only jobs of this type.")] = None,
-    stale_after: Annotated[Optional[str], typer.Option(
-        "--stale-after", metavar="DURATION",
-        help="Only running jobs whose last heartbeat (or start) is older than this: 90s, 5m, 1h.")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="Only children of this job.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="Only jobs with this status.")] = None,
+    type: Annotated[str | None, typer.Option("--type", help="Only jobs of this type.")] = None,
+    stale_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stale-after",
+            metavar="DURATION",
+            help="Only running jobs whose last heartbeat (or start) is older than this: 90s, 5m, 1h.",
+        ),
+    ] = None,
     json: JSON = False,
 ) -> None:
     """List jobs, oldest first: a table on a terminal, id<TAB>status<TAB>name lines in a pipe."""
-    done(commands.list_(ctx.obj["db"], parent=parent, status=status, type=type, stale_after=stale_after,
-                        json=json))
+    done(commands.list_(ctx.obj["db"], parent=parent, status=status, type=type, stale_after=stale_after, json=json))
 
 
 @app.command()
-def tree(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The root of the tree.")],
-         json: JSON = False) -> None:
+def tree(
+    ctx: typer.Context, job: Annotated[str, typer.Argument(help="The root of the tree.")], json: JSON = False
+) -> None:
     """Show the job and its descendants: every node's status, every parent's progress."""
     done(commands.tree(ctx.obj["db"], job, json=json))
 
@@ -223,8 +253,9 @@ def log(
 def logs(
     ctx: typer.Context,
     job: Annotated[str, typer.Argument(help="The job id.")],
-    children: Annotated[bool, typer.Option("--children", help="Include the children's changes, "
-                                           "each with the progress after it.")] = False,
+    children: Annotated[
+        bool, typer.Option("--children", help="Include the children's changes, each with the progress after it.")
+    ] = False,
     json: JSON = False,
 ) -> None:
     """Show the job's log: its status changes and log lines, oldest first."""
@@ -234,9 +265,9 @@ def logs(
 @app.command()
 def events(
     ctx: typer.Context,
-    job: Annotated[Optional[str], typer.Option("--job", help="Only this job and its descendants.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only this job and its descendants.")] = None,
     since: Annotated[int, typer.Option("--since", metavar="EVENT_ID", help="Only events after this id.")] = 0,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many.")] = None,
     json: JSON = False,
 ) -> None:
     """Print events in event-id order (the id is the cursor for --since)."""
@@ -247,7 +278,7 @@ def events(
 def cancel(
     ctx: typer.Context,
     job: Annotated[str, typer.Argument(help="The job id.")],
-    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Why.")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Why.")] = None,
 ) -> None:
     """Cancel the job and every unfinished descendant; print the ids cancelled."""
     done(commands.cancel(ctx.obj["db"], job, message=message))
@@ -257,8 +288,9 @@ def cancel(
 def retry(
     ctx: typer.Context,
     job: Annotated[str, typer.Argument(help="The job id.")],
-    failed_children: Annotated[bool, typer.Option("--failed-children",
-                                                  help="Retry only failed jobs below JOB.")] = False,
+    failed_children: Annotated[
+        bool, typer.Option("--failed-children", help="Retry only failed jobs below JOB.")
+    ] = False,
 ) -> None:
     """Put a failed or cancelled job back to pending; print the ids retried.
 
@@ -282,10 +314,11 @@ def heartbeat(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The j
 @app.command()
 def reap(
     ctx: typer.Context,
-    stale_after: Annotated[str, typer.Option("--stale-after", metavar="DURATION",
-                                             help="Heartbeat age that counts as dead: 90s, 5m, 1h.")],
+    stale_after: Annotated[
+        str, typer.Option("--stale-after", metavar="DURATION", help="Heartbeat age that counts as dead: 90s, 5m, 1h.")
+    ],
     to: Annotated[str, typer.Option("--to", help="failed or pending.")] = "failed",
-    parent: Annotated[Optional[str], typer.Option("--parent", help="Only children of this job.")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="Only children of this job.")] = None,
 ) -> None:
     """Move running jobs whose worker stopped beating to failed (or pending); print their ids."""
     done(commands.reap(ctx.obj["db"], stale_after, to=to, parent=parent))
@@ -295,17 +328,24 @@ def reap(
 def watch(
     ctx: typer.Context,
     job: Annotated[str, typer.Argument(help="The job to watch (usually a parent).")],
-    exit_status: Annotated[bool, typer.Option("--exit-status", help="Exit 0 if the job completed, "
-                                              "1 if it failed, 6 if it was cancelled.")] = False,
+    exit_status: Annotated[
+        bool, typer.Option("--exit-status", help="Exit 0 if the job completed, 1 if it failed, 6 if it was cancelled.")
+    ] = False,
     timeout: TIMEOUT = None,
     json: Annotated[bool, typer.Option("--json", help="NDJSON: one object per line.")] = False,
-    since: Annotated[Optional[int], typer.Option("--since", metavar="EVENT_ID",
-                                                 help="First replay the events after this id.")] = None,
+    since: Annotated[
+        int | None, typer.Option("--since", metavar="EVENT_ID", help="First replay the events after this id.")
+    ] = None,
     from_start: Annotated[bool, typer.Option("--from-start", help="First replay all the job's events.")] = False,
     poll_interval: POLL_INTERVAL = 1.0,
-    stale_after: Annotated[Optional[str], typer.Option(
-        "--stale-after", metavar="DURATION",
-        help="Mark running children whose last heartbeat (or start) is older than this: 90s, 5m.")] = None,
+    stale_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stale-after",
+            metavar="DURATION",
+            help="Mark running children whose last heartbeat (or start) is older than this: 90s, 5m.",
+        ),
+    ] = None,
 ) -> None:
     """Follow a job live until it ends: its progress and every event and log line below it.
 
@@ -313,18 +353,30 @@ def watch(
     --json. Exit 0 when the job ends (see --exit-status), 124 on --timeout,
     130 on Ctrl-C, 3 if the job does not exist.
     """
-    done(commands.watch(ctx.obj["db"], job, exit_status=exit_status, timeout=timeout, json=json, since=since,
-                        from_start=from_start, poll_interval=poll_interval, stale_after=stale_after))
+    done(
+        commands.watch(
+            ctx.obj["db"],
+            job,
+            exit_status=exit_status,
+            timeout=timeout,
+            json=json,
+            since=since,
+            from_start=from_start,
+            poll_interval=poll_interval,
+            stale_after=stale_after,
+        )
+    )
 
 
 @app.command()
 def wait(
     ctx: typer.Context,
-    jobs: Annotated[List[str], typer.Argument(metavar="JOB...", help="The jobs to wait for.")],
+    jobs: Annotated[list[str], typer.Argument(metavar="JOB...", help="The jobs to wait for.")],
     timeout: TIMEOUT = None,
     poll_interval: POLL_INTERVAL = 1.0,
-    json: Annotated[bool, typer.Option("--json", help="One JSON object per job (its progress "
-                                       "fields and the reason).")] = False,
+    json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per job (its progress fields and the reason).")
+    ] = False,
 ) -> None:
     """Wait quietly until every job has ended; print one line per job.
 
@@ -341,10 +393,11 @@ def demo(
     workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 4,
     fail_rate: Annotated[float, typer.Option("--fail-rate", help="Share of pages that fail.")] = 0.05,
     speed: Annotated[float, typer.Option("--speed", metavar="FACTOR", help="2 runs twice as fast.")] = 1.0,
-    db: Annotated[Optional[str], typer.Option("--db", metavar="PATH",
-                                              help="Keep the demo's database here "
-                                                   "(default: a temporary file).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for a repeatable run.")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", metavar="PATH", help="Keep the demo's database here (default: a temporary file)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for a repeatable run.")] = None,
 ) -> None:
     """Watch a "News Crawler" job fan out to worker processes, live.
 
@@ -352,8 +405,11 @@ def demo(
     children and move them through running to completed or failed, writing
     log lines as they go, and runs `watch` in the foreground until the end.
     """
-    done(commands.demo(db or ctx.obj["db"], children=children, workers=workers, fail_rate=fail_rate, speed=speed,
-                       seed=seed))
+    done(
+        commands.demo(
+            db or ctx.obj["db"], children=children, workers=workers, fail_rate=fail_rate, speed=speed, seed=seed
+        )
+    )
 
 
 @app.command()

@@ -15,7 +15,7 @@ import sys
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from typing import Iterator
+    from collections.abc import Iterator
 
     from jobctl.api import Jobctl
 
@@ -45,8 +45,9 @@ def _json(obj: object) -> None:
 
 
 # ----------------------------------------------------------------- one-shot
-def status_set(db: str | None, args: list[str], message: str | None = None, force: bool = False,
-               stdin: bool = False) -> int:
+def status_set(
+    db: str | None, args: list[str], message: str | None = None, force: bool = False, stdin: bool = False
+) -> int:
     *ids, status = args
     model.check_status_word(status)
     if stdin:
@@ -103,16 +104,28 @@ def parse_meta(items: list[str]) -> dict:
     return meta
 
 
-def create(db: str | None, name: str, type: str | None = None, id: str | None = None,
-           parent: str | None = None, meta: list[str] | None = None) -> int:
+def create(
+    db: str | None,
+    name: str,
+    type: str | None = None,
+    id: str | None = None,
+    parent: str | None = None,
+    meta: list[str] | None = None,
+) -> int:
     meta_dict = parse_meta(meta or [])
     with _open(db) as jc:
         print(jc.create(name, type=type, parent=parent, id=id, meta=meta_dict))
     return 0
 
 
-def spawn(db: str | None, parent: str, count: int | None = None, name: list[str] | None = None,
-          names_from: str | None = None, type: str | None = None) -> int:
+def spawn(
+    db: str | None,
+    parent: str,
+    count: int | None = None,
+    name: list[str] | None = None,
+    names_from: str | None = None,
+    type: str | None = None,
+) -> int:
     if sum(x is not None and x != [] for x in (count, name, names_from)) != 1:
         raise UsageError("give exactly one of --count, --name or --names-from")
     names = list(name or []) or None
@@ -124,8 +137,7 @@ def spawn(db: str | None, parent: str, count: int | None = None, name: list[str]
     return 0
 
 
-def events(db: str | None, job: str | None = None, since: int = 0, limit: int | None = None,
-           json: bool = False) -> int:
+def events(db: str | None, job: str | None = None, since: int = 0, limit: int | None = None, json: bool = False) -> int:
     from jobctl import render
 
     with _open(db, create=False) as jc:
@@ -169,8 +181,14 @@ def show(db: str | None, job: str, json: bool = False) -> int:
     return 0
 
 
-def list_(db: str | None, parent: str | None = None, status: str | None = None, type: str | None = None,
-          stale_after: str | None = None, json: bool = False) -> int:
+def list_(
+    db: str | None,
+    parent: str | None = None,
+    status: str | None = None,
+    type: str | None = None,
+    stale_after: str | None = None,
+    json: bool = False,
+) -> int:
     from jobctl import render
 
     stale = model.parse_duration(stale_after) if stale_after is not None else None
@@ -224,9 +242,17 @@ def reap(db: str | None, stale_after: str, to: str = "failed", parent: str | Non
     return 0
 
 
-def watch(db: str | None, job: str, exit_status: bool = False, timeout: float | None = None,
-          json: bool = False, since: int | None = None, from_start: bool = False, poll_interval: float = 1.0,
-          stale_after: str | None = None) -> int:
+def watch(
+    db: str | None,
+    job: str,
+    exit_status: bool = False,
+    timeout: float | None = None,
+    json: bool = False,
+    since: int | None = None,
+    from_start: bool = False,
+    poll_interval: float = 1.0,
+    stale_after: str | None = None,
+) -> int:
     from jobctl import render
     from jobctl import watch as watching
 
@@ -234,25 +260,46 @@ def watch(db: str | None, job: str, exit_status: bool = False, timeout: float | 
         raise UsageError("give --since or --from-start, not both")
     stale = model.parse_duration(stale_after) if stale_after is not None else None
     with _open(db, create=False) as jc:
-        sink: watching.Sink = (render.JsonWatch() if json else render.LiveWatch() if render.is_terminal()
-                               else render.PlainWatch())
-        return watching.run_watch(jc, job, sink, since=0 if from_start else since, timeout=timeout,
-                                  poll_interval=poll_interval, exit_status=exit_status, stale_after=stale)
+        sink: watching.Sink = (
+            render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
+        )
+        return watching.run_watch(
+            jc,
+            job,
+            sink,
+            since=0 if from_start else since,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            exit_status=exit_status,
+            stale_after=stale,
+        )
 
 
-def wait(db: str | None, jobs: list[str], timeout: float | None = None, poll_interval: float = 1.0,
-         json: bool = False) -> int:
+def wait(
+    db: str | None, jobs: list[str], timeout: float | None = None, poll_interval: float = 1.0, json: bool = False
+) -> int:
     from jobctl import render
     from jobctl import watch as watching
 
     sink: watching.Sink = render.JsonWatch() if json else render.PlainWatch()
     with _open(db, create=False) as jc:
-        return watching.run_wait(jc, jobs, lambda job, progress, reason: sink.end(job, progress, reason, None),
-                                 timeout=timeout, poll_interval=poll_interval)
+        return watching.run_wait(
+            jc,
+            jobs,
+            lambda job, progress, reason: sink.end(job, progress, reason, None),
+            timeout=timeout,
+            poll_interval=poll_interval,
+        )
 
 
-def demo(db: str | None, children: int = 108, workers: int = 4, fail_rate: float = 0.05, speed: float = 1.0,
-         seed: int | None = None) -> int:
+def demo(
+    db: str | None,
+    children: int = 108,
+    workers: int = 4,
+    fail_rate: float = 0.05,
+    speed: float = 1.0,
+    seed: int | None = None,
+) -> int:
     from jobctl import demo as demo_module
 
     return demo_module.run(children=children, workers=workers, fail_rate=fail_rate, speed=speed, db=db, seed=seed)

@@ -23,8 +23,13 @@ from jobctl.model import UsageError
 
 SECTIONS = ["world", "politics", "business", "tech", "science", "health", "sport", "culture", "travel"]
 SITES = ["daily-planet.example", "globe.example", "herald.example", "courier.example", "gazette.example"]
-ERRORS = ["HTTP 503 Service Unavailable", "connection reset by peer", "TLS handshake timed out",
-          "HTTP 429 Too Many Requests", "robots.txt disallows this path"]
+ERRORS = [
+    "HTTP 503 Service Unavailable",
+    "connection reset by peer",
+    "TLS handshake timed out",
+    "HTTP 429 Too Many Requests",
+    "robots.txt disallows this path",
+]
 
 
 def page_names(n: int, rng: random.Random) -> list[str]:
@@ -55,8 +60,15 @@ def worker(db: str, parent: str, fail_rate: float, speed: float, seed: int | Non
             jc.set_status([job], model.COMPLETED, message=f"{articles} articles")
 
 
-def run(*, children: int = 108, workers: int = 4, fail_rate: float = 0.05, speed: float = 1.0,
-        db: str | None = None, seed: int | None = None) -> int:
+def run(
+    *,
+    children: int = 108,
+    workers: int = 4,
+    fail_rate: float = 0.05,
+    speed: float = 1.0,
+    db: str | None = None,
+    seed: int | None = None,
+) -> int:
     """Set the demo up, start the workers, watch until the parent ends."""
     from jobctl import watch
 
@@ -78,14 +90,30 @@ def run(*, children: int = 108, workers: int = 4, fail_rate: float = 0.05, speed
             parent = jc.create("News Crawler", type="crawl", meta={"demo": "true"})
             jc.spawn(parent, names=page_names(children, rng), type="page")
             for i in range(workers):
-                cmd = [sys.executable, "-m", "jobctl.demo", "worker", db, parent, "--fail-rate", str(fail_rate),
-                       "--speed", str(speed)] + (["--seed", str(seed * 1000 + i)] if seed is not None else [])
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "jobctl.demo",
+                    "worker",
+                    db,
+                    parent,
+                    "--fail-rate",
+                    str(fail_rate),
+                    "--speed",
+                    str(speed),
+                ] + (["--seed", str(seed * 1000 + i)] if seed is not None else [])
                 procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
             sink = render.LiveWatch() if render.is_terminal() else render.PlainWatch()
             # Workers beat once a page; if one dies, its page would stay running and
             # the parent with it: the demo reaps pages silent for 10 s, as a user would.
-            code = watch.run_watch(jc, parent, sink, poll_interval=0.5, stale_after=10 / speed + 2,
-                                   on_stale=lambda ids: reaper.reap(10 / speed + 2, parent=parent))
+            code = watch.run_watch(
+                jc,
+                parent,
+                sink,
+                poll_interval=0.5,
+                stale_after=10 / speed + 2,
+                on_stale=lambda ids: reaper.reap(10 / speed + 2, parent=parent),
+            )
             progress = jc.progress(parent)
         sys.stderr.write(f"jobctl demo: {parent} {progress['status']}: {progress['progress_text']}\n")
         if tmp is None:

@@ -20,19 +20,40 @@ import sys
 # one or more), flags {option: parameter}, valued options {option: (parameter,
 # type)}; a type of list means the option repeats).
 FAST: dict = {
-    ("status", "set"): ("status_set", ["*args"], {"--force": "force", "--stdin": "stdin"},
-                        {"--message": ("message", str), "-m": ("message", str)}),
+    ("status", "set"): (
+        "status_set",
+        ["*args"],
+        {"--force": "force", "--stdin": "stdin"},
+        {"--message": ("message", str), "-m": ("message", str)},
+    ),
     ("status", "get"): ("status_get", ["job"], {"--json": "json"}, {}),
     ("log",): ("log", ["job", "message"], {}, {"--level": ("level", str)}),
     ("heartbeat",): ("heartbeat", ["job"], {}, {}),
     ("claim",): ("claim", ["parent"], {}, {}),
     ("progress",): ("progress", ["job"], {"--json": "json"}, {}),
-    ("create",): ("create", ["name"], {}, {"--type": ("type", str), "--id": ("id", str),
-                                           "--parent": ("parent", str), "--meta": ("meta", list)}),
-    ("spawn",): ("spawn", ["parent"], {}, {"--count": ("count", int), "--name": ("name", list),
-                                           "--names-from": ("names_from", str), "--type": ("type", str)}),
-    ("events",): ("events", [], {"--json": "json"}, {"--job": ("job", str), "--since": ("since", int),
-                                                     "--limit": ("limit", int)}),
+    ("create",): (
+        "create",
+        ["name"],
+        {},
+        {"--type": ("type", str), "--id": ("id", str), "--parent": ("parent", str), "--meta": ("meta", list)},
+    ),
+    ("spawn",): (
+        "spawn",
+        ["parent"],
+        {},
+        {
+            "--count": ("count", int),
+            "--name": ("name", list),
+            "--names-from": ("names_from", str),
+            "--type": ("type", str),
+        },
+    ),
+    ("events",): (
+        "events",
+        [],
+        {"--json": "json"},
+        {"--job": ("job", str), "--since": ("since", int), "--limit": ("limit", int)},
+    ),
 }
 
 
@@ -44,7 +65,7 @@ def _bind(args: list[str], positional: list[str], flags: dict, valued: dict) -> 
     while i < len(args):
         a = args[i]
         if a == "--":
-            words += args[i + 1:]
+            words += args[i + 1 :]
             break
         if a in flags:
             params[flags[a]] = True
@@ -88,8 +109,8 @@ def parse(argv: list[str]) -> tuple[str, str | None, dict] | None:
     if args == ["--version"]:
         return "version", None, {}
     for words, (body, positional, flags, valued) in FAST.items():
-        if tuple(args[:len(words)]) == words:
-            params = _bind(args[len(words):], positional, flags, valued)
+        if tuple(args[: len(words)]) == words:
+            params = _bind(args[len(words) :], positional, flags, valued)
             return None if params is None else (body, db, params)
     return None
 

@@ -8,10 +8,11 @@ Every rule about how a job's status may change lives here, so the write path
 from __future__ import annotations
 
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from typing import Iterable, Mapping
+    from collections.abc import Iterable, Mapping
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = (
     "pending",
@@ -194,19 +195,27 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
         if kind == CREATE:
             if job_id in jobs:
                 note(f"event {e.get('id')}: job {job_id} created a second time")
-            job = {"parent_id": e["parent_id"], "created_at": e["at"], "started_at": None,
-                   "completed_at": None}
+            job = {"parent_id": e["parent_id"], "created_at": e["at"], "started_at": None, "completed_at": None}
             enter_status(job, e["new_status"], e["at"])
             jobs[job_id] = job
         elif kind == STATUS:
-            job = jobs.get(job_id)
-            if job is None:
+            known = jobs.get(job_id)
+            if known is None:
                 note(f"event {e.get('id')}: status change of job {job_id}, which was never created")
-                job = jobs[job_id] = {"parent_id": e["parent_id"], "created_at": None, "status": None,
-                                      "started_at": None, "completed_at": None}
-            elif job["status"] != e["old_status"]:
-                note(f"event {e.get('id')}: job {job_id} {e['old_status']} → {e['new_status']},"
-                     f" but it was {job['status']}")
+                job = jobs[job_id] = {
+                    "parent_id": e["parent_id"],
+                    "created_at": None,
+                    "status": None,
+                    "started_at": None,
+                    "completed_at": None,
+                }
+            else:
+                job = known
+                if job["status"] != e["old_status"]:
+                    note(
+                        f"event {e.get('id')}: job {job_id} {e['old_status']} → {e['new_status']},"
+                        f" but it was {job['status']}"
+                    )
             enter_status(job, e["new_status"], e["at"])
     return jobs
 
@@ -244,6 +253,7 @@ def parse_duration(text: str) -> float:
 def check_seconds(value: float | None, option: str, *, zero: bool = True) -> float | None:
     """A --timeout or --poll-interval: finite, not negative (and not 0 unless `zero`)."""
     if value is not None and not ((0 <= value if zero else 0 < value) and value <= MAX_SECONDS):
-        raise UsageError(f"{option} must be {'0' if zero else 'more than 0'} seconds or more, at most"
-                         f" 100 years, not {value}")
+        raise UsageError(
+            f"{option} must be {'0' if zero else 'more than 0'} seconds or more, at most 100 years, not {value}"
+        )
     return value

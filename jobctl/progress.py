@@ -6,7 +6,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from typing import Iterable, Mapping
+    from collections.abc import Iterable, Mapping
 
 from jobctl.model import CANCELLED, COMPLETED, CREATE, FAILED, PENDING, RUNNING, STATUS, STATUSES
 

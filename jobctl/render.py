@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from jobctl.console import plain
 from jobctl.progress import change_text, finished
@@ -13,8 +14,13 @@ from jobctl.progress import change_text, finished
 if TYPE_CHECKING:
     from jobctl.watch import Update
 
-STATUS_STYLE = {"pending": "yellow", "running": "cyan", "completed": "green",
-                "failed": "bold red", "cancelled": "magenta"}
+STATUS_STYLE = {
+    "pending": "yellow",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+}
 
 
 def is_terminal() -> bool:
@@ -62,15 +68,29 @@ def jobs(rows: Iterable[Mapping]) -> None:
     for col in ("id", "status", "name", "type", "parent", "updated"):
         table.add_column(col)
     for r in rows:
-        table.add_row(*(Text(plain(v)) for v in (r["id"],)), status_text(r["status"]),
-                      *(Text(plain(v)) for v in (r["name"], r["type"] or "", r["parent_id"] or "", r["updated_at"])))
+        table.add_row(
+            *(Text(plain(v)) for v in (r["id"],)),
+            status_text(r["status"]),
+            *(Text(plain(v)) for v in (r["name"], r["type"] or "", r["parent_id"] or "", r["updated_at"])),
+        )
     console().print(table)
 
 
 def job(j: Mapping) -> None:
     """`jobctl show`: `field: value` lines (a panel of the same on a terminal)."""
-    fields = ["id", "name", "status", "type", "parent_id", "root_id", "created_at", "started_at",
-              "completed_at", "updated_at", "last_heartbeat"]
+    fields = [
+        "id",
+        "name",
+        "status",
+        "type",
+        "parent_id",
+        "root_id",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "updated_at",
+        "last_heartbeat",
+    ]
     lines = [(f, j[f]) for f in fields]
     lines.append(("metadata", json.dumps(j["metadata"], ensure_ascii=False) if j["metadata"] else None))
     lines.append(("progress", j["progress"]["progress_text"] if j["progress"] else None))
@@ -89,8 +109,9 @@ def job(j: Mapping) -> None:
     console().print(table)
 
 
-def tree(rows: list[Mapping]) -> None:
+def tree(rows: Sequence[Mapping]) -> None:
     """`jobctl tree`: every node's status, every parent's progress."""
+
     def label(r: Mapping) -> str:
         text = f"{r['id']} {r['status']} {plain(r['name'])}"
         return text + (f" ({r['progress']['progress_text']})" if r["progress"] else "")
@@ -126,8 +147,9 @@ def event_line(e: Mapping) -> str:
 
 def event_json(e: Mapping) -> dict:
     """The JSON form of an event (what `events --json` and `watch --json` share)."""
-    return {k: e[k] for k in ("id", "job_id", "parent_id", "kind", "old_status", "new_status", "at",
-                              "message", "level")}
+    return {
+        k: e[k] for k in ("id", "job_id", "parent_id", "kind", "old_status", "new_status", "at", "message", "level")
+    }
 
 
 # ------------------------------------------------------------------ watch
@@ -189,8 +211,7 @@ class PlainWatch:
 
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
         for job_id, age in new.items():
-            self._write(f"{clock_now()} {job_id} stale: no heartbeat for {duration(age)}"
-                        f" | {progress['progress_text']}")
+            self._write(f"{clock_now()} {job_id} stale: no heartbeat for {duration(age)} | {progress['progress_text']}")
 
     def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
         self._write(summary_line(job, progress, reason))
@@ -212,8 +233,15 @@ class JsonWatch:
         write_json({"type": "event", **update.progress, "event": event_json(update.event)})
 
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
-        write_json({"type": "stale", **progress, "stale_job_ids": list(new),
-                    "seconds_since_heartbeat": [round(v, 1) for v in new.values()], "all_stale": all_stale})
+        write_json(
+            {
+                "type": "stale",
+                **progress,
+                "stale_job_ids": list(new),
+                "seconds_since_heartbeat": [round(v, 1) for v in new.values()],
+                "all_stale": all_stale,
+            }
+        )
 
     def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
         line = {"type": "end", **progress, "reason": reason or "finished"}
@@ -238,8 +266,7 @@ class LiveWatch:
         self.progress: Mapping = {}
         self.stale_ids: list = []
         self.final: str | None = None
-        self.live = Live(console=self.console, refresh_per_second=8, transient=False,
-                         get_renderable=self.render)
+        self.live = Live(console=self.console, refresh_per_second=8, transient=False, get_renderable=self.render)
 
     def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
         self.job, self.progress = job, progress
@@ -252,19 +279,24 @@ class LiveWatch:
         e, self.progress = update.event, update.progress
         if e["kind"] == "log":
             style = {"warning": "yellow", "error": "red"}.get(e["level"], "dim")
-            self.lines.append(f"[dim]{clock(e['at'])}[/] [{style}]{e['level']:<9}[/] "
-                              f"[bold]{escape(e['job_id'])}[/] {escape(plain(e['message']))}")
+            self.lines.append(
+                f"[dim]{clock(e['at'])}[/] [{style}]{e['level']:<9}[/] "
+                f"[bold]{escape(e['job_id'])}[/] {escape(plain(e['message']))}"
+            )
         else:
             new = e["new_status"]
-            self.lines.append(f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
-                              f"[bold]{escape(e['job_id'])}[/] {change_text(e)}")
+            self.lines.append(
+                f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
+                f"[bold]{escape(e['job_id'])}[/] {change_text(e)}"
+            )
             self._mark(e["at"])
 
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
         self.stale_ids = all_stale
         for job_id, age in new.items():
-            self.lines.append(f"[dim]{clock_now()}[/] [bold yellow]{'stale':<9}[/] [bold]{job_id}[/] "
-                              f"no heartbeat for {duration(age)}")
+            self.lines.append(
+                f"[dim]{clock_now()}[/] [bold yellow]{'stale':<9}[/] [bold]{job_id}[/] no heartbeat for {duration(age)}"
+            )
 
     def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
         self.progress = progress
@@ -295,10 +327,14 @@ class LiveWatch:
 
         p = self.progress
         status = p.get("status", "?")
-        header = Text.assemble((plain(self.job.get("name", "")), "bold"), "  ",
-                               (f"({self.job.get('id', '')})", "dim"), "  ",
-                               (f" {status.upper()} ", f"reverse {STATUS_STYLE.get(status, '')}"))
-        parts = [header]
+        header = Text.assemble(
+            (plain(self.job.get("name", "")), "bold"),
+            "  ",
+            (f"({self.job.get('id', '')})", "dim"),
+            "  ",
+            (f" {status.upper()} ", f"reverse {STATUS_STYLE.get(status, '')}"),
+        )
+        parts: list = [header]
         total = p.get("total_children", 0)
         if total:
             done = finished(counts_of(p))
@@ -315,9 +351,14 @@ class LiveWatch:
         if self.stale_ids:
             shown = ", ".join(self.stale_ids[:5]) + (" …" if len(self.stale_ids) > 5 else "")
             parts.append(Text(f"⚠ {len(self.stale_ids)} stale (no heartbeat): {shown}", style="bold yellow"))
-        parts.append(Text.from_markup("\n".join(self.lines)) if self.lines else Text("waiting for events…",
-                                                                                        style="dim"))
+        parts.append(
+            Text.from_markup("\n".join(self.lines)) if self.lines else Text("waiting for events…", style="dim")
+        )
         if self.final is not None:
-            parts.append(Text(f"{self.job.get('id', '')} {status}" + (f" ({self.final})" if self.final else ""),
-                              style=f"bold {STATUS_STYLE.get(status, '')}"))
+            parts.append(
+                Text(
+                    f"{self.job.get('id', '')} {status}" + (f" ({self.final})" if self.final else ""),
+                    style=f"bold {STATUS_STYLE.get(status, '')}",
+                )
+            )
         return Group(*parts)

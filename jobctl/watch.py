@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING, Protocol  # watch is long-running: typing's start-up cost does not matter
 
 if TYPE_CHECKING:
-    from typing import Mapping, Protocol
+    from collections.abc import Mapping
 
     from jobctl.store.base import Waker
-else:
-    Protocol = object
 
 from jobctl import model
 from jobctl.api import Jobctl
@@ -41,7 +38,6 @@ class Update:
     replay: bool  # from --since/--from-start history rather than live
 
 
-@dataclass
 class Sink(Protocol):
     """Where a watch goes: render.LiveWatch (a terminal), PlainWatch (lines)
     and JsonWatch (NDJSON) follow this. `end`'s code is None for `wait`,
@@ -144,8 +140,9 @@ def waker_for(jc: Jobctl, poll_interval: float) -> Waker:
     return jc.store.waker(poll_interval)
 
 
-def follow(tails: list[Tail], waker: Waker, poll_interval: float, timeout: float | None, on_update, on_done,
-           on_tick=None) -> bool:
+def follow(
+    tails: list[Tail], waker: Waker, poll_interval: float, timeout: float | None, on_update, on_done, on_tick=None
+) -> bool:
     """Feed every tail's updates to on_update(tail, update) and call on_done(tail)
     as each one's job ends, until all have ended (True) or `timeout` runs out (False).
     on_tick(), if given, runs once per wake-up or poll interval."""
@@ -194,9 +191,18 @@ class StaleCheck:
                 self.on_stale(list(new))
 
 
-def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeout: float | None = None,
-              poll_interval: float = DEFAULT_POLL_INTERVAL, exit_status: bool = False,
-              stale_after: float | None = None, on_stale=None) -> int:
+def run_watch(
+    jc: Jobctl,
+    job_id: str,
+    sink,
+    *,
+    since: int | None = None,
+    timeout: float | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    exit_status: bool = False,
+    stale_after: float | None = None,
+    on_stale=None,
+) -> int:
     """`jobctl watch`: the start state, then every event of the tree, then a summary.
 
     Returns the exit code: 0 when the job ends (with `exit_status`: 0 completed,
@@ -211,8 +217,7 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
         sink.start(tail.job, tail.progress(), tail.cursor)
         if on_tick is not None:
             on_tick()
-        finished = follow([tail], waker, poll_interval, timeout, lambda t, u: sink.update(u), lambda t: None,
-                          on_tick)
+        finished = follow([tail], waker, poll_interval, timeout, lambda t, u: sink.update(u), lambda t: None, on_tick)
     except KeyboardInterrupt:
         sink.end(tail.job, tail.progress(), "interrupted", model.EXIT_INTERRUPTED)
         return model.EXIT_INTERRUPTED
@@ -226,8 +231,14 @@ def run_watch(jc: Jobctl, job_id: str, sink, *, since: int | None = None, timeou
     return code
 
 
-def run_wait(jc: Jobctl, job_ids: list[str], report, *, timeout: float | None = None,
-             poll_interval: float = DEFAULT_POLL_INTERVAL) -> int:
+def run_wait(
+    jc: Jobctl,
+    job_ids: list[str],
+    report,
+    *,
+    timeout: float | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> int:
     """`jobctl wait`: report(job, progress, reason) once per job as it ends (or
     times out); the worst outcome is the exit code."""
     model.check_seconds(timeout, "--timeout")

@@ -157,7 +157,8 @@ def test_a_slow_reader_blocks_no_writer(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("many")
         kids = jc.spawn(parent, count=5000)
-    reader = subprocess.Popen([JOBCTL, "--db", str(db_path), "list"], stdout=subprocess.PIPE)
+    # unbuffered: readline() below takes exactly one line, communicate() gets all the rest
+    reader = subprocess.Popen([JOBCTL, "--db", str(db_path), "list"], stdout=subprocess.PIPE, bufsize=0)
     try:
         first = reader.stdout.readline()  # it is reading the jobs and printing them
         assert first.split(b"\t")[0] == parent.encode(), first
