@@ -80,18 +80,27 @@ def display_name(db: str) -> str:
     return masked(db)
 
 
+def check_text(text: str | None, what: str) -> str | None:
+    """Text is stored verbatim, except NUL, which PostgreSQL cannot store in
+    text: refused on both backends alike."""
+    if text is not None and "\x00" in text:
+        raise UsageError(f"a {what} must not contain a NUL character")
+    return text
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise UsageError("a job name must not be empty")
     if len(name) > model.MAX_NAME_LENGTH:
         raise UsageError(f"a job name is at most {model.MAX_NAME_LENGTH} characters, not {len(name)}")
+    check_text(name, "job name")
     return name
 
 
 def check_message(message: str | None, what: str = "message") -> str | None:
     if message is not None and len(message) > model.MAX_MESSAGE_LENGTH:
         raise UsageError(f"a {what} is at most {model.MAX_MESSAGE_LENGTH} characters, not {len(message)}")
-    return message
+    return check_text(message, what)
 
 
 def check_id(job_id: str) -> str:
@@ -292,6 +301,7 @@ class Jobctl:
         the same id with other attributes raises Conflict.
         """
         check_name(name)
+        check_text(type, "type")
         if id is not None:
             check_id(id)
             if id == parent:
@@ -322,6 +332,7 @@ class Jobctl:
         """Create children of `parent`, pending, in one transaction; return their ids."""
         if (count is None) == (names is None):
             raise UsageError("give either a count or names of the children")
+        check_text(type, "type")
         if names is not None:
             names = [check_name(n) for n in names]
             if not names:

@@ -57,26 +57,53 @@ def snapshot(db: str) -> tuple:
 
 
 @pytest.fixture
-def jc(db_path):
-    with Jobctl(db_path) as j:
+def jc(db):
+    """The Python API on the `db` fixture's database (both backends)."""
+    with Jobctl(db) as j:
         yield j
 
 
 class Cli:
     """The Typer app in-process, through typer.testing.CliRunner."""
 
-    def __init__(self, db_path):
-        self.db_path = db_path
+    def __init__(self, db):
+        self.db = db
         self.runner = CliRunner()
 
     def __call__(self, *args, input=None, db=True):
-        argv = (["--db", str(self.db_path)] if db else []) + [str(a) for a in args]
+        argv = (["--db", str(self.db)] if db else []) + [str(a) for a in args]
         return self.runner.invoke(app, argv, input=input)
 
 
 @pytest.fixture
-def cli(db_path):
-    return Cli(db_path)
+def cli(db):
+    """The CLI on the `db` fixture's database (both backends)."""
+    return Cli(db)
+
+
+def tamper(db: str, sql: str, params: tuple = ()) -> None:
+    """Change the database behind jobctl's back (`?` placeholders), on either
+    backend: for the tests of what verify and the stale rule see."""
+    if db.startswith("postgresql://"):
+        import psycopg2
+
+        conn = psycopg2.connect(db)
+        try:
+            with conn:
+                cur = conn.cursor()
+                cur.execute("SET search_path TO jobctl")
+                cur.execute(sql.replace("?", "%s"), params)
+        finally:
+            conn.close()
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
 
 
 def run(*args, db=None, input=None, env=None, check=False, timeout=60):

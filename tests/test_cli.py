@@ -7,7 +7,7 @@ import sys
 import pytest
 import typer.main
 
-from conftest import JOBCTL, ROOT, run, seed_news_crawler
+from conftest import JOBCTL, ROOT, run, seed_news_crawler, tamper
 from jobctl.cli import app
 
 SEED_TEXT = "66 pending, 1 running, 41 completed, 0 failed"
@@ -260,16 +260,11 @@ def test_cancel_and_retry(cli):
     assert cli("verify").exit_code == 0
 
 
-def test_verify_reports_tampering(cli, db_path):
-    import sqlite3
-
+def test_verify_reports_tampering(cli, db):
     job = cli("create", "j").stdout.strip()
     cli("status", "set", job, "running")
     assert cli("verify").exit_code == 0
-    conn = sqlite3.connect(db_path)
-    conn.execute("UPDATE jobs SET status = 'completed' WHERE id = ?", (job,))
-    conn.commit()
-    conn.close()
+    tamper(db, "UPDATE jobs SET status = 'completed' WHERE id = ?", (job,))
     result = cli("verify", "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
@@ -289,16 +284,12 @@ def test_db_path_resolution(cli, tmp_path, monkeypatch):
     assert (tmp_path / "xdg" / "jobctl" / "jobctl.db").exists()
 
 
-def test_heartbeat_list_stale_and_reap(cli, db_path):
-    import sqlite3
-
+def test_heartbeat_list_stale_and_reap(cli, db):
     parent = cli("create", "p").stdout.strip()
     kids = cli("spawn", parent, "--count", "3").stdout.split()
     cli("status", "set", *kids[:2], "running")
-    conn = sqlite3.connect(db_path)  # age the first child's start by an hour
-    conn.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kids[0],))
-    conn.commit()
-    conn.close()
+    # age the first child's start by an hour
+    tamper(db, "UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kids[0],))
     assert cli("list", "--stale-after", "5m").stdout.split("\t")[0] == kids[0]
     assert cli("heartbeat", kids[0]).exit_code == 0
     assert cli("list", "--stale-after", "5m").stdout == ""
@@ -396,18 +387,14 @@ def test_markup_in_names_is_shown_as_text_on_a_terminal(cli, monkeypatch):
         assert "[/] oops [bold red]hi" in result.stdout, argv
 
 
-def test_a_heartbeat_from_an_earlier_attempt_does_not_make_a_new_one_stale(cli, db_path):
-    import sqlite3
-
+def test_a_heartbeat_from_an_earlier_attempt_does_not_make_a_new_one_stale(cli, db):
     parent = cli("create", "p").stdout.strip()
     kid = cli("spawn", parent, "--count", "1").stdout.strip()
     cli("status", "set", kid, "running")
     cli("heartbeat", kid)
     cli("status", "set", kid, "failed")
-    conn = sqlite3.connect(db_path)  # that attempt's heartbeat was long ago
-    conn.execute("UPDATE jobs SET last_heartbeat = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kid,))
-    conn.commit()
-    conn.close()
+    # that attempt's heartbeat was long ago
+    tamper(db, "UPDATE jobs SET last_heartbeat = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kid,))
     cli("retry", kid)
     cli("status", "set", kid, "running")  # a new attempt, started just now
     assert cli("list", "--stale-after", "5m").stdout == ""
@@ -427,16 +414,13 @@ def test_spawn_goes_on_after_a_chosen_id_that_took_a_number(cli):
     assert cli("verify").exit_code == 0
 
 
-def test_verify_reports_an_event_that_contradicts_the_history(cli, db_path):
-    import sqlite3
-
+def test_verify_reports_an_event_that_contradicts_the_history(cli, db):
     job = cli("create", "j").stdout.strip()
     cli("status", "set", job, "running")
-    conn = sqlite3.connect(db_path)  # an invented event: it claims the job was completed
-    conn.execute("INSERT INTO events (job_id, root_id, kind, old_status, new_status, at)"
-                 " VALUES (?, ?, 'status', 'completed', 'running', '2030-01-01T00:00:00.000000Z')", (job, job))
-    conn.commit()
-    conn.close()
+    # an invented event: it claims the job was completed
+    tamper(db, "INSERT INTO events (id, job_id, root_id, kind, old_status, new_status, at)"
+               " VALUES ((SELECT max(id) + 1 FROM events), ?, ?, 'status', 'completed', 'running',"
+               " '2030-01-01T00:00:00.000000Z')", (job, job))
     report = json.loads(cli("verify", "--json").stdout)
     assert any("completed → running, but it was running" in p for p in report["problems"])
 
@@ -480,3 +464,20 @@ def test_events_are_paged_without_losing_or_repeating_one(jc):
     assert list(jc.iter_events(job=mid, page=4, limit=9)) == below_mid[:9]
     assert list(jc.iter_events(job=parent, since=below_mid[3]["id"], page=5)) == \
         [e for e in everything if e["root_id"] == parent and e["id"] > below_mid[3]["id"]]
+
+
+def test_nul_in_text_is_refused_on_both_backends(jc, cli, tmp_path):
+    """PostgreSQL cannot store NUL in text, so neither backend takes it: one rule, exit 2."""
+    from jobctl import UsageError
+
+    parent = jc.create("p")
+    for call in (lambda: jc.create("a\x00b"), lambda: jc.create("a", type="t\x00"),
+                 lambda: jc.spawn(parent, names=["ok", "x\x00"]), lambda: jc.log(parent, "m\x00"),
+                 lambda: jc.set_status([parent], "running", message="\x00")):
+        with pytest.raises(UsageError, match="NUL"):
+            call()
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"one\ntw\x00o\n")
+    result = cli("spawn", parent, "--names-from", names)
+    assert result.exit_code == 2 and "NUL" in result.stderr
+    assert jc.progress(parent)["total_children"] == 0 and len(jc.events()) == 1

@@ -100,17 +100,17 @@ def check_histories(db_path, parent, kids, records):
         assert {s: p[f"{s}_children"] for s in fresh} == fresh
 
 
-def test_eight_cli_writers_lose_nothing(db_path, tmp_path):
-    parent, kids, records = load(db_path, tmp_path, "cli", CLI_CALLS)
+def test_eight_cli_writers_lose_nothing(db, tmp_path):
+    parent, kids, records = load(db, tmp_path, "cli", CLI_CALLS)
     assert sum(len(r["done"]) for r in records) == WRITERS * CLI_CALLS
-    check_histories(db_path, parent, kids, records)
-    assert run("verify", db=db_path).returncode == 0
+    check_histories(db, parent, kids, records)
+    assert run("verify", db=db).returncode == 0
 
 
-def test_eight_api_writers_lose_nothing(db_path, tmp_path):
-    parent, kids, records = load(db_path, tmp_path, "api", API_CALLS)
+def test_eight_api_writers_lose_nothing(db, tmp_path):
+    parent, kids, records = load(db, tmp_path, "api", API_CALLS)
     assert sum(len(r["done"]) for r in records) == WRITERS * API_CALLS
-    check_histories(db_path, parent, kids, records)
+    check_histories(db, parent, kids, records)
 
 
 def test_writes_wait_out_a_lock_with_retries(db_path):
@@ -152,8 +152,9 @@ def wait_until_blocked_on_a_full_pipe(proc, timeout=30):
         wchan = open(path).read()
 
 
-def test_a_slow_reader_blocks_no_writer(db_path):
-    """`jobctl list` stuck on a full pipe holds a read transaction; writers go on."""
+def test_a_slow_reader_blocks_no_writer(db):
+    """`jobctl list` stuck on a full pipe (in the middle of its read); writers go on."""
+    db_path = db
     with Jobctl(db_path) as jc:
         parent = jc.create("many")
         kids = jc.spawn(parent, count=5000)

@@ -15,11 +15,19 @@ import pytest
 
 from conftest import ROOT, run
 from jobctl import DatabaseUnusable, Jobctl
-from jobctl.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStore as Store
+from jobctl.store.sqlite import APPLICATION_ID, SCHEMA_VERSION
 
 
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+
+@pytest.fixture
+def jc(db_path):
+    """This module's tests are about the SQLite file itself: the API on a file."""
+    with Jobctl(db_path) as j:
+        yield j
 
 
 def test_new_database_settings(db_path):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import FULL, JOBCTL, run
+from conftest import FULL, JOBCTL, run, tamper
 from jobctl import Jobctl
 from jobctl.watch import Tail
 
@@ -58,18 +58,18 @@ def writers(db, kids, final):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("final,code", [("completed", 0), ("failed", 1), ("cancelled", 6)])
-def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db_path, final, code):
-    with Jobctl(db_path) as jc:
+def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db, final, code):
+    with Jobctl(db) as jc:
         parent = jc.create("News Crawler")
         kids = jc.spawn(parent, count=CHILDREN)
-    proc, first = start_watch(db_path, parent, "--json", "--exit-status", "--timeout", 120)
+    proc, first = start_watch(db, parent, "--json", "--exit-status", "--timeout", 120)
     start = json.loads(first)
     assert start["type"] == "start" and start["progress_text"] == f"{CHILDREN} pending, 0 running, 0 completed, 0 failed"
-    procs = writers(db_path, kids, final)
+    procs = writers(db, kids, final)
     for p in procs:
         assert p.wait(timeout=120) == 0
     if final == "cancelled":  # each writer left its last child pending
-        run("cancel", parent, db=db_path, check=True)
+        run("cancel", parent, db=db, check=True)
     out, err = proc.communicate(timeout=60)
     lines = [json.loads(line) for line in out.splitlines()]
     assert proc.returncode == code, err
@@ -78,25 +78,25 @@ def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db_path, 
     assert ids == sorted(set(ids)), "events out of order or duplicated"
     # exactly the tree's events from the start cursor up to the one that ended the parent
     expected = [json.loads(x) for x in run("events", "--job", parent, "--since", start["cursor"], "--json",
-                                           db=db_path).stdout.splitlines()]
+                                           db=db).stdout.splitlines()]
     end_id = next(e["id"] for e in expected if e["job_id"] == parent and e["new_status"] in
                   ("completed", "failed", "cancelled"))
     assert events == [e for e in expected if e["id"] <= end_id]
     assert sum(e["kind"] == "status" for e in events) >= 1000
     end = lines[-1]
     assert end["type"] == "end" and end["exit_code"] == proc.returncode
-    fresh = json.loads(run("progress", parent, "--json", db=db_path).stdout)
+    fresh = json.loads(run("progress", parent, "--json", db=db).stdout)
     assert {k: v for k, v in end.items() if k in fresh} == fresh
     # every event line carries the progress after it, and it only ever moves by one child
     for line in lines:
         assert sum(line[f"{s}_children"] for s in ("pending", "running", "completed", "failed",
                                                    "cancelled")) == line["total_children"] == CHILDREN
-    assert run("verify", db=db_path).returncode == 0
+    assert run("verify", db=db).returncode == 0
 
 
 @pytest.mark.slow
-def test_since_replays_like_events_then_goes_live(db_path):
-    with Jobctl(db_path) as jc:
+def test_since_replays_like_events_then_goes_live(db):
+    with Jobctl(db) as jc:
         parent = jc.create("p")
         kids = jc.spawn(parent, count=4)
         jc.set_status(kids[:2], "running")
@@ -104,13 +104,13 @@ def test_since_replays_like_events_then_goes_live(db_path):
         jc.set_status(kids[:2], "completed")
         jc.log(kids[2], "hello")
     replay = [json.loads(x) for x in run("events", "--job", parent, "--since", cursor, "--json",
-                                         db=db_path).stdout.splitlines()]
-    proc, first = start_watch(db_path, parent, "--since", cursor, "--json", "--timeout", 60)
+                                         db=db).stdout.splitlines()]
+    proc, first = start_watch(db, parent, "--since", cursor, "--json", "--timeout", 60)
     assert json.loads(first)["progress_text"] == "2 pending, 2 running, 0 completed, 0 failed"
     got = [json.loads(proc.stdout.readline()) for _ in replay]
     assert [g["event"] for g in got] == replay
     assert got[-1]["progress_text"] == "2 pending, 0 running, 2 completed, 0 failed"
-    with Jobctl(db_path) as jc:  # now the live tail
+    with Jobctl(db) as jc:  # now the live tail
         jc.set_status(kids[2:], "completed")
     out, _ = proc.communicate(timeout=30)
     live = [json.loads(x) for x in out.splitlines()]
@@ -120,12 +120,12 @@ def test_since_replays_like_events_then_goes_live(db_path):
 
 
 @pytest.mark.slow
-def test_from_start_replays_all_of_a_finished_job_and_exits(db_path):
-    with Jobctl(db_path) as jc:
+def test_from_start_replays_all_of_a_finished_job_and_exits(db):
+    with Jobctl(db) as jc:
         parent = jc.create("p")
         kid = jc.spawn(parent, count=1)[0]
         jc.set_status([kid], "failed")
-    result = run("watch", parent, "--from-start", "--exit-status", db=db_path)
+    result = run("watch", parent, "--from-start", "--exit-status", db=db)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert "p (" in lines[0] and "pending" in lines[0]
@@ -134,34 +134,34 @@ def test_from_start_replays_all_of_a_finished_job_and_exits(db_path):
 
 
 @pytest.mark.slow
-def test_already_terminal_exits_at_once_with_its_code(db_path):
-    with Jobctl(db_path) as jc:
+def test_already_terminal_exits_at_once_with_its_code(db):
+    with Jobctl(db) as jc:
         done, cancelled = jc.create("a"), jc.create("b")
         jc.set_status([done], "completed")
         jc.cancel(cancelled)
-    assert run("watch", done, "--exit-status", db=db_path).returncode == 0
-    result = run("watch", cancelled, "--exit-status", db=db_path)
+    assert run("watch", done, "--exit-status", db=db).returncode == 0
+    result = run("watch", cancelled, "--exit-status", db=db)
     assert result.returncode == 6 and result.stdout.splitlines()[-1] == f"{cancelled} cancelled"
-    assert run("watch", cancelled, db=db_path).returncode == 0  # without --exit-status
+    assert run("watch", cancelled, db=db).returncode == 0  # without --exit-status
 
 
 @pytest.mark.slow
-def test_timeout_unknown_job_and_bad_options(db_path):
-    with Jobctl(db_path) as jc:
+def test_timeout_unknown_job_and_bad_options(db):
+    with Jobctl(db) as jc:
         job = jc.create("slow")
-    result = run("watch", job, "--timeout", "0.3", db=db_path)
+    result = run("watch", job, "--timeout", "0.3", db=db)
     assert result.returncode == 124 and result.stdout.splitlines()[-1] == f"{job} pending (timeout)"
-    assert run("watch", "nope", db=db_path).returncode == 3
-    assert run("watch", job, "--since", 1, "--from-start", db=db_path).returncode == 2
-    assert run("watch", job, "--poll-interval", 0, db=db_path).returncode == 2
+    assert run("watch", "nope", db=db).returncode == 3
+    assert run("watch", job, "--since", 1, "--from-start", db=db).returncode == 2
+    assert run("watch", job, "--poll-interval", 0, db=db).returncode == 2
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_without_traceback(db_path):
-    with Jobctl(db_path) as jc:
+def test_ctrl_c_exits_130_without_traceback(db):
+    with Jobctl(db) as jc:
         job = jc.create("forever")
-    proc, _ = start_watch(db_path, job)
-    with Jobctl(db_path) as jc:  # one live event, seen and printed: the watch is in its loop now
+    proc, _ = start_watch(db, job)
+    with Jobctl(db) as jc:  # one live event, seen and printed: the watch is in its loop now
         jc.log(job, "still here")
     assert "still here" in proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
@@ -173,13 +173,16 @@ def test_ctrl_c_exits_130_without_traceback(db_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env,interval", [({"JOBCTL_WATCH_POLL": "1"}, 0.3), ({}, 60)])
-def test_change_seen_by_polling_and_by_file_notification(db_path, env, interval):
-    """Forced polling sees a change within its poll interval; with watchfiles a change is seen
-    long before a 60 s poll interval would have fired."""
-    with Jobctl(db_path) as jc:
+def test_change_seen_by_polling_and_by_notification(db, env, interval):
+    """Forced polling sees a change within its poll interval; with notifications (watchfiles
+    on SQLite, LISTEN/NOTIFY on PostgreSQL) a change is seen long before a 60 s poll
+    interval would have fired."""
+    if env and db.startswith("postgresql://"):
+        pytest.skip("JOBCTL_WATCH_POLL is SQLite's: PostgreSQL always LISTENs")
+    with Jobctl(db) as jc:
         job = jc.create("j")
-    proc, _ = start_watch(db_path, job, "--poll-interval", interval, "--timeout", 30, env=env)
-    with Jobctl(db_path) as jc:
+    proc, _ = start_watch(db, job, "--poll-interval", interval, "--timeout", 30, env=env)
+    with Jobctl(db) as jc:
         # committed after the start line: the watch may still be reading what came before,
         # so this first change may be picked up by that read rather than by a wake-up
         jc.set_status([job], "running")
@@ -193,7 +196,7 @@ def test_change_seen_by_polling_and_by_file_notification(db_path, env, interval)
     seen_after = time.monotonic() - committed
     assert proc.returncode == 0
     assert f"{job} running → completed" in out
-    assert seen_after < 30  # the watch's own --timeout: with watchfiles, well inside the 60 s poll interval
+    assert seen_after < 30  # the watch's own --timeout: notified, well inside the 60 s poll interval
 
 
 def test_waker_modes(db_path, monkeypatch):
@@ -213,12 +216,12 @@ def test_waker_modes(db_path, monkeypatch):
         assert waker.wait(1) is True
 
 
-def test_tail_fold_matches_a_fresh_count(db_path):
+def test_tail_fold_matches_a_fresh_count(db):
     """The O(1) fold of events into counts agrees with counting the children again."""
     import random
 
     rng = random.Random(7)
-    with Jobctl(db_path) as jc, Jobctl(db_path) as writer:
+    with Jobctl(db) as jc, Jobctl(db) as writer:
         parent = writer.create("p")
         kids = writer.spawn(parent, count=40)
         tail = Tail.start(jc, parent)
@@ -239,27 +242,27 @@ def test_tail_fold_matches_a_fresh_count(db_path):
 
 
 @pytest.mark.slow
-def test_wait_returns_the_worst_outcome(db_path):
-    with Jobctl(db_path) as jc:
+def test_wait_returns_the_worst_outcome(db):
+    with Jobctl(db) as jc:
         a, b, c = jc.create("a"), jc.create("b"), jc.create("c")
         jc.set_status([a], "completed")
         jc.set_status([b], "failed")
         jc.cancel(c)
-    assert run("wait", a, db=db_path).returncode == 0
-    assert run("wait", a, c, db=db_path).returncode == 6
-    result = run("wait", a, b, c, db=db_path)
+    assert run("wait", a, db=db).returncode == 0
+    assert run("wait", a, c, db=db).returncode == 6
+    result = run("wait", a, b, c, db=db)
     assert result.returncode == 1
     assert result.stdout.splitlines() == [f"{a} completed", f"{b} failed", f"{c} cancelled"]
-    assert run("wait", a, "nope", db=db_path).returncode == 3
+    assert run("wait", a, "nope", db=db).returncode == 3
 
 
 @pytest.mark.slow
-def test_wait_follows_jobs_live_and_times_out(db_path):
-    with Jobctl(db_path) as jc:
+def test_wait_follows_jobs_live_and_times_out(db):
+    with Jobctl(db) as jc:
         a, b = jc.create("a"), jc.create("b")
-    proc = subprocess.Popen([JOBCTL, "--db", str(db_path), "wait", a, b, "--timeout", "60"],
+    proc = subprocess.Popen([JOBCTL, "--db", str(db), "wait", a, b, "--timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with Jobctl(db_path) as jc:
+    with Jobctl(db) as jc:
         jc.set_status([a], "completed")  # live or already at its start: wait prints a either way
         first = proc.stdout.readline()
         assert first == f"{a} completed\n", proc.stderr.read() if not first else first
@@ -271,20 +274,20 @@ def test_wait_follows_jobs_live_and_times_out(db_path):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and out == f"{b} completed\n"
     assert sorted([first, *out.splitlines(keepends=True)]) == sorted([f"{a} completed\n", f"{b} completed\n"])
-    with Jobctl(db_path) as jc:
+    with Jobctl(db) as jc:
         c = jc.create("c")
-    result = run("wait", a, c, "--timeout", "0.3", db=db_path)
+    result = run("wait", a, c, "--timeout", "0.3", db=db)
     assert result.returncode == 124
     assert result.stdout.splitlines() == [f"{a} completed", f"{c} pending (timeout)"]
 
 
-def test_live_view_renders_on_a_terminal(db_path, monkeypatch):
+def test_live_view_renders_on_a_terminal(db, monkeypatch):
     from rich.console import Console
 
     from jobctl.render import LiveWatch
     from jobctl.watch import run_watch
 
-    with Jobctl(db_path) as jc:
+    with Jobctl(db) as jc:
         parent = jc.create("News Crawler")
         kids = jc.spawn(parent, count=3)
         jc.set_status(kids, "running")
@@ -303,7 +306,7 @@ def test_live_view_renders_on_a_terminal(db_path, monkeypatch):
     assert f"{parent} completed" in screen  # the summary stays in the last frame
     monkeypatch.setenv("NO_COLOR", "1")
     buf = io.StringIO()
-    with Jobctl(db_path) as jc:
+    with Jobctl(db) as jc:
         run_watch(jc, parent, LiveWatch(Console(file=buf, force_terminal=True, width=100)))
     assert "\x1b[3" not in buf.getvalue() and "\x1b[4" not in buf.getvalue()  # no colour codes
 
@@ -325,65 +328,61 @@ def test_demo_runs_to_the_end(env):
 
 
 @pytest.mark.slow
-def test_watch_marks_stale_children(db_path):
-    import sqlite3
-
-    with Jobctl(db_path) as jc:
+def test_watch_marks_stale_children(db):
+    with Jobctl(db) as jc:
         parent = jc.create("p")
         kids = jc.spawn(parent, count=3)
         jc.set_status(kids[:2], "running")
         jc.heartbeat(kids[1])
-    conn = sqlite3.connect(db_path)  # the first child's worker went quiet an hour ago
-    conn.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kids[0],))
-    conn.commit()
-    conn.close()
-    proc, _ = start_watch(db_path, parent, "--stale-after", "5m", "--json", "--poll-interval", "0.2",
+    # the first child's worker went quiet an hour ago
+    tamper(db, "UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kids[0],))
+    proc, _ = start_watch(db, parent, "--stale-after", "5m", "--json", "--poll-interval", "0.2",
                           "--timeout", 30)
     stale = json.loads(proc.stdout.readline())
     assert stale["type"] == "stale" and stale["stale_job_ids"] == [kids[0]] and stale["all_stale"] == [kids[0]]
     assert stale["seconds_since_heartbeat"][0] > 3600
-    with Jobctl(db_path) as jc:
+    with Jobctl(db) as jc:
         jc.reap(300)  # heartbeat lost: the stale child fails, the parent's progress follows
         jc.set_status(kids[1:], "completed")
     out, _ = proc.communicate(timeout=30)
     lines = [json.loads(x) for x in out.splitlines()]
     assert [x["event"]["message"] for x in lines if x["type"] == "event"][0] == "heartbeat lost"
     assert lines[-1]["progress_text"] == "0 pending, 0 running, 2 completed, 1 failed"
-    plain = run("watch", parent, "--stale-after", "5m", db=db_path)  # already final: nothing running is stale
+    plain = run("watch", parent, "--stale-after", "5m", db=db)  # already final: nothing running is stale
     assert "stale" not in plain.stdout
 
 
 @pytest.mark.slow
-def test_a_long_replay_is_read_in_pages_and_honours_the_timeout(db_path):
+def test_a_long_replay_is_read_in_pages_and_honours_the_timeout(db):
     from jobctl.watch import PAGE
 
-    with Jobctl(db_path) as jc:
+    with Jobctl(db) as jc:
         parent = jc.create("big")
         jc.spawn(parent, count=3 * PAGE)
         jc.set_status([f"{parent}.1"], "running")
         jc.cancel(parent)
         total = len(jc.events())
-    full = run("watch", parent, "--from-start", "--json", "--exit-status", "--timeout", "60", db=db_path)
+    full = run("watch", parent, "--from-start", "--json", "--exit-status", "--timeout", "60", db=db)
     events = [json.loads(x)["event"]["id"] for x in full.stdout.splitlines() if '"type": "event"' in x]
     assert full.returncode == 6
     assert events == list(range(1, total + 1))  # every page, in order, nothing twice
     big = 100 * PAGE  # far more than watch replays in 0.2 s (about 50,000 events/s here)
-    with Jobctl(db_path) as jc:
+    with Jobctl(db) as jc:
         jc.retry(parent)  # running again, with a long history to replay
         jc.spawn(parent, count=big)
         total = len(jc.events())
-    cut = run("watch", parent, "--from-start", "--json", "--timeout", "0.2", db=db_path)
+    cut = run("watch", parent, "--from-start", "--json", "--timeout", "0.2", db=db)
     printed = [json.loads(x)["event"]["id"] for x in cut.stdout.splitlines() if '"type": "event"' in x]
     assert cut.returncode == 124
     assert 0 < len(printed) < total and printed == list(range(1, len(printed) + 1))
 
 
 @pytest.mark.slow
-def test_wait_json(db_path):
-    with Jobctl(db_path) as jc:
+def test_wait_json(db):
+    with Jobctl(db) as jc:
         a, b = jc.create("a"), jc.create("b")
         jc.set_status([a], "failed")
-    result = run("wait", a, b, "--json", "--timeout", "0.2", db=db_path)
+    result = run("wait", a, b, "--json", "--timeout", "0.2", db=db)
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     assert result.returncode == 124
     assert [(x["job_id"], x["status"], x["reason"]) for x in lines] == [(a, "failed", "finished"),
@@ -391,29 +390,24 @@ def test_wait_json(db_path):
 
 
 @pytest.mark.slow
-def test_replay_of_a_finished_job_ends_when_another_tree_wrote_last(db_path):
-    with Jobctl(db_path) as jc:
+def test_replay_of_a_finished_job_ends_when_another_tree_wrote_last(db):
+    with Jobctl(db) as jc:
         a = jc.create("a")
         jc.set_status([a], "running")
         jc.set_status([a], "completed")
         jc.create("b")  # the newest event belongs to another tree
-    result = run("watch", a, "--from-start", "--exit-status", "--timeout", "30", db=db_path)
+    result = run("watch", a, "--from-start", "--exit-status", "--timeout", "30", db=db)
     assert result.returncode == 0
     assert result.stdout.splitlines()[-1] == f"{a} completed"
 
 
 @pytest.mark.slow
-def test_reap_of_one_parent_leaves_other_jobs_alone(db_path):
-    import sqlite3
-
-    with Jobctl(db_path) as jc:
+def test_reap_of_one_parent_leaves_other_jobs_alone(db):
+    with Jobctl(db) as jc:
         p, other = jc.create("p"), jc.create("other")
         kid = jc.spawn(p, count=1)[0]
         jc.set_status([kid, other], "running")
-    conn = sqlite3.connect(db_path)
-    conn.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z'")
-    conn.commit()
-    conn.close()
-    assert run("reap", "--stale-after", "1m", "--parent", p, db=db_path).stdout.split() == [kid]
-    with Jobctl(db_path) as jc:
+    tamper(db, "UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z'")
+    assert run("reap", "--stale-after", "1m", "--parent", p, db=db).stdout.split() == [kid]
+    with Jobctl(db) as jc:
         assert jc.status(other) == "running" and jc.status(p) == "failed"
