@@ -6,6 +6,13 @@ Absolute times on a shared machine are noise; the ratios are what we track.
     python3 dev.py bench                 # every benchmark, default sizes
     python3 dev.py bench --only watch_latency --latency-events 500
     python3 dev.py bench --tiny          # the smoke test's sizes
+    python3 dev.py bench --only pg_spawn --only pg_watch_latency
+
+The pg_* benchmarks run against one throwaway PostgreSQL server (tests/
+throwaway_pg.py), started once per run when any of them is selected and
+stopped at the end; each benchmark gets databases of its own on it. Without
+PostgreSQL's binaries they report `skipped` and why. --pg-url uses an existing
+server instead (its user needs CREATEDB).
 
 Results go to stdout as a table and to bench/results/latest.json.
 """
@@ -84,12 +91,13 @@ def _latency_run(db, parent, kids, cmd, floor, rate):
 
     proc, reader = start_reader(cmd)
     commits = {}
-    with Jobctl(db) as jc:
+    with Jobctl(db) as jc:  # db: a SQLite path or a PostgreSQL URL
         time.sleep(0.3)
         for kid in kids:
             t_next = time.perf_counter() + 1 / rate
             jc.set_status([kid], "running")
-            commits[jc.store.last_event_id()] = time.perf_counter()
+            committed = time.perf_counter()  # before asking for the id: on PostgreSQL that is a round trip
+            commits[jc.store.last_event_id()] = committed
             time.sleep(max(0.0, t_next - time.perf_counter()))
     time.sleep(0.5)
     stop(proc)
@@ -353,6 +361,277 @@ def concurrent_writers(args, tmp):
             "ratio": mo / mb, "bar": "ratio ≥ 0.5", "met": mo / mb >= 0.5}
 
 
+# ------------------------------------------------------------- PostgreSQL
+PG_BENCHMARKS: set = set()
+
+
+def pg_benchmark(fn):
+    """A benchmark that needs the PostgreSQL server (PG.server)."""
+    PG_BENCHMARKS.add(fn.__name__)
+    return benchmark(fn)
+
+
+class PgBench:
+    """The one PostgreSQL server of a bench run: tests/throwaway_pg.py's
+    throwaway server (initdb'd under /tmp, fsync and synchronous_commit off),
+    or an existing one (--pg-url). `skip` says why there is none."""
+
+    def __init__(self):
+        self.server = None
+        self.skip: str | None = None
+        self.count = 0
+
+    def start(self, url=None):
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        try:
+            import throwaway_pg
+        except ImportError as exc:  # pytest (imported there) or psycopg2 missing
+            self.skip = f"cannot load tests/throwaway_pg.py: {exc}"
+            return
+        finally:
+            sys.path.pop(0)
+        if url is None:
+            ok, why = throwaway_pg.is_available()
+            if not ok:
+                self.skip = why.replace("set JOBCTL_TEST_PG_URL", "pass --pg-url URL")
+                return
+        server = throwaway_pg.PgServer(url=url)
+        try:
+            server.start()
+            server.connect().close()
+        except Exception as exc:  # noqa: BLE001 - any reason, said in the report
+            server.stop()
+            self.skip = f"could not start/reach PostgreSQL: {str(exc).strip().splitlines()[0]}"
+            return
+        self.server = server
+
+    def stop(self):
+        if self.server is not None:
+            self.server.stop()  # only a throwaway server is stopped; an --pg-url one is left alone
+            self.server = None
+
+    def info(self):
+        if self.server is None:
+            return {"skipped": self.skip}
+        with self.server.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT name, setting FROM pg_settings WHERE name IN"
+                        " ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'server_version')")
+            settings = dict(cur.fetchall())
+        conn.close()
+        return {"throwaway": self.server.managed, **settings}
+
+    def database(self, stem, template=None):
+        """A new database (a copy of `template`'s when given): (name, url)."""
+        from psycopg2 import errors, sql
+
+        self.count += 1
+        name = f"bench_{stem}_{self.count}"
+        conn = self.server.connect()
+        try:
+            with conn.cursor() as cur:
+                query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+                if template:
+                    query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+                for attempt in range(50):  # an autovacuum worker may be visiting the template
+                    try:
+                        cur.execute(query)
+                        break
+                    except errors.ObjectInUse:
+                        if attempt == 49:
+                            raise
+                        time.sleep(0.1)
+        finally:
+            conn.close()
+        return name, self.server.database_url(name)
+
+    def drop(self, name):
+        self.server.drop_database(name)
+
+    def psql(self, name, sql_text):
+        conn = self.server.connect(name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql_text)
+        finally:
+            conn.close()
+
+
+PG = PgBench()
+PG_BASELINES = str(HERE / "pg_baselines.py")
+
+
+def _pg_template(stem, children):
+    """A database with one parent `p` and `children` pending children: (name, url, parent, kids)."""
+    from jobctl import Jobctl
+
+    name, url = PG.database(stem)
+    with Jobctl(url) as jc:
+        parent = jc.create(stem, id="p")
+        kids = jc.spawn(parent, count=children) if children else []
+    PG.psql(name, "VACUUM ANALYZE")
+    return name, url, parent, kids
+
+
+@pg_benchmark
+def pg_status_set_call(args, tmp):
+    """`jobctl --db URL status set JOB running`, one process per call, against a bare
+    script doing BEGIN; SELECT job; UPDATE jobctl.jobs; INSERT the event (id = max + 1);
+    COMMIT, once with psycopg2 and once with psycopg 3; the faster is the baseline."""
+    runs = args.calls
+    name, url, parent, kids = _pg_template("calls", 3 * runs)
+    ours, pg2, pg3 = [], [], []
+    try:
+        for i in range(runs):
+            ours.append(_timed([JOBCTL, "--db", url, "status", "set", kids[3 * i], "running"]))
+            pg2.append(_timed([sys.executable, PG_BASELINES, "status-set", "psycopg2", url, kids[3 * i + 1]]))
+            pg3.append(_timed([sys.executable, PG_BASELINES, "status-set", "psycopg", url, kids[3 * i + 2]]))
+    finally:
+        PG.drop(name)
+    m2, m3 = statistics.median(pg2), statistics.median(pg3)
+    base, driver = (pg2, "psycopg2") if m2 <= m3 else (pg3, "psycopg")
+    return _ratio_result("wall time per call", ours, base, "ratio ≤ 1.5", 1.5, baseline_driver=driver,
+                         psycopg2_median_ms=m2 * 1000, psycopg3_median_ms=m3 * 1000)
+
+
+@pg_benchmark
+def pg_concurrent_writers(args, tmp):
+    """8 processes writing status changes at once through the Python API (bench/api_writer.py
+    with the URL), commits/s, against raw psycopg2 processes with the same pattern
+    (advisory lock at BEGIN, SELECT, UPDATE, INSERT event with id = max + 1, UPDATE counts,
+    one transaction each)."""
+    template, _, parent, kids = _pg_template("writers", 8 * 10)
+    n = args.writer_commits
+
+    def one(cmd):
+        name, url = PG.database("writers", template)
+        try:
+            start = time.time() + 2.0  # eight interpreters importing a driver on a small machine
+            procs = [subprocess.Popen([*cmd, url, str(start), str(n), ",".join(kids[w::8])],
+                                      stdout=subprocess.PIPE, text=True) for w in range(8)]
+            ends = [float(p.communicate(timeout=600)[0].split()[-1]) for p in procs]
+            if any(p.returncode for p in procs):
+                raise RuntimeError(f"a writer failed: {cmd}")
+            return 8 * n / (max(ends) - start)
+        finally:
+            PG.drop(name)
+
+    ours, base = [], []
+    try:
+        for _ in range(args.rounds):
+            ours.append(one([sys.executable, str(HERE / "api_writer.py")]))
+            base.append(one([sys.executable, PG_BASELINES, "writer"]))
+    finally:
+        PG.drop(template)
+    mo, mb = statistics.median(ours), statistics.median(base)
+    return {"metric": "commits/s", "writers": 8, "commits_each": n, "jobctl": mo, "baseline": mb,
+            "ratio": mo / mb, "bar": "ratio ≥ 0.5", "met": mo / mb >= 0.5}
+
+
+@pg_benchmark
+def pg_spawn(args, tmp):
+    """`jobctl --db URL spawn PARENT --count N` against one psycopg2 transaction that
+    COPYs the same N job rows and N event rows (ids max + 1 ...) and upserts the counts."""
+    template, _, parent, _ = _pg_template("spawn", 0)
+    n = args.spawn_children
+    ours, base = [], []
+
+    def fresh_timed(cmd):
+        name, url = PG.database("spawn", template)
+        try:
+            return _timed([c.replace("{URL}", url) for c in cmd])
+        finally:
+            PG.drop(name)
+
+    try:
+        for _ in range(args.rounds * 3):
+            ours.append(fresh_timed([JOBCTL, "--db", "{URL}", "spawn", parent, "--count", str(n)]))
+            base.append(fresh_timed([sys.executable, PG_BASELINES, "spawn", "{URL}", parent, str(n)]))
+    finally:
+        PG.drop(template)
+    return _ratio_result("wall time", ours, base, "ratio ≤ 2", 2, children=n, baseline_method="COPY (text)")
+
+
+@pg_benchmark
+def pg_watch_latency(args, tmp):
+    """`jobctl --db URL watch PARENT --json`: commit → line printed, p50/p99 at ~20
+    commits/s, against a bare psycopg2 LISTEN loop that prints max(event id) after
+    each notification."""
+    from jobctl import Jobctl
+
+    name, url = PG.database("latency")
+    try:
+        with Jobctl(url) as jc:
+            parent = jc.create("latency")
+            kids = jc.spawn(parent, count=args.latency_events + 1)
+        rounds = args.rounds
+        per = args.latency_events // rounds
+        ours, floor = [], []
+        for r in range(rounds):
+            chunk = kids[r * per:(r + 1) * per]
+            half = len(chunk) // 2
+            ours += _latency_run(url, parent, chunk[:half], [JOBCTL, "--db", url, "watch", parent, "--json"],
+                                 False, args.rate)
+            floor += _latency_run(url, parent, chunk[half:], [sys.executable, PG_BASELINES, "listen", url], True,
+                                  args.rate)
+    finally:
+        PG.drop(name)
+    p99, f99 = percentile(ours, 99), percentile(floor, 99)
+    return {"metric": "commit→print latency (ms)", "jobctl_p50": percentile(ours, 50), "jobctl_p99": p99,
+            "baseline_p50": percentile(floor, 50), "baseline_p99": f99, "ratio_p99": p99 / f99,
+            "events": len(ours) + len(floor), "bar": "p99 ≤ 10 ms", "met": p99 <= 10}
+
+
+@pg_benchmark
+def pg_progress_million(args, tmp):
+    """Jobctl(url).progress(parent) with a million children (the kept counts: one
+    row) against the GROUP BY count over the children on the same connection
+    (index on (parent_id, status, seq), after VACUUM ANALYZE); then the CLI's
+    `progress --json` and watch's peak RSS while 1,000 events go by."""
+    from jobctl import Jobctl
+
+    name, url = PG.database("million")
+    try:
+        t0 = time.perf_counter()
+        with Jobctl(url) as jc:
+            parent = jc.create("million", id="m")
+            left = args.progress_children
+            while left:
+                jc.spawn(parent, count=min(left, 250_000))
+                left -= min(left, 250_000)
+        PG.psql(name, "VACUUM ANALYZE")
+        build = time.perf_counter() - t0
+        kids = [f"{parent}.{i}" for i in range(1, min(1000, args.progress_children) + 1)]
+        ours, base = [], []
+        with Jobctl(url) as jc:
+            cur = jc.store.conn.cursor()
+            for _ in range(args.rounds * 10):
+                t = time.perf_counter()
+                jc.progress(parent)
+                ours.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                cur.execute("SELECT status, count(*) FROM jobctl.jobs WHERE parent_id = %s GROUP BY status",
+                            (parent,))
+                cur.fetchall()
+                base.append(time.perf_counter() - t)
+        cli = statistics.median(_timed([JOBCTL, "--db", url, "progress", parent, "--json"]) for _ in range(5))
+        proc, reader = start_reader([JOBCTL, "--db", url, "watch", parent, "--json"])
+        with Jobctl(url) as jc:
+            for k in kids:
+                jc.set_status([k], "running")
+        deadline = time.time() + 60
+        while sum('"type": "event"' in line for _, line in reader.lines) < len(kids) and time.time() < deadline:
+            time.sleep(0.05)
+        rss_mb = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if line.startswith("VmHWM")) / 1024
+        stop(proc)
+    finally:
+        PG.drop(name)
+    mo, mb = statistics.median(ours), statistics.median(base)
+    return {"metric": "query time (ms)", "children": args.progress_children, "jobctl_median_ms": mo * 1000,
+            "baseline_median_ms": mb * 1000, "ratio": mo / mb, "cli_progress_json_ms": cli * 1000,
+            "watch_peak_rss_mb": rss_mb, "build_s": round(build, 1), "bar": "≤ 5 ms query", "met": mo * 1000 <= 5}
+
+
 # ------------------------------------------------------------------- main
 def machine():
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
@@ -373,6 +652,8 @@ def main(argv=None):
     parser.add_argument("--spawn-children", type=int, default=100_000)
     parser.add_argument("--progress-children", type=int, default=1_000_000)
     parser.add_argument("--writer-commits", type=int, default=500, help="per writer")
+    parser.add_argument("--pg-url", help="run the pg_* benchmarks on this PostgreSQL server instead of a"
+                        " throwaway one (postgresql://user@host:port/db; the user needs CREATEDB)")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
     if args.tiny:
@@ -388,14 +669,31 @@ def main(argv=None):
     import jobctl
     compileall.compile_dir(str(Path(jobctl.__file__).parent), quiet=1)
     results = {"machine": machine(), "args": vars(args), "benchmarks": {}}
-    for name in args.only or BENCHMARKS:
-        with tempfile.TemporaryDirectory(prefix=f"jobctl-bench-{name}-") as tmp:
+    selected = list(dict.fromkeys(args.only or BENCHMARKS))
+    try:
+        if PG_BENCHMARKS & set(selected):  # one server for every pg_* benchmark of this run
+            import signal
+
+            # SIGTERM (a CI timeout, `kill`) unwinds through the finally below, which stops the server
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
             started = time.perf_counter()
-            result = BENCHMARKS[name](args, Path(tmp))
-            result["seconds"] = round(time.perf_counter() - started, 1)
-        results["benchmarks"][name] = result
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in result.items()), flush=True)
+            PG.start(args.pg_url)
+            results["postgresql"] = {**PG.info(), "start_s": round(time.perf_counter() - started, 1)}
+            if PG.skip:
+                print(f"PostgreSQL benchmarks skipped: {PG.skip}", file=sys.stderr, flush=True)
+        for name in selected:
+            if name in PG_BENCHMARKS and PG.server is None:
+                result = {"skipped": PG.skip}
+            else:
+                with tempfile.TemporaryDirectory(prefix=f"jobctl-bench-{name}-") as tmp:
+                    started = time.perf_counter()
+                    result = BENCHMARKS[name](args, Path(tmp))
+                    result["seconds"] = round(time.perf_counter() - started, 1)
+            results["benchmarks"][name] = result
+            print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in result.items()), flush=True)
+    finally:
+        PG.stop()  # even when a benchmark failed or the run was interrupted
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False))
     return 0
