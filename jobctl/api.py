@@ -140,9 +140,14 @@ class _Change:
         self.frozen: set[str] = set()
 
     def load(self, ids: Sequence[str]) -> list[dict]:
-        missing = [i for i in ids if i not in self.jobs]
+        """The jobs, with their kept child counts, read in one query where not loaded yet
+        (what this change has loaded already, and perhaps changed, is kept)."""
+        missing = [i for i in ids if i not in self.jobs or i not in self.counts]
         if missing:
-            self.jobs.update(self.store.get_jobs(missing))
+            jobs, counts = self.store.jobs_and_counts(missing)
+            for i, job in jobs.items():
+                self.jobs.setdefault(i, job)
+                self.counts.setdefault(i, counts[i])
         for i in ids:
             if i not in self.jobs:
                 raise not_found(i)
@@ -162,13 +167,8 @@ class _Change:
 
     def counts_of(self, parent_id: str) -> dict[str, int]:
         if parent_id not in self.counts:
-            self.load_counts([parent_id])
+            self.load([parent_id])  # with the job itself: the roll-up needs both
         return self.counts[parent_id]
-
-    def load_counts(self, ids: Sequence[str]) -> None:
-        missing = [i for i in ids if i not in self.counts]
-        if missing:
-            self.counts.update(self.store.get_counts(missing))
 
     def event(
         self,
@@ -371,8 +371,6 @@ class Jobctl:
     def _set_status(self, ch: _Change, ids: list[str], status: str, message: str | None, force: bool) -> list[str]:
         changed = []
         jobs = ch.load(ids)
-        if not force:
-            ch.load_counts(ids)
         for job in jobs:
             if job["status"] == status:
                 continue

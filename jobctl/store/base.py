@@ -99,7 +99,10 @@ class Store(Protocol):
 
     # jobs
     def get_job(self, job_id: str) -> dict | None: ...
-    def get_jobs(self, ids: Sequence[str]) -> dict[str, dict]: ...
+    def jobs_and_counts(self, ids: Sequence[str]) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
+        """The jobs found (by id) and their kept child counts (zeros without children), in one read."""
+        ...
+
     def insert_jobs(self, jobs: Sequence[dict]) -> None:
         """All or none: IdTaken if one of the ids exists, with nothing inserted."""
 

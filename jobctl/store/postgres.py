@@ -53,6 +53,13 @@ _EVENT_SELECT = (
     " coalesce(l.message, e.message) AS message, l.level AS level"
     " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
 )
+_JOBS_WITH_COUNTS = (
+    "SELECT "
+    + ", ".join(f"j.{c}" for c in JOB_COLUMNS)
+    + ", "
+    + ", ".join(f"c.{s} AS c_{s}" for s in STATUSES)
+    + " FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id"
+)
 _ALIVE_AT = "greatest(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _job_row = itemgetter(*JOB_COLUMNS)
 _event_row = itemgetter(*EVENT_COLUMNS)
@@ -180,6 +187,8 @@ class PostgresStore:
         self.in_transaction = False
         self.next_event_id: int | None = None
         self.notify = False
+        self.deferred: list[str] = []  # statements sent with the COMMIT
+        self.ready = False  # the schema is current: write() may read the next event id
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -230,6 +239,7 @@ class PostgresStore:
             rows = self._query("SELECT key, value FROM meta")
             meta = {r["key"]: r["value"] for r in rows}
             if meta.get("application") == "jobctl" and meta.get("version") == str(SCHEMA_VERSION):
+                self.ready = True
                 return
         except DatabaseUnusable as exc:
             if not isinstance(exc.__cause__, pg.errors.UndefinedTable):
@@ -253,6 +263,7 @@ class PostgresStore:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+        self.ready = True
 
     def _meta(self) -> dict | None:
         """jobctl's meta rows (None: no jobctl schema yet, which is then created).
@@ -291,11 +302,19 @@ class PostgresStore:
         """One write transaction, holding the jobctl write lock (a transaction-
         scoped advisory lock) from its start: writers run one at a time, and
         event ids are assigned under the lock."""
-        self._execute(f"BEGIN; SELECT pg_advisory_xact_lock({self.lock_key})")
-        self.in_transaction, self.next_event_id, self.notify = True, None, False
+        begin = f"BEGIN; SELECT pg_advisory_xact_lock({self.lock_key})"
+        if self.ready:  # the next event id, in the same round trip (under the lock)
+            rows = self._run(begin + "; SELECT coalesce(max(id), 0) + 1 FROM events", None, fetch=True)
+            self.next_event_id = rows[0][0] if rows else None
+        else:  # migrating: there may be no events table yet
+            self._execute(begin)
+            self.next_event_id = None
+        self.in_transaction, self.notify, self.deferred = True, False, []
         try:
             yield self
-            self._execute(f"NOTIFY {self.channel}; COMMIT" if self.notify else "COMMIT")
+            # the writes that return nothing, the NOTIFY and the COMMIT: one round trip
+            end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else "", "COMMIT"]
+            self._execute("; ".join(x for x in end if x))
         except BaseException:
             self._rollback()
             raise
@@ -388,6 +407,14 @@ class PostgresStore:
         cols = self._columns
         return [dict(zip(cols, row)) for row in rows]
 
+    def _later(self, sql: str) -> None:
+        """A write inside write() whose result nobody reads: sent with the COMMIT
+        (one round trip for all of them), unless it is big."""
+        if len(sql) > 100_000:
+            self._execute(sql)
+        else:
+            self.deferred.append(sql)
+
     def _values(self, template: str, rows: Sequence[tuple]) -> str:
         """`(a, b), (c, d), ...` with every value escaped by the driver."""
         cur = self.conn.cursor()
@@ -423,12 +450,14 @@ class PostgresStore:
         rows = self._query(_JOB_SELECT + " WHERE id = %s", (job_id,))
         return rows[0] if rows else None
 
-    def get_jobs(self, ids: Sequence[str]) -> dict[str, dict]:
-        found: dict[str, dict] = {}
+    def jobs_and_counts(self, ids: Sequence[str]) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
+        jobs: dict[str, dict] = {}
+        counts: dict[str, dict[str, int]] = {}
         for i in range(0, len(ids), CHUNK):
-            for row in self._query(_JOB_SELECT + " WHERE id = ANY(%s)", (list(ids[i : i + CHUNK]),)):
-                found[row["id"]] = row
-        return found
+            for row in self._query(_JOBS_WITH_COUNTS + " WHERE j.id = ANY(%s)", (list(ids[i : i + CHUNK]),)):
+                counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
+                jobs[row["id"]] = row
+        return jobs, counts
 
     def insert_jobs(self, jobs: Sequence[dict]) -> None:
         self._execute("SAVEPOINT insert_jobs")
@@ -455,7 +484,7 @@ class PostgresStore:
         rows = [_status_row(j) for j in jobs]
         for i in range(0, len(rows), CHUNK):
             values = self._values("(%s, %s, %s, %s, %s)", rows[i : i + CHUNK])
-            self._execute(
+            self._later(
                 "UPDATE jobs SET status = v.status, started_at = v.started_at,"
                 " completed_at = v.completed_at, updated_at = v.updated_at"
                 f" FROM (VALUES {values}) AS v(id, status, started_at, completed_at, updated_at)"
@@ -535,7 +564,7 @@ class PostgresStore:
         cols = ", ".join(STATUSES)
         for i in range(0, len(rows), CHUNK):
             values = self._values("(%s, %s, %s, %s, %s, %s)", rows[i : i + CHUNK])
-            self._execute(
+            self._later(
                 f"INSERT INTO child_counts (parent_id, {cols}) VALUES {values}"
                 " ON CONFLICT (parent_id) DO UPDATE SET "
                 + ", ".join(f"{s} = child_counts.{s} + excluded.{s}" for s in STATUSES)
@@ -565,7 +594,11 @@ class PostgresStore:
         first = self.next_event_id
         rows = [(first + k, *_event_row(e)) for k, e in enumerate(events)]
         self.next_event_id = first + len(rows)
-        self._insert("events", ("id", *EVENT_COLUMNS), rows)
+        if len(rows) >= COPY_FROM:
+            self._copy("events", ("id", *EVENT_COLUMNS), rows)
+        else:
+            marks = "(" + ", ".join(["%s"] * (1 + len(EVENT_COLUMNS))) + ")"
+            self._later(f"INSERT INTO events (id, {', '.join(EVENT_COLUMNS)}) VALUES {self._values(marks, rows)}")
         self.notify = True
 
     def insert_log(self, job_id: str, level: str, message: str, at: str) -> int:

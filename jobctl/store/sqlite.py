@@ -42,6 +42,11 @@ _UPSERT_COUNTS = (
     " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES)
 )
 _ALIVE_AT = "max(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
+_JOBS_WITH_COUNTS = (
+    "SELECT jobs.*, "
+    + ", ".join(f"c.{s} AS c_{s}" for s in STATUSES)
+    + " FROM jobs LEFT JOIN child_counts c ON c.parent_id = jobs.id"
+)
 _CHUNK = 500  # ids per `IN (...)` query, below SQLite's variable limit
 _job_row = itemgetter(*JOB_COLUMNS)  # dict -> tuple in C: spawn writes 100,000s of rows
 _event_row = itemgetter(*EVENT_COLUMNS)
@@ -221,14 +226,17 @@ class SqliteStore:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
-    def get_jobs(self, ids: Sequence[str]) -> dict[str, dict]:
-        found: dict[str, dict] = {}
+    def jobs_and_counts(self, ids: Sequence[str]) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
+        """The jobs (missing ones left out) and their kept child counts, in one query."""
+        jobs: dict[str, dict] = {}
+        counts: dict[str, dict[str, int]] = {}
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in self._query(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
-                found[row["id"]] = row
-        return found
+            for row in self._query(f"{_JOBS_WITH_COUNTS} WHERE jobs.id IN ({marks})", chunk):
+                counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
+                jobs[row["id"]] = row
+        return jobs, counts
 
     def insert_jobs(self, jobs: Iterable[dict]) -> None:
         """Insert job dicts (every key of JOB_COLUMNS present), all or none:
