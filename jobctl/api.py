@@ -17,6 +17,7 @@ nothing here knows which backend it runs on.
 from __future__ import annotations
 
 import builtins  # Jobctl.list shadows the name `list` in annotations below it
+import itertools
 import os
 import random
 import time
@@ -24,7 +25,7 @@ import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from typing import TypeVar
 
     from jobctl.store.base import Store
@@ -468,7 +469,7 @@ class Jobctl:
     def _reap(self, ch: _Change, cutoff: str, to: str, parent: str | None) -> list[str]:
         if parent is not None:
             ch.job(parent)
-        stale = list(self.store.list_jobs(parent_id=parent, status=RUNNING, alive_before=cutoff))
+        stale = list(self.store.list_jobs(parent_id=parent, statuses=[RUNNING], alive_before=cutoff))
         for j in stale:
             ch.set_status(ch.jobs.setdefault(j["id"], j), to, "heartbeat lost")
         return [j["id"] for j in stale]
@@ -546,33 +547,67 @@ class Jobctl:
         self,
         *,
         parent: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         type: str | None = None,
         stale_after: float | None = None,
+        top_level: bool = False,
+        newest_first: bool = False,
     ) -> Iterator[dict]:
-        if status is not None:
-            model.check_status_word(status)
+        """Jobs, streamed: with any of the statuses `status` (a word or several),
+        children of `parent`, only roots with `top_level`; oldest first unless
+        `newest_first`. Each row has its metadata decoded and `progress` (None
+        for a job without children)."""
+        statuses = [status] if isinstance(status, str) else (builtins.list(status) if status else None)
+        for word in statuses or ():
+            model.check_status_word(word)
         if parent is not None:
             self._job(parent)
         cutoff = None
         if stale_after is not None:  # stale: running, with no recent sign of life
-            if status not in (None, RUNNING):
+            if statuses is not None and RUNNING not in statuses:
                 return iter(())
-            status, cutoff = RUNNING, model.ago(stale_after)
-        rows = self.store.list_jobs(parent_id=parent, status=status, type=type, alive_before=cutoff)
-        return (_decoded(row, "alive_at") for row in rows)
+            statuses, cutoff = [RUNNING], model.ago(stale_after)
+        rows = self.store.list_jobs(
+            parent_id=parent,
+            statuses=statuses,
+            type=type,
+            alive_before=cutoff,
+            top_level=top_level,
+            newest_first=newest_first,
+        )
+        return self._with_progress(_decoded(row, "alive_at") for row in rows)
 
-    def tree(self, job_id: str) -> builtins.list[dict]:
-        """The job and its descendants (parents first), each with `depth` and `progress`."""
-        with self.store.read():
-            sub = self.store.subtree(job_id)
-            if not sub:
-                raise not_found(job_id)
-            counts = self.store.get_counts([j["id"] for j in sub])
-        for j in sub:
+    def _with_progress(self, rows: Iterable[dict], chunk: int = 500) -> Iterator[dict]:
+        """Each row with its `progress` (None without children), the counts read a chunk at a time."""
+        batch: builtins.list[dict] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == chunk:
+                yield from self._add_progress(batch)
+                batch = []
+        yield from self._add_progress(batch)
+
+    def _add_progress(self, jobs: builtins.list[dict]) -> builtins.list[dict]:
+        counts = self.store.get_counts([j["id"] for j in jobs]) if jobs else {}
+        for j in jobs:
             c = counts[j["id"]]
-            j["progress"] = progress_dict(j["id"], j["status"], c) if sum(c.values()) else None
-        return sub
+            j["progress"] = progress_dict(j["id"], j["status"], c) if any(c.values()) else None
+        return jobs
+
+    def tree(self, job_id: str, *, depth: int | None = None, limit: int | None = None) -> Iterator[dict]:
+        """The job and its descendants depth-first (each child right after its
+        parent), each with `depth` and `progress`, streamed from one snapshot:
+        down to `depth` levels below the job, at most `limit` rows."""
+        if depth is not None and not 0 <= depth <= model.MAX_INT:
+            raise UsageError(f"--depth must be 0 or more, not {depth}")
+        if limit is not None and not 1 <= limit <= model.MAX_INT:
+            raise UsageError(f"--limit must be a positive whole number, not {limit}")
+        with self.store.read():
+            rows = self.store.walk(job_id, max_depth=depth, limit=limit)
+            first = next(rows, None)
+            if first is None:
+                raise not_found(job_id)
+            yield from self._with_progress(_decoded(r) for r in itertools.chain([first], rows))
 
     def stale_children(self, parent: str, stale_after: float) -> dict[str, float]:
         """{child id: seconds since its last sign of life} for the running children
@@ -580,8 +615,19 @@ class Jobctl:
         from datetime import datetime
 
         now = datetime.now(UTC)
-        rows = self.store.list_jobs(parent_id=parent, status=RUNNING, alive_before=model.ago(stale_after))
+        rows = self.store.list_jobs(parent_id=parent, statuses=[RUNNING], alive_before=model.ago(stale_after))
         return {r["id"]: (now - datetime.fromisoformat(r["alive_at"])).total_seconds() for r in rows}
+
+    def failed_children(self, job_id: str, limit: int = 10) -> tuple[builtins.list[dict], int]:
+        """The first `limit` failed children of the job, each {id, name, message}
+        (the message of the change that failed it), and how many failed in all."""
+        total = self.store.get_counts([job_id])[job_id][FAILED]
+        rows = builtins.list(self.store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=limit)) if total else []
+        out = []
+        for r in rows:
+            changes = [e for e in self.store.events(job_id=r["id"]) if e["new_status"] == FAILED]
+            out.append({"id": r["id"], "name": r["name"], "message": changes[-1]["message"] if changes else None})
+        return out, total
 
     def subtree_ids(self, job_id: str) -> set[str]:
         return {j["id"] for j in self.store.subtree(job_id)}

@@ -73,22 +73,36 @@ class JobctlGroup(typer.core.TyperGroup):
         return code
 
 
+# typer 0.28 writes a required argument as `{NAME}` in the usage line; every
+# argument here is required, so the plain `NAME` (as click and man pages write it).
+_typer_metavar = typer.core.TyperArgument.make_metavar
+typer.core.TyperArgument.make_metavar = lambda self, ctx, *, usage=False: _typer_metavar(self, ctx)  # type: ignore[method-assign]
+
 app = typer.Typer(
     cls=JobctlGroup,
     name="jobctl",
     help="A job database for scripts and CI pipelines that fan work out into child jobs.",
     epilog=EXIT_CODES_HELP,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,  # plain click help: `NAME`, not `{name}` and `<str>`
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-status_app = typer.Typer(help="Set or get a job's status.")
-db_app = typer.Typer(help="The database file.")
+status_app = typer.Typer(help="Set or get a job's status.", context_settings={"help_option_names": ["-h", "--help"]})
+db_app = typer.Typer(help="The database in use.", context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for lists).")]
 TIMEOUT = Annotated[
     float | None, typer.Option("--timeout", metavar="SECONDS", help="Give up after this long (exit 124).")
+]
+STRICT = Annotated[
+    bool, typer.Option("--strict", help="A cancelled job, or any cancelled child, counts as a failure (exit 1).")
+]
+WAIT_FOR_CREATE = Annotated[
+    bool,
+    typer.Option("--wait-for-create", help="Wait for a job that does not exist yet (bounded by --timeout)."),
 ]
 POLL_INTERVAL = Annotated[
     float, typer.Option("--poll-interval", metavar="SECONDS", help="Check this often even without a file notification.")
@@ -143,15 +157,17 @@ def db_path(ctx: typer.Context, json: JSON = False) -> None:
 @app.command()
 def create(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The job's name.")],
-    type: Annotated[str | None, typer.Option("--type", help="A type label, e.g. crawl.")] = None,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The job's name.")],
+    type: Annotated[str | None, typer.Option("--type", metavar="TYPE", help="A type label, e.g. crawl.")] = None,
     id: Annotated[
         str | None,
         typer.Option(
-            "--id", help="Choose the id; rerunning with the same attributes is then a no-op (exit 4 if they differ)."
+            "--id",
+            metavar="ID",
+            help="Choose the id; rerunning with the same attributes is then a no-op (exit 4 if they differ).",
         ),
     ] = None,
-    parent: Annotated[str | None, typer.Option("--parent", help="Make it a child of this job.")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", metavar="JOB", help="Make it a child of this job.")] = None,
     meta: Annotated[list[str], typer.Option("--meta", metavar="KEY=VALUE", help="Metadata, repeatable.")] = [],
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
@@ -161,13 +177,13 @@ def create(
 @app.command()
 def spawn(
     ctx: typer.Context,
-    parent: Annotated[str, typer.Argument(help="The parent job.")],
-    count: Annotated[int | None, typer.Option("--count", help="How many children.")] = None,
-    name: Annotated[list[str], typer.Option("--name", help="A child's name, repeatable.")] = [],
+    parent: Annotated[str, typer.Argument(metavar="PARENT", help="The parent job.")],
+    count: Annotated[int | None, typer.Option("--count", metavar="N", help="How many children.")] = None,
+    name: Annotated[list[str], typer.Option("--name", metavar="NAME", help="A child's name, repeatable.")] = [],
     names_from: Annotated[
         str | None, typer.Option("--names-from", metavar="FILE|-", help="Child names, one per line.")
     ] = None,
-    type: Annotated[str | None, typer.Option("--type", help="The children's type.")] = None,
+    type: Annotated[str | None, typer.Option("--type", metavar="TYPE", help="The children's type.")] = None,
 ) -> None:
     """Create children of PARENT, pending, in one transaction; print their ids, one per line."""
     done(commands.spawn(ctx.obj["db"], parent, count=count, name=name, names_from=names_from, type=type))
@@ -177,7 +193,9 @@ def spawn(
 def status_set(
     ctx: typer.Context,
     args: Annotated[list[str], typer.Argument(metavar="JOB... STATUS", help="Job ids, then the new status.")],
-    message: Annotated[str | None, typer.Option("--message", "-m", help="Why; shown in the log.")] = None,
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", metavar="TEXT", help="Why; shown in the log.")
+    ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Allow any transition, even out of a final status, and on a job with children."),
@@ -193,19 +211,25 @@ def status_set(
 
 
 @status_app.command("get")
-def status_get(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")], json: JSON = False) -> None:
+def status_get(
+    ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")], json: JSON = False
+) -> None:
     """Print the job's status word."""
     done(commands.status_get(ctx.obj["db"], job, json=json))
 
 
 @app.command()
-def progress(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")], json: JSON = False) -> None:
+def progress(
+    ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")], json: JSON = False
+) -> None:
     """Print the counts of the job's children: 66 pending, 1 running, 41 completed, 0 failed."""
     done(commands.progress(ctx.obj["db"], job, json=json))
 
 
 @app.command()
-def show(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")], json: JSON = False) -> None:
+def show(
+    ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")], json: JSON = False
+) -> None:
     """Show a job: its fields, metadata and progress."""
     done(commands.show(ctx.obj["db"], job, json=json))
 
@@ -213,37 +237,54 @@ def show(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    parent: Annotated[str | None, typer.Option("--parent", help="Only children of this job.")] = None,
-    status: Annotated[str | None, typer.Option("--status", help="Only jobs with this status.")] = None,
-    type: Annotated[str | None, typer.Option("--type", help="Only jobs of this type.")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", metavar="JOB", help="Only children of this job.")] = None,
+    all: Annotated[bool, typer.Option("--all", help="Every job, parents and children, oldest first.")] = False,
+    status: Annotated[
+        list[str], typer.Option("--status", metavar="STATUS", help="Only jobs with this status; repeatable.")
+    ] = [],
+    type: Annotated[str | None, typer.Option("--type", metavar="TYPE", help="Only jobs of this type.")] = None,
     stale_after: Annotated[
         str | None,
         typer.Option(
             "--stale-after",
             metavar="DURATION",
-            help="Only running jobs whose last heartbeat (or start) is older than this: 90s, 5m, 1h.",
+            help="Only running jobs (at any depth) whose last heartbeat (or start) is older than this: 90s, 5m, 1h.",
         ),
     ] = None,
     json: JSON = False,
 ) -> None:
-    """List jobs, oldest first: a table on a terminal, id<TAB>status<TAB>name lines in a pipe."""
-    done(commands.list_(ctx.obj["db"], parent=parent, status=status, type=type, stale_after=stale_after, json=json))
+    """List the top-level jobs, newest first, with their progress (--all: every job).
+
+    A table on a terminal; in a pipe id<TAB>status<TAB>name<TAB>progress lines
+    (id<TAB>status<TAB>name with --all, --parent or --stale-after).
+    """
+    done(
+        commands.list_(
+            ctx.obj["db"], parent=parent, all=all, status=status, type=type, stale_after=stale_after, json=json
+        )
+    )
 
 
 @app.command()
 def tree(
-    ctx: typer.Context, job: Annotated[str, typer.Argument(help="The root of the tree.")], json: JSON = False
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The root of the tree.")],
+    depth: Annotated[
+        int | None, typer.Option("--depth", metavar="N", help="Only N levels below JOB (0: JOB alone).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="At most N rows.")] = None,
+    json: JSON = False,
 ) -> None:
-    """Show the job and its descendants: every node's status, every parent's progress."""
-    done(commands.tree(ctx.obj["db"], job, json=json))
+    """Show the job and its descendants, depth-first: every node's status, every parent's progress."""
+    done(commands.tree(ctx.obj["db"], job, depth=depth, limit=limit, json=json))
 
 
 @app.command()
 def log(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(help="The job id.")],
-    message: Annotated[str, typer.Argument(help="The log line.")],
-    level: Annotated[str, typer.Option("--level", help="info, warning or error.")] = "info",
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
+    message: Annotated[str, typer.Argument(metavar="MESSAGE", help="The log line.")],
+    level: Annotated[str, typer.Option("--level", metavar="LEVEL", help="info, warning or error.")] = "info",
 ) -> None:
     """Append a line to the job's log (watchers see it live)."""
     done(commands.log(ctx.obj["db"], job, message, level=level))
@@ -252,7 +293,7 @@ def log(
 @app.command()
 def logs(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(help="The job id.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
     children: Annotated[
         bool, typer.Option("--children", help="Include the children's changes, each with the progress after it.")
     ] = False,
@@ -265,9 +306,9 @@ def logs(
 @app.command()
 def events(
     ctx: typer.Context,
-    job: Annotated[str | None, typer.Option("--job", help="Only this job and its descendants.")] = None,
+    job: Annotated[str | None, typer.Option("--job", metavar="JOB", help="Only this job and its descendants.")] = None,
     since: Annotated[int, typer.Option("--since", metavar="EVENT_ID", help="Only events after this id.")] = 0,
-    limit: Annotated[int | None, typer.Option("--limit", help="At most this many.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="At most this many.")] = None,
     json: JSON = False,
 ) -> None:
     """Print events in event-id order (the id is the cursor for --since)."""
@@ -277,8 +318,8 @@ def events(
 @app.command()
 def cancel(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(help="The job id.")],
-    message: Annotated[str | None, typer.Option("--message", "-m", help="Why.")] = None,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
+    message: Annotated[str | None, typer.Option("--message", "-m", metavar="TEXT", help="Why.")] = None,
 ) -> None:
     """Cancel the job and every unfinished descendant; print the ids cancelled."""
     done(commands.cancel(ctx.obj["db"], job, message=message))
@@ -287,7 +328,7 @@ def cancel(
 @app.command()
 def retry(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(help="The job id.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
     failed_children: Annotated[
         bool, typer.Option("--failed-children", help="Retry only failed jobs below JOB.")
     ] = False,
@@ -300,13 +341,13 @@ def retry(
 
 
 @app.command()
-def claim(ctx: typer.Context, parent: Annotated[str, typer.Argument(help="The parent job.")]) -> None:
+def claim(ctx: typer.Context, parent: Annotated[str, typer.Argument(metavar="PARENT", help="The parent job.")]) -> None:
     """Take the oldest pending child of PARENT, set it running and print its id (exit 3 if none)."""
     done(commands.claim(ctx.obj["db"], parent))
 
 
 @app.command()
-def heartbeat(ctx: typer.Context, job: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+def heartbeat(ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")]) -> None:
     """Record that the job's worker is alive (no event: not a status change)."""
     done(commands.heartbeat(ctx.obj["db"], job))
 
@@ -317,8 +358,8 @@ def reap(
     stale_after: Annotated[
         str, typer.Option("--stale-after", metavar="DURATION", help="Heartbeat age that counts as dead: 90s, 5m, 1h.")
     ],
-    to: Annotated[str, typer.Option("--to", help="failed or pending.")] = "failed",
-    parent: Annotated[str | None, typer.Option("--parent", help="Only children of this job.")] = None,
+    to: Annotated[str, typer.Option("--to", metavar="STATUS", help="failed or pending.")] = "failed",
+    parent: Annotated[str | None, typer.Option("--parent", metavar="JOB", help="Only children of this job.")] = None,
 ) -> None:
     """Move running jobs whose worker stopped beating to failed (or pending); print their ids."""
     done(commands.reap(ctx.obj["db"], stale_after, to=to, parent=parent))
@@ -327,7 +368,7 @@ def reap(
 @app.command()
 def watch(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(help="The job to watch (usually a parent).")],
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job to watch (usually a parent).")],
     exit_status: Annotated[
         bool, typer.Option("--exit-status", help="Exit 0 if the job completed, 1 if it failed, 6 if it was cancelled.")
     ] = False,
@@ -346,12 +387,14 @@ def watch(
             help="Mark running children whose last heartbeat (or start) is older than this: 90s, 5m.",
         ),
     ] = None,
+    strict: STRICT = False,
+    wait_for_create: WAIT_FOR_CREATE = False,
 ) -> None:
     """Follow a job live until it ends: its progress and every event and log line below it.
 
     A live view on a terminal, plain lines in a pipe or CI log, NDJSON with
     --json. Exit 0 when the job ends (see --exit-status), 124 on --timeout,
-    130 on Ctrl-C, 3 if the job does not exist.
+    130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP, 3 if the job does not exist.
     """
     done(
         commands.watch(
@@ -364,6 +407,8 @@ def watch(
             from_start=from_start,
             poll_interval=poll_interval,
             stale_after=stale_after,
+            strict=strict,
+            wait_for_create=wait_for_create,
         )
     )
 
@@ -377,27 +422,39 @@ def wait(
     json: Annotated[
         bool, typer.Option("--json", help="One JSON object per job (its progress fields and the reason).")
     ] = False,
+    strict: STRICT = False,
+    wait_for_create: WAIT_FOR_CREATE = False,
 ) -> None:
     """Wait quietly until every job has ended; print one line per job.
 
     Exit 0 if all completed, 6 if any was cancelled, 1 if any failed,
-    124 on timeout: the worst outcome wins.
+    124 on timeout: the worst outcome wins (--strict: cancelled counts as failed).
     """
-    done(commands.wait(ctx.obj["db"], jobs, timeout=timeout, poll_interval=poll_interval, json=json))
+    done(
+        commands.wait(
+            ctx.obj["db"],
+            jobs,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            json=json,
+            strict=strict,
+            wait_for_create=wait_for_create,
+        )
+    )
 
 
 @app.command()
 def demo(
     ctx: typer.Context,
-    children: Annotated[int, typer.Option("--children", help="How many pages to crawl.")] = 108,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 4,
-    fail_rate: Annotated[float, typer.Option("--fail-rate", help="Share of pages that fail.")] = 0.05,
+    children: Annotated[int, typer.Option("--children", metavar="N", help="How many pages to crawl.")] = 108,
+    workers: Annotated[int, typer.Option("--workers", metavar="N", help="Worker processes.")] = 4,
+    fail_rate: Annotated[float, typer.Option("--fail-rate", metavar="SHARE", help="Share of pages that fail.")] = 0.05,
     speed: Annotated[float, typer.Option("--speed", metavar="FACTOR", help="2 runs twice as fast.")] = 1.0,
     db: Annotated[
         str | None,
         typer.Option("--db", metavar="PATH", help="Keep the demo's database here (default: a temporary file)."),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for a repeatable run.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Random seed, for a repeatable run.")] = None,
 ) -> None:
     """Watch a "News Crawler" job fan out to worker processes, live.
 

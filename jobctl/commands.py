@@ -50,6 +50,12 @@ def status_set(
 ) -> int:
     *ids, status = args
     model.check_status_word(status)
+    other = next((i for i in ids if i in model.STATUSES), None)
+    if other is not None:  # `status set X running completed`: not a job called "running"
+        raise UsageError(
+            f"only one status can be given ({other} and {status} are both status words;"
+            " the last argument is the status)"
+        )
     if stdin:
         ids += read_stdin().split()
     with _open(db) as jc:
@@ -184,26 +190,39 @@ def show(db: str | None, job: str, json: bool = False) -> int:
 def list_(
     db: str | None,
     parent: str | None = None,
-    status: str | None = None,
+    all: bool = False,
+    status: list[str] | None = None,
     type: str | None = None,
     stale_after: str | None = None,
     json: bool = False,
 ) -> int:
     from jobctl import render
 
+    if all and parent is not None:
+        raise UsageError("give --all or --parent, not both")
     stale = model.parse_duration(stale_after) if stale_after is not None else None
+    # The overview: top-level jobs, newest first. --all, --parent and --stale-after
+    # (stale jobs are leaves, at any depth) list jobs oldest first, as they were created.
+    overview = not all and parent is None and stale is None
     with _open(db, create=False) as jc:
-        rows = jc.list(parent=parent, status=status, type=type, stale_after=stale)
-        render.write_ndjson(rows) if json else render.jobs(rows)
+        rows = jc.list(
+            parent=parent,
+            status=status or None,
+            type=type,
+            stale_after=stale,
+            top_level=overview,
+            newest_first=overview,
+        )
+        render.write_ndjson(rows) if json else render.jobs(rows, overview=overview)
     return 0
 
 
-def tree(db: str | None, job: str, json: bool = False) -> int:
+def tree(db: str | None, job: str, depth: int | None = None, limit: int | None = None, json: bool = False) -> int:
     from jobctl import render
 
     with _open(db, create=False) as jc:
-        rows = jc.tree(job)
-    render.write_ndjson(rows) if json else render.tree(rows)
+        rows = jc.tree(job, depth=depth, limit=limit)
+        render.write_ndjson(rows) if json else render.tree(rows)
     return 0
 
 
@@ -252,14 +271,18 @@ def watch(
     from_start: bool = False,
     poll_interval: float = 1.0,
     stale_after: str | None = None,
+    strict: bool = False,
+    wait_for_create: bool = False,
 ) -> int:
     from jobctl import render
     from jobctl import watch as watching
 
     if since is not None and from_start:
         raise UsageError("give --since or --from-start, not both")
+    if strict and not exit_status:
+        raise UsageError("--strict goes with --exit-status")
     stale = model.parse_duration(stale_after) if stale_after is not None else None
-    with _open(db, create=False) as jc:
+    with _open(db, create=wait_for_create) as jc:
         sink: watching.Sink = (
             render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
         )
@@ -271,24 +294,34 @@ def watch(
             timeout=timeout,
             poll_interval=poll_interval,
             exit_status=exit_status,
+            strict=strict,
             stale_after=stale,
+            wait_for_create=wait_for_create,
         )
 
 
 def wait(
-    db: str | None, jobs: list[str], timeout: float | None = None, poll_interval: float = 1.0, json: bool = False
+    db: str | None,
+    jobs: list[str],
+    timeout: float | None = None,
+    poll_interval: float = 1.0,
+    json: bool = False,
+    strict: bool = False,
+    wait_for_create: bool = False,
 ) -> int:
     from jobctl import render
     from jobctl import watch as watching
 
     sink: watching.Sink = render.JsonWatch() if json else render.PlainWatch()
-    with _open(db, create=False) as jc:
+    with _open(db, create=wait_for_create) as jc:
         return watching.run_wait(
             jc,
             jobs,
-            lambda job, progress, reason: sink.end(job, progress, reason, None),
+            lambda job, progress, reason, failures: sink.end(job, progress, reason, None, failures),
             timeout=timeout,
             poll_interval=poll_interval,
+            strict=strict,
+            wait_for_create=wait_for_create,
         )
 
 

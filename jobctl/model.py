@@ -58,6 +58,16 @@ EXIT_FOR_STATUS: Mapping[str, int] = {
     FAILED: EXIT_FAILED,
     CANCELLED: EXIT_CANCELLED,
 }
+
+
+def exit_code_for(status: str, counts: Mapping[str, int], *, strict: bool = False) -> int:
+    """The exit status of `watch --exit-status` and `wait` for a job that ended.
+    With `strict`, a cancelled job, or any cancelled child, counts as a failure."""
+    if strict and (status in (FAILED, CANCELLED) or counts.get(CANCELLED, 0)):
+        return EXIT_FAILED
+    return EXIT_FOR_STATUS.get(status, EXIT_OK)
+
+
 # How bad each outcome is, for `wait` on several jobs: the worst one wins.
 SEVERITY: Mapping[int, int] = {EXIT_OK: 0, EXIT_CANCELLED: 1, EXIT_FAILED: 2, EXIT_TIMEOUT: 3}
 

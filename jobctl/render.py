@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 from jobctl.console import plain
 from jobctl.progress import change_text, finished
 
 if TYPE_CHECKING:
-    from jobctl.watch import Update
+    from jobctl.watch import Failures, Update
 
 STATUS_STYLE = {
     "pending": "yellow",
@@ -55,25 +56,85 @@ def status_text(status: str):
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
-def jobs(rows: Iterable[Mapping]) -> None:
-    """`jobctl list`: a table on a terminal, `id<TAB>status<TAB>name` lines in a pipe."""
+def jobs(rows: Iterable[Mapping], *, overview: bool = False) -> None:
+    """`jobctl list`, streamed: a table on a terminal (printed a chunk of rows at a
+    time, so the first screen comes at once and memory stays flat), and in a pipe
+    `id<TAB>status<TAB>name` lines, with the progress text as a fourth field in
+    the overview (empty for a job without children)."""
     if not is_terminal():
+        out = sys.stdout
         for r in rows:
-            write_line(f"{r['id']}\t{r['status']}\t{plain(r['name'])}")
+            line = f"{r['id']}\t{r['status']}\t{plain(r['name'])}"
+            if overview:
+                line += "\t" + (r["progress"]["progress_text"] if r["progress"] else "")
+            out.write(line + "\n")
+        out.flush()
         return
+    from itertools import islice
+
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, header_style="bold")
-    for col in ("id", "status", "name", "type", "parent", "updated"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            *(Text(plain(v)) for v in (r["id"],)),
-            status_text(r["status"]),
-            *(Text(plain(v)) for v in (r["name"], r["type"] or "", r["parent_id"] or "", r["updated_at"])),
-        )
-    console().print(table)
+    if overview:
+        columns = ("id", "name", "status", "progress", "started", "duration")
+
+        def cells(r: Mapping) -> list:
+            progress = r["progress"]["progress_text"] if r["progress"] else ""
+            return [
+                Text(plain(r["id"])),
+                Text(plain(r["name"])),
+                status_text(r["status"]),
+                Text(progress),
+                Text(local_time(r["started_at"])),
+                Text(job_duration(r)),
+            ]
+    else:
+        columns = ("id", "status", "name", "type", "parent", "updated")
+
+        def cells(r: Mapping) -> list:
+            return [
+                Text(plain(r["id"])),
+                status_text(r["status"]),
+                *(Text(plain(v)) for v in (r["name"], r["type"] or "", r["parent_id"] or "", r["updated_at"])),
+            ]
+
+    out = console()
+    widths = [len(c) for c in columns]
+    rows = iter(rows)
+    first = True
+    while chunk := [cells(r) for r in islice(rows, 200)]:
+        widths = [max(w, *(c[i].cell_len for c in chunk)) for i, w in enumerate(widths)]
+        table = Table(box=None, header_style="bold", show_header=first)
+        for name, width in zip(columns, widths):
+            table.add_column(name, min_width=width)
+        for row in chunk:
+            table.add_row(*row)
+        out.print(table)
+        first = False
+    if first:  # no rows: the header alone says what was listed
+        table = Table(box=None, header_style="bold")
+        for name in columns:
+            table.add_column(name)
+        out.print(table)
+
+
+def local_time(at: str | None) -> str:
+    """`2026-11-29 06:40:12` in local time, of a stored timestamp ('' for none)."""
+    if not at:
+        return ""
+    from datetime import datetime
+
+    return datetime.fromisoformat(at).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def job_duration(j: Mapping) -> str:
+    """How long the job ran: from its start to its end, or to now while it runs."""
+    if not j["started_at"]:
+        return ""
+    from datetime import datetime
+
+    end = datetime.fromisoformat(j["completed_at"]) if j["completed_at"] else datetime.now(UTC)
+    return duration((end - datetime.fromisoformat(j["started_at"])).total_seconds())
 
 
 def job(j: Mapping) -> None:
@@ -109,16 +170,20 @@ def job(j: Mapping) -> None:
     console().print(table)
 
 
-def tree(rows: Sequence[Mapping]) -> None:
-    """`jobctl tree`: every node's status, every parent's progress."""
+def tree(rows: Iterable[Mapping]) -> None:
+    """`jobctl tree`: every node's status, every parent's progress. The rows come
+    depth-first (each child right after its parent); in a pipe each is a line
+    indented two spaces per level, streamed."""
 
     def label(r: Mapping) -> str:
         text = f"{r['id']} {r['status']} {plain(r['name'])}"
         return text + (f" ({r['progress']['progress_text']})" if r["progress"] else "")
 
     if not is_terminal():
+        out = sys.stdout
         for r in rows:
-            write_line("  " * r["depth"] + label(r))
+            out.write("  " * r["depth"] + label(r) + "\n")
+        out.flush()
         return
     from rich.markup import escape
     from rich.tree import Tree
@@ -183,11 +248,17 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def change_line(e: Mapping) -> str:
+    """`<job> <old> → <new>[: <message>]`: a status change and why, when it says."""
+    text = f"{e['job_id']} {change_text(e)}"
+    return text + (f": {plain(e['message'])}" if e["message"] else "")
+
+
 def update_line(e: Mapping, progress: Mapping) -> str:
-    """A watch line: `HH:MM:SS <job> <old> → <new> | <progress>` or a log line."""
+    """A watch line: `HH:MM:SS <job> <old> → <new>[: <message>] | <progress>` or a log line."""
     if e["kind"] == "log":
         return f"{clock(e['at'])} [{e['level']}] {e['job_id']}: {plain(e['message'])}"
-    return f"{clock(e['at'])} {e['job_id']} {change_text(e)} | {progress['progress_text']}"
+    return f"{clock(e['at'])} {change_line(e)} | {progress['progress_text']}"
 
 
 def summary_line(job: Mapping, progress: Mapping, reason: str) -> str:
@@ -197,14 +268,38 @@ def summary_line(job: Mapping, progress: Mapping, reason: str) -> str:
     return text + (f" ({reason})" if reason else "")
 
 
+def failure_lines(failures: Failures | None) -> list[str]:
+    """The failed children under a summary: up to ten, each with its message, then `and N more`."""
+    if failures is None:
+        return []
+    lines = [
+        f"  failed: {c['id']} {plain(c['name'])}" + (f": {plain(c['message'])}" if c["message"] else "")
+        for c in failures.children
+    ]
+    if failures.total > len(failures.children):
+        lines.append(f"  and {failures.total - len(failures.children)} more")
+    return lines
+
+
+def earlier_line(earlier: int) -> str:
+    return f"({earlier} earlier event{'s' if earlier != 1 else ''}; --from-start replays them)"
+
+
+def start_line(job: Mapping, progress: Mapping) -> str:
+    """The watch's first line: now, the job, its state, and when that last changed."""
+    line = f"{clock_now()} {plain(job['name'])} ({job['id']}) {progress['status']}"
+    if progress["total_children"]:
+        line += f" | {progress['progress_text']}"
+    return line + f" (last change {clock(job['updated_at'])})"
+
+
 class PlainWatch:
     """Plain lines, flushed per line: for CI logs and pipes."""
 
-    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
-        line = f"{clock(job['updated_at'])} {plain(job['name'])} ({job['id']}) {progress['status']}"
-        if progress["total_children"]:
-            line += f" | {progress['progress_text']}"
-        self._write(line)
+    def start(self, job: Mapping, progress: Mapping, cursor: int, earlier: int = 0) -> None:
+        self._write(start_line(job, progress))
+        if earlier:
+            self._write(earlier_line(earlier))
 
     def update(self, update: Update) -> None:
         self._write(update_line(update.event, update.progress))
@@ -213,8 +308,11 @@ class PlainWatch:
         for job_id, age in new.items():
             self._write(f"{clock_now()} {job_id} stale: no heartbeat for {duration(age)} | {progress['progress_text']}")
 
-    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
-        self._write(summary_line(job, progress, reason))
+    def end(
+        self, job: Mapping, progress: Mapping, reason: str, code: int | None, failures: Failures | None = None
+    ) -> None:
+        for line in [summary_line(job, progress, reason), *failure_lines(failures)]:
+            self._write(line)
 
     @staticmethod
     def _write(line: str) -> None:
@@ -226,8 +324,8 @@ class JsonWatch:
     """NDJSON: every line has the watched job's progress fields; event lines
     carry the event as `event` (the same object `events --json` prints)."""
 
-    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
-        write_json({"type": "start", **progress, "name": job["name"], "cursor": cursor})
+    def start(self, job: Mapping, progress: Mapping, cursor: int, earlier: int = 0) -> None:
+        write_json({"type": "start", **progress, "name": job["name"], "cursor": cursor, "earlier_events": earlier})
 
     def update(self, update: Update) -> None:
         write_json({"type": "event", **update.progress, "event": event_json(update.event)})
@@ -243,16 +341,24 @@ class JsonWatch:
             }
         )
 
-    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
-        line = {"type": "end", **progress, "reason": reason or "finished"}
-        write_json(line if code is None else {**line, "exit_code": code})
+    def end(
+        self, job: Mapping, progress: Mapping, reason: str, code: int | None, failures: Failures | None = None
+    ) -> None:
+        line: dict = {"type": "end", **progress, "reason": reason or "finished"}
+        if code is not None:
+            line["exit_code"] = code
+        if failures is not None:
+            line["failures"] = failures.children  # (failed_children is the count, as everywhere)
+            line["failures_total"] = failures.total
+        write_json(line)
 
 
 class LiveWatch:
     """A rich Live view: header with a status badge, a progress bar with rate and
-    ETA from the event timestamps, the counts line, and a tail of log lines."""
+    ETA, the counts line, and as many of the latest events and log lines as fit
+    the window (the frame never grows past the window's height)."""
 
-    TAIL = 12
+    KEEP = 500  # lines kept for the tail; as many as fit are shown
 
     def __init__(self, console_=None):
         from collections import deque
@@ -260,17 +366,20 @@ class LiveWatch:
         from rich.live import Live
 
         self.console = console_ or console()
-        self.lines: deque = deque(maxlen=self.TAIL)
+        self.lines: deque = deque(maxlen=self.KEEP)
         self.finished_at: deque = deque(maxlen=200)  # (unix time, finished children)
         self.job: Mapping = {}
         self.progress: Mapping = {}
         self.stale_ids: list = []
         self.final: str | None = None
+        self.failures: Failures | None = None
         self.live = Live(console=self.console, refresh_per_second=8, transient=False, get_renderable=self.render)
 
-    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None:
+    def start(self, job: Mapping, progress: Mapping, cursor: int, earlier: int = 0) -> None:
         self.job, self.progress = job, progress
         self._mark(job["updated_at"])
+        if earlier:
+            self.lines.append(f"[dim]{earlier_line(earlier)}[/]")
         self.live.start()
 
     def update(self, update: Update) -> None:
@@ -287,8 +396,10 @@ class LiveWatch:
             new = e["new_status"]
             self.lines.append(
                 f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
-                f"[bold]{escape(e['job_id'])}[/] {change_text(e)}"
+                f"[bold]{escape(e['job_id'])}[/] {escape(change_line(e))}"
             )
+            if e["job_id"] in self.stale_ids and new != "running":  # it moved on: no longer stale
+                self.stale_ids = [i for i in self.stale_ids if i != e["job_id"]]
             self._mark(e["at"])
 
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None:
@@ -298,8 +409,12 @@ class LiveWatch:
                 f"[dim]{clock_now()}[/] [bold yellow]{'stale':<9}[/] [bold]{job_id}[/] no heartbeat for {duration(age)}"
             )
 
-    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None:
-        self.progress = progress
+    def end(
+        self, job: Mapping, progress: Mapping, reason: str, code: int | None, failures: Failures | None = None
+    ) -> None:
+        self.progress, self.failures = progress, failures
+        if progress.get("running_children", 0) == 0:
+            self.stale_ids = []  # nothing runs any more, so nothing is stale
         self.final = reason  # get_renderable draws the last frame with the summary
         self.live.refresh()
         self.live.stop()
@@ -312,12 +427,16 @@ class LiveWatch:
         if not self.finished_at or self.finished_at[-1][1] != done:
             self.finished_at.append((t, done))
 
-    def rate(self) -> float | None:
-        """Children finished per second, over the recent event timestamps."""
+    def rate(self, now: float | None = None) -> float | None:
+        """Children finished per second, over the recent event timestamps up to now:
+        while nothing finishes the rate falls (and the ETA grows) with wall time."""
+        import time
+
         if len(self.finished_at) < 2:
             return None
         (t0, d0), (t1, d1) = self.finished_at[0], self.finished_at[-1]
-        return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
+        end = max(t1, time.time() if now is None else now)
+        return (d1 - d0) / (end - t0) if end > t0 and d1 > d0 else None
 
     def render(self):
         from rich.console import Group
@@ -338,27 +457,43 @@ class LiveWatch:
         total = p.get("total_children", 0)
         if total:
             done = finished(counts_of(p))
-            rate = self.rate()
             stats = f" {done}/{total} {100 * done / total:5.1f}%"
+            rate = self.rate() if self.final is None else None
             if rate:
                 stats += f"  {rate:.1f}/s"
                 if done < total:
                     eta = int((total - done) / rate)
-                    stats += f"  ETA {eta // 60}:{eta % 60:02d}"
+                    stats += f"  ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
             bar = Table.grid(padding=(0, 1))
-            bar.add_row(ProgressBar(total=total, completed=done, width=40), Text(stats))
+            bar.add_row(
+                ProgressBar(total=total, completed=done, width=min(40, max(10, self.console.width - 30))),
+                Text(stats, no_wrap=True, overflow="ellipsis"),
+            )
             parts += [bar, Text(p["progress_text"])]
         if self.stale_ids:
             shown = ", ".join(self.stale_ids[:5]) + (" …" if len(self.stale_ids) > 5 else "")
             parts.append(Text(f"⚠ {len(self.stale_ids)} stale (no heartbeat): {shown}", style="bold yellow"))
-        parts.append(
-            Text.from_markup("\n".join(self.lines)) if self.lines else Text("waiting for events…", style="dim")
-        )
+        footer: list = []
         if self.final is not None:
-            parts.append(
+            footer.append(
                 Text(
                     f"{self.job.get('id', '')} {status}" + (f" ({self.final})" if self.final else ""),
                     style=f"bold {STATUS_STYLE.get(status, '')}",
                 )
             )
-        return Group(*parts)
+            footer += [Text(line, style="red") for line in failure_lines(self.failures)]
+        # Every line is cut to the width (one row each), and the tail gets what is
+        # left of the window's height, so the frame never grows past it (a taller
+        # frame scrolls the header away); the last row is the cursor's.
+        for part in parts + footer:
+            if isinstance(part, Text):
+                part.no_wrap, part.overflow = True, "ellipsis"
+        room = max(1, self.console.height - len(parts) - len(footer) - 1)
+        tail = list(self.lines)[-room:]
+        if tail:
+            text = Text.from_markup("\n".join(tail))
+            text.no_wrap, text.overflow = True, "ellipsis"
+            parts.append(text)
+        else:
+            parts.append(Text("waiting for events…", style="dim"))
+        return Group(*parts, *footer)

@@ -11,17 +11,20 @@ start and then folded per event in O(1). What is shown goes to a sink
 
 from __future__ import annotations
 
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol  # watch is long-running: typing's start-up cost does not matter
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from jobctl.store.base import Waker
 
 from jobctl import model
 from jobctl.api import Jobctl
+from jobctl.console import info
 from jobctl.model import TERMINAL, not_found
 from jobctl.progress import empty_counts, fold_event, progress_dict
 
@@ -43,10 +46,14 @@ class Sink(Protocol):
     and JsonWatch (NDJSON) follow this. `end`'s code is None for `wait`,
     which reports each job without an exit code of its own."""
 
-    def start(self, job: Mapping, progress: Mapping, cursor: int) -> None: ...
+    def start(self, job: Mapping, progress: Mapping, cursor: int, earlier: int = 0) -> None:
+        """`earlier`: how many events of the job's tree came before the watch (0 when replaying)."""
+
     def update(self, update: Update) -> None: ...
     def stale(self, new: Mapping[str, float], all_stale: list, progress: Mapping) -> None: ...
-    def end(self, job: Mapping, progress: Mapping, reason: str, code: int | None) -> None: ...
+    def end(
+        self, job: Mapping, progress: Mapping, reason: str, code: int | None, failures: Failures | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -112,6 +119,10 @@ class Tail:
     def progress(self) -> dict:
         return progress_dict(self.job_id, self.status, self.counts)
 
+    def earlier_events(self) -> int:
+        """How many events of the watched tree came before the watch started."""
+        return self.jc.store.count_events(self.job["root_id"], self.live_from, self.subtree)
+
     def read(self) -> list[Update]:
         """The new events of the watched tree since the cursor, folded into the progress.
 
@@ -169,10 +180,6 @@ def follow(
         changed = waker.wait(poll_interval if remaining is None else remaining)
 
 
-def exit_code_for(status: str) -> int:
-    return model.EXIT_FOR_STATUS.get(status, model.EXIT_OK)
-
-
 class StaleCheck:
     """Tells the sink which running children of the job have stopped beating
     (the later of start and last heartbeat older than `stale_after` seconds), once each."""
@@ -191,43 +198,133 @@ class StaleCheck:
                 self.on_stale(list(new))
 
 
+@dataclass
+class Failures:
+    """A job's failed children for the summary: the first few, and how many in all."""
+
+    children: list[dict]  # {id, name, message}
+    total: int
+
+
+def failures_of(tail: Tail) -> Failures | None:
+    """What failed below a job that ended failed or cancelled (None otherwise)."""
+    if tail.status not in (model.FAILED, model.CANCELLED) or not tail.counts.get(model.FAILED):
+        return None
+    children, total = tail.jc.failed_children(tail.job_id, limit=SUMMARY_FAILURES)
+    return Failures(children, total)
+
+
+SUMMARY_FAILURES = 10  # failed children named in a summary ("and N more" after them)
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (what CI sends a cancelled pipeline's steps): handled like Ctrl-C."""
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[dict]:
+    """While following, SIGTERM and SIGHUP interrupt like Ctrl-C; the dict says
+    which signal came (`signum`), so the exit status can be 128 + it."""
+    got: dict = {}
+
+    def handler(signum, frame):
+        got["signum"] = signum
+        raise Signalled()
+
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in wanted}
+    except ValueError:  # not the main thread: leave the signals alone
+        old = {}
+    try:
+        yield got
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def interrupted(got: dict) -> tuple[str, int]:
+    """The reason and exit status for an interruption: Ctrl-C 130, SIGTERM 143, SIGHUP 129."""
+    signum = got.get("signum")
+    if signum is None:
+        return "interrupted", model.EXIT_INTERRUPTED
+    name = {getattr(signal, "SIGTERM", -1): "terminated", getattr(signal, "SIGHUP", -1): "hung up"}.get(
+        signum, "signal"
+    )
+    return name, 128 + signum
+
+
+def wait_for_jobs(jc: Jobctl, job_ids: list[str], waker: Waker, poll_interval: float, deadline: float | None) -> bool:
+    """Block until every job exists (--wait-for-create); False if `deadline` passes first."""
+    while True:
+        missing = [j for j in job_ids if jc.store.get_job(j) is None]
+        if not missing:
+            return True
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            info(f"job {', '.join(missing)} was not created within the timeout")
+            return False
+        waker.wait(poll_interval if remaining is None else remaining)
+
+
 def run_watch(
     jc: Jobctl,
     job_id: str,
-    sink,
+    sink: Sink,
     *,
     since: int | None = None,
     timeout: float | None = None,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     exit_status: bool = False,
+    strict: bool = False,
     stale_after: float | None = None,
+    wait_for_create: bool = False,
     on_stale=None,
 ) -> int:
     """`jobctl watch`: the start state, then every event of the tree, then a summary.
 
     Returns the exit code: 0 when the job ends (with `exit_status`: 0 completed,
-    1 failed, 6 cancelled), 124 on timeout, 130 on Ctrl-C. With `stale_after`,
-    running children without a recent heartbeat are reported as stale.
+    1 failed, 6 cancelled; with `strict` also 1 for a cancelled job or child),
+    124 on timeout, 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP. With
+    `stale_after`, running children without a recent heartbeat are reported as
+    stale; with `wait_for_create`, a job that does not exist yet is waited for.
     """
     model.check_seconds(timeout, "--timeout")
-    tail = Tail.start(jc, job_id, since=since)
+    deadline = None if timeout is None else time.monotonic() + timeout
     waker = waker_for(jc, poll_interval)
-    on_tick = StaleCheck(tail, stale_after, sink, on_stale) if stale_after is not None else None
-    try:
-        sink.start(tail.job, tail.progress(), tail.cursor)
-        if on_tick is not None:
-            on_tick()
-        finished = follow([tail], waker, poll_interval, timeout, lambda t, u: sink.update(u), lambda t: None, on_tick)
-    except KeyboardInterrupt:
-        sink.end(tail.job, tail.progress(), "interrupted", model.EXIT_INTERRUPTED)
-        return model.EXIT_INTERRUPTED
-    finally:
-        waker.close()
+    tail = None
+    with signals_as_interrupts() as got:
+        try:
+            if wait_for_create and not wait_for_jobs(jc, [job_id], waker, poll_interval, deadline):
+                return model.EXIT_TIMEOUT
+            tail = Tail.start(jc, job_id, since=since)
+            on_tick = StaleCheck(tail, stale_after, sink, on_stale) if stale_after is not None else None
+            # the job's own creation is not history worth a hint
+            earlier = tail.earlier_events() if since is None else 0
+            earlier = earlier if earlier > 1 else 0
+            sink.start(tail.job, tail.progress(), tail.cursor, earlier)
+            if on_tick is not None:
+                on_tick()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            finished = follow(
+                [tail], waker, poll_interval, remaining, lambda t, u: sink.update(u), lambda t: None, on_tick
+            )
+        except KeyboardInterrupt:
+            reason, code = interrupted(got)
+            if tail is not None:
+                sink.end(tail.job, tail.progress(), reason, code)
+            return code
+        except model.DatabaseUnusable:  # deleted, replaced, or the server gone for good
+            if tail is not None:
+                sink.end(tail.job, tail.progress(), "database unusable", model.EXIT_DATABASE)
+            raise
+        finally:
+            waker.close()
     if not finished:
         sink.end(tail.job, tail.progress(), "timeout", model.EXIT_TIMEOUT)
         return model.EXIT_TIMEOUT
-    code = exit_code_for(tail.status) if exit_status else model.EXIT_OK
-    sink.end(tail.job, tail.progress(), "", code)
+    code = model.exit_code_for(tail.status, tail.counts, strict=strict) if exit_status else model.EXIT_OK
+    sink.end(tail.job, tail.progress(), "", code, failures_of(tail))
     return code
 
 
@@ -238,27 +335,35 @@ def run_wait(
     *,
     timeout: float | None = None,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
+    strict: bool = False,
+    wait_for_create: bool = False,
 ) -> int:
-    """`jobctl wait`: report(job, progress, reason) once per job as it ends (or
-    times out); the worst outcome is the exit code."""
+    """`jobctl wait`: report(job, progress, reason, failures) once per job as it
+    ends (or times out); the worst outcome is the exit code."""
     model.check_seconds(timeout, "--timeout")
-    tails = [Tail.start(jc, j) for j in dict.fromkeys(job_ids)]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ids = list(dict.fromkeys(job_ids))
     codes = []
 
     def done(tail: Tail) -> None:
-        codes.append(exit_code_for(tail.status))
-        report(tail.job, tail.progress(), "")
+        codes.append(model.exit_code_for(tail.status, tail.counts, strict=strict))
+        report(tail.job, tail.progress(), "", failures_of(tail))
 
     waker = waker_for(jc, poll_interval)
-    try:
-        finished = follow(tails, waker, poll_interval, timeout, lambda t, u: None, done)
-    except KeyboardInterrupt:
-        return model.EXIT_INTERRUPTED
-    finally:
-        waker.close()
+    with signals_as_interrupts() as got:
+        try:
+            if wait_for_create and not wait_for_jobs(jc, ids, waker, poll_interval, deadline):
+                return model.EXIT_TIMEOUT
+            tails = [Tail.start(jc, j) for j in ids]
+            remaining = None if deadline is None else deadline - time.monotonic()
+            finished = follow(tails, waker, poll_interval, remaining, lambda t, u: None, done)
+        except KeyboardInterrupt:
+            return interrupted(got)[1]
+        finally:
+            waker.close()
     if not finished:
         for tail in tails:
             if not tail.finished:
-                report(tail.job, tail.progress(), "timeout")
+                report(tail.job, tail.progress(), "timeout", None)
         codes.append(model.EXIT_TIMEOUT)
     return max(codes, key=lambda c: model.SEVERITY[c])

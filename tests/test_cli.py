@@ -224,10 +224,40 @@ def test_list_filters_and_json(cli):
     parent = cli("create", "p", "--type", "crawl").stdout.strip()
     kids = cli("spawn", parent, "--count", "3", "--type", "page").stdout.split()
     cli("status", "set", kids[1], "running")
-    running = cli("list", "--status", "running", "--json").stdout.splitlines()
+    running = cli("list", "--all", "--status", "running", "--json").stdout.splitlines()
     assert {json.loads(x)["id"] for x in running} == {parent, kids[1]}
-    assert [json.loads(x)["id"] for x in cli("list", "--type", "page", "--json").stdout.splitlines()] == kids
+    assert [json.loads(x)["id"] for x in cli("list", "--all", "--type", "page", "--json").stdout.splitlines()] == kids
     assert cli("list", "--parent", "missing").exit_code == 3
+    cli("status", "set", kids[2], "failed")
+    cli("status", "set", kids[0], "cancelled")
+    several = cli("list", "--all", "--status", "failed", "--status", "cancelled").stdout.splitlines()
+    assert [line.split("\t")[0] for line in several] == [kids[0], kids[2]]  # any of them, oldest first
+    assert cli("list", "--all", "--status", "failed", "--status", "nope").exit_code == 2
+    assert cli("list", "--all", "--parent", parent).exit_code == 2
+
+
+def test_list_overview_top_level_newest_first_with_progress(cli):
+    """The default view: one row per top-level job (not one per child), newest first,
+    the progress text as a fourth field in a pipe; --all and --parent as before."""
+    first = cli("create", "first crawl").stdout.strip()
+    kids = cli("spawn", first, "--count", "108").stdout.split()
+    cli("status", "set", *kids[:41], "completed")
+    cli("status", "set", kids[41], "running")
+    second = cli("create", "second crawl").stdout.strip()
+    lonely = cli("create", "no children").stdout.strip()
+    lines = cli("list").stdout.splitlines()
+    assert lines == [f"{lonely}\tpending\tno children\t",
+                     f"{second}\tpending\tsecond crawl\t",
+                     f"{first}\trunning\tfirst crawl\t66 pending, 1 running, 41 completed, 0 failed"]
+    rows = [json.loads(x) for x in cli("list", "--json").stdout.splitlines()]
+    assert [r["id"] for r in rows] == [lonely, second, first]
+    assert rows[2]["progress"]["completed_children"] == 41 and rows[0]["progress"] is None
+    assert rows[0]["metadata"] == {}
+    everything = cli("list", "--all").stdout.splitlines()
+    assert len(everything) == 111 and everything[0] == f"{first}\trunning\tfirst crawl"
+    assert [x.split("\t")[0] for x in cli("list", "--parent", first).stdout.splitlines()] == kids
+    assert cli("list", "--status", "running").stdout.splitlines() == [
+        f"{first}\trunning\tfirst crawl\t66 pending, 1 running, 41 completed, 0 failed"]
 
 
 def test_tree_shows_status_and_progress(cli):
@@ -241,6 +271,24 @@ def test_tree_shows_status_and_progress(cli):
     assert lines[2].startswith(f"    {leaf} completed")
     depths = [json.loads(x)["depth"] for x in cli("tree", root, "--json").stdout.splitlines()]
     assert depths == [0, 1, 2, 2]
+
+
+def test_tree_in_a_pipe_is_depth_first(cli):
+    """A pipeline -> 3 stages -> 4 shards each: every shard right under its own stage."""
+    pipe = cli("create", "pipe", "--id", "pipe").stdout.strip()
+    stages = cli("spawn", pipe, "--name", "build", "--name", "test", "--name", "deploy").stdout.split()
+    shards = {stage: cli("spawn", stage, "--count", "4").stdout.split() for stage in stages}
+    lines = cli("tree", pipe).stdout.splitlines()
+    want = [pipe] + [x for stage in stages for x in [stage, *shards[stage]]]
+    assert [line.split()[0] for line in lines] == want
+    assert [len(line) - len(line.lstrip(" ")) for line in lines] == [0] + [2, 4, 4, 4, 4] * 3
+    rows = [json.loads(x) for x in cli("tree", pipe, "--json").stdout.splitlines()]
+    assert [r["id"] for r in rows] == want and [r["depth"] for r in rows] == [0] + [1, 2, 2, 2, 2] * 3
+    assert all(r["metadata"] == {} for r in rows)  # the same shape as show --json
+    assert [line.split()[0] for line in cli("tree", pipe, "--depth", "1").stdout.splitlines()] == [pipe, *stages]
+    assert len(cli("tree", pipe, "--limit", "3").stdout.splitlines()) == 3
+    assert cli("tree", pipe, "--depth", "-1").exit_code == 2
+    assert cli("tree", pipe, "--limit", "0").exit_code == 2
 
 
 def test_cancel_and_retry(cli):
@@ -481,3 +529,26 @@ def test_nul_in_text_is_refused_on_both_backends(jc, cli, tmp_path):
     result = cli("spawn", parent, "--names-from", names)
     assert result.exit_code == 2 and "NUL" in result.stderr
     assert jc.progress(parent)["total_children"] == 0 and len(jc.events()) == 1
+
+
+def test_status_set_with_two_status_words_says_so(cli):
+    job = cli("create", "x").stdout.strip()
+    result = cli("status", "set", job, "running", "completed")
+    assert result.exit_code == 2
+    assert result.stderr == ("jobctl: error: only one status can be given (running and completed are both"
+                             " status words; the last argument is the status)\n")
+    assert cli("status", "get", job).stdout == "pending\n"
+
+
+def test_dash_h_is_help_everywhere(cli):
+    for argv in (["-h"], ["status", "-h"], ["status", "set", "-h"], ["list", "-h"], ["db", "path", "-h"]):
+        result = cli(*argv)
+        assert result.exit_code == 0 and result.stdout.startswith("Usage: jobctl"), argv
+    usage = cli("create", "-h").stdout.splitlines()[0]
+    assert usage == "Usage: jobctl create [OPTIONS] NAME"  # not {name}
+    assert "<str>" not in cli("create", "-h").stdout
+
+
+def test_shell_completion_is_on(cli):
+    result = cli("--show-completion", "bash", db=False)
+    assert result.exit_code == 0 and "complete" in result.stdout and "jobctl" in result.stdout.lower()

@@ -153,13 +153,13 @@ def wait_until_blocked_on_a_full_pipe(proc, timeout=30):
 
 
 def test_a_slow_reader_blocks_no_writer(db):
-    """`jobctl list` stuck on a full pipe (in the middle of its read); writers go on."""
+    """`jobctl list --all` stuck on a full pipe (in the middle of its read); writers go on."""
     db_path = db
     with Jobctl(db_path) as jc:
         parent = jc.create("many")
         kids = jc.spawn(parent, count=5000)
     # unbuffered: readline() below takes exactly one line, communicate() gets all the rest
-    reader = subprocess.Popen([JOBCTL, "--db", str(db_path), "list"], stdout=subprocess.PIPE, bufsize=0)
+    reader = subprocess.Popen([JOBCTL, "--db", str(db_path), "list", "--all"], stdout=subprocess.PIPE, bufsize=0)
     try:
         first = reader.stdout.readline()  # it is reading the jobs and printing them
         assert first.split(b"\t")[0] == parent.encode(), first

@@ -7,10 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-
 from conftest import FULL, JOBCTL, run, tamper
+
 from jobctl import Jobctl
 from jobctl.watch import Tail
 
@@ -130,7 +131,8 @@ def test_from_start_replays_all_of_a_finished_job_and_exits(db):
     lines = result.stdout.splitlines()
     assert "p (" in lines[0] and "pending" in lines[0]
     assert any(f"{kid} pending → failed | 0 pending, 0 running, 0 completed, 1 failed" in x for x in lines)
-    assert lines[-1] == f"{parent} failed | 0 pending, 0 running, 0 completed, 1 failed"
+    assert lines[-2] == f"{parent} failed | 0 pending, 0 running, 0 completed, 1 failed"
+    assert lines[-1] == f"  failed: {kid} child 1"  # the summary names what failed
 
 
 @pytest.mark.slow
@@ -157,18 +159,24 @@ def test_timeout_unknown_job_and_bad_options(db):
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_without_traceback(db):
+@pytest.mark.parametrize(
+    "signum,code,reason",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up")],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_ctrl_c_and_ci_cancels_end_with_a_summary_line(db, signum, code, reason):
+    """Ctrl-C, and what CI sends a cancelled pipeline's step (SIGTERM, SIGHUP): a summary, 128 + signal."""
     with Jobctl(db) as jc:
         job = jc.create("forever")
     proc, _ = start_watch(db, job)
     with Jobctl(db) as jc:  # one live event, seen and printed: the watch is in its loop now
         jc.log(job, "still here")
     assert "still here" in proc.stdout.readline()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert "Traceback" not in err
-    assert out.splitlines()[-1] == f"{job} pending (interrupted)"
+    assert out.splitlines()[-1] == f"{job} pending ({reason})"
 
 
 @pytest.mark.slow
@@ -311,6 +319,73 @@ def test_live_view_renders_on_a_terminal(db, monkeypatch):
     assert "\x1b[3" not in buf.getvalue() and "\x1b[4" not in buf.getvalue()  # no colour codes
 
 
+def frame_lines(sink) -> list[str]:
+    """The lines of the live view's current frame, as the console would draw them."""
+    console = sink.console
+    return ["".join(seg.text for seg in line) for line in console.render_lines(sink.render(), console.options)]
+
+
+def test_live_view_fits_the_window_and_uses_its_height(db_path):
+    from rich.console import Console
+
+    from jobctl.render import LiveWatch
+    from jobctl.watch import run_watch
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("a name long enough to wrap in a narrow window")
+        kids = jc.spawn(parent, count=40)
+        for kid in kids:
+            jc.log(kid, "a log line that is much longer than thirty columns, to be cut, not wrapped")
+        jc.set_status(kids, "completed")
+        tall = LiveWatch(Console(file=io.StringIO(), force_terminal=True, width=100, height=35))
+        run_watch(jc, parent, tall, since=0)
+        narrow = LiveWatch(Console(file=io.StringIO(), force_terminal=True, width=30, height=12))
+        run_watch(jc, parent, narrow, since=0)
+    lines = frame_lines(tall)
+    assert len(lines) == 34  # the tail fills the window but its last row (the cursor): not the old 12 rows
+    assert lines[-1].startswith(f"{parent} completed")  # the summary is in the last frame
+    small = frame_lines(narrow)
+    assert len(small) <= 12 and all(len(x) <= 30 for x in small)  # never taller than the window
+    assert small[0].startswith("a name long")  # the header is still on screen
+
+
+def test_live_view_rate_decays_and_stale_and_failures_are_right_at_the_end(db_path):
+    from rich.console import Console
+
+    from jobctl.render import LiveWatch
+    from jobctl.watch import Failures, Update
+
+    sink = LiveWatch(Console(file=io.StringIO(), force_terminal=True, width=120, height=40))
+    job = {"id": "p", "name": "p", "updated_at": "2026-01-01T00:00:00.000000Z"}
+
+    def progress(done, running, failed=0):
+        return {"job_id": "p", "status": "running", "total_children": 10, "pending_children": 10 - done - running,
+                "running_children": running, "completed_children": done - failed, "failed_children": failed,
+                "cancelled_children": 0, "progress_text": "..."}
+
+    def change(kid, old, new, at, p, message=None):
+        e = {"id": 1, "kind": "status", "job_id": kid, "parent_id": "p", "old_status": old, "new_status": new,
+             "at": at, "message": message, "level": None}
+        sink.update(Update(e, p, False))
+
+    sink.start(job, progress(0, 2), 0)
+    sink.live.stop()  # drawn frames are not under test: render() is
+    change("p.1", "running", "completed", "2026-01-01T00:00:01.000000Z", progress(1, 1))
+    change("p.3", "running", "completed", "2026-01-01T00:00:03.000000Z", progress(2, 1))
+    t = 1767225603.0  # 2026-01-01T00:00:03Z
+    assert sink.rate(now=t) == pytest.approx(2 / 3)
+    assert sink.rate(now=t + 17) < sink.rate(now=t) / 5  # nothing finished for 17 s: the rate falls with time
+    sink.stale({"p.2": 400.0}, ["p.2"], progress(2, 1))
+    assert any("1 stale" in x for x in frame_lines(sink))
+    change("p.2", "running", "failed", "2026-01-01T00:00:04.000000Z", progress(3, 0, failed=1), "exit code 3")
+    assert not any("stale (no heartbeat)" in x for x in frame_lines(sink))  # it moved on: no longer stale
+    sink.end(job, {**progress(3, 0, failed=1), "status": "failed"}, "", 1,
+             Failures([{"id": "p.2", "name": "page 2", "message": "exit code 3"}], 1))
+    final = frame_lines(sink)
+    assert any("p.2 running → failed: exit code 3" in x for x in final)  # the tail says why
+    assert final[-2].startswith("p failed") and final[-1].startswith("  failed: p.2 page 2: exit code 3")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("env", [{}, {"JOBCTL_WATCH_POLL": "1"}], ids=["watchfiles", "polling"])
 def test_demo_runs_to_the_end(env):
@@ -411,3 +486,108 @@ def test_reap_of_one_parent_leaves_other_jobs_alone(db):
     assert run("reap", "--stale-after", "1m", "--parent", p, db=db).stdout.split() == [kid]
     with Jobctl(db) as jc:
         assert jc.status(other) == "running" and jc.status(p) == "failed"
+
+
+# ------------------------------------------------------------ watch says why
+@pytest.mark.slow
+def test_watch_lines_say_why_and_the_summary_names_the_failures(db):
+    with Jobctl(db) as jc:
+        parent = jc.create("shards")
+        kids = jc.spawn(parent, count=14)
+    proc, _ = start_watch(db, parent, "--exit-status", "--timeout", 60)
+    json_proc, _ = start_watch(db, parent, "--json", "--timeout", 60)
+    with Jobctl(db) as jc:
+        jc.set_status(kids, "running")
+        jc.set_status([kids[0]], "completed")
+        for i, kid in enumerate(kids[1:13]):
+            jc.set_status([kid], "failed", message=f"exit code {i + 2}")
+        jc.cancel(parent, message="pipeline cancelled")
+    out, err = proc.communicate(timeout=60)
+    lines = out.splitlines()
+    assert proc.returncode == 6, err  # cancelled
+    assert any(x.endswith(f"{kids[1]} running → failed: exit code 2 | 0 pending, 12 running, 1 completed, 1 failed")
+               for x in lines), lines
+    assert any(f"{kids[13]} running → cancelled: pipeline cancelled |" in x for x in lines)
+    summary = lines.index(f"{parent} cancelled | 0 pending, 0 running, 1 completed, 12 failed, 1 cancelled")
+    assert lines[summary + 1:] == [f"  failed: {kids[1 + i]} child {2 + i}: exit code {i + 2}" for i in range(10)] + [
+        "  and 2 more"]
+    records = [json.loads(x) for x in json_proc.communicate(timeout=60)[0].splitlines()]
+    failed = [r["event"] for r in records if r["type"] == "event" and r["event"]["new_status"] == "failed"]
+    assert failed[0]["message"] == "exit code 2"
+    end = records[-1]
+    assert end["type"] == "end" and end["failed_children"] == 12 and end["failures_total"] == 12
+    assert [f["id"] for f in end["failures"]] == kids[1:11] and end["failures"][0]["message"] == "exit code 2"
+
+
+@pytest.mark.slow
+def test_a_watch_that_joins_late_says_what_it_missed(db):
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        kids = jc.spawn(parent, count=3)
+        jc.set_status(kids[:2], "running")
+        history = len(jc.events(job=parent))
+    proc, first = start_watch(db, parent, "--timeout", 0.3)
+    hint = proc.stdout.readline()  # (communicate() would skip what readline() has buffered)
+    proc.communicate(timeout=30)
+    assert "(last change " in first  # the start line says what its time is not
+    assert hint == f"({history} earlier events; --from-start replays them)\n"
+    replay = run("watch", parent, "--from-start", "--timeout", "0.3", db=db)
+    assert "earlier events" not in replay.stdout  # it replays them instead
+    start = json.loads(run("watch", parent, "--json", "--timeout", "0.3", db=db).stdout.splitlines()[0])
+    assert start["earlier_events"] == history
+
+
+@pytest.mark.slow
+def test_strict_counts_a_cancelled_child_as_a_failure(db):
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        a, b = jc.spawn(parent, count=2)
+        jc.set_status([a], "completed")
+        jc.set_status([b], "cancelled")
+        assert jc.status(parent) == "completed"  # some completed, one cancelled: completed
+    assert run("watch", parent, "--exit-status", db=db).returncode == 0
+    assert run("watch", parent, "--exit-status", "--strict", db=db).returncode == 1
+    assert run("wait", parent, db=db).returncode == 0
+    assert run("wait", parent, "--strict", db=db).returncode == 1
+    bad = run("watch", parent, "--strict", db=db)
+    assert bad.returncode == 2 and "--strict goes with --exit-status" in bad.stderr
+
+
+@pytest.mark.slow
+def test_wait_for_create_follows_a_job_created_after_the_watch_started(db):
+    with Jobctl(db) as jc:
+        jc.create("something else")  # the database exists; the job does not yet
+    proc = subprocess.Popen([JOBCTL, "--db", db, "watch", "later", "--wait-for-create", "--exit-status", "--json",
+                             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    missing = run("watch", "later", "--timeout", "0.2", db=db)
+    assert missing.returncode == 3  # without the option: not found at once
+    with Jobctl(db) as jc:
+        jc.create("the later job", id="later")
+        kid = jc.spawn("later", count=1)[0]
+        jc.set_status([kid], "completed")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["progress_text"] == "0 pending, 0 running, 1 completed, 0 failed"
+    never = run("watch", "never", "--wait-for-create", "--timeout", "0.3", db=db)
+    assert never.returncode == 124 and never.stderr == "jobctl: job never was not created within the timeout\n"
+    both = run("wait", "later", "never", "--wait-for-create", "--timeout", "0.3", db=db)
+    assert both.returncode == 124
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_watcher_notices_its_database_deleted_or_replaced(db_path, tmp_path, how):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        jc.spawn(parent, count=2)
+    proc, _ = start_watch(db_path, parent, "--exit-status", "--timeout", 60)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        with Jobctl(tmp_path / "other.db") as jc:
+            jc.create("another database")
+        os.rename(tmp_path / "other.db", db_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5
+    assert err == f"jobctl: error: database {db_path} was {how} while being watched\n"
+    assert out.splitlines()[-1] == f"{parent} running | 2 pending, 0 running, 0 completed, 0 failed (database unusable)"

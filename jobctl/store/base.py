@@ -114,17 +114,25 @@ class Store(Protocol):
     def subtree(self, job_id: str) -> list[dict]:
         """The job and its descendants, parents before children, each with `depth`."""
 
+    def walk(self, job_id: str, *, max_depth: int | None = None, limit: int | None = None) -> Iterator[dict]:
+        """The job and its descendants depth-first (each child right after its parent,
+        siblings oldest first), each with `depth`, streamed. Empty if there is no such job."""
+        ...
+
     def list_jobs(
         self,
         *,
         parent_id: str | None = None,
-        status: str | None = None,
+        statuses: Sequence[str] | None = None,
         type: str | None = None,
         alive_before: str | None = None,
         limit: int | None = None,
+        top_level: bool = False,
+        newest_first: bool = False,
     ) -> Iterator[dict]:
-        """Oldest first. alive_before is the stale rule: jobs without children
-        whose later of start and last heartbeat is older; rows get `alive_at`."""
+        """Oldest first (or newest), any of `statuses`, only roots with `top_level`.
+        alive_before is the stale rule: jobs without children whose later of
+        start and last heartbeat is older; rows get `alive_at`."""
 
     def next_child(self, parent_id: str, status: str) -> dict | None:
         """The oldest child of `parent_id` with `status`, locked for this write
@@ -143,6 +151,10 @@ class Store(Protocol):
         self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None, limit: int | None = None
     ) -> list[dict]: ...
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]: ...
+    def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
+        """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
+        ...
+
     def last_event_id(self) -> int: ...
     def waker(self, poll_interval: float) -> Waker: ...
 

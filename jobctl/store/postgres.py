@@ -503,26 +503,61 @@ class PostgresStore:
             (job_id,),
         )
 
+    def walk(self, job_id: str, *, max_depth: int | None = None, limit: int | None = None) -> Iterator[dict]:
+        """The job and its descendants depth-first (siblings oldest first), each
+        with `depth`, streamed through a server-side cursor (call it inside read())."""
+        cols = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
+        deeper = "" if max_depth is None else f" WHERE t.depth < {int(max_depth)}"
+        sql = (
+            f"WITH RECURSIVE t({_JOBS}, depth, seq) AS ("
+            f" SELECT {cols}, 0, j.seq FROM jobs j WHERE j.id = %s"
+            f" UNION ALL SELECT {cols}, t.depth + 1, j.seq FROM t JOIN jobs j ON j.parent_id = t.id{deeper})"
+            f" SEARCH DEPTH FIRST BY seq SET walk_order SELECT {_JOBS}, depth FROM t ORDER BY walk_order"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        if not self.in_transaction:
+            yield from self._query(sql, (job_id,))
+            return
+        # a server-side cursor of our own transaction, fetched a page at a time
+        self._execute(f"DECLARE jobctl_walk NO SCROLL CURSOR FOR {sql}", (job_id,))
+        try:
+            while rows := self._query(f"FETCH {PAGE} FROM jobctl_walk"):
+                yield from rows
+        finally:
+            if not self.conn.closed:
+                self._rollback_cursor("jobctl_walk")
+
+    def _rollback_cursor(self, name: str) -> None:
+        try:
+            self.conn.cursor().execute(f"CLOSE {name}")
+        except self.pg.Error:
+            pass
+
     def list_jobs(
         self,
         *,
         parent_id: str | None = None,
-        status: str | None = None,
+        statuses: Sequence[str] | None = None,
         type: str | None = None,
         alive_before: str | None = None,
         limit: int | None = None,
+        top_level: bool = False,
+        newest_first: bool = False,
     ) -> Iterator[dict]:
-        """Jobs matching every filter, oldest first, streamed a page at a time
-        (see base.Store.list_jobs for alive_before, the stale rule)."""
-        where = ["seq > %s"]
-        params: list[object] = [0]  # params[0]: the keyset cursor
+        """Jobs matching every filter, streamed a page at a time (a keyset over
+        `seq`); see base.Store.list_jobs."""
+        where = ["seq < %s" if newest_first else "seq > %s"]
+        params: list[object] = [2**63 - 1 if newest_first else 0]  # params[0]: the keyset cursor
         select = f"SELECT seq, {_JOBS}"
         if parent_id is not None:
             where.append("parent_id = %s")
             params.append(parent_id)
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
+        if statuses is not None:
+            where.append("status = ANY(%s)")
+            params.append(list(statuses))
+        if top_level:
+            where.append("parent_id IS NULL")
         if type is not None:
             where.append("type = %s")
             params.append(type)
@@ -533,7 +568,8 @@ class PostgresStore:
         left = limit
         while left is None or left > 0:
             page = PAGE if left is None else min(PAGE, left)
-            rows = self._query(f"{select} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT {page}", params)
+            order = "seq DESC" if newest_first else "seq"
+            rows = self._query(f"{select} FROM jobs WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {page}", params)
             for row in rows:
                 params[0] = row.pop("seq")
                 yield row
@@ -630,6 +666,12 @@ class PostgresStore:
             sql += " AND e.id <= %s"
             params += (until,)
         return iter(self._query(sql + " ORDER BY e.id", params))
+
+    def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
+        sql = "SELECT count(*) AS n FROM events WHERE root_id = %s AND id <= %s"
+        if job_ids is None:
+            return self._query(sql, (root_id, until))[0]["n"]
+        return self._query(sql + " AND job_id = ANY(%s)", (root_id, until, list(job_ids)))[0]["n"]
 
     def last_event_id(self) -> int:
         return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]

@@ -287,16 +287,41 @@ class SqliteStore:
             (job_id,),
         )
 
+    def walk(self, job_id: str, *, max_depth: int | None = None, limit: int | None = None) -> Iterator[dict]:
+        """The job and its descendants depth-first (each child right after its
+        parent, siblings oldest first), each with `depth`, streamed: the
+        recursive query's queue is ordered deepest first, which SQLite
+        documents as a depth-first walk."""
+        cols = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
+        deeper = "" if max_depth is None else f" WHERE t.depth < {int(max_depth)}"
+        sql = (
+            f"WITH RECURSIVE t({', '.join(JOB_COLUMNS)}, depth, rid) AS ("
+            f" SELECT {cols}, 0, j.rowid FROM jobs j WHERE j.id = ?"
+            f" UNION ALL SELECT {cols}, t.depth + 1, j.rowid FROM t JOIN jobs j ON j.parent_id = t.id{deeper}"
+            f" ORDER BY {len(JOB_COLUMNS) + 1} DESC, {len(JOB_COLUMNS) + 2})"  # depth, then rowid
+            f" SELECT {', '.join(JOB_COLUMNS)}, depth FROM t"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        try:
+            for row in self.conn.execute(sql, (job_id,)):
+                yield row
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
+
     def list_jobs(
         self,
         *,
         parent_id: str | None = None,
-        status: str | None = None,
+        statuses: Sequence[str] | None = None,
         type: str | None = None,
         alive_before: str | None = None,
         limit: int | None = None,
+        top_level: bool = False,
+        newest_first: bool = False,
     ) -> Iterator[dict]:
-        """Jobs matching every given filter, oldest first, streamed.
+        """Jobs matching every given filter (any of `statuses`; only roots with
+        `top_level`), oldest first (or newest first), streamed.
 
         alive_before: only jobs without children whose last sign of life, the
         later of their start and their last heartbeat (a heartbeat from an
@@ -308,9 +333,11 @@ class SqliteStore:
         if parent_id is not None:
             where.append("parent_id = ?")
             params.append(parent_id)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        if statuses is not None:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if top_level:
+            where.append("parent_id IS NULL")
         if type is not None:
             where.append("type = ?")
             params.append(type)
@@ -319,7 +346,8 @@ class SqliteStore:
             select = f"SELECT *, {_ALIVE_AT} AS alive_at"
             where.append(f"{_ALIVE_AT} < ? AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)")
             params.append(alive_before)
-        sql = select + " FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
+        sql = select + " FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY rowid DESC" if newest_first else " ORDER BY rowid"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         try:
@@ -411,8 +439,27 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise _unusable(self.path, exc) from None
 
+    def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
+        """How many events of the tree `root_id` (of the jobs `job_ids` only, when given) have id <= until."""
+        sql = "SELECT count(*) AS n FROM events WHERE root_id = ? AND id <= ?"
+        if job_ids is None:
+            return self._query(sql, (root_id, until))[0]["n"]
+        ids = list(job_ids)
+        total = 0
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            total += self._query(f"{sql} AND job_id IN ({','.join('?' * len(chunk))})", (root_id, until, *chunk))[0][
+                "n"
+            ]
+        return total
+
     def last_event_id(self) -> int:
         return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
+
+    def application_id(self) -> int:
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        return cur.execute("PRAGMA application_id").fetchone()[0]
 
     def data_version(self) -> int:
         """Changes whenever another connection commits (cheap: no disk read)."""
@@ -446,12 +493,17 @@ class FileWaker:
     commits; watching the -wal itself goes deaf once SQLite deletes it), plus
     `PRAGMA data_version` checked at every tick (TICK_MS), so a missed
     notification costs at most a tick. JOBCTL_WATCH_POLL=1, or a
-    directory watchfiles cannot watch, means polling only."""
+    directory watchfiles cannot watch, means polling only.
+
+    It also notices when the file it follows is deleted or replaced (another
+    inode, or no longer a jobctl database) and raises DatabaseUnusable: a
+    watcher must not wait forever on a file nobody will write again."""
 
     def __init__(self, store: SqliteStore, poll_interval: float, force_poll: bool | None = None):
         self.store = store
         self.poll_interval = poll_interval
         self.version = store.data_version()
+        self.identity = self._identity()
         base = os.path.basename(store.path)
         names = {base, base + "-wal"}
         self.changes = None
@@ -477,12 +529,19 @@ class FileWaker:
 
     def wait(self, timeout: float) -> bool:
         limit = max(0.0, min(timeout, self.poll_interval))
-        if self.changes is None:
-            time.sleep(limit)
-            return self._changed()
         deadline = time.monotonic() + limit
         while True:
-            event = next(self.changes)  # a file event, or an empty set after TICK_MS
+            if self.changes is None:  # polling: one look per poll interval
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return self._changed()
+            else:
+                try:
+                    event = next(self.changes)  # a file event, or an empty set after TICK_MS
+                except (KeyboardInterrupt, StopIteration):
+                    raise
+                except Exception:  # watchfiles could not watch after all (inotify limits): poll
+                    self.changes, self.mode = None, "polling"
+                    continue
             # data_version is checked at every tick too (it costs no disk read): a
             # commit made before watching started, or not seen by inotify, still wakes us.
             if self._changed() or event:
@@ -490,9 +549,20 @@ class FileWaker:
             if time.monotonic() >= deadline:
                 return False
 
+    def _identity(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.store.path)
+        except FileNotFoundError:
+            raise DatabaseUnusable(f"database {self.store.path} was deleted while being watched") from None
+        return st.st_dev, st.st_ino
+
     def _changed(self) -> bool:
+        if self._identity() != self.identity:
+            raise DatabaseUnusable(f"database {self.store.path} was replaced while being watched")
         version = self.store.data_version()
         changed, self.version = version != self.version, version
+        if changed and self.store.application_id() != APPLICATION_ID:
+            raise DatabaseUnusable(f"database {self.store.path} was replaced while being watched")
         return changed
 
     def close(self) -> None:
