@@ -25,7 +25,7 @@ import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
     from typing import TypeVar
 
     from jobctl.store.base import Store
@@ -57,6 +57,8 @@ from jobctl.store.base import Retryable
 
 _ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}\Z"
 DERIVED_MESSAGE = "derived from children"
+SPAWN_CHUNK = 10_000  # children written at a time by spawn (memory stays flat at any count)
+SMALL_SUBTREE = 500  # events --job reads a subtree this small by job id (an index), not its whole tree
 WRITE_RETRIES = 5  # tries of a write transaction that failed for a transient reason (PostgreSQL)
 
 
@@ -229,6 +231,33 @@ class _Change:
         if parent is not None:
             self.child_changed(parent["id"], None, PENDING, n=len(jobs))
 
+    def insert_children(self, parent: dict, jobs: list[dict]) -> None:
+        """Insert a chunk of new pending children with their create events at once,
+        keeping none of them in this change (a spawn of a million stays small
+        in memory); IdTaken if an id is taken, with nothing of this chunk written."""
+        self.store.insert_jobs(jobs)
+        if self.events:  # whatever came before, first: events stay in order
+            self.store.insert_events(self.events)
+            self.events = []
+        at = self.at
+        self.store.insert_events(
+            [
+                {
+                    "job_id": j["id"],
+                    "parent_id": j["parent_id"],
+                    "root_id": j["root_id"],
+                    "kind": CREATE,
+                    "old_status": None,
+                    "new_status": PENDING,
+                    "at": at,
+                    "message": None,
+                    "log_id": None,
+                }
+                for j in jobs
+            ]
+        )
+        self.child_changed(parent["id"], None, PENDING, n=len(jobs))
+
     def flush(self) -> None:
         if self.dirty:
             self.store.update_statuses(self.dirty.values())
@@ -347,11 +376,7 @@ class Jobctl:
     @transaction
     def _spawn(self, ch: _Change, parent: str, n: int, names: Sequence[str] | None, type: str | None) -> list[str]:
         p = self._open_parent(ch, parent)
-        start = sum(ch.counts_of(parent).values()) + 1
-        try:
-            return self._add_children(ch, p, start, n, names, type)
-        except model.IdTaken:  # a chosen --id took a number: go on after the highest one
-            return self._add_children(ch, p, self.store.last_child_number(parent) + 1, n, names, type)
+        return self._add_children(ch, p, sum(ch.counts_of(parent).values()) + 1, n, names, type)
 
     def set_status(
         self, ids: Sequence[str], status: str, *, message: str | None = None, force: bool = False
@@ -496,10 +521,25 @@ class Jobctl:
     def _add_children(
         self, ch: _Change, parent: dict, start: int, n: int, names: Sequence[str] | None, type: str | None
     ) -> list[str]:
-        """Children are numbered <parent>.<start>, <parent>.<start + 1>, ..."""
-        ids = [f"{parent['id']}.{k}" for k in range(start, start + n)]
-        names = names if names is not None else [f"child {k}" for k in range(start, start + n)]
-        ch.add_jobs(parent, [self._new_job(ch, i, nm, type, parent, None) for i, nm in zip(ids, names)])
+        """Children are numbered <parent>.<start>, <parent>.<start + 1>, ..., written a
+        chunk at a time. Where a chosen --id took a number, the numbering goes on
+        after the highest one taken."""
+        ids: list[str] = []
+        k = start
+        while len(ids) < n:
+            size = min(SPAWN_CHUNK, n - len(ids))
+            numbers = range(k, k + size)
+            chunk_names = names[len(ids) : len(ids) + size] if names is not None else [f"child {x}" for x in numbers]
+            jobs = [
+                self._new_job(ch, f"{parent['id']}.{x}", nm, type, parent, None) for x, nm in zip(numbers, chunk_names)
+            ]
+            try:
+                ch.insert_children(parent, jobs)
+            except model.IdTaken:
+                k = self.store.last_child_number(parent["id"]) + 1
+                continue
+            ids += [j["id"] for j in jobs]
+            k += size
         return ids
 
     @staticmethod
@@ -552,7 +592,7 @@ class Jobctl:
         stale_after: float | None = None,
         top_level: bool = False,
         newest_first: bool = False,
-    ) -> Iterator[dict]:
+    ) -> Generator[dict, None, None]:
         """Jobs, streamed: with any of the statuses `status` (a word or several),
         children of `parent`, only roots with `top_level`; oldest first unless
         `newest_first`. Each row has its metadata decoded and `progress` (None
@@ -565,7 +605,7 @@ class Jobctl:
         cutoff = None
         if stale_after is not None:  # stale: running, with no recent sign of life
             if statuses is not None and RUNNING not in statuses:
-                return iter(())
+                return self._with_progress(())
             statuses, cutoff = [RUNNING], model.ago(stale_after)
         rows = self.store.list_jobs(
             parent_id=parent,
@@ -577,7 +617,7 @@ class Jobctl:
         )
         return self._with_progress(_decoded(row, "alive_at") for row in rows)
 
-    def _with_progress(self, rows: Iterable[dict], chunk: int = 500) -> Iterator[dict]:
+    def _with_progress(self, rows: Iterable[dict], chunk: int = 500) -> Generator[dict, None, None]:
         """Each row with its `progress` (None without children), the counts read a chunk at a time."""
         batch: builtins.list[dict] = []
         for row in rows:
@@ -594,7 +634,7 @@ class Jobctl:
             j["progress"] = progress_dict(j["id"], j["status"], c) if any(c.values()) else None
         return jobs
 
-    def tree(self, job_id: str, *, depth: int | None = None, limit: int | None = None) -> Iterator[dict]:
+    def tree(self, job_id: str, *, depth: int | None = None, limit: int | None = None) -> Generator[dict, None, None]:
         """The job and its descendants depth-first (each child right after its
         parent), each with `depth` and `progress`, streamed from one snapshot:
         down to `depth` levels below the job, at most `limit` rows."""
@@ -625,7 +665,7 @@ class Jobctl:
         rows = builtins.list(self.store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=limit)) if total else []
         out = []
         for r in rows:
-            changes = [e for e in self.store.events(job_id=r["id"]) if e["new_status"] == FAILED]
+            changes = [e for e in self.store.events(job_ids=[r["id"]]) if e["new_status"] == FAILED]
             out.append({"id": r["id"], "name": r["name"], "message": changes[-1]["message"] if changes else None})
         return out, total
 
@@ -638,7 +678,7 @@ class Jobctl:
 
     def iter_events(
         self, *, job: str | None = None, since: int = 0, limit: int | None = None, page: int = 5000
-    ) -> Iterator[dict]:
+    ) -> Generator[dict, None, None]:
         """events(), streamed a page at a time (a million events need not fit in memory)."""
         model.check_since(since)
         if limit is not None and not 1 <= limit <= model.MAX_INT:
@@ -650,6 +690,11 @@ class Jobctl:
                 root = row["root_id"]
                 if row["parent_id"] is not None:  # below a root: keep the subtree's ids
                     ids = self.subtree_ids(job)
+        if ids is not None and len(ids) <= SMALL_SUBTREE:
+            # A leaf, or a small subtree, under a big tree (one shard of a million):
+            # read its jobs' events by the (job_id, id) index, not the whole tree's.
+            yield from self._events_of(sorted(ids), since, limit, page)
+            return
         left = limit
         while left is None or left > 0:
             rows, since, more = self.tree_events(since, root, ids, page)
@@ -661,6 +706,17 @@ class Jobctl:
                         return
             if not more:
                 return
+
+    def _events_of(self, ids: builtins.list[str], since: int, limit: int | None, page: int) -> Iterator[dict]:
+        left = limit
+        while left is None or left > 0:
+            rows = self.store.events(since=since, job_ids=ids, limit=page if left is None else min(page, left))
+            yield from rows
+            if left is not None:
+                left -= len(rows)
+            if len(rows) < page:
+                return
+            since = rows[-1]["id"]
 
     def tree_events(
         self, since: int, root_id: str | None, ids: set | None, page: int
@@ -675,45 +731,53 @@ class Jobctl:
     def logs(self, job_id: str, *, children: bool = False) -> builtins.list[dict]:
         """The job's log: its status changes and log lines; with `children`, its
         children's changes too, each with the job's progress text after it."""
+        return builtins.list(self.iter_logs(job_id, children=children))
+
+    def iter_logs(self, job_id: str, *, children: bool = False) -> Generator[dict, None, None]:
+        """logs(), streamed from one snapshot (a parent of a million children need not fit in memory)."""
         with self.store.read():
             self._job(job_id)
-            events = list(self.store.child_events(job_id))
-        out = []
-        for e, counts in fold_events(events, job_id):
-            own = e["job_id"] == job_id
-            if not own and not children:
-                continue
-            out.append(
-                {
-                    "event_id": e["id"],
-                    "at": e["at"],
-                    "job_id": e["job_id"],
-                    "level": e["level"] or "info",
-                    "text": log_text(e, own, counts),
-                }
-            )
-        return [o for o in out if o["text"] is not None]
+            for e, counts in fold_events(self.store.child_events(job_id), job_id):
+                own = e["job_id"] == job_id
+                if not own and not children:
+                    continue
+                text = log_text(e, own, counts)
+                if text is not None:
+                    yield {
+                        "event_id": e["id"],
+                        "at": e["at"],
+                        "job_id": e["job_id"],
+                        "level": e["level"] or "info",
+                        "text": text,
+                    }
 
     def verify(self) -> builtins.list[str]:
         """Differences between the events and the jobs table, between the kept
         child counts and a real count, and the store's own integrity check (SQLite's). [] is clean."""
-        problems = []
+        problems: builtins.list[str] = []
         with self.store.read():
             problems += [f"integrity: {p}" for p in self.store.integrity_check()]
-            replayed = model.replay(self.store.all_events(), problems)
-            jobs = self.store.all_jobs()
+            # A job's state depends on its own events alone, so the replay runs job by
+            # job: the jobs in id order merged with the events in (job, id) order,
+            # streamed, in memory that does not grow with the database.
+            jobs = self.store.jobs_by_id()
+            groups = itertools.groupby(self.store.events_by_job(), key=lambda e: e["job_id"])
+            job, group = next(jobs, None), next(groups, None)
+            while job is not None or group is not None:
+                if group is None or (job is not None and job["id"] < group[0]):
+                    problems.append(f"job {job['id']}: no create event")  # type: ignore[index]
+                    job = next(jobs, None)
+                elif job is None or group[0] < job["id"]:
+                    problems.append(f"job {group[0]}: in the events but not in the jobs table")
+                    group = next(groups, None)
+                else:
+                    r = model.replay(group[1], problems)[job["id"]]
+                    for field in model.REPLAYED_FIELDS:
+                        if r[field] != job[field]:
+                            problems.append(f"job {job['id']}: {field} is {job[field]!r}, events say {r[field]!r}")
+                    job, group = next(jobs, None), next(groups, None)
             real = self.store.count_children()
             kept = self.store.all_counts()
-        for job in jobs:
-            r = replayed.pop(job["id"], None)
-            if r is None:
-                problems.append(f"job {job['id']}: no create event")
-                continue
-            for field in model.REPLAYED_FIELDS:
-                if r[field] != job[field]:
-                    problems.append(f"job {job['id']}: {field} is {job[field]!r}, events say {r[field]!r}")
-        for job_id in replayed:
-            problems.append(f"job {job_id}: in the events but not in the jobs table")
         zero = empty_counts()
         for parent in sorted(set(real) | set(kept)):
             if real.get(parent, zero) != kept.get(parent, zero):

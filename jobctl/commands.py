@@ -11,12 +11,11 @@ and returns the exit code. Errors are raised as JobctlError.
 from __future__ import annotations
 
 import sys
+from contextlib import closing
 
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from jobctl.api import Jobctl
 
 from jobctl import model
@@ -146,8 +145,7 @@ def spawn(
 def events(db: str | None, job: str | None = None, since: int = 0, limit: int | None = None, json: bool = False) -> int:
     from jobctl import render
 
-    with _open(db, create=False) as jc:
-        rows: Iterator[dict] = jc.iter_events(job=job, since=since, limit=limit)
+    with _open(db, create=False) as jc, closing(jc.iter_events(job=job, since=since, limit=limit)) as rows:
         if json:
             render.write_ndjson(render.event_json(e) for e in rows)
         else:
@@ -205,7 +203,7 @@ def list_(
     # (stale jobs are leaves, at any depth) list jobs oldest first, as they were created.
     overview = not all and parent is None and stale is None
     with _open(db, create=False) as jc:
-        rows = jc.list(
+        listing = jc.list(
             parent=parent,
             status=status or None,
             type=type,
@@ -213,15 +211,15 @@ def list_(
             top_level=overview,
             newest_first=overview,
         )
-        render.write_ndjson(rows) if json else render.jobs(rows, overview=overview)
+        with closing(listing) as rows:
+            render.write_ndjson(rows) if json else render.jobs(rows, overview=overview)
     return 0
 
 
 def tree(db: str | None, job: str, depth: int | None = None, limit: int | None = None, json: bool = False) -> int:
     from jobctl import render
 
-    with _open(db, create=False) as jc:
-        rows = jc.tree(job, depth=depth, limit=limit)
+    with _open(db, create=False) as jc, closing(jc.tree(job, depth=depth, limit=limit)) as rows:
         render.write_ndjson(rows) if json else render.tree(rows)
     return 0
 
@@ -229,13 +227,12 @@ def tree(db: str | None, job: str, depth: int | None = None, limit: int | None =
 def logs(db: str | None, job: str, children: bool = False, json: bool = False) -> int:
     from jobctl import render
 
-    with _open(db, create=False) as jc:
-        lines = jc.logs(job, children=children)
-    if json:
-        render.write_ndjson(lines)
-    else:
-        for line in lines:
-            render.write_line(f"{line['at']} [{line['level']}] {render.plain(line['text'])}")
+    with _open(db, create=False) as jc, closing(jc.iter_logs(job, children=children)) as lines:
+        if json:
+            render.write_ndjson(lines)
+        else:
+            for line in lines:
+                render.write_line(f"{line['at']} [{line['level']}] {render.plain(line['text'])}")
     return 0
 
 

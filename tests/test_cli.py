@@ -552,3 +552,31 @@ def test_dash_h_is_help_everywhere(cli):
 def test_shell_completion_is_on(cli):
     result = cli("--show-completion", "bash", db=False)
     assert result.exit_code == 0 and "complete" in result.stdout and "jobctl" in result.stdout.lower()
+
+
+def test_verify_finds_a_job_without_events_and_events_without_a_job(cli, db):
+    job = cli("create", "j").stdout.strip()
+    tamper(db, "INSERT INTO jobs (id, root_id, name, status, created_at, updated_at)"
+               " VALUES ('aaa-ghost', 'aaa-ghost', 'ghost', 'pending', '2030-01-01', '2030-01-01')")
+    problems = json.loads(cli("verify", "--json").stdout)["problems"]
+    assert problems == ["job aaa-ghost: no create event"]
+    if not db.startswith("postgresql://"):  # PostgreSQL's foreign key refuses an event of no job
+        tamper(db, "INSERT INTO events (job_id, root_id, kind, new_status, at)"
+                   " VALUES ('zzz-lost', 'zzz-lost', 'create', 'pending', '2030-01-01')")
+        problems = json.loads(cli("verify", "--json").stdout)["problems"]
+        assert problems == ["job aaa-ghost: no create event", "job zzz-lost: in the events but not in the jobs table"]
+    assert cli("status", "get", job).stdout == "pending\n"
+
+
+def test_events_of_a_leaf_are_read_by_job_not_by_tree(jc, monkeypatch):
+    """One shard of a big fan-out: its events come from the (job_id, id) index,
+    not from a scan of the whole tree's events."""
+    parent = jc.create("p")
+    kids = jc.spawn(parent, count=50)
+    jc.set_status([kids[7]], "running")
+    calls = []
+    real = jc.store.events
+    monkeypatch.setattr(jc.store, "events", lambda **kw: calls.append(kw) or real(**kw))
+    got = [(e["job_id"], e["new_status"]) for e in jc.iter_events(job=kids[7])]
+    assert got == [(kids[7], "pending"), (kids[7], "running")]
+    assert calls and all(c.get("job_ids") == [kids[7]] and c.get("root_id") is None for c in calls)

@@ -172,3 +172,26 @@ def test_a_watcher_on_another_host_sees_every_change(db, tmp_path):
     assert watcher.returncode == 0, err
     assert len(changes) == 40 and len({c["id"] for c in changes}) == 40
     assert lines[-1]["type"] == "end" and lines[-1]["progress_text"] == "0 pending, 0 running, 20 completed, 0 failed"
+
+
+def test_a_writer_that_waits_for_the_lock_says_so_once(db):
+    """A big write holds the write lock for its whole transaction: a writer kept
+    waiting more than a second says so on stderr (one line, not an error), then
+    goes through when the lock is released."""
+    with Jobctl(db) as jc:
+        job = jc.create("x")
+    holder = Jobctl(db)
+    lock = holder.store.write()
+    lock.__enter__()  # another writer, in the middle of a long transaction
+    try:
+        proc = subprocess.Popen([JOBCTL, "--db", db, "status", "set", job, "running"], stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, JOBCTL_BUSY_TIMEOUT="30"))
+        notice = proc.stderr.readline()  # printed while it still waits: the lock is ours until below
+        assert notice == "jobctl: waiting for another writer to finish (up to 29 s more; JOBCTL_BUSY_TIMEOUT)\n"
+        assert proc.poll() is None
+    finally:
+        lock.__exit__(None, None, None)
+        holder.close()
+    assert proc.wait(timeout=60) == 0 and proc.stderr.read() == ""
+    with Jobctl(db) as jc:
+        assert jc.status(job) == "running"

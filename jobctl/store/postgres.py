@@ -36,12 +36,14 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
     from typing import Any
 
+from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store import masked
 from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS, Retryable
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides
+WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 COPY_FROM = 200  # rows from which an insert goes through COPY instead of one INSERT ... VALUES
 PAGE = 5000  # rows per page of a streamed listing
 CHUNK = 1000  # rows per multi-row statement
@@ -301,14 +303,19 @@ class PostgresStore:
     def write(self) -> Iterator[PostgresStore]:
         """One write transaction, holding the jobctl write lock (a transaction-
         scoped advisory lock) from its start: writers run one at a time, and
-        event ids are assigned under the lock."""
-        begin = f"BEGIN; SELECT pg_advisory_xact_lock({self.lock_key})"
-        if self.ready:  # the next event id, in the same round trip (under the lock)
-            rows = self._run(begin + "; SELECT coalesce(max(id), 0) + 1 FROM events", None, fetch=True)
-            self.next_event_id = rows[0][0] if rows else None
-        else:  # migrating: there may be no events table yet
-            self._execute(begin)
-            self.next_event_id = None
+        event ids are assigned under the lock. After WAIT_NOTICE seconds of
+        waiting for the lock it says so on stderr, then waits the rest of the
+        busy timeout."""
+        notice = min(WAIT_NOTICE, self.lock_timeout)
+        try:
+            self._begin(notice, self.lock_timeout)
+        except DatabaseUnusable as exc:
+            left = self.lock_timeout - notice
+            if getattr(exc.__cause__, "pgcode", None) != "55P03" or left <= 0:
+                raise
+            self._rollback()
+            info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
+            self._begin(left, self.lock_timeout)
         self.in_transaction, self.notify, self.deferred = True, False, []
         try:
             yield self
@@ -320,6 +327,20 @@ class PostgresStore:
             raise
         finally:
             self.in_transaction = False
+
+    def _begin(self, wait: float, timeout: float) -> None:
+        """BEGIN, the write lock (waiting at most `wait` seconds for it), and the
+        next event id read under it: one round trip."""
+        begin = (
+            f"BEGIN; SET LOCAL lock_timeout = {max(1, int(wait * 1000))};"
+            f" SELECT pg_advisory_xact_lock({self.lock_key}); SET LOCAL lock_timeout = {int(timeout * 1000)}"
+        )
+        if self.ready:  # the next event id, in the same round trip (under the lock)
+            rows = self._run(begin + "; SELECT coalesce(max(id), 0) + 1 FROM events", None, fetch=True)
+            self.next_event_id = rows[0][0] if rows else None
+        else:  # migrating: there may be no events table yet
+            self._execute(begin)
+            self.next_event_id = None
 
     @contextmanager
     def read(self) -> Iterator[PostgresStore]:
@@ -516,23 +537,24 @@ class PostgresStore:
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
+        return self._stream(sql, (job_id,), "jobctl_walk")
+
+    def _stream(self, sql: str, params: Sequence, name: str) -> Iterator[dict]:
+        """Rows through a server-side cursor of the current read() transaction,
+        fetched a page at a time (all at once outside a transaction)."""
         if not self.in_transaction:
-            yield from self._query(sql, (job_id,))
+            yield from self._query(sql, params)
             return
-        # a server-side cursor of our own transaction, fetched a page at a time
-        self._execute(f"DECLARE jobctl_walk NO SCROLL CURSOR FOR {sql}", (job_id,))
+        self._execute(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}", params)
         try:
-            while rows := self._query(f"FETCH {PAGE} FROM jobctl_walk"):
+            while rows := self._query(f"FETCH {PAGE} FROM {name}"):
                 yield from rows
         finally:
             if not self.conn.closed:
-                self._rollback_cursor("jobctl_walk")
-
-    def _rollback_cursor(self, name: str) -> None:
-        try:
-            self.conn.cursor().execute(f"CLOSE {name}")
-        except self.pg.Error:
-            pass
+                try:
+                    self.conn.cursor().execute(f"CLOSE {name}")
+                except self.pg.Error:
+                    pass
 
     def list_jobs(
         self,
@@ -644,16 +666,21 @@ class PostgresStore:
         )[0]["id"]
 
     def events(
-        self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        since: int = 0,
+        root_id: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
     ) -> list[dict]:
         sql = _EVENT_SELECT + " WHERE e.id > %s"
         params: list = [since]
         if root_id is not None:
             sql += " AND e.root_id = %s"
             params.append(root_id)
-        if job_id is not None:
-            sql += " AND e.job_id = %s"
-            params.append(job_id)
+        if job_ids is not None:
+            sql += " AND e.job_id = ANY(%s)"
+            params.append(list(job_ids))
         sql += " ORDER BY e.id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -685,6 +712,14 @@ class PostgresStore:
 
     def all_events(self) -> Iterator[dict]:
         return iter(self._query("SELECT id, " + ", ".join(EVENT_COLUMNS) + " FROM events ORDER BY id"))
+
+    def jobs_by_id(self) -> Iterator[dict]:
+        return self._stream(_JOB_SELECT + " ORDER BY id", (), "jobctl_jobs")
+
+    def events_by_job(self) -> Iterator[dict]:
+        return self._stream(
+            "SELECT id, " + ", ".join(EVENT_COLUMNS) + " FROM events ORDER BY job_id, id", (), "jobctl_events"
+        )
 
     def integrity_check(self) -> list[str]:
         return []  # the server keeps its own; there is no file to check

@@ -24,6 +24,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms pe
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
+from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS
 
@@ -31,6 +32,7 @@ APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 2  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
+WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 
 _EVENT_SELECT = (
     "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
@@ -88,9 +90,10 @@ def _unusable(path: str, exc: BaseException) -> DatabaseUnusable:
 class SqliteStore:
     """One connection to a jobctl SQLite database."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str):
+    def __init__(self, conn: sqlite3.Connection, path: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         self.conn = conn
         self.path = self.name = path
+        self.busy_timeout = busy_timeout
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -116,14 +119,15 @@ class SqliteStore:
             raise DatabaseUnusable(f"cannot create database {path}: directory {parent} is read-only")
         timeout = busy_timeout_from_env() if busy_timeout is None else busy_timeout
         try:
-            # SQLite waits for a lock up to its busy timeout per try; the tries of
-            # BEGIN IMMEDIATE share JOBCTL_BUSY_TIMEOUT, so that is the whole wait.
+            # SQLite waits for a lock up to its busy timeout per try. The first try
+            # of BEGIN IMMEDIATE waits up to WAIT_NOTICE; the retries share what is
+            # left of JOBCTL_BUSY_TIMEOUT, so that is the whole wait.
             conn = sqlite3.connect(
-                path, timeout=timeout / (BEGIN_RETRIES + 1), isolation_level=None, check_same_thread=False
+                path, timeout=min(WAIT_NOTICE, timeout), isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise _unusable(path, exc) from None
-        store = cls(conn, path)
+        store = cls(conn, path, timeout)
         try:
             store._check_and_migrate()
         except BaseException:
@@ -184,17 +188,15 @@ class SqliteStore:
 
         BEGIN IMMEDIATE takes the write lock up front, so a transaction never
         fails half-way with "database is locked"; the busy timeout waits for
-        the lock, and a few jittered retries follow if it runs out.
+        the lock. After WAIT_NOTICE seconds of waiting it says so on stderr
+        (another writer holds the lock: a big spawn, say), and a few jittered
+        retries share the rest of the busy timeout.
         """
         conn = self.conn
-        for attempt in range(BEGIN_RETRIES + 1):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == BEGIN_RETRIES:
-                    raise _unusable(self.path, exc) from None
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            self._wait_for_lock(exc)
         try:
             yield self
             conn.execute("COMMIT")
@@ -204,6 +206,25 @@ class SqliteStore:
             if isinstance(exc, sqlite3.Error):
                 raise _unusable(self.path, exc) from None
             raise
+
+    def _wait_for_lock(self, exc: sqlite3.OperationalError) -> None:
+        left = self.busy_timeout - min(WAIT_NOTICE, self.busy_timeout)
+        if "locked" not in str(exc) and "busy" not in str(exc) or left <= 0:
+            raise _unusable(self.path, exc) from None
+        info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
+        conn = self.conn
+        conn.execute(f"PRAGMA busy_timeout = {int(left / BEGIN_RETRIES * 1000)}")
+        try:
+            for attempt in range(BEGIN_RETRIES):
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as again:
+                    if "locked" not in str(again) and "busy" not in str(again) or attempt == BEGIN_RETRIES - 1:
+                        raise _unusable(self.path, again) from None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(min(WAIT_NOTICE, self.busy_timeout) * 1000)}")
 
     @contextmanager
     def read(self) -> Iterator["SqliteStore"]:
@@ -409,17 +430,22 @@ class SqliteStore:
         return cur.lastrowid or 0  # always set after an INSERT
 
     def events(
-        self, *, since: int = 0, root_id: str | None = None, job_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        since: int = 0,
+        root_id: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
     ) -> list[dict]:
-        """Events with id > since, in id order, optionally of one tree or one job."""
+        """Events with id > since, in id order, optionally of one tree or of some jobs."""
         sql = _EVENT_SELECT + " WHERE e.id > ?"
         params: list = [since]
         if root_id is not None:
             sql += " AND e.root_id = ?"
             params.append(root_id)
-        if job_id is not None:
-            sql += " AND e.job_id = ?"
-            params.append(job_id)
+        if job_ids is not None:
+            sql += f" AND e.job_id IN ({','.join('?' * len(job_ids))})"
+            params.extend(job_ids)
         sql += " ORDER BY e.id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -474,6 +500,19 @@ class SqliteStore:
 
     def all_events(self) -> Iterator[dict]:
         return iter(self._query("SELECT * FROM events ORDER BY id"))
+
+    def jobs_by_id(self) -> Iterator[dict]:
+        return self._stream("SELECT * FROM jobs ORDER BY id")
+
+    def events_by_job(self) -> Iterator[dict]:
+        return self._stream("SELECT * FROM events ORDER BY job_id, id")
+
+    def _stream(self, sql: str, params: Sequence = ()) -> Iterator[dict]:
+        try:
+            for row in self.conn.execute(sql, params):
+                yield row
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
 
     def integrity_check(self) -> list[str]:
         rows = self._query("PRAGMA integrity_check")
