@@ -478,6 +478,40 @@ class Jobctl:
         ch.event(job, LOG, None, None, None, log_id)
 
     @transaction
+    def log_lines(self, ch: _Change, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
+        """Append many log lines (level, text) to a job in one transaction (`jobctl run`'s output)."""
+        self._append_lines(ch, job_id, lines)
+
+    def _append_lines(self, ch: _Change, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
+        job = ch.job(job_id)
+        for level, text in lines:
+            log_id = self.store.insert_log(job_id, level, text[: model.MAX_MESSAGE_LENGTH] or " ", ch.at)
+            ch.event(job, LOG, None, None, None, log_id)
+
+    @transaction
+    def finish(
+        self,
+        ch: _Change,
+        job_id: str,
+        status: str,
+        *,
+        message: str | None,
+        exit_code: int | None,
+        duration: float | None,
+        lines: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        """End a running job with its command's outcome, in one transaction: the
+        last log lines, the status change and the exit code and duration. A job
+        already final (cancelled from elsewhere meanwhile) keeps its status.
+        Returns the job's status."""
+        self._append_lines(ch, job_id, lines)
+        job = ch.job(job_id)
+        if job["status"] not in TERMINAL:
+            ch.set_status(job, status, message)
+        self.store.set_outcome(job_id, exit_code, None if duration is None else round(duration, 3))
+        return job["status"]
+
+    @transaction
     def heartbeat(self, ch: _Change, job_id: str) -> None:
         """Record that the job's worker is alive. Not a status change: no event."""
         if not self.store.set_heartbeat(job_id, ch.at):
@@ -554,6 +588,8 @@ class Jobctl:
             "started_at": None,
             "completed_at": None,
             "last_heartbeat": None,
+            "exit_code": None,
+            "duration": None,
             "metadata": meta_json,
         }
         model.enter_status(job, PENDING, ch.at)

@@ -443,6 +443,81 @@ def wait(
     )
 
 
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def run(
+    ctx: typer.Context,
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[JOB] -- CMD [ARGS]...", help="The job to run (without --parent or --claim), then the command."
+        ),
+    ] = None,
+    parent: Annotated[
+        str | None, typer.Option("--parent", metavar="JOB", help="Create a child of JOB and run the command as it.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="The child's name (default: the command).")
+    ] = None,
+    id: Annotated[str | None, typer.Option("--id", metavar="ID", help="The child's id.")] = None,
+    each: Annotated[
+        bool, typer.Option("--each", help="One child per line of stdin, {} in the command replaced by the line.")
+    ] = False,
+    claim: Annotated[
+        str | None, typer.Option("--claim", metavar="JOB", help="Be a worker: claim JOB's pending children, run each.")
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", metavar="N", help="Commands at once (default: the CPUs).")
+    ] = None,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", metavar="SECONDS", help="Heartbeat this often.")] = 30.0,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="DURATION", help="Stop the command after this long (exit 124).")
+    ] = None,
+    kill_after: Annotated[
+        str, typer.Option("--kill-after", metavar="DURATION", help="SIGKILL this long after SIGTERM.")
+    ] = "10s",
+    log_lines: Annotated[
+        int, typer.Option("--log-lines", metavar="N", help="Output lines kept in the job's log (then the last N).")
+    ] = 1000,
+    output: Annotated[
+        str | None, typer.Option("--output", metavar="lines", help="--each: print each child's output, prefixed.")
+    ] = None,
+    keep_order: Annotated[bool, typer.Option("--keep-order", help="--each: print output in input order.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="--each: the watch NDJSON.")] = False,
+    wait_for_more: Annotated[
+        bool, typer.Option("--wait-for-more", help="--claim: keep waiting for children until JOB is final.")
+    ] = False,
+) -> None:
+    """Run a command as a tracked job: its output stored, heartbeats sent, its outcome recorded.
+
+    jobctl run JOB -- CMD ... runs CMD as the pending job JOB;
+    jobctl run --parent P -- CMD ... creates a child of P first;
+    jobctl run --parent P --each [--jobs N] -- CMD {} ... one child per stdin line;
+    jobctl run --claim P [--jobs N] -- CMD ... a worker for P's pending children.
+    Exits with the command's exit code (128+N if killed by signal N; 124 on
+    --timeout; 127 command not found; 143 cancelled from elsewhere).
+    """
+    done(
+        commands.run(
+            ctx.obj["db"],
+            list(args or []),
+            parent=parent,
+            name=name,
+            id=id,
+            each=each,
+            claim=claim,
+            jobs=jobs,
+            heartbeat=heartbeat,
+            timeout=timeout,
+            kill_after=kill_after,
+            log_lines=log_lines,
+            output=output,
+            keep_order=keep_order,
+            json=json,
+            wait_for_more=wait_for_more,
+        )
+    )
+
+
 @app.command()
 def demo(
     ctx: typer.Context,

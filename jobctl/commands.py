@@ -10,6 +10,7 @@ and returns the exit code. Errors are raised as JobctlError.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import closing
 
@@ -344,3 +345,81 @@ def verify(db: str | None, json: bool = False) -> int:
         _print_lines(problems)
         info("verify: ok" if not problems else f"verify: {len(problems)} difference(s)")
     return 1 if problems else 0
+
+
+def run(
+    db: str | None,
+    args: list[str],
+    parent: str | None = None,
+    name: str | None = None,
+    id: str | None = None,
+    each: bool = False,
+    claim: str | None = None,
+    jobs: int | None = None,
+    heartbeat: float = 30.0,
+    timeout: str | None = None,
+    kill_after: str = "10s",
+    log_lines: int = 1000,
+    output: str | None = None,
+    keep_order: bool = False,
+    json: bool = False,
+    wait_for_more: bool = False,
+) -> int:
+    """`jobctl run`: JOB -- CMD, --parent P -- CMD, --parent P --each -- CMD {}, --claim P -- CMD."""
+    from jobctl import run as running
+
+    if claim is not None and (parent is not None or each):
+        raise UsageError("give --claim P, or --parent P (with --each), not both")
+    if each and parent is None:
+        raise UsageError("--each goes with --parent P")
+    if (name is not None or id is not None) and (parent is None or each):
+        raise UsageError("--name and --id go with --parent P (one child)")
+    for flag, given in (
+        ("--jobs", jobs is not None),
+        ("--keep-order", keep_order),
+        ("--output", output),
+        ("--json", json),
+    ):
+        if given and not (each or claim is not None and flag == "--jobs"):
+            raise UsageError(f"{flag} goes with --each" + (" or --claim" if flag == "--jobs" else ""))
+    if wait_for_more and claim is None:
+        raise UsageError("--wait-for-more goes with --claim")
+    if output not in (None, "lines"):
+        raise UsageError(f"--output takes `lines`, not {output!r}")
+    if not 0 < heartbeat <= model.MAX_SECONDS:
+        raise UsageError(f"--heartbeat must be more than 0 seconds, not {heartbeat}")
+    if not 1 <= log_lines <= 10_000_000:
+        raise UsageError(f"--log-lines must be 1 or more, not {log_lines}")
+    options = running.Options(
+        heartbeat=heartbeat,
+        timeout=model.parse_duration(timeout) if timeout is not None else None,
+        kill_after=model.parse_duration(kill_after),
+        log_lines=log_lines,
+    )
+    jobs = jobs if jobs is not None else (os.cpu_count() or 1)
+    if claim is not None:
+        return running.run_claim(db, claim, args, options, jobs=jobs, wait_for_more=wait_for_more)
+    if each:
+        from jobctl import render
+
+        assert parent is not None
+        running.check_command(args)
+        sink = render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
+        inputs = [line.rstrip("\r") for line in read_stdin().split("\n")]
+        return running.run_each(
+            db,
+            parent,
+            args,
+            options,
+            jobs=jobs,
+            inputs=inputs,
+            sink=sink,
+            output_lines=output == "lines",
+            keep_order=keep_order,
+        )
+    if parent is None:
+        if not args:
+            raise UsageError("give the job to run: jobctl run JOB -- CMD (or --parent P -- CMD)")
+        job, *args = args
+        return running.run_one(db, job, None, None, None, args, options)
+    return running.run_one(db, None, parent, name, id, args, options)

@@ -151,6 +151,8 @@ def job(j: Mapping) -> None:
         "completed_at",
         "updated_at",
         "last_heartbeat",
+        "exit_code",
+        "duration",
     ]
     lines = [(f, j[f]) for f in fields]
     lines.append(("metadata", json.dumps(j["metadata"], ensure_ascii=False) if j["metadata"] else None))

@@ -42,7 +42,9 @@ def test_tables_live_in_their_own_schema_and_leave_others_alone(pg_url):
     tables = {r[0] for r in sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'jobctl'")}
     assert {"jobs", "events", "logs", "child_counts", "meta"} <= tables
     assert sql(pg_url, "SELECT * FROM public.jobs") == [(1, "theirs")]
-    assert sql(pg_url, "SELECT value FROM jobctl.meta WHERE key = 'version'") == [("1",)]
+    from jobctl.store.postgres import SCHEMA_VERSION
+
+    assert sql(pg_url, "SELECT value FROM jobctl.meta WHERE key = 'version'") == [(str(SCHEMA_VERSION),)]
     # a second schema in the same database is a second, independent jobctl database
     other = pg_url + "?schema=ci_two"
     with Jobctl(other) as jc:
@@ -201,3 +203,16 @@ def test_a_transient_failure_is_retried_then_reported(pg_url, monkeypatch):
             jc.set_status([job], "completed")
         monkeypatch.undo()
         assert jc.status(job) == "running"
+
+
+def test_an_older_jobctl_schema_is_migrated_on_open(pg_url):
+    """A database made by a jobctl with the first PostgreSQL schema, migrated when opened."""
+    from jobctl.store.postgres import MIGRATIONS, SCHEMA_VERSION
+
+    sql(pg_url, "CREATE SCHEMA jobctl; SET search_path TO jobctl;"
+                "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);"
+                + MIGRATIONS[0] + "; INSERT INTO meta VALUES ('application', 'jobctl'), ('version', '1')")
+    with Jobctl(pg_url) as jc:
+        job = jc.create("x")
+        assert jc.get(job)["exit_code"] is None and jc.verify() == []
+    assert sql(pg_url, "SELECT value FROM jobctl.meta WHERE key = 'version'") == [(str(SCHEMA_VERSION),)]

@@ -56,6 +56,8 @@ JOB_COLUMNS = (
     "updated_at",
     "last_heartbeat",
     "metadata",
+    "exit_code",  # `jobctl run`: the command's exit status (128 + N for signal N)
+    "duration",  # `jobctl run`: how long the command ran, in seconds
 )
 EVENT_COLUMNS = (
     "job_id",
@@ -108,6 +110,10 @@ class Store(Protocol):
 
     def update_statuses(self, jobs: Iterable[dict]) -> None: ...
     def set_heartbeat(self, job_id: str, at: str) -> bool: ...
+    def set_outcome(self, job_id: str, exit_code: int | None, duration: float | None) -> None:
+        """Record a command's exit status and run time (`jobctl run`)."""
+        ...
+
     def last_child_number(self, parent_id: str) -> int:
         """The highest N of any job id `<parent_id>.N`."""
 

@@ -103,6 +103,11 @@ MIGRATIONS = [
         completed bigint NOT NULL DEFAULT 0, failed bigint NOT NULL DEFAULT 0,
         cancelled bigint NOT NULL DEFAULT 0);
     """,
+    # 2: what `jobctl run` records when the command ends (SQLite's migration 3).
+    """
+    ALTER TABLE jobs ADD COLUMN exit_code integer;
+    ALTER TABLE jobs ADD COLUMN duration double precision;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -511,6 +516,13 @@ class PostgresStore:
                 f" FROM (VALUES {values}) AS v(id, status, started_at, completed_at, updated_at)"
                 " WHERE jobs.id = v.id"
             )
+
+    def set_outcome(self, job_id: str, exit_code: int | None, duration: float | None) -> None:
+        self._later(
+            self.conn.cursor()
+            .mogrify("UPDATE jobs SET exit_code = %s, duration = %s WHERE id = %s", (exit_code, duration, job_id))
+            .decode()
+        )
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
         return bool(self._query("UPDATE jobs SET last_heartbeat = %s WHERE id = %s RETURNING 1", (at, job_id)))

@@ -29,7 +29,7 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 2  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 3  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
@@ -294,6 +294,9 @@ class SqliteStore:
             "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ? WHERE id = ?",
             map(_status_row, jobs),
         )
+
+    def set_outcome(self, job_id: str, exit_code: int | None, duration: float | None) -> None:
+        self.conn.execute("UPDATE jobs SET exit_code = ?, duration = ? WHERE id = ?", (exit_code, duration, job_id))
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
         cur = self.conn.execute("UPDATE jobs SET last_heartbeat = ? WHERE id = ?", (at, job_id))
@@ -679,6 +682,13 @@ def _migrations():
             f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)})"
             f" SELECT parent_id, {sums} FROM jobs WHERE parent_id IS NOT NULL GROUP BY parent_id"
         )
+
+    @migrations(name="0003_run_outcome")
+    def run_outcome(db) -> None:
+        # What `jobctl run` records when the command ends: its exit status
+        # (128 + N for a signal) and how long it ran, in seconds.
+        db["jobs"].add_column("exit_code", int)
+        db["jobs"].add_column("duration", float)
 
     return migrations
 

@@ -1,0 +1,294 @@
+"""`jobctl run`, through real subprocesses: one command as one job, fan-out over
+inputs, and workers that claim children; exit codes, signals, timeouts,
+cancels from elsewhere, output and its cap, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import JOBCTL, run, snapshot
+from jobctl import Jobctl
+
+pytestmark = pytest.mark.slow  # real processes throughout
+
+
+def start(db, *args, env=None):
+    """`jobctl run ...` in the background, its output read line by line."""
+    return subprocess.Popen([JOBCTL, "--db", str(db), "run", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+
+
+def logs(db, job):
+    with Jobctl(db) as jc:
+        return [(x["level"], x["text"]) for x in jc.logs(job)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has ended: only its parent's wait is missing
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# ------------------------------------------------------------------ one job
+def test_the_exit_code_passes_through_and_the_outcome_is_recorded(db):
+    with Jobctl(db) as jc:
+        ok, bad = jc.create("ok"), jc.create("bad")
+    result = run("run", ok, "--", "sh", "-c", 'echo "to stdout"; echo "to stderr" >&2', db=db)
+    assert result.returncode == 0
+    assert result.stdout == "to stdout\n" and result.stderr == "to stderr\n"  # the CI log looks as without jobctl
+    result = run("run", bad, "--", "sh", "-c", "echo working; exit 3", db=db)
+    assert result.returncode == 3 and result.stdout == "working\n"
+    with Jobctl(db) as jc:
+        good, failed = jc.get(ok), jc.get(bad)
+        assert jc.verify() == []
+    assert good["status"] == "completed" and good["exit_code"] == 0 and good["duration"] >= 0
+    assert failed["status"] == "failed" and failed["exit_code"] == 3
+    assert logs(db, bad) == [
+        ("info", "created (pending)"),
+        ("info", "status changed: pending → running: run: sh -c 'echo working; exit 3'"),
+        ("info", "working"),
+        ("info", "status changed: running → failed: exit code 3"),
+    ]
+    assert ("warning", "to stderr") in logs(db, ok)
+
+
+def test_run_under_a_parent_creates_the_child_and_passes_its_identity(db_path):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        first = jc.spawn(parent, count=1)[0]  # still pending: the parent stays open
+    result = run("run", "--parent", parent, "--", "sh", "-c", 'echo "$JOBCTL_JOB_ID $JOBCTL_PARENT_ID $JOBCTL_DB"',
+                 db=db_path)
+    assert result.returncode == 0
+    assert result.stdout == f"{parent}.2 {parent} {db_path}\n"
+    result = run("run", "--parent", parent, "--name", "third", "--id", "three", "--", "true", db=db_path)
+    assert result.returncode == 0
+    with Jobctl(db_path) as jc:
+        assert [(j["id"], j["name"], j["status"]) for j in jc.list(parent=parent)] == [
+            (first, "child 1", "pending"),
+            (f"{parent}.2", "sh -c 'echo \"$JOBCTL_JOB_ID $JOBCTL_PARENT_ID $JOBCTL_DB\"'", "completed"),
+            ("three", "third", "completed"),
+        ]
+
+
+def test_a_missing_command_fails_the_job_like_a_shell(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    result = run("run", job, "--", "no-such-command-here", db=db_path)
+    assert result.returncode == 127
+    with Jobctl(db_path) as jc:
+        j = jc.get(job)
+    assert (j["status"], j["exit_code"]) == ("failed", 127)
+    assert logs(db_path, job)[-1] == ("info", "status changed: running → failed: command not found: no-such-command-here")
+
+
+def test_a_command_killed_by_a_signal(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    result = run("run", job, "--", "sh", "-c", "kill -KILL $$", db=db_path)
+    assert result.returncode == 137
+    assert logs(db_path, job)[-1][1].endswith("running → failed: killed by SIGKILL")
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_jobctl_run_is_passed_on_and_the_job_cancelled(db_path, tmp_path, signum, code):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    seen = tmp_path / "seen"
+    proc = start(db_path, job, "--", "sh", "-c", f'trap "echo got >{seen}; exit 9" TERM INT; echo ready; '
+                                                 "while true; do sleep 0.05; done")
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert seen.read_text() == "got\n"  # the command got the signal
+    with Jobctl(db_path) as jc:
+        j = jc.get(job)
+    assert j["status"] == "cancelled" and logs(db_path, job)[-1][1] == "status changed: running → cancelled: interrupted"
+
+
+def test_a_timeout_stops_a_command_that_ignores_sigterm_and_its_children(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    proc = start(db_path, job, "--timeout", "1s", "--kill-after", "0.5s", "--", "sh", "-c",
+                 'trap "" TERM; sleep 60 & echo $!; wait')
+    child = int(proc.stdout.readline())
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 124, err
+    assert not alive(child)  # the whole process group was killed
+    with Jobctl(db_path) as jc:
+        assert jc.get(job)["status"] == "failed"
+    assert logs(db_path, job)[-1][1] == "status changed: running → failed: timed out after 1s"
+
+
+def test_a_cancel_from_elsewhere_stops_the_command(db):
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+    proc = start(db, "--parent", parent, "--", "sh", "-c", "sleep 60 & echo $!; wait")
+    child = int(proc.stdout.readline())
+    assert run("cancel", parent, "-m", "stop the pipeline", db=db).returncode == 0
+    out, err = proc.communicate(timeout=30)  # noticed through the store's wake-ups, within a second
+    assert proc.returncode == 143, err
+    assert not alive(child)
+    with Jobctl(db) as jc:
+        kid = jc.get(f"{parent}.1")
+        assert kid["status"] == "cancelled" and kid["exit_code"] == 128 + signal.SIGTERM  # stopped as for a timeout
+        assert jc.verify() == []
+
+
+def test_output_is_capped_and_binary_output_is_stored_escaped(db_path):
+    with Jobctl(db_path) as jc:
+        job, binary = jc.create("chatty"), jc.create("binary")
+    result = run("run", job, "--log-lines", "10", "--", "sh", "-c", "for i in $(seq 0 49); do echo line $i; done",
+                 db=db_path)
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [f"line {i}" for i in range(50)]  # every line still reaches the CI log
+    stored = [text for _, text in logs(db_path, job)[2:-1]]
+    # the first 10 as they came, a line for the dropped ones, and the last 10
+    assert stored == [f"line {i}" for i in range(10)] + ["[jobctl] 30 lines of output dropped (--log-lines 10)"] + [
+        f"line {i}" for i in range(40, 50)]
+    raw = subprocess.run([JOBCTL, "--db", str(db_path), "run", binary, "--", "printf", r"ok\377\376\000end\n"],
+                         capture_output=True)
+    assert raw.returncode == 0 and raw.stdout == b"ok\xff\xfe\x00end\n"  # passed through untouched
+    assert logs(db_path, binary)[2][1] == "ok\\xff\\xfe\\x00end"
+
+
+def test_heartbeats_are_sent_while_the_command_runs(db_path, tmp_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    gate = tmp_path / "gate"
+    proc = start(db_path, job, "--heartbeat", "0.1", "--", "sh", "-c",
+                 f"echo ready; while [ ! -e {gate} ]; do sleep 0.02; done")
+    assert proc.stdout.readline() == "ready\n"
+    try:
+        with Jobctl(db_path) as jc:  # the first heartbeat is due 0.1 s after the start
+            waker = jc.store.waker(0.1)
+            deadline = time.monotonic() + 30
+            while jc.get(job)["last_heartbeat"] is None:
+                assert time.monotonic() < deadline, "no heartbeat while the command ran"
+                waker.wait(1)
+            waker.close()
+            assert jc.status(job) == "running"
+    finally:
+        gate.touch()
+    assert proc.wait(timeout=30) == 0
+
+
+def test_bad_input_runs_nothing_and_writes_nothing(db, tmp_path):
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        kid = jc.spawn(parent, count=1)[0]
+        done = jc.create("done")
+        jc.set_status([done], "completed")
+    marker = tmp_path / "ran"
+    touch = ["--", "touch", str(marker)]
+    cases = [
+        (["run", done, *touch], 2, "only a pending job can be run"),
+        (["run", parent, *touch], 2, "has children"),
+        (["run", kid], 2, "no command given"),
+        (["run", kid, "--timeout", "soon", *touch], 2, "bad duration"),
+        (["run", "--each", *touch], 2, "--each goes with --parent"),
+        (["run", "nope", *touch], 3, "job nope not found"),
+    ]
+    before = snapshot(db)
+    for argv, code, text in cases:
+        result = run(*argv, db=db)
+        assert result.returncode == code, (argv, result.stderr)
+        assert result.stderr.count("\n") == 1 and text in result.stderr, (argv, result.stderr)
+        assert not marker.exists(), argv
+        assert snapshot(db) == before, argv
+
+
+def test_an_unusable_database_at_the_start_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "dir.db").mkdir()
+    result = run("run", "j", "--", "touch", marker, db=tmp_path / "dir.db")
+    assert result.returncode == 5 and "is a directory" in result.stderr
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ fan-out
+def test_each_runs_every_input_once_with_jobs_8(db):
+    with Jobctl(db) as jc:
+        parent = jc.create("fan-out")
+    inputs = "".join(f"item-{i}\n" for i in range(200)) + "\n  \n"  # blank lines are skipped
+    result = run("run", "--parent", parent, "--each", "--jobs", "8", "--json", "--", "sh", "-c",
+                 'test "{}" != item-13', db=db, input=inputs, timeout=300)
+    assert result.returncode == 1, result.stderr  # item-13 failed: the parent failed
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert lines[-1]["type"] == "end" and lines[-1]["progress_text"] == "0 pending, 0 running, 199 completed, 1 failed"
+    with Jobctl(db) as jc:
+        kids = list(jc.list(parent=parent))
+        assert [k["name"] for k in kids] == [f"item-{i}" for i in range(200)]
+        runs = [e for e in jc.events(job=parent) if e["new_status"] == "running" and e["job_id"] != parent]
+        assert sorted(e["job_id"] for e in runs) == sorted(k["id"] for k in kids)  # each exactly once
+        assert {k["name"]: k["exit_code"] for k in kids if k["exit_code"]} == {"item-13": 1}
+        assert jc.verify() == []
+
+
+def test_each_prints_child_output_prefixed_and_in_input_order(db_path):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+    result = run("run", "--parent", parent, "--each", "--jobs", "3", "--output", "lines", "--keep-order", "--",
+                 "sh", "-c", "sleep 0.0{}; echo out {}", db=db_path, input="3\n1\n2\n")
+    assert result.returncode == 0, result.stderr
+    printed = [x for x in result.stdout.splitlines() if x.startswith(f"{parent}.")]  # not the watch lines
+    assert printed == [f"{parent}.1: out 3", f"{parent}.2: out 1", f"{parent}.3: out 2"]
+
+
+# ------------------------------------------------------------------ workers
+def test_workers_racing_on_claim_run_each_child_once(db):
+    with Jobctl(db) as jc:
+        parent = jc.create("shards")
+        jc.spawn(parent, count=30)
+    workers = [start(db, "--claim", parent, "--jobs", "2", "--", "sh", "-c", 'echo "$JOBCTL_JOB_NAME"')
+               for _ in range(3)]
+    outs = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], [o[1] for o in outs]
+    names = sorted(line.split(": ", 1)[1] for out, _ in outs for line in out.splitlines())
+    assert names == sorted(f"child {i}" for i in range(1, 31))  # each child's command ran exactly once
+    with Jobctl(db) as jc:
+        assert jc.progress(parent)["completed_children"] == 30 and jc.verify() == []
+
+
+def test_a_killed_worker_s_children_are_reaped_and_finished_by_the_others(db, tmp_path):
+    with Jobctl(db) as jc:
+        parent = jc.create("shards")
+        kids = jc.spawn(parent, count=12)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # each command waits until its file appears in the gate directory, so the test decides when they end
+    cmd = ["--", "sh", "-c", f'echo "$JOBCTL_JOB_ID"; while [ ! -e {gate}/"$JOBCTL_JOB_ID" ]; do sleep 0.02; done']
+    victim = start(db, "--claim", parent, "--jobs", "1", "--heartbeat", "0.2", *cmd)
+    claimed = victim.stdout.readline().strip()  # the victim is running this child now
+    others = [start(db, "--claim", parent, "--jobs", "1", "--heartbeat", "0.2", *cmd) for _ in range(2)]
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    for kid in kids:
+        if kid != claimed:
+            (gate / kid).touch()
+    with Jobctl(db) as jc:  # the killed worker's child stops heartbeating: reap puts it back
+        waker = jc.store.waker(0.2)
+        while not jc.reap(1.0, to="pending", parent=parent):
+            waker.wait(0.5)
+        waker.close()
+    (gate / claimed).touch()
+    outs = [w.communicate(timeout=120) for w in others]
+    assert [w.returncode for w in others] == [0, 0], [o[1] for o in outs]
+    with Jobctl(db) as jc:
+        assert jc.progress(parent)["completed_children"] == 12
+        finals = {}
+        for e in jc.events(job=parent):
+            if e["job_id"] != parent and e["kind"] == "status":
+                finals.setdefault(e["job_id"], []).append(e["new_status"])
+        assert all(h.count("completed") == 1 and h[-1] == "completed" for h in finals.values())
+        assert finals[claimed].count("running") == 2  # claimed twice: the dead worker's, then another's
+        assert jc.verify() == []
