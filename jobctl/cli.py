@@ -519,6 +519,55 @@ def run(
 
 
 @app.command()
+def report(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job to report on.")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", metavar="FORMAT", help="markdown, junit, github or json.")
+    ] = "markdown",
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write to FILE (replaced whole, or left as it was; - for stdout). Default: stdout; "
+            "for markdown inside GitHub Actions, appended to $GITHUB_STEP_SUMMARY.",
+        ),
+    ] = None,
+) -> None:
+    """Report how the job went: its failed and cancelled children with their logs, and the slowest,
+    as Markdown (a CI summary), JUnit XML, GitHub annotations or JSON."""
+    done(commands.report(ctx.obj["db"], job, format, output))
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Address to listen on; anything but loopback needs --token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            help="Require this token on every request: Authorization: Bearer TOKEN, or ?token=TOKEN"
+            " (default: $JOBCTL_SERVE_TOKEN).",
+        ),
+    ] = None,
+) -> None:
+    """Serve the database read-only to browsers and programs: a live page, a JSON API, an event stream.
+
+    Needs the web extra: pip install 'jobctl[web]'. Ctrl-C stops it (exit 130).
+    """
+    from jobctl.serve.app import main as serve_main
+
+    done(serve_main(ctx.obj["db"], host, port, token))
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     children: Annotated[int, typer.Option("--children", metavar="N", help="How many pages to crawl.")] = 108,

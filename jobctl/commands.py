@@ -423,3 +423,10 @@ def run(
         job, *args = args
         return running.run_one(db, job, None, None, None, args, options)
     return running.run_one(db, None, parent, name, id, args, options)
+
+
+def report(db: str | None, job: str, format: str = "markdown", output: str | None = None) -> int:
+    """`jobctl report`: see jobctl.report."""
+    from jobctl import report as reporting
+
+    return reporting.report_command(db, job, format, output, os.environ)

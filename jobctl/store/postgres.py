@@ -690,10 +690,16 @@ class PostgresStore:
         if root_id is not None:
             sql += " AND e.root_id = %s"
             params.append(root_id)
-        if job_ids is not None:
-            sql += " AND e.job_id = ANY(%s)"
-            params.append(list(job_ids))
-        sql += " ORDER BY e.id"
+        if job_ids is not None and len(job_ids) == 1:
+            # one job: ordered along the (job_id, id) index, which the planner
+            # would otherwise skip for the primary key under a LIMIT
+            sql += " AND e.job_id = %s ORDER BY e.job_id, e.id"
+            params.append(job_ids[0])
+        else:
+            if job_ids is not None:
+                sql += " AND e.job_id = ANY(%s)"
+                params.append(list(job_ids))
+            sql += " ORDER BY e.id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self._query(sql, params)
