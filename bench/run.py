@@ -179,6 +179,146 @@ def watch_throughput(args, tmp):
             "bar": "≥ 5,000 events/s", "met": events / (t_last - t0) >= 5000}
 
 
+# ------------------------------------------------------------------ serve
+def serve_cmd(db, port):
+    return [JOBCTL, "--db", str(db), "serve", "--port", str(port)]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_ok(port, path):
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class SseClients(threading.Thread):
+    """`n` clients of /api/stream on raw sockets, all read by this one thread
+    (one selector), which stamps with perf_counter() when each client first
+    receives a message of each event id."""
+
+    def __init__(self, port, n):
+        import selectors
+        import socket
+
+        super().__init__(daemon=True)
+        self.selector = selectors.DefaultSelector()
+        self.seen: list[dict[int, float]] = [{} for _ in range(n)]
+        self.started = [False] * n
+        self.stop_flag = False
+        self.socks = []
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            s.setblocking(False)
+            self.selector.register(s, selectors.EVENT_READ, (i, bytearray()))
+            self.socks.append(s)
+
+    def run(self):
+        import re
+
+        event_id = re.compile(rb'"event_id":(\d+)')
+        while not self.stop_flag:
+            for key, _ in self.selector.select(timeout=0.1):
+                t = time.perf_counter()
+                i, buf = key.data
+                chunk = key.fileobj.recv(65536)
+                if not chunk:
+                    self.selector.unregister(key.fileobj)
+                    continue
+                buf += chunk
+                end = buf.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                complete = bytes(buf[:end])
+                del buf[:end + 2]
+                self.started[i] = self.started[i] or b"\nid: " in complete or complete.startswith(b"id: ")
+                for m in event_id.finditer(complete):
+                    self.seen[i].setdefault(int(m.group(1)), t)
+
+    def close(self):
+        self.stop_flag = True
+        self.join(timeout=5)
+        for s in self.socks:
+            s.close()
+
+
+@benchmark
+def serve_latency(args, tmp):
+    """serve: commit → message received by a client of /api/stream, p50/p99 at ~20
+    commits/s, with 1 and with 50 clients connected, against `jobctl watch --json`
+    following the same commits in the same run."""
+    from jobctl import Jobctl
+
+    db = str(tmp / "serve.db")
+    n_events = args.latency_events
+    with Jobctl(db) as jc:
+        parent = jc.create("latency")
+        kids = jc.spawn(parent, count=2 * n_events + 2)
+    port = _free_port()
+    server = subprocess.Popen(serve_cmd(db, port), stderr=subprocess.DEVNULL)
+    out = {"metric": "commit→message latency (ms)"}
+    try:
+        deadline = time.time() + 30
+        while not _http_ok(port, "/api/health"):
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError("jobctl serve did not start")
+            time.sleep(0.05)
+        watch_all = []
+        for n, chunk in ((1, kids[:n_events]), (50, kids[n_events:2 * n_events])):
+            clients = SseClients(port, n)
+            clients.start()
+            watch, reader = start_reader([JOBCTL, "--db", db, "watch", parent, "--json"])
+            deadline = time.time() + 30
+            while not all(clients.started) and time.time() < deadline:
+                time.sleep(0.01)
+            commits = {}
+            with Jobctl(db) as jc:
+                time.sleep(0.3)
+                for kid in chunk:
+                    t_next = time.perf_counter() + 1 / args.rate
+                    jc.set_status([kid], "running")
+                    committed = time.perf_counter()
+                    commits[jc.store.last_event_id()] = committed
+                    time.sleep(max(0.0, t_next - time.perf_counter()))
+            last = max(commits)
+            deadline = time.time() + 30
+            while time.time() < deadline and not (all(last in s for s in clients.seen) and any(
+                    f'"id": {last},' in line for _, line in reader.lines)):
+                time.sleep(0.05)
+            clients.close()
+            stop(watch)
+            missing = sum(e not in s for s in clients.seen for e in commits)
+            if missing:
+                raise RuntimeError(f"{missing} (client, commit) messages never arrived")
+            ours = [(s[e] - t) * 1000 for s in clients.seen for e, t in commits.items()]
+            watched = {}
+            for t, line in reader.lines[1:]:
+                data = json.loads(line)
+                if data.get("type") == "event":
+                    watched.setdefault(data["event"]["id"], t)
+            watch_all += [(watched[e] - t) * 1000 for e, t in commits.items() if e in watched]
+            out[f"serve_{n}_p50"], out[f"serve_{n}_p99"] = percentile(ours, 50), percentile(ours, 99)
+            out[f"serve_{n}_samples"] = len(ours)
+    finally:
+        stop(server)
+    out["watch_p50"], out["watch_p99"] = percentile(watch_all, 50), percentile(watch_all, 99)
+    worst = max(out["serve_1_p99"], out["serve_50_p99"])
+    out.update({"ratio_p99": worst / out["watch_p99"], "events": 2 * n_events, "bar": "p99 ≤ 25 ms (1 and 50 clients)",
+                "met": worst <= 25})
+    return out
+
+
 def _cpu_seconds(pid):
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
