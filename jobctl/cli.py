@@ -568,6 +568,22 @@ def serve(
 
 
 @app.command()
+def top(
+    ctx: typer.Context,
+    recent: Annotated[
+        str, typer.Option("--recent", metavar="DURATION", help="Also show jobs that ended this recently.")
+    ] = "10m",
+    poll_interval: POLL_INTERVAL = 1.0,
+) -> None:
+    """A live table of the active top-level jobs (and those ended within --recent), on a terminal.
+
+    Keys: q quits, the arrows select, Enter opens watch on the job (Ctrl-C comes back).
+    In a pipe it is refused: use list, or watch for one job.
+    """
+    done(commands.top(ctx.obj["db"], recent=recent, poll_interval=poll_interval))
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     children: Annotated[int, typer.Option("--children", metavar="N", help="How many pages to crawl.")] = 108,

@@ -430,3 +430,12 @@ def report(db: str | None, job: str, format: str = "markdown", output: str | Non
     from jobctl import report as reporting
 
     return reporting.report_command(db, job, format, output, os.environ)
+
+
+def top(db: str | None, recent: str = "10m", poll_interval: float = 1.0) -> int:
+    from jobctl import top as topping
+
+    seconds = model.parse_duration(recent)
+    model.check_seconds(poll_interval, "--poll-interval", zero=False)
+    with _open(db, create=False) as jc:
+        return topping.run_top(jc, recent=seconds, poll_interval=poll_interval)

@@ -1,0 +1,229 @@
+"""`jobctl top`: a live table of the top-level jobs on a terminal.
+
+It reads the jobs once (the active top-level jobs, and those finished in the
+last --recent), then follows the events table with the store's wake-ups, as
+`watch` does: each event of a top-level job, or of a direct child of one, is
+folded into that row in O(1). No frame re-queries the jobs. Keys: q quits, the
+arrows move the selection, Enter opens `watch` on the selected job (Ctrl-C, or
+the job's end, comes back to the table).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from dataclasses import dataclass, field
+
+from jobctl import model
+from jobctl.api import Jobctl
+from jobctl.model import CREATE, STATUS, TERMINAL
+from jobctl.progress import empty_counts, fold_event, progress_dict
+
+PAGE = 5000
+MAX_ROWS = 200  # the newest rows shown; older finished ones drop off
+
+
+@dataclass
+class Row:
+    job: dict
+    counts: dict = field(default_factory=empty_counts)
+
+    @property
+    def progress(self) -> dict:
+        return progress_dict(self.job["id"], self.job["status"], self.counts)
+
+
+@dataclass
+class Overview:
+    """The top-level jobs worth showing, kept up to date by folding events."""
+
+    jc: Jobctl
+    recent: float  # seconds: finished jobs stay this long
+    rows: dict[str, Row] = field(default_factory=dict)  # in insertion order: oldest first
+    cursor: int = 0
+
+    def load(self) -> None:
+        cutoff = model.ago(self.recent)
+        with self.jc.store.read():
+            self.cursor = self.jc.store.last_event_id()
+            for job in self.jc.list(top_level=True, newest_first=True):
+                if job["status"] in TERMINAL and (job["completed_at"] or job["updated_at"]) < cutoff:
+                    continue
+                counts = empty_counts()
+                if job["progress"]:
+                    counts = {s: job["progress"][f"{s}_children"] for s in counts}
+                self.rows[job["id"]] = Row(job, counts)
+                if len(self.rows) >= MAX_ROWS:
+                    break
+        self.rows = dict(reversed(list(self.rows.items())))
+
+    def read(self) -> bool:
+        """Fold the events since the cursor; True when something shown changed."""
+        changed = False
+        while True:
+            events = self.jc.store.events(since=self.cursor, limit=PAGE)
+            for e in events:
+                self.cursor = e["id"]
+                changed |= self.apply(e)
+            if len(events) < PAGE:
+                return changed
+
+    def apply(self, e: dict) -> bool:
+        if e["kind"] not in (CREATE, STATUS):
+            return False
+        if e["parent_id"] is None:  # a top-level job itself
+            row = self.rows.get(e["job_id"])
+            if row is None and e["kind"] == CREATE:
+                job = self.jc.store.get_job(e["job_id"])
+                if job is None:
+                    return False
+                row = self.rows[e["job_id"]] = Row(job)
+                while len(self.rows) > MAX_ROWS:
+                    del self.rows[next(iter(self.rows))]
+            if row is None:
+                return False
+            model.enter_status(row.job, e["new_status"], e["at"])
+            return True
+        row = self.rows.get(e["parent_id"])
+        if row is None:
+            return False
+        fold_event(row.counts, row.job["id"], e)
+        return True
+
+    def expire(self) -> bool:
+        cutoff = model.ago(self.recent)
+        old = [
+            k
+            for k, r in self.rows.items()
+            if r.job["status"] in TERMINAL and (r.job["completed_at"] or r.job["updated_at"]) < cutoff
+        ]
+        for k in old:
+            del self.rows[k]
+        return bool(old)
+
+    def shown(self) -> list[Row]:
+        return list(reversed(self.rows.values()))  # newest first
+
+
+def render(overview: Overview, selected: int, width: int):
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobctl.render import STATUS_STYLE, job_duration, local_time, plain
+
+    rows = overview.shown()
+    table = Table(box=None, header_style="bold", expand=True)
+    for name, kw in (
+        ("id", {"no_wrap": True}),
+        ("name", {"ratio": 1, "overflow": "ellipsis", "no_wrap": True}),
+        ("status", {"no_wrap": True}),
+        ("done", {"width": 20, "no_wrap": True}),
+        ("progress", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True}),
+        ("started", {"no_wrap": True}),
+        ("duration", {"no_wrap": True}),
+    ):
+        table.add_column(name, **kw)
+    for i, row in enumerate(rows):
+        p = row.progress
+        total = p["total_children"]
+        done = total - p["pending_children"] - p["running_children"]
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=max(total, 1), completed=done if total else 0, width=14),
+            Text(f"{100 * done // total:3d}%" if total else "   -"),
+        )
+        status = row.job["status"]
+        table.add_row(
+            Text(plain(row.job["id"])),
+            Text(plain(row.job["name"])),
+            Text(status, style=STATUS_STYLE.get(status, "")),
+            bar,
+            Text(p["progress_text"] if total else "-"),
+            Text(local_time(row.job["started_at"])[5:16]),
+            Text(job_duration(row.job)),
+            style="reverse" if i == selected else "",
+        )
+    title = Text.assemble(("jobctl top", "bold"), f"  {len(rows)} jobs   ", ("q quit · ↑↓ select · Enter watch", "dim"))
+    return Group(title, table if rows else Text("no active or recent top-level jobs", style="dim"))
+
+
+class Keys:
+    """The terminal in cbreak mode: single keys without Enter, no echo."""
+
+    def __init__(self) -> None:
+        import termios
+        import tty
+
+        self.fd = sys.stdin.fileno()
+        self.saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+
+    def read(self, timeout: float) -> str | None:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return None
+        data = os.read(self.fd, 16).decode(errors="replace")
+        return {"\x1b[A": "up", "\x1b[B": "down", "\r": "enter", "\n": "enter"}.get(data, data[:1])
+
+    def restore(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
+def run_top(jc: Jobctl, *, recent: float, poll_interval: float = 1.0) -> int:
+    """The live table until q (exit 0) or Ctrl-C (130)."""
+    from rich.live import Live
+
+    from jobctl import render as rendering
+    from jobctl import watch as watching
+
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise model.UsageError(
+            "jobctl top is a live table for a terminal: in a pipe use `jobctl list` (or `jobctl watch JOB` for one job)"
+        )
+    overview = Overview(jc, recent)
+    overview.load()
+    selected = 0
+    console = rendering.console()
+    waker = jc.store.waker(poll_interval)
+    keys = Keys()
+    try:
+        while True:
+            with Live(console=console, auto_refresh=False, transient=True) as live:
+                live.update(render(overview, selected, console.width), refresh=True)
+                last_expire = time.monotonic()
+                choice = None
+                while choice is None:
+                    key = keys.read(0)
+                    if key is None:
+                        changed = waker.wait(0.1) and overview.read()
+                        if time.monotonic() - last_expire > 1:
+                            changed |= overview.expire()
+                            last_expire = time.monotonic()
+                        if not changed:
+                            continue
+                    elif key == "q":
+                        return model.EXIT_OK
+                    elif key in ("up", "down"):
+                        count = len(overview.rows)
+                        selected = max(0, min(count - 1, selected + (1 if key == "down" else -1)))
+                    elif key == "enter" and overview.rows:
+                        choice = overview.shown()[min(selected, len(overview.rows) - 1)].job["id"]
+                    selected = max(0, min(len(overview.rows) - 1, selected))
+                    live.update(render(overview, selected, console.width), refresh=True)
+            keys.restore()
+            try:
+                watching.run_watch(jc, choice, rendering.LiveWatch(console), poll_interval=poll_interval)
+            finally:
+                keys = Keys()
+            overview.read()
+    except KeyboardInterrupt:
+        return model.EXIT_INTERRUPTED
+    finally:
+        keys.restore()
+        waker.close()

@@ -1,0 +1,99 @@
+"""`jobctl top`: the live table in a real pseudo-terminal, updated from the events."""
+
+import os
+import pty
+import re
+import select
+import time
+
+import pytest
+
+from conftest import JOBCTL, run
+from jobctl import Jobctl
+
+pytestmark = pytest.mark.slow
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class Screen:
+    """`jobctl top` on a pseudo-terminal of 140 x 30: what it drew, as text."""
+
+    def __init__(self, db):
+        import fcntl
+        import struct
+        import termios
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the terminal's size first, then jobctl
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 140, 0, 0))
+            os.execve(JOBCTL, [JOBCTL, "--db", str(db), "top", "--poll-interval", "0.2"],
+                      dict(os.environ, TERM="xterm-256color", COLUMNS="140", LINES="30"))
+        self.seen = ""
+
+    def wait_for(self, text: str, timeout: float = 20) -> None:
+        """Read what it draws until `text` appears (no sleeping: the reads block)."""
+        deadline = time.monotonic() + timeout
+        while text not in ANSI.sub("", self.seen):
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} never drawn; last: {ANSI.sub('', self.seen)[-500:]!r}"
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    self.seen += os.read(self.fd, 65536).decode(errors="replace")
+                except OSError:  # the child closed the terminal
+                    break
+
+    def press(self, keys: bytes) -> None:
+        self.seen = ""
+        os.write(self.fd, keys)
+
+    def exit_code(self, failed: bool = False) -> int:
+        if failed:  # the test failed: end it rather than wait for a `q` it never got
+            os.kill(self.pid, 9)
+        while True:  # drain, so the child is never blocked writing
+            try:
+                if not os.read(self.fd, 65536):
+                    break
+            except OSError:
+                break
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(status)
+
+
+def test_top_shows_top_level_jobs_live_and_quits_on_q(db):
+    with Jobctl(db) as jc:
+        crawl = jc.create("News Crawler")
+        kids = jc.spawn(crawl, count=108)
+        jc.set_status(kids[:41], "completed")
+        jc.set_status([kids[41]], "running")
+        other = jc.create("nightly backup")
+        done = jc.create("old and done")
+        jc.set_status([done], "completed")
+    screen = Screen(db)
+    failed = True
+    try:
+        screen.wait_for("66 pending, 1 running, 41 completed, 0 failed")
+        assert "nightly backup" in ANSI.sub("", screen.seen)
+        assert f"{kids[0]}" not in ANSI.sub("", screen.seen)  # one row per top-level job, not per child
+        with Jobctl(db) as jc:  # written by another process: the row follows, from the events
+            jc.set_status([kids[42]], "failed")
+            new = jc.create("late arrival")
+        screen.wait_for("65 pending, 1 running, 41 completed, 1 failed")
+        screen.wait_for("late arrival")
+        screen.press(b"q")
+        failed = False
+    finally:
+        code = screen.exit_code(failed)
+    assert code == 0
+    assert other and new
+
+
+def test_top_in_a_pipe_is_refused_with_a_hint(db):
+    with Jobctl(db) as jc:
+        jc.create("x")
+    result = run("top", db=db)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("jobctl: error: jobctl top is a live table for a terminal: in a pipe use `jobctl list`"
+                             " (or `jobctl watch JOB` for one job)\n")
