@@ -776,6 +776,13 @@ def pg_progress_million(args, tmp):
             "watch_peak_rss_mb": rss_mb, "build_s": round(build, 1), "bar": "≤ 5 ms query", "met": mo * 1000 <= 5}
 
 
+# The scale, worker-command and run benchmarks (bench/more.py).
+sys.path.insert(0, str(HERE))
+from more import BENCHMARKS_MORE  # noqa: E402
+
+BENCHMARKS.update(BENCHMARKS_MORE)
+
+
 # ------------------------------------------------------------------- main
 def machine():
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),

@@ -296,14 +296,21 @@ def transaction(method: Callable[..., T]) -> Callable[..., T]:
 class Jobctl:
     """A jobctl database. Thread-unsafe; open one per process or thread."""
 
-    def __init__(self, db: str | os.PathLike | None = None, *, busy_timeout: float | None = None, create: bool = True):
+    def __init__(
+        self, db: str | os.PathLike | Store | None = None, *, busy_timeout: float | None = None, create: bool = True
+    ):
         """Open the database `db` (a SQLite path or a PostgreSQL URL; see
-        resolve_db_path). With `create=False`, a database that does not exist
-        yet is refused (DatabaseUnusable) instead of created."""
+        resolve_db_path), or use a Store already open (`jobctl.store.open_store`).
+        With `create=False`, a database that does not exist yet is refused
+        (DatabaseUnusable) instead of created."""
+        if hasattr(db, "write") and hasattr(db, "events"):  # a Store already open (open_store, or a test's)
+            self.store: Store = db  # type: ignore[assignment]
+            self.path = self.name = self.store.name
+            return
         self.path = resolve_db_path(db)
         if create and db is None and not os.environ.get("JOBCTL_DB"):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.store: Store = open_store(self.path, busy_timeout=busy_timeout, create=create)
+        self.store = open_store(self.path, busy_timeout=busy_timeout, create=create)
         self.name = self.store.name  # for people: a URL's password is masked
 
     def close(self) -> None:

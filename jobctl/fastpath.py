@@ -1,6 +1,6 @@
 """The console script's entry point, with a fast path for the calls scripts
 make in loops: `status set`, `status get`, `log`, `heartbeat`, `claim`,
-`progress`, `create`, `spawn`, `events` and `--version`.
+`progress`, `create`, `spawn`, `events`, `run` and `--version`.
 
 Importing typer and building its command tree costs about 65 ms per process,
 more than the write itself. So plainly well-formed argv for those commands is
@@ -48,6 +48,23 @@ FAST: dict = {
             "--type": ("type", str),
         },
     ),
+    ("run",): (
+        "run",
+        ["*args"],
+        {"--each": "each", "--keep-order": "keep_order", "--json": "json", "--wait-for-more": "wait_for_more"},
+        {
+            "--parent": ("parent", str),
+            "--name": ("name", str),
+            "--id": ("id", str),
+            "--claim": ("claim", str),
+            "--jobs": ("jobs", int),
+            "--heartbeat": ("heartbeat", float),
+            "--timeout": ("timeout", str),
+            "--kill-after": ("kill_after", str),
+            "--log-lines": ("log_lines", int),
+            "--output": ("output", str),
+        },
+    ),
     ("events",): (
         "events",
         [],
@@ -80,6 +97,11 @@ def _bind(args: list[str], positional: list[str], flags: dict, valued: dict) -> 
                 if not value.lstrip("-").isdigit() or not value.isascii():
                     return None
                 params[name] = int(value)
+            elif kind is float:
+                try:
+                    params[name] = float(value)
+                except ValueError:
+                    return None
             elif name in params:
                 return None  # given twice: let click decide
             else:

@@ -3,10 +3,8 @@ trees for a person at a terminal. rich is imported only when it is used."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Mapping
-from datetime import UTC
 from typing import TYPE_CHECKING
 
 from jobctl.console import plain
@@ -14,6 +12,15 @@ from jobctl.progress import change_text, finished
 
 if TYPE_CHECKING:
     from jobctl.watch import Failures, Update
+
+
+def _dumps(obj: object) -> str:
+    """One JSON value on one line. json is imported here, not at the top: it costs
+    a few ms at the start of every `status get --json` or `events` call."""
+    import json
+
+    return json.dumps(obj, ensure_ascii=False)
+
 
 STATUS_STYLE = {
     "pending": "yellow",
@@ -40,13 +47,13 @@ def write_line(line: str) -> None:
 
 def write_json(obj: object) -> None:
     """One JSON value on one line (NDJSON when called per item), flushed."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.write(_dumps(obj) + "\n")
     sys.stdout.flush()
 
 
 def write_ndjson(items: Iterable[object]) -> None:
     for item in items:
-        sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+        sys.stdout.write(_dumps(item) + "\n")
     sys.stdout.flush()
 
 
@@ -131,9 +138,9 @@ def job_duration(j: Mapping) -> str:
     """How long the job ran: from its start to its end, or to now while it runs."""
     if not j["started_at"]:
         return ""
-    from datetime import datetime
+    from datetime import datetime, timezone
 
-    end = datetime.fromisoformat(j["completed_at"]) if j["completed_at"] else datetime.now(UTC)
+    end = datetime.fromisoformat(j["completed_at"]) if j["completed_at"] else datetime.now(timezone.utc)  # noqa: UP017
     return duration((end - datetime.fromisoformat(j["started_at"])).total_seconds())
 
 
@@ -155,7 +162,7 @@ def job(j: Mapping) -> None:
         "duration",
     ]
     lines = [(f, j[f]) for f in fields]
-    lines.append(("metadata", json.dumps(j["metadata"], ensure_ascii=False) if j["metadata"] else None))
+    lines.append(("metadata", _dumps(j["metadata"]) if j["metadata"] else None))
     lines.append(("progress", j["progress"]["progress_text"] if j["progress"] else None))
     if not is_terminal():
         for k, v in lines:

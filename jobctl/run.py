@@ -188,12 +188,16 @@ class Execution:
         ]
         for r in readers:
             r.start()
-        waker = jc.store.waker(CHECK_SECONDS)
+        try:  # a quick command ends before the wake-ups are worth setting up
+            self.proc.wait(0.05)
+        except subprocess.TimeoutExpired:
+            pass
+        waker = jc.store.waker(CHECK_SECONDS) if self.proc.poll() is None else None
         deadline = None if self.options.timeout is None else started + self.options.timeout
         last_beat = last_flush = last_check = time.monotonic()
         try:
             while self.proc.poll() is None:
-                changed = waker.wait(0.1)
+                changed = waker.wait(0.1) if waker is not None else False
                 now = time.monotonic()
                 if now - last_flush >= FLUSH_SECONDS or len(output.pending) >= FLUSH_LINES:
                     self._write(jc.log_lines, self.job_id, output.take())
@@ -211,7 +215,8 @@ class Execution:
                     self._stop()
                     break
         finally:
-            waker.close()
+            if waker is not None:
+                waker.close()
         code = self.proc.wait()
         for r in readers:
             r.join()

@@ -195,3 +195,15 @@ def test_a_writer_that_waits_for_the_lock_says_so_once(db):
     assert proc.wait(timeout=60) == 0 and proc.stderr.read() == ""
     with Jobctl(db) as jc:
         assert jc.status(job) == "running"
+
+
+def test_jobctl_takes_an_open_store(db):
+    """Jobctl(store) over open_store(url_or_path): the write path is the same whatever the backend."""
+    from jobctl.store import open_store
+
+    store = open_store(db)
+    with Jobctl(store) as jc:
+        parent = jc.create("p")
+        jc.set_status(jc.spawn(parent, count=2), "completed")
+        assert jc.status(parent) == "completed" and jc.verify() == []
+        assert jc.name == store.name
