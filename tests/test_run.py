@@ -292,3 +292,47 @@ def test_a_killed_worker_s_children_are_reaped_and_finished_by_the_others(db, tm
         assert all(h.count("completed") == 1 and h[-1] == "completed" for h in finals.values())
         assert finals[claimed].count("running") == 2  # claimed twice: the dead worker's, then another's
         assert jc.verify() == []
+
+
+def test_ctrl_c_on_each_cancels_what_had_not_finished(db_path, tmp_path):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    proc = subprocess.Popen(
+        [JOBCTL, "--db", str(db_path), "run", "--parent", parent, "--each", "--jobs", "2", "--json", "--",
+         "sh", "-c", f"sleep 60 & echo $! > {pids}/{{}}; wait"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write("a\nb\nc\nd\n")
+    proc.stdin.close()
+    proc.stdin = None  # (communicate() below would flush it)
+    running = set()
+    while len(running) < 2:  # both slots busy: two children running, two pending
+        e = json.loads(proc.stdout.readline()).get("event") or {}
+        if e.get("new_status") == "running" and e["job_id"] != parent:
+            running.add(e["job_id"])
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    with Jobctl(db_path) as jc:
+        kids = list(jc.list(parent=parent))
+        assert [k["status"] for k in kids] == ["cancelled"] * 4
+        assert jc.status(parent) == "cancelled" and jc.verify() == []
+    started = [int(p.read_text()) for p in pids.iterdir()]
+    assert len(started) == 2 and not any(alive(pid) for pid in started)  # the running commands were stopped
+
+
+def test_a_worker_waits_for_children_spawned_after_it_started(db):
+    with Jobctl(db) as jc:
+        parent = jc.create("spawned later")
+    quick = run("run", "--claim", parent, "--", "true", db=db)
+    assert quick.returncode == 0  # nothing pending, nothing running: a plain worker stops at once
+    worker = start(db, "--claim", parent, "--wait-for-more", "--jobs", "1", "--", "sh", "-c", 'echo "$JOBCTL_JOB_NAME"')
+    with Jobctl(db) as jc:
+        jc.spawn(parent, names=["one", "two", "three"])
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert sorted(out.split()) == ["one", "three", "two"]
+    with Jobctl(db) as jc:
+        assert jc.status(parent) == "completed"
