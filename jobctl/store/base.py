@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object
 
-from jobctl.model import DatabaseUnusable
+from jobctl.model import STATUSES, DatabaseUnusable
 
 JOB_COLUMNS = (
     "id",
@@ -184,3 +184,38 @@ class Store(Protocol):
         ...
 
     def integrity_check(self) -> list[str]: ...
+
+
+class SqlQueries:
+    """The queries both backends write alike, but for the driver's placeholder
+    (`mark`: `?` for sqlite3, `%s` for psycopg2). A backend provides
+    `_query(sql, params) -> list[dict]`."""
+
+    mark = "?"
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
+        raise NotImplementedError
+
+    def last_child_number(self, parent_id: str) -> int:
+        """The highest N of any job id `<parent_id>.N` (children are numbered so; ids compare bytewise)."""
+        prefix = parent_id + "."
+        rows = self._query(
+            f"SELECT id FROM jobs WHERE id > {self.mark} AND id < {self.mark}", (prefix, parent_id + "/")
+        )
+        numbers = (r["id"][len(prefix) :] for r in rows)
+        return max((int(n) for n in numbers if n.isdigit() and n.isascii()), default=0)
+
+    def count_children(self, parent_id: str | None = None) -> dict[str, dict[str, int]]:
+        """A real count of children by status, per parent (for verify)."""
+        sql = "SELECT parent_id, status, count(*) AS n FROM jobs WHERE parent_id IS NOT NULL"
+        params: tuple = ()
+        if parent_id is not None:
+            sql += f" AND parent_id = {self.mark}"
+            params = (parent_id,)
+        out: dict[str, dict[str, int]] = {}
+        for row in self._query(sql + " GROUP BY parent_id, status", params):
+            out.setdefault(row["parent_id"], dict.fromkeys(STATUSES, 0))[row["status"]] = row["n"]
+        return out
+
+    def all_counts(self) -> dict[str, dict[str, int]]:
+        return {r["parent_id"]: {s: r[s] for s in STATUSES} for r in self._query("SELECT * FROM child_counts")}

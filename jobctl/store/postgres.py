@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store import masked
-from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS, Retryable
+from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS, Retryable, SqlQueries
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides
@@ -180,8 +180,10 @@ def _csv_field(value: object) -> str:
     return '"' + str(value).replace('"', '""') + '"'
 
 
-class PostgresStore:
+class PostgresStore(SqlQueries):
     """One connection to a jobctl schema in a PostgreSQL database."""
+
+    mark = "%s"
 
     def __init__(self, url: str, schema: str, connect_timeout: float, lock_timeout: float):
         self.url, self.schema = url, schema
@@ -494,18 +496,6 @@ class PostgresStore:
             raise IdTaken(f"a job id is taken ({_first_line(exc)})") from None
         self._execute("RELEASE SAVEPOINT insert_jobs")
 
-    def last_child_number(self, parent_id: str) -> int:
-        prefix = parent_id + "."
-        rows = self._query("SELECT id FROM jobs WHERE id > %s AND id < %s", (prefix, parent_id + "/"))
-        return max(
-            (
-                int(r["id"][len(prefix) :])
-                for r in rows
-                if r["id"][len(prefix) :].isdigit() and r["id"][len(prefix) :].isascii()
-            ),
-            default=0,
-        )
-
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         rows = [_status_row(j) for j in jobs]
         for i in range(0, len(rows), CHUNK):
@@ -639,20 +629,6 @@ class PostgresStore:
                 " ON CONFLICT (parent_id) DO UPDATE SET "
                 + ", ".join(f"{s} = child_counts.{s} + excluded.{s}" for s in STATUSES)
             )
-
-    def count_children(self, parent_id: str | None = None) -> dict[str, dict[str, int]]:
-        sql = "SELECT parent_id, status, count(*) AS n FROM jobs WHERE parent_id IS NOT NULL"
-        params: tuple = ()
-        if parent_id is not None:
-            sql += " AND parent_id = %s"
-            params = (parent_id,)
-        out: dict[str, dict[str, int]] = {}
-        for row in self._query(sql + " GROUP BY parent_id, status", params):
-            out.setdefault(row["parent_id"], dict.fromkeys(STATUSES, 0))[row["status"]] = row["n"]
-        return out
-
-    def all_counts(self) -> dict[str, dict[str, int]]:
-        return {r["parent_id"]: {s: r[s] for s in STATUSES} for r in self._query("SELECT * FROM child_counts")}
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Sequence[dict]) -> None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS
+from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 3  # the number of migrations below; stored in PRAGMA user_version
@@ -87,7 +87,7 @@ def _unusable(path: str, exc: BaseException) -> DatabaseUnusable:
     return DatabaseUnusable(f"database {path}: {text}")
 
 
-class SqliteStore:
+class SqliteStore(SqlQueries):
     """One connection to a jobctl SQLite database."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
@@ -275,19 +275,6 @@ class SqliteStore:
             raise
         self.conn.execute("RELEASE insert_jobs")
 
-    def last_child_number(self, parent_id: str) -> int:
-        """The highest N of any job id `<parent_id>.N` (children are numbered so)."""
-        prefix = parent_id + "."
-        rows = self.conn.execute("SELECT id FROM jobs WHERE id > ? AND id < ?", (prefix, parent_id + "/"))
-        return max(
-            (
-                int(r["id"][len(prefix) :])
-                for r in rows
-                if r["id"][len(prefix) :].isdigit() and r["id"][len(prefix) :].isascii()
-            ),
-            default=0,
-        )
-
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         """Write status and status timestamps of each job dict back."""
         self.conn.executemany(
@@ -403,21 +390,6 @@ class SqliteStore:
             "SELECT * FROM jobs WHERE parent_id = ? AND status = ? ORDER BY rowid LIMIT 1", (parent_id, status)
         )
         return rows[0] if rows else None
-
-    def count_children(self, parent_id: str | None = None) -> dict[str, dict[str, int]]:
-        """A real count of children by status, per parent (for verify)."""
-        sql = "SELECT parent_id, status, count(*) AS n FROM jobs WHERE parent_id IS NOT NULL"
-        params: tuple = ()
-        if parent_id is not None:
-            sql += " AND parent_id = ?"
-            params = (parent_id,)
-        out: dict[str, dict[str, int]] = {}
-        for row in self._query(sql + " GROUP BY parent_id, status", params):
-            out.setdefault(row["parent_id"], dict.fromkeys(STATUSES, 0))[row["status"]] = row["n"]
-        return out
-
-    def all_counts(self) -> dict[str, dict[str, int]]:
-        return {r["parent_id"]: {s: r[s] for s in STATUSES} for r in self._query("SELECT * FROM child_counts")}
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Iterable[dict]) -> None:
