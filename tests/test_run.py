@@ -336,3 +336,25 @@ def test_a_worker_waits_for_children_spawned_after_it_started(db):
     assert sorted(out.split()) == ["one", "three", "two"]
     with Jobctl(db) as jc:
         assert jc.status(parent) == "completed"
+
+
+def test_a_database_unusable_at_the_end_is_said_in_one_line_exit_5(db_path, tmp_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    gate = tmp_path / "gate"
+    proc = start(db_path, job, "--", "sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.02; done; exit 3",
+                 env={"JOBCTL_BUSY_TIMEOUT": "1"})
+    assert proc.stdout.readline() == "ready\n"
+    holder = Jobctl(db_path)
+    lock = holder.store.write()
+    lock.__enter__()  # another writer holds the lock past the busy timeout
+    try:
+        gate.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        lock.__exit__(None, None, None)
+        holder.close()
+    assert proc.returncode == 5
+    assert err.splitlines()[-1].startswith(f"jobctl: the outcome of job {job} (exit code 3) could not be recorded:")
+    with Jobctl(db_path) as jc:
+        assert jc.status(job) == "running"  # left for reap: its heartbeats have stopped

@@ -97,3 +97,41 @@ def test_top_in_a_pipe_is_refused_with_a_hint(db):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == ("jobctl: error: jobctl top is a live table for a terminal: in a pipe use `jobctl list`"
                              " (or `jobctl watch JOB` for one job)\n")
+
+
+def test_the_overview_keeps_up_with_50_parents_written_at_once(db, tmp_path):
+    """50 parents of 1,000 children each, written by 5 processes at once: the
+    overview folds the events (no per-frame queries) and ends with every row's
+    progress equal to a fresh count."""
+    import subprocess
+    import sys
+
+    from jobctl.top import Overview
+
+    with Jobctl(db) as jc:
+        parents = [jc.create(f"crawl {i}") for i in range(50)]
+        overview = Overview(jc, recent=600)
+        overview.load()
+        assert len(overview.rows) == 50
+        writer = (
+            "import sys\nfrom jobctl import Jobctl\n"
+            "with Jobctl(sys.argv[1]) as jc:\n"
+            "    for p in sys.argv[2:]:\n"
+            "        kids = jc.spawn(p, count=1000)\n"
+            "        jc.set_status(kids[:600], 'running')\n"
+            "        jc.set_status(kids[:500], 'completed')\n"
+            "        jc.set_status(kids[500:520], 'failed')\n"
+        )
+        procs = [subprocess.Popen([sys.executable, "-c", writer, db, *parents[i::5]]) for i in range(5)]
+        waker = jc.store.waker(0.2)
+        folded = 0
+        while any(p.poll() is None for p in procs) or folded != overview.cursor:
+            folded = overview.cursor
+            waker.wait(0.2)
+            overview.read()  # what top does on each wake-up
+        waker.close()
+        assert [p.returncode for p in procs] == [0] * 5
+        overview.read()
+        for p in parents:
+            assert overview.rows[p].progress == jc.progress(p)
+            assert overview.rows[p].progress["progress_text"] == "400 pending, 80 running, 500 completed, 20 failed"
