@@ -162,12 +162,24 @@ class Keys:
         self.saved = termios.tcgetattr(self.fd)
         tty.setcbreak(self.fd)
 
-    def read(self, timeout: float) -> str | None:
+    def read(self, timeout: float) -> list[str]:
+        """The keys typed so far (several may come in one read): arrows as
+        `up`/`down`, Return as `enter`, anything else as itself."""
         ready, _, _ = select.select([self.fd], [], [], timeout)
         if not ready:
-            return None
-        data = os.read(self.fd, 16).decode(errors="replace")
-        return {"\x1b[A": "up", "\x1b[B": "down", "\r": "enter", "\n": "enter"}.get(data, data[:1])
+            return []
+        data = os.read(self.fd, 64).decode(errors="replace")
+        keys = []
+        while data:
+            for seq, name in (("\x1b[A", "up"), ("\x1b[B", "down"), ("\r", "enter"), ("\n", "enter")):
+                if data.startswith(seq):
+                    keys.append(name)
+                    data = data[len(seq) :]
+                    break
+            else:
+                keys.append(data[0])
+                data = data[1:]
+        return keys
 
     def restore(self) -> None:
         import termios
@@ -199,21 +211,22 @@ def run_top(jc: Jobctl, *, recent: float, poll_interval: float = 1.0) -> int:
                 last_expire = time.monotonic()
                 choice = None
                 while choice is None:
-                    key = keys.read(0)
-                    if key is None:
+                    typed = keys.read(0)
+                    if not typed:
                         changed = waker.wait(0.1) and overview.read()
                         if time.monotonic() - last_expire > 1:
                             changed |= overview.expire()
                             last_expire = time.monotonic()
                         if not changed:
                             continue
-                    elif key == "q":
-                        return model.EXIT_OK
-                    elif key in ("up", "down"):
-                        count = len(overview.rows)
-                        selected = max(0, min(count - 1, selected + (1 if key == "down" else -1)))
-                    elif key == "enter" and overview.rows:
-                        choice = overview.shown()[min(selected, len(overview.rows) - 1)].job["id"]
+                    for key in typed:
+                        if key == "q":
+                            return model.EXIT_OK
+                        if key in ("up", "down"):
+                            selected += 1 if key == "down" else -1
+                        elif key == "enter" and overview.rows:
+                            choice = overview.shown()[max(0, min(selected, len(overview.rows) - 1))].job["id"]
+                            break
                     selected = max(0, min(len(overview.rows) - 1, selected))
                     live.update(render(overview, selected, console.width), refresh=True)
             keys.restore()

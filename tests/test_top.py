@@ -82,6 +82,13 @@ def test_top_shows_top_level_jobs_live_and_quits_on_q(db):
             new = jc.create("late arrival")
         screen.wait_for("65 pending, 1 running, 41 completed, 1 failed")
         screen.wait_for("late arrival")
+        screen.press(b"\x1b[B")  # down, down: the third row (newest first: late arrival, old and done,
+        screen.press(b"\x1b[B")  # nightly backup, News Crawler)
+        screen.press(b"\r")  # Enter: watch it
+        screen.wait_for("waiting for events")  # the live view of `watch`, on "nightly backup"
+        assert "nightly backup" in ANSI.sub("", screen.seen) and "PENDING" in ANSI.sub("", screen.seen)
+        screen.press(b"\x03")  # Ctrl-C ends the watch and comes back to the table
+        screen.wait_for("q quit")
         screen.press(b"q")
         failed = False
     finally:
