@@ -150,13 +150,26 @@ class Execution:
             job = jc.get(self.job_id)
             if not self.claimed:
                 check_runnable(job)
-                jc.set_status([self.job_id], RUNNING, message=f"run: {shorten(command_line(self.argv), 1000)}")
+                message = f"run: {shorten(command_line(self.argv), 1000)}"
+                if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
+                    raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
             started = time.monotonic()
             output = Output(self.options.log_lines)
             try:
                 outcome = self._supervise(jc, job, output, started)
-            except BaseException:
+            except BaseException as exc:
                 self._kill()
+                try:  # best effort: never leave the job running for nothing
+                    jc.finish(
+                        self.job_id,
+                        FAILED,
+                        message=f"jobctl run failed: {exc or type(exc).__name__}",
+                        exit_code=None,
+                        duration=time.monotonic() - started,
+                        lines=output.take(),
+                    )
+                except Exception:
+                    pass
                 raise
             return self._finish(jc, outcome, output, time.monotonic() - started)
 
@@ -182,6 +195,9 @@ class Execution:
             return Outcome(FAILED, f"permission denied: {self.argv[0]}", 126, 126)
         except OSError as exc:
             return Outcome(FAILED, f"cannot run {self.argv[0]}: {exc.strerror}", 126, 126)
+        reason = self.stop_reason or ""
+        if reason.startswith("interrupted"):  # a signal came while it was starting
+            self._signal(int(reason.split(":")[1]))
         readers = [
             threading.Thread(target=self._read, args=(stream, name, level, output), daemon=True)
             for stream, name, level in ((self.proc.stdout, "stdout", "info"), (self.proc.stderr, "stderr", "warning"))
@@ -207,8 +223,11 @@ class Execution:
                     last_beat = now
                 if self.stop_reason is None and (changed or now - last_check >= CHECK_SECONDS):
                     last_check = now
-                    if jc.status(self.job_id) == CANCELLED:
-                        self.stop_reason = "cancelled"
+                    try:
+                        if jc.status(self.job_id) == CANCELLED:
+                            self.stop_reason = "cancelled"
+                    except DatabaseUnusable:  # unreadable for a moment: look again next time
+                        pass
                 if self.stop_reason is None and deadline is not None and now >= deadline:
                     self.stop_reason = "timeout"
                 if self.stop_reason is not None:
@@ -219,13 +238,23 @@ class Execution:
                 waker.close()
         code = self.proc.wait()
         for r in readers:
-            r.join()
+            r.join(2)
+        if any(r.is_alive() for r in readers):
+            # the command ended but left processes behind in its group, holding its
+            # output open: they go with it (a job runner leaves nothing running)
+            self._signal(signal.SIGKILL)
+            for r in readers:
+                r.join(2)
         return self._outcome(code)
 
     def _read(self, stream, name: str, level: str, output: Output) -> None:
+        echo = self.echo
         for raw in iter(stream.readline, b""):
-            if self.echo is not None:
-                self.echo(name, raw)
+            if echo is not None:
+                try:
+                    echo(name, raw)
+                except Exception:  # our own output went away (`jobctl run ... | head`): keep storing it
+                    echo = None
             output.add(level, text_of(raw))
         stream.close()
 
@@ -387,14 +416,20 @@ class Pool:
         self.running: set[Execution] = set()
         self.outcomes: list[Outcome] = []
         self.errors: list[BaseException] = []
+        self.stopped: str | None = None  # why everything stops: also for executions not started yet
 
     def run(self, execution: Execution) -> None:
         with self.lock:
+            if self.stopped is not None:
+                return
             self.running.add(execution)
         try:
             outcome = execution.run()
             with self.lock:
                 self.outcomes.append(outcome)
+        except UsageError:
+            if self.stopped is None:  # (a child cancelled before it started is no error)
+                raise
         except BaseException as exc:  # a database error in a worker: reported by the main thread
             with self.lock:
                 self.errors.append(exc)
@@ -404,6 +439,7 @@ class Pool:
 
     def stop(self, reason: str) -> None:
         with self.lock:
+            self.stopped = reason
             for execution in self.running:
                 execution.stop_reason = reason
 
@@ -509,7 +545,12 @@ def run_each(
 
     threading.Thread(target=watchdog, daemon=True).start()
     with Jobctl(resolved) as jc:
-        code = watching.run_watch(jc, parent, sink, since=cursor, poll_interval=poll_interval, exit_status=True)
+        try:
+            code = watching.run_watch(jc, parent, sink, since=cursor, poll_interval=poll_interval, exit_status=True)
+        except BaseException:  # the watch failed: stop the commands rather than leave them running
+            queue.clear()
+            pool.stop("cancelled")
+            raise
         if code in (model.EXIT_INTERRUPTED, 143, 129):
             queue.clear()
             pool.stop("cancelled")

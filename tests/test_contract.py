@@ -207,3 +207,25 @@ def test_jobctl_takes_an_open_store(db):
         jc.set_status(jc.spawn(parent, count=2), "completed")
         assert jc.status(parent) == "completed" and jc.verify() == []
         assert jc.name == store.name
+
+
+def test_a_writer_refused_after_the_busy_timeout_can_write_again(db, monkeypatch):
+    """Still locked after JOBCTL_BUSY_TIMEOUT: exit 5 with nothing written, and the
+    connection is fine afterwards (no transaction left half-open behind it)."""
+    from jobctl import DatabaseUnusable
+
+    monkeypatch.setenv("JOBCTL_BUSY_TIMEOUT", "0.3")
+    with Jobctl(db) as jc:
+        job = jc.create("x")
+        holder = Jobctl(db)
+        lock = holder.store.write()
+        lock.__enter__()
+        try:
+            with pytest.raises(DatabaseUnusable, match="still locked"):
+                jc.set_status([job], "running")
+        finally:
+            lock.__exit__(None, None, None)
+            holder.close()
+        assert jc.status(job) == "pending"
+        jc.set_status([job], "running")
+        assert jc.status(job) == "running" and jc.verify() == []

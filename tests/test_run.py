@@ -358,3 +358,25 @@ def test_a_database_unusable_at_the_end_is_said_in_one_line_exit_5(db_path, tmp_
     assert err.splitlines()[-1].startswith(f"jobctl: the outcome of job {job} (exit code 3) could not be recorded:")
     with Jobctl(db_path) as jc:
         assert jc.status(job) == "running"  # left for reap: its heartbeats have stopped
+
+
+def test_a_command_that_leaves_a_process_behind_does_not_hang_run(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    result = run("run", job, "--", "sh", "-c", "sleep 60 & echo $!; exit 0", db=db_path, timeout=60)
+    assert result.returncode == 0
+    assert not alive(int(result.stdout.split()[0]))  # what it left in its process group went with it
+    with Jobctl(db_path) as jc:
+        assert jc.status(job) == "completed"
+
+
+def test_run_into_a_pipe_that_closes_early_still_ends_the_job(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    result = subprocess.run(["bash", "-c", f"{JOBCTL} --db {db_path} run {job} -- sh -c "
+                             "'for i in $(seq 1 20000); do echo line $i; done' | head -1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout == "line 1\n"
+    with Jobctl(db_path) as jc:
+        j = jc.get(job)
+    assert j["status"] == "completed" and j["exit_code"] == 0  # it kept reading the command's output to the end

@@ -223,7 +223,7 @@ class PostgresStore(SqlQueries):
                 self.url,
                 connect_timeout=max(2, int(self.connect_timeout + 0.999)),
                 application_name="jobctl",
-                options=f"-c search_path={self.schema} -c lock_timeout={int(self.lock_timeout * 1000)}",
+                options=f"-c search_path={self.schema} -c lock_timeout={max(1, int(self.lock_timeout * 1000))}",
             )
         except pg.Error as exc:
             raise self._connect_error(exc) from None
@@ -317,12 +317,16 @@ class PostgresStore(SqlQueries):
         try:
             self._begin(notice, self.lock_timeout)
         except DatabaseUnusable as exc:
+            self._rollback()  # BEGIN went through: leave no aborted transaction behind
             left = self.lock_timeout - notice
             if getattr(exc.__cause__, "pgcode", None) != "55P03" or left <= 0:
                 raise
-            self._rollback()
             info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
-            self._begin(left, self.lock_timeout)
+            try:
+                self._begin(left, self.lock_timeout)
+            except BaseException:
+                self._rollback()
+                raise
         self.in_transaction, self.notify, self.deferred = True, False, []
         try:
             yield self
@@ -340,7 +344,7 @@ class PostgresStore(SqlQueries):
         next event id read under it: one round trip."""
         begin = (
             f"BEGIN; SET LOCAL lock_timeout = {max(1, int(wait * 1000))};"
-            f" SELECT pg_advisory_xact_lock({self.lock_key}); SET LOCAL lock_timeout = {int(timeout * 1000)}"
+            f" SELECT pg_advisory_xact_lock({self.lock_key}); SET LOCAL lock_timeout = {max(1, int(timeout * 1000))}"
         )
         if self.ready:  # the next event id, in the same round trip (under the lock)
             rows = self._run(begin + "; SELECT coalesce(max(id), 0) + 1 FROM events", None, fetch=True)
@@ -730,6 +734,7 @@ class ListenWaker:
     def __init__(self, store: PostgresStore, poll_interval: float):
         self.store, self.poll_interval = store, poll_interval
         self.conn: Any = None
+        self.last_look = time.monotonic()
         self.delay = 0.05
         self._listen()
 
@@ -739,6 +744,8 @@ class ListenWaker:
         self.delay = 0.05
 
     def wait(self, timeout: float) -> bool:
+        """Up to `timeout` seconds: True on a notification, after a reconnect,
+        and once per poll interval without one (the timer fallback)."""
         limit = max(0.0, min(timeout, self.poll_interval))
         pg = self.store.pg
         if self.conn is None:
@@ -746,23 +753,30 @@ class ListenWaker:
             self.delay = min(self.delay * 2, 1.0)
             try:
                 self._listen()
-            except DatabaseUnusable:
+            except (DatabaseUnusable, pg.Error):
+                self.conn = None
                 return False
-            return True  # notifications may have been missed while away
+            return self._looked()  # notifications may have been missed while away
         try:
             if not self.conn.notifies:
                 ready, _, _ = select.select([self.conn], [], [], limit)
                 if not ready:
-                    return True  # the timer fallback: look anyway
+                    if time.monotonic() - self.last_look >= self.poll_interval:
+                        return self._looked()
+                    return False
                 self.conn.poll()
             self.conn.notifies.clear()
-            return True
+            return self._looked()
         except (pg.OperationalError, pg.InterfaceError):
             try:
                 self.conn.close()
             finally:
                 self.conn = None
-            return True
+            return self._looked()
+
+    def _looked(self) -> bool:
+        self.last_look = time.monotonic()
+        return True
 
     def close(self) -> None:
         if self.conn is not None:
