@@ -75,13 +75,15 @@ class Overview:
             return False
         if e["parent_id"] is None:  # a top-level job itself
             row = self.rows.get(e["job_id"])
-            if row is None and e["kind"] == CREATE:
+            if row is None and (e["kind"] == CREATE or e["new_status"] not in TERMINAL):
+                # new, or back from an end (retry) after it had left the table
                 job = self.jc.store.get_job(e["job_id"])
                 if job is None:
                     return False
-                row = self.rows[e["job_id"]] = Row(job)
-                while len(self.rows) > MAX_ROWS:
-                    del self.rows[next(iter(self.rows))]
+                counts = self.jc.store.get_counts([job["id"]])[job["id"]]
+                row = self.rows[e["job_id"]] = Row(job, counts)
+                self._evict()
+                return True
             if row is None:
                 return False
             model.enter_status(row.job, e["new_status"], e["at"])
@@ -91,6 +93,12 @@ class Overview:
             return False
         fold_event(row.counts, row.job["id"], e)
         return True
+
+    def _evict(self) -> None:
+        """Past MAX_ROWS, the oldest rows that ended go first, then the oldest."""
+        while len(self.rows) > MAX_ROWS:
+            ended = next((k for k, r in self.rows.items() if r.job["status"] in TERMINAL), None)
+            del self.rows[ended if ended is not None else next(iter(self.rows))]
 
     def expire(self) -> bool:
         cutoff = model.ago(self.recent)

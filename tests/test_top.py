@@ -142,3 +142,19 @@ def test_the_overview_keeps_up_with_50_parents_written_at_once(db, tmp_path):
         for p in parents:
             assert overview.rows[p].progress == jc.progress(p)
             assert overview.rows[p].progress["progress_text"] == "400 pending, 80 running, 500 completed, 20 failed"
+
+
+def test_a_job_retried_after_it_left_the_table_comes_back(db):
+    from conftest import tamper
+    from jobctl.top import Overview
+
+    with Jobctl(db) as jc:
+        job = jc.create("last week's run")
+        jc.set_status([job], "failed")
+        tamper(db, "UPDATE jobs SET completed_at = '2000-01-01T00:00:00.000000Z',"
+                   " updated_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (job,))
+        overview = Overview(jc, recent=600)
+        overview.load()
+        assert job not in overview.rows  # ended long ago: not shown
+        jc.retry(job)
+        assert overview.read() and overview.rows[job].job["status"] == "pending"
