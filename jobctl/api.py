@@ -193,6 +193,8 @@ class _Change:
                 "at": self.at,
                 "message": message,
                 "log_id": log_id,
+                "exit_code": None,
+                "duration": None,
             }
         )
 
@@ -252,6 +254,8 @@ class _Change:
                     "at": at,
                     "message": None,
                     "log_id": None,
+                    "exit_code": None,
+                    "duration": None,
                 }
                 for j in jobs
             ]
@@ -513,9 +517,12 @@ class Jobctl:
         Returns the job's status."""
         self._append_lines(ch, job_id, lines)
         job = ch.job(job_id)
+        seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
             ch.set_status(job, status, message)
-        self.store.set_outcome(job_id, exit_code, None if duration is None else round(duration, 3))
+            final = next(e for e in reversed(ch.events) if e["job_id"] == job_id and e["kind"] == STATUS)
+            final["exit_code"], final["duration"] = exit_code, seconds  # events --json carries the outcome too
+        self.store.set_outcome(job_id, exit_code, seconds)
         return job["status"]
 
     @transaction

@@ -224,7 +224,20 @@ def event_line(e: Mapping) -> str:
 def event_json(e: Mapping) -> dict:
     """The JSON form of an event (what `events --json` and `watch --json` share)."""
     return {
-        k: e[k] for k in ("id", "job_id", "parent_id", "kind", "old_status", "new_status", "at", "message", "level")
+        k: e.get(k)
+        for k in (
+            "id",
+            "job_id",
+            "parent_id",
+            "kind",
+            "old_status",
+            "new_status",
+            "at",
+            "message",
+            "level",
+            "exit_code",
+            "duration",
+        )
     }
 
 

@@ -58,6 +58,10 @@ def test_the_exit_code_passes_through_and_the_outcome_is_recorded(db):
         ("info", "status changed: running → failed: exit code 3"),
     ]
     assert ("warning", "to stderr") in logs(db, ok)
+    events = [json.loads(x) for x in run("events", "--job", bad, "--json", db=db).stdout.splitlines()]
+    final = [e for e in events if e["kind"] == "status"][-1]
+    assert (final["new_status"], final["exit_code"]) == ("failed", 3) and final["duration"] >= 0
+    assert all(e["exit_code"] is None for e in events[:-1])  # only the run's end carries an outcome
 
 
 def test_run_under_a_parent_creates_the_child_and_passes_its_identity(db_path):

@@ -69,6 +69,8 @@ EVENT_COLUMNS = (
     "at",
     "message",
     "log_id",
+    "exit_code",  # `jobctl run`'s final status change: the command's exit status
+    "duration",  # ... and how long it ran, in seconds
 )
 
 

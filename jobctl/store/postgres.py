@@ -52,7 +52,7 @@ _JOBS = ", ".join(JOB_COLUMNS)
 _JOB_SELECT = f"SELECT {_JOBS} FROM jobs"
 _EVENT_SELECT = (
     "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
-    " coalesce(l.message, e.message) AS message, l.level AS level"
+    " coalesce(l.message, e.message) AS message, l.level AS level, e.exit_code, e.duration"
     " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
 )
 _JOBS_WITH_COUNTS = (
@@ -107,6 +107,11 @@ MIGRATIONS = [
     """
     ALTER TABLE jobs ADD COLUMN exit_code integer;
     ALTER TABLE jobs ADD COLUMN duration double precision;
+    """,
+    # 3: the same on the final status event of a run (SQLite's migration 4).
+    """
+    ALTER TABLE events ADD COLUMN exit_code integer;
+    ALTER TABLE events ADD COLUMN duration double precision;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,14 +29,14 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 3  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 4  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 
 _EVENT_SELECT = (
     "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
-    " coalesce(l.message, e.message) AS message, l.level AS level"
+    " coalesce(l.message, e.message) AS message, l.level AS level, e.exit_code, e.duration"
     " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
 )
 _UPSERT_COUNTS = (
@@ -661,6 +661,12 @@ def _migrations():
         # (128 + N for a signal) and how long it ran, in seconds.
         db["jobs"].add_column("exit_code", int)
         db["jobs"].add_column("duration", float)
+
+    @migrations(name="0004_event_outcome")
+    def event_outcome(db) -> None:
+        # The same on the final status event of a run, for events --json and watch.
+        db.execute("ALTER TABLE events ADD COLUMN exit_code INTEGER")
+        db.execute("ALTER TABLE events ADD COLUMN duration REAL")
 
     return migrations
 
