@@ -43,7 +43,6 @@ from jobctl import __version__, model
 from jobctl.api import Jobctl
 from jobctl.console import plain
 from jobctl.model import DatabaseUnusable, JobctlError, UsageError, not_found
-from jobctl.progress import progress_dict
 from jobctl.serve import feed
 
 KEEPALIVE = 15.0  # seconds between comments on an idle stream (finds dead connections, keeps proxies open)
@@ -227,11 +226,6 @@ def job_route(request: Request) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------- read routes
-def with_progress(row: dict, counts: dict[str, int]) -> dict:
-    row["progress"] = progress_dict(row["id"], row["status"], counts) if sum(counts.values()) else None
-    return row
-
-
 def list_jobs(jc: Jobctl, statuses: list[str], parent: str | None, limit: int) -> dict:
     """Top-level jobs (or `parent`'s children), newest first, each with its
     progress when it has children, and the event cursor of the same snapshot:

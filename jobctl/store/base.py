@@ -73,6 +73,14 @@ EVENT_COLUMNS = (
     "duration",  # ... and how long it ran, in seconds
 )
 
+# An event as every reader sees it: a log line's level and text come from logs.
+EVENT_SELECT = (
+    "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
+    " coalesce(l.message, e.message) AS message, l.level AS level, e.exit_code, e.duration"
+    " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
+)
+CHUNK = 500  # values per `IN (...)` list, well below SQLite's variable limit
+
 
 class Retryable(DatabaseUnusable):
     """A write transaction failed for a transient reason and changed nothing: run it again."""
@@ -197,6 +205,54 @@ class SqlQueries:
 
     def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
         raise NotImplementedError
+
+    def _in(self, column: str, values: Sequence) -> tuple[str, list]:
+        """`column` is one of `values`: the SQL and its parameters (PostgreSQL uses = ANY)."""
+        return f"{column} IN ({','.join(self.mark for _ in values)})", list(values)
+
+    def events(
+        self,
+        *,
+        since: int = 0,
+        root_id: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[dict]:
+        """Events with id > since, in id order, of one tree and/or of some jobs."""
+        sql = EVENT_SELECT + f" WHERE e.id > {self.mark}"
+        params: list = [since]
+        if root_id is not None:
+            sql += f" AND e.root_id = {self.mark}"
+            params.append(root_id)
+        if job_ids is not None and len(job_ids) == 1:
+            # one job: ordered along the (job_id, id) index, which a planner could
+            # otherwise skip for the primary key under a LIMIT
+            sql += f" AND e.job_id = {self.mark} ORDER BY e.job_id, e.id"
+            params.append(job_ids[0])
+        else:
+            if job_ids is not None:
+                where, values = self._in("e.job_id", job_ids)
+                sql += f" AND {where}"
+                params += values
+            sql += " ORDER BY e.id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._query(sql, params)
+
+    def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
+        """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
+        sql = f"SELECT count(*) AS n FROM events WHERE root_id = {self.mark} AND id <= {self.mark}"
+        if job_ids is None:
+            return self._query(sql, (root_id, until))[0]["n"]
+        ids = sorted(job_ids)
+        total = 0
+        for i in range(0, len(ids), CHUNK):
+            where, values = self._in("job_id", ids[i : i + CHUNK])
+            total += self._query(f"{sql} AND {where}", [root_id, until, *values])[0]["n"]
+        return total
+
+    def last_event_id(self) -> int:
+        return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
 
     def last_child_number(self, parent_id: str) -> int:
         """The highest N of any job id `<parent_id>.N` (children are numbered so; ids compare bytewise)."""

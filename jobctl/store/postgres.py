@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store import masked
-from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS, Retryable, SqlQueries
+from jobctl.store.base import EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, Retryable, SqlQueries
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides
@@ -50,11 +50,6 @@ CHUNK = 1000  # rows per multi-row statement
 
 _JOBS = ", ".join(JOB_COLUMNS)
 _JOB_SELECT = f"SELECT {_JOBS} FROM jobs"
-_EVENT_SELECT = (
-    "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
-    " coalesce(l.message, e.message) AS message, l.level AS level, e.exit_code, e.duration"
-    " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
-)
 _JOBS_WITH_COUNTS = (
     "SELECT "
     + ", ".join(f"j.{c}" for c in JOB_COLUMNS)
@@ -189,6 +184,9 @@ class PostgresStore(SqlQueries):
     """One connection to a jobctl schema in a PostgreSQL database."""
 
     mark = "%s"
+
+    def _in(self, column: str, values: Sequence) -> tuple[str, list]:
+        return f"{column} = ANY(%s)", [list(values)]
 
     def __init__(self, url: str, schema: str, connect_timeout: float, lock_timeout: float):
         self.url, self.schema = url, schema
@@ -662,49 +660,13 @@ class PostgresStore(SqlQueries):
             (job_id, level, message, at),
         )[0]["id"]
 
-    def events(
-        self,
-        *,
-        since: int = 0,
-        root_id: str | None = None,
-        job_ids: Sequence[str] | None = None,
-        limit: int | None = None,
-    ) -> list[dict]:
-        sql = _EVENT_SELECT + " WHERE e.id > %s"
-        params: list = [since]
-        if root_id is not None:
-            sql += " AND e.root_id = %s"
-            params.append(root_id)
-        if job_ids is not None and len(job_ids) == 1:
-            # one job: ordered along the (job_id, id) index, which the planner
-            # would otherwise skip for the primary key under a LIMIT
-            sql += " AND e.job_id = %s ORDER BY e.job_id, e.id"
-            params.append(job_ids[0])
-        else:
-            if job_ids is not None:
-                sql += " AND e.job_id = ANY(%s)"
-                params.append(list(job_ids))
-            sql += " ORDER BY e.id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self._query(sql, params)
-
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
-        sql = _EVENT_SELECT + " WHERE (e.job_id = %s OR e.parent_id = %s)"
+        sql = EVENT_SELECT + " WHERE (e.job_id = %s OR e.parent_id = %s)"
         params: tuple = (parent_id, parent_id)
         if until is not None:
             sql += " AND e.id <= %s"
             params += (until,)
         return iter(self._query(sql + " ORDER BY e.id", params))
-
-    def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
-        sql = "SELECT count(*) AS n FROM events WHERE root_id = %s AND id <= %s"
-        if job_ids is None:
-            return self._query(sql, (root_id, until))[0]["n"]
-        return self._query(sql + " AND job_id = ANY(%s)", (root_id, until, list(job_ids)))[0]["n"]
-
-    def last_event_id(self) -> int:
-        return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
 
     def waker(self, poll_interval: float) -> ListenWaker:
         return ListenWaker(self, poll_interval)

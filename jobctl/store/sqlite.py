@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store.base import EVENT_COLUMNS, JOB_COLUMNS, SqlQueries
+from jobctl.store.base import CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 4  # the number of migrations below; stored in PRAGMA user_version
@@ -34,11 +34,6 @@ DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 
-_EVENT_SELECT = (
-    "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
-    " coalesce(l.message, e.message) AS message, l.level AS level, e.exit_code, e.duration"
-    " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
-)
 _UPSERT_COUNTS = (
     f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)}) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES)
@@ -49,7 +44,6 @@ _JOBS_WITH_COUNTS = (
     + ", ".join(f"c.{s} AS c_{s}" for s in STATUSES)
     + " FROM jobs LEFT JOIN child_counts c ON c.parent_id = jobs.id"
 )
-_CHUNK = 500  # ids per `IN (...)` query, below SQLite's variable limit
 _job_row = itemgetter(*JOB_COLUMNS)  # dict -> tuple in C: spawn writes 100,000s of rows
 _event_row = itemgetter(*EVENT_COLUMNS)
 _status_row = itemgetter("status", "started_at", "completed_at", "updated_at", "id")
@@ -251,8 +245,8 @@ class SqliteStore(SqlQueries):
         """The jobs (missing ones left out) and their kept child counts, in one query."""
         jobs: dict[str, dict] = {}
         counts: dict[str, dict[str, int]] = {}
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i : i + _CHUNK]
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
             marks = ",".join("?" * len(chunk))
             for row in self._query(f"{_JOBS_WITH_COUNTS} WHERE jobs.id IN ({marks})", chunk):
                 counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
@@ -373,8 +367,8 @@ class SqliteStore(SqlQueries):
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """The kept child counts of each parent (zeros for a job with no children)."""
         out = {p: dict.fromkeys(STATUSES, 0) for p in parent_ids}
-        for i in range(0, len(parent_ids), _CHUNK):
-            chunk = parent_ids[i : i + _CHUNK]
+        for i in range(0, len(parent_ids), CHUNK):
+            chunk = parent_ids[i : i + CHUNK]
             marks = ",".join("?" * len(chunk))
             for row in self._query(f"SELECT * FROM child_counts WHERE parent_id IN ({marks})", chunk):
                 out[row["parent_id"]] = {s: row[s] for s in STATUSES}
@@ -404,32 +398,10 @@ class SqliteStore(SqlQueries):
         )
         return cur.lastrowid or 0  # always set after an INSERT
 
-    def events(
-        self,
-        *,
-        since: int = 0,
-        root_id: str | None = None,
-        job_ids: Sequence[str] | None = None,
-        limit: int | None = None,
-    ) -> list[dict]:
-        """Events with id > since, in id order, optionally of one tree or of some jobs."""
-        sql = _EVENT_SELECT + " WHERE e.id > ?"
-        params: list = [since]
-        if root_id is not None:
-            sql += " AND e.root_id = ?"
-            params.append(root_id)
-        if job_ids is not None:
-            sql += f" AND e.job_id IN ({','.join('?' * len(job_ids))})"
-            params.extend(job_ids)
-        sql += " ORDER BY e.id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self._query(sql, params)
-
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
         """Events of a job and of its direct children (up to event `until`), in id
         order, streamed: consume them inside the same read transaction."""
-        sql = _EVENT_SELECT + " WHERE (e.job_id = ? OR e.parent_id = ?)"
+        sql = EVENT_SELECT + " WHERE (e.job_id = ? OR e.parent_id = ?)"
         params: tuple = (parent_id, parent_id)
         if until is not None:
             sql += " AND e.id <= ?"
@@ -439,23 +411,6 @@ class SqliteStore(SqlQueries):
                 yield row
         except sqlite3.Error as exc:
             raise _unusable(self.path, exc) from None
-
-    def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
-        """How many events of the tree `root_id` (of the jobs `job_ids` only, when given) have id <= until."""
-        sql = "SELECT count(*) AS n FROM events WHERE root_id = ? AND id <= ?"
-        if job_ids is None:
-            return self._query(sql, (root_id, until))[0]["n"]
-        ids = list(job_ids)
-        total = 0
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i : i + _CHUNK]
-            total += self._query(f"{sql} AND job_id IN ({','.join('?' * len(chunk))})", (root_id, until, *chunk))[0][
-                "n"
-            ]
-        return total
-
-    def last_event_id(self) -> int:
-        return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
 
     def application_id(self) -> int:
         cur = self.conn.cursor()
