@@ -41,6 +41,7 @@ from jobctl.model import (
     FAILED,
     LOG,
     PENDING,
+    POLICY,
     RETRYABLE,
     RUNNING,
     STATUS,
@@ -56,7 +57,6 @@ from jobctl.store import masked, open_store
 from jobctl.store.base import Retryable
 
 _ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}\Z"
-DERIVED_MESSAGE = "derived from children"
 SPAWN_CHUNK = 10_000  # children written at a time by spawn (memory stays flat at any count)
 SMALL_SUBTREE = 500  # events --job reads a subtree this small by job id (an index), not its whole tree
 WRITE_RETRIES = 5  # tries of a write transaction that failed for a transient reason (PostgreSQL)
@@ -195,23 +195,31 @@ class _Change:
                 "log_id": log_id,
                 "exit_code": None,
                 "duration": None,
+                "attempt": job["attempt"] if kind in (CREATE, STATUS) else None,
+                "max_attempts": job["max_attempts"] if kind != LOG else None,
             }
         )
 
-    def set_status(self, job: dict, new: str, message: str | None) -> bool:
-        """Move `job` to `new` (no checks: callers check), with its event and roll-up."""
+    def set_status(self, job: dict, new: str, message: str | None, *, derived: bool = False) -> bool:
+        """Move `job` to `new` (no checks: callers check), with its event and roll-up.
+        A `derived` change (a parent's) is no attempt of the job's: its event has none."""
         old = job["status"]
         if old == new:
             return False
         model.enter_status(job, new, self.at)
         self.dirty[job["id"]] = job
         self.event(job, STATUS, old, new, message)
+        if derived:
+            self.events[-1]["attempt"] = self.events[-1]["max_attempts"] = None
         if job["parent_id"] is not None:
-            self.child_changed(job["parent_id"], old, new)
+            self.child_changed(job["parent_id"], old, new, child_id=job["id"])
         return True
 
-    def child_changed(self, parent_id: str, old: str | None, new: str | None, n: int = 1) -> None:
-        fold(self.counts_of(parent_id), old, new, n)
+    def child_changed(
+        self, parent_id: str, old: str | None, new: str | None, n: int = 1, child_id: str | None = None
+    ) -> None:
+        counts = self.counts_of(parent_id)
+        fold(counts, old, new, n)
         delta = self.deltas.get(parent_id)
         if delta is None:
             delta = self.deltas[parent_id] = dict.fromkeys(STATUSES, 0)
@@ -219,9 +227,34 @@ class _Change:
         if parent_id in self.frozen:
             return
         parent = self.job(parent_id)
-        derived = model.derive_status(self.counts[parent_id], parent["status"])
+        if new == FAILED and model.fails_fast(counts, parent["fail_fast"], parent["allow_failures"]):
+            message = model.fail_fast_message(child_id or "a child")
+            self.cancel_unfinished(parent, message)
+            self.rederive(parent, message)
+        else:
+            self.rederive(parent)
+
+    def rederive(self, parent: dict, message: str | None = None) -> None:
+        """Set the parent's status to what its children's counts and its policy give."""
+        counts = self.counts_of(parent["id"])
+        allow = parent["allow_failures"]
+        derived = model.derive_status(counts, parent["status"], fail_fast=parent["fail_fast"], allow_failures=allow)
         if derived != parent["status"]:
-            self.set_status(parent, derived, DERIVED_MESSAGE)
+            self.set_status(parent, derived, message or model.derived_message(counts, derived, allow), derived=True)
+
+    def cancel_unfinished(self, parent: dict, message: str) -> None:
+        """Cancel every unfinished descendant of `parent`, deepest first, each with
+        its event (fail-fast); the parent's own status is derived afterwards, so
+        its event comes after all of theirs."""
+        targets = [j for j in reversed(self.subtree(parent["id"])) if j["status"] not in TERMINAL]
+        targets = [j for j in targets if j["id"] != parent["id"]]
+        before = set(self.frozen)
+        self.frozen |= {j["id"] for j in targets} | {parent["id"]}
+        try:
+            for j in targets:
+                self.set_status(j, CANCELLED, message)
+        finally:
+            self.frozen = before
 
     def add_jobs(self, parent: dict | None, jobs: list[dict]) -> None:
         """Insert new pending jobs (all children of `parent`, or one root).
@@ -229,7 +262,9 @@ class _Change:
         self.store.insert_jobs(jobs)
         for j in jobs:
             self.jobs[j["id"]] = j
-            self.event(j, CREATE, None, j["status"])
+            self.event(
+                j, CREATE, None, j["status"], model.policy_text(j["fail_fast"], j["allow_failures"], j["max_attempts"])
+            )
         if parent is not None:
             self.child_changed(parent["id"], None, PENDING, n=len(jobs))
 
@@ -242,6 +277,8 @@ class _Change:
             self.store.insert_events(self.events)
             self.events = []
         at = self.at
+        cap = jobs[0]["max_attempts"] if jobs else None  # a spawn's children share it
+        message = model.policy_text(0, None, cap)
         self.store.insert_events(
             [
                 {
@@ -252,10 +289,12 @@ class _Change:
                     "old_status": None,
                     "new_status": PENDING,
                     "at": at,
-                    "message": None,
+                    "message": message,
                     "log_id": None,
                     "exit_code": None,
                     "duration": None,
+                    "attempt": 1,
+                    "max_attempts": cap,
                 }
                 for j in jobs
             ]
@@ -335,11 +374,19 @@ class Jobctl:
         parent: str | None = None,
         id: str | None = None,
         meta: Mapping[str, str] | None = None,
+        fail_fast: bool = False,
+        allow_failures: str | int | None = None,
+        max_attempts: int | None = None,
     ) -> str:
         """Create a job (pending) and return its id.
 
+        Its failure policy, for when it has children: with `fail_fast`, the first
+        child that fails (beyond `allow_failures`) fails it and cancels the
+        rest; `allow_failures` ("2" or "5%") failed children still let it
+        complete. `max_attempts` caps how often it may start (None: no cap).
         With `id`, creating the same job again is a no-op that returns the id;
-        the same id with other attributes raises Conflict.
+        the same id with other attributes (or another policy, where one is
+        given) raises Conflict.
         """
         check_name(name)
         check_text(type, "type")
@@ -347,16 +394,29 @@ class Jobctl:
             check_id(id)
             if id == parent:
                 raise UsageError(f"job {id} cannot be its own parent")
-        return self._create(name, type, parent, id, _meta_json(meta))
+        policy = {
+            "fail_fast": int(bool(fail_fast)),
+            "allow_failures": model.check_allowance(allow_failures),
+            "max_attempts": model.check_max_attempts(max_attempts),
+        }
+        return self._create(name, type, parent, id, _meta_json(meta), policy)
 
     @transaction
     def _create(
-        self, ch: _Change, name: str, type: str | None, parent: str | None, id: str | None, meta_json: str | None
+        self,
+        ch: _Change,
+        name: str,
+        type: str | None,
+        parent: str | None,
+        id: str | None,
+        meta_json: str | None,
+        policy: dict,
     ) -> str:
         if id is not None:
             existing = self.store.get_job(id)
             if existing is not None:
-                want = {"name": name, "type": type, "parent_id": parent, "metadata": meta_json}
+                given = {k: v for k, v in policy.items() if v}  # the policy parts given (not defaults)
+                want = {"name": name, "type": type, "parent_id": parent, "metadata": meta_json, **given}
                 differ = [k for k, v in want.items() if existing[k] != v]
                 if differ:
                     raise Conflict(f"job {id} already exists with a different {', '.join(differ)}")
@@ -364,13 +424,21 @@ class Jobctl:
         p = self._open_parent(ch, parent) if parent is not None else None
         if id is None:
             id = self._free_child_id(p) if p else self._free_root_id()
-        ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json)])
+        ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json, **policy)])
         return id
 
     def spawn(
-        self, parent: str, *, count: int | None = None, names: Sequence[str] | None = None, type: str | None = None
+        self,
+        parent: str,
+        *,
+        count: int | None = None,
+        names: Sequence[str] | None = None,
+        type: str | None = None,
+        max_attempts: int | None = None,
     ) -> list[str]:
-        """Create children of `parent`, pending, in one transaction; return their ids."""
+        """Create children of `parent`, pending, in one transaction; return their ids.
+        Each may start `max_attempts` times (default: the parent's cap, if any)."""
+        model.check_max_attempts(max_attempts)
         if (count is None) == (names is None):
             raise UsageError("give either a count or names of the children")
         check_text(type, "type")
@@ -382,12 +450,63 @@ class Jobctl:
             raise UsageError(f"--count must be a positive whole number, not {count}")
         elif count > model.MAX_SPAWN:
             raise UsageError(f"--count is at most {model.MAX_SPAWN:,} children in one spawn, not {count:,}")
-        return self._spawn(parent, count if names is None else len(names), names, type)
+        return self._spawn(parent, count if names is None else len(names), names, type, max_attempts)
 
     @transaction
-    def _spawn(self, ch: _Change, parent: str, n: int, names: Sequence[str] | None, type: str | None) -> list[str]:
+    def _spawn(
+        self, ch: _Change, parent: str, n: int, names: Sequence[str] | None, type: str | None, cap: int | None
+    ) -> list[str]:
         p = self._open_parent(ch, parent)
-        return self._add_children(ch, p, sum(ch.counts_of(parent).values()) + 1, n, names, type)
+        cap = p["max_attempts"] if cap is None else cap
+        return self._add_children(ch, p, sum(ch.counts_of(parent).values()) + 1, n, names, type, cap)
+
+    _KEEP = object()  # set_policy: leave this part of the policy as it is
+
+    def set_policy(
+        self,
+        job_id: str,
+        *,
+        fail_fast: bool | None = None,
+        allow_failures: str | int | None | object = _KEEP,
+        max_attempts: int | None | object = _KEEP,
+    ) -> dict:
+        """Change the job's failure policy (parts not given stay), with a `policy`
+        event; the job's status follows at once (a fail-fast parent with a child
+        failed already fails now and cancels the rest). Returns the new policy."""
+        change: dict = {}
+        if fail_fast is not None:
+            change["fail_fast"] = int(bool(fail_fast))
+        if allow_failures is not Jobctl._KEEP:
+            change["allow_failures"] = model.check_allowance(allow_failures)  # type: ignore[arg-type]
+        if max_attempts is not Jobctl._KEEP:
+            change["max_attempts"] = model.check_max_attempts(max_attempts)  # type: ignore[arg-type]
+        if not change:
+            raise UsageError("no policy given (--fail-fast, --no-fail-fast, --allow-failures, --max-attempts)")
+        return self._set_policy(job_id, change)
+
+    @transaction
+    def _set_policy(self, ch: _Change, job_id: str, change: dict) -> dict:
+        job = ch.job(job_id)
+        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts")}
+        if {**policy, **change} == policy:
+            return policy
+        job.update(change)
+        self.store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
+        text = model.policy_text(job["fail_fast"], job["allow_failures"], job["max_attempts"])
+        ch.event(job, POLICY, None, None, text or "none")
+        counts = ch.counts_of(job_id)
+        if model.fails_fast(counts, job["fail_fast"], job["allow_failures"]):
+            first = next(iter(self.store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=1)))
+            message = model.fail_fast_message(first["id"])
+            ch.cancel_unfinished(job, message)
+            ch.rederive(job, message)
+        else:
+            ch.rederive(job)  # the same rule as after any child's change
+        return {
+            "fail_fast": bool(job["fail_fast"]),
+            "allow_failures": job["allow_failures"],
+            "max_attempts": job["max_attempts"],
+        }
 
     def set_status(
         self, ids: Sequence[str], status: str, *, message: str | None = None, force: bool = False
@@ -436,19 +555,24 @@ class Jobctl:
         return [j["id"] for j in targets]
 
     @transaction
-    def retry(self, ch: _Change, job_id: str, *, failed_children: bool = False) -> list[str]:
-        """Put failed or cancelled jobs back to pending; return their ids.
+    def retry(self, ch: _Change, job_id: str, *, failed_children: bool = False) -> Retried:
+        """Put failed or cancelled jobs back to pending, each starting its next
+        attempt; return their ids (a list, with `.skipped`: those left alone).
 
-        A job without children is retried itself. For a job with children the
-        failed or cancelled jobs without children of its own below it are
-        retried (only the failed ones with `failed_children`), and the
-        parents' derived statuses follow.
+        A job without children is retried itself; one that used all its
+        attempts (--max-attempts) is refused (Conflict). For a job with
+        children the failed or cancelled jobs without children of its own
+        below it are retried (only the failed ones with `failed_children`),
+        except those without attempts left, which are skipped (Conflict if
+        that leaves none); the parents' derived statuses follow.
         """
         job = ch.job(job_id)
         if not sum(ch.counts_of(job_id).values()):
             if failed_children or job["status"] == PENDING:
                 targets = []
             elif job["status"] in RETRYABLE:
+                if not model.attempts_left(job):
+                    raise model.out_of_attempts(job)
                 targets = [job]
             else:
                 raise Conflict(f"job {job_id} is {job['status']}: only failed or cancelled jobs can be retried")
@@ -457,16 +581,26 @@ class Jobctl:
             parents = {j["parent_id"] for j in sub}
             wanted = {FAILED} if failed_children else RETRYABLE
             targets = [j for j in sub if j["id"] not in parents and j["status"] in wanted]
+        skipped = [t["id"] for t in targets if not model.attempts_left(t)]
+        if skipped and len(skipped) == len(targets):
+            raise Conflict(
+                f"none retried: {len(skipped)} of job {job_id}'s children"
+                f" {'has' if len(skipped) == 1 else 'have'} used all their attempts (--max-attempts)"
+            )
+        retried = Retried(t["id"] for t in targets if model.attempts_left(t))
         for t in targets:
-            ch.set_status(t, PENDING, "retry")
-        return [t["id"] for t in targets]
+            if model.attempts_left(t):
+                ch.set_status(t, PENDING, "retry")
+        retried.skipped = skipped
+        return retried
 
     @transaction
     def claim(self, ch: _Change, parent: str, *, message: str | None = None) -> str | None:
-        """Atomically take the oldest pending child of `parent` and set it running;
-        concurrent claimers never get the same child."""
+        """Atomically take the oldest pending child of `parent` (not one backing off
+        before a retry: see `not_before`) and set it running; concurrent
+        claimers never get the same child."""
         ch.job(parent)
-        row = self.store.next_child(parent, PENDING)
+        row = self.store.next_child(parent, PENDING, ready_at=ch.at)
         if row is None:
             return None
         job = ch.jobs.setdefault(row["id"], row)
@@ -510,16 +644,23 @@ class Jobctl:
         exit_code: int | None,
         duration: float | None,
         lines: Sequence[tuple[str, str]] = (),
+        retry_in: float | None = None,
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
         already final (cancelled from elsewhere meanwhile) keeps its status.
-        Returns the job's status."""
+        `status` pending is a retry (`run --retries`): the job starts its next
+        attempt, not to be claimed before `retry_in` seconds from now; without
+        attempts left it fails instead. Returns the job's status."""
         self._append_lines(ch, job_id, lines)
         job = ch.job(job_id)
         seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
+            if status == PENDING and not model.attempts_left(job):
+                status = FAILED
             ch.set_status(job, status, message)
+            if status == PENDING and retry_in:
+                job["not_before"] = model.timestamp(time.time() + retry_in)
             final = next(e for e in reversed(ch.events) if e["job_id"] == job_id and e["kind"] == STATUS)
             final["exit_code"], final["duration"] = exit_code, seconds  # events --json carries the outcome too
         self.store.set_outcome(job_id, exit_code, seconds)
@@ -543,8 +684,13 @@ class Jobctl:
         if parent is not None:
             ch.job(parent)
         stale = list(self.store.list_jobs(parent_id=parent, statuses=[RUNNING], alive_before=cutoff))
-        for j in stale:
-            ch.set_status(ch.jobs.setdefault(j["id"], j), to, "heartbeat lost")
+        for row in stale:
+            row.pop("alive_at", None)
+            j = ch.jobs.setdefault(row["id"], row)
+            if to == PENDING and not model.attempts_left(j):  # no attempt left to go back to
+                ch.set_status(j, FAILED, f"heartbeat lost; no attempts left ({j['attempt']}/{j['max_attempts']})")
+            else:
+                ch.set_status(j, to, "heartbeat lost")
         return [j["id"] for j in stale]
 
     def _open_parent(self, ch: _Change, parent_id: str) -> dict:
@@ -567,7 +713,14 @@ class Jobctl:
         return f"{parent['id']}.{n}"
 
     def _add_children(
-        self, ch: _Change, parent: dict, start: int, n: int, names: Sequence[str] | None, type: str | None
+        self,
+        ch: _Change,
+        parent: dict,
+        start: int,
+        n: int,
+        names: Sequence[str] | None,
+        type: str | None,
+        cap: int | None,
     ) -> list[str]:
         """Children are numbered <parent>.<start>, <parent>.<start + 1>, ..., written a
         chunk at a time. Where a chosen --id took a number, the numbering goes on
@@ -579,7 +732,8 @@ class Jobctl:
             numbers = range(k, k + size)
             chunk_names = names[len(ids) : len(ids) + size] if names is not None else [f"child {x}" for x in numbers]
             jobs = [
-                self._new_job(ch, f"{parent['id']}.{x}", nm, type, parent, None) for x, nm in zip(numbers, chunk_names)
+                self._new_job(ch, f"{parent['id']}.{x}", nm, type, parent, None, max_attempts=cap)
+                for x, nm in zip(numbers, chunk_names)
             ]
             try:
                 ch.insert_children(parent, jobs)
@@ -591,7 +745,17 @@ class Jobctl:
         return ids
 
     @staticmethod
-    def _new_job(ch: _Change, id: str, name: str, type: str | None, parent: dict | None, meta_json: str | None) -> dict:
+    def _new_job(
+        ch: _Change,
+        id: str,
+        name: str,
+        type: str | None,
+        parent: dict | None,
+        meta_json: str | None,
+        fail_fast: int = 0,
+        allow_failures: str | None = None,
+        max_attempts: int | None = None,
+    ) -> dict:
         job = {
             "id": id,
             "parent_id": parent["id"] if parent else None,
@@ -605,6 +769,11 @@ class Jobctl:
             "exit_code": None,
             "duration": None,
             "metadata": meta_json,
+            "fail_fast": fail_fast,
+            "allow_failures": allow_failures,
+            "max_attempts": max_attempts,
+            "attempt": 1,
+            "not_before": None,
         }
         model.enter_status(job, PENDING, ch.at)
         return job
@@ -617,11 +786,9 @@ class Jobctl:
         return job
 
     def get(self, job_id: str) -> dict:
-        """The job's row, with `metadata` decoded and `progress` when it has children."""
-        job = _decoded(self._job(job_id))
-        counts = self.store.get_counts([job_id])[job_id]
-        job["progress"] = progress_dict(job_id, job["status"], counts) if sum(counts.values()) else None
-        return job
+        """The job's row, with `metadata` decoded, `progress` when it has children,
+        and `policy`: its failure policy and whether the allowance was used."""
+        return self._add_progress([_decoded(self._job(job_id))])[0]
 
     def status(self, job_id: str) -> str:
         return self._job(job_id)["status"]
@@ -678,10 +845,20 @@ class Jobctl:
         yield from self._add_progress(batch)
 
     def _add_progress(self, jobs: builtins.list[dict]) -> builtins.list[dict]:
+        """Each job with `progress` (None without children) and `policy`: its failure
+        policy and whether its allowance was used (the same in show, list and tree)."""
         counts = self.store.get_counts([j["id"] for j in jobs]) if jobs else {}
         for j in jobs:
             c = counts[j["id"]]
-            j["progress"] = progress_dict(j["id"], j["status"], c) if any(c.values()) else None
+            total = sum(c.values())
+            j["progress"] = progress_dict(j["id"], j["status"], c) if total else None
+            j["policy"] = {
+                "fail_fast": j["fail_fast"],
+                "allow_failures": j["allow_failures"],
+                "allowed_failures": model.allowed_failures(j["allow_failures"], total),
+                "allowance_used": model.allowance_used(c, j["status"], j["allow_failures"]),
+                "max_attempts": j["max_attempts"],
+            }
         return jobs
 
     def tree(self, job_id: str, *, depth: int | None = None, limit: int | None = None) -> Generator[dict, None, None]:
@@ -838,6 +1015,13 @@ class Jobctl:
         return problems
 
 
+class Retried(builtins.list):
+    """The ids `retry` put back to pending, with `skipped`: those it left alone
+    because they had used all their attempts."""
+
+    skipped: builtins.list[str] = []
+
+
 def _decoded(job: dict, *drop: str) -> dict:
     """The job row with its metadata as an object ({} when it has none), less
     the query's helper columns `drop`."""
@@ -849,6 +1033,7 @@ def _decoded(job: dict, *drop: str) -> dict:
         job["metadata"] = json.loads(job["metadata"])
     else:
         job["metadata"] = {}
+    job["fail_fast"] = bool(job["fail_fast"])
     return job
 
 
@@ -858,6 +1043,8 @@ def log_text(e: Mapping, own: bool, counts: Mapping[str, int]) -> str | None:
         return e["message"] if own else f"child {e['job_id']}: {e['message']}"
     if e["kind"] == CREATE:
         return f"created ({e['new_status']})" if own else None
+    if e["kind"] == POLICY:
+        return f"policy set: {e['message']}" if own else None
     if own:
         text = f"status changed: {change_text(e)}"
         return f"{text}: {e['message']}" if e["message"] else text

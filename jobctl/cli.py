@@ -90,8 +90,13 @@ app = typer.Typer(
 )
 status_app = typer.Typer(help="Set or get a job's status.", context_settings={"help_option_names": ["-h", "--help"]})
 db_app = typer.Typer(help="The database in use.", context_settings={"help_option_names": ["-h", "--help"]})
+policy_app = typer.Typer(
+    help="A parent's failure policy: fail-fast, allowed failures, attempts.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
+app.add_typer(policy_app, name="policy")
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for lists).")]
 TIMEOUT = Annotated[
@@ -103,6 +108,20 @@ STRICT = Annotated[
 WAIT_FOR_CREATE = Annotated[
     bool,
     typer.Option("--wait-for-create", help="Wait for a job that does not exist yet (bounded by --timeout)."),
+]
+ALLOW_FAILURES = Annotated[
+    str | None,
+    typer.Option(
+        "--allow-failures",
+        metavar="N|P%",
+        help="This many failed children (or this share of them, rounded down) still let it complete.",
+    ),
+]
+MAX_ATTEMPTS = Annotated[
+    int | None,
+    typer.Option(
+        "--max-attempts", metavar="N", help="How many times it may start (retry refuses more; default: no cap)."
+    ),
 ]
 POLL_INTERVAL = Annotated[
     float, typer.Option("--poll-interval", metavar="SECONDS", help="Check this often even without a file notification.")
@@ -169,9 +188,29 @@ def create(
     ] = None,
     parent: Annotated[str | None, typer.Option("--parent", metavar="JOB", help="Make it a child of this job.")] = None,
     meta: Annotated[list[str], typer.Option("--meta", metavar="KEY=VALUE", help="Metadata, repeatable.")] = [],
+    fail_fast: Annotated[
+        bool,
+        typer.Option(
+            "--fail-fast", help="Its first failed child (beyond --allow-failures) fails it and cancels the rest."
+        ),
+    ] = False,
+    allow_failures: ALLOW_FAILURES = None,
+    max_attempts: MAX_ATTEMPTS = None,
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
-    done(commands.create(ctx.obj["db"], name, type=type, id=id, parent=parent, meta=meta))
+    done(
+        commands.create(
+            ctx.obj["db"],
+            name,
+            type=type,
+            id=id,
+            parent=parent,
+            meta=meta,
+            fail_fast=fail_fast,
+            allow_failures=allow_failures,
+            max_attempts=max_attempts,
+        )
+    )
 
 
 @app.command()
@@ -184,9 +223,54 @@ def spawn(
         str | None, typer.Option("--names-from", metavar="FILE|-", help="Child names, one per line.")
     ] = None,
     type: Annotated[str | None, typer.Option("--type", metavar="TYPE", help="The children's type.")] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts", metavar="N", help="Each child may start N times (default: PARENT's cap, if any)."
+        ),
+    ] = None,
 ) -> None:
     """Create children of PARENT, pending, in one transaction; print their ids, one per line."""
-    done(commands.spawn(ctx.obj["db"], parent, count=count, name=name, names_from=names_from, type=type))
+    done(
+        commands.spawn(
+            ctx.obj["db"], parent, count=count, name=name, names_from=names_from, type=type, max_attempts=max_attempts
+        )
+    )
+
+
+@policy_app.command("set")
+def policy_set(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job (usually a parent).")],
+    fail_fast: Annotated[
+        bool | None,
+        typer.Option(
+            "--fail-fast/--no-fail-fast",
+            help="Its first failed child (beyond --allow-failures) fails it and cancels the rest.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_failures: Annotated[
+        str | None,
+        typer.Option(
+            "--allow-failures",
+            metavar="N|P%|none",
+            help="This many failed children (or this share of them) still let it complete.",
+        ),
+    ] = None,
+    max_attempts: Annotated[
+        str | None, typer.Option("--max-attempts", metavar="N|none", help="How many times it may start.")
+    ] = None,
+) -> None:
+    """Change a job's failure policy (the parts given), as an event; its status follows at once.
+
+    Prints the policy now in force, e.g. `fail-fast, allow-failures 5%`.
+    """
+    done(
+        commands.policy_set(
+            ctx.obj["db"], job, fail_fast=fail_fast, allow_failures=allow_failures, max_attempts=max_attempts
+        )
+    )
 
 
 @status_app.command("set")
@@ -389,6 +473,17 @@ def watch(
     ] = None,
     strict: STRICT = False,
     wait_for_create: WAIT_FOR_CREATE = False,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            metavar="FORMAT",
+            help="When the watch ends, write `jobctl report --format FORMAT` (markdown: to $GITHUB_STEP_SUMMARY).",
+        ),
+    ] = None,
+    report_output: Annotated[
+        str | None, typer.Option("--report-output", metavar="FILE", help="Where --report writes (as report --output).")
+    ] = None,
 ) -> None:
     """Follow a job live until it ends: its progress and every event and log line below it.
 
@@ -409,6 +504,8 @@ def watch(
             stale_after=stale_after,
             strict=strict,
             wait_for_create=wait_for_create,
+            report=report,
+            report_output=report_output,
         )
     )
 
@@ -483,6 +580,20 @@ def run(
     ] = None,
     keep_order: Annotated[bool, typer.Option("--keep-order", help="--each: print output in input order.")] = False,
     json: Annotated[bool, typer.Option("--json", help="--each: the watch NDJSON.")] = False,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            "--retries",
+            metavar="N",
+            help="Re-run a failed command up to N times (default: as the job's --max-attempts allows).",
+        ),
+    ] = None,
+    retry_delay: Annotated[
+        str | None,
+        typer.Option(
+            "--retry-delay", metavar="DURATION", help="Wait this long before the first re-run, doubling each time: 5s."
+        ),
+    ] = None,
     wait_for_more: Annotated[
         bool, typer.Option("--wait-for-more", help="--claim: keep waiting for children until JOB is final.")
     ] = False,
@@ -494,7 +605,9 @@ def run(
     jobctl run --parent P --each [--jobs N] -- CMD {} ... one child per stdin line;
     jobctl run --claim P [--jobs N] -- CMD ... a worker for P's pending children.
     Exits with the command's exit code (128+N if killed by signal N; 124 on
-    --timeout; 127 command not found; 143 cancelled from elsewhere).
+    --timeout; 127 command not found; 143 cancelled from elsewhere). With
+    --retries (or a job's --max-attempts) a failed command runs again, each
+    attempt one more `running` event, until it succeeds or no attempt is left.
     """
     done(
         commands.run(
@@ -514,6 +627,8 @@ def run(
             keep_order=keep_order,
             json=json,
             wait_for_more=wait_for_more,
+            retries=retries,
+            retry_delay=retry_delay,
         )
     )
 

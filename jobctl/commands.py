@@ -117,10 +117,24 @@ def create(
     id: str | None = None,
     parent: str | None = None,
     meta: list[str] | None = None,
+    fail_fast: bool = False,
+    allow_failures: str | None = None,
+    max_attempts: int | None = None,
 ) -> int:
     meta_dict = parse_meta(meta or [])
     with _open(db) as jc:
-        print(jc.create(name, type=type, parent=parent, id=id, meta=meta_dict))
+        print(
+            jc.create(
+                name,
+                type=type,
+                parent=parent,
+                id=id,
+                meta=meta_dict,
+                fail_fast=fail_fast,
+                allow_failures=allow_failures,
+                max_attempts=max_attempts,
+            )
+        )
     return 0
 
 
@@ -131,6 +145,7 @@ def spawn(
     name: list[str] | None = None,
     names_from: str | None = None,
     type: str | None = None,
+    max_attempts: int | None = None,
 ) -> int:
     if sum(x is not None and x != [] for x in (count, name, names_from)) != 1:
         raise UsageError("give exactly one of --count, --name or --names-from")
@@ -138,7 +153,7 @@ def spawn(
     if names_from is not None:
         names = read_lines(names_from, "--names-from")
     with _open(db) as jc:
-        ids = jc.spawn(parent, count=count, names=names, type=type)
+        ids = jc.spawn(parent, count=count, names=names, type=type, max_attempts=max_attempts)
     sys.stdout.write("\n".join(ids) + "\n")
     return 0
 
@@ -246,9 +261,41 @@ def cancel(db: str | None, job: str, message: str | None = None) -> int:
 def retry(db: str | None, job: str, failed_children: bool = False) -> int:
     with _open(db) as jc:
         ids = jc.retry(job, failed_children=failed_children)
-    if not ids:
+    if ids.skipped:
+        n = len(ids.skipped)
+        info(f"skipped {n} job{'s' if n != 1 else ''} that used all their attempts (--max-attempts)")
+    elif not ids:
         info("nothing to retry")
     _print_lines(ids)
+    return 0
+
+
+def policy_set(
+    db: str | None,
+    job: str,
+    fail_fast: bool | None = None,
+    allow_failures: str | None = None,
+    max_attempts: str | None = None,
+) -> int:
+    """`policy set JOB`: change the parts of the policy given; print the policy."""
+    keep = object()
+    cap: object = keep
+    if max_attempts is not None:
+        word = max_attempts.strip().lower()
+        if word in ("none", "unlimited"):
+            cap = None
+        elif word.isdigit():
+            cap = int(word)
+        else:
+            raise UsageError(f"--max-attempts takes a number or `none`, not {max_attempts!r}")
+    with _open(db) as jc:
+        kwargs: dict = {"fail_fast": fail_fast}
+        if allow_failures is not None:
+            kwargs["allow_failures"] = allow_failures
+        if cap is not keep:
+            kwargs["max_attempts"] = cap
+        policy = jc.set_policy(job, **kwargs)
+    print(model.policy_text(policy["fail_fast"], policy["allow_failures"], policy["max_attempts"]) or "none")
     return 0
 
 
@@ -271,6 +318,8 @@ def watch(
     stale_after: str | None = None,
     strict: bool = False,
     wait_for_create: bool = False,
+    report: str | None = None,
+    report_output: str | None = None,
 ) -> int:
     from jobctl import render
     from jobctl import watch as watching
@@ -279,12 +328,21 @@ def watch(
         raise UsageError("give --since or --from-start, not both")
     if strict and not exit_status:
         raise UsageError("--strict goes with --exit-status")
+    if report is not None:
+        from jobctl.report import check_format
+
+        check_format(report)
+        to_summary = report == "markdown" and report_output is None and os.environ.get("GITHUB_STEP_SUMMARY")
+        if json and report_output in (None, "-") and not to_summary:
+            raise UsageError("--report with --json needs --report-output FILE: stdout is the NDJSON")
+    elif report_output is not None:
+        raise UsageError("--report-output goes with --report")
     stale = model.parse_duration(stale_after) if stale_after is not None else None
     with _open(db, create=wait_for_create) as jc:
         sink: watching.Sink = (
             render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
         )
-        return watching.run_watch(
+        code = watching.run_watch(
             jc,
             job,
             sink,
@@ -296,6 +354,25 @@ def watch(
             stale_after=stale,
             wait_for_create=wait_for_create,
         )
+        if report is None or jc.store.get_job(job) is None:  # (a job never created has nothing to report)
+            return code
+    return _report_after(db, job, report, report_output, code)
+
+
+def _report_after(db: str | None, job: str, format: str, output: str | None, code: int) -> int:
+    """`watch --report`: the report, written when the watch has ended (however it
+    ended); a report that cannot be written is one error line, and the watch's
+    own exit status stays unless it was 0."""
+    from jobctl.console import error
+    from jobctl.model import JobctlError
+    from jobctl.report import report_command
+
+    try:
+        report_command(db, job, format, output, os.environ)
+    except JobctlError as exc:
+        failed = error(exc)
+        return code or failed
+    return code
 
 
 def wait(
@@ -364,6 +441,8 @@ def run(
     keep_order: bool = False,
     json: bool = False,
     wait_for_more: bool = False,
+    retries: int | None = None,
+    retry_delay: str | None = None,
 ) -> int:
     """`jobctl run`: JOB -- CMD, --parent P -- CMD, --parent P --each -- CMD {}, --claim P -- CMD."""
     from jobctl import run as running
@@ -390,11 +469,15 @@ def run(
         raise UsageError(f"--heartbeat must be more than 0 seconds, not {heartbeat}")
     if not 1 <= log_lines <= 10_000_000:
         raise UsageError(f"--log-lines must be 1 or more, not {log_lines}")
+    if retries is not None and not 0 <= retries <= 1_000_000:
+        raise UsageError(f"--retries must be from 0 to 1,000,000, not {retries}")
     options = running.Options(
         heartbeat=heartbeat,
         timeout=model.parse_duration(timeout) if timeout is not None else None,
         kill_after=model.parse_duration(kill_after),
         log_lines=log_lines,
+        retries=retries,
+        retry_delay=model.parse_duration(retry_delay) if retry_delay is not None else 0.0,
     )
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if claim is not None:

@@ -34,8 +34,15 @@ FAST: dict = {
     ("create",): (
         "create",
         ["name"],
-        {},
-        {"--type": ("type", str), "--id": ("id", str), "--parent": ("parent", str), "--meta": ("meta", list)},
+        {"--fail-fast": "fail_fast"},
+        {
+            "--type": ("type", str),
+            "--id": ("id", str),
+            "--parent": ("parent", str),
+            "--meta": ("meta", list),
+            "--allow-failures": ("allow_failures", str),
+            "--max-attempts": ("max_attempts", int),
+        },
     ),
     ("spawn",): (
         "spawn",
@@ -46,6 +53,7 @@ FAST: dict = {
             "--name": ("name", list),
             "--names-from": ("names_from", str),
             "--type": ("type", str),
+            "--max-attempts": ("max_attempts", int),
         },
     ),
     ("run",): (
@@ -63,6 +71,8 @@ FAST: dict = {
             "--kill-after": ("kill_after", str),
             "--log-lines": ("log_lines", int),
             "--output": ("output", str),
+            "--retries": ("retries", int),
+            "--retry-delay": ("retry_delay", str),
         },
     ),
     ("events",): (

@@ -38,7 +38,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
 RETRYABLE: frozenset[str] = frozenset({FAILED, CANCELLED})
 
 # Event kinds in the events table.
-CREATE, STATUS, LOG = "create", "status", "log"
+CREATE, STATUS, LOG, POLICY = "create", "status", "log", "policy"
 LOG_LEVELS: tuple[str, ...] = ("info", "warning", "error")
 
 # Exit codes, documented in the README and in `jobctl --help`.
@@ -140,22 +140,148 @@ def check_transition(job_id: str, old: str, new: str, *, force: bool = False) ->
     raise Conflict(f"job {job_id}: {old} → {new} not allowed (use --force)")
 
 
-def derive_status(counts: Mapping[str, int], current: str) -> str:
-    """A parent's status from the counts of its direct children.
+def derive_status(
+    counts: Mapping[str, int], current: str, *, fail_fast: bool = False, allow_failures: str | None = None
+) -> str:
+    """A parent's status from the counts of its direct children and its failure policy.
 
-    No children: the job keeps its status. Any child pending or running: running.
-    All terminal: failed if any failed, cancelled if all cancelled, else completed.
+    No children: the job keeps its status. More failed children than allowed
+    (`allowed_failures`) with `fail_fast`: failed at once. Else any child
+    pending or running: running. All final: failed if more failed than
+    allowed; cancelled if none completed and some were cancelled (cancelled
+    children are never allowed failures); else completed.
     """
     total = sum(counts.get(s, 0) for s in STATUSES)
     if total == 0:
         return current
+    too_many = counts.get(FAILED, 0) > allowed_failures(allow_failures, total)
+    if fail_fast and too_many:
+        return FAILED
     if counts.get(PENDING, 0) or counts.get(RUNNING, 0):
         return RUNNING
-    if counts.get(FAILED, 0):
+    if too_many:
         return FAILED
-    if counts.get(CANCELLED, 0) == total:
+    if not counts.get(COMPLETED, 0) and counts.get(CANCELLED, 0):
         return CANCELLED
     return COMPLETED
+
+
+def fails_fast(counts: Mapping[str, int], fail_fast: bool, allow_failures: str | None) -> bool:
+    """Whether a fail-fast parent must cancel its unfinished children now: more
+    children failed than allowed while some are still pending or running."""
+    total = sum(counts.get(s, 0) for s in STATUSES)
+    return (
+        fail_fast
+        and bool(counts.get(PENDING, 0) or counts.get(RUNNING, 0))
+        and counts.get(FAILED, 0) > allowed_failures(allow_failures, total)
+    )
+
+
+DERIVED_MESSAGE = "derived from children"
+
+
+def derived_message(counts: Mapping[str, int], status: str, allow: str | None) -> str:
+    """Why a parent's status was derived, saying when its allowance decided it."""
+    if not allow or status not in (COMPLETED, FAILED) or not counts.get(FAILED, 0):
+        return DERIVED_MESSAGE
+    failed = counts[FAILED]
+    allowed = allowed_failures(allow, sum(counts.get(s, 0) for s in STATUSES))
+    within = "within" if status == COMPLETED else "more than"
+    return f"{DERIVED_MESSAGE}: {failed} failed, {within} --allow-failures {allow} ({allowed} allowed)"
+
+
+def fail_fast_message(child_id: str) -> str:
+    return f"fail-fast: {child_id} failed"
+
+
+def check_allowance(text: str | int | None) -> str | None:
+    """An --allow-failures value: a count ("2") or a percentage of the children
+    ("5%", "2.5%", at most two decimals, 0-100). Returns its canonical text;
+    None, "", "0" and "none" mean no allowance (None)."""
+    import re
+
+    t = str(text).strip() if text is not None else ""
+    if t in ("", "0", "0%", "none"):
+        return None
+    m = re.fullmatch(r"(\d{1,18})|(\d{1,3})(?:\.(\d{1,2}))?%", t)
+    if m is None or (m[2] is not None and _hundredths(t) > 10000):
+        raise UsageError(
+            f"bad --allow-failures {text!r}: use a number of children (2) or a percentage of them (5%, 2.5%), or none"
+        )
+    if m[1] is not None:
+        return str(int(m[1]))
+    whole, frac = m[2], (m[3] or "").rstrip("0")
+    return f"{int(whole)}{'.' + frac if frac else ''}%" if _hundredths(t) else None
+
+
+def _hundredths(percent: str) -> int:
+    """'2.5%' -> 250: a percentage in hundredths of a percent, exactly."""
+    whole, _, frac = percent.rstrip("%").partition(".")
+    return int(whole) * 100 + int((frac + "00")[:2])
+
+
+def allowed_failures(allow: str | None, total: int) -> int:
+    """How many of `total` children may fail with the allowance `allow`
+    (check_allowance's text): a count as it is; a percentage of the children
+    rounded down (5% of 108 is 5), computed exactly."""
+    if not allow:
+        return 0
+    if allow.endswith("%"):
+        return _hundredths(allow) * total // 10000
+    return int(allow)
+
+
+def allowance_used(counts: Mapping[str, int], status: str, allow: str | None) -> bool:
+    """Whether a parent completed thanks to its allowance (some children failed)."""
+    return status == COMPLETED and counts.get(FAILED, 0) > 0 and bool(allow)
+
+
+def policy_text(fail_fast: bool | int, allow: str | None, max_attempts: int | None) -> str | None:
+    """The canonical text of a policy (a create or policy event's message):
+    `fail-fast, allow-failures 5%, max-attempts 3`; None for no policy."""
+    parts = (["fail-fast"] if fail_fast else []) + ([f"allow-failures {allow}"] if allow else [])
+    parts += [f"max-attempts {max_attempts}"] if max_attempts is not None else []
+    return ", ".join(parts) or None
+
+
+def parse_policy(text: str | None) -> dict:
+    """policy_text's inverse: {fail_fast, allow_failures, max_attempts}."""
+    out: dict = {"fail_fast": 0, "allow_failures": None, "max_attempts": None}
+    for part in (text or "").split(", "):
+        if part == "fail-fast":
+            out["fail_fast"] = 1
+        elif part.startswith("allow-failures "):
+            out["allow_failures"] = part.split(" ", 1)[1]
+        elif part.startswith("max-attempts "):
+            out["max_attempts"] = int(part.split(" ", 1)[1])
+    return out
+
+
+def check_max_attempts(n: int | None) -> int | None:
+    """A --max-attempts value: 1 or more (None: unlimited)."""
+    if n is not None and not (isinstance(n, int) and 1 <= n <= 1_000_000):
+        raise UsageError(f"--max-attempts must be a whole number from 1 to 1,000,000, not {n}")
+    return n
+
+
+def attempts_left(job: Mapping) -> bool:
+    """Whether going back to pending is within the job's attempt cap. A job that
+    never started in its current attempt (cancelled while pending) has used
+    nothing: it keeps its attempt and may always be retried."""
+    cap = job.get("max_attempts")
+    return cap is None or job.get("started_at") is None or job.get("attempt", 1) < cap
+
+
+def attempts_text(attempt: int | None, max_attempts: int | None) -> str:
+    """`attempt 2/3` (`attempt 2` without a cap; "" for a first attempt without one)."""
+    if attempt is None or (max_attempts is None and attempt <= 1):
+        return ""
+    return f"attempt {attempt}/{max_attempts}" if max_attempts is not None else f"attempt {attempt}"
+
+
+def out_of_attempts(job: Mapping) -> Conflict:
+    cap = job.get("max_attempts")
+    return Conflict(f"job {job['id']} has used all {cap} of its attempts (--max-attempts {cap}): not retried")
 
 
 def enter_status(job: dict, new: str, at: str) -> None:
@@ -163,8 +289,13 @@ def enter_status(job: dict, new: str, at: str) -> None:
 
     started_at is set on entering running, completed_at on entering a terminal
     status; going back to pending (retry) clears both, so a retried job's
-    timestamps describe its latest attempt.
+    timestamps describe its latest attempt. Going back to pending after it
+    started begins the job's next attempt; entering running ends any backoff.
     """
+    if new == PENDING and job.get("status") not in (None, PENDING) and job.get("started_at") is not None:
+        job["attempt"] = job.get("attempt", 1) + 1
+    if new != PENDING:
+        job["not_before"] = None
     job["status"] = new
     job["updated_at"] = at
     if new == RUNNING:
@@ -187,7 +318,18 @@ def in_tree(ids: set | None, e: Mapping) -> bool:
     return e["job_id"] in ids
 
 
-REPLAYED_FIELDS = ("parent_id", "status", "created_at", "started_at", "completed_at", "updated_at")
+REPLAYED_FIELDS = (
+    "parent_id",
+    "status",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
+    "attempt",
+    "fail_fast",
+    "allow_failures",
+    "max_attempts",
+)
 
 
 def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str, dict]:
@@ -195,8 +337,9 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
 
     Returns {job_id: {field: value}} for REPLAYED_FIELDS. Events that contradict
     the history so far (a second create, a change of a job never created, an
-    old status that is not the job's status then) are still applied, and are
-    described in `problems` when a list is given.
+    old status that is not the job's status then, an attempt the rules do not
+    give) are still applied, and are described in `problems` when a list is given.
+    A create or policy event's message is the job's policy (policy_text).
     """
     jobs: dict[str, dict] = {}
     note = problems.append if problems is not None else (lambda text: None)
@@ -205,7 +348,14 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
         if kind == CREATE:
             if job_id in jobs:
                 note(f"event {e.get('id')}: job {job_id} created a second time")
-            job = {"parent_id": e["parent_id"], "created_at": e["at"], "started_at": None, "completed_at": None}
+            job = {
+                "parent_id": e["parent_id"],
+                "created_at": e["at"],
+                "started_at": None,
+                "completed_at": None,
+                "attempt": 1,
+                **parse_policy(e.get("message")),
+            }
             enter_status(job, e["new_status"], e["at"])
             jobs[job_id] = job
         elif kind == STATUS:
@@ -218,6 +368,8 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                     "status": None,
                     "started_at": None,
                     "completed_at": None,
+                    "attempt": 1,
+                    **parse_policy(None),
                 }
             else:
                 job = known
@@ -226,7 +378,18 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                         f"event {e.get('id')}: job {job_id} {e['old_status']} → {e['new_status']},"
                         f" but it was {job['status']}"
                     )
+            before = job["attempt"]
             enter_status(job, e["new_status"], e["at"])
+            carried = e.get("attempt")
+            if carried is None:  # written before attempts were counted (schema 4 and older)
+                job["attempt"] = before
+            elif carried != job["attempt"]:
+                note(f"event {e.get('id')}: job {job_id} is on attempt {carried}, the rules say {job['attempt']}")
+                job["attempt"] = carried
+        elif kind == POLICY and job_id in jobs:
+            jobs[job_id].update(parse_policy(e["message"]))
+    for job in jobs.values():
+        job.pop("not_before", None)
     return jobs
 
 

@@ -8,7 +8,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms pe
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-from jobctl.model import CANCELLED, COMPLETED, CREATE, FAILED, PENDING, RUNNING, STATUS, STATUSES
+from jobctl.model import CANCELLED, COMPLETED, CREATE, FAILED, PENDING, POLICY, RUNNING, STATUS, STATUSES, attempts_text
 
 
 def empty_counts() -> dict[str, int]:
@@ -46,8 +46,17 @@ def fold_events(events: Iterable[Mapping], parent_id: str, counts: dict[str, int
 
 
 def change_text(e: Mapping) -> str:
-    """A status event's change: `running → failed` (`new → pending` for a creation)."""
-    return f"{e['old_status'] or 'new'} → {e['new_status']}"
+    """An event's change: `running → failed`, with `(attempt 2/3)` when the job
+    has a cap or is past its first attempt (`new → pending` for a creation,
+    `policy set` for a policy change)."""
+    if e["kind"] == POLICY:
+        return "policy set"
+    text = f"{e['old_status'] or 'new'} → {e['new_status']}"
+    if e["kind"] == STATUS:
+        attempts = attempts_text(e.get("attempt"), e.get("max_attempts"))
+        if attempts:
+            text += f" ({attempts})"
+    return text
 
 
 def progress_text(counts: Mapping[str, int]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from jobctl.console import plain
+from jobctl.model import policy_text
 from jobctl.progress import change_text, finished
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
@@ -162,8 +163,16 @@ def job(j: Mapping) -> None:
         "last_heartbeat",
         "exit_code",
         "duration",
+        "attempt",
+        "max_attempts",
+        "not_before",
     ]
     lines = [(f, j[f]) for f in fields]
+    policy = j["policy"]
+    text = policy_text(policy["fail_fast"], policy["allow_failures"], None)
+    if policy["allow_failures"] and j["progress"]:  # what the allowance comes to, and whether it was needed
+        text = f"{text} ({policy['allowed_failures']} allowed{', used' if policy['allowance_used'] else ''})"
+    lines.append(("policy", text))
     lines.append(("metadata", _dumps(j["metadata"]) if j["metadata"] else None))
     lines.append(("progress", j["progress"]["progress_text"] if j["progress"] else None))
     if not is_terminal():
@@ -237,6 +246,8 @@ def event_json(e: Mapping) -> dict:
             "level",
             "exit_code",
             "duration",
+            "attempt",
+            "max_attempts",
         )
     }
 
@@ -417,7 +428,7 @@ class LiveWatch:
                 f"[bold]{escape(e['job_id'])}[/] {escape(plain(e['message']))}"
             )
         else:
-            new = e["new_status"]
+            new = e["new_status"] or e["kind"]  # a policy event has no status
             self.lines.append(
                 f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
                 f"[bold]{escape(e['job_id'])}[/] {escape(change_line(e))}"

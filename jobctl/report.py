@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from jobctl.api import Jobctl
 
 from jobctl.console import info, plain
-from jobctl.model import CANCELLED, COMPLETED, FAILED, LOG, PENDING, RUNNING, STATUS, STATUSES, UsageError
+from jobctl.model import CANCELLED, COMPLETED, FAILED, LOG, PENDING, RUNNING, STATUS, STATUSES, UsageError, policy_text
 from jobctl.progress import progress_dict, progress_text
 
 FORMATS = ("markdown", "junit", "github", "json")
@@ -349,6 +349,12 @@ def markdown(tree: _Tree) -> str:
     if s.nested:
         total = sum(s.counts.values())
         out += [f"Below it, {total} jobs without children of their own: {progress_text(s.counts)}.", ""]
+    policy = top.get("policy") or {}
+    rule = policy_text(policy.get("fail_fast", False), policy.get("allow_failures"), policy.get("max_attempts"))
+    if rule:  # why the status is what it is: the failure policy, and whether the allowance was needed
+        used = f"; {policy['allowed_failures']} allowed" if policy.get("allow_failures") else ""
+        used += ", used" if policy.get("allowance_used") else ""
+        out += [f"Policy: {rule}{used}.", ""]
     bad = [st for st in (FAILED, CANCELLED) if s.counts[st]]
     if not s.matching:
         out += ["No failed or cancelled jobs.", ""]

@@ -52,6 +52,8 @@ class Options:
     timeout: float | None = None
     kill_after: float = 10.0
     log_lines: int = 1000
+    retries: int | None = None  # re-runs of a failed command (None: as the job's max_attempts allows)
+    retry_delay: float = 0.0  # before the first re-run; doubled for each next one
 
 
 @dataclass
@@ -148,30 +150,91 @@ class Execution:
     def run(self) -> Outcome:
         with Jobctl(self.db) as jc:
             job = jc.get(self.job_id)
+            message = f"run: {shorten(command_line(self.argv), 1000)}"
             if not self.claimed:
                 check_runnable(job)
-                message = f"run: {shorten(command_line(self.argv), 1000)}"
                 if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
                     raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
-            started = time.monotonic()
-            output = Output(self.options.log_lines)
-            try:
-                outcome = self._supervise(jc, job, output, started)
-            except BaseException as exc:
-                self._kill()
-                try:  # best effort: never leave the job running for nothing
-                    jc.finish(
-                        self.job_id,
-                        FAILED,
-                        message=f"jobctl run failed: {exc or type(exc).__name__}",
-                        exit_code=None,
-                        duration=time.monotonic() - started,
-                        lines=output.take(),
-                    )
-                except Exception:
+            retries = 0
+            while True:
+                started = time.monotonic()
+                output = Output(self.options.log_lines)
+                try:
+                    outcome = self._supervise(jc, job, output, started)
+                except BaseException as exc:
+                    self._kill()
+                    try:  # best effort: never leave the job running for nothing
+                        jc.finish(
+                            self.job_id,
+                            FAILED,
+                            message=f"jobctl run failed: {exc or type(exc).__name__}",
+                            exit_code=None,
+                            duration=time.monotonic() - started,
+                            lines=output.take(),
+                        )
+                    except Exception:
+                        pass
+                    raise
+                if not self._may_retry(outcome, job, retries):
+                    return self._finish(jc, outcome, output, time.monotonic() - started)
+                retries += 1
+                delay = backoff(self.options.retry_delay, retries)
+                retrying = Outcome(
+                    PENDING,
+                    f"{outcome.message}; retrying" + (f" in {seconds_text(delay)}" if delay else ""),
+                    outcome.exit_code,
+                    outcome.exit,
+                )
+                recorded = self._finish(jc, retrying, output, time.monotonic() - started, retry_in=delay)
+                if recorded.exit == model.EXIT_DATABASE:
+                    return recorded
+                if recorded.status == CANCELLED:  # cancelled from elsewhere as it ended
+                    return Outcome(CANCELLED, "cancelled", outcome.exit_code, 143)
+                if recorded.status != PENDING:  # no attempt left after all
+                    return outcome
+                if not self._back_off(jc, delay):
+                    reason = self.stop_reason or ""
+                    if reason.startswith("interrupted"):
+                        return Outcome(CANCELLED, "interrupted", None, 128 + int(reason.split(":")[1]))
+                    return Outcome(CANCELLED, "cancelled", None, 143)
+                self.stop_reason = None
+                if not jc.set_status([self.job_id], RUNNING, message=message):  # claimed elsewhere meanwhile
+                    return outcome
+                job = jc.get(self.job_id)
+
+    def _may_retry(self, outcome: Outcome, job: dict, retries: int) -> bool:
+        """A failed command runs again while this run's --retries allow (without
+        --retries: while the job's --max-attempts does) and attempts are left."""
+        if outcome.status != FAILED or self.stop_reason not in (None, "timeout"):
+            return False
+        if self.options.retries is None:
+            if job["max_attempts"] is None:
+                return False
+        elif retries >= self.options.retries:
+            return False
+        return job["max_attempts"] is None or job["attempt"] < job["max_attempts"]
+
+    def _back_off(self, jc: Jobctl, delay: float) -> bool:
+        """Wait `delay` seconds before the next attempt; False if the job was
+        cancelled meanwhile or this run was stopped."""
+        deadline = time.monotonic() + delay
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            if self.stop_reason is not None:
+                if self.stop_reason.startswith("interrupted"):
+                    self._write(jc.set_status, [self.job_id], CANCELLED, "interrupted")
+                return False
+            if now >= next_check:
+                next_check = now + CHECK_SECONDS
+                try:
+                    if jc.status(self.job_id) != PENDING:
+                        return False
+                except DatabaseUnusable:
                     pass
-                raise
-            return self._finish(jc, outcome, output, time.monotonic() - started)
+            if now >= deadline:
+                return True
+            time.sleep(min(0.1, deadline - now))
 
     # ------------------------------------------------------------- the child
     def _environment(self, jc: Jobctl, job: dict) -> dict:
@@ -306,27 +369,37 @@ class Execution:
         except DatabaseUnusable as exc:
             info(f"could not record output or a heartbeat of job {self.job_id} ({exc}); going on")
 
-    def _finish(self, jc: Jobctl, outcome: Outcome, output: Output, duration: float) -> Outcome:
+    def _finish(
+        self, jc: Jobctl, outcome: Outcome, output: Output, duration: float, retry_in: float | None = None
+    ) -> Outcome:
         """The outcome, in one transaction with the last output; retried within the
-        busy (or connect) timeout when the database is unusable for a while."""
+        busy (or connect) timeout when the database is unusable for a while.
+        Returns it with the status the job has now."""
         lines = output.take() + output.last()
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
         while True:
             try:
-                jc.finish(
+                status = jc.finish(
                     self.job_id,
                     outcome.status,
                     message=outcome.message,
                     exit_code=outcome.exit_code,
                     duration=duration,
                     lines=lines,
+                    retry_in=retry_in,
                 )
-                return outcome
+                return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
                 if time.monotonic() >= deadline:
                     info(f"the outcome of job {self.job_id} ({outcome.message}) could not be recorded: {exc}")
                     return Outcome(outcome.status, outcome.message, outcome.exit_code, model.EXIT_DATABASE)
                 time.sleep(0.2)
+
+
+def backoff(delay: float, retry: int) -> float:
+    """The wait before re-run number `retry` (1, 2, ...): `delay`, then doubling, at most an hour
+    (or `delay` itself, if longer)."""
+    return min(delay * 2 ** (retry - 1), max(delay, 3600.0))
 
 
 def exit_of(code: int) -> int:

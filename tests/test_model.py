@@ -183,13 +183,13 @@ def test_derive_rules(counts, current):
 
 # --------------------------------------------------------------- enter_status
 def blank_job(status=PENDING):
-    return {"status": status, "started_at": None, "completed_at": None, "updated_at": "t0"}
+    return {"status": status, "started_at": None, "completed_at": None, "updated_at": "t0", "attempt": 1, "not_before": None}
 
 
 def test_enter_running_sets_started_at():
     job = blank_job()
     model.enter_status(job, RUNNING, "t1")
-    assert job == {"status": RUNNING, "started_at": "t1", "completed_at": None, "updated_at": "t1"}
+    assert job == {"status": RUNNING, "started_at": "t1", "completed_at": None, "updated_at": "t1", "attempt": 1, "not_before": None}
 
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL))
@@ -197,7 +197,7 @@ def test_enter_terminal_sets_completed_at_and_keeps_started_at(terminal):
     job = blank_job()
     model.enter_status(job, RUNNING, "t1")
     model.enter_status(job, terminal, "t2")
-    assert job == {"status": terminal, "started_at": "t1", "completed_at": "t2", "updated_at": "t2"}
+    assert job == {"status": terminal, "started_at": "t1", "completed_at": "t2", "updated_at": "t2", "attempt": 1, "not_before": None}
 
 
 def test_enter_terminal_from_pending_leaves_started_at_none():
@@ -212,7 +212,7 @@ def test_enter_pending_clears_both():
     model.enter_status(job, RUNNING, "t1")
     model.enter_status(job, FAILED, "t2")
     model.enter_status(job, PENDING, "t3")
-    assert job == {"status": PENDING, "started_at": None, "completed_at": None, "updated_at": "t3"}
+    assert job == {"status": PENDING, "started_at": None, "completed_at": None, "updated_at": "t3", "attempt": 2, "not_before": None}
 
 
 def test_enter_running_again_clears_completed_at():
@@ -230,9 +230,12 @@ def test_enter_status_keeps_other_fields():
 
 
 # --------------------------------------------------------------------- replay
-def ev(kind, job_id, old, new, at, parent_id=None):
+def ev(kind, job_id, old, new, at, parent_id=None, attempt=None, message=None):
     return {"kind": kind, "job_id": job_id, "parent_id": parent_id, "old_status": old,
-            "new_status": new, "at": at}
+            "new_status": new, "at": at, "attempt": attempt, "message": message}
+
+
+NO_POLICY = {"attempt": 1, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
 
 
 def test_replay_single_job():
@@ -244,7 +247,7 @@ def test_replay_single_job():
     ]
     assert model.replay(events) == {"a": {
         "parent_id": None, "status": COMPLETED, "created_at": "t1", "started_at": "t2",
-        "completed_at": "t4", "updated_at": "t4"}}
+        "completed_at": "t4", "updated_at": "t4", **NO_POLICY}}
 
 
 def test_replay_several_jobs():
@@ -265,13 +268,13 @@ def test_replay_several_jobs():
     got = model.replay(events)
     assert set(got) == {"p", "p.1", "p.2", "q"}
     assert got["p"] == {"parent_id": None, "status": RUNNING, "created_at": "t01",
-                        "started_at": "t07", "completed_at": None, "updated_at": "t07"}
+                        "started_at": "t07", "completed_at": None, "updated_at": "t07", **NO_POLICY}
     assert got["p.1"] == {"parent_id": "p", "status": PENDING, "created_at": "t02",
-                          "started_at": None, "completed_at": None, "updated_at": "t07"}
+                          "started_at": None, "completed_at": None, "updated_at": "t07", **NO_POLICY}
     assert got["p.2"] == {"parent_id": "p", "status": CANCELLED, "created_at": "t02",
-                          "started_at": None, "completed_at": "t06", "updated_at": "t06"}
+                          "started_at": None, "completed_at": "t06", "updated_at": "t06", **NO_POLICY}
     assert got["q"] == {"parent_id": None, "status": PENDING, "created_at": "t08",
-                        "started_at": None, "completed_at": None, "updated_at": "t08"}
+                        "started_at": None, "completed_at": None, "updated_at": "t08", **NO_POLICY}
     for job in got.values():
         assert set(job) == set(model.REPLAYED_FIELDS)
 
@@ -298,14 +301,15 @@ def test_replay_keeps_mismatching_old_status():
 @given(st.lists(st.sampled_from(STATUSES), max_size=15))
 def test_replay_matches_enter_status(seq):
     events = [ev("create", "a", None, PENDING, "t000")]
-    job = {"parent_id": None, "created_at": "t000", "started_at": None, "completed_at": None}
+    job = {"parent_id": None, "created_at": "t000", "started_at": None, "completed_at": None, **NO_POLICY}
     model.enter_status(job, PENDING, "t000")
     old = PENDING
     for i, new in enumerate(seq, 1):
         at = f"t{i:03d}"
-        events.append(ev("status", "a", old, new, at))
         model.enter_status(job, new, at)
+        events.append(ev("status", "a", old, new, at, attempt=job["attempt"]))
         old = new
+    job.pop("not_before", None)
     assert model.replay(events) == {"a": job}
     # status always the last new_status
     assert model.replay(events)["a"]["status"] == (seq[-1] if seq else PENDING)
@@ -408,3 +412,154 @@ def test_in_tree_grows_with_jobs_created_under_it():
     assert not in_tree(ids, create("q.1", "q")) and "q.1" not in ids
     assert not in_tree(ids, {"kind": "status", "job_id": "q", "parent_id": None})
     assert in_tree(None, {"kind": "status", "job_id": "anything", "parent_id": None})
+
+
+# ------------------------------------------------------------ failure policies
+@pytest.mark.parametrize("counts,fail_fast,allow,expected", [
+    # no policy: today's rules
+    (c(p=2, f=1), False, None, RUNNING),
+    (c(co=2, f=1), False, None, FAILED),
+    # fail-fast: more failed than allowed fails the parent at once, even with children active
+    (c(p=2, f=1), True, None, FAILED),
+    (c(r=1, co=5, f=1), True, None, FAILED),
+    (c(p=2, co=1), True, None, RUNNING),
+    # fail-fast with an allowance: within it, keep going
+    (c(p=2, f=1), True, "1", RUNNING),
+    (c(p=2, f=2), True, "1", FAILED),
+    (c(co=2, f=1), True, "1", COMPLETED),
+    # allowed failures, at exactly the boundary and one past it
+    (c(co=106, f=2), False, "2", COMPLETED),
+    (c(co=105, f=3), False, "2", FAILED),
+    (c(p=1, f=3), False, "2", RUNNING),  # without fail-fast the parent waits for every child
+    # percentages round down: 5% of 108 is 5.4, so 5 failed may, 6 may not
+    (c(co=103, f=5), False, "5%", COMPLETED),
+    (c(co=102, f=6), False, "5%", FAILED),
+    (c(co=19, f=1), False, "5%", COMPLETED),  # 5% of 20 is exactly 1
+    (c(co=18, f=1), False, "5%", FAILED),  # 5% of 19 is 0.95: none
+    (c(co=39, f=1), False, "2.5%", COMPLETED),  # 2.5% of 40 is exactly 1
+    (c(co=38, f=1), False, "2.5%", FAILED),
+    (c(f=3), False, "100%", COMPLETED),  # all may fail
+    # cancelled children are never allowed failures: with none completed, cancelled
+    (c(f=1, ca=2), False, "1", CANCELLED),
+    (c(co=1, f=1, ca=2), False, "1", COMPLETED),
+    (c(ca=3), False, "5", CANCELLED),
+    (c(co=2, ca=1), True, None, COMPLETED),
+    # nesting: a failed sub-parent is one failed child of its parent, like any other
+    (c(co=3, f=1), False, "1", COMPLETED),
+])
+@pytest.mark.parametrize("current", [PENDING, RUNNING, FAILED])
+def test_derive_with_policy(counts, fail_fast, allow, expected, current):
+    assert model.derive_status(counts, current, fail_fast=fail_fast, allow_failures=allow) == expected
+
+
+@pytest.mark.parametrize("fail_fast,allow", [(True, None), (False, "3"), (True, "50%")])
+def test_derive_with_policy_and_no_children_keeps_current(fail_fast, allow):
+    for current in STATUSES:
+        assert model.derive_status(c(), current, fail_fast=fail_fast, allow_failures=allow) == current
+    assert model.allowed_failures(allow, 0) == (3 if allow == "3" else 0)
+
+
+@pytest.mark.parametrize("counts,fail_fast,allow,expected", [
+    (c(p=3, f=1), True, None, True),  # the first failure, others still to run: cancel them
+    (c(co=3, f=1), True, None, False),  # nothing left to cancel
+    (c(p=3, f=1), False, None, False),  # no fail-fast
+    (c(p=3, f=1), True, "1", False),  # within the allowance
+    (c(p=3, f=2), True, "1", True),
+    (c(r=1, f=1), True, "10%", True),  # 10% of 2 is 0
+])
+def test_fails_fast(counts, fail_fast, allow, expected):
+    assert model.fails_fast(counts, fail_fast, allow) is expected
+
+
+@pytest.mark.parametrize("text,canonical", [
+    ("2", "2"), (" 7 ", "7"), (3, "3"), ("5%", "5%"), ("2.5%", "2.5%"), ("2.50%", "2.5%"), ("100%", "100%"),
+    ("0", None), ("0%", None), ("0.00%", None), ("none", None), ("", None), (None, None), ("007", "7"),
+])
+def test_check_allowance(text, canonical):
+    assert model.check_allowance(text) == canonical
+
+
+@pytest.mark.parametrize("bad", ["-1", "1.5", "101%", "5 %", "%", "2.555%", "abc", "1e3", "100.01%", "1%%"])
+def test_check_allowance_refuses(bad):
+    with pytest.raises(UsageError, match="--allow-failures"):
+        model.check_allowance(bad)
+
+
+@given(total=st.integers(0, 10_000), hundredths=st.integers(0, 10_000))
+def test_allowed_failures_is_the_exact_floor(total, hundredths):
+    whole, frac = divmod(hundredths, 100)
+    allow = model.check_allowance(f"{whole}.{frac:02d}%")
+    got = model.allowed_failures(allow, total)
+    assert got * 10000 <= hundredths * total < (got + 1) * 10000
+
+
+@pytest.mark.parametrize("status,counts,allow,used", [
+    (COMPLETED, c(co=9, f=1), "1", True),
+    (COMPLETED, c(co=10), "1", False),  # nothing failed: not used
+    (FAILED, c(co=8, f=2), "1", False),
+    (COMPLETED, c(co=10), None, False),
+])
+def test_allowance_used(status, counts, allow, used):
+    assert model.allowance_used(counts, status, allow) is used
+
+
+@pytest.mark.parametrize("policy", [
+    (0, None, None), (1, None, None), (0, "5%", None), (0, None, 3), (1, "2", 7), (1, "2.5%", 1),
+])
+def test_policy_text_round_trips(policy):
+    text = model.policy_text(*policy)
+    assert model.parse_policy(text) == {"fail_fast": policy[0], "allow_failures": policy[1], "max_attempts": policy[2]}
+    assert (text is None) == (policy == (0, None, None))
+
+
+# -------------------------------------------------------------------- attempts
+def test_attempt_rises_when_a_started_job_goes_back_to_pending():
+    job = blank_job()
+    for status, attempt in [(RUNNING, 1), (FAILED, 1), (PENDING, 2), (RUNNING, 2), (PENDING, 3), (PENDING, 3)]:
+        model.enter_status(job, status, "t")
+        assert job["attempt"] == attempt, status
+
+
+def test_attempt_stays_for_a_job_cancelled_before_it_started():
+    job = blank_job()
+    model.enter_status(job, CANCELLED, "t1")  # e.g. fail-fast cancelled it while pending
+    model.enter_status(job, PENDING, "t2")  # retry
+    assert job["attempt"] == 1
+
+
+@pytest.mark.parametrize("job,left", [
+    ({"max_attempts": None, "attempt": 9, "started_at": "t"}, True),
+    ({"max_attempts": 3, "attempt": 2, "started_at": "t"}, True),
+    ({"max_attempts": 3, "attempt": 3, "started_at": "t"}, False),
+    ({"max_attempts": 3, "attempt": 3, "started_at": None}, True),  # cancelled before it started
+    ({"max_attempts": 1, "attempt": 1, "started_at": "t"}, False),
+])
+def test_attempts_left(job, left):
+    assert model.attempts_left(job) is left
+
+
+@pytest.mark.parametrize("attempt,cap,text", [
+    (1, None, ""), (2, None, "attempt 2"), (1, 3, "attempt 1/3"), (3, 3, "attempt 3/3"), (None, 3, ""),
+])
+def test_attempts_text(attempt, cap, text):
+    assert model.attempts_text(attempt, cap) == text
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1_000_001, 2.5])
+def test_check_max_attempts_refuses(bad):
+    with pytest.raises(UsageError, match="--max-attempts"):
+        model.check_max_attempts(bad)
+
+
+def test_replay_folds_policies_and_checks_attempts():
+    problems: list = []
+    got = model.replay([
+        ev("create", "p", None, PENDING, "t1", attempt=1, message="fail-fast, max-attempts 2"),
+        ev("policy", "p", None, None, "t2", message="allow-failures 5%"),
+        ev("status", "p", PENDING, RUNNING, "t3", attempt=1),
+        ev("status", "p", RUNNING, PENDING, "t4", attempt=2),
+        ev("status", "p", PENDING, RUNNING, "t5", attempt=3),  # the rules say 2
+    ], problems)
+    assert got["p"]["fail_fast"] == 0 and got["p"]["allow_failures"] == "5%" and got["p"]["max_attempts"] is None
+    assert got["p"]["attempt"] == 3
+    assert problems == ["event None: job p is on attempt 3, the rules say 2"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 from hypothesis import settings
@@ -31,16 +32,28 @@ def may_move(old: str, new: str) -> bool:
     return old not in FINAL and old != new and (old, new) != (RUNNING, PENDING)
 
 
-def derived(counts: Counter, current: str) -> str:
-    """A parent's status from its direct children's statuses."""
+def allowed(allow: str | None, total: int) -> int:
+    """How many failed children an allowance ("2", "50%") lets through: a share rounded down."""
+    if allow is None:
+        return 0
+    if allow.endswith("%"):
+        return int(Fraction(allow[:-1]) * total / 100)
+    return int(allow)
+
+
+def derived(counts: Counter, current: str, fail_fast: bool = False, allow: str | None = None) -> str:
+    """A parent's status from its direct children's statuses and its failure policy."""
     total = sum(counts.values())
     if total == 0:
         return current
+    too_many = counts[FAILED] > allowed(allow, total)
+    if fail_fast and too_many:
+        return FAILED
     if counts[PENDING] or counts[RUNNING]:
         return RUNNING
-    if counts[FAILED]:
+    if too_many:
         return FAILED
-    if counts[CANCELLED] == total:
+    if counts[CANCELLED] and not counts[COMPLETED]:
         return CANCELLED
     return COMPLETED
 
@@ -66,10 +79,11 @@ class Model:
     def counts(self, jid: str) -> Counter:
         return Counter(self.jobs[k]["status"] for k in self.jobs[jid]["kids"])
 
-    def add(self, parent: str | None, ids_names: list[tuple[str, str]]) -> None:
+    def add(self, parent: str | None, ids_names: list[tuple[str, str]], max_attempts: int | None = None) -> None:
         for jid, name in ids_names:
             assert jid not in self.jobs
-            self.jobs[jid] = {"status": PENDING, "parent": parent, "name": name, "kids": []}
+            self.jobs[jid] = {"status": PENDING, "parent": parent, "name": name, "kids": [], "fail_fast": False,
+                              "allow": None, "max": max_attempts, "attempt": 1, "started": False}
             self.order.append(jid)
             self.events += 1
             if parent is not None:
@@ -81,18 +95,50 @@ class Model:
         job = self.jobs[jid]
         if job["status"] == new:
             return False
+        if new == PENDING and job["started"]:  # a job that ran goes back: its next attempt
+            job["attempt"] += 1
+        job["started"] = new != PENDING and (job["started"] or new == RUNNING)
         job["status"] = new
         self.events += 1
         if job["parent"] is not None:
-            self.roll_up(job["parent"], frozen)
+            self.roll_up(job["parent"], frozen, failed_child=jid if new == FAILED else None)
         return True
 
-    def roll_up(self, pid: str, frozen: frozenset) -> None:
+    def roll_up(self, pid: str, frozen: frozenset, failed_child: str | None = None) -> None:
         if pid in frozen:
             return
-        d = derived(self.counts(pid), self.status(pid))
+        p = self.jobs[pid]
+        counts = self.counts(pid)
+        if (failed_child is not None and p["fail_fast"] and (counts[PENDING] or counts[RUNNING])
+                and counts[FAILED] > allowed(p["allow"], sum(counts.values()))):
+            self.fail_fast(pid, frozen)
+        d = derived(self.counts(pid), self.status(pid), p["fail_fast"], p["allow"])
         if d != self.status(pid):
             self.set(pid, d, frozen)
+
+    def fail_fast(self, pid: str, frozen: frozenset) -> None:
+        """Every unfinished job below pid cancelled, deepest first, before pid's own change."""
+        targets = [j for j in reversed(self.subtree(pid)) if j != pid and self.status(j) not in FINAL]
+        inner = frozen | set(targets) | {pid}
+        for t in targets:
+            assert self.set(t, CANCELLED, inner)
+
+    def attempts_left(self, jid: str) -> bool:
+        job = self.jobs[jid]
+        return job["max"] is None or not job["started"] or job["attempt"] < job["max"]
+
+    def set_policy(self, jid: str, change: dict) -> None:
+        job = self.jobs[jid]
+        new = {**{k: job[k] for k in ("fail_fast", "allow", "max")}, **change}
+        if all(job[k] == v for k, v in new.items()):
+            return
+        job.update(new)
+        self.events += 1
+        counts = self.counts(jid)
+        if (job["fail_fast"] and (counts[PENDING] or counts[RUNNING])
+                and counts[FAILED] > allowed(job["allow"], sum(counts.values()))):
+            self.fail_fast(jid, frozenset())
+        self.roll_up(jid, frozenset())
 
     def subtree(self, jid: str) -> list[str]:
         """The job and its descendants, by depth, then creation order."""
@@ -133,6 +179,8 @@ class Model:
             if failed_children or job["status"] == PENDING:
                 targets = []
             elif job["status"] in (FAILED, CANCELLED):
+                if not self.attempts_left(jid):
+                    raise jobctl.Conflict(f"{jid} used its attempts")
                 targets = [jid]
             else:
                 raise jobctl.Conflict(f"{jid} is {job['status']}")
@@ -140,9 +188,12 @@ class Model:
             wanted = {FAILED} if failed_children else {FAILED, CANCELLED}
             targets = [j for j in self.subtree(jid)
                        if not self.jobs[j]["kids"] and self.status(j) in wanted]
-        for t in targets:
+        kept = [t for t in targets if self.attempts_left(t)]
+        if targets and not kept:
+            raise jobctl.Conflict(f"none of {targets} has attempts left")
+        for t in kept:
             assert self.set(t, PENDING)
-        return targets
+        return kept
 
 
 class JobctlMachine(RuleBasedStateMachine):
@@ -188,18 +239,21 @@ class JobctlMachine(RuleBasedStateMachine):
         return [j for j in self.m.order if self.m.status(j) in FINAL]
 
     # --------------------------------------------------------------- rules
-    @initialize(shape=st.lists(st.integers(0, 3), max_size=4))
-    def seed_tree(self, shape):
-        """A root with len(shape) children, child i with shape[i] children of its own."""
-        root = self.jc.create("seed", id="r0")
-        self.m.add(None, [(root, "seed")])
+    @initialize(shape=st.lists(st.integers(0, 3), max_size=4), fail_fast=st.booleans(),
+                allow=st.sampled_from([None, "1", "50%"]), cap=st.sampled_from([None, 1, 2]))
+    def seed_tree(self, shape, fail_fast, allow, cap):
+        """A root with len(shape) children, child i with shape[i] children of its own;
+        the root's policy, and its attempt cap on every job below it."""
+        root = self.jc.create("seed", id="r0", fail_fast=fail_fast, allow_failures=allow, max_attempts=cap)
+        self.m.add(None, [(root, "seed")], max_attempts=cap)
+        self.m.jobs[root].update(fail_fast=fail_fast, allow=allow)
         if shape:
             kids = self.jc.spawn(root, count=len(shape))
-            self.m.add(root, [(k, f"child {k.rsplit('.', 1)[1]}") for k in kids])
+            self.m.add(root, [(k, f"child {k.rsplit('.', 1)[1]}") for k in kids], max_attempts=cap)
             for kid, n in zip(kids, shape):
                 if n:
                     grandkids = self.jc.spawn(kid, names=[f"g{i}" for i in range(n)])
-                    self.m.add(kid, [(g, f"g{i}") for i, g in enumerate(grandkids)])
+                    self.m.add(kid, [(g, f"g{i}") for i, g in enumerate(grandkids)], max_attempts=cap)
 
     @rule(name=names, explicit=st.booleans())
     def create_root(self, name, explicit):
@@ -220,13 +274,42 @@ class JobctlMachine(RuleBasedStateMachine):
         self.m.add(parent, [(jid, name)])
 
     @precondition(lambda self: self.open_jobs())
-    @rule(data=st.data(), n=st.integers(1, 5))
-    def spawn(self, data, n):
+    @rule(data=st.data(), n=st.integers(1, 5), cap=st.sampled_from([None, None, 1, 2]))
+    def spawn(self, data, n, cap):
         parent = data.draw(st.sampled_from(self.open_jobs()), label="parent")
-        ids = self.jc.spawn(parent, count=n)
+        ids = self.jc.spawn(parent, count=n, max_attempts=cap)
         k = len(self.m.jobs[parent]["kids"])
         assert ids == [f"{parent}.{k + i}" for i in range(1, n + 1)]
-        self.m.add(parent, [(i, f"child {i.rsplit('.', 1)[1]}") for i in ids])
+        cap = self.m.jobs[parent]["max"] if cap is None else cap  # the parent's cap by default
+        self.m.add(parent, [(i, f"child {i.rsplit('.', 1)[1]}") for i in ids], max_attempts=cap)
+
+    @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data(), fail_fast=st.sampled_from([None, True, False]),
+          allow=st.sampled_from(["keep", None, "1", "2", "50%", "34%"]),
+          cap=st.sampled_from(["keep", None, 1, 2, 3]))
+    def set_policy(self, data, fail_fast, allow, cap):
+        # mostly a parent with children: that is where a policy decides something
+        jid = self.pick(data, [j for j in self.m.order if self.m.jobs[j]["kids"]])
+        change, kwargs = {}, {}
+        if fail_fast is not None:
+            change["fail_fast"] = kwargs["fail_fast"] = fail_fast
+        if allow != "keep":
+            change["allow"] = kwargs["allow_failures"] = allow
+        if cap != "keep":
+            change["max"] = kwargs["max_attempts"] = cap
+        if not kwargs:
+            before = self.snapshot()
+            with pytest.raises(jobctl.UsageError):
+                self.jc.set_policy(jid)
+            assert self.snapshot() == before
+            return
+        since = self.last_event_id()
+        self.jc.set_policy(jid, **kwargs)
+        self.m.set_policy(jid, change)
+        cancelled = [e for e in self.jc.events(since=since) if (e["message"] or "").startswith("fail-fast: ")]
+        for e in cancelled:  # each cancelled one names a failed child of the job
+            named = e["message"].split(" ")[1]
+            assert self.m.jobs[named]["parent"] == jid and self.m.status(named) == FAILED
 
     @precondition(lambda self: self.final_jobs())
     @rule(data=st.data(), name=names, how=st.sampled_from(["create", "spawn"]))
@@ -333,9 +416,10 @@ class JobctlMachine(RuleBasedStateMachine):
         expected = [j for j in self.m.order if self.m.status(j) == RUNNING and not self.m.jobs[j]["kids"]]
         assert self.jc.reap(1e-6, to=to) == expected
         for jid in expected:
-            self.m.set(jid, to)
+            # a job without attempts left cannot go back to pending: it fails
+            self.m.set(jid, to if to == FAILED or self.m.attempts_left(jid) else FAILED)
         for jid in expected:
-            assert self.jc.logs(jid)[-1]["text"].endswith("heartbeat lost")
+            assert "heartbeat lost" in self.jc.logs(jid)[-1]["text"]
 
     # ---------------------------------------------------------- invariants
     @invariant()
@@ -346,6 +430,8 @@ class JobctlMachine(RuleBasedStateMachine):
             row = rows[jid]
             assert row["status"] == job["status"], jid
             assert row["parent_id"] == job["parent"], jid
+            policy = (row["fail_fast"], row["allow_failures"], row["max_attempts"], row["attempt"])
+            assert policy == (job["fail_fast"], job["allow"], job["max"], job["attempt"]), jid
             # status timestamps follow the status
             if row["status"] == PENDING:
                 assert row["started_at"] is None and row["completed_at"] is None, row

@@ -15,9 +15,9 @@ import xml.etree.ElementTree as ET
 
 import junitparser
 import pytest
-from conftest import FULL, ROOT, tamper
+from conftest import FULL, ROOT, run, snapshot, tamper
 
-from jobctl import report
+from jobctl import Jobctl, report
 from jobctl.model import DatabaseUnusable, NotFound, UsageError
 from jobctl.report import FORMATS, report_command, write_report
 
@@ -345,7 +345,7 @@ def test_json_of_a_pipeline(jc, db):
     assert list(kids) == ["ci.1.1", "ci.1.2", "ci.2.1", "ci.2.2", "ci.2.3", "ci.2.4", "ci.2.5", "ci.2.6", "ci.3.1"]
     assert kids["ci.2.2"] == {
         "id": "ci.2.2", "name": "shard 2", "parent_id": "ci.2", "path": ["CI pipeline", "test"], "status": "failed",
-        "attempt": None, "exit_code": None, "duration": 75.5, "started_at": at(3), "completed_at": at(3 + 75.5 / 60),
+        "attempt": 1, "exit_code": None, "duration": 75.5, "started_at": at(3), "completed_at": at(3 + 75.5 / 60),
         "message": "2 of 40 tests failed", "last_log": "FAILED test_api.py::test_login - AssertionError",
     }
     assert [(c["status"], c["duration"], c["message"], c["last_log"]) for c in doc["children"]] == [
@@ -671,3 +671,40 @@ def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path)
     assert "### Failed and cancelled: 2000" in md and "…and 1950 more (the first 50 are listed)." in md
     lines = (tmp_path / "report.json").read_text().splitlines()
     assert len(lines) == n + 2 and json.loads(lines[-2].rstrip(","))["status"] == "cancelled"
+
+
+# ----------------------------------------------------------- watch --report
+def test_watch_writes_the_report_when_it_ends(db, tmp_path):
+    with Jobctl(db) as jc:
+        p = jc.create("shards", allow_failures="1")
+        kids = jc.spawn(p, count=3)
+        jc.set_status(kids, "running")
+        jc.set_status([kids[0]], "failed", message="exit code 2")
+        jc.set_status(kids[1:], "completed")
+    summary = tmp_path / "summary.md"
+    result = run("watch", p, "--exit-status", "--report", "markdown", db=db, env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert result.returncode == 0, result.stderr  # completed: one failure allowed
+    text = summary.read_text()
+    assert text.startswith("## ✅ shards") and "Policy: allow-failures 1; 1 allowed, used." in text
+    assert "exit code 2" in text
+    out = tmp_path / "report.xml"
+    result = run("watch", p, "--json", "--report", "junit", "--report-output", out, db=db)
+    assert result.returncode == 0 and json.loads(result.stdout.splitlines()[-1])["type"] == "end"
+    suites = list(parse_junit(out.read_text()))
+    assert (suites[0].tests, suites[0].failures) == (3, 1)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--report", "pdf"], "unknown report format 'pdf'"),
+    (["--report-output", "x.xml"], "--report-output goes with --report"),
+    (["--json", "--report", "junit"], "--report with --json needs --report-output FILE"),
+])
+def test_watch_refuses_a_bad_report_before_it_starts(db, tmp_path, args, message):
+    with Jobctl(db) as jc:
+        p = jc.create("p")
+    before = snapshot(db)
+    result = run("watch", p, *args, db=db, env={"GITHUB_STEP_SUMMARY": ""})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"jobctl: error: {message}" + result.stderr.split(message, 1)[1]
+    assert len(result.stderr.splitlines()) == 1
+    assert snapshot(db) == before

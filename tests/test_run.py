@@ -384,3 +384,72 @@ def test_run_into_a_pipe_that_closes_early_still_ends_the_job(db_path):
     with Jobctl(db_path) as jc:
         j = jc.get(job)
     assert j["status"] == "completed" and j["exit_code"] == 0  # it kept reading the command's output to the end
+
+
+# ------------------------------------------------------- retries and fail-fast
+COUNTING = 'n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; echo "try $n"; test $n -ge {}'
+
+
+def test_retries_re_run_a_failed_command_with_a_doubling_delay(db, tmp_path):
+    with Jobctl(db) as jc:
+        job = jc.create("flaky")
+    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--retries", "3", "--retry-delay", "0.2s", "--",
+                             "sh", "-c", COUNTING.format(3)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "try 1\ntry 2\ntry 3\n"
+    with Jobctl(db) as jc:
+        got = jc.get(job)
+        events = [e for e in jc.events(job=job) if e["kind"] == "status"]
+        assert jc.verify() == []
+    assert (got["status"], got["attempt"], got["exit_code"]) == ("completed", 3, 0)
+    assert [(e["new_status"], e["attempt"], e["message"].split(": ")[0]) for e in events] == [
+        ("running", 1, "run"), ("pending", 2, "exit code 1; retrying in 0.2s"),
+        ("running", 2, "run"), ("pending", 3, "exit code 1; retrying in 0.4s"),
+        ("running", 3, "run"), ("completed", 3, "exit code 0"),
+    ]
+    assert [e["exit_code"] for e in events if e["new_status"] != "running"] == [1, 1, 0]
+    from datetime import datetime
+    waits = [(datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds()
+             for a, b in zip(events, events[1:]) if a["new_status"] == "pending"]
+    assert waits[0] >= 0.2 and waits[1] >= 0.4  # the backoff was kept, and doubled
+
+
+def test_a_job_s_max_attempts_caps_run_s_retries(db, tmp_path):
+    with Jobctl(db) as jc:
+        job, other = jc.spawn(jc.create("p"), count=2, max_attempts=2)
+    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--", "sh", "-c", COUNTING.format(9)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == "try 1\ntry 2\n"  # 2 attempts, no --retries needed
+    again = run("retry", job, db=db)
+    assert again.returncode == 4 and "--max-attempts 2" in again.stderr
+    with Jobctl(db) as jc:
+        assert (jc.status(job), jc.get(job)["attempt"]) == ("failed", 2)
+    # --retries 0 runs once, whatever the cap
+    (tmp_path / "count").unlink()
+    result = subprocess.run([JOBCTL, "--db", db, "run", other, "--retries", "0", "--", "sh", "-c", COUNTING.format(9)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == "try 1\n"
+
+
+def test_fail_fast_stops_the_running_commands_of_the_other_children(db, tmp_path):
+    with Jobctl(db) as jc:
+        parent = jc.create("shards", fail_fast=True)
+    # `bad` fails once both slow ones are running; they would sleep for a minute
+    script = ('if [ {} = bad ]; then while [ ! -e slow1.pid ] || [ ! -e slow2.pid ]; do sleep 0.05; done; exit 7; fi;'
+              ' sleep 60 & echo $! > {}.pid; wait')
+    proc = subprocess.Popen([JOBCTL, "--db", db, "run", "--parent", parent, "--each", "--jobs", "3", "--", "sh", "-c",
+                             script], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate("slow1\nslow2\nbad\n", timeout=45)  # well before the sleeps would end
+    assert proc.returncode == 1, err
+    pids = [int((tmp_path / f"slow{i}.pid").read_text()) for i in (1, 2)]
+    assert not any(alive(pid) for pid in pids)  # their commands were stopped
+    with Jobctl(db) as jc:
+        kids = {k["name"]: k for k in jc.list(parent=parent)}
+        assert {n: k["status"] for n, k in kids.items()} == {"slow1": "cancelled", "slow2": "cancelled",
+                                                              "bad": "failed"}
+        why = {e["job_id"]: e["message"] for e in jc.events(job=parent) if e["new_status"] == "cancelled"}
+        assert set(why.values()) == {f"fail-fast: {kids['bad']['id']} failed"}
+        assert jc.status(parent) == "failed" and jc.verify() == []
+    assert f"failed: {kids['bad']['id']} bad: exit code 7" in out  # the summary names the failure

@@ -500,7 +500,12 @@
   function eventText(e) {
     if (e.kind === "log") return "[" + (e.level || "info") + "] " + e.message;
     if (e.kind === "create") return "created (" + e.new_status + ")";
-    return (e.old_status || "new") + " → " + e.new_status + (e.message ? ": " + e.message : "");
+    if (e.kind === "policy") return "policy set: " + e.message;
+    let attempt = "";
+    if (e.attempt && (e.max_attempts || e.attempt > 1)) {
+      attempt = " (attempt " + e.attempt + (e.max_attempts ? "/" + e.max_attempts : "") + ")";
+    }
+    return (e.old_status || "new") + " → " + e.new_status + attempt + (e.message ? ": " + e.message : "");
   }
 
   function scheduleEvents() {

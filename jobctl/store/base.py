@@ -58,6 +58,11 @@ JOB_COLUMNS = (
     "metadata",
     "exit_code",  # `jobctl run`: the command's exit status (128 + N for signal N)
     "duration",  # `jobctl run`: how long the command ran, in seconds
+    "fail_fast",  # failure policy of a parent (0 or 1): its first failed child fails it and cancels the rest
+    "allow_failures",  # failure policy of a parent: "N" or "P%" failed children still complete it (None: 0)
+    "max_attempts",  # how many times the job may start (None: unlimited)
+    "attempt",  # which attempt this is: 1 at first, one more each time a started job goes back to pending
+    "not_before",  # a retry's backoff: `claim` does not take the job before this time
 )
 EVENT_COLUMNS = (
     "job_id",
@@ -71,12 +76,15 @@ EVENT_COLUMNS = (
     "log_id",
     "exit_code",  # `jobctl run`'s final status change: the command's exit status
     "duration",  # ... and how long it ran, in seconds
+    "attempt",  # create and status events: the job's attempt after the change
+    "max_attempts",  # ... and its cap (None: unlimited); a policy event: the new cap
 )
 
 # An event as every reader sees it: a log line's level and text come from logs.
 EVENT_SELECT = (
     "SELECT e.id, e.job_id, e.parent_id, e.root_id, e.kind, e.old_status, e.new_status, e.at,"
-    " coalesce(l.message, e.message) AS message, l.level AS level, e.exit_code, e.duration"
+    " coalesce(l.message, e.message) AS message, l.level AS level, e.exit_code, e.duration,"
+    " e.attempt, e.max_attempts"
     " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
 )
 CHUNK = 500  # values per `IN (...)` list, well below SQLite's variable limit
@@ -124,6 +132,9 @@ class Store(Protocol):
         """Record a command's exit status and run time (`jobctl run`)."""
         ...
 
+    def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
+        """Write a job's failure policy and attempt cap."""
+
     def last_child_number(self, parent_id: str) -> int:
         """The highest N of any job id `<parent_id>.N`."""
 
@@ -150,9 +161,14 @@ class Store(Protocol):
         alive_before is the stale rule: jobs without children whose later of
         start and last heartbeat is older; rows get `alive_at`."""
 
-    def next_child(self, parent_id: str, status: str) -> dict | None:
-        """The oldest child of `parent_id` with `status`, locked for this write
-        transaction; concurrent callers never get the same row."""
+    def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
+        """The oldest child of `parent_id` with `status` (and, with `ready_at`, no
+        `not_before` later than it), locked for this write transaction;
+        concurrent callers never get the same row."""
+
+    def next_ready_at(self, parent_id: str, status: str) -> str | None:
+        """The earliest `not_before` of the children of `parent_id` with `status`
+        that have one (when a backed-off retry may be claimed)."""
 
     # child counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...

@@ -60,7 +60,7 @@ _JOBS_WITH_COUNTS = (
 _ALIVE_AT = "greatest(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _job_row = itemgetter(*JOB_COLUMNS)
 _event_row = itemgetter(*EVENT_COLUMNS)
-_status_row = itemgetter("id", "status", "started_at", "completed_at", "updated_at")
+_status_row = itemgetter("id", "status", "started_at", "completed_at", "updated_at", "attempt", "not_before")
 
 # The numbered migrations, in order. Never edit one that has shipped: add the next.
 MIGRATIONS = [
@@ -107,6 +107,16 @@ MIGRATIONS = [
     """
     ALTER TABLE events ADD COLUMN exit_code integer;
     ALTER TABLE events ADD COLUMN duration double precision;
+    """,
+    # 4: failure policy, attempts and backoff (SQLite's migration 5).
+    """
+    ALTER TABLE jobs ADD COLUMN fail_fast integer NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN allow_failures text;
+    ALTER TABLE jobs ADD COLUMN max_attempts integer;
+    ALTER TABLE jobs ADD COLUMN attempt integer NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN not_before text;
+    ALTER TABLE events ADD COLUMN attempt integer;
+    ALTER TABLE events ADD COLUMN max_attempts integer;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -506,11 +516,12 @@ class PostgresStore(SqlQueries):
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         rows = [_status_row(j) for j in jobs]
         for i in range(0, len(rows), CHUNK):
-            values = self._values("(%s, %s, %s, %s, %s)", rows[i : i + CHUNK])
+            values = self._values("(%s, %s, %s, %s, %s, %s::integer, %s)", rows[i : i + CHUNK])
             self._later(
                 "UPDATE jobs SET status = v.status, started_at = v.started_at,"
-                " completed_at = v.completed_at, updated_at = v.updated_at"
-                f" FROM (VALUES {values}) AS v(id, status, started_at, completed_at, updated_at)"
+                " completed_at = v.completed_at, updated_at = v.updated_at,"
+                " attempt = v.attempt, not_before = v.not_before"
+                f" FROM (VALUES {values}) AS v(id, status, started_at, completed_at, updated_at, attempt, not_before)"
                 " WHERE jobs.id = v.id"
             )
 
@@ -518,6 +529,16 @@ class PostgresStore(SqlQueries):
         self._later(
             self.conn.cursor()
             .mogrify("UPDATE jobs SET exit_code = %s, duration = %s WHERE id = %s", (exit_code, duration, job_id))
+            .decode()
+        )
+
+    def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
+        self._later(
+            self.conn.cursor()
+            .mogrify(
+                "UPDATE jobs SET fail_fast = %s, allow_failures = %s, max_attempts = %s WHERE id = %s",
+                (fail_fast, allow_failures, max_attempts, job_id),
+            )
             .decode()
         )
 
@@ -609,12 +630,20 @@ class PostgresStore(SqlQueries):
             if len(rows) < page:
                 return
 
-    def next_child(self, parent_id: str, status: str) -> dict | None:
+    def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
+        sql, params = _JOB_SELECT + " WHERE parent_id = %s AND status = %s", [parent_id, status]
+        if ready_at is not None:
+            sql += " AND (not_before IS NULL OR not_before <= %s)"
+            params.append(ready_at)
+        rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params)
+        return rows[0] if rows else None
+
+    def next_ready_at(self, parent_id: str, status: str) -> str | None:
         rows = self._query(
-            _JOB_SELECT + " WHERE parent_id = %s AND status = %s ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+            "SELECT min(not_before) AS t FROM jobs WHERE parent_id = %s AND status = %s AND not_before IS NOT NULL",
             (parent_id, status),
         )
-        return rows[0] if rows else None
+        return rows[0]["t"]
 
     # ------------------------------------------------------------------ counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -29,7 +29,7 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 4  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 5  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
@@ -46,7 +46,7 @@ _JOBS_WITH_COUNTS = (
 )
 _job_row = itemgetter(*JOB_COLUMNS)  # dict -> tuple in C: spawn writes 100,000s of rows
 _event_row = itemgetter(*EVENT_COLUMNS)
-_status_row = itemgetter("status", "started_at", "completed_at", "updated_at", "id")
+_status_row = itemgetter("status", "started_at", "completed_at", "updated_at", "attempt", "not_before", "id")
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -272,12 +272,19 @@ class SqliteStore(SqlQueries):
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         """Write status and status timestamps of each job dict back."""
         self.conn.executemany(
-            "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ? WHERE id = ?",
+            "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ?, attempt = ?, not_before = ?"
+            " WHERE id = ?",
             map(_status_row, jobs),
         )
 
     def set_outcome(self, job_id: str, exit_code: int | None, duration: float | None) -> None:
         self.conn.execute("UPDATE jobs SET exit_code = ?, duration = ? WHERE id = ?", (exit_code, duration, job_id))
+
+    def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
+        self.conn.execute(
+            "UPDATE jobs SET fail_fast = ?, allow_failures = ?, max_attempts = ? WHERE id = ?",
+            (fail_fast, allow_failures, max_attempts, job_id),
+        )
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
         cur = self.conn.execute("UPDATE jobs SET last_heartbeat = ? WHERE id = ?", (at, job_id))
@@ -378,12 +385,21 @@ class SqliteStore(SqlQueries):
         """Add each parent's deltas to its kept child counts (a row is made on first use)."""
         self.conn.executemany(_UPSERT_COUNTS, ((p, *(d.get(s, 0) for s in STATUSES)) for p, d in deltas.items()))
 
-    def next_child(self, parent_id: str, status: str) -> dict | None:
+    def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
         """The oldest child with `status` (the write lock keeps it ours until COMMIT)."""
-        rows = self._query(
-            "SELECT * FROM jobs WHERE parent_id = ? AND status = ? ORDER BY rowid LIMIT 1", (parent_id, status)
-        )
+        sql, params = "SELECT * FROM jobs WHERE parent_id = ? AND status = ?", [parent_id, status]
+        if ready_at is not None:
+            sql += " AND (not_before IS NULL OR not_before <= ?)"
+            params.append(ready_at)
+        rows = self._query(sql + " ORDER BY rowid LIMIT 1", params)
         return rows[0] if rows else None
+
+    def next_ready_at(self, parent_id: str, status: str) -> str | None:
+        rows = self._query(
+            "SELECT min(not_before) AS t FROM jobs WHERE parent_id = ? AND status = ? AND not_before IS NOT NULL",
+            (parent_id, status),
+        )
+        return rows[0]["t"]
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Iterable[dict]) -> None:
@@ -622,6 +638,18 @@ def _migrations():
         # The same on the final status event of a run, for events --json and watch.
         db.execute("ALTER TABLE events ADD COLUMN exit_code INTEGER")
         db.execute("ALTER TABLE events ADD COLUMN duration REAL")
+
+    @migrations(name="0005_failure_policy")
+    def failure_policy(db) -> None:
+        # A parent's failure policy, a job's attempts and a retry's backoff; the
+        # attempt on create and status events (model.replay checks them).
+        db.execute("ALTER TABLE jobs ADD COLUMN fail_fast INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE jobs ADD COLUMN allow_failures TEXT")
+        db.execute("ALTER TABLE jobs ADD COLUMN max_attempts INTEGER")
+        db.execute("ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
+        db.execute("ALTER TABLE jobs ADD COLUMN not_before TEXT")
+        db.execute("ALTER TABLE events ADD COLUMN attempt INTEGER")
+        db.execute("ALTER TABLE events ADD COLUMN max_attempts INTEGER")
 
     return migrations
 

@@ -1,0 +1,336 @@
+"""Failure policies and capped retries, end to end on both stores (the `db`
+fixture): fail-fast, allowed failures, `policy set`, the attempt counter,
+retry at the cap, reap at the cap, and claim's backoff. The rules themselves
+are tabled in tests/test_model.py; here the write path applies them, in one
+transaction, with their events, and `verify` replays them."""
+
+import json
+
+import pytest
+
+from conftest import run, snapshot, tamper
+from jobctl import Conflict, UsageError
+
+
+def statuses(jc, parent):
+    return {k["id"]: k["status"] for k in jc.list(parent=parent)}
+
+
+def changes_since(jc, since, job=None):
+    return [
+        (e["job_id"], e["old_status"], e["new_status"], e["message"])
+        for e in jc.events(job=job, since=since)
+        if e["kind"] == "status"
+    ]
+
+
+# ------------------------------------------------------------------ fail-fast
+def test_the_first_failed_child_fails_the_parent_and_cancels_the_rest_in_one_transaction(jc):
+    p = jc.create("shards", fail_fast=True)
+    kids = jc.spawn(p, count=5)
+    jc.set_status(kids[:2], "running")
+    jc.set_status([kids[2]], "completed")
+    since = jc.events()[-1]["id"]
+    jc.set_status([kids[0]], "failed", message="exit code 2")
+    assert jc.status(p) == "failed"
+    assert statuses(jc, p) == {
+        kids[0]: "failed",
+        kids[1]: "cancelled",
+        kids[2]: "completed",
+        kids[3]: "cancelled",
+        kids[4]: "cancelled",
+    }
+    got = changes_since(jc, since)
+    why = f"fail-fast: {kids[0]} failed"
+    # the failure first, then each unfinished child with its own event, the parent last
+    assert got[0] == (kids[0], "running", "failed", "exit code 2")
+    assert sorted(got[1:4]) == sorted(
+        [
+            (kids[1], "running", "cancelled", why),
+            (kids[3], "pending", "cancelled", why),
+            (kids[4], "pending", "cancelled", why),
+        ]
+    )
+    assert got[4:] == [(p, "running", "failed", why)]
+    assert len({e["id"] for e in jc.events(since=since)}) == 5
+    assert jc.progress(p)["progress_text"] == "0 pending, 0 running, 1 completed, 1 failed, 3 cancelled"
+    assert jc.verify() == []
+
+
+def test_fail_fast_nests_a_failed_sub_parent_is_one_failed_child(jc):
+    root = jc.create("pipeline", fail_fast=True)
+    build, test, deploy = jc.spawn(root, names=["build", "test", "deploy"])
+    shards = jc.spawn(test, count=3)  # test has no policy of its own: it waits for its shards
+    steps = jc.spawn(deploy, count=2)
+    jc.set_status([build], "completed")
+    jc.set_status(shards + steps[:1], "running")
+    jc.set_status([shards[0]], "failed")
+    assert jc.status(test) == "running" and jc.status(root) == "running"  # test has shards still running
+    jc.set_status(shards[1:], "completed")
+    # now test is failed: one failed child of root, which cancels deploy and everything below it
+    assert (jc.status(test), jc.status(root)) == ("failed", "failed")
+    assert {s: jc.status(s) for s in [deploy, *steps]} == dict.fromkeys([deploy, *steps], "cancelled")
+    assert [e["message"] for e in jc.events(job=steps[0]) if e["new_status"] == "cancelled"] == [
+        f"fail-fast: {test} failed"
+    ]
+    assert jc.verify() == []
+
+
+def test_fail_fast_with_an_allowance_goes_on_until_one_more_fails(jc):
+    p = jc.create("p", fail_fast=True, allow_failures="1")
+    kids = jc.spawn(p, count=4)
+    jc.set_status(kids, "running")
+    jc.set_status([kids[0]], "failed")
+    assert jc.status(p) == "running" and statuses(jc, p)[kids[1]] == "running"
+    jc.set_status([kids[1]], "failed")
+    assert jc.status(p) == "failed"
+    assert sorted(statuses(jc, p).values()) == ["cancelled", "cancelled", "failed", "failed"]
+
+
+def test_retry_after_fail_fast_runs_the_cancelled_children_again(jc):
+    p = jc.create("p", fail_fast=True, max_attempts=2)
+    kids = jc.spawn(p, count=3)
+    jc.set_status([kids[0]], "running")
+    jc.set_status([kids[0]], "failed")
+    assert jc.status(p) == "failed"
+    assert sorted(jc.retry(p)) == sorted(kids)
+    assert jc.status(p) == "running"
+    # the failed child starts its 2nd attempt; those cancelled before they started keep their 1st
+    assert [jc.get(k)["attempt"] for k in kids] == [2, 1, 1]
+    jc.set_status(kids, "running")
+    jc.set_status(kids, "completed")
+    assert jc.status(p) == "completed" and jc.verify() == []
+
+
+def test_a_cancel_of_a_fail_fast_parent_is_a_cancel(jc):
+    p = jc.create("p", fail_fast=True)
+    kids = jc.spawn(p, count=2)
+    jc.cancel(p)
+    assert jc.status(p) == "cancelled" and set(statuses(jc, p).values()) == {"cancelled"}
+    assert jc.verify() == []
+
+
+# ------------------------------------------------------------ allowed failures
+@pytest.mark.parametrize(
+    "allow,failed,expected",
+    [
+        ("2", 2, "completed"),
+        ("2", 3, "failed"),
+        ("5%", 5, "completed"),
+        ("5%", 6, "failed"),  # 5% of 108 = 5
+    ],
+)
+def test_allowed_failures_at_the_boundary(jc, allow, failed, expected):
+    p = jc.create("pages", allow_failures=allow)
+    kids = jc.spawn(p, count=108)
+    jc.set_status(kids, "running")
+    jc.set_status(kids[:failed], "failed")
+    assert jc.status(p) == "running"  # it waits for every child
+    jc.set_status(kids[failed:], "completed")
+    job = jc.get(p)
+    assert job["status"] == expected
+    assert job["progress"]["progress_text"] == f"0 pending, 0 running, {108 - failed} completed, {failed} failed"
+    assert job["policy"]["allowed_failures"] == (2 if allow == "2" else 5)
+    assert job["policy"]["allowance_used"] is (expected == "completed")
+    last = [e for e in jc.events(job=p) if e["job_id"] == p][-1]
+    within = "within" if expected == "completed" else "more than"
+    assert (
+        last["message"] == f"derived from children: {failed} failed, {within} --allow-failures {allow}"
+        f" ({job['policy']['allowed_failures']} allowed)"
+    )
+    assert jc.verify() == []
+
+
+def test_cancelled_children_are_never_allowed_failures(jc):
+    p = jc.create("p", allow_failures="3")
+    kids = jc.spawn(p, count=3)
+    jc.set_status([kids[0]], "failed")
+    jc.set_status(kids[1:], "cancelled")
+    assert jc.status(p) == "cancelled"  # nothing completed: not a success thanks to the allowance
+    assert jc.get(p)["policy"]["allowance_used"] is False
+
+
+# ------------------------------------------------------------------ policy set
+def test_policy_set_is_an_event_and_the_status_follows_at_once(jc):
+    p = jc.create("p")
+    kids = jc.spawn(p, count=4)
+    jc.set_status([kids[0]], "failed")
+    since = jc.events()[-1]["id"]
+    assert jc.set_policy(p, fail_fast=True) == {"fail_fast": True, "allow_failures": None, "max_attempts": None}
+    events = jc.events(since=since)
+    assert (events[0]["kind"], events[0]["job_id"], events[0]["message"]) == ("policy", p, "fail-fast")
+    assert jc.status(p) == "failed"
+    assert [e["message"] for e in events[1:]] == [f"fail-fast: {kids[0]} failed"] * 4  # 3 children, then p
+    # the same policy again: no event
+    n = len(jc.events())
+    jc.set_policy(p, fail_fast=True)
+    assert len(jc.events()) == n
+    # an allowance that covers the failure: the parent's status is derived again
+    jc.set_policy(p, allow_failures="1")
+    assert jc.status(p) == "cancelled"  # 1 failed (allowed), 3 cancelled, none completed
+    assert jc.verify() == []
+
+
+def test_policy_set_refuses_bad_input_and_changes_nothing(db, jc):
+    p = jc.create("p")
+    before = snapshot(db)
+    with pytest.raises(UsageError, match="no policy given"):
+        jc.set_policy(p)
+    with pytest.raises(UsageError, match="--allow-failures"):
+        jc.set_policy(p, allow_failures="lots")
+    with pytest.raises(UsageError, match="--max-attempts"):
+        jc.set_policy(p, max_attempts=0)
+    for args, code in [
+        (["policy", "set", p], 2),
+        (["policy", "set", p, "--allow-failures", "101%"], 2),
+        (["policy", "set", p, "--max-attempts", "three"], 2),
+        (["policy", "set", "nope", "--fail-fast"], 3),
+    ]:
+        result = run(*args, db=db)
+        assert result.returncode == code, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("jobctl: error: ")
+    assert snapshot(db) == before
+
+
+def test_the_cli_sets_shows_and_prints_the_policy(db):
+    p = run(
+        "create", "pipe", "--fail-fast", "--allow-failures", "2.50%", "--max-attempts", "3", db=db, check=True
+    ).stdout.strip()
+    shown = json.loads(run("show", p, "--json", db=db, check=True).stdout)
+    assert (shown["fail_fast"], shown["allow_failures"], shown["max_attempts"], shown["attempt"]) == (
+        True,
+        "2.5%",
+        3,
+        1,
+    )
+    assert shown["policy"] == {
+        "fail_fast": True,
+        "allow_failures": "2.5%",
+        "allowed_failures": 0,
+        "allowance_used": False,
+        "max_attempts": 3,
+    }
+    kid = run("spawn", p, "--count", "1", db=db, check=True).stdout.strip()
+    assert json.loads(run("show", kid, "--json", db=db).stdout)["max_attempts"] == 3  # the parent's cap
+    result = run("policy", "set", p, "--no-fail-fast", "--allow-failures", "none", "--max-attempts", "none", db=db)
+    assert (result.returncode, result.stdout) == (0, "none\n")
+    result = run("policy", "set", p, "--allow-failures", "10%", db=db)
+    assert result.stdout == "allow-failures 10%\n"
+    plain = run("show", p, db=db).stdout
+    assert "policy: allow-failures 10% (0 allowed)\n" in plain
+    events = run("events", "--job", p, db=db).stdout.splitlines()
+    assert events[-1].endswith(f"{p} policy set: allow-failures 10%")
+    assert [json.loads(x)["kind"] for x in run("events", "--job", p, "--json", db=db).stdout.splitlines()][
+        -1
+    ] == "policy"
+    # the same id again with another policy is a conflict, without one a no-op
+    assert run("create", "pipe", "--id", "x1", "--max-attempts", "2", db=db).returncode == 0
+    assert run("create", "pipe", "--id", "x1", db=db).returncode == 0
+    again = run("create", "pipe", "--id", "x1", "--max-attempts", "3", db=db)
+    assert again.returncode == 4 and "different max_attempts" in again.stderr
+
+
+# -------------------------------------------------------------------- attempts
+def test_the_attempt_counter_is_in_events_show_json_and_watch_lines(db, jc):
+    p = jc.create("p")
+    (kid,) = jc.spawn(p, count=1, max_attempts=3)
+    for _ in range(2):
+        jc.set_status([kid], "running")
+        jc.set_status([kid], "failed", message="exit code 1")
+        jc.retry(kid)
+    assert jc.get(kid)["attempt"] == 3
+    attempts = [(e["new_status"], e["attempt"], e["max_attempts"]) for e in jc.events(job=kid)]
+    assert attempts == [
+        ("pending", 1, 3),
+        ("running", 1, 3),
+        ("failed", 1, 3),
+        ("pending", 2, 3),
+        ("running", 2, 3),
+        ("failed", 2, 3),
+        ("pending", 3, 3),
+    ]
+    lines = run("watch", p, "--from-start", "--timeout", "0", db=db).stdout.splitlines()
+    assert any(
+        line.endswith(f"{kid} failed → pending (attempt 3/3): retry | 1 pending, 0 running, 0 completed, 0 failed")
+        for line in lines[1:]
+    ), lines
+    assert any(f"{kid} running → failed (attempt 1/3): exit code 1 |" in line for line in lines), lines
+    assert [json.loads(x)["attempt"] for x in run("events", "--job", kid, "--json", db=db).stdout.splitlines()] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        2,
+        3,
+    ]
+    assert "attempt: 3\nmax_attempts: 3\n" in run("show", kid, db=db).stdout
+
+
+def test_retry_at_the_cap_is_refused_with_exit_4_naming_the_cap(db, jc):
+    (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=1)
+    jc.set_status([kid], "running")
+    jc.set_status([kid], "failed")
+    before = snapshot(db)
+    with pytest.raises(Conflict, match=r"used all 1 of its attempts \(--max-attempts 1\)"):
+        jc.retry(kid)
+    result = run("retry", kid, db=db)
+    assert result.returncode == 4 and "--max-attempts 1" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert snapshot(db) == before
+
+
+def test_retry_failed_children_skips_those_at_the_cap_and_says_so(db, jc):
+    p = jc.create("p")
+    capped = jc.spawn(p, count=2, max_attempts=1)
+    free = jc.spawn(p, count=1)
+    jc.set_status(capped + free, "running")
+    jc.set_status(capped + free, "failed")
+    result = run("retry", p, "--failed-children", db=db)
+    assert result.returncode == 0
+    assert result.stdout.split() == free
+    assert result.stderr == "jobctl: skipped 2 jobs that used all their attempts (--max-attempts)\n"
+    jc.set_status(free, "running")
+    jc.set_status(free, "failed")
+    jc.set_policy(free[0], max_attempts=2)
+    before = snapshot(db)
+    result = run("retry", p, "--failed-children", db=db)  # nothing has attempts left
+    assert result.returncode == 4 and "none retried: 3" in result.stderr
+    assert snapshot(db) == before
+
+
+def test_reap_to_pending_at_the_cap_fails_the_job(jc):
+    p = jc.create("p")
+    capped, free = jc.spawn(p, count=1, max_attempts=1) + jc.spawn(p, count=1)
+    jc.set_status([capped, free], "running")
+    assert jc.reap(1e-6, to="pending") == [capped, free]
+    assert (jc.status(capped), jc.status(free)) == ("failed", "pending")
+    assert jc.get(free)["attempt"] == 2
+    assert [e["message"] for e in jc.events(job=capped)][-1] == "heartbeat lost; no attempts left (1/1)"
+    assert jc.verify() == []
+
+
+def test_claim_does_not_take_a_child_before_its_backoff_ends(db, jc):
+    p = jc.create("p")
+    (kid,) = jc.spawn(p, count=1)
+    tamper(db, "UPDATE jobs SET not_before = ? WHERE id = ?", ("2999-01-01T00:00:00.000000Z", kid))
+    assert jc.claim(p) is None
+    assert run("claim", p, db=db).returncode == 3
+    tamper(db, "UPDATE jobs SET not_before = ? WHERE id = ?", ("2000-01-01T00:00:00.000000Z", kid))
+    assert jc.claim(p) == kid
+    assert jc.get(kid)["not_before"] is None  # running ends the backoff
+
+
+def test_a_run_outcome_with_attempts_left_goes_back_to_pending_with_a_backoff(jc):
+    (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=2)
+    jc.set_status([kid], "running")
+    assert (
+        jc.finish(kid, "pending", message="exit code 1; retrying in 1m", exit_code=1, duration=0.5, retry_in=60)
+        == "pending"
+    )
+    job = jc.get(kid)
+    assert job["attempt"] == 2 and job["not_before"] > job["updated_at"]
+    assert jc.claim(job["parent_id"]) is None  # backing off
+    jc.set_status([kid], "running")
+    # attempt 2 of 2: a retry is out of the cap, so the outcome is a failure
+    assert jc.finish(kid, "pending", message="exit code 1", exit_code=1, duration=0.1) == "failed"
+    assert jc.verify() == []
