@@ -147,7 +147,8 @@ class _Change:
         (what this change has loaded already, and perhaps changed, is kept)."""
         missing = [i for i in ids if i not in self.jobs or i not in self.counts]
         if missing:
-            jobs, counts = self.store.jobs_and_counts(missing)
+            # their parents too, in the same read: a change rolls up to them
+            jobs, counts = self.store.jobs_and_counts(missing, parents=True)
             for i, job in jobs.items():
                 self.jobs.setdefault(i, job)
                 self.counts.setdefault(i, counts[i])
@@ -547,12 +548,22 @@ class Jobctl:
     @transaction
     def _cancel(self, ch: _Change, job_id: str, message: str | None) -> list[str]:
         # Deepest first, so the job's own event comes last: whoever sees it
-        # has already seen every descendant's.
-        targets = [j for j in reversed(ch.subtree(job_id)) if j["status"] not in TERMINAL]
-        ch.frozen = {j["id"] for j in targets}
-        for j in targets:
-            ch.set_status(j, CANCELLED, message or "cancelled")
-        return [j["id"] for j in targets]
+        # has already seen every descendant's. Set-based in the store; the
+        # roll-up above the job (its parent and theirs) is the usual one.
+        job = ch.job(job_id)
+        ids = self.store.cancel_subtree(job_id, message or "cancelled", ch.at)
+        if ids is None:  # a final job with unfinished children below it (--force made it): job by job
+            targets = [j for j in reversed(ch.subtree(job_id)) if j["status"] not in TERMINAL]
+            ch.frozen = {j["id"] for j in targets}
+            for j in targets:
+                ch.set_status(j, CANCELLED, message or "cancelled")
+            return [j["id"] for j in targets]
+        if ids and ids[-1] == job_id:
+            old = job["status"]
+            model.enter_status(job, CANCELLED, ch.at)  # the row is written: this change's copy follows
+            if job["parent_id"] is not None:
+                ch.child_changed(job["parent_id"], old, CANCELLED, child_id=job_id)
+        return ids
 
     @transaction
     def retry(self, ch: _Change, job_id: str, *, failed_children: bool = False) -> Retried:
@@ -904,9 +915,17 @@ class Jobctl:
         return list(self.iter_events(job=job, since=since, limit=limit))
 
     def iter_events(
-        self, *, job: str | None = None, since: int = 0, limit: int | None = None, page: int = 5000
+        self,
+        *,
+        job: str | None = None,
+        since: int = 0,
+        limit: int | None = None,
+        page: int = 5000,
+        as_json: bool = False,
     ) -> Generator[dict, None, None]:
-        """events(), streamed a page at a time (a million events need not fit in memory)."""
+        """events(), streamed a page at a time (a million events need not fit in memory).
+        With `as_json`, each row has `json`, the event's JSON text, and `id` (see
+        store.events)."""
         model.check_since(since)
         if limit is not None and not 1 <= limit <= model.MAX_INT:
             raise UsageError(f"--limit must be a positive whole number, not {limit}")
@@ -920,11 +939,11 @@ class Jobctl:
         if ids is not None and len(ids) <= SMALL_SUBTREE:
             # A leaf, or a small subtree, under a big tree (one shard of a million):
             # read its jobs' events by the (job_id, id) index, not the whole tree's.
-            yield from self._events_of(sorted(ids), since, limit, page)
+            yield from self._events_of(sorted(ids), since, limit, page, as_json)
             return
         left = limit
         while left is None or left > 0:
-            rows, since, more = self.tree_events(since, root, ids, page)
+            rows, since, more = self.tree_events(since, root, ids, page, as_json)
             for e in rows:
                 yield e
                 if left is not None:
@@ -934,10 +953,13 @@ class Jobctl:
             if not more:
                 return
 
-    def _events_of(self, ids: builtins.list[str], since: int, limit: int | None, page: int) -> Iterator[dict]:
+    def _events_of(
+        self, ids: builtins.list[str], since: int, limit: int | None, page: int, as_json: bool = False
+    ) -> Iterator[dict]:
         left = limit
         while left is None or left > 0:
-            rows = self.store.events(since=since, job_ids=ids, limit=page if left is None else min(page, left))
+            size = page if left is None else min(page, left)
+            rows = self.store.events(since=since, job_ids=ids, limit=size, as_json=as_json)
             yield from rows
             if left is not None:
                 left -= len(rows)
@@ -946,12 +968,12 @@ class Jobctl:
             since = rows[-1]["id"]
 
     def tree_events(
-        self, since: int, root_id: str | None, ids: set | None, page: int
+        self, since: int, root_id: str | None, ids: set | None, page: int, as_json: bool = False
     ) -> tuple[builtins.list[dict], int, bool]:
         """One page of events after `since` of the tree `root_id` (None: every
         tree), kept to the job ids `ids` when given (see model.in_tree).
         Returns (events, the cursor after the page, whether more may follow)."""
-        rows = self.store.events(since=since, root_id=root_id, limit=page)
+        rows = self.store.events(since=since, root_id=root_id, limit=page, as_json=as_json)
         cursor = rows[-1]["id"] if rows else since
         return [e for e in rows if model.in_tree(ids, e)], cursor, len(rows) == page
 

@@ -161,9 +161,15 @@ def spawn(
 def events(db: str | None, job: str | None = None, since: int = 0, limit: int | None = None, json: bool = False) -> int:
     from jobctl import render
 
-    with _open(db, create=False) as jc, closing(jc.iter_events(job=job, since=since, limit=limit)) as rows:
-        if json:
-            render.write_ndjson(render.event_json(e) for e in rows)
+    with (
+        _open(db, create=False) as jc,
+        closing(jc.iter_events(job=job, since=since, limit=limit, as_json=json)) as rows,
+    ):
+        if json:  # the JSON text comes made by the database (render.event_json's shape)
+            write = sys.stdout.write
+            for e in rows:
+                write(e["json"] + "\n")
+            sys.stdout.flush()
         else:
             for e in rows:
                 render.write_line(render.event_line(e))

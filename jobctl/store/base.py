@@ -89,6 +89,38 @@ EVENT_SELECT = (
 )
 CHUNK = 500  # values per `IN (...)` list, well below SQLite's variable limit
 
+# An event's JSON object (`events --json`), built by the database: the keys and
+# their order of render.event_json, compact (no spaces), as `sqlite3 -json` prints.
+EVENT_JSON_FIELDS = (
+    ("id", "e.id"),
+    ("job_id", "e.job_id"),
+    ("parent_id", "e.parent_id"),
+    ("kind", "e.kind"),
+    ("old_status", "e.old_status"),
+    ("new_status", "e.new_status"),
+    ("at", "e.at"),
+    ("message", "coalesce(l.message, e.message)"),
+    ("level", "l.level"),
+    ("exit_code", "e.exit_code"),
+    ("duration", "e.duration"),
+    ("attempt", "e.attempt"),
+    ("max_attempts", "e.max_attempts"),
+)
+
+
+def event_json_select(json_object: str, bare: bool = False) -> str:
+    """EVENT_SELECT's rows with `json`: the event as one JSON object's text, made
+    by `json_object` (the backend's SQL for it, with {fields}: `'key', value, ...`
+    and {columns}: `value AS key, ...`); with id, job_id, parent_id and kind
+    (only id if `bare`: a read of every event filters nothing)."""
+    fields = ", ".join(f"'{k}', {v}" for k, v in EVENT_JSON_FIELDS)
+    columns = ", ".join(f"{v} AS {k}" for k, v in EVENT_JSON_FIELDS)
+    keys = "e.id" if bare else "e.id, e.job_id, e.parent_id, e.kind"
+    return (
+        f"SELECT {keys}, {json_object.format(fields=fields, columns=columns)} AS json"
+        " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
+    )
+
 
 class Retryable(DatabaseUnusable):
     """A write transaction failed for a transient reason and changed nothing: run it again."""
@@ -119,8 +151,11 @@ class Store(Protocol):
 
     # jobs
     def get_job(self, job_id: str) -> dict | None: ...
-    def jobs_and_counts(self, ids: Sequence[str]) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
-        """The jobs found (by id) and their kept child counts (zeros without children), in one read."""
+    def jobs_and_counts(
+        self, ids: Sequence[str], parents: bool = False
+    ) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
+        """The jobs found (by id) and their kept child counts (zeros without children), in one read;
+        with `parents`, their parents (and their counts) too, in the same read."""
         ...
 
     def insert_jobs(self, jobs: Sequence[dict]) -> None:
@@ -134,6 +169,16 @@ class Store(Protocol):
 
     def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
         """Write a job's failure policy and attempt cap."""
+
+    def cancel_subtree(self, job_id: str, message: str, at: str) -> list[str] | None:
+        """Cancel the job and every unfinished descendant in a few set-based
+        statements (a million children never pass through Python): a status
+        event each, deepest first (siblings newest first), the job's own last;
+        the rows; the kept counts of every parent inside the subtree (the job's
+        own parent is the caller's, with the roll-up). Returns the ids cancelled,
+        in event order; None, with nothing written, when the subtree holds a
+        final job with an unfinished child (only --force makes one), whose
+        status must be derived again job by job."""
 
     def last_child_number(self, parent_id: str) -> int:
         """The highest N of any job id `<parent_id>.N`."""
@@ -186,8 +231,10 @@ class Store(Protocol):
         root_id: str | None = None,
         job_ids: Sequence[str] | None = None,
         limit: int | None = None,
+        as_json: bool = False,
     ) -> list[dict]:
-        """Events with id > since, in id order, of one tree and/or of some jobs."""
+        """Events with id > since, in id order, of one tree and/or of some jobs
+        (with `as_json`: id, job_id, parent_id, kind and the event's JSON text)."""
         ...
 
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]: ...
@@ -218,9 +265,15 @@ class SqlQueries:
     `_query(sql, params) -> list[dict]`."""
 
     mark = "?"
+    json_object = "json_object({fields})"  # see event_json_select
 
     def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
         raise NotImplementedError
+
+    def _query_light(self, sql: str, params: Sequence = ()) -> list:
+        """_query's rows, read-only: any mapping a reader indexes by column name
+        (a backend may give something cheaper than a dict, for big reads)."""
+        return self._query(sql, params)
 
     def _in(self, column: str, values: Sequence) -> tuple[str, list]:
         """`column` is one of `values`: the SQL and its parameters (PostgreSQL uses = ANY)."""
@@ -233,9 +286,15 @@ class SqlQueries:
         root_id: str | None = None,
         job_ids: Sequence[str] | None = None,
         limit: int | None = None,
+        as_json: bool = False,
     ) -> list[dict]:
-        """Events with id > since, in id order, of one tree and/or of some jobs."""
-        sql = EVENT_SELECT + f" WHERE e.id > {self.mark}"
+        """Events with id > since, in id order, of one tree and/or of some jobs.
+        With `as_json`, each row is id, job_id, parent_id, kind (only id when
+        reading every event) and `json`, the event's JSON text (as `events
+        --json` prints it), made by the database."""
+        bare = root_id is None and job_ids is None
+        select = event_json_select(self.json_object, bare) if as_json else EVENT_SELECT
+        sql = select + f" WHERE e.id > {self.mark}"
         params: list = [since]
         if root_id is not None:
             sql += f" AND e.root_id = {self.mark}"
@@ -253,7 +312,7 @@ class SqlQueries:
             sql += " ORDER BY e.id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._query(sql, params)
+        return self._query_light(sql, params) if as_json else self._query(sql, params)
 
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
         """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until."""

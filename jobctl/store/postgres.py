@@ -194,6 +194,7 @@ class PostgresStore(SqlQueries):
     """One connection to a jobctl schema in a PostgreSQL database."""
 
     mark = "%s"
+    json_object = "(SELECT row_to_json(r)::text FROM (SELECT {columns}) r)"  # keys in order, compact
 
     def _in(self, column: str, values: Sequence) -> tuple[str, list]:
         return f"{column} = ANY(%s)", [list(values)]
@@ -495,11 +496,17 @@ class PostgresStore(SqlQueries):
         rows = self._query(_JOB_SELECT + " WHERE id = %s", (job_id,))
         return rows[0] if rows else None
 
-    def jobs_and_counts(self, ids: Sequence[str]) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
+    def jobs_and_counts(
+        self, ids: Sequence[str], parents: bool = False
+    ) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
         jobs: dict[str, dict] = {}
         counts: dict[str, dict[str, int]] = {}
+        where = " WHERE j.id = ANY(%s)"
+        if parents:
+            where += " OR j.id IN (SELECT parent_id FROM jobs WHERE id = ANY(%s))"
         for i in range(0, len(ids), CHUNK):
-            for row in self._query(_JOBS_WITH_COUNTS + " WHERE j.id = ANY(%s)", (list(ids[i : i + CHUNK]),)):
+            chunk = list(ids[i : i + CHUNK])
+            for row in self._query(_JOBS_WITH_COUNTS + where, (chunk, chunk) if parents else (chunk,)):
                 counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
                 jobs[row["id"]] = row
         return jobs, counts
@@ -541,6 +548,49 @@ class PostgresStore(SqlQueries):
             )
             .decode()
         )
+
+    def cancel_subtree(self, job_id: str, message: str, at: str) -> list[str] | None:
+        if self.deferred:  # what this transaction wrote so far comes first
+            self._execute("; ".join(self.deferred))
+            self.deferred = []
+        active = "('pending', 'running')"
+        self._execute(
+            "CREATE TEMP TABLE cancel_tree ON COMMIT DROP AS"
+            ' WITH RECURSIVE t(id, depth) AS (SELECT %s::text COLLATE "C", 0 UNION ALL'
+            " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
+            " SELECT j.id, j.parent_id, j.root_id, j.status, j.attempt, j.max_attempts, t.depth, j.seq AS ord"
+            f" FROM t JOIN jobs j ON j.id = t.id WHERE j.status IN {active}",
+            (job_id,),
+        )
+        mixed = self._query(
+            "SELECT 1 FROM cancel_tree k JOIN jobs p ON p.id = k.parent_id"
+            f" WHERE k.id <> %s AND p.status NOT IN {active} LIMIT 1",
+            (job_id,),
+        )
+        if mixed:
+            self._execute("DROP TABLE cancel_tree")
+            return None
+        if self.next_event_id is None:
+            self.next_event_id = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM events")[0]["n"]
+        ids = [r[0] for r in self._run("SELECT id FROM cancel_tree ORDER BY depth DESC, ord DESC", None, True) or ()]
+        first, self.next_event_id = self.next_event_id, self.next_event_id + len(ids)
+        self.notify = self.notify or bool(ids)
+        self._execute(
+            "INSERT INTO events (id, job_id, parent_id, root_id, kind, old_status, new_status, at, message,"
+            " attempt, max_attempts) SELECT %s + row_number() OVER (ORDER BY depth DESC, ord DESC) - 1,"
+            " id, parent_id, root_id, 'status', status, 'cancelled', %s, %s, attempt, max_attempts"
+            " FROM cancel_tree;"
+            " UPDATE jobs SET status = 'cancelled', completed_at = %s, updated_at = %s, not_before = NULL"
+            " FROM cancel_tree c WHERE jobs.id = c.id;"
+            f" INSERT INTO child_counts (parent_id, {', '.join(STATUSES)})"
+            " SELECT parent_id, -count(*) FILTER (WHERE status = 'pending'),"
+            " -count(*) FILTER (WHERE status = 'running'), 0, 0, count(*) FROM cancel_tree WHERE id <> %s"
+            " GROUP BY parent_id ON CONFLICT (parent_id) DO UPDATE SET "
+            + ", ".join(f"{s} = child_counts.{s} + excluded.{s}" for s in STATUSES)
+            + "; DROP TABLE cancel_tree",
+            (first, at, message, at, at, job_id),
+        )
+        return ids
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
         return bool(self._query("UPDATE jobs SET last_heartbeat = %s WHERE id = %s RETURNING 1", (at, job_id)))
