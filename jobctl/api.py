@@ -277,29 +277,22 @@ class _Change:
         if self.events:  # whatever came before, first: events stay in order
             self.store.insert_events(self.events)
             self.events = []
-        at = self.at
         cap = jobs[0]["max_attempts"] if jobs else None  # a spawn's children share it
-        message = model.policy_text(0, None, cap)
-        self.store.insert_events(
-            [
-                {
-                    "job_id": j["id"],
-                    "parent_id": j["parent_id"],
-                    "root_id": j["root_id"],
-                    "kind": CREATE,
-                    "old_status": None,
-                    "new_status": PENDING,
-                    "at": at,
-                    "message": message,
-                    "log_id": None,
-                    "exit_code": None,
-                    "duration": None,
-                    "attempt": 1,
-                    "max_attempts": cap,
-                }
-                for j in jobs
-            ]
-        )
+        base = {
+            "parent_id": parent["id"],
+            "root_id": parent["root_id"],
+            "kind": CREATE,
+            "old_status": None,
+            "new_status": PENDING,
+            "at": self.at,
+            "message": model.policy_text(0, None, cap),
+            "log_id": None,
+            "exit_code": None,
+            "duration": None,
+            "attempt": 1,
+            "max_attempts": cap,
+        }
+        self.store.insert_events([{**base, "job_id": j["id"]} for j in jobs])
         self.child_changed(parent["id"], None, PENDING, n=len(jobs))
 
     def flush(self) -> None:
@@ -742,10 +735,9 @@ class Jobctl:
             size = min(SPAWN_CHUNK, n - len(ids))
             numbers = range(k, k + size)
             chunk_names = names[len(ids) : len(ids) + size] if names is not None else [f"child {x}" for x in numbers]
-            jobs = [
-                self._new_job(ch, f"{parent['id']}.{x}", nm, type, parent, None, max_attempts=cap)
-                for x, nm in zip(numbers, chunk_names)
-            ]
+            base = self._new_job(ch, "", "", type, parent, None, max_attempts=cap)  # what every child shares
+            prefix = parent["id"] + "."
+            jobs = [{**base, "id": f"{prefix}{x}", "name": nm} for x, nm in zip(numbers, chunk_names)]
             try:
                 ch.insert_children(parent, jobs)
             except model.IdTaken:
