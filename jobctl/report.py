@@ -23,9 +23,13 @@ Streaming. Every format reads the tree once, depth-first, through
 
 A unit's own events (its failure message, log tail, last log line) are read
 only for the units shown: the listed failures, every failed or cancelled
-testcase, every JSON child. That is one indexed query per unit, inside the
-tree's read snapshot, so it must not open a read transaction of its own (see
-_unit_events).
+testcase, every JSON child. They are read in chunks, not one query per unit:
+the walk's rows are held back EVENT_CHUNK at a time and the events of the
+shown units among them read in one indexed query (_Tree.walk_units), so a
+report of 100,000 children is a few hundred round trips, not 100,000, and
+holds one chunk's rows and events at a time. The reads happen inside the
+tree's read snapshot, so they must not open a read transaction of their own
+(see _unit_events).
 
 Text is data: names, messages and log lines are escaped for each format
 (Markdown code spans and fenced blocks, HTML in <summary>, XML text and
@@ -46,7 +50,7 @@ from contextlib import closing, contextmanager
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Generator, Iterator, Mapping
     from typing import TextIO
 
     from jobctl.api import Jobctl
@@ -65,6 +69,10 @@ MD_CHARS = 200  # longest message or log line in markdown, in characters
 XML_CHARS = 4000  # ... in junit
 SUMMARY_BYTES = 900_000  # markdown stops adding log tails here: GitHub refuses a step summary over 1 MiB
 SPOOL_BYTES = 1 << 20  # a suite's cases stay in memory up to this, then go to a temporary file
+# Rows held back, and units whose events are read in one query: a round trip per
+# chunk instead of per unit, one chunk's rows and events in memory. At most 998,
+# the oldest SQLite's limit of variables in a statement.
+EVENT_CHUNK = 500
 
 BAD = frozenset({FAILED, CANCELLED})
 ICON = {COMPLETED: "✅", FAILED: "❌", CANCELLED: "🚫", RUNNING: "⏳", PENDING: "⏳"}
@@ -92,7 +100,7 @@ class _Tree:
             self.above.insert(0, p["name"])
             parent = p["parent_id"]
 
-    def walk(self) -> Iterator[tuple[dict, list[str], bool]]:
+    def walk(self) -> Generator[tuple[dict, list[str], bool], None, None]:
         """(row, ancestors' names, is a unit) for the job and every descendant,
         depth-first; the first row is the job itself (depth 0)."""
         with closing(self.jc.tree(self.job_id)) as rows:
@@ -102,6 +110,36 @@ class _Tree:
                 del names[depth:]
                 yield row, self.above + names, row["progress"] is None
                 names.append(row["name"])
+
+    def walk_units(
+        self, wanted: Callable[[dict, bool], bool], *, tail_lines: int = TAIL_LINES
+    ) -> Iterator[tuple[dict, list[str], bool, _Unit | None]]:
+        """walk(), each row with its _Unit where `wanted(row, is_unit)` (asked
+        once per row, in walk order), else None.
+
+        The rows are held back EVENT_CHUNK at a time, and the events of the
+        wanted ones among them read in one query. The last chunk is read when
+        the last row has come, while the walk's snapshot is still open: that
+        is when every child that the parents' counts announce has come. (Were
+        the counts ever short, a chunk is only read sooner; were they over, the
+        last chunk is read after the walk, outside its snapshot.)"""
+        held: list[tuple[dict, list[str], bool, bool]] = []
+        owed = 1  # the rows still to come that are known of: the job, then each parent's children
+        with closing(self.walk()) as rows:
+            for row, path, is_unit in rows:
+                owed += (row["progress"]["total_children"] if row["progress"] else 0) - 1
+                held.append((row, path, is_unit, wanted(row, is_unit)))
+                if len(held) >= EVENT_CHUNK or owed <= 0:
+                    yield from self._with_units(held, tail_lines)
+                    held = []
+        yield from self._with_units(held, tail_lines)
+
+    def _with_units(
+        self, held: list[tuple[dict, list[str], bool, bool]], tail_lines: int
+    ) -> Iterator[tuple[dict, list[str], bool, _Unit | None]]:
+        events = _unit_events(self.jc, [row["id"] for row, _, _, want in held if want])
+        for row, path, is_unit, want in held:
+            yield row, path, is_unit, _unit(row, events[row["id"]], tail_lines=tail_lines) if want else None
 
     def shown(self, row: Mapping, path: list[str]) -> str:
         """A unit's name for people: its path below the job (`stage / shard 3`)."""
@@ -132,14 +170,19 @@ def _plain(text: str) -> str:
     return plain(text).translate(_C1)
 
 
-def _unit_events(jc: Jobctl, job_id: str) -> list[dict]:
-    """Every event of one job, in id order: one indexed query (events by job id).
+def _unit_events(jc: Jobctl, job_ids: list[str]) -> dict[str, list[dict]]:
+    """Every event of some jobs (at most EVENT_CHUNK), by job, each job's in id
+    order: one indexed query (events by job id), none for no jobs.
 
     This reads the store directly rather than through Jobctl.logs or
     Jobctl.iter_events because it runs inside the read transaction of the
     Jobctl.tree() walk, and those open one of their own (a nested BEGIN is an
     error on SQLite and would end the walk's snapshot on PostgreSQL)."""
-    return jc.store.events(job_ids=[job_id])
+    by_job: dict[str, list[dict]] = {job_id: [] for job_id in job_ids}
+    if job_ids:
+        for e in jc.store.events(job_ids=job_ids):
+            by_job[e["job_id"]].append(e)
+    return by_job
 
 
 def _log_line(e: Mapping) -> str:
@@ -156,10 +199,11 @@ def _log_line(e: Mapping) -> str:
     return f"{at} [{level}] {_plain(text)}"
 
 
-def _unit(jc: Jobctl, row: Mapping, *, tail_lines: int = TAIL_LINES) -> _Unit:
+def _unit(row: Mapping, events: list[dict], *, tail_lines: int = TAIL_LINES) -> _Unit:
+    """What a report shows of a unit, from its events (in id order)."""
     message, last_log = None, None
     tail: deque[dict] = deque(maxlen=tail_lines)
-    for e in _unit_events(jc, row["id"]):
+    for e in events:
         tail.append(e)
         if e["kind"] == LOG:
             last_log = e["message"]
@@ -299,7 +343,16 @@ class _Summary:
         self.matching = 0  # how many units have one of `statuses`
         slowest: list[tuple[float, int, dict, str]] = []  # a min-heap of the SLOWEST longest
         top: dict | None = None
-        for n, (row, path, is_unit) in enumerate(tree.walk()):
+        picked = 0
+
+        def wanted(row: Mapping, is_unit: bool) -> bool:  # the first `cap` units with one of `statuses`
+            nonlocal picked
+            if is_unit and row["status"] in statuses and picked < cap:
+                picked += 1
+                return True
+            return False
+
+        for n, (row, path, is_unit, unit) in enumerate(tree.walk_units(wanted)):
             if top is None:
                 top = row
             if not is_unit:
@@ -316,8 +369,8 @@ class _Summary:
                     heapq.heapreplace(slowest, item)
             if status in statuses:
                 self.matching += 1
-                if len(self.listed) < cap:
-                    self.listed.append(_Listed(row, tree.shown(row, path), seconds, _unit(tree.jc, row)))
+                if unit is not None:
+                    self.listed.append(_Listed(row, tree.shown(row, path), seconds, unit))
         assert top is not None  # tree() yields the job first, or raises NotFound
         self.top = top
         self.slowest = sorted(slowest, reverse=True)
@@ -450,14 +503,15 @@ class _Suite:
         out.write("  </testsuite>\n")
 
 
-def _testcase(jc: Jobctl, row: Mapping, classname: str, seconds: float | None) -> str:
+def _testcase(row: Mapping, unit: _Unit | None, classname: str, seconds: float | None) -> str:
+    """A unit's <testcase>; `unit` is there for a failed or cancelled one."""
     head = f'    <testcase name="{xml_attr(row["name"])}" classname="{xml_attr(classname)}" time="{seconds or 0:.3f}"'
     status = row["status"]
     if status == COMPLETED:
         return head + "/>\n"
     if status in (PENDING, RUNNING):
         return f'{head}>\n      <skipped message="not finished: {status}"/>\n    </testcase>\n'
-    unit = _unit(jc, row)
+    assert unit is not None
     tail = xml_text("\n".join(_cut(line, XML_CHARS) for line in unit.tail))
     reason = xml_attr(_cut(unit.reason(status), XML_CHARS))
     if status == FAILED:
@@ -484,7 +538,7 @@ def junit(tree: _Tree, out: TextIO) -> None:
             total += suite.time
 
         try:
-            for row, path, is_unit in tree.walk():
+            for row, path, is_unit, unit in tree.walk_units(lambda row, is_unit: is_unit and row["status"] in BAD):
                 depth = row["depth"]
                 if name is None:
                     name = row["name"]
@@ -497,7 +551,7 @@ def junit(tree: _Tree, out: TextIO) -> None:
                     suites.append(_Suite(depth - 1, row["parent_id"] or row["id"], path or [row["name"]]))
                 suite = suites[-1]
                 seconds = _seconds(row)
-                suite.cases.write(_testcase(tree.jc, row, suite.name, seconds))
+                suite.cases.write(_testcase(row, unit, suite.name, seconds))
                 suite.tests += 1
                 suite.failures += row["status"] == FAILED
                 suite.skipped += row["status"] != FAILED and row["status"] != COMPLETED
@@ -527,7 +581,7 @@ def json_report(tree: _Tree, out: TextIO) -> None:
     log line."""
     dump = json.dumps
     first = True
-    for row, path, is_unit in tree.walk():
+    for row, path, _, unit in tree.walk_units(lambda row, is_unit: is_unit, tail_lines=0):
         if row["depth"] == 0:
             progress = row["progress"] or progress_dict(row["id"], row["status"], {})
             head = {
@@ -538,9 +592,8 @@ def json_report(tree: _Tree, out: TextIO) -> None:
                 "duration": _seconds(row),
             }
             out.write(dump(head, ensure_ascii=False)[:-1] + ', "children": [')
-        if not is_unit:
+        if unit is None:  # not a unit
             continue
-        unit = _unit(tree.jc, row, tail_lines=0)
         seconds = row.get("duration")
         child = {
             "id": row["id"],

@@ -91,6 +91,21 @@ def unstamp(text: str) -> str:
     return STAMP.sub("T", text)
 
 
+def count_event_reads(jc, monkeypatch) -> list[tuple[int, bool]]:
+    """Every call of the store's events() from now on, as (how many job ids,
+    whether a read transaction was open): the report's round trips for events."""
+    store, calls = jc.store, []
+    real = store.events
+
+    def events(**kw):
+        is_open = store.in_transaction if hasattr(store, "in_transaction") else store.conn.in_transaction
+        calls.append((len(kw["job_ids"]), is_open))
+        return real(**kw)
+
+    monkeypatch.setattr(store, "events", events)
+    return calls
+
+
 # ----------------------------------------------------------------- markdown
 PIPELINE_MARKDOWN = """\
 ## ❌ CI pipeline
@@ -365,6 +380,59 @@ def test_json_of_a_job_without_children(jc):
     assert [(c["id"], c["path"], c["status"]) for c in doc["children"]] == [("lint", [], "pending")]
 
 
+# ------------------------------------------------------ chunked event reads
+def test_units_events_are_read_a_chunk_at_a_time(jc, monkeypatch):
+    """One query per EVENT_CHUNK rows of the walk, not one per unit, and only
+    for the units shown; each inside the walk's read snapshot, the last chunk's
+    too (read when the last row has come, before the walk ends)."""
+    monkeypatch.setattr(report, "EVENT_CHUNK", 100)
+    p = jc.create("shards")
+    kids = jc.spawn(p, count=250)
+    jc.set_status(kids, "running")
+    jc.set_status(kids[:200], "completed")
+    jc.set_status(kids[200:240], "failed", message="boom")
+    jc.set_status(kids[240:], "cancelled")
+    calls = count_event_reads(jc, monkeypatch)
+    reads = {}
+    for fmt in FORMATS:
+        calls.clear()
+        text(jc, p, fmt)
+        reads[fmt] = list(calls)
+    assert reads == {
+        "json": [(99, True), (100, True), (51, True)],  # the job and 99 children, 100 children, the last 51
+        "junit": [(50, True)],  # the failed and cancelled ones, all in the last chunk of rows
+        "markdown": [(50, True)],  # the 50 listed
+        "github": [(10, True)],  # the 10 annotated
+    }
+
+
+def test_a_report_is_the_same_whatever_the_chunk(jc, db, monkeypatch):
+    """Every format of the pipeline, byte for byte, whether its units' events
+    are read one unit at a time or in chunks of any size (across the stages'
+    boundaries); every read inside the walk's snapshot."""
+    p = pipeline(jc, db)
+    calls = count_event_reads(jc, monkeypatch)
+    reports = {}
+    for chunk in (1, 2, 3, 5, 500):
+        monkeypatch.setattr(report, "EVENT_CHUNK", chunk)
+        reports[chunk] = [text(jc, p, fmt) for fmt in FORMATS]
+    assert all(r == reports[1] for r in reports.values())
+    assert unstamp(reports[500][0]) == PIPELINE_MARKDOWN
+    assert calls and all(is_open for _, is_open in calls)
+
+
+@pytest.mark.parametrize("off_by", [5, -1])
+def test_a_kept_count_that_is_off_changes_no_report(jc, db, monkeypatch, off_by):
+    """The walk's end is foreseen from the parents' kept child counts; were one
+    off, the report would still be the same (only the reads' timing differs)."""
+    p = pipeline(jc, db)
+    tamper(db, "UPDATE child_counts SET completed = completed + ? WHERE parent_id = ?", (off_by, "ci.2"))
+    monkeypatch.setattr(report, "EVENT_CHUNK", 1)  # a read per row: the walk's end does not matter
+    one = [text(jc, p, fmt) for fmt in FORMATS]
+    monkeypatch.setattr(report, "EVENT_CHUNK", 4)
+    assert [text(jc, p, fmt) for fmt in FORMATS] == one
+
+
 # ------------------------------------------------------------- text is data
 def evil_tree(jc) -> str:
     p = jc.create(EVIL_NAME)
@@ -626,9 +694,10 @@ def test_unknown_job_or_database_touches_no_file(tmp_path, jc, db):
 
 # -------------------------------------------------------------------- scale
 @pytest.mark.slow
-def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path):
+def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path, monkeypatch):
     """Every format over a parent of 100,000 children (1,500 failed, 500
-    cancelled) finishes, and allocates at most 5 MB more than the walk of
+    cancelled) finishes, reads the units' events in chunks (json: a query per
+    EVENT_CHUNK children, not per child), and allocates at most 5 MB more than the walk of
     the tree it rides on (Jobctl.tree() alone: ~0.6 MB on SQLite, ~10 MB on
     PostgreSQL, which reads 5,000 rows a page). 5 MB is the report's own
     allowance (a suite's cases spool in memory up to 1 MB, the markdown text,
@@ -644,6 +713,7 @@ def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path)
     for kid in kids[n - 2000: n - 1990]:
         jc.log(kid, "oops", level="error")
     figures = {}
+    calls = count_event_reads(jc, monkeypatch)
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -653,6 +723,7 @@ def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path)
         figures["tree() alone"] = f"peak {walk / 1e6:.1f} MB"
         for fmt in FORMATS:
             path = tmp_path / f"report.{fmt}"
+            calls.clear()
             with open(path, "w", encoding="utf-8") as out:
                 tracemalloc.reset_peak()
                 base = tracemalloc.get_traced_memory()[0]
@@ -660,8 +731,11 @@ def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path)
                 write_report(jc, p, fmt, out)
                 elapsed = time.perf_counter() - t0
                 peak = tracemalloc.get_traced_memory()[1] - base
-            figures[fmt] = f"{elapsed:.1f} s, peak {peak / 1e6:.1f} MB, {path.stat().st_size / 1e6:.1f} MB written"
+            figures[fmt] = (f"{elapsed:.1f} s, peak {peak / 1e6:.1f} MB, {path.stat().st_size / 1e6:.1f} MB written,"
+                            f" {len(calls)} reads of events")
             assert peak < walk + 5e6, figures  # (its times are figures, printed: not asserted)
+            chunks = -(-(n + 1) // report.EVENT_CHUNK)  # the walk's rows (the job and its children), in chunks
+            assert len(calls) == chunks if fmt == "json" else len(calls) <= 5, figures
     finally:
         tracemalloc.stop()
     print(figures)
