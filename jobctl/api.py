@@ -141,6 +141,11 @@ class _Change:
         # Jobs whose status this change sets explicitly (cancel): their
         # children's changes do not re-derive them.
         self.frozen: set[str] = set()
+        # Fail-fast parents to settle before the commit: {parent id: the child
+        # that failed first}. Their unfinished children are cancelled after the
+        # change's own work, so a change of several jobs (status set, reap)
+        # applies to all of them first.
+        self.fail_fast_due: dict[str, str] = {}
 
     def load(self, ids: Sequence[str]) -> list[dict]:
         """The jobs, with their kept child counts, read in one query where not loaded yet
@@ -229,19 +234,31 @@ class _Change:
             return
         parent = self.job(parent_id)
         if new == FAILED and model.fails_fast(counts, parent["fail_fast"], parent["allow_failures"]):
-            message = model.fail_fast_message(child_id or "a child")
-            self.cancel_unfinished(parent, message)
-            self.rederive(parent, message)
-        else:
-            self.rederive(parent)
+            self.fail_fast_due.setdefault(parent_id, child_id or "a child")
+        self.rederive(parent)
 
     def rederive(self, parent: dict, message: str | None = None) -> None:
-        """Set the parent's status to what its children's counts and its policy give."""
+        """Set the parent's status to what its children's counts and its allowance give."""
         counts = self.counts_of(parent["id"])
         allow = parent["allow_failures"]
-        derived = model.derive_status(counts, parent["status"], fail_fast=parent["fail_fast"], allow_failures=allow)
+        derived = model.derive_status(counts, parent["status"], allow_failures=allow)
         if derived != parent["status"]:
             self.set_status(parent, derived, message or model.derived_message(counts, derived, allow), derived=True)
+
+    def settle(self) -> None:
+        """Before the commit: every fail-fast parent that more children failed in
+        than allowed cancels its unfinished descendants (`fail-fast: <child>
+        failed`), then fails, its event after theirs; a parent failing so may
+        make its own fail-fast parent due in turn."""
+        while self.fail_fast_due:
+            parent_id = next(iter(self.fail_fast_due))
+            child_id = self.fail_fast_due.pop(parent_id)
+            parent = self.job(parent_id)
+            if not model.fails_fast(self.counts_of(parent_id), parent["fail_fast"], parent["allow_failures"]):
+                continue  # (a later job of this change retried the failure, say)
+            message = model.fail_fast_message(child_id)
+            self.cancel_unfinished(parent, message)
+            self.rederive(parent, message)
 
     def cancel_unfinished(self, parent: dict, message: str) -> None:
         """Cancel every unfinished descendant of `parent`, deepest first, each with
@@ -296,6 +313,7 @@ class _Change:
         self.child_changed(parent["id"], None, PENDING, n=len(jobs))
 
     def flush(self) -> None:
+        self.settle()
         if self.dirty:
             self.store.update_statuses(self.dirty.values())
         if self.deltas:
@@ -418,6 +436,8 @@ class Jobctl:
         p = self._open_parent(ch, parent) if parent is not None else None
         if id is None:
             id = self._free_child_id(p) if p else self._free_root_id()
+        if p is not None and policy["max_attempts"] is None:  # a child gets its parent's cap, as in spawn
+            policy = {**policy, "max_attempts": p["max_attempts"]}
         ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json, **policy)])
         return id
 
@@ -483,7 +503,7 @@ class Jobctl:
         job = ch.job(job_id)
         policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts")}
         if {**policy, **change} == policy:
-            return policy
+            return {**policy, "fail_fast": bool(policy["fail_fast"])}
         job.update(change)
         self.store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
         text = model.policy_text(job["fail_fast"], job["allow_failures"], job["max_attempts"])
@@ -491,11 +511,9 @@ class Jobctl:
         counts = ch.counts_of(job_id)
         if model.fails_fast(counts, job["fail_fast"], job["allow_failures"]):
             first = next(iter(self.store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=1)))
-            message = model.fail_fast_message(first["id"])
-            ch.cancel_unfinished(job, message)
-            ch.rederive(job, message)
-        else:
-            ch.rederive(job)  # the same rule as after any child's change
+            ch.fail_fast_due[job_id] = first["id"]  # settled before the commit
+        elif model.follows_children(counts, job["status"], policy["allow_failures"]):
+            ch.rederive(job)  # a status set by hand (cancel, --force) stays
         return {
             "fail_fast": bool(job["fail_fast"]),
             "allow_failures": job["allow_failures"],
@@ -653,15 +671,17 @@ class Jobctl:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
         already final (cancelled from elsewhere meanwhile) keeps its status.
-        `status` pending is a retry (`run --retries`): the job starts its next
-        attempt, not to be claimed before `retry_in` seconds from now; without
-        attempts left it fails instead. Returns the job's status."""
+        With `retry_in` (seconds; 0: at once), a failure is retried when the job
+        has an attempt left (`run --retries`): it goes back to pending, its next
+        attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
+        Returns the job's status."""
         self._append_lines(ch, job_id, lines)
         job = ch.job(job_id)
         seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
-            if status == PENDING and not model.attempts_left(job):
-                status = FAILED
+            if status == FAILED and retry_in is not None and model.attempts_left(job):
+                status = PENDING
+                message = f"{message}; retrying" + (f" in {model.seconds_text(retry_in)}" if retry_in else "")
             ch.set_status(job, status, message)
             if status == PENDING and retry_in:
                 job["not_before"] = model.timestamp(time.time() + retry_in)
@@ -878,6 +898,12 @@ class Jobctl:
             if first is None:
                 raise not_found(job_id)
             yield from self._with_progress(_decoded(r) for r in itertools.chain([first], rows))
+
+    def next_retry_at(self, parent: str) -> str | None:
+        """When the first pending child of `parent` that is backing off before a
+        retry may be claimed (None: none is)."""
+        due = self.store.next_ready_at(parent, PENDING)
+        return due if due is not None and due > model.now() else None
 
     def stale_children(self, parent: str, stale_after: float) -> dict[str, float]:
         """{child id: seconds since its last sign of life} for the running children

@@ -85,7 +85,10 @@ def heartbeat(db: str | None, job: str) -> int:
 def claim(db: str | None, parent: str) -> int:
     with _open(db) as jc:
         job_id = jc.claim(parent)
+        due = jc.next_retry_at(parent) if job_id is None else None
     if job_id is None:
+        if due is not None:
+            raise model.NotFound(f"job {parent} has no pending child ready: the next retry is due at {due}")
         raise model.NotFound(f"job {parent} has no pending child")
     print(job_id)
     return 0
@@ -483,7 +486,7 @@ def run(
         kill_after=model.parse_duration(kill_after),
         log_lines=log_lines,
         retries=retries,
-        retry_delay=model.parse_duration(retry_delay) if retry_delay is not None else 0.0,
+        retry_delay=0.0 if retry_delay in (None, "0", "0s") else model.parse_duration(retry_delay),
     )
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if claim is not None:

@@ -140,26 +140,21 @@ def check_transition(job_id: str, old: str, new: str, *, force: bool = False) ->
     raise Conflict(f"job {job_id}: {old} → {new} not allowed (use --force)")
 
 
-def derive_status(
-    counts: Mapping[str, int], current: str, *, fail_fast: bool = False, allow_failures: str | None = None
-) -> str:
-    """A parent's status from the counts of its direct children and its failure policy.
+def derive_status(counts: Mapping[str, int], current: str, *, allow_failures: str | None = None) -> str:
+    """A parent's status from the counts of its direct children and its allowance.
 
-    No children: the job keeps its status. More failed children than allowed
-    (`allowed_failures`) with `fail_fast`: failed at once. Else any child
-    pending or running: running. All final: failed if more failed than
-    allowed; cancelled if none completed and some were cancelled (cancelled
-    children are never allowed failures); else completed.
+    No children: the job keeps its status. Any child pending or running:
+    running. All final: failed if more failed than allowed (`allowed_failures`);
+    cancelled if none completed and some were cancelled (cancelled children are
+    never allowed failures); else completed. (Fail-fast acts through the
+    children: see fails_fast.)
     """
     total = sum(counts.get(s, 0) for s in STATUSES)
     if total == 0:
         return current
-    too_many = counts.get(FAILED, 0) > allowed_failures(allow_failures, total)
-    if fail_fast and too_many:
-        return FAILED
     if counts.get(PENDING, 0) or counts.get(RUNNING, 0):
         return RUNNING
-    if too_many:
+    if counts.get(FAILED, 0) > allowed_failures(allow_failures, total):
         return FAILED
     if not counts.get(COMPLETED, 0) and counts.get(CANCELLED, 0):
         return CANCELLED
@@ -167,8 +162,10 @@ def derive_status(
 
 
 def fails_fast(counts: Mapping[str, int], fail_fast: bool, allow_failures: str | None) -> bool:
-    """Whether a fail-fast parent must cancel its unfinished children now: more
-    children failed than allowed while some are still pending or running."""
+    """Whether a fail-fast parent must cancel its unfinished children (at the end
+    of the change that made it so): more children failed than allowed while
+    some are still pending or running. Once they are cancelled, derive_status
+    gives failed."""
     total = sum(counts.get(s, 0) for s in STATUSES)
     return (
         fail_fast
@@ -178,6 +175,12 @@ def fails_fast(counts: Mapping[str, int], fail_fast: bool, allow_failures: str |
 
 
 DERIVED_MESSAGE = "derived from children"
+
+
+def follows_children(counts: Mapping[str, int], status: str, allow: str | None) -> bool:
+    """Whether a parent's status is what its children give (derive_status), and
+    not one set by hand (cancel, --force): only such a parent follows a new policy."""
+    return derive_status(counts, status, allow_failures=allow) == status
 
 
 def derived_message(counts: Mapping[str, int], status: str, allow: str | None) -> str:
@@ -393,9 +396,15 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
     return jobs
 
 
+_second: list = [None, ""]  # the last whole second formatted, and its text
+
+
 def timestamp(t: float) -> str:
     """A Unix time as an ISO 8601 UTC string with microseconds, sortable as text."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+    whole = int(t)
+    if _second[0] != whole:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int(t % 1 * 1e6):06d}Z"
 
 
 def now() -> str:
@@ -421,6 +430,14 @@ def parse_duration(text: str) -> float:
     if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
         raise UsageError(f"bad duration {text!r} (use e.g. 90s, 5m, 1h; at most 100 years)")
     return value
+
+
+def seconds_text(seconds: float) -> str:
+    """300 -> '5m', 90 -> '90s', 7200 -> '2h': for `timed out after 5m`, `retrying in 10s`."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def check_seconds(value: float | None, option: str, *, zero: bool = True) -> float | None:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.console import info
-from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
+from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError, seconds_text
 
 FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
 FLUSH_LINES = 500  # ...or as soon as this many are waiting
@@ -75,14 +75,6 @@ def shorten(text: str, limit: int = NAME_LENGTH) -> str:
 def text_of(raw: bytes) -> str:
     """A line of output as text: not UTF-8 is escaped (\\xNN), and so is NUL, never a crash."""
     return raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
-
-
-def seconds_text(seconds: float) -> str:
-    """300 -> '5m', 90 -> '90s', 7200 -> '2h': for `timed out after 5m`."""
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def signal_name(signum: int) -> str:
@@ -143,6 +135,7 @@ class Execution:
     options: Options
     echo: Callable[[str, bytes], None] | None = None  # (stream, line): where the output goes on screen
     claimed: bool = False  # already set running (claim)
+    one_of_many: bool = False  # --each: a child cancelled before its turn (fail-fast, cancel) is skipped
     env: dict = field(default_factory=dict)  # more environment for the command
     stop_reason: str | None = None  # set from elsewhere (another thread) to stop the command
     proc: subprocess.Popen | None = None
@@ -152,10 +145,14 @@ class Execution:
             job = jc.get(self.job_id)
             message = f"run: {shorten(command_line(self.argv), 1000)}"
             if not self.claimed:
-                check_runnable(job)
-                if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
-                    raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
-            retries = 0
+                try:
+                    check_runnable(job)
+                    if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
+                        raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
+                except (UsageError, model.Conflict):
+                    if self.one_of_many and jc.status(self.job_id) == CANCELLED:
+                        return Outcome(CANCELLED, "cancelled before it started", None, 143)
+                    raise
             while True:
                 started = time.monotonic()
                 output = Output(self.options.log_lines)
@@ -175,65 +172,65 @@ class Execution:
                     except Exception:
                         pass
                     raise
-                if not self._may_retry(outcome, job, retries):
+                if not self._may_retry(outcome, job):
                     return self._finish(jc, outcome, output, time.monotonic() - started)
-                retries += 1
-                delay = backoff(self.options.retry_delay, retries)
-                retrying = Outcome(
-                    PENDING,
-                    f"{outcome.message}; retrying" + (f" in {seconds_text(delay)}" if delay else ""),
-                    outcome.exit_code,
-                    outcome.exit,
-                )
-                recorded = self._finish(jc, retrying, output, time.monotonic() - started, retry_in=delay)
+                delay = backoff(self.options.retry_delay, job["attempt"])
+                recorded = self._finish(jc, outcome, output, time.monotonic() - started, retry_in=delay)
                 if recorded.exit == model.EXIT_DATABASE:
                     return recorded
                 if recorded.status == CANCELLED:  # cancelled from elsewhere as it ended
                     return Outcome(CANCELLED, "cancelled", outcome.exit_code, 143)
-                if recorded.status != PENDING:  # no attempt left after all
+                if recorded.status != PENDING:  # no attempt left after all (a cap set meanwhile)
                     return outcome
-                if not self._back_off(jc, delay):
-                    reason = self.stop_reason or ""
-                    if reason.startswith("interrupted"):
-                        return Outcome(CANCELLED, "interrupted", None, 128 + int(reason.split(":")[1]))
+                if self.stop_reason == "timeout":  # that attempt's timeout; the next has its own
+                    self.stop_reason = None
+                waited = self._back_off(jc, delay)
+                if waited == "interrupted":
+                    signum = int((self.stop_reason or "interrupted:2").split(":")[1])
+                    return Outcome(CANCELLED, "interrupted", None, 128 + signum)
+                if waited == "cancelled":
                     return Outcome(CANCELLED, "cancelled", None, 143)
-                self.stop_reason = None
-                if not jc.set_status([self.job_id], RUNNING, message=message):  # claimed elsewhere meanwhile
-                    return outcome
+                if waited == "taken" or not jc.set_status([self.job_id], RUNNING, message=message):
+                    return outcome  # another worker runs the next attempt
                 job = jc.get(self.job_id)
 
-    def _may_retry(self, outcome: Outcome, job: dict, retries: int) -> bool:
-        """A failed command runs again while this run's --retries allow (without
-        --retries: while the job's --max-attempts does) and attempts are left."""
+    def _may_retry(self, outcome: Outcome, job: dict) -> bool:
+        """Whether a failed (or timed-out) command runs again: --retries N lets a
+        job run N + 1 attempts in all (its attempt counter, whoever ran them);
+        without --retries, its --max-attempts does; never past its cap."""
         if outcome.status != FAILED or self.stop_reason not in (None, "timeout"):
             return False
-        if self.options.retries is None:
-            if job["max_attempts"] is None:
-                return False
-        elif retries >= self.options.retries:
-            return False
-        return job["max_attempts"] is None or job["attempt"] < job["max_attempts"]
+        cap = job["max_attempts"]
+        if self.options.retries is not None:
+            cap = min(cap or model.MAX_INT, self.options.retries + 1)
+        return cap is not None and job["attempt"] < cap
 
-    def _back_off(self, jc: Jobctl, delay: float) -> bool:
-        """Wait `delay` seconds before the next attempt; False if the job was
-        cancelled meanwhile or this run was stopped."""
+    def _back_off(self, jc: Jobctl, delay: float) -> str:
+        """Wait `delay` seconds before the next attempt: "ready", or why not:
+        "interrupted" (the job is then cancelled), "cancelled" (from
+        elsewhere), "taken" (another worker started it)."""
         deadline = time.monotonic() + delay
         next_check = 0.0
         while True:
             now = time.monotonic()
-            if self.stop_reason is not None:
-                if self.stop_reason.startswith("interrupted"):
-                    self._write(jc.set_status, [self.job_id], CANCELLED, "interrupted")
-                return False
+            if (self.stop_reason or "").startswith("interrupted"):
+                try:
+                    jc.set_status([self.job_id], CANCELLED, message="interrupted")
+                except (DatabaseUnusable, model.Conflict):
+                    pass  # (the job moved on meanwhile, or the database is busy: reap finds it)
+                return "interrupted"
+            if self.stop_reason is not None:  # stopped with the others (--each)
+                return "cancelled"
             if now >= next_check:
                 next_check = now + CHECK_SECONDS
                 try:
-                    if jc.status(self.job_id) != PENDING:
-                        return False
+                    status = jc.status(self.job_id)
                 except DatabaseUnusable:
-                    pass
+                    status = PENDING
+                if status != PENDING:
+                    return "cancelled" if status == CANCELLED else "taken"
             if now >= deadline:
-                return True
+                return "ready"
             time.sleep(min(0.1, deadline - now))
 
     # ------------------------------------------------------------- the child
@@ -374,7 +371,8 @@ class Execution:
     ) -> Outcome:
         """The outcome, in one transaction with the last output; retried within the
         busy (or connect) timeout when the database is unusable for a while.
-        Returns it with the status the job has now."""
+        With `retry_in`, a failure goes back to pending if the job has an attempt
+        left (see Jobctl.finish). Returns it with the status the job has now."""
         lines = output.take() + output.last()
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
         while True:
@@ -396,10 +394,10 @@ class Execution:
                 time.sleep(0.2)
 
 
-def backoff(delay: float, retry: int) -> float:
-    """The wait before re-run number `retry` (1, 2, ...): `delay`, then doubling, at most an hour
-    (or `delay` itself, if longer)."""
-    return min(delay * 2 ** (retry - 1), max(delay, 3600.0))
+def backoff(delay: float, attempt: int) -> float:
+    """The wait after attempt number `attempt` (1, 2, ...) failed: `delay`, then
+    doubling, at most an hour (or `delay` itself, if longer)."""
+    return min(delay * 2 ** min(attempt - 1, 32), max(delay, 3600.0))
 
 
 def exit_of(code: int) -> int:
@@ -599,7 +597,7 @@ def run_each(
                 echo = ordered.echo(job_id, output_lines)
             elif output_lines:
                 echo = prefixed(job_id, out_lock)
-            pool.run(Execution(resolved, job_id, substitute(argv, line), options, echo=echo))
+            pool.run(Execution(resolved, job_id, substitute(argv, line), options, echo=echo, one_of_many=True))
             if ordered is not None:
                 ordered.finished(job_id)
 

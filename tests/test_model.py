@@ -415,48 +415,55 @@ def test_in_tree_grows_with_jobs_created_under_it():
 
 
 # ------------------------------------------------------------ failure policies
-@pytest.mark.parametrize("counts,fail_fast,allow,expected", [
-    # no policy: today's rules
-    (c(p=2, f=1), False, None, RUNNING),
-    (c(co=2, f=1), False, None, FAILED),
-    # fail-fast: more failed than allowed fails the parent at once, even with children active
-    (c(p=2, f=1), True, None, FAILED),
-    (c(r=1, co=5, f=1), True, None, FAILED),
-    (c(p=2, co=1), True, None, RUNNING),
-    # fail-fast with an allowance: within it, keep going
-    (c(p=2, f=1), True, "1", RUNNING),
-    (c(p=2, f=2), True, "1", FAILED),
-    (c(co=2, f=1), True, "1", COMPLETED),
-    # allowed failures, at exactly the boundary and one past it
-    (c(co=106, f=2), False, "2", COMPLETED),
-    (c(co=105, f=3), False, "2", FAILED),
-    (c(p=1, f=3), False, "2", RUNNING),  # without fail-fast the parent waits for every child
+@pytest.mark.parametrize("counts,allow,expected", [
+    # no allowance: today's rules
+    (c(p=2, f=1), None, RUNNING),
+    (c(co=2, f=1), None, FAILED),
+    # an allowance decides when all are final: at exactly the boundary, and one past it
+    (c(co=106, f=2), "2", COMPLETED),
+    (c(co=105, f=3), "2", FAILED),
+    (c(p=1, f=3), "2", RUNNING),  # the parent waits for every child (fail-fast acts through them)
+    (c(co=2, f=1), "1", COMPLETED),
     # percentages round down: 5% of 108 is 5.4, so 5 failed may, 6 may not
-    (c(co=103, f=5), False, "5%", COMPLETED),
-    (c(co=102, f=6), False, "5%", FAILED),
-    (c(co=19, f=1), False, "5%", COMPLETED),  # 5% of 20 is exactly 1
-    (c(co=18, f=1), False, "5%", FAILED),  # 5% of 19 is 0.95: none
-    (c(co=39, f=1), False, "2.5%", COMPLETED),  # 2.5% of 40 is exactly 1
-    (c(co=38, f=1), False, "2.5%", FAILED),
-    (c(f=3), False, "100%", COMPLETED),  # all may fail
+    (c(co=103, f=5), "5%", COMPLETED),
+    (c(co=102, f=6), "5%", FAILED),
+    (c(co=19, f=1), "5%", COMPLETED),  # 5% of 20 is exactly 1
+    (c(co=18, f=1), "5%", FAILED),  # 5% of 19 is 0.95: none
+    (c(co=39, f=1), "2.5%", COMPLETED),  # 2.5% of 40 is exactly 1
+    (c(co=38, f=1), "2.5%", FAILED),
+    (c(f=3), "100%", COMPLETED),  # all may fail
     # cancelled children are never allowed failures: with none completed, cancelled
-    (c(f=1, ca=2), False, "1", CANCELLED),
-    (c(co=1, f=1, ca=2), False, "1", COMPLETED),
-    (c(ca=3), False, "5", CANCELLED),
-    (c(co=2, ca=1), True, None, COMPLETED),
+    (c(f=1, ca=2), "1", CANCELLED),
+    (c(co=1, f=1, ca=2), "1", COMPLETED),
+    (c(ca=3), "5", CANCELLED),
+    # after a fail-fast cascade: the failures and the cancelled rest
+    (c(co=2, f=1, ca=3), None, FAILED),
+    (c(f=2, ca=3), "1", FAILED),
     # nesting: a failed sub-parent is one failed child of its parent, like any other
-    (c(co=3, f=1), False, "1", COMPLETED),
+    (c(co=3, f=1), "1", COMPLETED),
 ])
 @pytest.mark.parametrize("current", [PENDING, RUNNING, FAILED])
-def test_derive_with_policy(counts, fail_fast, allow, expected, current):
-    assert model.derive_status(counts, current, fail_fast=fail_fast, allow_failures=allow) == expected
+def test_derive_with_an_allowance(counts, allow, expected, current):
+    assert model.derive_status(counts, current, allow_failures=allow) == expected
 
 
-@pytest.mark.parametrize("fail_fast,allow", [(True, None), (False, "3"), (True, "50%")])
-def test_derive_with_policy_and_no_children_keeps_current(fail_fast, allow):
+@pytest.mark.parametrize("allow", [None, "3", "50%"])
+def test_derive_with_an_allowance_and_no_children_keeps_current(allow):
     for current in STATUSES:
-        assert model.derive_status(c(), current, fail_fast=fail_fast, allow_failures=allow) == current
+        assert model.derive_status(c(), current, allow_failures=allow) == current
     assert model.allowed_failures(allow, 0) == (3 if allow == "3" else 0)
+
+
+@pytest.mark.parametrize("counts,status,allow,follows", [
+    (c(co=1, ca=2), CANCELLED, None, False),  # cancelled by hand: its children say completed
+    (c(co=3), FAILED, None, False),  # forced
+    (c(co=2, f=1), FAILED, None, True),
+    (c(co=2, f=1), COMPLETED, "1", True),
+    (c(p=1), RUNNING, None, True),
+    (c(), PENDING, None, True),  # no children: whatever it is
+])
+def test_follows_children(counts, status, allow, follows):
+    assert model.follows_children(counts, status, allow) is follows
 
 
 @pytest.mark.parametrize("counts,fail_fast,allow,expected", [

@@ -323,14 +323,76 @@ def test_claim_does_not_take_a_child_before_its_backoff_ends(db, jc):
 def test_a_run_outcome_with_attempts_left_goes_back_to_pending_with_a_backoff(jc):
     (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=2)
     jc.set_status([kid], "running")
-    assert (
-        jc.finish(kid, "pending", message="exit code 1; retrying in 1m", exit_code=1, duration=0.5, retry_in=60)
-        == "pending"
-    )
+    assert jc.finish(kid, "failed", message="exit code 1", exit_code=1, duration=0.5, retry_in=60) == "pending"
+    assert jc.events(job=kid)[-1]["message"] == "exit code 1; retrying in 1m"
     job = jc.get(kid)
     assert job["attempt"] == 2 and job["not_before"] > job["updated_at"]
     assert jc.claim(job["parent_id"]) is None  # backing off
     jc.set_status([kid], "running")
-    # attempt 2 of 2: a retry is out of the cap, so the outcome is a failure
-    assert jc.finish(kid, "pending", message="exit code 1", exit_code=1, duration=0.1) == "failed"
+    # attempt 2 of 2: a retry is out of the cap, so the outcome is a failure, and says no more
+    assert jc.finish(kid, "failed", message="exit code 1", exit_code=1, duration=0.1, retry_in=0) == "failed"
+    assert jc.events(job=kid)[-1]["message"] == "exit code 1"
     assert jc.verify() == []
+
+
+# ------------------------------------- several jobs in one change, by-hand statuses
+def test_a_change_of_several_children_applies_to_all_before_fail_fast_settles(jc):
+    p = jc.create("p", fail_fast=True)
+    kids = jc.spawn(p, count=4)
+    since = jc.events()[-1]["id"]
+    assert jc.set_status(kids[:2], "failed") == kids[:2]  # not refused because the first cancelled the second
+    assert statuses(jc, p) == {kids[0]: "failed", kids[1]: "failed", kids[2]: "cancelled", kids[3]: "cancelled"}
+    got = changes_since(jc, since)
+    assert [g[0] for g in got[:2]] == kids[:2] and got[-1][:3] == (p, "running", "failed")
+    assert {g[3] for g in got[2:]} == {f"fail-fast: {kids[0]} failed"}
+    assert jc.verify() == []
+
+
+def test_reap_under_a_fail_fast_parent_reaps_first_then_cancels_the_rest(jc):
+    p = jc.create("p", fail_fast=True)
+    capped = jc.spawn(p, count=1, max_attempts=1)[0]
+    others = jc.spawn(p, count=2, max_attempts=5)
+    jc.set_status([capped, others[0]], "running")
+    since = jc.events()[-1]["id"]
+    assert jc.reap(1e-6, to="pending") == [capped, others[0]]
+    got = changes_since(jc, since)
+    # the capped one fails (no attempt left), the other goes back to pending; then the cascade
+    assert got[0] == (capped, "running", "failed", "heartbeat lost; no attempts left (1/1)")
+    assert got[1] == (others[0], "running", "pending", "heartbeat lost")
+    assert sorted(g[:3] for g in got[2:4]) == [(others[0], "pending", "cancelled"), (others[1], "pending", "cancelled")]
+    assert got[4][:3] == (p, "running", "failed") and len(got) == 5  # nothing changes a final status after
+    assert jc.verify() == []
+
+
+def test_policy_set_leaves_a_status_set_by_hand_alone(jc):
+    p = jc.create("p")
+    kids = jc.spawn(p, count=3)
+    jc.set_status([kids[0]], "completed")
+    jc.cancel(p)
+    jc.set_policy(p, max_attempts=3)
+    assert jc.status(p) == "cancelled"  # its children would say completed: it was cancelled by hand
+    q = jc.create("q")
+    kids = jc.spawn(q, count=3)
+    jc.set_status(kids[:2], "completed")
+    jc.set_status(kids[2:], "failed")
+    assert jc.status(q) == "failed"
+    jc.set_policy(q, allow_failures="1")  # a derived status follows the new allowance: on call, "that one is fine"
+    assert jc.status(q) == "completed" and jc.get(q)["policy"]["allowance_used"] is True
+    assert jc.verify() == []
+
+
+def test_a_child_created_under_a_capped_parent_gets_its_cap(jc):
+    p = jc.create("p", max_attempts=4)
+    assert jc.get(jc.create("one", parent=p))["max_attempts"] == 4
+    assert jc.get(jc.create("own", parent=p, max_attempts=2))["max_attempts"] == 2
+
+
+def test_claim_says_when_the_next_retry_is_due(db, jc):
+    p = jc.create("p")
+    (kid,) = jc.spawn(p, count=1, max_attempts=3)
+    jc.set_status([kid], "running")
+    jc.finish(kid, "failed", message="exit code 1", exit_code=1, duration=0.1, retry_in=3600)
+    result = run("claim", p, db=db)
+    due = jc.get(kid)["not_before"]
+    assert result.returncode == 3
+    assert result.stderr == f"jobctl: error: job {p} has no pending child ready: the next retry is due at {due}\n"

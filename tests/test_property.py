@@ -41,17 +41,15 @@ def allowed(allow: str | None, total: int) -> int:
     return int(allow)
 
 
-def derived(counts: Counter, current: str, fail_fast: bool = False, allow: str | None = None) -> str:
-    """A parent's status from its direct children's statuses and its failure policy."""
+def derived(counts: Counter, current: str, allow: str | None = None) -> str:
+    """A parent's status from its direct children's statuses and its allowance
+    (fail-fast acts through the children: it cancels them)."""
     total = sum(counts.values())
     if total == 0:
         return current
-    too_many = counts[FAILED] > allowed(allow, total)
-    if fail_fast and too_many:
-        return FAILED
     if counts[PENDING] or counts[RUNNING]:
         return RUNNING
-    if too_many:
+    if counts[FAILED] > allowed(allow, total):
         return FAILED
     if counts[CANCELLED] and not counts[COMPLETED]:
         return CANCELLED
@@ -65,12 +63,14 @@ class Model:
         self.jobs: dict[str, dict] = {}  # id -> {status, parent, name, kids: [ids]}
         self.order: list[str] = []  # creation order (the jobs table's rowid order)
         self.events = 0
+        self.due: dict[str, str] = {}  # fail-fast parents to settle at the end of the operation
 
     def copy(self) -> "Model":
         m = Model()
         m.jobs = {k: dict(v, kids=list(v["kids"])) for k, v in self.jobs.items()}
         m.order = list(self.order)
         m.events = self.events
+        m.due = dict(self.due)
         return m
 
     def status(self, jid: str) -> str:
@@ -90,6 +90,7 @@ class Model:
                 self.jobs[parent]["kids"].append(jid)
         if parent is not None:
             self.roll_up(parent, frozenset())
+        self.settle()
 
     def set(self, jid: str, new: str, frozen: frozenset = frozenset()) -> bool:
         job = self.jobs[jid]
@@ -108,13 +109,25 @@ class Model:
         if pid in frozen:
             return
         p = self.jobs[pid]
-        counts = self.counts(pid)
-        if (failed_child is not None and p["fail_fast"] and (counts[PENDING] or counts[RUNNING])
-                and counts[FAILED] > allowed(p["allow"], sum(counts.values()))):
-            self.fail_fast(pid, frozen)
-        d = derived(self.counts(pid), self.status(pid), p["fail_fast"], p["allow"])
+        if failed_child is not None and self.too_many_failed_while_open(pid):
+            self.due.setdefault(pid, failed_child)
+        d = derived(self.counts(pid), self.status(pid), p["allow"])
         if d != self.status(pid):
             self.set(pid, d, frozen)
+
+    def too_many_failed_while_open(self, pid: str) -> bool:
+        p, counts = self.jobs[pid], self.counts(pid)
+        return (p["fail_fast"] and bool(counts[PENDING] or counts[RUNNING])
+                and counts[FAILED] > allowed(p["allow"], sum(counts.values())))
+
+    def settle(self) -> None:
+        """At the end of an operation: each fail-fast parent due cancels what is unfinished below it, then fails."""
+        while self.due:
+            pid = next(iter(self.due))
+            del self.due[pid]
+            if self.too_many_failed_while_open(pid):
+                self.fail_fast(pid, frozenset())
+                self.roll_up(pid, frozenset())
 
     def fail_fast(self, pid: str, frozen: frozenset) -> None:
         """Every unfinished job below pid cancelled, deepest first, before pid's own change."""
@@ -132,13 +145,14 @@ class Model:
         new = {**{k: job[k] for k in ("fail_fast", "allow", "max")}, **change}
         if all(job[k] == v for k, v in new.items()):
             return
+        by_hand = derived(self.counts(jid), job["status"], job["allow"]) != job["status"]  # cancel, --force
         job.update(new)
         self.events += 1
-        counts = self.counts(jid)
-        if (job["fail_fast"] and (counts[PENDING] or counts[RUNNING])
-                and counts[FAILED] > allowed(job["allow"], sum(counts.values()))):
-            self.fail_fast(jid, frozenset())
-        self.roll_up(jid, frozenset())
+        if self.too_many_failed_while_open(jid):
+            self.due[jid] = "first failed child"
+        elif not by_hand:
+            self.roll_up(jid, frozenset())
+        self.settle()
 
     def subtree(self, jid: str) -> list[str]:
         """The job and its descendants, by depth, then creation order."""
@@ -162,6 +176,7 @@ class Model:
                 raise jobctl.Conflict(f"{jid} has children")
             self.set(jid, new)
             changed.append(jid)
+        self.settle()
         return changed
 
     def cancel(self, jid: str) -> list[str]:
@@ -171,6 +186,7 @@ class Model:
         frozen = frozenset(targets)
         for t in targets:
             assert self.set(t, CANCELLED, frozen)
+        self.settle()
         return targets
 
     def retry(self, jid: str, failed_children: bool) -> list[str]:
@@ -193,6 +209,7 @@ class Model:
             raise jobctl.Conflict(f"none of {targets} has attempts left")
         for t in kept:
             assert self.set(t, PENDING)
+        self.settle()
         return kept
 
 
@@ -271,7 +288,7 @@ class JobctlMachine(RuleBasedStateMachine):
         parent = data.draw(st.sampled_from(self.open_jobs()), label="parent")
         jid = self.jc.create(name, parent=parent)
         assert jid == f"{parent}.{len(self.m.jobs[parent]['kids']) + 1}"
-        self.m.add(parent, [(jid, name)])
+        self.m.add(parent, [(jid, name)], max_attempts=self.m.jobs[parent]["max"])  # the parent's cap
 
     @precondition(lambda self: self.open_jobs())
     @rule(data=st.data(), n=st.integers(1, 5), cap=st.sampled_from([None, None, 1, 2]))
@@ -307,9 +324,10 @@ class JobctlMachine(RuleBasedStateMachine):
         self.jc.set_policy(jid, **kwargs)
         self.m.set_policy(jid, change)
         cancelled = [e for e in self.jc.events(since=since) if (e["message"] or "").startswith("fail-fast: ")]
-        for e in cancelled:  # each cancelled one names a failed child of the job
+        for e in cancelled:  # each names a child of a fail-fast parent that had failed
             named = e["message"].split(" ")[1]
-            assert self.m.jobs[named]["parent"] == jid and self.m.status(named) == FAILED
+            assert self.m.jobs[self.m.jobs[named]["parent"]]["fail_fast"]
+            assert any(x["job_id"] == named and x["new_status"] == FAILED for x in self.jc.events(job=named))
 
     @precondition(lambda self: self.final_jobs())
     @rule(data=st.data(), name=names, how=st.sampled_from(["create", "spawn"]))
@@ -418,8 +436,9 @@ class JobctlMachine(RuleBasedStateMachine):
         for jid in expected:
             # a job without attempts left cannot go back to pending: it fails
             self.m.set(jid, to if to == FAILED or self.m.attempts_left(jid) else FAILED)
-        for jid in expected:
-            assert "heartbeat lost" in self.jc.logs(jid)[-1]["text"]
+        self.m.settle()
+        for jid in expected:  # (a fail-fast parent may have cancelled it after)
+            assert any("heartbeat lost" in x["text"] for x in self.jc.logs(jid)[-2:])
 
     # ---------------------------------------------------------- invariants
     @invariant()

@@ -453,3 +453,59 @@ def test_fail_fast_stops_the_running_commands_of_the_other_children(db, tmp_path
         assert set(why.values()) == {f"fail-fast: {kids['bad']['id']} failed"}
         assert jc.status(parent) == "failed" and jc.verify() == []
     assert f"failed: {kids['bad']['id']} bad: exit code 7" in out  # the summary names the failure
+
+
+def test_a_timed_out_command_is_retried_with_a_timeout_of_its_own(db, tmp_path):
+    with Jobctl(db) as jc:
+        job = jc.create("slow once")
+    # the first attempt hangs (and is stopped at the timeout), the second is quick
+    script = 'n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count; if [ $n = 0 ]; then sleep 60; fi'
+    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--retries", "1", "--timeout", "1s", "--", "sh", "-c",
+                             script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with Jobctl(db) as jc:
+        events = [(e["new_status"], e["message"]) for e in jc.events(job=job) if e["kind"] == "status"]
+        assert (jc.status(job), jc.get(job)["attempt"]) == ("completed", 2)
+    assert events[1] == ("pending", "timed out after 1s; retrying")
+
+
+def test_ctrl_c_during_the_backoff_cancels_the_job(db):
+    with Jobctl(db) as jc:
+        job = jc.create("flaky")
+    proc = start(db, job, "--retries", "2", "--retry-delay", "1h", "--", "false")
+    with Jobctl(db) as jc:
+        waker = jc.store.waker(0.1)
+        while jc.status(job) != "pending" or jc.get(job)["attempt"] != 2:  # failed once: backing off
+            waker.wait(0.1)
+        waker.close()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    with Jobctl(db) as jc:
+        assert jc.status(job) == "cancelled"
+        assert [e["message"] for e in jc.events(job=job)][-1] == "interrupted"
+
+
+def test_retries_count_the_job_s_attempts_whoever_ran_them(db, tmp_path):
+    with Jobctl(db) as jc:
+        job = jc.create("j")
+        jc.set_status([job], "running")
+        jc.set_status([job], "failed")
+        jc.retry(job)  # attempt 2 now
+    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--retries", "2", "--", "sh", "-c", COUNTING.format(9)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == "try 1\ntry 2\n"  # attempts 2 and 3: 3 in all
+    from jobctl.run import backoff
+    assert backoff(5.0, 1) == 5.0 and backoff(5.0, 3) == 20.0 and backoff(5.0, 5000) == 3600.0
+    assert backoff(0.0, 2000) == 0.0
+
+
+def test_fail_fast_with_inputs_still_queued_skips_them_cleanly(db_path):
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p", fail_fast=True)
+    result = run("run", "--parent", parent, "--each", "--jobs", "1", "--", "sh", "-c", "exit 1", db=db_path,
+                 input="a\nb\nc\nd\n")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Exception" not in result.stderr
+    with Jobctl(db_path) as jc:
+        assert [k["status"] for k in jc.list(parent=parent)] == ["failed", "cancelled", "cancelled", "cancelled"]
+        assert jc.verify() == []

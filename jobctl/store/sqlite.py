@@ -39,6 +39,7 @@ _UPSERT_COUNTS = (
     " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES)
 )
 _ACTIVE = "('pending', 'running')"
+_COUNT_KEYS = tuple((s, f"c_{s}") for s in STATUSES)
 _INSERT_EVENT = f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 _ALIVE_AT = "max(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _JOBS_WITH_COUNTS = (
@@ -51,8 +52,18 @@ _event_row = itemgetter(*EVENT_COLUMNS)
 _status_row = itemgetter("status", "started_at", "completed_at", "updated_at", "attempt", "not_before", "id")
 
 
+_names: dict[int, tuple[tuple, tuple]] = {}  # id(cursor.description) -> (description, its column names)
+
+
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
-    return {d[0]: v for d, v in zip(cursor.description, row)}
+    """A row as a dict; the column names are worked out once per result."""
+    description = cursor.description
+    known = _names.get(id(description))
+    if known is None or known[0] is not description:
+        known = _names[id(description)] = (description, tuple(d[0] for d in description))
+        if len(_names) > 64:  # a cursor's description lives as long as its result: keep a few
+            _names.pop(next(iter(_names)))
+    return dict(zip(known[1], row))
 
 
 def busy_timeout_from_env() -> float:
@@ -267,7 +278,7 @@ class SqliteStore(SqlQueries):
                 where = f"jobs.id IN ({marks}) OR jobs.id IN (SELECT parent_id FROM jobs WHERE id IN ({marks}))"
                 chunk = [*chunk, *chunk]
             for row in self._query(f"{_JOBS_WITH_COUNTS} WHERE {where}", chunk):
-                counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
+                counts[row["id"]] = {s: row.pop(c) or 0 for s, c in _COUNT_KEYS}
                 jobs[row["id"]] = row
         return jobs, counts
 
