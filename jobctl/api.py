@@ -263,7 +263,17 @@ class _Change:
     def cancel_unfinished(self, parent: dict, message: str) -> None:
         """Cancel every unfinished descendant of `parent`, deepest first, each with
         its event (fail-fast); the parent's own status is derived afterwards, so
-        its event comes after all of theirs."""
+        its event comes after all of theirs. Set-based in the store, after this
+        change's writes so far (which the store must see); what this change had
+        read is read again."""
+        self.write_pending()
+        if self.store.cancel_subtree(parent["id"], message, self.at, below=True) is not None:
+            self.jobs.clear()
+            self.counts.clear()
+            parent.update(self.job(parent["id"]))  # the caller's copy stays this change's copy
+            self.jobs[parent["id"]] = parent
+            return
+        # a final job with unfinished children below (--force made it): job by job
         targets = [j for j in reversed(self.subtree(parent["id"])) if j["status"] not in TERMINAL]
         targets = [j for j in targets if j["id"] != parent["id"]]
         before = set(self.frozen)
@@ -314,12 +324,19 @@ class _Change:
 
     def flush(self) -> None:
         self.settle()
+        self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write what this change did so far: rows, kept counts, events (in order)."""
         if self.dirty:
             self.store.update_statuses(self.dirty.values())
+            self.dirty = {}
         if self.deltas:
             self.store.apply_count_deltas(self.deltas)
+            self.deltas = {}
         if self.events:
             self.store.insert_events(self.events)
+            self.events = []
 
 
 def transaction(method: Callable[..., T]) -> Callable[..., T]:

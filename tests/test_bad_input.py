@@ -381,6 +381,20 @@ CASES = [
     c("create-id-empty", 2, "create", "x", "--id", "", expect="bad job id"),
     c("create-id-leading-dot", 2, "create", "x", "--id", ".hidden", expect="bad job id"),
     c("create-id-201-chars", 2, "create", "x", "--id", "i" * 201, expect="bad job id"),
+    # --- failure policies and retries
+    c("create-allow-failures-word", 2, "create", "x", "--allow-failures", "lots", expect="bad --allow-failures"),
+    c("create-allow-failures-101-percent", 2, "create", "x", "--allow-failures", "101%",
+      expect="bad --allow-failures"),
+    c("create-max-attempts-zero", 2, "create", "x", "--max-attempts", "0", expect="--max-attempts must be"),
+    c("spawn-max-attempts-negative", 2, "spawn", "P", "--count", "2", "--max-attempts", "-3",
+      expect="--max-attempts must be"),
+    c("policy-set-nothing", 2, "policy", "set", "P", expect="no policy given"),
+    c("policy-set-unknown", 3, "policy", "set", "nope", "--fail-fast", expect=NOT_FOUND),
+    c("policy-set-max-attempts-word", 2, "policy", "set", "P", "--max-attempts", "many",
+      expect="--max-attempts takes a number"),
+    c("run-retries-negative", 2, "run", "P.1", "--retries", "-1", "--", "true", expect="--retries must be"),
+    c("run-retry-delay-bad", 2, "run", "P.1", "--retry-delay", "soon", "--", "true", expect="bad duration"),
+    c("watch-report-unknown-format", 2, "watch", "P", "--report", "pdf", expect="unknown report format"),
 
     # --- databases jobctl must refuse and leave alone (exit 5)
     c("db-directory", 5, "create", "x", db="directory", expect="is a directory"),

@@ -396,3 +396,23 @@ def test_claim_says_when_the_next_retry_is_due(db, jc):
     due = jc.get(kid)["not_before"]
     assert result.returncode == 3
     assert result.stderr == f"jobctl: error: job {p} has no pending child ready: the next retry is due at {due}\n"
+
+
+def test_big_changes_cross_the_store_s_chunks_and_fail_fast_settles_set_based(jc):
+    """More ids than one statement takes (the store reads and writes 500 at a time),
+    and a fail-fast cascade over a big subtree, done in SQL: the same result as
+    job by job, verify clean."""
+    p = jc.create("p", fail_fast=True)
+    kids = jc.spawn(p, count=1_200)
+    grand = jc.spawn(kids[-1], count=700)  # unfinished below an unfinished child: cancelled too
+    assert jc.set_status(kids[:1_100], "running") == kids[:1_100]
+    assert jc.set_status(kids[:600], "completed") == kids[:600]
+    since = jc.events()[-1]["id"]
+    jc.set_status([kids[700]], "failed", message="boom")
+    got = changes_since(jc, since)
+    assert got[0] == (kids[700], "running", "failed", "boom")
+    assert len(got) == 1 + (1_200 - 600 - 1) + 700 + 1 and got[-1][:3] == (p, "running", "failed")
+    assert {g[3] for g in got[1:]} == {f"fail-fast: {kids[700]} failed"}
+    assert [g[0] for g in got[1:701]] == grand[::-1]  # deepest first, newest first
+    assert jc.progress(p)["progress_text"] == "0 pending, 0 running, 600 completed, 1 failed, 599 cancelled"
+    assert jc.verify() == []

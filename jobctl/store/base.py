@@ -170,15 +170,15 @@ class Store(Protocol):
     def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
         """Write a job's failure policy and attempt cap."""
 
-    def cancel_subtree(self, job_id: str, message: str, at: str) -> list[str] | None:
-        """Cancel the job and every unfinished descendant in a few set-based
-        statements (a million children never pass through Python): a status
-        event each, deepest first (siblings newest first), the job's own last;
-        the rows; the kept counts of every parent inside the subtree (the job's
-        own parent is the caller's, with the roll-up). Returns the ids cancelled,
-        in event order; None, with nothing written, when the subtree holds a
-        final job with an unfinished child (only --force makes one), whose
-        status must be derived again job by job."""
+    def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
+        """Cancel the job (not with `below`: only what is below it) and every
+        unfinished descendant in a few set-based statements (a million children
+        never pass through Python): a status event each, deepest first (siblings
+        newest first), the job's own last; the rows; the kept counts of every
+        parent inside the subtree (the job's own parent is the caller's, with the
+        roll-up). Returns the ids cancelled, in event order; None, with nothing
+        written, when the subtree holds a final job with an unfinished child
+        (only --force makes one), whose status must be derived again job by job."""
 
     def last_child_number(self, parent_id: str) -> int:
         """The highest N of any job id `<parent_id>.N`."""

@@ -549,7 +549,7 @@ class PostgresStore(SqlQueries):
             .decode()
         )
 
-    def cancel_subtree(self, job_id: str, message: str, at: str) -> list[str] | None:
+    def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         if self.deferred:  # what this transaction wrote so far comes first
             self._execute("; ".join(self.deferred))
             self.deferred = []
@@ -559,7 +559,7 @@ class PostgresStore(SqlQueries):
             ' WITH RECURSIVE t(id, depth) AS (SELECT %s::text COLLATE "C", 0 UNION ALL'
             " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
             " SELECT j.id, j.parent_id, j.root_id, j.status, j.attempt, j.max_attempts, t.depth, j.seq AS ord"
-            f" FROM t JOIN jobs j ON j.id = t.id WHERE j.status IN {active}",
+            f" FROM t JOIN jobs j ON j.id = t.id WHERE j.status IN {active}" + (" AND t.depth > 0" if below else ""),
             (job_id,),
         )
         mixed = self._query(

@@ -290,9 +290,11 @@ class SqliteStore(SqlQueries):
             chunk = ids[i : i + CHUNK]
             marks = ",".join("?" * len(chunk))
             where = f"jobs.id IN ({marks})"
-            if parents:  # (a UNION of the ids and their parents' plans better than an OR)
-                values = ",".join(["(?)"] * len(chunk))
-                where = f"jobs.id IN (VALUES {values} UNION ALL SELECT parent_id FROM jobs WHERE id IN ({marks}))"
+            if parents and len(chunk) == 1:  # (the common case: a UNION plans better than an OR)
+                where = "jobs.id IN (VALUES (?) UNION ALL SELECT parent_id FROM jobs WHERE id = ?)"
+                chunk = [*chunk, *chunk]
+            elif parents:
+                where = f"jobs.id IN ({marks}) OR jobs.id IN (SELECT parent_id FROM jobs WHERE id IN ({marks}))"
                 chunk = [*chunk, *chunk]
             for row in self._query(f"{_JOBS_WITH_COUNTS} WHERE {where}", chunk):
                 counts[row["id"]] = {s: row.pop(c) or 0 for s, c in _COUNT_KEYS}
@@ -328,14 +330,15 @@ class SqliteStore(SqlQueries):
             (fail_fast, allow_failures, max_attempts, job_id),
         )
 
-    def cancel_subtree(self, job_id: str, message: str, at: str) -> list[str] | None:
+    def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         c = self.conn
         c.execute("DROP TABLE IF EXISTS temp.cancel_tree")
         c.execute(
             "CREATE TEMP TABLE cancel_tree AS WITH RECURSIVE t(id, depth) AS (SELECT ?, 0 UNION ALL"
             " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
             " SELECT jobs.id, jobs.parent_id, jobs.root_id, jobs.status, jobs.attempt, jobs.max_attempts,"
-            f" t.depth, jobs.rowid AS ord FROM t JOIN jobs ON jobs.id = t.id WHERE jobs.status IN {_ACTIVE}",
+            f" t.depth, jobs.rowid AS ord FROM t JOIN jobs ON jobs.id = t.id WHERE jobs.status IN {_ACTIVE}"
+            + (" AND t.depth > 0" if below else ""),
             (job_id,),
         )
         try:
