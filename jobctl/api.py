@@ -300,26 +300,11 @@ class _Change:
         """Insert a chunk of new pending children with their create events at once,
         keeping none of them in this change (a spawn of a million stays small
         in memory); IdTaken if an id is taken, with nothing of this chunk written."""
-        self.store.insert_jobs(jobs)
         if self.events:  # whatever came before, first: events stay in order
             self.store.insert_events(self.events)
             self.events = []
         cap = jobs[0]["max_attempts"] if jobs else None  # a spawn's children share it
-        base = {
-            "parent_id": parent["id"],
-            "root_id": parent["root_id"],
-            "kind": CREATE,
-            "old_status": None,
-            "new_status": PENDING,
-            "at": self.at,
-            "message": model.policy_text(0, None, cap),
-            "log_id": None,
-            "exit_code": None,
-            "duration": None,
-            "attempt": 1,
-            "max_attempts": cap,
-        }
-        self.store.insert_events([{**base, "job_id": j["id"]} for j in jobs])
+        self.store.insert_children(jobs, model.policy_text(0, None, cap))
         self.child_changed(parent["id"], None, PENDING, n=len(jobs))
 
     def flush(self) -> None:

@@ -161,6 +161,11 @@ class Store(Protocol):
     def insert_jobs(self, jobs: Sequence[dict]) -> None:
         """All or none: IdTaken if one of the ids exists, with nothing inserted."""
 
+    def insert_children(self, jobs: Sequence[dict], message: str | None) -> None:
+        """Insert new pending jobs (every key of JOB_COLUMNS present; a spawn's
+        chunk) and a `create` event for each, in their order, carrying `message`
+        and each job's attempt and cap; all or none: IdTaken if an id is taken."""
+
     def update_statuses(self, jobs: Iterable[dict]) -> None: ...
     def set_heartbeat(self, job_id: str, at: str) -> bool: ...
     def set_outcome(self, job_id: str, exit_code: int | None, duration: float | None) -> None:

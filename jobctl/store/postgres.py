@@ -520,6 +520,31 @@ class PostgresStore(SqlQueries):
             raise IdTaken(f"a job id is taken ({_first_line(exc)})") from None
         self._execute("RELEASE SAVEPOINT insert_jobs")
 
+    def insert_children(self, jobs: Sequence[dict], message: str | None) -> None:
+        """The rows, then their events built here (COPY for big chunks): a round trip
+        for the highest seq first would cost as much as it saves."""
+        self.insert_jobs(jobs)
+        self.insert_events(
+            [
+                {
+                    "job_id": j["id"],
+                    "parent_id": j["parent_id"],
+                    "root_id": j["root_id"],
+                    "kind": "create",
+                    "old_status": None,
+                    "new_status": j["status"],
+                    "at": j["created_at"],
+                    "message": message,
+                    "log_id": None,
+                    "exit_code": None,
+                    "duration": None,
+                    "attempt": j["attempt"],
+                    "max_attempts": j["max_attempts"],
+                }
+                for j in jobs
+            ]
+        )
+
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         rows = [_status_row(j) for j in jobs]
         for i in range(0, len(rows), CHUNK):
