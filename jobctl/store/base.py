@@ -334,6 +334,12 @@ class SqlQueries:
     def last_event_id(self) -> int:
         return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
 
+    def next_ready_at(self, parent_id: str, status: str) -> str | None:
+        """The earliest `not_before` of the children of `parent_id` with `status`."""
+        m = self.mark
+        sql = f"SELECT min(not_before) AS t FROM jobs WHERE parent_id = {m} AND status = {m} AND not_before IS NOT NULL"
+        return self._query(sql, (parent_id, status))[0]["t"]
+
     def last_child_number(self, parent_id: str) -> int:
         """The highest N of any job id `<parent_id>.N` (children are numbered so; ids compare bytewise)."""
         prefix = parent_id + "."

@@ -713,12 +713,6 @@ class PostgresStore(SqlQueries):
         rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params)
         return rows[0] if rows else None
 
-    def next_ready_at(self, parent_id: str, status: str) -> str | None:
-        rows = self._query(
-            "SELECT min(not_before) AS t FROM jobs WHERE parent_id = %s AND status = %s AND not_before IS NOT NULL",
-            (parent_id, status),
-        )
-        return rows[0]["t"]
 
     # ------------------------------------------------------------------ counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:

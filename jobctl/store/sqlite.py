@@ -494,12 +494,6 @@ class SqliteStore(SqlQueries):
         rows = self._query(sql + " ORDER BY rowid LIMIT 1", params)
         return rows[0] if rows else None
 
-    def next_ready_at(self, parent_id: str, status: str) -> str | None:
-        rows = self._query(
-            "SELECT min(not_before) AS t FROM jobs WHERE parent_id = ? AND status = ? AND not_before IS NOT NULL",
-            (parent_id, status),
-        )
-        return rows[0]["t"]
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Iterable[dict]) -> None:
