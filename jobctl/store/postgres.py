@@ -713,7 +713,6 @@ class PostgresStore(SqlQueries):
         rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params)
         return rows[0] if rows else None
 
-
     # ------------------------------------------------------------------ counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         out = {p: dict.fromkeys(STATUSES, 0) for p in parent_ids}

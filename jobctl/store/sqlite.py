@@ -494,7 +494,6 @@ class SqliteStore(SqlQueries):
         rows = self._query(sql + " ORDER BY rowid LIMIT 1", params)
         return rows[0] if rows else None
 
-
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Iterable[dict]) -> None:
         """Insert event dicts (every key of EVENT_COLUMNS present), in order."""
