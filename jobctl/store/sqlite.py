@@ -39,7 +39,6 @@ _UPSERT_COUNTS = (
     " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES)
 )
 _ACTIVE = "('pending', 'running')"
-_COUNT_KEYS = tuple((s, f"c_{s}") for s in STATUSES)
 _counts_row = itemgetter(*STATUSES)  # a deltas dict has every status (api._Change)
 _UPDATE_STATUS = (
     "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ?, attempt = ?, not_before = ?"
@@ -58,11 +57,14 @@ def _many(conn: sqlite3.Connection, sql: str, rows: list) -> None:
 
 _INSERT_EVENT = f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 _ALIVE_AT = "max(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
-_JOBS_WITH_COUNTS = (
-    "SELECT jobs.*, "
-    + ", ".join(f"c.{s} AS c_{s}" for s in STATUSES)
+_JOBS_WITH_COUNTS = (  # the job's columns in JOB_COLUMNS' order, then its kept counts
+    "SELECT "
+    + ", ".join(f"jobs.{c}" for c in JOB_COLUMNS)
+    + ", "
+    + ", ".join(f"c.{s}" for s in STATUSES)
     + " FROM jobs LEFT JOIN child_counts c ON c.parent_id = jobs.id"
 )
+_N_JOB = len(JOB_COLUMNS)
 _job_row = itemgetter(*JOB_COLUMNS)  # dict -> tuple in C: spawn writes 100,000s of rows
 _event_row = itemgetter(*EVENT_COLUMNS)
 _status_row = itemgetter("status", "started_at", "completed_at", "updated_at", "attempt", "not_before", "id")
@@ -296,9 +298,15 @@ class SqliteStore(SqlQueries):
             elif parents:
                 where = f"jobs.id IN ({marks}) OR jobs.id IN (SELECT parent_id FROM jobs WHERE id IN ({marks}))"
                 chunk = [*chunk, *chunk]
-            for row in self._query(f"{_JOBS_WITH_COUNTS} WHERE {where}", chunk):
-                counts[row["id"]] = {s: row.pop(c) or 0 for s, c in _COUNT_KEYS}
-                jobs[row["id"]] = row
+            cur = self.conn.cursor()
+            cur.row_factory = None  # tuples: the write path reads a job or two per change
+            try:
+                rows = cur.execute(f"{_JOBS_WITH_COUNTS} WHERE {where}", chunk).fetchall()
+            except sqlite3.Error as exc:
+                raise _unusable(self.path, exc) from None
+            for row in rows:
+                jobs[row[0]] = dict(zip(JOB_COLUMNS, row))
+                counts[row[0]] = dict(zip(STATUSES, [n or 0 for n in row[_N_JOB:]]))
         return jobs, counts
 
     def insert_jobs(self, jobs: Iterable[dict]) -> None:
