@@ -251,7 +251,9 @@ class _Change:
         failed`), then fails, its event after theirs; a parent failing so may
         make its own fail-fast parent due in turn."""
         while self.fail_fast_due:
-            parent_id = next(iter(self.fail_fast_due))
+            # the deepest first: one inside another's subtree fails (as its own
+            # children say) before the outer one's cancelling reaches it
+            parent_id = max(self.fail_fast_due, key=self.depth)
             child_id = self.fail_fast_due.pop(parent_id)
             parent = self.job(parent_id)
             if not model.fails_fast(self.counts_of(parent_id), parent["fail_fast"], parent["allow_failures"]):
@@ -259,6 +261,13 @@ class _Change:
             message = model.fail_fast_message(child_id)
             self.cancel_unfinished(parent, message)
             self.rederive(parent, message)
+
+    def depth(self, job_id: str) -> int:
+        """How many ancestors the job has (read through this change's copies)."""
+        n, parent = 0, self.job(job_id)["parent_id"]
+        while parent is not None:
+            n, parent = n + 1, self.job(parent)["parent_id"]
+        return n
 
     def cancel_unfinished(self, parent: dict, message: str) -> None:
         """Cancel every unfinished descendant of `parent`, deepest first, each with

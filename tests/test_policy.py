@@ -416,3 +416,35 @@ def test_big_changes_cross_the_store_s_chunks_and_fail_fast_settles_set_based(jc
     assert [g[0] for g in got[1:701]] == grand[::-1]  # deepest first, newest first
     assert jc.progress(p)["progress_text"] == "0 pending, 0 running, 600 completed, 1 failed, 599 cancelled"
     assert jc.verify() == []
+
+
+@pytest.mark.parametrize("order", ["outer first", "inner first"])
+def test_nested_fail_fast_settles_alike_whatever_the_order_of_the_ids(jc, order):
+    a = jc.create("A", fail_fast=True)
+    x, b = jc.spawn(a, count=2)
+    jc.set_policy(b, fail_fast=True)
+    g1, g2 = jc.spawn(b, count=2)
+    jc.set_status([x, g1], "running")
+    jc.set_status([x, g1] if order == "outer first" else [g1, x], "failed")
+    # B fails (its own child failed; its other child cancelled), then A (two failed children)
+    assert {j: jc.status(j) for j in (a, x, b, g1, g2)} == {a: "failed", x: "failed", b: "failed", g1: "failed",
+                                                              g2: "cancelled"}
+    assert [e["message"] for e in jc.events(job=g2)][-1] == f"fail-fast: {g1} failed"
+    assert jc.verify() == []
+
+
+def test_cancel_and_fail_fast_while_a_list_is_being_read(jc):
+    """A caller may change jobs while it iterates a list (a cursor of the same
+    connection still open): the set-based cancel must not need a schema change then."""
+    p = jc.create("P", fail_fast=True)
+    kids = jc.spawn(p, count=600)
+    for job in jc.list(parent=p):
+        jc.set_status([job["id"]], "failed")  # the cascade cancels the other 599
+        break
+    q = jc.create("Q")
+    jc.spawn(q, count=600)
+    for job in jc.list(parent=q):
+        assert len(jc.cancel(job["id"])) == 1
+        break
+    assert jc.progress(p)["progress_text"] == "0 pending, 0 running, 0 completed, 1 failed, 599 cancelled"
+    assert kids[0] and jc.verify() == []

@@ -216,3 +216,29 @@ def test_an_older_jobctl_schema_is_migrated_on_open(pg_url):
         job = jc.create("x")
         assert jc.get(job)["exit_code"] is None and jc.verify() == []
     assert sql(pg_url, "SELECT value FROM jobctl.meta WHERE key = 'version'") == [(str(SCHEMA_VERSION),)]
+
+
+def test_a_role_without_temporary_tables_can_cancel_and_fail_fast(pg_url):
+    """cancel and a fail-fast cascade are set-based without a temporary table: a
+    role that may not create one (REVOKE TEMP) can still do both."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"worker_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN")
+    sql(pg_url, f"REVOKE TEMP ON DATABASE {dbname} FROM PUBLIC")
+    sql(pg_url, f"GRANT CONNECT, CREATE ON DATABASE {dbname} TO {role}")
+    url = with_netloc(pg_url, f"{role}@{urlsplit(pg_url).netloc.split('@')[1]}") + f"?schema={role}"
+    try:
+        with Jobctl(url) as jc:
+            assert sql(pg_url, f"SELECT has_database_privilege('{role}', '{dbname}', 'TEMP')") == [(False,)]
+            p = jc.create("P")
+            jc.spawn(p, count=3)
+            assert len(jc.cancel(p)) == 4
+            q = jc.create("Q", fail_fast=True)
+            kids = jc.spawn(q, count=3)
+            jc.set_status([kids[0]], "failed")
+            assert [jc.status(k) for k in kids] == ["failed", "cancelled", "cancelled"] and jc.status(q) == "failed"
+            assert jc.verify() == []
+    finally:
+        sql(pg_url, f"GRANT TEMP ON DATABASE {dbname} TO PUBLIC")
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")

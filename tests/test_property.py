@@ -123,7 +123,7 @@ class Model:
     def settle(self) -> None:
         """At the end of an operation: each fail-fast parent due cancels what is unfinished below it, then fails."""
         while self.due:
-            pid = next(iter(self.due))
+            pid = max(self.due, key=self.depth)  # the deepest first
             del self.due[pid]
             if self.too_many_failed_while_open(pid):
                 self.fail_fast(pid, frozenset())
@@ -135,6 +135,12 @@ class Model:
         inner = frozen | set(targets) | {pid}
         for t in targets:
             assert self.set(t, CANCELLED, inner)
+
+    def depth(self, jid: str) -> int:
+        parent, n = self.jobs[jid]["parent"], 0
+        while parent is not None:
+            parent, n = self.jobs[parent]["parent"], n + 1
+        return n
 
     def attempts_left(self, jid: str) -> bool:
         job = self.jobs[jid]

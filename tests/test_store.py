@@ -440,3 +440,16 @@ def test_the_store_has_no_status_rules():
         checked.append(name)
     assert checked and len(checked) == len(store)
     assert problems == []
+
+
+def test_a_change_of_600_jobs_stays_within_the_oldest_sqlite_variable_limit(db_path):
+    """SQLite before 3.32 allows 999 variables in a statement: a change reads its
+    jobs with their parents (each id bound twice) in chunks that fit."""
+    import sqlite3
+
+    with Jobctl(db_path) as jc:
+        p = jc.create("P")
+        kids = jc.spawn(p, count=600)
+        jc.store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        assert jc.set_status(kids, "running") == kids
+        assert jc.verify() == []

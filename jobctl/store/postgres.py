@@ -575,46 +575,48 @@ class PostgresStore(SqlQueries):
         )
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
+        """Two statements, no temporary table (a role may lack TEMP): the check for
+        a final job with unfinished children, then one statement whose parts
+        (events, rows, counts) all read the subtree as it was before it."""
         if self.deferred:  # what this transaction wrote so far comes first
             self._execute("; ".join(self.deferred))
             self.deferred = []
-        active = "('pending', 'running')"
-        self._execute(
-            "CREATE TEMP TABLE cancel_tree ON COMMIT DROP AS"
-            ' WITH RECURSIVE t(id, depth) AS (SELECT %s::text COLLATE "C", 0 UNION ALL'
-            " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
-            " SELECT j.id, j.parent_id, j.root_id, j.status, j.attempt, j.max_attempts, t.depth, j.seq AS ord"
-            f" FROM t JOIN jobs j ON j.id = t.id WHERE j.status IN {active}" + (" AND t.depth > 0" if below else ""),
-            (job_id,),
+        walk = (
+            'WITH RECURSIVE t(id, depth) AS (SELECT %s::text COLLATE "C", 0 UNION ALL'
+            " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id),"
+            " targets AS (SELECT j.id, j.parent_id, j.root_id, j.status, j.attempt, j.max_attempts, t.depth, j.seq"
+            " FROM t JOIN jobs j ON j.id = t.id WHERE j.status IN ('pending', 'running')"
+            + (" AND t.depth > 0)" if below else ")")
         )
         mixed = self._query(
-            "SELECT 1 FROM cancel_tree k JOIN jobs p ON p.id = k.parent_id"
-            f" WHERE k.id <> %s AND p.status NOT IN {active} LIMIT 1",
-            (job_id,),
+            walk + " SELECT 1 FROM targets k JOIN jobs p ON p.id = k.parent_id"
+            " WHERE k.id <> %s AND p.status NOT IN ('pending', 'running') LIMIT 1",
+            (job_id, job_id),
         )
         if mixed:
-            self._execute("DROP TABLE cancel_tree")
             return None
         if self.next_event_id is None:
             self.next_event_id = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM events")[0]["n"]
-        ids = [r[0] for r in self._run("SELECT id FROM cancel_tree ORDER BY depth DESC, ord DESC", None, True) or ()]
-        first, self.next_event_id = self.next_event_id, self.next_event_id + len(ids)
-        self.notify = self.notify or bool(ids)
-        self._execute(
-            "INSERT INTO events (id, job_id, parent_id, root_id, kind, old_status, new_status, at, message,"
-            " attempt, max_attempts) SELECT %s + row_number() OVER (ORDER BY depth DESC, ord DESC) - 1,"
-            " id, parent_id, root_id, 'status', status, 'cancelled', %s, %s, attempt, max_attempts"
-            " FROM cancel_tree;"
-            " UPDATE jobs SET status = 'cancelled', completed_at = %s, updated_at = %s, not_before = NULL"
-            " FROM cancel_tree c WHERE jobs.id = c.id;"
-            f" INSERT INTO child_counts (parent_id, {', '.join(STATUSES)})"
+        counts = ", ".join(STATUSES)
+        rows = self._run(
+            walk + ", ordered AS (SELECT *, row_number() OVER (ORDER BY depth DESC, seq DESC) AS n FROM targets),"
+            " ev AS (INSERT INTO events (id, job_id, parent_id, root_id, kind, old_status, new_status, at, message,"
+            " attempt, max_attempts) SELECT %s + n - 1, id, parent_id, root_id, 'status', status, 'cancelled',"
+            " %s, %s, attempt, max_attempts FROM ordered),"
+            " up AS (UPDATE jobs SET status = 'cancelled', completed_at = %s, updated_at = %s, not_before = NULL"
+            " FROM targets WHERE jobs.id = targets.id),"
+            f" kept AS (INSERT INTO child_counts (parent_id, {counts})"
             " SELECT parent_id, -count(*) FILTER (WHERE status = 'pending'),"
-            " -count(*) FILTER (WHERE status = 'running'), 0, 0, count(*) FROM cancel_tree WHERE id <> %s"
+            " -count(*) FILTER (WHERE status = 'running'), 0, 0, count(*) FROM targets WHERE id <> %s"
             " GROUP BY parent_id ON CONFLICT (parent_id) DO UPDATE SET "
             + ", ".join(f"{s} = child_counts.{s} + excluded.{s}" for s in STATUSES)
-            + "; DROP TABLE cancel_tree",
-            (first, at, message, at, at, job_id),
+            + ") SELECT id FROM ordered ORDER BY n",
+            (job_id, self.next_event_id, at, message, at, at, job_id),
+            fetch=True,
         )
+        ids = [r[0] for r in rows or ()]
+        self.next_event_id += len(ids)
+        self.notify = self.notify or bool(ids)
         return ids
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
