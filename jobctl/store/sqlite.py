@@ -356,7 +356,8 @@ class SqliteStore(SqlQueries):
             " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
             " SELECT jobs.id, jobs.parent_id, jobs.root_id, jobs.status, jobs.attempt, jobs.max_attempts,"
             f" t.depth, jobs.rowid FROM t JOIN jobs ON jobs.id = t.id WHERE jobs.status IN {_ACTIVE}"
-            + (" AND t.depth > 0" if below else ""),
+            + (" AND t.depth > 0" if below else "")
+            + " ORDER BY t.depth DESC, jobs.rowid DESC",  # stored in event order: read back by rowid, no sort
             (job_id,),
         )
         try:
@@ -370,12 +371,12 @@ class SqliteStore(SqlQueries):
             c.execute(
                 "INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at, message,"
                 " attempt, max_attempts) SELECT id, parent_id, root_id, 'status', status, 'cancelled', ?, ?,"
-                " attempt, max_attempts FROM cancel_tree ORDER BY depth DESC, ord DESC",
+                " attempt, max_attempts FROM cancel_tree ORDER BY rowid",
                 (at, message),
             )
             c.execute(
                 "UPDATE jobs SET status = 'cancelled', completed_at = ?, updated_at = ?, not_before = NULL"
-                " WHERE id IN (SELECT id FROM cancel_tree)",
+                " WHERE rowid IN (SELECT ord FROM cancel_tree)",  # (by rowid: an integer lookup each)
                 (at, at),
             )
             c.execute(
@@ -387,7 +388,7 @@ class SqliteStore(SqlQueries):
             )
             cur = c.cursor()
             cur.row_factory = None
-            return [r[0] for r in cur.execute("SELECT id FROM cancel_tree ORDER BY depth DESC, ord DESC")]
+            return [r[0] for r in cur.execute("SELECT id FROM cancel_tree ORDER BY rowid")]
         finally:
             c.execute("DELETE FROM temp.cancel_tree")
 
