@@ -190,8 +190,11 @@ class Execution:
                     return Outcome(CANCELLED, "interrupted", None, 128 + signum)
                 if waited == "cancelled":
                     return Outcome(CANCELLED, "cancelled", None, 143)
-                if waited == "taken" or not jc.set_status([self.job_id], RUNNING, message=message):
-                    return outcome  # another worker runs the next attempt
+                try:
+                    if waited == "taken" or not jc.set_status([self.job_id], RUNNING, message=message):
+                        return outcome  # another worker runs the next attempt
+                except model.Conflict:  # cancelled since the last look
+                    return Outcome(CANCELLED, "cancelled", None, 143)
                 job = jc.get(self.job_id)
 
     def _may_retry(self, outcome: Outcome, job: dict) -> bool:
