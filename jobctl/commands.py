@@ -293,7 +293,7 @@ def policy_set(
         word = max_attempts.strip().lower()
         if word in ("none", "unlimited"):
             cap = None
-        elif word.isdigit():
+        elif word.isascii() and word.isdigit():
             cap = int(word)
         else:
             raise UsageError(f"--max-attempts takes a number or `none`, not {max_attempts!r}")
@@ -486,7 +486,7 @@ def run(
         kill_after=model.parse_duration(kill_after),
         log_lines=log_lines,
         retries=retries,
-        retry_delay=0.0 if retry_delay in (None, "0", "0s") else model.parse_duration(retry_delay),
+        retry_delay=0.0 if retry_delay is None else model.parse_duration(retry_delay, zero=True),
     )
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if claim is not None:

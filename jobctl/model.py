@@ -416,8 +416,8 @@ def ago(seconds: float) -> str:
     return timestamp(time.time() - seconds)
 
 
-def parse_duration(text: str) -> float:
-    """'90s', '5m', '1h', '2d' or plain seconds -> seconds. Raises UsageError."""
+def parse_duration(text: str, *, zero: bool = False) -> float:
+    """'90s', '5m', '1h', '2d' or plain seconds -> seconds (0 too with `zero`). Raises UsageError."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     t = text.strip()
     try:
@@ -427,7 +427,7 @@ def parse_duration(text: str) -> float:
             value = float(t)
     except ValueError:
         value = -1.0
-    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+    if not (0 <= value if zero else 0 < value) or not value <= MAX_SECONDS:  # also refuses nan and inf
         raise UsageError(f"bad duration {text!r} (use e.g. 90s, 5m, 1h; at most 100 years)")
     return value
 

@@ -150,8 +150,9 @@ class Execution:
                     if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
                         raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
                 except (UsageError, model.Conflict):
-                    if self.one_of_many and jc.status(self.job_id) == CANCELLED:
-                        return Outcome(CANCELLED, "cancelled before it started", None, 143)
+                    status = jc.status(self.job_id)
+                    if self.one_of_many and status != PENDING:  # cancelled, or run by someone else: skipped
+                        return Outcome(status, f"{status} before its turn", None, 143 if status == CANCELLED else 0)
                     raise
             while True:
                 started = time.monotonic()
@@ -192,10 +193,23 @@ class Execution:
                     return Outcome(CANCELLED, "cancelled", None, 143)
                 try:
                     if waited == "taken" or not jc.set_status([self.job_id], RUNNING, message=message):
-                        return outcome  # another worker runs the next attempt
+                        # another worker runs the next attempt: this one's part ended in a retry, no failure
+                        info(f"job {self.job_id}: its next attempt was started elsewhere")
+                        return Outcome(PENDING, "retried elsewhere", outcome.exit_code, 0)
                 except model.Conflict:  # cancelled since the last look
                     return Outcome(CANCELLED, "cancelled", None, 143)
                 job = jc.get(self.job_id)
+
+    def abandon(self, reason: str) -> None:
+        """A claimed job that will not run (stopped before its command started) ends
+        cancelled, as the running ones do, rather than stay running with no worker."""
+        try:
+            with Jobctl(self.db) as jc:
+                jc.set_status(
+                    [self.job_id], CANCELLED, message="interrupted" if reason.startswith("interrupted") else reason
+                )
+        except (DatabaseUnusable, model.Conflict):
+            pass  # (the database is busy: its missing heartbeat makes it reapable)
 
     def _may_retry(self, outcome: Outcome, job: dict) -> bool:
         """Whether a failed (or timed-out) command runs again: --retries N lets a
@@ -494,9 +508,13 @@ class Pool:
 
     def run(self, execution: Execution) -> None:
         with self.lock:
-            if self.stopped is not None:
-                return
-            self.running.add(execution)
+            stopped = self.stopped
+            if stopped is None:
+                self.running.add(execution)
+        if stopped is not None:
+            if execution.claimed:  # claimed just before the stop: it must not stay running
+                execution.abandon(stopped)
+            return
         try:
             outcome = execution.run()
             with self.lock:

@@ -509,3 +509,57 @@ def test_fail_fast_with_inputs_still_queued_skips_them_cleanly(db_path):
     with Jobctl(db_path) as jc:
         assert [k["status"] for k in jc.list(parent=parent)] == ["failed", "cancelled", "cancelled", "cancelled"]
         assert jc.verify() == []
+
+
+def test_a_retry_started_elsewhere_is_no_failure_of_this_run(db):
+    with Jobctl(db) as jc:
+        job = jc.create("flaky")
+    proc = start(db, job, "--retries", "2", "--retry-delay", "1h", "--", "false")
+    with Jobctl(db) as jc:
+        waker = jc.store.waker(0.1)
+        while jc.status(job) != "pending" or jc.get(job)["attempt"] != 2:  # failed once: backing off
+            waker.wait(0.1)
+        waker.close()
+        jc.set_status([job], "running", message="another worker")  # (as a peer's claim would, at not_before)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert err == f"jobctl: job {job}: its next attempt was started elsewhere\n"
+
+
+def test_a_claimed_job_stopped_before_its_command_started_ends_cancelled(db_path):
+    from jobctl.run import Execution, Options, Pool
+
+    with Jobctl(db_path) as jc:
+        p = jc.create("p")
+        (kid,) = jc.spawn(p, count=1)
+        assert jc.claim(p) == kid
+    pool = Pool(1)
+    pool.stop("interrupted:2")  # Ctrl-C came between the claim and the start
+    pool.run(Execution(str(db_path), kid, ["true"], Options(), claimed=True))
+    with Jobctl(db_path) as jc:
+        assert jc.status(kid) == "cancelled" and jc.events(job=kid)[-1]["message"] == "interrupted"
+        assert jc.verify() == []
+
+
+def test_each_skips_a_child_run_by_someone_else_before_its_turn(db, tmp_path):
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+    gate, inputs = tmp_path / "go", tmp_path / "inputs"
+    inputs.write_text("a\nb\nc\n")
+    with open(inputs) as stdin:
+        proc = subprocess.Popen([JOBCTL, "--db", db, "run", "--parent", parent, "--each", "--jobs", "1", "--", "sh",
+                                 "-c", f'if [ {{}} = a ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi'],
+                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with Jobctl(db) as jc:
+        waker = jc.store.waker(0.1)
+        while jc.progress(parent)["running_children"] != 1:  # a runs (and waits), b and c wait their turn
+            waker.wait(0.1)
+        waker.close()
+        jc.set_status([f"{parent}.2"], "completed", message="done by hand")
+    gate.touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    with Jobctl(db) as jc:
+        assert [k["status"] for k in jc.list(parent=parent)] == ["completed"] * 3
+        assert [e["message"] for e in jc.events(job=f"{parent}.2") if e["kind"] == "status"] == ["done by hand"]
+        assert jc.verify() == []
