@@ -469,15 +469,28 @@ def test_a_timed_out_command_is_retried_with_a_timeout_of_its_own(db, tmp_path):
     assert events[1] == ("pending", "timed out after 1s; retrying")
 
 
-def test_ctrl_c_during_the_backoff_cancels_the_job(db):
+def until(jc, condition) -> None:
+    """Wait, on the store's wake-ups, until `condition()` holds (what a real run writes)."""
+    waker = jc.store.waker(0.1)
+    try:
+        while not condition():
+            waker.wait(0.1)
+    finally:
+        waker.close()
+
+
+def started_and_backing_off(db):
+    """`run JOB --retries 2 --retry-delay 1h -- false`, once it failed and backs off."""
     with Jobctl(db) as jc:
         job = jc.create("flaky")
     proc = start(db, job, "--retries", "2", "--retry-delay", "1h", "--", "false")
     with Jobctl(db) as jc:
-        waker = jc.store.waker(0.1)
-        while jc.status(job) != "pending" or jc.get(job)["attempt"] != 2:  # failed once: backing off
-            waker.wait(0.1)
-        waker.close()
+        until(jc, lambda: jc.status(job) == "pending" and jc.get(job)["attempt"] == 2)
+    return job, proc
+
+
+def test_ctrl_c_during_the_backoff_cancels_the_job(db):
+    job, proc = started_and_backing_off(db)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err, err
@@ -512,14 +525,8 @@ def test_fail_fast_with_inputs_still_queued_skips_them_cleanly(db_path):
 
 
 def test_a_retry_started_elsewhere_is_no_failure_of_this_run(db):
+    job, proc = started_and_backing_off(db)
     with Jobctl(db) as jc:
-        job = jc.create("flaky")
-    proc = start(db, job, "--retries", "2", "--retry-delay", "1h", "--", "false")
-    with Jobctl(db) as jc:
-        waker = jc.store.waker(0.1)
-        while jc.status(job) != "pending" or jc.get(job)["attempt"] != 2:  # failed once: backing off
-            waker.wait(0.1)
-        waker.close()
         jc.set_status([job], "running", message="another worker")  # (as a peer's claim would, at not_before)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
@@ -551,10 +558,7 @@ def test_each_skips_a_child_run_by_someone_else_before_its_turn(db, tmp_path):
                                  "-c", f'if [ {{}} = a ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi'],
                                 stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with Jobctl(db) as jc:
-        waker = jc.store.waker(0.1)
-        while jc.progress(parent)["running_children"] != 1:  # a runs (and waits), b and c wait their turn
-            waker.wait(0.1)
-        waker.close()
+        until(jc, lambda: jc.progress(parent)["running_children"] == 1)  # a runs (and waits); b, c wait their turn
         jc.set_status([f"{parent}.2"], "completed", message="done by hand")
     gate.touch()
     out, err = proc.communicate(timeout=60)
