@@ -259,7 +259,7 @@ class _Change:
             if not model.fails_fast(self.counts_of(parent_id), parent["fail_fast"], parent["allow_failures"]):
                 continue  # (a later job of this change retried the failure, say)
             message = model.fail_fast_message(child_id)
-            self.cancel_unfinished(parent, message)
+            self.cancel_tree(parent, message, below=True)
             self.rederive(parent, message)
 
     def depth(self, job_id: str) -> int:
@@ -269,29 +269,38 @@ class _Change:
             n, parent = n + 1, self.job(parent)["parent_id"]
         return n
 
-    def cancel_unfinished(self, parent: dict, message: str) -> None:
-        """Cancel every unfinished descendant of `parent`, deepest first, each with
-        its event (fail-fast); the parent's own status is derived afterwards, so
-        its event comes after all of theirs. Set-based in the store, after this
-        change's writes so far (which the store must see); what this change had
-        read is read again."""
+    def cancel_tree(self, job: dict, message: str, *, below: bool = False) -> list[str]:
+        """Cancel the job (not with `below`: fail-fast, whose parent is derived
+        afterwards) and every unfinished descendant, deepest first, each with
+        its event, so the job's own comes after all of theirs; then the usual
+        roll-up above it. Returns the ids cancelled, in event order.
+
+        Set-based in the store, after this change's writes so far (which the
+        store must see); what this change had read is read again. A final job
+        with unfinished children below (only --force makes one) is re-derived,
+        so that subtree goes job by job."""
         self.write_pending()
-        if self.store.cancel_subtree(parent["id"], message, self.at, below=True) is not None:
+        old = job["status"]
+        ids = self.store.cancel_subtree(job["id"], message, self.at, below=below)
+        if ids is not None:
             self.jobs.clear()
             self.counts.clear()
-            parent.update(self.job(parent["id"]))  # the caller's copy stays this change's copy
-            self.jobs[parent["id"]] = parent
-            return
-        # a final job with unfinished children below (--force made it): job by job
-        targets = [j for j in reversed(self.subtree(parent["id"])) if j["status"] not in TERMINAL]
-        targets = [j for j in targets if j["id"] != parent["id"]]
-        before = set(self.frozen)
-        self.frozen |= {j["id"] for j in targets} | {parent["id"]}
+            job.update(self.job(job["id"]))  # the caller's copy stays this change's copy
+            self.jobs[job["id"]] = job
+            if ids and ids[-1] == job["id"] and job["parent_id"] is not None:
+                self.child_changed(job["parent_id"], old, CANCELLED, child_id=job["id"])
+            return ids
+        targets = [j for j in reversed(self.subtree(job["id"])) if j["status"] not in TERMINAL]
+        if below:
+            targets = [j for j in targets if j["id"] != job["id"]]
+        before = set(self.frozen)  # the targets (and, below it, the job) are not derived again meanwhile
+        self.frozen |= {j["id"] for j in targets} | ({job["id"]} if below else set())
         try:
             for j in targets:
                 self.set_status(j, CANCELLED, message)
         finally:
             self.frozen = before
+        return [j["id"] for j in targets]
 
     def add_jobs(self, parent: dict | None, jobs: list[dict]) -> None:
         """Insert new pending jobs (all children of `parent`, or one root).
@@ -569,23 +578,7 @@ class Jobctl:
 
     @transaction
     def _cancel(self, ch: _Change, job_id: str, message: str | None) -> list[str]:
-        # Deepest first, so the job's own event comes last: whoever sees it
-        # has already seen every descendant's. Set-based in the store; the
-        # roll-up above the job (its parent and theirs) is the usual one.
-        job = ch.job(job_id)
-        ids = self.store.cancel_subtree(job_id, message or "cancelled", ch.at)
-        if ids is None:  # a final job with unfinished children below it (--force made it): job by job
-            targets = [j for j in reversed(ch.subtree(job_id)) if j["status"] not in TERMINAL]
-            ch.frozen = {j["id"] for j in targets}
-            for j in targets:
-                ch.set_status(j, CANCELLED, message or "cancelled")
-            return [j["id"] for j in targets]
-        if ids and ids[-1] == job_id:
-            old = job["status"]
-            model.enter_status(job, CANCELLED, ch.at)  # the row is written: this change's copy follows
-            if job["parent_id"] is not None:
-                ch.child_changed(job["parent_id"], old, CANCELLED, child_id=job_id)
-        return ids
+        return ch.cancel_tree(ch.job(job_id), message or "cancelled")
 
     @transaction
     def retry(self, ch: _Change, job_id: str, *, failed_children: bool = False) -> Retried:
@@ -620,11 +613,10 @@ class Jobctl:
                 f"none retried: {len(skipped)} of job {job_id}'s children"
                 f" {'has' if len(skipped) == 1 else 'have'} used all their attempts (--max-attempts)"
             )
-        retried = Retried(t["id"] for t in targets if model.attempts_left(t))
+        retried = Retried((t["id"] for t in targets if model.attempts_left(t)), skipped)
         for t in targets:
             if model.attempts_left(t):
                 ch.set_status(t, PENDING, "retry")
-        retried.skipped = skipped
         return retried
 
     @transaction
@@ -1070,7 +1062,9 @@ class Retried(builtins.list):
     """The ids `retry` put back to pending, with `skipped`: those it left alone
     because they had used all their attempts."""
 
-    skipped: builtins.list[str] = []
+    def __init__(self, ids: Iterable[str] = (), skipped: Iterable[str] = ()):
+        super().__init__(ids)
+        self.skipped = builtins.list(skipped)
 
 
 def _decoded(job: dict, *drop: str) -> dict:

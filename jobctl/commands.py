@@ -287,23 +287,19 @@ def policy_set(
     max_attempts: str | None = None,
 ) -> int:
     """`policy set JOB`: change the parts of the policy given; print the policy."""
-    keep = object()
-    cap: object = keep
+    given: dict = {"fail_fast": fail_fast}
+    if allow_failures is not None:
+        given["allow_failures"] = allow_failures
     if max_attempts is not None:
         word = max_attempts.strip().lower()
         if word in ("none", "unlimited"):
-            cap = None
+            given["max_attempts"] = None
         elif word.isascii() and word.isdigit():
-            cap = int(word)
+            given["max_attempts"] = int(word)
         else:
             raise UsageError(f"--max-attempts takes a number or `none`, not {max_attempts!r}")
     with _open(db) as jc:
-        kwargs: dict = {"fail_fast": fail_fast}
-        if allow_failures is not None:
-            kwargs["allow_failures"] = allow_failures
-        if cap is not keep:
-            kwargs["max_attempts"] = cap
-        policy = jc.set_policy(job, **kwargs)
+        policy = jc.set_policy(job, **given)
     print(model.policy_text(policy["fail_fast"], policy["allow_failures"], policy["max_attempts"]) or "none")
     return 0
 
