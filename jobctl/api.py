@@ -163,6 +163,8 @@ class _Change:
         return [self.jobs[i] for i in ids]
 
     def job(self, job_id: str) -> dict:
+        if job_id in self.counts:  # loaded already (the common case: a parent, again)
+            return self.jobs[job_id]
         return self.load([job_id])[0]
 
     def subtree(self, job_id: str) -> list[dict]:

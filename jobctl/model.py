@@ -140,6 +140,14 @@ def check_transition(job_id: str, old: str, new: str, *, force: bool = False) ->
     raise Conflict(f"job {job_id}: {old} → {new} not allowed (use --force)")
 
 
+_NONE = (0,) * len(STATUSES)
+
+
+def n_children(counts: Mapping[str, int]) -> int:
+    """How many children the counts are of (a status missing from them counts 0)."""
+    return sum(map(counts.get, STATUSES, _NONE))
+
+
 def derive_status(counts: Mapping[str, int], current: str, *, allow_failures: str | None = None) -> str:
     """A parent's status from the counts of its direct children and its allowance.
 
@@ -149,12 +157,12 @@ def derive_status(counts: Mapping[str, int], current: str, *, allow_failures: st
     never allowed failures); else completed. (Fail-fast acts through the
     children: see fails_fast.)
     """
-    total = sum(counts.get(s, 0) for s in STATUSES)
-    if total == 0:
+    children = n_children(counts)
+    if children == 0:
         return current
     if counts.get(PENDING, 0) or counts.get(RUNNING, 0):
         return RUNNING
-    if counts.get(FAILED, 0) > allowed_failures(allow_failures, total):
+    if counts.get(FAILED, 0) > allowed_failures(allow_failures, children):
         return FAILED
     if not counts.get(COMPLETED, 0) and counts.get(CANCELLED, 0):
         return CANCELLED
@@ -166,11 +174,10 @@ def fails_fast(counts: Mapping[str, int], fail_fast: bool, allow_failures: str |
     of the change that made it so): more children failed than allowed while
     some are still pending or running. Once they are cancelled, derive_status
     gives failed."""
-    total = sum(counts.get(s, 0) for s in STATUSES)
     return (
-        fail_fast
+        bool(fail_fast)
         and bool(counts.get(PENDING, 0) or counts.get(RUNNING, 0))
-        and counts.get(FAILED, 0) > allowed_failures(allow_failures, total)
+        and counts.get(FAILED, 0) > allowed_failures(allow_failures, n_children(counts))
     )
 
 
@@ -188,7 +195,7 @@ def derived_message(counts: Mapping[str, int], status: str, allow: str | None) -
     if not allow or status not in (COMPLETED, FAILED) or not counts.get(FAILED, 0):
         return DERIVED_MESSAGE
     failed = counts[FAILED]
-    allowed = allowed_failures(allow, sum(counts.get(s, 0) for s in STATUSES))
+    allowed = allowed_failures(allow, n_children(counts))
     within = "within" if status == COMPLETED else "more than"
     return f"{DERIVED_MESSAGE}: {failed} failed, {within} --allow-failures {allow} ({allowed} allowed)"
 

@@ -229,3 +229,20 @@ def test_a_writer_refused_after_the_busy_timeout_can_write_again(db, monkeypatch
         assert jc.status(job) == "pending"
         jc.set_status([job], "running")
         assert jc.status(job) == "running" and jc.verify() == []
+
+
+def test_a_change_reads_what_the_rules_need_of_a_job_and_its_parent(jc):
+    """The write path's read: the job and its parent in one query, each with its kept
+    counts, as CHANGE_COLUMNS (names and metadata are not read)."""
+    from jobctl.store.base import CHANGE_COLUMNS
+
+    p = jc.create("P", allow_failures="1")
+    kid = jc.spawn(p, count=2)[0]
+    jc.set_status([kid], "failed")
+    jobs, counts = jc.store.jobs_and_counts([kid], parents=True)
+    assert set(jobs) == {kid, p} and all(tuple(j) == CHANGE_COLUMNS for j in jobs.values())
+    assert jobs[p]["allow_failures"] == "1" and jobs[kid]["status"] == "failed"
+    assert counts[p] == {"pending": 1, "running": 0, "completed": 0, "failed": 1, "cancelled": 0}
+    assert counts[kid] == dict.fromkeys(counts[p], 0)
+    jobs, counts = jc.store.jobs_and_counts([p], parents=True)  # a root: no parent row
+    assert set(jobs) == {p}

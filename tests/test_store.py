@@ -453,3 +453,31 @@ def test_a_change_of_600_jobs_stays_within_the_oldest_sqlite_variable_limit(db_p
         jc.store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
         assert jc.set_status(kids, "running") == kids
         assert jc.verify() == []
+
+
+def test_a_write_that_fails_at_commit_is_rolled_back_and_exits_5(jc):
+    """A COMMIT that fails (here a deferred foreign key) leaves nothing written, the
+    connection out of its transaction (the next write works), and says exit 5."""
+    p = jc.create("P")
+    before = jc.store.conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"]
+    with pytest.raises(DatabaseUnusable, match="FOREIGN KEY"):
+        with jc.store.write() as store:
+            store.conn.execute("PRAGMA defer_foreign_keys = ON")
+            store.conn.execute("INSERT INTO events (job_id, root_id, kind, at) VALUES ('nobody', 'x', 'log', 'now')")
+    assert not jc.store.conn.in_transaction
+    assert jc.store.conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == before
+    assert jc.set_status([p], "running") == [p]
+
+
+def test_a_write_whose_body_fails_is_rolled_back_with_its_own_error(jc):
+    """The body's own exception goes on as it is (a database error as DatabaseUnusable),
+    and nothing of the transaction stays."""
+    p = jc.create("P")
+    for error, expect in ((KeyError("boom"), KeyError), (sqlite3.OperationalError("disk I/O error"), DatabaseUnusable)):
+        with pytest.raises(expect):
+            with jc.store.write() as store:
+                store.conn.execute("UPDATE jobs SET name = 'changed' WHERE id = ?", (p,))
+                raise error
+        assert not jc.store.conn.in_transaction
+        assert jc.get(p)["name"] == "P"
+

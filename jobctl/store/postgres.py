@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store import masked
-from jobctl.store.base import EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, Retryable, SqlQueries
+from jobctl.store.base import CHANGE_COLUMNS, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, Retryable, SqlQueries
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides
@@ -52,7 +52,7 @@ _JOBS = ", ".join(JOB_COLUMNS)
 _JOB_SELECT = f"SELECT {_JOBS} FROM jobs"
 _JOBS_WITH_COUNTS = (
     "SELECT "
-    + ", ".join(f"j.{c}" for c in JOB_COLUMNS)
+    + ", ".join(f"j.{c}" for c in CHANGE_COLUMNS)
     + ", "
     + ", ".join(f"c.{s} AS c_{s}" for s in STATUSES)
     + " FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id"

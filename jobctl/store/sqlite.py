@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store.base import CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
+from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 5  # the number of migrations below; stored in PRAGMA user_version
@@ -57,14 +57,20 @@ def _many(conn: sqlite3.Connection, sql: str, rows: list) -> None:
 
 _INSERT_EVENT = f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 _ALIVE_AT = "max(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
-_JOBS_WITH_COUNTS = (  # the job's columns in JOB_COLUMNS' order, then its kept counts
+_JOBS_WITH_COUNTS = (  # CHANGE_COLUMNS, then the job's kept counts
     "SELECT "
-    + ", ".join(f"jobs.{c}" for c in JOB_COLUMNS)
+    + ", ".join(f"jobs.{c}" for c in CHANGE_COLUMNS)
     + ", "
-    + ", ".join(f"c.{s}" for s in STATUSES)
+    + ", ".join(f"coalesce(c.{s}, 0)" for s in STATUSES)
     + " FROM jobs LEFT JOIN child_counts c ON c.parent_id = jobs.id"
 )
-_N_JOB = len(JOB_COLUMNS)
+# A job and its parent (none for a root), without the temporary table that
+# `IN (subquery)` builds: the write path's read of every status change.
+_JOB_AND_PARENT = (
+    f"{_JOBS_WITH_COUNTS} WHERE jobs.id = ?1 UNION ALL"
+    f" {_JOBS_WITH_COUNTS} WHERE jobs.id = (SELECT parent_id FROM jobs WHERE id = ?1)"
+)
+_N_JOB = len(CHANGE_COLUMNS)
 _job_row = itemgetter(*JOB_COLUMNS)  # dict -> tuple in C: spawn writes 100,000s of rows
 _event_row = itemgetter(*EVENT_COLUMNS)
 _status_row = itemgetter("status", "started_at", "completed_at", "updated_at", "attempt", "not_before", "id")
@@ -197,8 +203,7 @@ class SqliteStore(SqlQueries):
         self.conn.close()
 
     # ------------------------------------------------------------ transactions
-    @contextmanager
-    def write(self) -> Iterator["SqliteStore"]:
+    def write(self) -> "_Write":
         """One write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
 
         BEGIN IMMEDIATE takes the write lock up front, so a transaction never
@@ -207,20 +212,7 @@ class SqliteStore(SqlQueries):
         (another writer holds the lock: a big spawn, say), and a few jittered
         retries share the rest of the busy timeout.
         """
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            self._wait_for_lock(exc)
-        try:
-            yield self
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise _unusable(self.path, exc) from None
-            raise
+        return _Write(self)
 
     def _wait_for_lock(self, exc: sqlite3.OperationalError) -> None:
         left = self.busy_timeout - min(WAIT_NOTICE, self.busy_timeout)
@@ -266,6 +258,15 @@ class SqliteStore(SqlQueries):
         except sqlite3.Error as exc:
             raise _unusable(self.path, exc) from None
 
+    def _query_tuples(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Plain tuples: the write path reads a job or two per change."""
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        try:
+            return cur.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
+
     # -------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> dict | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -276,28 +277,21 @@ class SqliteStore(SqlQueries):
     ) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
         """The jobs (missing ones left out) and their kept child counts, in one query
         (with `parents`, their parents' too)."""
-        jobs: dict[str, dict] = {}
-        counts: dict[str, dict[str, int]] = {}
-        size = CHUNK // 2 if parents else CHUNK  # (each id is bound twice then: 999 variables at most)
-        for i in range(0, len(ids), size):
-            chunk = ids[i : i + size]
-            marks = ",".join("?" * len(chunk))
-            where = f"jobs.id IN ({marks})"
-            if parents and len(chunk) == 1:  # (the common case: a UNION plans better than an OR)
-                where = "jobs.id IN (VALUES (?) UNION ALL SELECT parent_id FROM jobs WHERE id = ?)"
-                chunk = [*chunk, *chunk]
-            elif parents:
-                where = f"jobs.id IN ({marks}) OR jobs.id IN (SELECT parent_id FROM jobs WHERE id IN ({marks}))"
-                chunk = [*chunk, *chunk]
-            cur = self.conn.cursor()
-            cur.row_factory = None  # tuples: the write path reads a job or two per change
-            try:
-                rows = cur.execute(f"{_JOBS_WITH_COUNTS} WHERE {where}", chunk).fetchall()
-            except sqlite3.Error as exc:
-                raise _unusable(self.path, exc) from None
-            for row in rows:
-                jobs[row[0]] = dict(zip(JOB_COLUMNS, row))
-                counts[row[0]] = dict(zip(STATUSES, [n or 0 for n in row[_N_JOB:]]))
+        if parents and len(ids) == 1:  # a status change's read, in two index lookups
+            rows = self._query_tuples(_JOB_AND_PARENT, ids)
+        else:
+            rows = []
+            size = CHUNK // 2 if parents else CHUNK  # (each id is bound twice then: 999 variables at most)
+            for i in range(0, len(ids), size):
+                chunk = ids[i : i + size]
+                marks = ",".join("?" * len(chunk))
+                sql = f"{_JOBS_WITH_COUNTS} WHERE jobs.id IN ({marks})"
+                if parents:
+                    sql += f" OR jobs.id IN (SELECT parent_id FROM jobs WHERE id IN ({marks}))"
+                    chunk = [*chunk, *chunk]
+                rows += self._query_tuples(sql, chunk)
+        jobs = {row[0]: dict(zip(CHANGE_COLUMNS, row)) for row in rows}
+        counts = {row[0]: dict(zip(STATUSES, row[_N_JOB:])) for row in rows}
         return jobs, counts
 
     def insert_jobs(self, jobs: Iterable[dict]) -> None:
@@ -650,6 +644,40 @@ class FileWaker:
     def close(self) -> None:
         if self.changes is not None:
             self.changes.close()
+
+
+class _Write:
+    """SqliteStore.write()'s context manager: a class, not a generator, because
+    every status change goes through it while holding the write lock."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: SqliteStore):
+        self.store = store
+
+    def __enter__(self) -> SqliteStore:
+        try:
+            self.store.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            self.store._wait_for_lock(exc)
+        return self.store
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        if kind is None:
+            try:
+                self.store.conn.execute("COMMIT")
+            except BaseException as failed:  # (Ctrl-C too: rolled back, then raised)
+                self._undo(failed)
+                raise
+        else:
+            self._undo(exc)  # and the body's exception goes on
+
+    def _undo(self, exc: BaseException | None) -> None:
+        """Roll back what is left of the transaction; a database error becomes DatabaseUnusable."""
+        if self.store.conn.in_transaction:
+            self.store.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise _unusable(self.store.path, exc) from None
 
 
 # --------------------------------------------------------------- migrations
