@@ -150,17 +150,17 @@ class _Change:
     def load(self, ids: Sequence[str]) -> list[dict]:
         """The jobs, with their kept child counts, read in one query where not loaded yet
         (what this change has loaded already, and perhaps changed, is kept)."""
-        missing = [i for i in ids if i not in self.jobs or i not in self.counts]
+        missing = [i for i in ids if i not in self.counts]  # (a job with its counts is in self.jobs)
         if missing:
             # their parents too, in the same read: a change rolls up to them
             jobs, counts = self.store.jobs_and_counts(missing, parents=True)
             for i, job in jobs.items():
                 self.jobs.setdefault(i, job)
                 self.counts.setdefault(i, counts[i])
-        for i in ids:
-            if i not in self.jobs:
-                raise not_found(i)
-        return [self.jobs[i] for i in ids]
+        try:
+            return [self.jobs[i] for i in ids]
+        except KeyError as exc:
+            raise not_found(exc.args[0]) from None
 
     def job(self, job_id: str) -> dict:
         if job_id in self.counts:  # loaded already (the common case: a parent, again)
