@@ -481,3 +481,105 @@ def test_a_write_whose_body_fails_is_rolled_back_with_its_own_error(jc):
         assert not jc.store.conn.in_transaction
         assert jc.get(p)["name"] == "P"
 
+
+
+# ------------------------------------------- what a connection knows of jobs
+def reads_of_jobs(store, action):
+    """The SELECTs of the jobs table that `action()` runs on the store's connection."""
+    seen: list[str] = []
+    store.conn.set_trace_callback(seen.append)
+    try:
+        action()
+    finally:
+        store.conn.set_trace_callback(None)
+    return [s for s in seen if s.lstrip().startswith("SELECT") and "FROM jobs" in s]
+
+
+def test_a_connection_that_changes_its_jobs_again_does_not_read_them_again(db_path):
+    """A worker's second change of a job finds the job and its parent where its
+    first change left them: no read of the jobs table (SqliteStore.known)."""
+    with Jobctl(db_path) as jc:
+        p = jc.create("P")
+        kid = jc.spawn(p, count=3)[0]
+        assert reads_of_jobs(jc.store, lambda: jc.set_status([kid], "running")) != []
+        assert reads_of_jobs(jc.store, lambda: jc.set_status([kid], "completed")) == []
+        assert jc.status(kid) == "completed" and jc.status(p) == "running"
+        assert jc.progress(p)["completed_children"] == 1 and jc.verify() == []
+
+
+def test_what_a_connection_knows_gives_way_to_another_writer(db_path):
+    """Rows a connection kept are dropped as soon as another connection has
+    committed: its next change starts from what the other one wrote."""
+    from jobctl import Conflict
+
+    with Jobctl(db_path) as a, Jobctl(db_path) as b:
+        p = a.create("P")
+        k0, k1 = a.spawn(p, count=2)
+        a.set_status([k0], "running")
+        assert {k0, p} <= set(a.store.known)
+        b.set_status([k0], "completed")  # behind a's back
+        b.set_status([k1], "failed")
+        with pytest.raises(Conflict, match="completed"):
+            a.set_status([k0], "failed")  # a knew k0 as running
+        assert a.set_status([k0], "failed", force=True) == [k0]
+        assert a.status(p) == "failed"  # from b's k1 and a's k0: both read afresh
+        assert a.progress(p)["failed_children"] == 2 and a.verify() == []
+
+
+def test_what_a_connection_knows_follows_its_own_policy_change(db_path):
+    """`policy set` changes a parent's row behind the rows kept: it is read again."""
+    with Jobctl(db_path) as jc:
+        p = jc.create("P")
+        kid = jc.spawn(p, count=1)[0]
+        jc.set_status([kid], "running")  # the job and P kept, P with no allowance
+        jc.set_policy(p, allow_failures="1")
+        jc.set_status([kid], "failed")  # the one failure allowed
+        assert jc.status(p) == "completed" and jc.verify() == []
+
+
+def test_a_rolled_back_write_is_forgotten(db_path):
+    """What a transaction wrote to the kept rows goes with its rollback."""
+    with Jobctl(db_path) as jc:
+        p = jc.create("P")
+        kid = jc.spawn(p, count=1)[0]
+        jc.set_status([kid], "running")
+        with pytest.raises(KeyError):
+            with jc.store.write() as store:
+                jobs, _ = store.jobs_and_counts([kid], parents=True)
+                store.update_statuses([dict(jobs[kid], status="completed", completed_at=None, updated_at="x")])
+                store.apply_count_deltas({p: {"pending": 0, "running": -1, "completed": 1, "failed": 0, "cancelled": 0}})
+                raise KeyError("boom")
+        assert jc.store.known == {}
+        assert jc.status(kid) == "running"
+        jc.set_status([kid], "completed")
+        assert jc.status(p) == "completed" and jc.progress(p)["completed_children"] == 1 and jc.verify() == []
+
+
+def test_what_a_connection_knows_stays_bounded(db_path):
+    """A long-lived connection keeps at most KNOWN_LIMIT jobs, and nothing of a big batch."""
+    from jobctl.store.sqlite import KNOWN_LIMIT
+
+    with Jobctl(db_path) as jc:
+        p = jc.create("P")
+        kids = jc.spawn(p, count=KNOWN_LIMIT + 200)
+        jc.set_status(kids, "running")
+        assert not set(kids) & set(jc.store.known)  # (P is kept, from the spawn, with its counts)
+        assert jc.store.known[p][1]["running"] == len(kids)
+        for kid in kids:
+            jc.set_status([kid], "completed")
+            assert len(jc.store.known) <= KNOWN_LIMIT
+        assert jc.status(p) == "completed" and jc.verify() == []
+
+
+def test_what_a_connection_knows_follows_its_own_cancel(db_path):
+    """`cancel` changes a whole subtree in SQL, behind the rows kept: all are read again."""
+    from jobctl import Conflict
+
+    with Jobctl(db_path) as jc:
+        p = jc.create("P")
+        kid = jc.spawn(p, count=2)[0]
+        jc.set_status([kid], "running")
+        jc.cancel(p)
+        with pytest.raises(Conflict, match="cancelled"):
+            jc.set_status([kid], "completed")
+        assert jc.status(p) == "cancelled" and jc.progress(p)["cancelled_children"] == 2 and jc.verify() == []

@@ -172,7 +172,9 @@ class Store(Protocol):
     ) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
         """The jobs found (by id) and their kept child counts (zeros without children), in one read;
         with `parents`, their parents (and their counts) too, in the same read. A job is
-        a dict of CHANGE_COLUMNS only: what a write transaction needs."""
+        a dict of CHANGE_COLUMNS only: what a write transaction needs. Inside write(),
+        a backend may answer from rows it keeps between its own write transactions,
+        as long as they are what the database holds (SQLite: SqliteStore.known)."""
         ...
 
     def insert_jobs(self, jobs: Sequence[dict]) -> None:

@@ -33,6 +33,8 @@ SCHEMA_VERSION = 5  # the number of migrations below; stored in PRAGMA user_vers
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
+KNOWN_LIMIT = 1024  # jobs a connection keeps between its write transactions (see SqliteStore.known)
+KNOWN_BATCH = 64  # ... from reads of at most this many jobs
 
 _UPSERT_COUNTS = (
     f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)}) VALUES (?, ?, ?, ?, ?, ?)"
@@ -119,6 +121,18 @@ class SqliteStore(SqlQueries):
         # statements, and a cursor made for each (conn.execute) costs ~1 µs.
         self.cur = conn.cursor()
         self.cur.row_factory = None
+        # What this connection knows of jobs between its write transactions: the
+        # rows (CHANGE_COLUMNS) and kept counts it read for a change, kept up to
+        # date by its own writes. They are right as long as no other connection
+        # has committed, which SQLite's data_version says; it is read inside the
+        # write lock, where no one else can commit. A worker that changes its jobs
+        # again and again (the API in a loop, `jobctl run`) then skips the read.
+        # A rollback, or a write this module does not follow row by row
+        # (cancel_subtree), forgets them all.
+        self.known: dict[str, tuple[dict, dict[str, int]]] = {}
+        self.known_at: int | None = None  # data_version when `known` was last checked
+        self.writing = False  # inside write(): the lock is ours
+        self.known_checked = False  # ... and `known` was checked since it was taken
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -278,7 +292,48 @@ class SqliteStore(SqlQueries):
         self, ids: Sequence[str], parents: bool = False
     ) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
         """The jobs (missing ones left out) and their kept child counts, in one query
-        (with `parents`, their parents' too)."""
+        (with `parents`, their parents' too); inside a write transaction, what this
+        connection knows already (`known`) is not read again."""
+        if not self.writing:
+            return self._read_jobs_and_counts(ids, parents)
+        if not self.known_checked:
+            version = self.cur.execute("PRAGMA data_version").fetchone()[0]
+            if version != self.known_at:  # another connection wrote meanwhile
+                self.known.clear()
+                self.known_at = version
+            self.known_checked = True
+        jobs: dict[str, dict] = {}
+        counts: dict[str, dict[str, int]] = {}
+        missing = []
+        known = self.known
+        for i in ids:
+            entry = known.get(i)
+            parent = entry[0]["parent_id"] if entry is not None else None
+            if entry is None or parents and parent is not None and parent not in known:
+                missing.append(i)
+                continue
+            jobs[i], counts[i] = dict(entry[0]), dict(entry[1])
+            if parents and parent is not None:
+                jobs[parent], counts[parent] = dict(known[parent][0]), dict(known[parent][1])
+        if missing:
+            read, read_counts = self._read_jobs_and_counts(missing, parents)
+            if len(read) <= KNOWN_BATCH:  # (a batch of thousands is read once: not worth keeping)
+                if len(known) + len(read) > KNOWN_LIMIT:
+                    known.clear()
+                for i, job in read.items():
+                    known[i] = (dict(job), dict(read_counts[i]))
+            jobs.update(read)
+            counts.update(read_counts)
+        return jobs, counts
+
+    def forget(self) -> None:
+        """Drop what this connection knows of jobs (see `known`)."""
+        self.known.clear()
+        self.known_at = None
+
+    def _read_jobs_and_counts(
+        self, ids: Sequence[str], parents: bool
+    ) -> tuple[dict[str, dict], dict[str, dict[str, int]]]:
         if parents and len(ids) == 1:  # a status change's read, in two index lookups
             rows = self._query_tuples(_JOB_AND_PARENT, ids)
         else:
@@ -329,18 +384,25 @@ class SqliteStore(SqlQueries):
 
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         """Write status and status timestamps of each job dict back."""
-        _many(self.cur, _UPDATE_STATUS, list(map(_status_row, jobs)))
+        rows = list(map(_status_row, jobs))
+        _many(self.cur, _UPDATE_STATUS, rows)
+        known = self.known
+        for status, started_at, _, _, attempt, not_before, job_id in rows:
+            if job_id in known:
+                known[job_id][0].update(status=status, started_at=started_at, attempt=attempt, not_before=not_before)
 
     def set_outcome(self, job_id: str, exit_code: int | None, duration: float | None) -> None:
         self.conn.execute("UPDATE jobs SET exit_code = ?, duration = ? WHERE id = ?", (exit_code, duration, job_id))
 
     def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
+        self.known.pop(job_id, None)
         self.conn.execute(
             "UPDATE jobs SET fail_fast = ?, allow_failures = ?, max_attempts = ? WHERE id = ?",
             (fail_fast, allow_failures, max_attempts, job_id),
         )
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
+        self.forget()
         c = self.conn
         # A scratch table of this connection's, made once and emptied after each use:
         # dropping a table fails while another statement of the connection is open
@@ -488,6 +550,12 @@ class SqliteStore(SqlQueries):
     def apply_count_deltas(self, deltas: dict[str, dict[str, int]]) -> None:
         """Add each parent's deltas to its kept child counts (a row is made on first use)."""
         _many(self.cur, _UPSERT_COUNTS, [(p, *_counts_row(d)) for p, d in deltas.items()])
+        known = self.known
+        for p, delta in deltas.items():
+            if p in known:
+                counts = known[p][1]
+                for s in STATUSES:
+                    counts[s] += delta[s]
 
     def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
         """The oldest child with `status` (the write lock keeps it ours until COMMIT)."""
@@ -664,9 +732,11 @@ class _Write:
             self.store.cur.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             self.store._wait_for_lock(exc)
+        self.store.writing, self.store.known_checked = True, False
         return self.store
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        self.store.writing = False
         if kind is None:
             try:
                 self.store.cur.execute("COMMIT")
@@ -678,6 +748,7 @@ class _Write:
 
     def _undo(self, exc: BaseException | None) -> None:
         """Roll back what is left of the transaction; a database error becomes DatabaseUnusable."""
+        self.store.forget()  # it knew what this transaction wrote
         if self.store.conn.in_transaction:
             self.store.cur.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):
