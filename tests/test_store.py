@@ -495,6 +495,15 @@ def reads_of_jobs(store, action):
     return [s for s in seen if s.lstrip().startswith("SELECT") and "FROM jobs" in s]
 
 
+def parent_with_a_running_child(jc, children=1):
+    """A parent of `children` pending children, the first set running: this
+    connection now keeps the child and the parent."""
+    p = jc.create("P")
+    kid = jc.spawn(p, count=children)[0]
+    jc.set_status([kid], "running")
+    return p, kid
+
+
 def test_a_connection_that_changes_its_jobs_again_does_not_read_them_again(db_path):
     """A worker's second change of a job finds the job and its parent where its
     first change left them: no read of the jobs table (SqliteStore.known)."""
@@ -529,9 +538,7 @@ def test_what_a_connection_knows_gives_way_to_another_writer(db_path):
 def test_what_a_connection_knows_follows_its_own_policy_change(db_path):
     """`policy set` changes a parent's row behind the rows kept: it is read again."""
     with Jobctl(db_path) as jc:
-        p = jc.create("P")
-        kid = jc.spawn(p, count=1)[0]
-        jc.set_status([kid], "running")  # the job and P kept, P with no allowance
+        p, kid = parent_with_a_running_child(jc)  # P kept with no allowance
         jc.set_policy(p, allow_failures="1")
         jc.set_status([kid], "failed")  # the one failure allowed
         assert jc.status(p) == "completed" and jc.verify() == []
@@ -540,9 +547,7 @@ def test_what_a_connection_knows_follows_its_own_policy_change(db_path):
 def test_a_rolled_back_write_is_forgotten(db_path):
     """What a transaction wrote to the kept rows goes with its rollback."""
     with Jobctl(db_path) as jc:
-        p = jc.create("P")
-        kid = jc.spawn(p, count=1)[0]
-        jc.set_status([kid], "running")
+        p, kid = parent_with_a_running_child(jc)
         with pytest.raises(KeyError):
             with jc.store.write() as store:
                 jobs, _ = store.jobs_and_counts([kid], parents=True)
@@ -576,9 +581,7 @@ def test_what_a_connection_knows_follows_its_own_cancel(db_path):
     from jobctl import Conflict
 
     with Jobctl(db_path) as jc:
-        p = jc.create("P")
-        kid = jc.spawn(p, count=2)[0]
-        jc.set_status([kid], "running")
+        p, kid = parent_with_a_running_child(jc, children=2)
         jc.cancel(p)
         with pytest.raises(Conflict, match="cancelled"):
             jc.set_status([kid], "completed")
