@@ -687,11 +687,12 @@ class Jobctl:
             if status == FAILED and retry_in is not None and model.attempts_left(job):
                 status = PENDING
                 message = f"{message}; retrying" + (f" in {model.seconds_text(retry_in)}" if retry_in else "")
-            ch.set_status(job, status, message)
-            if status == PENDING and retry_in:
-                job["not_before"] = model.timestamp(time.time() + retry_in)
-            final = next(e for e in reversed(ch.events) if e["job_id"] == job_id and e["kind"] == STATUS)
-            final["exit_code"], final["duration"] = exit_code, seconds  # events --json carries the outcome too
+            # (no change when the job is pending already: reaped meanwhile, and a retry is due anyway)
+            if ch.set_status(job, status, message):
+                if status == PENDING and retry_in:
+                    job["not_before"] = model.timestamp(time.time() + retry_in)
+                final = next(e for e in reversed(ch.events) if e["job_id"] == job_id and e["kind"] == STATUS)
+                final["exit_code"], final["duration"] = exit_code, seconds  # events --json carries the outcome too
         self.store.set_outcome(job_id, exit_code, seconds)
         return job["status"]
 

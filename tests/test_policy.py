@@ -448,3 +448,17 @@ def test_cancel_and_fail_fast_while_a_list_is_being_read(jc):
         break
     assert jc.progress(p)["progress_text"] == "0 pending, 0 running, 0 completed, 1 failed, 599 cancelled"
     assert kids[0] and jc.verify() == []
+
+
+def test_a_run_outcome_for_a_job_reaped_back_to_pending_meanwhile(jc):
+    """The command of a job that `reap --to pending` took back fails with attempts
+    left: the job is pending already, so its retry is due anyway; the outcome is
+    kept, with no second event (this raised StopIteration)."""
+    (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=3)
+    jc.set_status([kid], "running")
+    assert jc.reap(0, to="pending") == [kid]
+    before = len(jc.events(job=kid))
+    assert jc.finish(kid, "failed", message="exit code 1", exit_code=1, duration=0.1, retry_in=0) == "pending"
+    job = jc.get(kid)
+    assert len(jc.events(job=kid)) == before and job["exit_code"] == 1 and job["attempt"] == 2
+    assert jc.verify() == []
