@@ -586,3 +586,59 @@ def test_what_a_connection_knows_follows_its_own_cancel(db_path):
         with pytest.raises(Conflict, match="cancelled"):
             jc.set_status([kid], "completed")
         assert jc.status(p) == "cancelled" and jc.progress(p)["cancelled_children"] == 2 and jc.verify() == []
+
+
+def test_kept_rows_are_handed_out_as_copies(db_path):
+    """A change works on copies of the kept rows: what it does to them reaches the
+    kept rows only through the writes, once (here: two changes in a row that both
+    find the parent kept)."""
+    with Jobctl(db_path) as jc:
+        p = jc.create("P")
+        kids = jc.spawn(p, count=3)
+        for kid in kids:
+            jc.set_status([kid], "running")
+        jc.set_status([kids[0]], "completed")
+        jc.set_status([kids[1]], "completed")
+        assert jc.status(p) == "running" and jc.progress(p)["progress_text"] == "0 pending, 1 running, 2 completed, 0 failed"
+        assert jc.store.known[p][1] == {"pending": 0, "running": 1, "completed": 2, "failed": 0, "cancelled": 0}
+
+
+def test_kept_attempts_follow_retries_up_to_the_cap(db_path):
+    """A retry's new attempt reaches the kept row: the next retry is measured against it."""
+    from jobctl import Conflict
+
+    with Jobctl(db_path) as jc:
+        (kid,) = jc.spawn(jc.create("P"), count=1, max_attempts=2)
+        jc.set_status([kid], "running")
+        jc.set_status([kid], "failed")
+        assert jc.retry(kid) == [kid]  # attempt 2 of 2
+        jc.set_status([kid], "running")
+        jc.set_status([kid], "failed")
+        with pytest.raises(Conflict, match="all 2 of its attempts"):
+            jc.retry(kid)
+        assert jc.get(kid)["attempt"] == 2 and jc.verify() == []
+
+
+def test_a_writer_that_waited_for_the_lock_sees_what_the_holder_wrote(db_path):
+    """What a connection keeps is checked once the write lock is its own: another
+    connection that held the lock while this one waited for it (and added a child
+    to the kept parent) is seen."""
+    import threading
+
+    with Jobctl(db_path) as a, Jobctl(db_path) as b:
+        p, kid = parent_with_a_running_child(a)  # a keeps P: 1 running
+        began = threading.Event()
+        a.store.conn.set_trace_callback(lambda sql: sql.startswith("BEGIN IMMEDIATE") and began.set())
+        waiting = threading.Thread(target=a.set_status, args=([kid], "completed"))
+        with b.store.write() as store:  # b holds the lock ...
+            waiting.start()
+            assert began.wait(30)  # ... while a's write has started, waiting for it
+            row = dict(store.get_job(kid), id=f"{p}.new", status="pending", started_at=None, attempt=1)
+            row["updated_at"] = row["created_at"]
+            store.insert_children([row], None)
+            store.apply_count_deltas({p: {"pending": 1, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}})
+        waiting.join(30)
+        a.store.conn.set_trace_callback(None)
+        assert a.status(kid) == "completed"
+        assert a.status(p) == "running"  # the new child is pending: with stale counts P would be completed
+        assert a.progress(p)["progress_text"] == "1 pending, 0 running, 1 completed, 0 failed" and a.verify() == []
