@@ -1026,8 +1026,11 @@ class Jobctl:
 
     def verify(self) -> builtins.list[str]:
         """Differences between the events and the jobs table, between the kept
-        child counts and a real count, and the store's own integrity check (SQLite's). [] is clean."""
+        child counts and a real count, between a parent's status derived last and
+        what its children's real counts give, and the store's own integrity check
+        (SQLite's). [] is clean."""
         problems: builtins.list[str] = []
+        derived: dict[str, tuple[str, str | None]] = {}  # parents whose last status was derived
         with self.store.read():
             problems += [f"integrity: {p}" for p in self.store.integrity_check()]
             # A job's state depends on its own events alone, so the replay runs job by
@@ -1044,10 +1047,14 @@ class Jobctl:
                     problems.append(f"job {group[0]}: in the events but not in the jobs table")
                     group = next(groups, None)
                 else:
-                    r = model.replay(group[1], problems)[job["id"]]
+                    events = builtins.list(group[1])  # (one job's own: a few)
+                    r = model.replay(events, problems)[job["id"]]
                     for field in model.REPLAYED_FIELDS:
                         if r[field] != job[field]:
                             problems.append(f"job {job['id']}: {field} is {job[field]!r}, events say {r[field]!r}")
+                    last = next((e for e in reversed(events) if e["kind"] == STATUS), None)
+                    if last is not None and model.is_derived(last):
+                        derived[job["id"]] = (job["status"], job["allow_failures"])
                     job, group = next(jobs, None), next(groups, None)
             real = self.store.count_children()
             kept = self.store.all_counts()
@@ -1057,6 +1064,13 @@ class Jobctl:
                 problems.append(
                     f"job {parent}: kept child counts {progress_text(kept.get(parent, zero))!r},"
                     f" real count {progress_text(real.get(parent, zero))!r}"
+                )
+        for parent, (status, allow) in sorted(derived.items()):
+            want = model.derive_status(real.get(parent, zero), status, allow_failures=allow)
+            if want != status:
+                problems.append(
+                    f"job {parent}: status {status}, derived from children, but they give {want}"
+                    f" ({progress_text(real.get(parent, zero))})"
                 )
         return problems
 

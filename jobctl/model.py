@@ -190,6 +190,13 @@ def follows_children(counts: Mapping[str, int], status: str, allow: str | None) 
     return derive_status(counts, status, allow_failures=allow) == status
 
 
+def is_derived(event: Mapping) -> bool:
+    """Whether a status event is a parent's status derived from its children (its
+    message derived_message's, and no attempt: a derived change is none of the job's)."""
+    message = event.get("message") or ""
+    return event["kind"] == STATUS and event.get("attempt") is None and message.startswith(DERIVED_MESSAGE)
+
+
 def derived_message(counts: Mapping[str, int], status: str, allow: str | None) -> str:
     """Why a parent's status was derived, saying when its allowance decided it."""
     if not allow or status not in (COMPLETED, FAILED) or not counts.get(FAILED, 0):

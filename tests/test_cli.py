@@ -473,6 +473,28 @@ def test_verify_reports_an_event_that_contradicts_the_history(cli, db):
     assert any("completed → running, but it was running" in p for p in report["problems"])
 
 
+def test_verify_reports_a_parent_left_behind_by_its_children(cli, db):
+    """A write that changed children without deriving their parent again (the
+    parent's events, the children's and the counts each agree) is found."""
+    parent = cli("create", "p").stdout.strip()
+    (kid,) = cli("spawn", parent, "--count", "1").stdout.split()
+    cli("status", "set", kid, "running")
+    assert cli("verify").exit_code == 0
+    # the child completes behind jobctl's back, row, event and count alike; P stays running
+    tamper(db, "UPDATE jobs SET status = 'completed', completed_at = started_at, updated_at = started_at WHERE id = ?",
+           (kid,))
+    tamper(db, "INSERT INTO events (id, job_id, parent_id, root_id, kind, old_status, new_status, at, attempt)"
+               " SELECT (SELECT max(id) + 1 FROM events), id, parent_id, root_id, 'status', 'running', 'completed',"
+               " started_at, 1 FROM jobs WHERE id = ?", (kid,))
+    tamper(db, "UPDATE child_counts SET running = 0, completed = 1 WHERE parent_id = ?", (parent,))
+    result = cli("verify", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["problems"] == [
+        f"job {parent}: status running, derived from children, but they give completed"
+        " (0 pending, 0 running, 1 completed, 0 failed)"
+    ]
+
+
 @pytest.mark.slow
 def test_the_readme_tour_works_as_written(tmp_path):
     """Run the README's tour with bash; each `# <progress text>` comment is what the line prints."""
