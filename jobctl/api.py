@@ -622,16 +622,17 @@ class Jobctl:
         return retried
 
     @transaction
-    def claim(self, ch: _Change, parent: str, *, message: str | None = None) -> str | None:
+    def claim(self, ch: _Change, parent: str, *, message: str | Callable[[dict], str] | None = None) -> str | None:
         """Atomically take the oldest pending child of `parent` (not one backing off
         before a retry: see `not_before`) and set it running; concurrent
-        claimers never get the same child."""
+        claimers never get the same child. `message` may be a function of the
+        child's row (its name, say), for the running event."""
         ch.job(parent)
         row = self.store.next_child(parent, PENDING, ready_at=ch.at)
         if row is None:
             return None
         job = ch.jobs.setdefault(row["id"], row)
-        ch.set_status(job, RUNNING, message)
+        ch.set_status(job, RUNNING, message(row) if callable(message) else message)
         return job["id"]
 
     def log(self, job_id: str, message: str, *, level: str = "info") -> None:

@@ -72,6 +72,11 @@ def shorten(text: str, limit: int = NAME_LENGTH) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def running_message(argv: Sequence[str]) -> str:
+    """The message of a run's running event: the command as it is run."""
+    return f"run: {shorten(command_line(argv), 1000)}"
+
+
 def text_of(raw: bytes) -> str:
     """A line of output as text: not UTF-8 is escaped (\\xNN), and so is NUL, never a crash."""
     return raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
@@ -143,7 +148,7 @@ class Execution:
     def run(self) -> Outcome:
         with Jobctl(self.db) as jc:
             job = jc.get(self.job_id)
-            message = f"run: {shorten(command_line(self.argv), 1000)}"
+            message = running_message(self.argv)
             if not self.claimed:
                 try:
                     check_runnable(job)
@@ -683,7 +688,8 @@ def run_claim(
             waker = jc.store.waker(poll_interval)
             try:
                 while not stopping.is_set():
-                    job_id = jc.claim(parent, message=f"run: {shorten(command_line(argv), 1000)}")
+                    # the running event shows the command as it is run: {} replaced by the child's name
+                    job_id = jc.claim(parent, message=lambda row: running_message(substitute(argv, row["name"])))
                     if job_id is None:
                         p = jc.progress(parent)
                         if (

@@ -567,3 +567,17 @@ def test_each_skips_a_child_run_by_someone_else_before_its_turn(db, tmp_path):
         assert [k["status"] for k in jc.list(parent=parent)] == ["completed"] * 3
         assert [e["message"] for e in jc.events(job=f"{parent}.2") if e["kind"] == "status"] == ["done by hand"]
         assert jc.verify() == []
+
+
+def test_a_claimed_child_s_running_event_shows_its_command_as_run(db_path):
+    """`run --claim`'s running event has the command with `{}` replaced by the
+    child's name, as for `run JOB` and `--each` (it showed `{}` on the first attempt)."""
+    with Jobctl(db_path) as jc:
+        parent = jc.create("shards")
+        kids = jc.spawn(parent, names=["a", "b"])
+    worker = start(db_path, "--claim", parent, "--", "echo", "shard {}")
+    out = worker.communicate(timeout=120)[0]
+    assert sorted(line.split(": ", 1)[1] for line in out.splitlines()) == ["shard a", "shard b"]
+    with Jobctl(db_path) as jc:
+        running = [e["message"] for kid in kids for e in jc.events(job=kid) if e["new_status"] == "running"]
+        assert running == ["run: echo 'shard a'", "run: echo 'shard b'"]
