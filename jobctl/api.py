@@ -673,6 +673,7 @@ class Jobctl:
         duration: float | None,
         lines: Sequence[tuple[str, str]] = (),
         retry_in: float | None = None,
+        attempt: int | None = None,
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
@@ -680,9 +681,13 @@ class Jobctl:
         With `retry_in` (seconds; 0: at once), a failure is retried when the job
         has an attempt left (`run --retries`): it goes back to pending, its next
         attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
-        Returns the job's status."""
+        With `attempt` (the one the command ran as), an outcome that comes after
+        the job moved on to another attempt (reaped, and perhaps run elsewhere
+        already) is stale: only its log lines are kept. Returns the job's status."""
         self._append_lines(ch, job_id, lines)
         job = ch.job(job_id)
+        if attempt is not None and job["attempt"] != attempt:
+            return job["status"]
         seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
             if status == FAILED and retry_in is not None and model.attempts_left(job):

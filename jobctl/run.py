@@ -174,14 +174,15 @@ class Execution:
                             exit_code=None,
                             duration=time.monotonic() - started,
                             lines=output.take(),
+                            attempt=job["attempt"],
                         )
                     except Exception:
                         pass
                     raise
                 if not self._may_retry(outcome, job):
-                    return self._finish(jc, outcome, output, time.monotonic() - started)
+                    return self._finish(jc, job, outcome, output, time.monotonic() - started)
                 delay = backoff(self.options.retry_delay, job["attempt"])
-                recorded = self._finish(jc, outcome, output, time.monotonic() - started, retry_in=delay)
+                recorded = self._finish(jc, job, outcome, output, time.monotonic() - started, retry_in=delay)
                 if recorded.exit == model.EXIT_DATABASE:
                     return recorded
                 if recorded.status == CANCELLED:  # cancelled from elsewhere as it ended
@@ -389,12 +390,13 @@ class Execution:
             info(f"could not record output or a heartbeat of job {self.job_id} ({exc}); going on")
 
     def _finish(
-        self, jc: Jobctl, outcome: Outcome, output: Output, duration: float, retry_in: float | None = None
+        self, jc: Jobctl, job: dict, outcome: Outcome, output: Output, duration: float, retry_in: float | None = None
     ) -> Outcome:
-        """The outcome, in one transaction with the last output; retried within the
-        busy (or connect) timeout when the database is unusable for a while.
-        With `retry_in`, a failure goes back to pending if the job has an attempt
-        left (see Jobctl.finish). Returns it with the status the job has now."""
+        """The outcome of the job's attempt (`job`, as it started), in one transaction
+        with the last output; retried within the busy (or connect) timeout when the
+        database is unusable for a while. With `retry_in`, a failure goes back to
+        pending if the job has an attempt left (see Jobctl.finish). Returns it with
+        the status the job has now."""
         lines = output.take() + output.last()
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
         while True:
@@ -407,7 +409,14 @@ class Execution:
                     duration=duration,
                     lines=lines,
                     retry_in=retry_in,
+                    attempt=job["attempt"],
                 )
+                now = jc.get(self.job_id)["attempt"]
+                if now != job["attempt"]:
+                    info(
+                        f"job {self.job_id}: attempt {job['attempt']} was taken back meanwhile (reaped; now attempt"
+                        f" {now}): its outcome ({outcome.message}) is not recorded, only its output"
+                    )
                 return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
                 if time.monotonic() >= deadline:

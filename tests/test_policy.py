@@ -462,3 +462,23 @@ def test_a_run_outcome_for_a_job_reaped_back_to_pending_meanwhile(jc):
     job = jc.get(kid)
     assert len(jc.events(job=kid)) == before and job["exit_code"] == 1 and job["attempt"] == 2
     assert jc.verify() == []
+
+
+def test_a_stale_outcome_does_not_end_the_attempt_another_worker_runs(jc):
+    """Worker A's job is reaped (A seemed dead) and worker B claims it, attempt 2.
+    A's command then ends: its outcome is of attempt 1, stale; only its output is
+    kept. B's outcome ends the job."""
+    p = jc.create("p")
+    (kid,) = jc.spawn(p, count=1)
+    assert jc.claim(p) == kid  # A, attempt 1
+    jc.reap(0, to="pending")
+    assert jc.claim(p) == kid and jc.get(kid)["attempt"] == 2  # B
+    lines = [("info", "A's last line")]
+    status = jc.finish(kid, "failed", message="exit code 1", exit_code=1, duration=9.0, lines=lines, attempt=1)
+    assert status == "running"
+    job = jc.get(kid)
+    assert job["status"] == "running" and job["exit_code"] is None
+    assert "A's last line" in [line["text"] for line in jc.logs(kid)]
+    assert jc.finish(kid, "completed", message="exit code 0", exit_code=0, duration=1.0, attempt=2) == "completed"
+    assert jc.get(kid)["exit_code"] == 0 and [e["new_status"] for e in jc.events(job=kid)][-1] == "completed"
+    assert jc.verify() == []

@@ -581,3 +581,38 @@ def test_a_claimed_child_s_running_event_shows_its_command_as_run(db_path):
     with Jobctl(db_path) as jc:
         running = [e["message"] for kid in kids for e in jc.events(job=kid) if e["new_status"] == "running"]
         assert running == ["run: echo 'shard a'", "run: echo 'shard b'"]
+
+
+def test_a_worker_that_comes_back_after_its_job_was_reaped_and_rerun_changes_nothing(db_path, tmp_path):
+    """Worker A stalls (SIGSTOP: no heartbeats), its child is reaped and run to the
+    end by worker B; then A wakes and its command fails. That outcome is of an
+    attempt that was taken back: the job stays completed, with B's exit code."""
+    with Jobctl(db_path) as jc:
+        parent = jc.create("shards")
+        (kid,) = jc.spawn(parent, count=1)
+    gate = tmp_path / "gate"
+    cmd = ["--", "sh", "-c", f'echo started; if [ "$WORKER" = A ]; then while [ ! -e {gate} ]; do sleep 0.02; done;'
+           " exit 1; fi"]
+    a = start(db_path, "--claim", parent, "--heartbeat", "0.2", *cmd, env={"WORKER": "A"})
+    assert a.stdout.readline().strip() == f"{kid}: started"
+    a.send_signal(signal.SIGSTOP)
+    try:
+        with Jobctl(db_path) as jc:
+            waker = jc.store.waker(0.2)
+            while not jc.reap(1.0, to="pending", parent=parent):
+                waker.wait(0.5)
+            waker.close()
+        b = start(db_path, "--claim", parent, *cmd, env={"WORKER": "B"})
+        assert b.communicate(timeout=120)[0].strip() == f"{kid}: started" and b.returncode == 0
+        gate.touch()
+    finally:
+        a.send_signal(signal.SIGCONT)
+    _, err = a.communicate(timeout=120)
+    assert a.returncode == 1  # A's own command failed, and A says so
+    assert f"job {kid}: attempt 1 was taken back meanwhile (reaped; now attempt 2)" in err
+    with Jobctl(db_path) as jc:
+        job = jc.get(kid)
+        assert (job["status"], job["exit_code"], job["attempt"]) == ("completed", 0, 2)
+        changes = [e["new_status"] for e in jc.events(job=kid) if e["kind"] == "status"]
+        assert changes == ["running", "pending", "running", "completed"]
+        assert jc.verify() == []
