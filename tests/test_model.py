@@ -570,3 +570,18 @@ def test_replay_folds_policies_and_checks_attempts():
     assert got["p"]["fail_fast"] == 0 and got["p"]["allow_failures"] == "5%" and got["p"]["max_attempts"] is None
     assert got["p"]["attempt"] == 3
     assert problems == ["event None: job p is on attempt 3, the rules say 2"]
+
+
+@pytest.mark.parametrize("allow", [None, "0", "1", "3", "5%", "2.5%", "100%"])
+def test_every_derived_message_is_told_from_one_given_by_hand(allow):
+    """verify checks a parent whose last status event is derived: is_derived knows
+    each message derived_message makes, and no other (nor one with an attempt)."""
+    for counts in ({"pending": 0, "running": 0, "completed": 7, "failed": 2, "cancelled": 1},
+                   {"pending": 1, "running": 0, "completed": 0, "failed": 0, "cancelled": 0},
+                   {"pending": 0, "running": 0, "completed": 0, "failed": 3, "cancelled": 0}):
+        status = model.derive_status(counts, "running", allow_failures=allow)
+        message = model.derived_message(counts, status, allow)
+        assert model.is_derived({"kind": "status", "attempt": None, "message": message}), message
+        assert not model.is_derived({"kind": "status", "attempt": 2, "message": message})
+    for by_hand in ("derived from children of the nightly batch", "derived from children: stopped", None, ""):
+        assert not model.is_derived({"kind": "status", "attempt": None, "message": by_hand})
