@@ -399,8 +399,16 @@ class Execution:
         the status the job has now."""
         lines = output.take() + output.last()
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
+        noted = False
         while True:
             try:
+                now = jc.get(self.job_id)["attempt"]
+                if now != job["attempt"] and not noted:  # (finish below records nothing of it then)
+                    noted = True
+                    info(
+                        f"job {self.job_id}: attempt {job['attempt']} was taken back meanwhile (reaped; now attempt"
+                        f" {now}): its outcome ({outcome.message}) is not recorded, only its output"
+                    )
                 status = jc.finish(
                     self.job_id,
                     outcome.status,
@@ -411,12 +419,6 @@ class Execution:
                     retry_in=retry_in,
                     attempt=job["attempt"],
                 )
-                now = jc.get(self.job_id)["attempt"]
-                if now != job["attempt"]:
-                    info(
-                        f"job {self.job_id}: attempt {job['attempt']} was taken back meanwhile (reaped; now attempt"
-                        f" {now}): its outcome ({outcome.message}) is not recorded, only its output"
-                    )
                 return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
                 if time.monotonic() >= deadline:
