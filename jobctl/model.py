@@ -140,12 +140,12 @@ def check_transition(job_id: str, old: str, new: str, *, force: bool = False) ->
     raise Conflict(f"job {job_id}: {old} → {new} not allowed (use --force)")
 
 
-_NONE = (0,) * len(STATUSES)
+_ZEROS = (0,) * len(STATUSES)
 
 
 def n_children(counts: Mapping[str, int]) -> int:
     """How many children the counts are of (a status missing from them counts 0)."""
-    return sum(map(counts.get, STATUSES, _NONE))
+    return sum(map(counts.get, STATUSES, _ZEROS))
 
 
 def derive_status(counts: Mapping[str, int], current: str, *, allow_failures: str | None = None) -> str:
@@ -190,7 +190,8 @@ def follows_children(counts: Mapping[str, int], status: str, allow: str | None) 
     return derive_status(counts, status, allow_failures=allow) == status
 
 
-_DERIVED = r"derived from children(: \d+ failed, (within|more than) --allow-failures \d+(\.\d+)?%? \(\d+ allowed\))?"
+# every message derived_message makes (DERIVED_MESSAGE has no regex metacharacters)
+_DERIVED = DERIVED_MESSAGE + r"(: \d+ failed, (within|more than) --allow-failures \d+(\.\d+)?%? \(\d+ allowed\))?"
 
 
 def is_derived(event: Mapping) -> bool:
