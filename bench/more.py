@@ -406,7 +406,7 @@ def events_leaf_million(args, tmp):
     procs = [_timed([JOBCTL, "--db", str(db), "events", "--job", leaf]) for _ in range(5 * size(args, "rounds"))]
     ours, base = [], []
     with Jobctl(db, create=False) as jc:
-        conn = jc.store.conn
+        conn = jc._store.conn
         for _ in range(10 * size(args, "rounds")):
             t = time.perf_counter()
             got = jc.events(job=leaf)

@@ -98,7 +98,7 @@ def _latency_run(db, parent, kids, cmd, floor, rate):
             t_next = time.perf_counter() + 1 / rate
             jc.set_status([kid], "running")
             committed = time.perf_counter()  # before asking for the id: on PostgreSQL that is a round trip
-            commits[jc.store.last_event_id()] = committed
+            commits[jc._store.last_event_id()] = committed
             time.sleep(max(0.0, t_next - time.perf_counter()))
     time.sleep(0.5)
     stop(proc)
@@ -290,7 +290,7 @@ def serve_latency(args, tmp):
                     t_next = time.perf_counter() + 1 / args.rate
                     jc.set_status([kid], "running")
                     committed = time.perf_counter()
-                    commits[jc.store.last_event_id()] = committed
+                    commits[jc._store.last_event_id()] = committed
                     time.sleep(max(0.0, t_next - time.perf_counter()))
             last = max(commits)
             deadline = time.time() + 30
@@ -450,7 +450,7 @@ def progress_million(args, tmp):
     db, parent, kids = _million(args, tmp)
     ours, base = [], []
     with Jobctl(db) as jc:
-        conn = jc.store.conn
+        conn = jc._store.conn
         for _ in range(args.rounds * 10):
             t = time.perf_counter()
             jc.progress(parent)
@@ -755,7 +755,7 @@ def pg_progress_million(args, tmp):
         kids = [f"{parent}.{i}" for i in range(1, min(1000, args.progress_children) + 1)]
         ours, base = [], []
         with Jobctl(url) as jc:
-            cur = jc.store.conn.cursor()
+            cur = jc._store.conn.cursor()
             for _ in range(args.rounds * 10):
                 t = time.perf_counter()
                 jc.progress(parent)

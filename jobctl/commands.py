@@ -194,7 +194,7 @@ def init(db: str | None) -> int:
 
 
 def db_path(db: str | None, json: bool = False) -> int:
-    from jobctl.api import display_name, resolve_db_path
+    from jobctl.store import display_name, resolve_db_path
 
     name = display_name(resolve_db_path(db))
     _json({"path": name}) if json else print(name)
@@ -359,7 +359,7 @@ def watch(
             stale_after=stale,
             wait_for_create=wait_for_create,
         )
-        if report is None or jc.store.get_job(job) is None:  # (a job never created has nothing to report)
+        if report is None or jc.find(job) is None:  # (a job never created has nothing to report)
             return code
     return _report_after(db, job, report, report_output, code)
 

@@ -470,3 +470,40 @@ def check_seconds(value: float | None, option: str, *, zero: bool = True) -> flo
             f"{option} must be {'0' if zero else 'more than 0'} seconds or more, at most 100 years, not {value}"
         )
     return value
+
+
+# ------------------------------------------------------------- validators
+_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}\Z"
+
+
+def check_text(text: str | None, what: str) -> str | None:
+    """Text is stored verbatim, except NUL, which PostgreSQL cannot store in
+    text: refused on both backends alike."""
+    if text is not None and "\x00" in text:
+        raise UsageError(f"a {what} must not contain a NUL character")
+    return text
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError("a job name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UsageError(f"a job name is at most {MAX_NAME_LENGTH} characters, not {len(name)}")
+    check_text(name, "job name")
+    return name
+
+
+def check_message(message: str | None, what: str = "message") -> str | None:
+    if message is not None and len(message) > MAX_MESSAGE_LENGTH:
+        raise UsageError(f"a {what} is at most {MAX_MESSAGE_LENGTH} characters, not {len(message)}")
+    return check_text(message, what)
+
+
+def check_id(job_id: str) -> str:
+    import re  # here, not at the top: json and re cost ~7 ms at every start of `status set`
+
+    if not re.match(_ID_PATTERN, job_id):
+        raise UsageError(
+            f"bad job id {job_id!r}: use 1-200 letters, digits and _.:@/+- (starting with a letter, digit or _)"
+        )
+    return job_id

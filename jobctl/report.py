@@ -174,13 +174,13 @@ def _unit_events(jc: Jobctl, job_ids: list[str]) -> dict[str, list[dict]]:
     """Every event of some jobs (at most EVENT_CHUNK), by job, each job's in id
     order: one indexed query (events by job id), none for no jobs.
 
-    This reads the store directly rather than through Jobctl.logs or
+    This reads with Jobctl.events_of rather than Jobctl.logs or
     Jobctl.iter_events because it runs inside the read transaction of the
     Jobctl.tree() walk, and those open one of their own (a nested BEGIN is an
     error on SQLite and would end the walk's snapshot on PostgreSQL)."""
     by_job: dict[str, list[dict]] = {job_id: [] for job_id in job_ids}
     if job_ids:
-        for e in jc.store.events(job_ids=job_ids):
+        for e in jc.events_of(job_ids):
             by_job[e["job_id"]].append(e)
     return by_job
 

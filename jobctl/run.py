@@ -291,7 +291,7 @@ class Execution:
             self.proc.wait(0.05)
         except subprocess.TimeoutExpired:
             pass
-        waker = jc.store.waker(CHECK_SECONDS) if self.proc.poll() is None else None
+        waker = jc.waker(CHECK_SECONDS) if self.proc.poll() is None else None
         deadline = None if self.options.timeout is None else started + self.options.timeout
         last_beat = last_flush = last_check = time.monotonic()
         try:
@@ -615,7 +615,7 @@ def run_each(
         raise UsageError("--each read no input lines from stdin")
     with Jobctl(db) as jc:
         jc.progress(parent)  # exists (exit 3 if not)
-        cursor = jc.store.last_event_id()  # the watch below shows everything from the spawn on
+        cursor = jc.last_event_id()  # the watch below shows everything from the spawn on
         kids = jc.spawn(parent, names=inputs)
         resolved = jc.path
     queue = deque(zip(kids, inputs))
@@ -696,7 +696,7 @@ def run_claim(
 
     def worker() -> None:
         with Jobctl(resolved) as jc:
-            waker = jc.store.waker(poll_interval)
+            waker = jc.waker(poll_interval)
             try:
                 while not stopping.is_set():
                     # the running event shows the command as it is run: {} replaced by the child's name

@@ -18,57 +18,51 @@ from dataclasses import dataclass, field
 
 from jobctl import model
 from jobctl.api import Jobctl
+from jobctl.feed import EventFeed, JobFold
 from jobctl.model import CREATE, STATUS, TERMINAL
-from jobctl.progress import empty_counts, fold_event, progress_dict
+from jobctl.progress import empty_counts
 
 PAGE = 5000
 MAX_ROWS = 200  # the newest rows shown; older finished ones drop off
 
 
 @dataclass
-class Row:
-    job: dict
-    counts: dict = field(default_factory=empty_counts)
-
-    @property
-    def progress(self) -> dict:
-        return progress_dict(self.job["id"], self.job["status"], self.counts)
-
-
-@dataclass
 class Overview:
-    """The top-level jobs worth showing, kept up to date by folding events."""
+    """The top-level jobs worth showing, kept up to date by folding the one
+    event feed (every event after the cursor) into their rows."""
 
     jc: Jobctl
     recent: float  # seconds: finished jobs stay this long
-    rows: dict[str, Row] = field(default_factory=dict)  # in insertion order: oldest first
-    cursor: int = 0
+    rows: dict[str, JobFold] = field(default_factory=dict)  # in insertion order: oldest first
+    poll_interval: float = 1.0  # the longest between looks at the events without a wake-up
+    feed: EventFeed | None = None
 
     def load(self) -> None:
         cutoff = model.ago(self.recent)
-        with self.jc.store.read():
-            self.cursor = self.jc.store.last_event_id()
+        with self.jc.snapshot():
+            self.feed = self.jc.feed(self.jc.last_event_id(), page=PAGE, poll_interval=self.poll_interval)
             for job in self.jc.list(top_level=True, newest_first=True):
                 if job["status"] in TERMINAL and (job["completed_at"] or job["updated_at"]) < cutoff:
                     continue
                 counts = empty_counts()
                 if job["progress"]:
                     counts = {s: job["progress"][f"{s}_children"] for s in counts}
-                self.rows[job["id"]] = Row(job, counts)
+                self.rows[job["id"]] = JobFold(job, counts)
                 if len(self.rows) >= MAX_ROWS:
                     break
         self.rows = dict(reversed(list(self.rows.items())))
 
+    @property
+    def cursor(self) -> int:
+        return self.feed.cursor if self.feed is not None else 0
+
     def read(self) -> bool:
         """Fold the events since the cursor; True when something shown changed."""
+        assert self.feed is not None, "load() first"
         changed = False
-        while True:
-            events = self.jc.store.events(since=self.cursor, limit=PAGE)
-            for e in events:
-                self.cursor = e["id"]
-                changed |= self.apply(e)
-            if len(events) < PAGE:
-                return changed
+        for e in self.feed:
+            changed |= self.apply(e)
+        return changed
 
     def apply(self, e: dict) -> bool:
         if e["kind"] not in (CREATE, STATUS):
@@ -77,21 +71,20 @@ class Overview:
             row = self.rows.get(e["job_id"])
             if row is None and (e["kind"] == CREATE or e["new_status"] not in TERMINAL):
                 # new, or back from an end (retry) after it had left the table
-                job = self.jc.store.get_job(e["job_id"])
+                job = self.jc.find(e["job_id"])
                 if job is None:
                     return False
-                counts = self.jc.store.get_counts([job["id"]])[job["id"]]
-                row = self.rows[e["job_id"]] = Row(job, counts)
+                row = self.rows[e["job_id"]] = JobFold(job, self.jc.counts(job["id"]))
                 self._evict()
                 return True
             if row is None:
                 return False
-            model.enter_status(row.job, e["new_status"], e["at"])
+            row.apply(e)
             return True
         row = self.rows.get(e["parent_id"])
         if row is None:
             return False
-        fold_event(row.counts, row.job["id"], e)
+        row.apply(e)
         return True
 
     def _evict(self) -> None:
@@ -111,7 +104,7 @@ class Overview:
             del self.rows[k]
         return bool(old)
 
-    def shown(self) -> list[Row]:
+    def shown(self) -> list[JobFold]:
         return list(reversed(self.rows.values()))  # newest first
 
 
@@ -136,7 +129,7 @@ def render(overview: Overview, selected: int, width: int):
     ):
         table.add_column(name, **kw)
     for i, row in enumerate(rows):
-        p = row.progress
+        p = row.progress()
         total = p["total_children"]
         done = total - p["pending_children"] - p["running_children"]
         bar = Table.grid(padding=(0, 1))
@@ -206,11 +199,12 @@ def run_top(jc: Jobctl, *, recent: float, poll_interval: float = 1.0) -> int:
         raise model.UsageError(
             "jobctl top is a live table for a terminal: in a pipe use `jobctl list` (or `jobctl watch JOB` for one job)"
         )
-    overview = Overview(jc, recent)
+    overview = Overview(jc, recent, poll_interval=poll_interval)
     overview.load()
+    assert overview.feed is not None
+    overview.feed.listen()
     selected = 0
     console = rendering.console()
-    waker = jc.store.waker(poll_interval)
     keys = Keys()
     try:
         while True:
@@ -221,7 +215,7 @@ def run_top(jc: Jobctl, *, recent: float, poll_interval: float = 1.0) -> int:
                 while choice is None:
                     typed = keys.read(0)
                     if not typed:
-                        changed = waker.wait(0.1) and overview.read()
+                        changed = overview.feed.wait(0.1) and overview.read()
                         if time.monotonic() - last_expire > 1:
                             changed |= overview.expire()
                             last_expire = time.monotonic()
@@ -247,4 +241,4 @@ def run_top(jc: Jobctl, *, recent: float, poll_interval: float = 1.0) -> int:
         return model.EXIT_INTERRUPTED
     finally:
         keys.restore()
-        waker.close()
+        overview.feed.close()

@@ -14,19 +14,21 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol  # watch is long-running: typing's start-up cost does not matter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
+    from jobctl.feed import EventFeed
     from jobctl.store.base import Waker
 
 from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.console import info
+from jobctl.feed import JobFold
 from jobctl.model import TERMINAL, not_found
-from jobctl.progress import empty_counts, fold_event, progress_dict
+from jobctl.progress import empty_counts
 
 DEFAULT_POLL_INTERVAL = 1.0
 PAGE = 2000  # events read at a time: a long replay streams, and --timeout is checked between pages
@@ -56,21 +58,21 @@ class Sink(Protocol):
     ) -> None: ...
 
 
-@dataclass
 class Tail:
-    """Follows one job: its subtree's events in id order and its progress."""
+    """Follows one job: its subtree's events in id order (an EventFeed kept to
+    the job's tree) folded into its status and progress (a JobFold)."""
 
-    jc: Jobctl
-    job_id: str
-    job: dict = field(default_factory=dict)
-    subtree: set | None = None  # ids of the tree below a non-root job; None: all of root_id's
-    counts: dict = field(default_factory=empty_counts)
-    cursor: int = 0
-    live_from: int = 0
-    more: bool = False  # the last read stopped at a page boundary: read again before waiting
+    def __init__(self, jc: Jobctl, feed: EventFeed, fold: JobFold, live_from: int):
+        self.jc = jc
+        self.feed = feed
+        self.fold = fold
+        self.job = fold.job
+        self.job_id: str = fold.job["id"]
+        self.counts = fold.counts
+        self.live_from = live_from  # events up to here are history (replayed), after it live
 
     @classmethod
-    def start(cls, jc: Jobctl, job_id: str, since: int | None = None) -> "Tail":
+    def start(cls, jc: Jobctl, job_id: str, since: int | None = None) -> Tail:
         """Read the job's state, its progress and the cursor in one snapshot.
 
         With `since`, the cursor is put back to that event id and the counts to
@@ -78,34 +80,36 @@ class Tail:
         """
         if since is not None:
             model.check_since(since)
-        store = jc.store
-        with store.read():
-            job = store.get_job(job_id)
+        with jc.snapshot():
+            job = jc.find(job_id)
             if job is None:
                 raise not_found(job_id)
             # A root's tree is everything with its root_id: no id set to keep in memory.
-            subtree = None if job["parent_id"] is None else {r["id"] for r in store.subtree(job_id)}
-            tail = cls(jc, job_id, job=job, subtree=subtree)
-            tail.live_from = store.last_event_id()
+            subtree = None if job["parent_id"] is None else jc.subtree_ids(job_id)
+            live_from = jc.last_event_id()
             if since is None:
-                tail.cursor = tail.live_from
-                tail.counts = store.get_counts([job_id])[job_id]
+                fold = JobFold(job, jc.counts(job_id))
             else:
-                tail.cursor = min(since, tail.live_from)
-                tail.job["status"] = model.PENDING  # as created; its own events up to the cursor follow
-                for e in store.child_events(job_id, until=tail.cursor):
-                    tail.apply(e)
-        return tail
+                job["status"] = model.PENDING  # as created; its own events up to the cursor follow
+                fold = JobFold(job, empty_counts())
+                for e in jc.child_events(job_id, until=min(since, live_from)):
+                    fold.apply(e)
+        cursor = live_from if since is None else min(since, live_from)
+        feed = jc.feed(cursor, root_id=job["root_id"], ids=subtree, page=PAGE)
+        return cls(jc, feed, fold, live_from)
 
-    def apply(self, e: dict) -> None:
-        """Fold one event of the job or of a direct child into its status and counts."""
-        fold_event(self.counts, self.job_id, e)
-        if e["job_id"] == self.job_id and e["new_status"] is not None:
-            self.job["status"] = e["new_status"]
+    @property
+    def cursor(self) -> int:
+        return self.feed.cursor
+
+    @property
+    def more(self) -> bool:
+        """The last read stopped at a page boundary: read again before waiting."""
+        return self.feed.more
 
     @property
     def status(self) -> str:
-        return self.job["status"]
+        return self.fold.status
 
     @property
     def done(self) -> bool:
@@ -117,11 +121,11 @@ class Tail:
         return self.done and self.cursor >= self.live_from and not self.more
 
     def progress(self) -> dict:
-        return progress_dict(self.job_id, self.status, self.counts)
+        return self.fold.progress()
 
     def earlier_events(self) -> int:
         """How many events of the watched tree came before the watch started."""
-        return self.jc.store.count_events(self.job["root_id"], self.live_from, self.subtree)
+        return self.jc.count_events(self.job["root_id"], self.live_from, self.feed.ids)
 
     def read(self) -> list[Update]:
         """The new events of the watched tree since the cursor, folded into the progress.
@@ -129,26 +133,24 @@ class Tail:
         Stops after the event that makes the job final (when live), so the
         last progress is the final one.
         """
-        rows, cursor, self.more = self.jc.tree_events(self.cursor, self.job["root_id"], self.subtree, PAGE)
         updates = []
-        for e in rows:
-            self.apply(e)
+        for e in self.feed.read():
+            self.fold.apply(e)
             replay = e["id"] <= self.live_from
             updates.append(Update(e, self.progress(), replay))
             if not replay and self.done:
-                cursor, self.more = e["id"], False
+                self.feed.cursor, self.feed.more = e["id"], False
                 break
-        self.cursor = cursor
-        if not self.more:
+        if not self.feed.more:
             # Every event of this tree up to now has been read; the newest event at
             # start may belong to another tree, so the cursor alone would not reach it.
-            self.cursor = max(self.cursor, self.live_from)
+            self.feed.cursor = max(self.feed.cursor, self.live_from)
         return updates
 
 
 def waker_for(jc: Jobctl, poll_interval: float) -> Waker:
     model.check_seconds(poll_interval, "--poll-interval", zero=False)
-    return jc.store.waker(poll_interval)
+    return jc.waker(poll_interval)
 
 
 def follow(
@@ -257,7 +259,7 @@ def interrupted(got: dict) -> tuple[str, int]:
 def wait_for_jobs(jc: Jobctl, job_ids: list[str], waker: Waker, poll_interval: float, deadline: float | None) -> bool:
     """Block until every job exists (--wait-for-create); False if `deadline` passes first."""
     while True:
-        missing = [j for j in job_ids if jc.store.get_job(j) is None]
+        missing = [j for j in job_ids if jc.find(j) is None]
         if not missing:
             return True
         remaining = None if deadline is None else deadline - time.monotonic()

@@ -51,7 +51,7 @@ def snapshot(db: str) -> tuple:
     if not exists(db):
         return ()
     with Jobctl(db, create=False) as jc:
-        store = jc.store
+        store = jc._store
         return (store.all_jobs(), store.all_counts(), list(store.all_events()),
                 [(e["id"], e["message"], e["level"]) for e in store.events()])
 

@@ -640,7 +640,7 @@ def test_disk_full_through_the_api_max_page_count(jc, db_path):
     and the connection still usable once there is room again."""
     parent = jc.create("parent")
     jc.spawn(parent, count=3)
-    conn = jc.store.conn
+    conn = jc._store.conn
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = hashlib.sha256(db_path.read_bytes()).hexdigest()
     events_before = jc.events()

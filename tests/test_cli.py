@@ -603,8 +603,8 @@ def test_events_of_a_leaf_are_read_by_job_not_by_tree(jc, monkeypatch):
     kids = jc.spawn(parent, count=50)
     jc.set_status([kids[7]], "running")
     calls = []
-    real = jc.store.events
-    monkeypatch.setattr(jc.store, "events", lambda **kw: calls.append(kw) or real(**kw))
+    real = jc._store.events
+    monkeypatch.setattr(jc._store, "events", lambda **kw: calls.append(kw) or real(**kw))
     got = [(e["job_id"], e["new_status"]) for e in jc.iter_events(job=kids[7])]
     assert got == [(kids[7], "pending"), (kids[7], "running")]
     assert calls and all(c.get("job_ids") == [kids[7]] and c.get("root_id") is None for c in calls)

@@ -181,7 +181,7 @@ def test_a_writer_that_waits_for_the_lock_says_so_once(db):
     with Jobctl(db) as jc:
         job = jc.create("x")
     holder = Jobctl(db)
-    lock = holder.store.write()
+    lock = holder._store.write()
     lock.__enter__()  # another writer, in the middle of a long transaction
     try:
         proc = subprocess.Popen([JOBCTL, "--db", db, "status", "set", job, "running"], stderr=subprocess.PIPE,
@@ -218,7 +218,7 @@ def test_a_writer_refused_after_the_busy_timeout_can_write_again(db, monkeypatch
     with Jobctl(db) as jc:
         job = jc.create("x")
         holder = Jobctl(db)
-        lock = holder.store.write()
+        lock = holder._store.write()
         lock.__enter__()
         try:
             with pytest.raises(DatabaseUnusable, match="still locked"):
@@ -239,10 +239,10 @@ def test_a_change_reads_what_the_rules_need_of_a_job_and_its_parent(jc):
     p = jc.create("P", allow_failures="1")
     kid = jc.spawn(p, count=2)[0]
     jc.set_status([kid], "failed")
-    jobs, counts = jc.store.jobs_and_counts([kid], parents=True)
+    jobs, counts = jc._store.jobs_and_counts([kid], parents=True)
     assert set(jobs) == {kid, p} and all(tuple(j) == CHANGE_COLUMNS for j in jobs.values())
     assert jobs[p]["allow_failures"] == "1" and jobs[kid]["status"] == "failed"
     assert counts[p] == {"pending": 1, "running": 0, "completed": 0, "failed": 1, "cancelled": 0}
     assert counts[kid] == dict.fromkeys(counts[p], 0)
-    jobs, counts = jc.store.jobs_and_counts([p], parents=True)  # a root: no parent row
+    jobs, counts = jc._store.jobs_and_counts([p], parents=True)  # a root: no parent row
     assert set(jobs) == {p}

@@ -95,7 +95,7 @@ def check_histories(db_path, parent, kids, records):
         ids = [e["id"] for e in jc.events()]
         assert ids == list(range(1, len(ids) + 1))  # gap-free cursor
         assert jc.verify() == []
-        fresh = jc.store.count_children(parent)[parent]
+        fresh = jc._store.count_children(parent)[parent]
         p = jc.progress(parent)
         assert {s: p[f"{s}_children"] for s in fresh} == fresh
 

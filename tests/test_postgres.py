@@ -186,7 +186,7 @@ def test_a_transient_failure_is_retried_then_reported(pg_url, monkeypatch):
 
     with Jobctl(pg_url) as jc:
         job = jc.create("x")
-        real = jc.store.write
+        real = jc._store.write
         failures = {"left": 2}
 
         def flaky():
@@ -195,7 +195,7 @@ def test_a_transient_failure_is_retried_then_reported(pg_url, monkeypatch):
                 raise Retryable("could not serialize access")
             return real()
 
-        monkeypatch.setattr(jc.store, "write", flaky)
+        monkeypatch.setattr(jc._store, "write", flaky)
         jc.set_status([job], "running")  # two transient failures, then it goes through
         assert jc.status(job) == "running" and failures["left"] == 0
         failures["left"] = 99

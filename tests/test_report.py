@@ -94,7 +94,7 @@ def unstamp(text: str) -> str:
 def count_event_reads(jc, monkeypatch) -> list[tuple[int, bool]]:
     """Every call of the store's events() from now on, as (how many job ids,
     whether a read transaction was open): the report's round trips for events."""
-    store, calls = jc.store, []
+    store, calls = jc._store, []
     real = store.events
 
     def events(**kw):

@@ -174,7 +174,7 @@ def test_heartbeats_are_sent_while_the_command_runs(db_path, tmp_path):
     assert proc.stdout.readline() == "ready\n"
     try:
         with Jobctl(db_path) as jc:  # the first heartbeat is due 0.1 s after the start
-            waker = jc.store.waker(0.1)
+            waker = jc.waker(0.1)
             deadline = time.monotonic() + 30
             while jc.get(job)["last_heartbeat"] is None:
                 assert time.monotonic() < deadline, "no heartbeat while the command ran"
@@ -280,7 +280,7 @@ def test_a_killed_worker_s_children_are_reaped_and_finished_by_the_others(db, tm
         if kid != claimed:
             (gate / kid).touch()
     with Jobctl(db) as jc:  # the killed worker's child stops heartbeating: reap puts it back
-        waker = jc.store.waker(0.2)
+        waker = jc.waker(0.2)
         while not jc.reap(1.0, to="pending", parent=parent):
             waker.wait(0.5)
         waker.close()
@@ -350,7 +350,7 @@ def test_a_database_unusable_at_the_end_is_said_in_one_line_exit_5(db_path, tmp_
                  env={"JOBCTL_BUSY_TIMEOUT": "1"})
     assert proc.stdout.readline() == "ready\n"
     holder = Jobctl(db_path)
-    lock = holder.store.write()
+    lock = holder._store.write()
     lock.__enter__()  # another writer holds the lock past the busy timeout
     try:
         gate.touch()
@@ -471,7 +471,7 @@ def test_a_timed_out_command_is_retried_with_a_timeout_of_its_own(db, tmp_path):
 
 def until(jc, condition) -> None:
     """Wait, on the store's wake-ups, until `condition()` holds (what a real run writes)."""
-    waker = jc.store.waker(0.1)
+    waker = jc.waker(0.1)
     try:
         while not condition():
             waker.wait(0.1)
@@ -598,7 +598,7 @@ def test_a_worker_that_comes_back_after_its_job_was_reaped_and_rerun_changes_not
     a.send_signal(signal.SIGSTOP)
     try:
         with Jobctl(db_path) as jc:
-            waker = jc.store.waker(0.2)
+            waker = jc.waker(0.2)
             while not jc.reap(1.0, to="pending", parent=parent):
                 waker.wait(0.5)
             waker.close()

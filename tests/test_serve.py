@@ -308,10 +308,10 @@ def test_replay_from_every_cursor_matches_a_plain_recount(jc):
     last = events[-1]["id"]
     want = [(i, feed.encode(i, msgs)) for i, msgs in oracle_messages(events)]
     for since in range(0, last + 1):
-        got = [x for page in feed.replay(jc.store, since, last, page=7) for x in page]
+        got = [x for page in feed.replay(jc, since, last, page=7) for x in page]
         assert got == [w for w in want if w[0] > since], f"replay from {since}"
     # and a stretch in the middle: (since, until]
-    got = [x for page in feed.replay(jc.store, 5, last - 5) for x in page]
+    got = [x for page in feed.replay(jc, 5, last - 5) for x in page]
     assert got == [w for w in want if 5 < w[0] <= last - 5]
 
 
@@ -320,7 +320,7 @@ def test_state_at_is_the_state_of_that_moment(jc):
     events = jc.events()
     ids = sorted({e["job_id"] for e in events})
     for at in range(0, events[-1]["id"] + 1):
-        state = feed.state_at(jc.store, at, ids)
+        state = feed.state_at(jc, at, ids)
         then = replay_model([e for e in events if e["id"] <= at])
         for job in ids:
             status, counts, _ = state[job]
@@ -417,7 +417,7 @@ def test_jobs_list_show_and_errors(db, serve):
         slash = jc.create("with a slash", id="nightly/42")
         roots = [j["id"] for j in jc.list() if j["parent_id"] is None][::-1]
         want = {r: jc.get(r) for r in roots}
-        cursor = jc.store.last_event_id()
+        cursor = jc.last_event_id()
     server = serve(db)
 
     data = server.get("/api/jobs")
@@ -475,7 +475,7 @@ def test_events_are_paged_with_a_cursor(db, serve):
         jc.set_status(grand, "running")
         jc.log(grand[0], "deep")
         all_of = {j: [event_json(e) for e in jc.events(job=j)] for j in (parent, kids[0], other)}
-        last = jc.store.last_event_id()
+        last = jc.last_event_id()
     server = serve(db)
     for job, want in all_of.items():
         got, since, pages = [], 0, 0
@@ -715,7 +715,7 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
         assert w.wait(timeout=120) == 0
     run("status", "set", *bulk, "completed", db=db, check=True)
     with Jobctl(db) as jc:
-        last = jc.store.last_event_id()
+        last = jc.last_event_id()
         events = jc.events(since=start)
     hopper = server.stream(last_event_id=cursor)
     if cursor != str(last):

@@ -32,7 +32,7 @@ def jc(db_path):
 
 def test_new_database_settings(db_path):
     with Jobctl(db_path) as jc:
-        conn = jc.store.conn
+        conn = jc._store.conn
         assert conn.execute("PRAGMA journal_mode").fetchone()["journal_mode"] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()["foreign_keys"] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()["timeout"] > 0
@@ -48,15 +48,15 @@ def test_busy_timeout_from_environment(db_path, monkeypatch):
     monkeypatch.setenv("JOBCTL_BUSY_TIMEOUT", "2.5")
     with Jobctl(db_path) as jc:  # shared among the tries of BEGIN IMMEDIATE
         # the first try waits at most WAIT_NOTICE (then says so); the retries share the rest
-        assert jc.store.conn.execute("PRAGMA busy_timeout").fetchone()["timeout"] == 1000
-        assert jc.store.busy_timeout == 2.5
+        assert jc._store.conn.execute("PRAGMA busy_timeout").fetchone()["timeout"] == 1000
+        assert jc._store.busy_timeout == 2.5
     monkeypatch.setenv("JOBCTL_BUSY_TIMEOUT", "soon")
     with pytest.raises(DatabaseUnusable):
         Jobctl(db_path)
 
 
 def test_children_by_status_uses_the_index(jc):
-    plan = jc.store.conn.execute("EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE parent_id = ? AND status = ?",
+    plan = jc._store.conn.execute("EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE parent_id = ? AND status = ?",
                                  ("p", "pending")).fetchall()
     assert "idx_jobs_parent_id_status" in " ".join(r["detail"] for r in plan)
 
@@ -64,9 +64,9 @@ def test_children_by_status_uses_the_index(jc):
 def test_events_are_append_only(jc):
     job = jc.create("x")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        jc.store.conn.execute("UPDATE events SET new_status = 'failed' WHERE job_id = ?", (job,))
+        jc._store.conn.execute("UPDATE events SET new_status = 'failed' WHERE job_id = ?", (job,))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        jc.store.conn.execute("DELETE FROM events")
+        jc._store.conn.execute("DELETE FROM events")
 
 
 def test_v1_database_is_migrated_on_open(tmp_path):
@@ -74,7 +74,7 @@ def test_v1_database_is_migrated_on_open(tmp_path):
     shutil.copy(ROOT / "fixtures" / "v1.db", old)
     assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 1
     with Jobctl(old) as jc:
-        assert jc.store.conn.execute("PRAGMA user_version").fetchone()["user_version"] == SCHEMA_VERSION
+        assert jc._store.conn.execute("PRAGMA user_version").fetchone()["user_version"] == SCHEMA_VERSION
         assert jc.progress("v1p")["progress_text"] == "1 pending, 0 running, 1 completed, 1 failed"
         assert jc.verify() == []
         jc.set_status(["v1p.3"], "completed")
@@ -91,7 +91,7 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
         assert p.wait(timeout=60) == 0, p.stderr.read()
     with Jobctl(db) as jc:
         assert len(list(jc.list())) == 6
-        applied = jc.store.conn.execute("SELECT count(*) AS n FROM _sqlite_migrations").fetchone()["n"]
+        applied = jc._store.conn.execute("SELECT count(*) AS n FROM _sqlite_migrations").fetchone()["n"]
         assert applied == SCHEMA_VERSION
         assert jc.verify() == []
 
@@ -450,7 +450,7 @@ def test_a_change_of_600_jobs_stays_within_the_oldest_sqlite_variable_limit(db_p
     with Jobctl(db_path) as jc:
         p = jc.create("P")
         kids = jc.spawn(p, count=600)
-        jc.store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        jc._store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
         assert jc.set_status(kids, "running") == kids
         assert jc.verify() == []
 
@@ -459,13 +459,13 @@ def test_a_write_that_fails_at_commit_is_rolled_back_and_exits_5(jc):
     """A COMMIT that fails (here a deferred foreign key) leaves nothing written, the
     connection out of its transaction (the next write works), and says exit 5."""
     p = jc.create("P")
-    before = jc.store.conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"]
+    before = jc._store.conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"]
     with pytest.raises(DatabaseUnusable, match="FOREIGN KEY"):
-        with jc.store.write() as store:
+        with jc._store.write() as store:
             store.conn.execute("PRAGMA defer_foreign_keys = ON")
             store.conn.execute("INSERT INTO events (job_id, root_id, kind, at) VALUES ('nobody', 'x', 'log', 'now')")
-    assert not jc.store.conn.in_transaction
-    assert jc.store.conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == before
+    assert not jc._store.conn.in_transaction
+    assert jc._store.conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == before
     assert jc.set_status([p], "running") == [p]
 
 
@@ -475,10 +475,10 @@ def test_a_write_whose_body_fails_is_rolled_back_with_its_own_error(jc):
     p = jc.create("P")
     for error, expect in ((KeyError("boom"), KeyError), (sqlite3.OperationalError("disk I/O error"), DatabaseUnusable)):
         with pytest.raises(expect):
-            with jc.store.write() as store:
+            with jc._store.write() as store:
                 store.conn.execute("UPDATE jobs SET name = 'changed' WHERE id = ?", (p,))
                 raise error
-        assert not jc.store.conn.in_transaction
+        assert not jc._store.conn.in_transaction
         assert jc.get(p)["name"] == "P"
 
 
@@ -510,8 +510,8 @@ def test_a_connection_that_changes_its_jobs_again_does_not_read_them_again(db_pa
     with Jobctl(db_path) as jc:
         p = jc.create("P")
         kid = jc.spawn(p, count=3)[0]
-        assert reads_of_jobs(jc.store, lambda: jc.set_status([kid], "running")) != []
-        assert reads_of_jobs(jc.store, lambda: jc.set_status([kid], "completed")) == []
+        assert reads_of_jobs(jc._store, lambda: jc.set_status([kid], "running")) != []
+        assert reads_of_jobs(jc._store, lambda: jc.set_status([kid], "completed")) == []
         assert jc.status(kid) == "completed" and jc.status(p) == "running"
         assert jc.progress(p)["completed_children"] == 1 and jc.verify() == []
 
@@ -525,7 +525,7 @@ def test_what_a_connection_knows_gives_way_to_another_writer(db_path):
         p = a.create("P")
         k0, k1 = a.spawn(p, count=2)
         a.set_status([k0], "running")
-        assert {k0, p} <= set(a.store.known)
+        assert {k0, p} <= set(a._store.known)
         b.set_status([k0], "completed")  # behind a's back
         b.set_status([k1], "failed")
         with pytest.raises(Conflict, match="completed"):
@@ -549,12 +549,12 @@ def test_a_rolled_back_write_is_forgotten(db_path):
     with Jobctl(db_path) as jc:
         p, kid = parent_with_a_running_child(jc)
         with pytest.raises(KeyError):
-            with jc.store.write() as store:
+            with jc._store.write() as store:
                 jobs, _ = store.jobs_and_counts([kid], parents=True)
                 store.update_statuses([dict(jobs[kid], status="completed", completed_at=None, updated_at="x")])
                 store.apply_count_deltas({p: {"pending": 0, "running": -1, "completed": 1, "failed": 0, "cancelled": 0}})
                 raise KeyError("boom")
-        assert jc.store.known == {}
+        assert jc._store.known == {}
         assert jc.status(kid) == "running"
         jc.set_status([kid], "completed")
         assert jc.status(p) == "completed" and jc.progress(p)["completed_children"] == 1 and jc.verify() == []
@@ -568,11 +568,11 @@ def test_what_a_connection_knows_stays_bounded(db_path):
         p = jc.create("P")
         kids = jc.spawn(p, count=KNOWN_LIMIT + 200)
         jc.set_status(kids, "running")
-        assert not set(kids) & set(jc.store.known)  # (P is kept, from the spawn, with its counts)
-        assert jc.store.known[p][1]["running"] == len(kids)
+        assert not set(kids) & set(jc._store.known)  # (P is kept, from the spawn, with its counts)
+        assert jc._store.known[p][1]["running"] == len(kids)
         for kid in kids:
             jc.set_status([kid], "completed")
-            assert len(jc.store.known) <= KNOWN_LIMIT
+            assert len(jc._store.known) <= KNOWN_LIMIT
         assert jc.status(p) == "completed" and jc.verify() == []
 
 
@@ -600,7 +600,7 @@ def test_kept_rows_are_handed_out_as_copies(db_path):
         jc.set_status([kids[0]], "completed")
         jc.set_status([kids[1]], "completed")
         assert jc.status(p) == "running" and jc.progress(p)["progress_text"] == "0 pending, 1 running, 2 completed, 0 failed"
-        assert jc.store.known[p][1] == {"pending": 0, "running": 1, "completed": 2, "failed": 0, "cancelled": 0}
+        assert jc._store.known[p][1] == {"pending": 0, "running": 1, "completed": 2, "failed": 0, "cancelled": 0}
 
 
 def test_kept_attempts_follow_retries_up_to_the_cap(db_path):
@@ -628,9 +628,9 @@ def test_a_writer_that_waited_for_the_lock_sees_what_the_holder_wrote(db_path):
     with Jobctl(db_path) as a, Jobctl(db_path) as b:
         p, kid = parent_with_a_running_child(a)  # a keeps P: 1 running
         began = threading.Event()
-        a.store.conn.set_trace_callback(lambda sql: sql.startswith("BEGIN IMMEDIATE") and began.set())
+        a._store.conn.set_trace_callback(lambda sql: sql.startswith("BEGIN IMMEDIATE") and began.set())
         waiting = threading.Thread(target=a.set_status, args=([kid], "completed"))
-        with b.store.write() as store:  # b holds the lock ...
+        with b._store.write() as store:  # b holds the lock ...
             waiting.start()
             assert began.wait(30)  # ... while a's write has started, waiting for it
             row = dict(store.get_job(kid), id=f"{p}.new", status="pending", started_at=None, attempt=1)
@@ -638,7 +638,7 @@ def test_a_writer_that_waited_for_the_lock_sees_what_the_holder_wrote(db_path):
             store.insert_children([row], None)
             store.apply_count_deltas({p: {"pending": 1, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}})
         waiting.join(30)
-        a.store.conn.set_trace_callback(None)
+        a._store.conn.set_trace_callback(None)
         assert a.status(kid) == "completed"
         assert a.status(p) == "running"  # the new child is pending: with stale counts P would be completed
         assert a.progress(p)["progress_text"] == "1 pending, 0 running, 1 completed, 0 failed" and a.verify() == []

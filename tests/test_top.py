@@ -130,7 +130,7 @@ def test_the_overview_keeps_up_with_50_parents_written_at_once(db, tmp_path):
             "        jc.set_status(kids[500:520], 'failed')\n"
         )
         procs = [subprocess.Popen([sys.executable, "-c", writer, db, *parents[i::5]]) for i in range(5)]
-        waker = jc.store.waker(0.2)
+        waker = jc.waker(0.2)
         folded = 0
         while any(p.poll() is None for p in procs) or folded != overview.cursor:
             folded = overview.cursor
@@ -140,8 +140,8 @@ def test_the_overview_keeps_up_with_50_parents_written_at_once(db, tmp_path):
         assert [p.returncode for p in procs] == [0] * 5
         overview.read()
         for p in parents:
-            assert overview.rows[p].progress == jc.progress(p)
-            assert overview.rows[p].progress["progress_text"] == "400 pending, 80 running, 500 completed, 20 failed"
+            assert overview.rows[p].progress() == jc.progress(p)
+            assert overview.rows[p].progress()["progress_text"] == "400 pending, 80 running, 500 completed, 20 failed"
 
 
 def test_a_job_retried_after_it_left_the_table_comes_back(db):

@@ -210,14 +210,14 @@ def test_change_seen_by_polling_and_by_notification(db, env, interval):
 def test_waker_modes(db_path, monkeypatch):
     with Jobctl(db_path) as jc, Jobctl(db_path) as writer:
         job = writer.create("j")
-        first = jc.store.waker(0.05)
+        first = jc.waker(0.05)
         assert first.mode == "watchfiles"
         assert first.wait(1) is False  # nothing committed since it started
         writer.set_status([job], "running")
         assert first.wait(1) is True
         first.close()
         monkeypatch.setenv("JOBCTL_WATCH_POLL", "1")
-        waker = jc.store.waker(0.05)
+        waker = jc.waker(0.05)
         assert waker.mode == "polling"
         assert waker.wait(1) is False  # nothing committed since it started
         writer.set_status([job], "completed")
@@ -243,9 +243,9 @@ def test_tail_fold_matches_a_fresh_count(db):
                 writer.retry(kid)
             if step % 7 == 0:
                 tail.read()
-                assert tail.counts == writer.store.count_children(parent)[parent]
+                assert tail.counts == writer._store.count_children(parent)[parent]
         tail.read()
-        assert tail.counts == writer.store.count_children(parent)[parent]
+        assert tail.counts == writer._store.count_children(parent)[parent]
         assert tail.status == writer.status(parent)
 
 

@@ -11,9 +11,10 @@ import ipaddress
 import os
 import socket
 
-from jobctl.api import Jobctl, resolve_db_path
+from jobctl.api import Jobctl
 from jobctl.console import info
 from jobctl.model import EXIT_DATABASE, EXIT_INTERRUPTED, JobctlError, UsageError
+from jobctl.store import resolve_db_path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

@@ -28,7 +28,7 @@ event N: no gap, no duplicate. `N` alone means "everything of event N".
 
 Progress at a cursor
 --------------------
-`state_at(store, at, ids)` gives jobs' status and child counts as they were
+`state_at(jc, at, ids)` gives jobs' status and child counts as they were
 just after event `at`: in one read snapshot, the kept counts and statuses
 (as of the snapshot's last event S) with the events (at, S] unfolded. It
 costs what lies between `at` and now, not a job's whole history, so a job
@@ -48,7 +48,6 @@ from jobctl.progress import empty_counts, fold, progress_dict
 
 if TYPE_CHECKING:
     from jobctl.api import Jobctl
-    from jobctl.store.base import Store, Waker
 
 PROGRESS = "parent_job_progress"
 CHILD = "child_status_change"
@@ -165,29 +164,20 @@ def encode(event_id: int, messages: Sequence[dict]) -> list[bytes]:
 
 
 # ------------------------------------------------------- reading the past
-def scan(store: Store, since: int, until: int | None = None, page: int = PAGE) -> Iterator[list[dict]]:
-    """Pages of the events after `since` (up to `until`), in id order."""
-    while until is None or since < until:
-        rows = store.events(since=since, limit=page)
-        if until is not None and rows and rows[-1]["id"] > until:
-            rows = [e for e in rows if e["id"] <= until]
-        if not rows:
-            return
-        yield rows
-        since = rows[-1]["id"]
-        if len(rows) < page:
-            return
+def scan(jc: Jobctl, since: int, until: int | None = None, page: int = PAGE) -> Iterator[list[dict]]:
+    """Pages of the events after `since` (up to `until`), in id order: the one event feed's."""
+    return jc.feed(since, page=page).pages(until)
 
 
-def discover(store: Store, since: int, until: int) -> set[str]:
+def discover(jc: Jobctl, since: int, until: int) -> set[str]:
     """The jobs whose progress the messages of events (since, until] carry."""
     out: set[str] = set()
-    for rows in scan(store, since, until):
+    for rows in scan(jc, since, until):
         out.update(n for e in rows if (n := needs(e)) is not None)
     return out
 
 
-def state_at(store: Store, at: int, ids: Iterable[str]) -> dict[str, list]:
+def state_at(jc: Jobctl, at: int, ids: Iterable[str]) -> dict[str, list]:
     """{id: [status, child counts, parent id]} of the jobs `ids` just after event `at`
     (status None: the job did not exist yet). One read snapshot: the kept
     counts and statuses now, with the events since `at` unfolded."""
@@ -196,8 +186,8 @@ def state_at(store: Store, at: int, ids: Iterable[str]) -> dict[str, list]:
         return {}
     net: dict[str, dict[str, int]] = {}  # what the events after `at` did to each job's counts
     first_old: dict[str, str | None] = {}  # each job's status before its first change after `at`
-    with store.read():
-        for rows in scan(store, at):
+    with jc.snapshot():
+        for rows in scan(jc, at):
             for e in rows:
                 if e["kind"] not in (CREATE, STATUS):
                     continue
@@ -206,7 +196,7 @@ def state_at(store: Store, at: int, ids: Iterable[str]) -> dict[str, list]:
                     fold(net.setdefault(parent, empty_counts()), e["old_status"], e["new_status"])
                 if job in wanted and job not in first_old:
                     first_old[job] = e["old_status"]
-        jobs, counts = store.jobs_and_counts(sorted(wanted))
+        jobs, counts = jc.jobs_and_counts(sorted(wanted))
     state = {}
     for job_id, row in jobs.items():
         delta = net.get(job_id)
@@ -218,14 +208,14 @@ def state_at(store: Store, at: int, ids: Iterable[str]) -> dict[str, list]:
     return state
 
 
-def replay(store: Store, since: int, until: int, page: int = PAGE) -> Generator[list[Event], None, None]:
+def replay(jc: Jobctl, since: int, until: int, page: int = PAGE) -> Generator[list[Event], None, None]:
     """The encoded messages of events (since, until], a page at a time: what the
     hub sent live for them, computed from the database."""
     if until <= since:
         return
     folder = Folder()
-    folder.load(state_at(store, since, discover(store, since, until)))
-    for rows in scan(store, since, until, page):
+    folder.load(state_at(jc, since, discover(jc, since, until)))
+    for rows in scan(jc, since, until, page):
         yield [(e["id"], encode(e["id"], folder.messages(e))) for e in rows]
 
 
@@ -238,20 +228,18 @@ class Hub:
 
     def __init__(self, jc: Jobctl, deliver: Callable[[list[Event], int], None], poll_interval: float = 1.0):
         self.jc = jc  # the hub's own connection: used by its thread only
-        self.store: Store = jc.store
         self.deliver = deliver
         self.poll_interval = poll_interval
-        self.cursor = self.store.last_event_id()
+        self.feed = jc.feed(jc.last_event_id(), page=PAGE, poll_interval=poll_interval)
         self.folder = Folder()
-        self.waker: Waker
         self.mode = "?"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobctl-serve-hub", daemon=True)
 
     def start(self) -> None:
         """Start watching: the waker is made here, so once this returns every commit wakes the hub."""
-        self.waker = self.store.waker(self.poll_interval)
-        self.mode = self.waker.mode
+        self.feed.listen()
+        self.mode = self.feed.mode
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -260,19 +248,28 @@ class Hub:
 
     def step(self) -> bool:
         """Read and hand over the next page of events; True if there may be more."""
-        rows = self.store.events(since=self.cursor, limit=PAGE)
+        before = self.feed.cursor
+        rows = self.feed.read()
         if not rows:
             return False
-        missing = self.folder.missing(rows)
-        if missing and len(self.folder.jobs) + len(missing) > MAX_TRACKED:
-            self.folder.jobs.clear()  # forget; what is needed is reloaded exactly below
+        try:
             missing = self.folder.missing(rows)
-        if missing:
-            self.folder.load(state_at(self.store, self.cursor, missing))
-        batch = [(e["id"], encode(e["id"], self.folder.messages(e))) for e in rows]
-        self.cursor = rows[-1]["id"]
-        self.deliver(batch, self.cursor)
-        return len(rows) == PAGE
+            if missing and len(self.folder.jobs) + len(missing) > MAX_TRACKED:
+                self.folder.jobs.clear()  # forget; what is needed is reloaded exactly below
+                missing = self.folder.missing(rows)
+            if missing:
+                self.folder.load(state_at(self.jc, before, missing))
+            batch = [(e["id"], encode(e["id"], self.folder.messages(e))) for e in rows]
+        except BaseException:
+            self.feed.cursor = before  # nothing of this page was handed over: read it again
+            raise
+        self.deliver(batch, self.feed.cursor)
+        return self.feed.more
+
+    @property
+    def cursor(self) -> int:
+        """The id of the last event handed over."""
+        return self.feed.cursor
 
     def _run(self) -> None:
         delay = 0.5
@@ -282,12 +279,12 @@ class Hub:
                     while self.step() and not self._stop.is_set():
                         pass
                     delay = 0.5
-                    self.waker.wait(min(self.poll_interval, STOP_CHECK))
+                    self.feed.wait(min(self.poll_interval, STOP_CHECK))
                 except Exception as exc:  # a database hiccup must not end the feed: say so, retry
                     sys.stderr.write(f"jobctl: serve: reading events failed ({exc}); retrying\n")
                     self.folder.jobs.clear()  # whatever a half-done step folded is reloaded exactly
                     self._stop.wait(delay)
                     delay = min(delay * 2, 5.0)
         finally:
-            self.waker.close()
+            self.feed.close()
             self.jc.close()

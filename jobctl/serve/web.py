@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobctl import __version__, model
 from jobctl.api import Jobctl
 from jobctl.console import plain
-from jobctl.model import DatabaseUnusable, JobctlError, UsageError, not_found
+from jobctl.model import DatabaseUnusable, JobctlError, UsageError
 from jobctl.serve import feed
 
 KEEPALIVE = 15.0  # seconds between comments on an idle stream (finds dead connections, keeps proxies open)
@@ -234,9 +234,8 @@ def list_jobs(jc: Jobctl, statuses: list[str], parent: str | None, limit: int) -
     The store picks the roots and the newest `limit` (+1, to say `more`)."""
     from itertools import islice
 
-    store = jc.store
-    with store.read():
-        cursor = store.last_event_id()
+    with jc.snapshot():
+        cursor = jc.last_event_id()
         listing = jc.list(parent=parent, status=statuses or None, top_level=parent is None, newest_first=True)
         jobs = list(islice(listing, limit + 1))
         listing.close()
@@ -252,20 +251,14 @@ def job_events(jc: Jobctl, job_id: str, since: int, limit: int) -> dict:
     `next` is the cursor for the following page."""
     from jobctl.render import event_json
 
-    row = jc.store.get_job(job_id)
-    if row is None:
-        raise not_found(job_id)
-    ids = None if row["parent_id"] is None else jc.subtree_ids(job_id)
+    feed = jc.feed(since, job=job_id, page=max(limit, 500))
     out: list[dict] = []
-    cursor, more = since, True
-    while more:
-        rows, end, more = jc.tree_events(cursor, row["root_id"], ids, max(limit, 500))
+    for rows in feed.pages():
         for e in rows:
             out.append(e)
             if len(out) == limit:
                 return {"events": [event_json(x) for x in out], "next": e["id"], "more": True}
-        cursor = end
-    return {"events": [event_json(x) for x in out], "next": cursor, "more": False}
+    return {"events": [event_json(x) for x in out], "next": feed.cursor, "more": False}
 
 
 class App:
@@ -512,7 +505,7 @@ class Stream:
     def clamp(self, cursor: feed.Cursor) -> feed.Cursor:
         """A cursor past the database's last event (another database's, say) starts from its end."""
         with self.app.pool.get() as jc:
-            last = jc.store.last_event_id()
+            last = jc.last_event_id()
         return cursor if cursor[0] <= last else (last, None)
 
     @staticmethod
@@ -559,7 +552,7 @@ class Stream:
         async with app.replays:
             app.replays_done += 1
             jc = await anyio.to_thread.run_sync(lambda: Jobctl(app.db, create=False))
-            pages = feed.replay(jc.store, feed.replay_from(cursor), until)
+            pages = feed.replay(jc, feed.replay_from(cursor), until)
             try:
                 while not client.closed:
                     page = await anyio.to_thread.run_sync(next, pages, None)

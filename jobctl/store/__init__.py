@@ -4,30 +4,17 @@ when used, so the SQLite hot path never pays for a PostgreSQL driver."""
 
 from __future__ import annotations
 
+import os
+
+from jobctl.model import UsageError
+from jobctl.store.urls import URL_SCHEMES, is_url, masked
+
+__all__ = ["URL_SCHEMES", "display_name", "is_url", "masked", "open_store", "resolve_db_path"]
+
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from jobctl.store.base import Store
-
-URL_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_url(db: str) -> bool:
-    return db.startswith(URL_SCHEMES)
-
-
-def masked(db: str) -> str:
-    """`db` for people: a URL's password replaced by ***."""
-    if not is_url(db):
-        return db
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(db)
-    if parts.password is None:
-        return db
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def open_store(db: str, *, busy_timeout: float | None = None, create: bool = True) -> Store:
@@ -39,3 +26,24 @@ def open_store(db: str, *, busy_timeout: float | None = None, create: bool = Tru
     from jobctl.store.sqlite import SqliteStore
 
     return SqliteStore.open(db, busy_timeout=busy_timeout, create=create)
+
+
+def default_db_path() -> str:
+    """$XDG_DATA_HOME/jobctl/jobctl.db, i.e. ~/.local/share/jobctl/jobctl.db by default."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "jobctl", "jobctl.db")
+
+
+def resolve_db_path(db: str | os.PathLike | None = None) -> str:
+    """--db, else $JOBCTL_DB (unless empty), else the default location: a
+    SQLite path or a PostgreSQL URL."""
+    if db is not None:
+        if not os.fspath(db):
+            raise UsageError("--db must not be empty")
+        return os.fspath(db)
+    return os.environ.get("JOBCTL_DB") or default_db_path()
+
+
+def display_name(db: str) -> str:
+    """The database as shown to people: the path, or the URL with its password masked."""
+    return masked(db)

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store import masked
 from jobctl.store.base import CHANGE_COLUMNS, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, Retryable, SqlQueries
+from jobctl.store.urls import masked
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides

@@ -1,0 +1,767 @@
+"""The write side: the unit of work of one write transaction, the
+transaction envelope, and every mutation jobctl offers (`Writes`, which the
+façade `jobctl.api.Jobctl` exposes).
+
+Each mutation is one write transaction (see `jobctl.store.base` for the
+contract) that changes the rows and appends one event for every job whose
+status it creates or changes, parents whose derived status follows included.
+Status rules come from `jobctl.model`; SQL stays in the store modules, and
+nothing here knows which backend it runs on.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import random
+import time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Concatenate, ParamSpec, TypeVar
+
+    from jobctl.store.base import Store
+
+    P = ParamSpec("P")
+    T = TypeVar("T")
+    W = TypeVar("W", bound="Writes")
+
+from jobctl import model
+from jobctl.model import (
+    CANCELLED,
+    CREATE,
+    FAILED,
+    LOG,
+    PENDING,
+    POLICY,
+    RETRYABLE,
+    RUNNING,
+    STATUS,
+    STATUSES,
+    TERMINAL,
+    Conflict,
+    DatabaseUnusable,
+    UsageError,
+    check_id,
+    check_message,
+    check_name,
+    check_text,
+    not_found,
+)
+from jobctl.progress import fold
+from jobctl.store.base import Retryable
+
+SPAWN_CHUNK = 10_000  # children written at a time by spawn (memory stays flat at any count)
+WRITE_RETRIES = 5  # tries of a write transaction that failed for a transient reason (PostgreSQL)
+
+
+def _meta_json(meta: Mapping | None) -> str | None:
+    import json
+
+    return json.dumps(dict(meta), sort_keys=True, ensure_ascii=False) if meta else None
+
+
+class UnitOfWork:
+    """The unit of work of one write transaction (`ch` in the mutations).
+
+    Loads jobs and child counts on demand, applies status changes through the
+    model (rolling each change up to the parents), and writes everything back
+    with a few executemany calls at the end.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.at = model.now()
+        self.jobs: dict[str, dict] = {}
+        self.dirty: dict[str, dict] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.deltas: dict[str, dict[str, int]] = {}  # what this change adds to each parent's counts
+        self.events: list[dict] = []
+        # Jobs whose status this change sets explicitly (cancel): their
+        # children's changes do not re-derive them.
+        self.frozen: set[str] = set()
+        # Fail-fast parents to settle before the commit: {parent id: the child
+        # that failed first}. Their unfinished children are cancelled after the
+        # change's own work, so a change of several jobs (status set, reap)
+        # applies to all of them first.
+        self.fail_fast_due: dict[str, str] = {}
+
+    def load(self, ids: Sequence[str]) -> list[dict]:
+        """The jobs, with their kept child counts, read in one query where not loaded yet
+        (what this change has loaded already, and perhaps changed, is kept)."""
+        missing = [i for i in ids if i not in self.counts]  # (a job with its counts is in self.jobs)
+        if missing:
+            # their parents too, in the same read: a change rolls up to them
+            jobs, counts = self.store.jobs_and_counts(missing, parents=True)
+            for i, job in jobs.items():
+                self.jobs.setdefault(i, job)
+                self.counts.setdefault(i, counts[i])
+        try:
+            return [self.jobs[i] for i in ids]
+        except KeyError as exc:
+            raise not_found(exc.args[0]) from None
+
+    def job(self, job_id: str) -> dict:
+        if job_id in self.counts:  # loaded already (the common case: a parent, again)
+            return self.jobs[job_id]
+        return self.load([job_id])[0]
+
+    def subtree(self, job_id: str) -> list[dict]:
+        """The job and its descendants (parents first), loaded into this change."""
+        rows = self.store.subtree(job_id)
+        if not rows:
+            raise not_found(job_id)
+        for row in rows:
+            row.pop("depth", None)
+        return [self.jobs.setdefault(row["id"], row) for row in rows]
+
+    def counts_of(self, parent_id: str) -> dict[str, int]:
+        if parent_id not in self.counts:
+            self.load([parent_id])  # with the job itself: the roll-up needs both
+        return self.counts[parent_id]
+
+    def event(
+        self,
+        job: dict,
+        kind: str,
+        old: str | None,
+        new: str | None,
+        message: str | None = None,
+        log_id: int | None = None,
+    ) -> None:
+        self.events.append(
+            {
+                "job_id": job["id"],
+                "parent_id": job["parent_id"],
+                "root_id": job["root_id"],
+                "kind": kind,
+                "old_status": old,
+                "new_status": new,
+                "at": self.at,
+                "message": message,
+                "log_id": log_id,
+                "exit_code": None,
+                "duration": None,
+                "attempt": job["attempt"] if kind in (CREATE, STATUS) else None,
+                "max_attempts": job["max_attempts"] if kind != LOG else None,
+            }
+        )
+
+    def set_status(self, job: dict, new: str, message: str | None, *, derived: bool = False) -> bool:
+        """Move `job` to `new` (no checks: callers check), with its event and roll-up.
+        A `derived` change (a parent's) is no attempt of the job's: its event has none."""
+        old = job["status"]
+        if old == new:
+            return False
+        model.enter_status(job, new, self.at)
+        self.dirty[job["id"]] = job
+        self.event(job, STATUS, old, new, message)
+        if derived:
+            self.events[-1]["attempt"] = self.events[-1]["max_attempts"] = None
+        if job["parent_id"] is not None:
+            self.child_changed(job["parent_id"], old, new, child_id=job["id"])
+        return True
+
+    def child_changed(
+        self, parent_id: str, old: str | None, new: str | None, n: int = 1, child_id: str | None = None
+    ) -> None:
+        counts = self.counts_of(parent_id)
+        fold(counts, old, new, n)
+        delta = self.deltas.get(parent_id)
+        if delta is None:
+            delta = self.deltas[parent_id] = dict.fromkeys(STATUSES, 0)
+        fold(delta, old, new, n)
+        if parent_id in self.frozen:
+            return
+        parent = self.job(parent_id)
+        if new == FAILED and model.fails_fast(counts, parent["fail_fast"], parent["allow_failures"]):
+            self.fail_fast_due.setdefault(parent_id, child_id or "a child")
+        self.rederive(parent)
+
+    def rederive(self, parent: dict, message: str | None = None) -> None:
+        """Set the parent's status to what its children's counts and its allowance give."""
+        counts = self.counts_of(parent["id"])
+        allow = parent["allow_failures"]
+        derived = model.derive_status(counts, parent["status"], allow_failures=allow)
+        if derived != parent["status"]:
+            self.set_status(parent, derived, message or model.derived_message(counts, derived, allow), derived=True)
+
+    def settle(self) -> None:
+        """Before the commit: every fail-fast parent that more children failed in
+        than allowed cancels its unfinished descendants (`fail-fast: <child>
+        failed`), then fails, its event after theirs; a parent failing so may
+        make its own fail-fast parent due in turn."""
+        while self.fail_fast_due:
+            # the deepest first: one inside another's subtree fails (as its own
+            # children say) before the outer one's cancelling reaches it
+            parent_id = max(self.fail_fast_due, key=self.depth)
+            child_id = self.fail_fast_due.pop(parent_id)
+            parent = self.job(parent_id)
+            if not model.fails_fast(self.counts_of(parent_id), parent["fail_fast"], parent["allow_failures"]):
+                continue  # (a later job of this change retried the failure, say)
+            message = model.fail_fast_message(child_id)
+            self.cancel_tree(parent, message, below=True)
+            self.rederive(parent, message)
+
+    def depth(self, job_id: str) -> int:
+        """How many ancestors the job has (read through this change's copies)."""
+        n, parent = 0, self.job(job_id)["parent_id"]
+        while parent is not None:
+            n, parent = n + 1, self.job(parent)["parent_id"]
+        return n
+
+    def cancel_tree(self, job: dict, message: str, *, below: bool = False) -> list[str]:
+        """Cancel the job (not with `below`: fail-fast, whose parent is derived
+        afterwards) and every unfinished descendant, deepest first, each with
+        its event, so the job's own comes after all of theirs; then the usual
+        roll-up above it. Returns the ids cancelled, in event order.
+
+        Set-based in the store, after this change's writes so far (which the
+        store must see); what this change had read is read again. A final job
+        with unfinished children below (only --force makes one) is re-derived,
+        so that subtree goes job by job."""
+        self.write_pending()
+        old = job["status"]
+        ids = self.store.cancel_subtree(job["id"], message, self.at, below=below)
+        if ids is not None:
+            self.jobs.clear()
+            self.counts.clear()
+            job.update(self.job(job["id"]))  # the caller's copy stays this change's copy
+            self.jobs[job["id"]] = job
+            if ids and ids[-1] == job["id"] and job["parent_id"] is not None:
+                self.child_changed(job["parent_id"], old, CANCELLED, child_id=job["id"])
+            return ids
+        targets = [j for j in reversed(self.subtree(job["id"])) if j["status"] not in TERMINAL]
+        if below:
+            targets = [j for j in targets if j["id"] != job["id"]]
+        before = set(self.frozen)  # the targets (and, below it, the job) are not derived again meanwhile
+        self.frozen |= {j["id"] for j in targets} | ({job["id"]} if below else set())
+        try:
+            for j in targets:
+                self.set_status(j, CANCELLED, message)
+        finally:
+            self.frozen = before
+        return [j["id"] for j in targets]
+
+    def add_jobs(self, parent: dict | None, jobs: list[dict]) -> None:
+        """Insert new pending jobs (all children of `parent`, or one root).
+        If one of their ids is taken, IdTaken is raised and nothing has changed."""
+        self.store.insert_jobs(jobs)
+        for j in jobs:
+            self.jobs[j["id"]] = j
+            self.event(
+                j, CREATE, None, j["status"], model.policy_text(j["fail_fast"], j["allow_failures"], j["max_attempts"])
+            )
+        if parent is not None:
+            self.child_changed(parent["id"], None, PENDING, n=len(jobs))
+
+    def insert_children(self, parent: dict, jobs: list[dict]) -> None:
+        """Insert a chunk of new pending children with their create events at once,
+        keeping none of them in this change (a spawn of a million stays small
+        in memory); IdTaken if an id is taken, with nothing of this chunk written."""
+        if self.events:  # whatever came before, first: events stay in order
+            self.store.insert_events(self.events)
+            self.events = []
+        cap = jobs[0]["max_attempts"] if jobs else None  # a spawn's children share it
+        self.store.insert_children(jobs, model.policy_text(0, None, cap))
+        self.child_changed(parent["id"], None, PENDING, n=len(jobs))
+
+    def flush(self) -> None:
+        self.settle()
+        self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write what this change did so far: rows, kept counts, events (in order)."""
+        if self.dirty:
+            self.store.update_statuses(self.dirty.values())
+            self.dirty = {}
+        if self.deltas:
+            self.store.apply_count_deltas(self.deltas)
+            self.deltas = {}
+        if self.events:
+            self.store.insert_events(self.events)
+            self.events = []
+
+
+def transaction(method: Callable[Concatenate[W, UnitOfWork, P], T]) -> Callable[Concatenate[W, P], T]:
+    """The envelope of every mutation: `method(self, ch, ...)` runs inside one
+    write transaction with a fresh UnitOfWork `ch`, which is flushed before the
+    commit. A transaction that failed for a transient reason (the store raises
+    Retryable, with nothing written) runs again, a few times, with jitter.
+    The envelope's type drops `ch`, so a type checker sees the call as callers
+    make it (a wrong argument is caught)."""
+
+    def run(self: W, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(WRITE_RETRIES):
+            try:
+                with self._store.write():
+                    ch = UnitOfWork(self._store)
+                    result = method(self, ch, *args, **kwargs)
+                    ch.flush()
+                return result
+            except Retryable as exc:
+                if attempt == WRITE_RETRIES - 1:
+                    raise DatabaseUnusable(
+                        f"{exc} (still failing after {WRITE_RETRIES} tries; nothing was written)"
+                    ) from None
+                time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
+        raise AssertionError("unreachable")
+
+    run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    return run
+
+
+class Writes:
+    """The mutations; `jobctl.api.Jobctl` is the façade that has them."""
+
+    _store: Store
+
+    def create(
+        self,
+        name: str,
+        *,
+        type: str | None = None,
+        parent: str | None = None,
+        id: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        fail_fast: bool = False,
+        allow_failures: str | int | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """Create a job (pending) and return its id.
+
+        Its failure policy, for when it has children: with `fail_fast`, the first
+        child that fails (beyond `allow_failures`) fails it and cancels the
+        rest; `allow_failures` ("2" or "5%") failed children still let it
+        complete. `max_attempts` caps how often it may start (None: no cap).
+        With `id`, creating the same job again is a no-op that returns the id;
+        the same id with other attributes (or another policy, where one is
+        given) raises Conflict.
+        """
+        check_name(name)
+        check_text(type, "type")
+        if id is not None:
+            check_id(id)
+            if id == parent:
+                raise UsageError(f"job {id} cannot be its own parent")
+        policy = {
+            "fail_fast": int(bool(fail_fast)),
+            "allow_failures": model.check_allowance(allow_failures),
+            "max_attempts": model.check_max_attempts(max_attempts),
+        }
+        return self._create(name, type, parent, id, _meta_json(meta), policy)
+
+    @transaction
+    def _create(
+        self,
+        ch: UnitOfWork,
+        name: str,
+        type: str | None,
+        parent: str | None,
+        id: str | None,
+        meta_json: str | None,
+        policy: dict,
+    ) -> str:
+        if id is not None:
+            existing = self._store.get_job(id)
+            if existing is not None:
+                given = {k: v for k, v in policy.items() if v}  # the policy parts given (not defaults)
+                want = {"name": name, "type": type, "parent_id": parent, "metadata": meta_json, **given}
+                differ = [k for k, v in want.items() if existing[k] != v]
+                if differ:
+                    raise Conflict(f"job {id} already exists with a different {', '.join(differ)}")
+                return id
+        p = self._open_parent(ch, parent) if parent is not None else None
+        if id is None:
+            id = self._free_child_id(p) if p else self._free_root_id()
+        if p is not None and policy["max_attempts"] is None:  # a child gets its parent's cap, as in spawn
+            policy = {**policy, "max_attempts": p["max_attempts"]}
+        ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json, **policy)])
+        return id
+
+    def spawn(
+        self,
+        parent: str,
+        *,
+        count: int | None = None,
+        names: Sequence[str] | None = None,
+        type: str | None = None,
+        max_attempts: int | None = None,
+    ) -> list[str]:
+        """Create children of `parent`, pending, in one transaction; return their ids.
+        Each may start `max_attempts` times (default: the parent's cap, if any)."""
+        model.check_max_attempts(max_attempts)
+        if (count is None) == (names is None):
+            raise UsageError("give either a count or names of the children")
+        check_text(type, "type")
+        if names is not None:
+            names = [check_name(n) for n in names]
+            if not names:
+                raise UsageError("no child names given")
+            count = len(names)
+        elif not isinstance(count, int) or count < 1:
+            raise UsageError(f"--count must be a positive whole number, not {count}")
+        elif count > model.MAX_SPAWN:
+            raise UsageError(f"--count is at most {model.MAX_SPAWN:,} children in one spawn, not {count:,}")
+        return self._spawn(parent, count, names, type, max_attempts)
+
+    @transaction
+    def _spawn(
+        self, ch: UnitOfWork, parent: str, n: int, names: Sequence[str] | None, type: str | None, cap: int | None
+    ) -> list[str]:
+        p = self._open_parent(ch, parent)
+        cap = p["max_attempts"] if cap is None else cap
+        return self._add_children(ch, p, sum(ch.counts_of(parent).values()) + 1, n, names, type, cap)
+
+    _KEEP = object()  # set_policy: leave this part of the policy as it is
+
+    def set_policy(
+        self,
+        job_id: str,
+        *,
+        fail_fast: bool | None = None,
+        allow_failures: str | int | None | object = _KEEP,
+        max_attempts: int | None | object = _KEEP,
+    ) -> dict:
+        """Change the job's failure policy (parts not given stay), with a `policy`
+        event; the job's status follows at once (a fail-fast parent with a child
+        failed already fails now and cancels the rest). Returns the new policy."""
+        change: dict = {}
+        if fail_fast is not None:
+            change["fail_fast"] = int(bool(fail_fast))
+        if allow_failures is not Writes._KEEP:
+            change["allow_failures"] = model.check_allowance(allow_failures)  # type: ignore[arg-type]
+        if max_attempts is not Writes._KEEP:
+            change["max_attempts"] = model.check_max_attempts(max_attempts)  # type: ignore[arg-type]
+        if not change:
+            raise UsageError("no policy given (--fail-fast, --no-fail-fast, --allow-failures, --max-attempts)")
+        return self._set_policy(job_id, change)
+
+    @transaction
+    def _set_policy(self, ch: UnitOfWork, job_id: str, change: dict) -> dict:
+        job = ch.job(job_id)
+        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts")}
+        if {**policy, **change} == policy:
+            return {**policy, "fail_fast": bool(policy["fail_fast"])}
+        job.update(change)
+        self._store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
+        text = model.policy_text(job["fail_fast"], job["allow_failures"], job["max_attempts"])
+        ch.event(job, POLICY, None, None, text or "none")
+        counts = ch.counts_of(job_id)
+        if model.fails_fast(counts, job["fail_fast"], job["allow_failures"]):
+            first = next(iter(self._store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=1)))
+            ch.fail_fast_due[job_id] = first["id"]  # settled before the commit
+        elif model.follows_children(counts, job["status"], policy["allow_failures"]):
+            ch.rederive(job)  # a status set by hand (cancel, --force) stays
+        return {
+            "fail_fast": bool(job["fail_fast"]),
+            "allow_failures": job["allow_failures"],
+            "max_attempts": job["max_attempts"],
+        }
+
+    def set_status(
+        self, ids: Sequence[str], status: str, *, message: str | None = None, force: bool = False
+    ) -> list[str]:
+        """Set the status of every job in `ids`, all or nothing; return the ids that changed.
+
+        Setting a status a job already has is a no-op. A job with children has
+        a derived status: setting it needs `force`.
+        """
+        model.check_status_word(status)
+        check_message(message)
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            raise UsageError("no job ids given")
+        return self._set_status(ids, status, message, force)
+
+    @transaction
+    def _set_status(self, ch: UnitOfWork, ids: list[str], status: str, message: str | None, force: bool) -> list[str]:
+        changed = []
+        jobs = ch.load(ids)
+        for job in jobs:
+            if job["status"] == status:
+                continue
+            model.check_transition(job["id"], job["status"], status, force=force)
+            if not force and any(ch.counts_of(job["id"]).values()):
+                raise Conflict(
+                    f"job {job['id']} has children: its status is derived from theirs (use `jobctl cancel`, or --force)"
+                )
+            ch.set_status(job, status, message)
+            changed.append(job["id"])
+        return changed
+
+    def cancel(self, job_id: str, *, message: str | None = None) -> list[str]:
+        """Cancel the job and every non-terminal descendant; return the ids cancelled."""
+        check_message(message)
+        return self._cancel(job_id, message)
+
+    @transaction
+    def _cancel(self, ch: UnitOfWork, job_id: str, message: str | None) -> list[str]:
+        return ch.cancel_tree(ch.job(job_id), message or "cancelled")
+
+    def retry(self, job_id: str, *, failed_children: bool = False) -> Retried:
+        """Put failed or cancelled jobs back to pending, each starting its next
+        attempt; return their ids (a list, with `.skipped`: those left alone).
+
+        A job without children is retried itself; one that used all its
+        attempts (--max-attempts) is refused (Conflict). For a job with
+        children the failed or cancelled jobs without children of its own
+        below it are retried (only the failed ones with `failed_children`),
+        except those without attempts left, which are skipped (Conflict if
+        that leaves none); the parents' derived statuses follow.
+        """
+        return self._retry(job_id, failed_children)
+
+    @transaction
+    def _retry(self, ch: UnitOfWork, job_id: str, failed_children: bool) -> Retried:
+        job = ch.job(job_id)
+        if not sum(ch.counts_of(job_id).values()):
+            if failed_children or job["status"] == PENDING:
+                targets = []
+            elif job["status"] in RETRYABLE:
+                if not model.attempts_left(job):
+                    raise model.out_of_attempts(job)
+                targets = [job]
+            else:
+                raise Conflict(f"job {job_id} is {job['status']}: only failed or cancelled jobs can be retried")
+        else:
+            sub = ch.subtree(job_id)
+            parents = {j["parent_id"] for j in sub}
+            wanted = {FAILED} if failed_children else RETRYABLE
+            targets = [j for j in sub if j["id"] not in parents and j["status"] in wanted]
+        skipped = [t["id"] for t in targets if not model.attempts_left(t)]
+        if skipped and len(skipped) == len(targets):
+            raise Conflict(
+                f"none retried: {len(skipped)} of job {job_id}'s children"
+                f" {'has' if len(skipped) == 1 else 'have'} used all their attempts (--max-attempts)"
+            )
+        retried = Retried((t["id"] for t in targets if model.attempts_left(t)), skipped)
+        for t in targets:
+            if model.attempts_left(t):
+                ch.set_status(t, PENDING, "retry")
+        return retried
+
+    def claim(self, parent: str, *, message: str | Callable[[dict], str] | None = None) -> str | None:
+        """Atomically take the oldest pending child of `parent` (not one backing off
+        before a retry: see `not_before`) and set it running; concurrent
+        claimers never get the same child. `message` may be a function of the
+        child's row (its name, say), for the running event."""
+        return self._claim(parent, message)
+
+    @transaction
+    def _claim(self, ch: UnitOfWork, parent: str, message: str | Callable[[dict], str] | None) -> str | None:
+        ch.job(parent)
+        row = self._store.next_child(parent, PENDING, ready_at=ch.at)
+        if row is None:
+            return None
+        job = ch.jobs.setdefault(row["id"], row)
+        ch.set_status(job, RUNNING, message(row) if callable(message) else message)
+        return job["id"]
+
+    def log(self, job_id: str, message: str, *, level: str = "info") -> None:
+        """Append a log line to a job (a logs row plus a `log` event for watchers)."""
+        if level not in model.LOG_LEVELS:
+            raise UsageError(f"unknown log level {level!r} (valid: {', '.join(model.LOG_LEVELS)})")
+        if not message or not message.strip():
+            raise UsageError("a log message must not be empty")
+        check_message(message)
+        self._log(job_id, message, level)
+
+    @transaction
+    def _log(self, ch: UnitOfWork, job_id: str, message: str, level: str) -> None:
+        job = ch.job(job_id)
+        log_id = self._store.insert_log(job_id, level, message, ch.at)
+        ch.event(job, LOG, None, None, None, log_id)
+
+    def log_lines(self, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
+        """Append many log lines (level, text) to a job in one transaction (`jobctl run`'s output)."""
+        self._log_lines(job_id, lines)
+
+    @transaction
+    def _log_lines(self, ch: UnitOfWork, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
+        self._append_lines(ch, job_id, lines)
+
+    def _append_lines(self, ch: UnitOfWork, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
+        job = ch.job(job_id)
+        for level, text in lines:
+            log_id = self._store.insert_log(job_id, level, text[: model.MAX_MESSAGE_LENGTH] or " ", ch.at)
+            ch.event(job, LOG, None, None, None, log_id)
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        message: str | None,
+        exit_code: int | None,
+        duration: float | None,
+        lines: Sequence[tuple[str, str]] = (),
+        retry_in: float | None = None,
+        attempt: int | None = None,
+    ) -> str:
+        """End a running job with its command's outcome, in one transaction: the
+        last log lines, the status change and the exit code and duration. A job
+        already final (cancelled from elsewhere meanwhile) keeps its status.
+        With `retry_in` (seconds; 0: at once), a failure is retried when the job
+        has an attempt left (`run --retries`): it goes back to pending, its next
+        attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
+        With `attempt` (the one the command ran as), an outcome that comes after
+        the job moved on to another attempt (reaped, and perhaps run elsewhere
+        already) is stale: only its log lines are kept. Returns the job's status."""
+        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, attempt)
+
+    @transaction
+    def _finish(
+        self,
+        ch: UnitOfWork,
+        job_id: str,
+        status: str,
+        message: str | None,
+        exit_code: int | None,
+        duration: float | None,
+        lines: Sequence[tuple[str, str]],
+        retry_in: float | None,
+        attempt: int | None,
+    ) -> str:
+        self._append_lines(ch, job_id, lines)
+        job = ch.job(job_id)
+        if attempt is not None and job["attempt"] != attempt:
+            return job["status"]
+        seconds = None if duration is None else round(duration, 3)
+        if job["status"] not in TERMINAL:
+            if status == FAILED and retry_in is not None and model.attempts_left(job):
+                status = PENDING
+                message = f"{message}; retrying" + (f" in {model.seconds_text(retry_in)}" if retry_in else "")
+            # (no change when the job is pending already: reaped meanwhile, and a retry is due anyway)
+            if ch.set_status(job, status, message):
+                if status == PENDING and retry_in:
+                    job["not_before"] = model.timestamp(time.time() + retry_in)
+                final = next(e for e in reversed(ch.events) if e["job_id"] == job_id and e["kind"] == STATUS)
+                final["exit_code"], final["duration"] = exit_code, seconds  # events --json carries the outcome too
+        self._store.set_outcome(job_id, exit_code, seconds)
+        return job["status"]
+
+    def heartbeat(self, job_id: str) -> None:
+        """Record that the job's worker is alive. Not a status change: no event."""
+        self._heartbeat(job_id)
+
+    @transaction
+    def _heartbeat(self, ch: UnitOfWork, job_id: str) -> None:
+        if not self._store.set_heartbeat(job_id, ch.at):
+            raise not_found(job_id)
+
+    def reap(self, stale_after: float, *, to: str = FAILED, parent: str | None = None) -> list[str]:
+        """Move running jobs whose heartbeat is older than `stale_after` seconds to `to`
+        (only the children of `parent`, if given)."""
+        if to not in (FAILED, PENDING):
+            raise UsageError(f"reap moves stale jobs to failed or pending, not {to!r}")
+        return self._reap(model.ago(stale_after), to, parent)
+
+    @transaction
+    def _reap(self, ch: UnitOfWork, cutoff: str, to: str, parent: str | None) -> list[str]:
+        if parent is not None:
+            ch.job(parent)
+        stale = list(self._store.list_jobs(parent_id=parent, statuses=[RUNNING], alive_before=cutoff))
+        for row in stale:
+            row.pop("alive_at", None)
+            j = ch.jobs.setdefault(row["id"], row)
+            if to == PENDING and not model.attempts_left(j):  # no attempt left to go back to
+                ch.set_status(j, FAILED, f"heartbeat lost; no attempts left ({j['attempt']}/{j['max_attempts']})")
+            else:
+                ch.set_status(j, to, "heartbeat lost")
+        return [j["id"] for j in stale]
+
+    def _open_parent(self, ch: UnitOfWork, parent_id: str) -> dict:
+        p = ch.job(parent_id)
+        if p["status"] in TERMINAL:
+            raise Conflict(f"cannot add children to job {parent_id}: it is {p['status']}")
+        return p
+
+    def _free_root_id(self) -> str:
+        while True:
+            candidate = os.urandom(4).hex()
+            if self._store.get_job(candidate) is None:
+                return candidate
+
+    def _free_child_id(self, parent: dict) -> str:
+        """The next free numbered id for one child: <parent>.<N>."""
+        n = sum(self._store.get_counts([parent["id"]])[parent["id"]].values()) + 1
+        while self._store.get_job(f"{parent['id']}.{n}") is not None:
+            n += 1
+        return f"{parent['id']}.{n}"
+
+    def _add_children(
+        self,
+        ch: UnitOfWork,
+        parent: dict,
+        start: int,
+        n: int,
+        names: Sequence[str] | None,
+        type: str | None,
+        cap: int | None,
+    ) -> list[str]:
+        """Children are numbered <parent>.<start>, <parent>.<start + 1>, ..., written a
+        chunk at a time. Where a chosen --id took a number, the numbering goes on
+        after the highest one taken."""
+        ids: list[str] = []
+        k = start
+        while len(ids) < n:
+            size = min(SPAWN_CHUNK, n - len(ids))
+            numbers = range(k, k + size)
+            chunk_names = names[len(ids) : len(ids) + size] if names is not None else [f"child {x}" for x in numbers]
+            base = self._new_job(ch, "", "", type, parent, None, max_attempts=cap)  # what every child shares
+            prefix = parent["id"] + "."
+            jobs = [{**base, "id": f"{prefix}{x}", "name": nm} for x, nm in zip(numbers, chunk_names)]
+            try:
+                ch.insert_children(parent, jobs)
+            except model.IdTaken:
+                k = self._store.last_child_number(parent["id"]) + 1
+                continue
+            ids += [j["id"] for j in jobs]
+            k += size
+        return ids
+
+    @staticmethod
+    def _new_job(
+        ch: UnitOfWork,
+        id: str,
+        name: str,
+        type: str | None,
+        parent: dict | None,
+        meta_json: str | None,
+        fail_fast: int = 0,
+        allow_failures: str | None = None,
+        max_attempts: int | None = None,
+    ) -> dict:
+        job = {
+            "id": id,
+            "parent_id": parent["id"] if parent else None,
+            "root_id": parent["root_id"] if parent else id,
+            "name": name,
+            "type": type,
+            "created_at": ch.at,
+            "started_at": None,
+            "completed_at": None,
+            "last_heartbeat": None,
+            "exit_code": None,
+            "duration": None,
+            "metadata": meta_json,
+            "fail_fast": fail_fast,
+            "allow_failures": allow_failures,
+            "max_attempts": max_attempts,
+            "attempt": 1,
+            "not_before": None,
+        }
+        model.enter_status(job, PENDING, ch.at)
+        return job
+
+
+class Retried(builtins.list):
+    """The ids `retry` put back to pending, with `skipped`: those it left alone
+    because they had used all their attempts."""
+
+    def __init__(self, ids: Iterable[str] = (), skipped: Iterable[str] = ()):
+        super().__init__(ids)
+        self.skipped = builtins.list(skipped)
