@@ -673,13 +673,15 @@ class Jobctl:
         duration: float | None,
         lines: Sequence[tuple[str, str]] = (),
         retry_in: float | None = None,
+        retries: int | None = None,
         attempt: int | None = None,
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
         already final (cancelled from elsewhere meanwhile) keeps its status.
         With `retry_in` (seconds; 0: at once), a failure is retried when the job
-        has an attempt left (`run --retries`): it goes back to pending, its next
+        may run again (model.may_retry: its max_attempts, or `retries`, as
+        `run --retries`): it goes back to pending, its next
         attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
         With `attempt` (the one the command ran as), an outcome that comes after
         the job moved on to another attempt (reaped, and perhaps run elsewhere
@@ -690,7 +692,7 @@ class Jobctl:
             return job["status"]
         seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
-            if status == FAILED and retry_in is not None and model.attempts_left(job):
+            if status == FAILED and retry_in is not None and model.may_retry(job, retries):
                 status = PENDING
                 message = f"{message}; retrying" + (f" in {model.seconds_text(retry_in)}" if retry_in else "")
             # (no change when the job is pending already: reaped meanwhile, and a retry is due anyway)

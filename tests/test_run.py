@@ -534,14 +534,14 @@ def test_a_retry_started_elsewhere_is_no_failure_of_this_run(db):
 
 
 def test_a_claimed_job_stopped_before_its_command_started_ends_cancelled(db_path):
-    from jobctl.run import Execution, Options, Pool
+    from jobctl.run import Execution, Options, Pool, StopReason
 
     with Jobctl(db_path) as jc:
         p = jc.create("p")
         (kid,) = jc.spawn(p, count=1)
         assert jc.claim(p) == kid
     pool = Pool(1)
-    pool.stop("interrupted:2")  # Ctrl-C came between the claim and the start
+    pool.stop(StopReason.SIGINT)  # Ctrl-C came between the claim and the start
     pool.run(Execution(str(db_path), kid, ["true"], Options(), claimed=True))
     with Jobctl(db_path) as jc:
         assert jc.status(kid) == "cancelled" and jc.events(job=kid)[-1]["message"] == "interrupted"
