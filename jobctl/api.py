@@ -411,6 +411,7 @@ class Jobctl:
         fail_fast: bool = False,
         allow_failures: str | int | None = None,
         max_attempts: int | None = None,
+        running: str | None = None,
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -421,8 +422,12 @@ class Jobctl:
         With `id`, creating the same job again is a no-op that returns the id;
         the same id with other attributes (or another policy, where one is
         given) raises Conflict.
+        With `running` (a message), the job is set running in the same
+        transaction (`run --parent P`: no worker can claim it pending
+        meanwhile); an existing job (`id`) must be pending then, and childless.
         """
         check_name(name)
+        check_message(running)
         check_text(type, "type")
         if id is not None:
             check_id(id)
@@ -433,7 +438,7 @@ class Jobctl:
             "allow_failures": model.check_allowance(allow_failures),
             "max_attempts": model.check_max_attempts(max_attempts),
         }
-        return self._create(name, type, parent, id, _meta_json(meta), policy)
+        return self._create(name, type, parent, id, _meta_json(meta), policy, running)
 
     @transaction
     def _create(
@@ -445,6 +450,7 @@ class Jobctl:
         id: str | None,
         meta_json: str | None,
         policy: dict,
+        running: str | None = None,
     ) -> str:
         if id is not None:
             existing = self.store.get_job(id)
@@ -454,13 +460,23 @@ class Jobctl:
                 differ = [k for k, v in want.items() if existing[k] != v]
                 if differ:
                     raise Conflict(f"job {id} already exists with a different {', '.join(differ)}")
+                if running is not None:
+                    job = ch.job(id)
+                    if any(ch.counts_of(id).values()):
+                        raise UsageError(f"job {id} has children: its status is derived, it runs no command")
+                    if job["status"] != PENDING:
+                        raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
+                    ch.set_status(job, RUNNING, running)
                 return id
         p = self._open_parent(ch, parent) if parent is not None else None
         if id is None:
             id = self._free_child_id(p) if p else self._free_root_id()
         if p is not None and policy["max_attempts"] is None:  # a child gets its parent's cap, as in spawn
             policy = {**policy, "max_attempts": p["max_attempts"]}
-        ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json, **policy)])
+        job = self._new_job(ch, id, name, type, p, meta_json, **policy)
+        ch.add_jobs(p, [job])
+        if running is not None:
+            ch.set_status(job, RUNNING, running)
         return id
 
     def spawn(

@@ -81,7 +81,7 @@ class Execution:
     argv: list[str]
     options: Options
     echo: Callable[[str, bytes], None] | None = None  # (stream, line): where the output goes on screen
-    claimed: bool = False  # already set running (claim)
+    claimed: bool = False  # already set running (claim, or created running: run --parent)
     one_of_many: bool = False  # --each: a child cancelled before its turn (fail-fast, cancel) is skipped
     env: dict = field(default_factory=dict)  # more environment for the command
     stop_reason: StopReason | None = None  # set from elsewhere (another thread) to stop the command
@@ -331,12 +331,13 @@ def run_one(
     check_command(argv)
     with Jobctl(db) as jc:
         resolved = jc.path
-        if parent is not None:
-            job = jc.create(name or shorten(command_line(argv)), parent=parent, id=id)
+        if parent is not None:  # the child is created running, in one transaction: no worker can claim it
+            name = name or shorten(command_line(argv))
+            job = jc.create(name, parent=parent, id=id, running=running_message(argv))
         else:
             assert job is not None
             check_runnable(jc.get(job))
-    execution = Execution(resolved, job, argv, options, echo=echo_through)
+    execution = Execution(resolved, job, argv, options, echo=echo_through, claimed=parent is not None)
     with Interrupts(execution):
         outcome = execution.run()
     return outcome.exit
