@@ -50,7 +50,11 @@ EXIT_CONFLICT = 4
 EXIT_DATABASE = 5
 EXIT_CANCELLED = 6  # watch/wait: the job was cancelled
 EXIT_TIMEOUT = 124
-EXIT_INTERRUPTED = 130
+EXIT_CANNOT_RUN = 126  # run: the command exists but cannot be executed (as a shell says)
+EXIT_NO_COMMAND = 127  # run: the command was not found (as a shell says)
+EXIT_HANGUP = 129  # 128 + SIGHUP
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
+EXIT_TERMINATED = 143  # 128 + SIGTERM; run: the job was cancelled from elsewhere
 
 # The exit status `watch --exit-status` and `wait` give for a terminal status.
 EXIT_FOR_STATUS: Mapping[str, int] = {
@@ -296,6 +300,16 @@ def attempts_left(job: Mapping) -> bool:
     nothing: it keeps its attempt and may always be retried."""
     cap = job.get("max_attempts")
     return cap is None or job.get("started_at") is None or job.get("attempt", 1) < cap
+
+
+def may_retry(job: Mapping, retries: int | None) -> bool:
+    """Whether a job whose command failed runs again (`run`): `retries` (--retries N)
+    lets it run N + 1 attempts in all, counted by its attempt counter whoever ran
+    them; without it, its max_attempts does (None: no re-run); never past its cap."""
+    cap = job.get("max_attempts")
+    if retries is not None:
+        cap = min(cap or MAX_INT, retries + 1)
+    return cap is not None and job.get("attempt", 1) < cap
 
 
 def attempts_text(attempt: int | None, max_attempts: int | None) -> str:

@@ -329,6 +329,7 @@ class Writes:
         fail_fast: bool = False,
         allow_failures: str | int | None = None,
         max_attempts: int | None = None,
+        running: str | None = None,
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -339,8 +340,12 @@ class Writes:
         With `id`, creating the same job again is a no-op that returns the id;
         the same id with other attributes (or another policy, where one is
         given) raises Conflict.
+        With `running` (a message), the job is set running in the same
+        transaction (`run --parent P`: no worker can claim it pending
+        meanwhile); an existing job (`id`) must be pending then, and childless.
         """
         check_name(name)
+        check_message(running)
         check_text(type, "type")
         if id is not None:
             check_id(id)
@@ -351,7 +356,7 @@ class Writes:
             "allow_failures": model.check_allowance(allow_failures),
             "max_attempts": model.check_max_attempts(max_attempts),
         }
-        return self._create(name, type, parent, id, _meta_json(meta), policy)
+        return self._create(name, type, parent, id, _meta_json(meta), policy, running)
 
     @transaction
     def _create(
@@ -363,6 +368,7 @@ class Writes:
         id: str | None,
         meta_json: str | None,
         policy: dict,
+        running: str | None = None,
     ) -> str:
         if id is not None:
             existing = self._store.get_job(id)
@@ -372,13 +378,23 @@ class Writes:
                 differ = [k for k, v in want.items() if existing[k] != v]
                 if differ:
                     raise Conflict(f"job {id} already exists with a different {', '.join(differ)}")
+                if running is not None:
+                    job = ch.job(id)
+                    if any(ch.counts_of(id).values()):
+                        raise UsageError(f"job {id} has children: its status is derived, it runs no command")
+                    if job["status"] != PENDING:
+                        raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
+                    ch.set_status(job, RUNNING, running)
                 return id
         p = self._open_parent(ch, parent) if parent is not None else None
         if id is None:
             id = self._free_child_id(p) if p else self._free_root_id()
         if p is not None and policy["max_attempts"] is None:  # a child gets its parent's cap, as in spawn
             policy = {**policy, "max_attempts": p["max_attempts"]}
-        ch.add_jobs(p, [self._new_job(ch, id, name, type, p, meta_json, **policy)])
+        job = self._new_job(ch, id, name, type, p, meta_json, **policy)
+        ch.add_jobs(p, [job])
+        if running is not None:
+            ch.set_status(job, RUNNING, running)
         return id
 
     def spawn(
@@ -599,18 +615,20 @@ class Writes:
         duration: float | None,
         lines: Sequence[tuple[str, str]] = (),
         retry_in: float | None = None,
+        retries: int | None = None,
         attempt: int | None = None,
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
         already final (cancelled from elsewhere meanwhile) keeps its status.
         With `retry_in` (seconds; 0: at once), a failure is retried when the job
-        has an attempt left (`run --retries`): it goes back to pending, its next
+        may run again (model.may_retry: its max_attempts, or `retries`, as
+        `run --retries`): it goes back to pending, its next
         attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
         With `attempt` (the one the command ran as), an outcome that comes after
         the job moved on to another attempt (reaped, and perhaps run elsewhere
         already) is stale: only its log lines are kept. Returns the job's status."""
-        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, attempt)
+        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, retries, attempt)
 
     @transaction
     def _finish(
@@ -623,6 +641,7 @@ class Writes:
         duration: float | None,
         lines: Sequence[tuple[str, str]],
         retry_in: float | None,
+        retries: int | None,
         attempt: int | None,
     ) -> str:
         self._append_lines(ch, job_id, lines)
@@ -631,7 +650,7 @@ class Writes:
             return job["status"]
         seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
-            if status == FAILED and retry_in is not None and model.attempts_left(job):
+            if status == FAILED and retry_in is not None and model.may_retry(job, retries):
                 status = PENDING
                 message = f"{message}; retrying" + (f" in {model.seconds_text(retry_in)}" if retry_in else "")
             # (no change when the job is pending already: reaped meanwhile, and a retry is due anyway)

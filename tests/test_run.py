@@ -534,14 +534,14 @@ def test_a_retry_started_elsewhere_is_no_failure_of_this_run(db):
 
 
 def test_a_claimed_job_stopped_before_its_command_started_ends_cancelled(db_path):
-    from jobctl.run import Execution, Options, Pool
+    from jobctl.run import Execution, Options, Pool, StopReason
 
     with Jobctl(db_path) as jc:
         p = jc.create("p")
         (kid,) = jc.spawn(p, count=1)
         assert jc.claim(p) == kid
     pool = Pool(1)
-    pool.stop("interrupted:2")  # Ctrl-C came between the claim and the start
+    pool.stop(StopReason.SIGINT)  # Ctrl-C came between the claim and the start
     pool.run(Execution(str(db_path), kid, ["true"], Options(), claimed=True))
     with Jobctl(db_path) as jc:
         assert jc.status(kid) == "cancelled" and jc.events(job=kid)[-1]["message"] == "interrupted"
@@ -615,4 +615,40 @@ def test_a_worker_that_comes_back_after_its_job_was_reaped_and_rerun_changes_not
         assert (job["status"], job["exit_code"], job["attempt"]) == ("completed", 0, 2)
         changes = [e["new_status"] for e in jc.events(job=kid) if e["kind"] == "status"]
         assert changes == ["running", "pending", "running", "completed"]
+        assert jc.verify() == []
+
+
+# ------------------------------------------------------- issue 20: under faults
+def test_run_under_a_parent_creates_its_child_running_in_one_transaction(db):
+    """`run --parent P` creates its child and sets it running in one transaction:
+    a claim worker racing on P (here: claiming in a tight loop) never takes it,
+    and the child's create and running events share their transaction's time."""
+    import threading
+
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        (busy,) = jc.spawn(parent, count=1)
+        jc.set_status([busy], "running")  # keeps the parent open, and is nothing to claim
+    stop, claimed = threading.Event(), []
+
+    def claimer():
+        with Jobctl(db) as jc:
+            while not stop.is_set():
+                got = jc.claim(parent)
+                if got is not None:
+                    claimed.append(got)
+
+    thread = threading.Thread(target=claimer)
+    thread.start()
+    try:
+        results = [run("run", "--parent", parent, "--", "true", db=db) for _ in range(5)]
+    finally:
+        stop.set()
+        thread.join()
+    assert claimed == [] and [r.returncode for r in results] == [0] * 5, [r.stderr for r in results]
+    with Jobctl(db) as jc:
+        for kid in (f"{parent}.{i}" for i in range(2, 7)):
+            created, running = [e for e in jc.events(job=kid) if e["kind"] in ("create", "status")][:2]
+            assert (created["new_status"], running["new_status"]) == ("pending", "running")
+            assert created["at"] == running["at"]  # one transaction
         assert jc.verify() == []

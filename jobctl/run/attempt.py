@@ -1,0 +1,343 @@
+"""One command run as one job: its attempts, each recorded (running, output,
+heartbeats, outcome), and its retries. `process.py` runs the command itself."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+from jobctl import model
+from jobctl.api import Jobctl
+from jobctl.console import info
+from jobctl.model import CANCELLED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
+from jobctl.run.process import Outcome, Output, Process, StopReason, outcome_of
+
+FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
+FLUSH_LINES = 500  # ...or as soon as this many are waiting
+CHECK_SECONDS = 0.5  # how often the job's status is looked at, besides wake-ups (a cancel is seen within 1 s)
+NAME_LENGTH = 80  # a child's default name: its command line, shortened
+
+
+@dataclass
+class Options:
+    heartbeat: float = 30.0
+    timeout: float | None = None
+    kill_after: float = 10.0
+    log_lines: int = 1000
+    retries: int | None = None  # re-runs of a failed command (None: as the job's max_attempts allows)
+    retry_delay: float = 0.0  # before the first re-run; doubled for each next one
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def shorten(text: str, limit: int = NAME_LENGTH) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def running_message(argv: Sequence[str]) -> str:
+    """The message of a run's running event: the command as it is run."""
+    return f"run: {shorten(command_line(argv), 1000)}"
+
+
+def backoff(delay: float, attempt: int) -> float:
+    """The wait after attempt number `attempt` (1, 2, ...) failed: `delay`, then
+    doubling, at most an hour (or `delay` itself, if longer)."""
+    return min(delay * 2 ** min(attempt - 1, 32), max(delay, 3600.0))
+
+
+def check_runnable(job: dict) -> None:
+    if job["progress"] is not None:
+        raise UsageError(f"job {job['id']} has children: its status is derived, it runs no command")
+    if job["status"] != PENDING:
+        raise UsageError(f"job {job['id']} is {job['status']}: only a pending job can be run")
+
+
+def check_command(argv: list[str]) -> list[str]:
+    if not argv:
+        raise UsageError("no command given: jobctl run JOB -- CMD [ARGS...]")
+    return argv
+
+
+CANCELLED_OUTCOME = Outcome(CANCELLED, "cancelled", None, model.EXIT_TERMINATED)
+
+
+@dataclass(eq=False)  # each one is itself (kept in a set while it runs)
+class Execution:
+    """One command run as one job."""
+
+    db: str
+    job_id: str
+    argv: list[str]
+    options: Options
+    echo: Callable[[str, bytes], None] | None = None  # (stream, line): where the output goes on screen
+    claimed: bool = False  # already set running (claim, or created running: run --parent)
+    one_of_many: bool = False  # --each: a child cancelled before its turn (fail-fast, cancel) is skipped
+    env: dict = field(default_factory=dict)  # more environment for the command
+    stop_reason: StopReason | None = None  # set from elsewhere (another thread) to stop the command
+    process: Process | None = None
+
+    def run(self) -> Outcome:
+        with Jobctl(self.db) as jc:
+            job = jc.get(self.job_id)
+            message = running_message(self.argv)
+            if not self.claimed:
+                try:
+                    check_runnable(job)
+                    if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
+                        raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
+                except (UsageError, model.Conflict):
+                    status = jc.status(self.job_id)
+                    if self.one_of_many and status != PENDING:  # cancelled, or run by someone else: skipped
+                        exit = model.EXIT_TERMINATED if status == CANCELLED else 0
+                        return Outcome(status, f"{status} before its turn", None, exit)
+                    raise
+            while True:
+                started = time.monotonic()
+                output = Output(self.options.log_lines)
+                try:
+                    outcome = self._supervise(jc, job, output, started)
+                except BaseException as exc:
+                    if self.process is not None:
+                        self.process.kill()
+                    try:  # best effort: never leave the job running for nothing
+                        jc.finish(
+                            self.job_id,
+                            FAILED,
+                            message=f"jobctl run failed: {exc or type(exc).__name__}",
+                            exit_code=None,
+                            duration=time.monotonic() - started,
+                            lines=output.take(),
+                            attempt=job["attempt"],
+                        )
+                    except Exception:
+                        pass
+                    raise
+                # a failure is retried if the job has an attempt left (Jobctl.finish decides, see model.may_retry)
+                retry = outcome.status == FAILED and self.stop_reason in (None, StopReason.TIMEOUT)
+                delay = backoff(self.options.retry_delay, job["attempt"]) if retry else None
+                recorded = self._finish(jc, job, outcome, output, time.monotonic() - started, retry_in=delay)
+                if delay is None or recorded.exit == model.EXIT_DATABASE:
+                    return recorded
+                if recorded.status == CANCELLED:  # cancelled from elsewhere as it ended
+                    return Outcome(CANCELLED, "cancelled", outcome.exit_code, model.EXIT_TERMINATED)
+                if recorded.status != PENDING:  # no attempt left
+                    return outcome
+                if self.stop_reason is StopReason.TIMEOUT:  # that attempt's timeout; the next has its own
+                    self.stop_reason = None
+                stopped = self._back_off(jc, delay)
+                try:
+                    if stopped is None and not jc.set_status([self.job_id], RUNNING, message=message):
+                        stopped = Outcome(PENDING, "retried elsewhere", outcome.exit_code, 0)
+                except model.Conflict:  # cancelled since the last look
+                    stopped = CANCELLED_OUTCOME
+                if stopped is not None and stopped.status == PENDING:
+                    # another worker runs the next attempt: this one's part ended in a retry, no failure
+                    info(f"job {self.job_id}: its next attempt was started elsewhere")
+                    return Outcome(PENDING, stopped.message, outcome.exit_code, 0)
+                if stopped is not None:
+                    return stopped
+                job = jc.get(self.job_id)
+
+    def abandon(self, reason: StopReason) -> None:
+        """A claimed job that will not run (stopped before its command started) ends
+        cancelled, as the running ones do, rather than stay running with no worker."""
+        try:
+            with Jobctl(self.db) as jc:
+                jc.set_status([self.job_id], CANCELLED, message="interrupted" if reason.interrupted else reason.value)
+        except (DatabaseUnusable, model.Conflict):
+            pass  # (the database is busy: its missing heartbeat makes it reapable)
+
+    def _back_off(self, jc: Jobctl, delay: float) -> Outcome | None:
+        """Wait `delay` seconds before the next attempt: None, or the Outcome of
+        this run if it ends instead: interrupted (the job is then cancelled),
+        cancelled (from elsewhere, or with the others), or taken (another
+        worker started it: pending)."""
+        deadline = time.monotonic() + delay
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            reason = self.stop_reason
+            if reason is not None and reason.interrupted:
+                try:
+                    jc.set_status([self.job_id], CANCELLED, message="interrupted")
+                except (DatabaseUnusable, model.Conflict):
+                    pass  # (the job moved on meanwhile, or the database is busy: reap finds it)
+                return Outcome(CANCELLED, "interrupted", None, 128 + reason.signum)
+            if reason is not None:  # stopped with the others (--each)
+                return CANCELLED_OUTCOME
+            if now >= next_check:
+                next_check = now + CHECK_SECONDS
+                try:
+                    status = jc.status(self.job_id)
+                except DatabaseUnusable:
+                    status = PENDING
+                if status == CANCELLED:
+                    return CANCELLED_OUTCOME
+                if status != PENDING:
+                    return Outcome(PENDING, "retried elsewhere", None, 0)
+            if now >= deadline:
+                return None
+            time.sleep(min(0.1, deadline - now))
+
+    # ------------------------------------------------------------- the child
+    def _environment(self, jc: Jobctl, job: dict) -> dict:
+        env = dict(os.environ, **self.env)
+        env.update(JOBCTL_JOB_ID=self.job_id, JOBCTL_PARENT_ID=job["parent_id"] or "", JOBCTL_DB=jc.path)
+        return env
+
+    def _supervise(self, jc: Jobctl, job: dict, output: Output, started: float) -> Outcome:
+        process = self.process = Process(self.argv, output, self.echo)
+        failed = process.start(self._environment(jc, job))
+        if failed is not None:
+            return failed
+        reason = self.stop_reason
+        if reason is not None and reason.interrupted:  # a signal came while it was starting
+            process.signal(reason.signum)
+        process.wait(0.05)  # a quick command ends before the wake-ups are worth setting up
+        waker = jc.waker(CHECK_SECONDS) if process.running() else None
+        deadline = None if self.options.timeout is None else started + self.options.timeout
+        last_beat = last_flush = last_check = time.monotonic()
+        try:
+            while process.running():
+                changed = waker.wait(0.1) if waker is not None else False
+                now = time.monotonic()
+                if now - last_flush >= FLUSH_SECONDS or len(output.pending) >= FLUSH_LINES:
+                    self._write(jc.log_lines, self.job_id, output.take())
+                    last_flush = now
+                if now - last_beat >= self.options.heartbeat:
+                    self._write(jc.heartbeat, self.job_id)
+                    last_beat = now
+                if self.stop_reason is None and (changed or now - last_check >= CHECK_SECONDS):
+                    last_check = now
+                    try:
+                        if jc.status(self.job_id) == CANCELLED:
+                            self.stop_reason = StopReason.CANCELLED
+                    except DatabaseUnusable:  # unreadable for a moment: look again next time
+                        pass
+                if self.stop_reason is None and deadline is not None and now >= deadline:
+                    self.stop_reason = StopReason.TIMEOUT
+                if self.stop_reason is not None:
+                    process.stop(self.stop_reason, self.options.kill_after)
+                    break
+        finally:
+            if waker is not None:
+                waker.close()
+        return outcome_of(process.end(), self.stop_reason, self.options.timeout)
+
+    def interrupt(self, signum: int) -> None:
+        """A signal to jobctl (from a handler): passed on to the command, whose job ends cancelled."""
+        self.stop_reason = StopReason.interrupt(signum)
+        if self.process is not None and self.process.running():
+            self.process.signal(signum)
+
+    # ------------------------------------------------------------ the record
+    def _write(self, call: Callable, *args) -> None:
+        """A write while the command runs (log lines, a heartbeat): a database
+        that is busy for a moment costs a line, not the command."""
+        try:
+            if args[-1] != []:
+                call(*args)
+        except DatabaseUnusable as exc:
+            info(f"could not record output or a heartbeat of job {self.job_id} ({exc}); going on")
+
+    def _finish(
+        self, jc: Jobctl, job: dict, outcome: Outcome, output: Output, duration: float, retry_in: float | None = None
+    ) -> Outcome:
+        """The outcome of the job's attempt (`job`, as it started), in one transaction
+        with the last output; retried within the busy (or connect) timeout when the
+        database is unusable for a while. With `retry_in`, a failure goes back to
+        pending if the job has an attempt left (see Jobctl.finish). Returns it with
+        the status the job has now."""
+        lines = output.take() + output.last()
+        deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
+        noted = False
+        while True:
+            try:
+                now = jc.get(self.job_id)["attempt"]
+                if now != job["attempt"] and not noted:  # (finish below records nothing of it then)
+                    noted = True
+                    info(
+                        f"job {self.job_id}: attempt {job['attempt']} was taken back meanwhile (reaped; now attempt"
+                        f" {now}): its outcome ({outcome.message}) is not recorded, only its output"
+                    )
+                status = jc.finish(
+                    self.job_id,
+                    outcome.status,
+                    message=outcome.message,
+                    exit_code=outcome.exit_code,
+                    duration=duration,
+                    lines=lines,
+                    retry_in=retry_in,
+                    retries=self.options.retries,
+                    attempt=job["attempt"],
+                )
+                return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
+            except DatabaseUnusable as exc:
+                if time.monotonic() >= deadline:
+                    info(f"the outcome of job {self.job_id} ({outcome.message}) could not be recorded: {exc}")
+                    return Outcome(outcome.status, outcome.message, outcome.exit_code, model.EXIT_DATABASE)
+                time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ one job
+class Interrupts:
+    """While one command runs in the foreground: SIGINT and SIGTERM to jobctl are
+    passed on to the command; the job ends cancelled (`interrupted`)."""
+
+    def __init__(self, execution: Execution):
+        self.execution = execution
+        self.old: dict = {}
+
+    def __enter__(self) -> Interrupts:
+        def handler(signum, frame):
+            self.execution.interrupt(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.old[sig] = signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+def echo_through(stream: str, raw: bytes) -> None:
+    out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    out.write(raw)
+    out.flush()
+
+
+def run_one(
+    db: str | None,
+    job: str | None,
+    parent: str | None,
+    name: str | None,
+    id: str | None,
+    argv: list[str],
+    options: Options,
+) -> int:
+    """`run JOB -- CMD` and `run --parent P [--name N] [--id ID] -- CMD`."""
+    check_command(argv)
+    with Jobctl(db) as jc:
+        resolved = jc.path
+        if parent is not None:  # the child is created running, in one transaction: no worker can claim it
+            name = name or shorten(command_line(argv))
+            job = jc.create(name, parent=parent, id=id, running=running_message(argv))
+        else:
+            assert job is not None
+            check_runnable(jc.get(job))
+    execution = Execution(resolved, job, argv, options, echo=echo_through, claimed=parent is not None)
+    with Interrupts(execution):
+        outcome = execution.run()
+    return outcome.exit

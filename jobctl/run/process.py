@@ -1,0 +1,221 @@
+"""A command as a process tree, with no database: start it, read its output,
+stop it, and say how it ended (an Outcome). `attempt.py` records all that."""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import subprocess
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+from jobctl import model
+from jobctl.model import CANCELLED, COMPLETED, FAILED, seconds_text
+
+
+class StopReason(enum.Enum):
+    """Why a command is stopped before it ends by itself."""
+
+    TIMEOUT = "timeout"  # --timeout: the attempt fails (and may be retried)
+    CANCELLED = "cancelled"  # from elsewhere, or with the others (--each, fail-fast)
+    SIGINT = signal.SIGINT.value  # jobctl got a signal, passed on to the command: the job is cancelled
+    SIGTERM = signal.SIGTERM.value
+
+    @classmethod
+    def interrupt(cls, signum: int) -> StopReason:
+        return cls(signum)
+
+    @property
+    def interrupted(self) -> bool:
+        return isinstance(self.value, int)
+
+    @property
+    def signum(self) -> int:
+        assert isinstance(self.value, int)
+        return self.value
+
+
+@dataclass
+class Outcome:
+    status: str
+    message: str
+    exit_code: int | None  # the command's, or 128 + signal; None: it never ran
+    exit: int  # what jobctl run exits with
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_of(code: int) -> int:
+    """A child's return code as a shell shows it: 128 + N when killed by signal N."""
+    return 128 - code if code < 0 else code
+
+
+def text_of(raw: bytes) -> str:
+    """A line of output as text: not UTF-8 is escaped (\\xNN), and so is NUL, never a crash."""
+    return raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+class Output:
+    """A command's output on its way to the job's log: batched, and capped at
+    `cap` lines (the first `cap` are stored as they come, then only the last
+    `cap` are kept, and at the end one line says how many were dropped)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.lock = threading.Lock()
+        self.pending: list[tuple[str, str]] = []
+        self.stored = 0
+        self.tail: deque[tuple[str, str]] = deque(maxlen=cap)
+        self.dropped = 0
+
+    def add(self, level: str, text: str) -> None:
+        with self.lock:
+            if self.stored + len(self.pending) < self.cap:
+                self.pending.append((level, text))
+            else:
+                if len(self.tail) == self.tail.maxlen:
+                    self.dropped += 1
+                self.tail.append((level, text))
+
+    def take(self) -> list[tuple[str, str]]:
+        with self.lock:
+            batch, self.pending = self.pending, []
+            self.stored += len(batch)
+            return batch
+
+    def last(self) -> list[tuple[str, str]]:
+        """What is left at the end: the pending lines, the note of the dropped ones, the tail."""
+        with self.lock:
+            lines = self.pending + (
+                [("warning", f"[jobctl] {self.dropped} lines of output dropped (--log-lines {self.cap})")]
+                if self.dropped
+                else []
+            )
+            lines += list(self.tail)
+            self.pending, self.tail = [], deque(maxlen=self.cap)
+            return lines
+
+
+class Process:
+    """One command run directly (no shell) in a process group of its own, its
+    output copied to `echo` (stream, raw line) and to `output` as it comes."""
+
+    def __init__(self, argv: Sequence[str], output: Output, echo: Callable[[str, bytes], None] | None):
+        self.argv = list(argv)
+        self.output = output
+        self.echo = echo
+        self.proc: subprocess.Popen | None = None
+        self.readers: list[threading.Thread] = []
+
+    def start(self, env: dict) -> Outcome | None:
+        """Start the command; None, or the Outcome of a command that cannot start."""
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # a process group of its own: a stop reaches its children too
+            )
+        except FileNotFoundError:
+            code = model.EXIT_NO_COMMAND
+            return Outcome(FAILED, f"command not found: {self.argv[0]}", code, code)
+        except PermissionError:
+            code = model.EXIT_CANNOT_RUN
+            return Outcome(FAILED, f"permission denied: {self.argv[0]}", code, code)
+        except OSError as exc:
+            code = model.EXIT_CANNOT_RUN
+            return Outcome(FAILED, f"cannot run {self.argv[0]}: {exc.strerror}", code, code)
+        self.readers = [
+            threading.Thread(target=self._read, args=(stream, name, level), daemon=True)
+            for stream, name, level in ((self.proc.stdout, "stdout", "info"), (self.proc.stderr, "stderr", "warning"))
+        ]
+        for r in self.readers:
+            r.start()
+        return None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the command ended within `timeout` seconds."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def end(self) -> int:
+        """Wait for the command to end and its output to be read; its return code."""
+        assert self.proc is not None
+        code = self.proc.wait()
+        for r in self.readers:
+            r.join(2)
+        if any(r.is_alive() for r in self.readers):
+            # the command ended but left processes behind in its group, holding its
+            # output open: they go with it (a job runner leaves nothing running)
+            self.signal(signal.SIGKILL)
+            for r in self.readers:
+                r.join(2)
+        return code
+
+    def _read(self, stream, name: str, level: str) -> None:
+        echo = self.echo
+        for raw in iter(stream.readline, b""):
+            if echo is not None:
+                try:
+                    echo(name, raw)
+                except Exception:  # our own output went away (`jobctl run ... | head`): keep storing it
+                    echo = None
+            self.output.add(level, text_of(raw))
+        stream.close()
+
+    def stop(self, reason: StopReason, kill_after: float) -> None:
+        """SIGTERM to the command's process group (an interrupt was passed on
+        already), SIGKILL after `kill_after` seconds."""
+        if not reason.interrupted:
+            self.signal(signal.SIGTERM)
+        if not self.wait(kill_after):
+            self.signal(signal.SIGKILL)
+
+    def kill(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def outcome_of(code: int, reason: StopReason | None, timeout: float | None) -> Outcome:
+    """How a command that ended with return `code` went, stopped for `reason` or not."""
+    if reason is StopReason.TIMEOUT:
+        return Outcome(FAILED, f"timed out after {seconds_text(timeout or 0)}", exit_of(code), model.EXIT_TIMEOUT)
+    if reason is StopReason.CANCELLED:
+        return Outcome(CANCELLED, "cancelled", exit_of(code), model.EXIT_TERMINATED)
+    if reason is not None:
+        return Outcome(CANCELLED, "interrupted", exit_of(code), 128 + reason.signum)
+    if code == 0:
+        return Outcome(COMPLETED, "exit code 0", 0, 0)
+    if code < 0:
+        return Outcome(FAILED, f"killed by {signal_name(-code)}", 128 - code, 128 - code)
+    return Outcome(FAILED, f"exit code {code}", code, code)
