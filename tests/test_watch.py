@@ -580,12 +580,13 @@ def test_a_watcher_notices_its_database_deleted_or_replaced(db_path, tmp_path, h
     with Jobctl(db_path) as jc:
         parent = jc.create("p")
         jc.spawn(parent, count=2)
-    proc, _ = start_watch(db_path, parent, "--exit-status", "--timeout", 60)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     if how == "replaced":
         with Jobctl(tmp_path / "other.db") as jc:
             jc.create("another database")
+    proc, _ = start_watch(db_path, parent, "--exit-status", "--timeout", 60)
+    for suffix in ("-wal", "-shm") if how == "replaced" else ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    if how == "replaced":  # in one step: the watcher never sees the path missing
         os.rename(tmp_path / "other.db", db_path)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 5
