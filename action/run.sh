@@ -4,7 +4,8 @@
 # steps too), then runs `jobctl COMMAND JOB [ARGS...]` and exits with its code.
 #
 # Inputs, as environment variables (action.yml passes each one explicitly):
-#   INPUT_COMMAND  watch (the default), report, wait, progress, ...: a command taking the job
+#   INPUT_COMMAND  watch (the default), report, wait, progress, status get, ...: a command
+#                  taking the job (its words split at white space)
 #   INPUT_JOB      the job's id (required)
 #   INPUT_REPORT   watch: --report FORMAT when it ends (markdown goes to the step
 #                  summary); report: --format FORMAT
@@ -30,7 +31,8 @@ report=${INPUT_REPORT:-}
 [[ -n $job ]] || fail "the input 'job' is required"
 [[ -z ${INPUT_DB:-} ]] || export JOBCTL_DB=$INPUT_DB
 
-cmd=(jobctl "$command" "$job")
+read -ra words <<<"$command"
+cmd=(jobctl "${words[@]}" "$job")
 [[ $command != watch ]] || cmd+=(--exit-status)
 if [[ -n $report ]]; then
     case $command in
