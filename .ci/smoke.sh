@@ -5,7 +5,8 @@
 # extra into a fresh virtualenv outside the checkout and, from outside it, runs
 # create, spawn, status set, watch --exit-status and serve (/api/health, the page
 # and its assets); then the GitHub Action's script (action/run.sh) installs the
-# same wheel by its distribution name and watches a job with a markdown report.
+# same wheel by its distribution name and watches a job with a markdown report;
+# last, a few of the sdist's own tests run from the unpacked sdist.
 # Only package registries are used (pip).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,10 +54,11 @@ step "what the sdist and the wheel carry"
 top=jobctl_db-$version
 tar -tzf "$sdist" | sed "s|^$top/||" | sort >"$work/sdist.txt"
 # the tests and everything they read, as tracked by git, plus the project's files
-{
-    git -C "$root" ls-files jobctl tests fixtures bench docs action
-    printf '%s\n' README.md CHANGELOG.md LICENSE pyproject.toml action.yml PKG-INFO
-} | sort >"$work/want.txt"
+# (safe.directory: CI's clone may belong to another user than the one running this)
+git -c safe.directory="$root" -C "$root" ls-files jobctl tests fixtures bench docs action >"$work/tracked.txt"
+grep -qx tests/conftest.py "$work/tracked.txt" || die "git ls-files in $root listed no tests"
+printf '%s\n' README.md CHANGELOG.md LICENSE pyproject.toml action.yml PKG-INFO | cat - "$work/tracked.txt" |
+    sort >"$work/want.txt"
 missing=$(comm -23 "$work/want.txt" "$work/sdist.txt")
 [[ -z $missing ]] || die "the sdist lacks: $missing"
 ! grep -E '(^|/)(__pycache__|\.venv|\.git)(/|$)' "$work/sdist.txt" || die "the sdist carries the above"
@@ -151,5 +153,13 @@ INPUT_JOB=$P INPUT_REPORT=markdown INPUT_VERSION=$version INPUT_PYTHON=$python \
 [[ $("$work/runner/jobctl-venv/bin/jobctl" --version | head -1) == "jobctl $version" ]] || die "the action's jobctl"
 grep -q "smoke" "$work/summary.md" || die "the step summary has no report: $(cat "$work/summary.md")"
 grep -qx "exit-code=0" "$work/github_output" || die "GITHUB_OUTPUT: $(cat "$work/github_output")"
+
+step "the sdist's own tests (the unit tier of a few files), against the installed wheel"
+tar -xzf "$sdist" -C "$work"
+quiet "$work/venv/bin/python" -m pip install --disable-pip-version-check "$wheel[test]"
+(cd "$work/$top" && "$work/venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" \
+    tests/test_packaging.py tests/test_model.py tests/test_progress.py) >"$work/out.log" 2>&1 ||
+    { cat "$work/out.log" >&2; die "the sdist's tests"; }
+echo "smoke: the sdist's tests pass"
 
 step "passed"
