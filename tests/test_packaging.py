@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import JOBCTL, ROOT, run
+
 from jobctl import DISTRIBUTION, Jobctl, __version__
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
