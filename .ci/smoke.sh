@@ -149,8 +149,9 @@ INPUT_JOB=$P INPUT_REPORT=markdown INPUT_VERSION=$version INPUT_PYTHON=$python \
     RUNNER_TEMP=$work/runner GITHUB_STEP_SUMMARY=$work/summary.md GITHUB_PATH=$work/github_path \
     GITHUB_OUTPUT=$work/github_output PIP_FIND_LINKS=$work/dist \
     quiet bash "$root/action/run.sh"
-[[ $(cat "$work/github_path") == "$work/runner/jobctl-venv/bin" ]] || die "GITHUB_PATH: $(cat "$work/github_path")"
-[[ $("$work/runner/jobctl-venv/bin/jobctl" --version | head -1) == "jobctl $version" ]] || die "the action's jobctl"
+[[ $(cat "$work/github_path") == "$work/runner/jobctl-bin" ]] || die "GITHUB_PATH: $(cat "$work/github_path")"
+[[ $(ls "$work/runner/jobctl-bin") == jobctl ]] || die "the action's PATH folder holds $(ls "$work/runner/jobctl-bin")"
+[[ $(PATH=$work/runner/jobctl-bin:$PATH jobctl --version | head -1) == "jobctl $version" ]] || die "the action's jobctl"
 grep -q "smoke" "$work/summary.md" || die "the step summary has no report: $(cat "$work/summary.md")"
 grep -qx "exit-code=0" "$work/github_output" || die "GITHUB_OUTPUT: $(cat "$work/github_output")"
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The shell of the jobctl GitHub Action (action.yml): installs the jobctl-db
-# distribution into a virtualenv of its own (on the job's PATH for the later
-# steps too), then runs `jobctl COMMAND JOB [ARGS...]` and exits with its code.
+# distribution into a virtualenv of its own (its `jobctl` on the job's PATH for
+# the later steps too), then runs `jobctl COMMAND JOB [ARGS...]` and exits with
+# its code.
 #
 # Inputs, as environment variables (action.yml passes each one explicitly):
 #   INPUT_COMMAND  watch (the default), report, wait, progress, status get, ...: a command
@@ -51,12 +52,16 @@ if [[ ${INPUT_INSTALL:-true} != false ]]; then
     [[ -n $extras || ! ${JOBCTL_DB:-} =~ ^postgres(ql)?:// ]] || extras=postgres
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
         fail "jobctl needs Python 3.11 or newer, $python is $("$python" -V 2>&1) (actions/setup-python can provide one)"
-    if [[ -n ${RUNNER_TEMP:-} ]]; then venv=$RUNNER_TEMP/jobctl-venv; else venv=$(mktemp -d)/venv; fi
+    home=${RUNNER_TEMP:-$(mktemp -d)}
+    venv=$home/jobctl-venv
     [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
     echo "jobctl action: installing jobctl-db${extras:+[$extras]}${version:+==$version} into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "jobctl-db${extras:+[$extras]}${version:+==$version}"
-    PATH=$venv/bin:$PATH
-    [[ -z ${GITHUB_PATH:-} ]] || echo "$venv/bin" >>"$GITHUB_PATH"
+    # only `jobctl` goes on PATH, not the virtualenv's python and pip
+    mkdir -p "$home/jobctl-bin"
+    ln -sf "$venv/bin/jobctl" "$home/jobctl-bin/jobctl"
+    PATH=$home/jobctl-bin:$PATH
+    [[ -z ${GITHUB_PATH:-} ]] || echo "$home/jobctl-bin" >>"$GITHUB_PATH"
 fi
 
 echo "jobctl action: ${cmd[*]}" >&2
