@@ -19,7 +19,12 @@ from jobctl.model import (
     UsageError,
 )
 
+# The version, said only here: pyproject.toml reads it (setuptools' `attr`), and
+# `jobctl --version` prints it without asking importlib.metadata (~40 ms a start).
 __version__ = "0.1.0"
+# What `pip install` calls jobctl (pyproject.toml's name): `jobctl` on the
+# package index is another project's. The command and the import stay `jobctl`.
+DISTRIBUTION = "jobctl-db"
 __all__ = [
     "Jobctl",
     "JobctlError",
@@ -34,4 +39,5 @@ __all__ = [
     "FAILED",
     "CANCELLED",
     "__version__",
+    "DISTRIBUTION",
 ]

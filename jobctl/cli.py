@@ -675,7 +675,7 @@ def serve(
 ) -> None:
     """Serve the database read-only to browsers and programs: a live page, a JSON API, an event stream.
 
-    Needs the web extra: pip install 'jobctl[web]'. Ctrl-C stops it (exit 130).
+    Needs the web extra: pip install 'jobctl-db[web]'. Ctrl-C stops it (exit 130).
     """
     from jobctl.serve.app import main as serve_main
 

@@ -179,10 +179,38 @@ def events(db: str | None, job: str | None = None, since: int = 0, limit: int | 
     return 0
 
 
-def version() -> int:
-    from jobctl import __version__
+# The optional extras (pyproject.toml's optional-dependencies): the modules
+# jobctl imports from each, with the distributions that may provide them.
+EXTRAS: dict[str, dict[str, tuple[str, ...]]] = {
+    "postgres": {"psycopg2": ("psycopg2-binary", "psycopg2")},
+    "web": {"starlette": ("starlette",), "uvicorn": ("uvicorn",)},
+}
 
-    print(__version__)
+
+def version() -> int:
+    """jobctl's version, the Python running it, and each extra's modules with
+    their versions, or `missing`: found on disk (find_spec, the installed
+    metadata) without importing them."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    from jobctl import DISTRIBUTION, __version__
+
+    def installed(dists: tuple[str, ...]) -> str:
+        for dist in dists:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        return "(version unknown)"
+
+    print(f"jobctl {__version__}\nPython {sys.version.split()[0]}")
+    for extra, modules in EXTRAS.items():
+        if all(find_spec(m) is not None for m in modules):
+            found = ", ".join(f"{m} {installed(dists)}" for m, dists in modules.items())
+        else:
+            found = f"missing (pip install '{DISTRIBUTION}[{extra}]')"
+        print(f"{extra}: {found}")
     return 0
 
 

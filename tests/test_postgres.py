@@ -125,7 +125,7 @@ def test_without_the_driver_a_url_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 5
     assert result.stderr == ("jobctl: error: a postgresql:// database needs the PostgreSQL driver:"
-                             " pip install 'jobctl[postgres]'\n")
+                             " pip install 'jobctl-db[postgres]'\n")
 
 
 def test_the_sqlite_hot_path_never_imports_the_driver(tmp_path):

@@ -1,6 +1,6 @@
 """`jobctl serve`: the database, SQLite or PostgreSQL, served read-only to
 browsers and programs (a JSON API, a live Server-Sent Events stream and one
-HTML page). An optional extra: `pip install 'jobctl[web]'` (Starlette and
+HTML page). An optional extra: `pip install 'jobctl-db[web]'` (Starlette and
 uvicorn), imported only when the server runs.
 
 - `jobctl.serve.app`: `main()`, the command's body (checks its options, runs uvicorn).

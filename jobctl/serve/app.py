@@ -101,7 +101,9 @@ def main(db: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tok
 
         from jobctl.serve import web
     except ImportError as exc:
-        raise UsageError(f"jobctl serve needs the web extra: pip install 'jobctl[web]' ({exc})") from None
+        from jobctl import DISTRIBUTION
+
+        raise UsageError(f"jobctl serve needs the web extra: pip install '{DISTRIBUTION}[web]' ({exc})") from None
     sock = bind(host, port)
     allowed = None if token is not None else LOOPBACK_NAMES | {host.lower(), f"[{host.strip('[]').lower()}]"}
     options = {} if queue_events is None else {"queue_events": queue_events}

@@ -5,7 +5,7 @@
   or the same in JOBCTL_DB). libpq's own variables (PGHOST, PGPASSWORD,
   ~/.pgpass, PGSSLMODE, ...) work as they do for psql. `?schema=NAME` picks
   the schema jobctl's tables live in (default `jobctl`).
-- **Driver:** psycopg2, imported only here (an extra: `jobctl[postgres]`). Its
+- **Driver:** psycopg2, imported only here (an extra: `jobctl-db[postgres]`). Its
   import costs about 25 ms against 120 ms for psycopg 3, which matters for a
   one-shot `status set` (README, "Across machines").
 - **Writers are serialised** by a transaction-scoped advisory lock taken at
@@ -126,8 +126,10 @@ def _driver():
     try:
         import psycopg2
     except ImportError:
+        from jobctl import DISTRIBUTION
+
         raise DatabaseUnusable(
-            "a postgresql:// database needs the PostgreSQL driver: pip install 'jobctl[postgres]'"
+            f"a postgresql:// database needs the PostgreSQL driver: pip install '{DISTRIBUTION}[postgres]'"
         ) from None
     return psycopg2
 
