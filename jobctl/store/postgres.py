@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 from jobctl.console import info
-from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store import masked
+from jobctl.model import STATUSES, DatabaseUnusable, IdTaken, UsageError
+from jobctl.store import join_url, masked, masked_in, url_parts
 from jobctl.store.base import CHANGE_COLUMNS, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, Retryable, SqlQueries
 
 DEFAULT_SCHEMA = "jobctl"
@@ -146,18 +146,20 @@ def _seconds_from_env(name: str, default: float) -> float:
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """(the URL for libpq, the schema): `schema` is jobctl's own query parameter."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    """(the URL for libpq, the schema): `schema` is jobctl's own query parameter,
+    taken out; the rest goes to libpq as written, so every form libpq accepts
+    works (`postgres://`, `postgresql:///db` with PGHOST, host lists, `?host=/dir`, `?service=`)."""
+    from urllib.parse import unquote
 
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    scheme, userinfo, body, query = url_parts(url)
     schema = DEFAULT_SCHEMA
     rest = []
-    for key, value in query:
-        if key == "schema":
-            schema = value
+    for pair in query.split("&") if query is not None else []:
+        key, _, value = pair.partition("=")
+        if unquote(key) == "schema":
+            schema = unquote(value)
         else:
-            rest.append((key, value))
+            rest.append(pair)
     if (
         not schema
         or not schema.replace("_", "a").isalnum()
@@ -167,8 +169,7 @@ def split_url(url: str) -> tuple[str, str]:
         or len(schema) > 63
     ):
         raise DatabaseUnusable(f"bad schema name {schema!r} in the database URL: use lower-case letters, digits and _")
-    scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
-    return urlunsplit(parts._replace(scheme=scheme, query=urlencode(rest))), schema
+    return join_url(scheme, userinfo, body, "&".join(rest) if rest else None), schema
 
 
 def _first_line(exc: BaseException) -> str:
@@ -244,10 +245,12 @@ class PostgresStore(SqlQueries):
         conn.autocommit = True  # transactions are explicit: write() and read()
         return conn
 
-    def _connect_error(self, exc: BaseException) -> DatabaseUnusable:
-        reason = _first_line(exc)
+    def _connect_error(self, exc: BaseException) -> DatabaseUnusable | UsageError:
+        reason = masked_in(_first_line(exc), self.url)
         low = reason.lower()
         where = f"PostgreSQL at {masked(self.url)}"
+        if low.startswith("invalid "):  # libpq could not read the URL, or a value in it ("invalid port number")
+            return UsageError(f"bad PostgreSQL URL {masked(self.url)}: {reason.removeprefix('invalid dsn: ')}")
         if "password" in low or "authentication" in low or ("role" in low and "does not exist" in low):
             return DatabaseUnusable(f"{where}: authentication failed ({reason})")
         if "does not exist" in low and "database" in low:
