@@ -386,7 +386,10 @@ class Jobctl:
             return
         self.path = resolve_db_path(db)
         if create and db is None and not os.environ.get("JOBCTL_DB"):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnusable(f"cannot create {os.path.dirname(self.path)}: {exc.strerror}") from None
         self.store = open_store(self.path, busy_timeout=busy_timeout, create=create)
         self.name = self.store.name  # for people: a URL's password is masked
 

@@ -458,7 +458,7 @@ def test_jobs_list_show_and_errors(db, serve):
         (f"/api/jobs/{parent}?x=1", 400, 2, "unknown parameter"),
         ("/api/nope", 404, 2, "no such endpoint"),
         ("/api/jobs/a/b/c", 404, 2, "no such endpoint"),
-        ("/api/jobs/%0Anope", 404, 3, "job \\nnope not found"),  # one line, escaped
+        ("/api/jobs/%0Anope", 404, 3, "job '\\nnope' not found"),  # one line, escaped and quoted
     ]
     for path, status, code, text in errors:
         got_status, headers, body = server.request("GET", path)

@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     from jobctl.store.base import Store
 
 URL_SCHEMES = ("postgresql://", "postgres://")
+# The longest JOBCTL_BUSY_TIMEOUT / JOBCTL_CONNECT_TIMEOUT, in seconds: SQLite's busy timeout and
+# PostgreSQL's lock_timeout are 32-bit counts of milliseconds (24.8 days); past that they wrap.
+MAX_WAIT = 86_400
 
 
 def is_url(db: str) -> bool:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken, UsageError
-from jobctl.store import join_url, masked, masked_in, url_parts
+from jobctl.store import MAX_WAIT, join_url, masked, masked_in, url_parts
 from jobctl.store.base import CHANGE_COLUMNS, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, Retryable, SqlQueries
 
 DEFAULT_SCHEMA = "jobctl"
@@ -140,8 +140,8 @@ def _seconds_from_env(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 86400 * 365:
-        raise DatabaseUnusable(f"{name} must be a number of seconds, not {raw!r}")
+    if not 0 <= value <= MAX_WAIT:
+        raise DatabaseUnusable(f"{name} must be a number of seconds from 0 to {MAX_WAIT} (a day), not {raw!r}")
     return value
 
 
@@ -273,9 +273,7 @@ class PostgresStore(SqlQueries):
         with self.write():
             found = self._meta()
             if found is None and not create:
-                raise DatabaseUnusable(
-                    f"no jobctl database at {self.name} (create one with `jobctl init` or any write)"
-                )
+                raise DatabaseUnusable(f"no jobctl database at {self.name} (create one with `jobctl init`)")
             version = int(found.get("version", "0")) if found else 0
             if version > SCHEMA_VERSION:
                 raise DatabaseUnusable(
