@@ -303,3 +303,33 @@ def test_a_malformed_url_is_exit_2_with_its_password_masked(url):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("jobctl: error: bad PostgreSQL URL") and result.stderr.count("\n") == 1
     assert "S3CRET" not in result.stderr and "***" in result.stderr
+
+
+def test_a_role_without_rights_on_the_schema_is_told_the_grant(pg_url):
+    """A role that may not use jobctl's schema (no USAGE: PostgreSQL then skips it on
+    the search path, and says `relation "meta" does not exist`) or create in it is
+    told which schema and which grant, exit 5, and nothing is created."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"reader_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN")
+    sql(pg_url, f"GRANT CONNECT ON DATABASE {dbname} TO {role}")
+    Jobctl(pg_url).close()  # jobctl's schema, made by its owner
+    sql(pg_url, "CREATE SCHEMA empty")  # and an empty one
+    as_role = with_netloc(pg_url, f"{role}@{urlsplit(pg_url).netloc.split('@')[1]}")
+    try:
+        for url, argv, grant in [
+            (as_role, ["list"], "GRANT USAGE ON SCHEMA jobctl"),
+            (as_role, ["create", "x"], "GRANT USAGE ON SCHEMA jobctl"),
+            (as_role + "?schema=empty", ["create", "x"], "GRANT USAGE, CREATE ON SCHEMA empty"),
+        ]:
+            result = run(*argv, db=url)
+            assert result.returncode == 5 and result.stderr.count("\n") == 1, result.stderr
+            assert f"permission denied for schema {url.partition('schema=')[2] or 'jobctl'}" in result.stderr
+            assert f"{grant} TO {role}" in result.stderr, result.stderr
+        sql(pg_url, f"GRANT USAGE ON SCHEMA empty TO {role}")  # may use it, may not create in it
+        result = run("create", "x", db=as_role + "?schema=empty")
+        assert result.returncode == 5 and f"GRANT CREATE ON SCHEMA empty TO {role}" in result.stderr, result.stderr
+        assert sql(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'empty'") == [(0,)]
+    finally:
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")

@@ -302,6 +302,7 @@ class PostgresStore(SqlQueries):
                 (self.schema,),
             )
         }
+        self._check_rights(need_create="meta" not in tables)
         if "meta" in tables:
             meta = {r["key"]: r["value"] for r in self._query("SELECT key, value FROM meta")}
             if meta.get("application") == "jobctl":
@@ -313,6 +314,23 @@ class PostgresStore(SqlQueries):
             )
         self._execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
         return None
+
+    def _check_rights(self, need_create: bool) -> None:
+        """Without USAGE on the schema PostgreSQL skips it on the search path (and says
+        `relation "meta" does not exist`); without CREATE, jobctl cannot make its tables:
+        name the schema and the grant instead."""
+        (row,) = self._query(
+            "SELECT current_user AS who, has_schema_privilege(%s, 'USAGE') AS may_use,"
+            " has_schema_privilege(%s, 'CREATE') AS may_create",
+            (self.schema, self.schema),
+        )
+        rights = [("USAGE", row["may_use"]), ("CREATE", row["may_create"] or not need_create)]
+        lacking = [right for right, ok in rights if not ok]
+        if lacking:
+            raise DatabaseUnusable(
+                f"permission denied for schema {self.schema} in {masked(self.url)}: ask its owner for"
+                f" GRANT {', '.join(lacking)} ON SCHEMA {self.schema} TO {row['who']}"
+            )
 
     def close(self) -> None:
         try:
