@@ -484,6 +484,9 @@ def watch(
     report_output: Annotated[
         str | None, typer.Option("--report-output", metavar="FILE", help="Where --report writes (as report --output).")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="In plain lines too, say how many earlier events there were.")
+    ] = False,
 ) -> None:
     """Follow a job live until it ends: its progress and every event and log line below it.
 
@@ -506,6 +509,7 @@ def watch(
             wait_for_create=wait_for_create,
             report=report,
             report_output=report_output,
+            verbose=verbose,
         )
     )
 

@@ -336,6 +336,7 @@ def watch(
     wait_for_create: bool = False,
     report: str | None = None,
     report_output: str | None = None,
+    verbose: bool = False,
 ) -> int:
     from jobctl import render
     from jobctl import watch as watching
@@ -357,7 +358,7 @@ def watch(
     _check_awaitable(job, wait_for_create)
     with _open(db, create=wait_for_create) as jc:
         sink: watching.Sink = (
-            render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
+            render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch(verbose)
         )
         code = watching.run_watch(
             jc,

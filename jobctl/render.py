@@ -322,10 +322,14 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def change_why(e: Mapping) -> str:
+    """`<old> → <new>[: <message>]`: a status change and why, when it says."""
+    return change_text(e) + (f": {plain(e['message'])}" if e["message"] else "")
+
+
 def change_line(e: Mapping) -> str:
-    """`<job> <old> → <new>[: <message>]`: a status change and why, when it says."""
-    text = f"{e['job_id']} {change_text(e)}"
-    return text + (f": {plain(e['message'])}" if e["message"] else "")
+    """`<job> <old> → <new>[: <message>]`."""
+    return f"{e['job_id']} {change_why(e)}"
 
 
 def update_line(e: Mapping, progress: Mapping) -> str:
@@ -368,11 +372,15 @@ def start_line(job: Mapping, progress: Mapping) -> str:
 
 
 class PlainWatch:
-    """Plain lines, flushed per line: for CI logs and pipes."""
+    """Plain lines, flushed per line: for CI logs and pipes (the earlier-events
+    hint only when `verbose`: a log has no person to tell)."""
+
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
 
     def start(self, job: Mapping, progress: Mapping, cursor: int, earlier: int = 0) -> None:
         self._write(start_line(job, progress))
-        if earlier:
+        if earlier and self.verbose:
             self._write(earlier_line(earlier))
 
     def update(self, update: Update) -> None:
@@ -470,7 +478,7 @@ class LiveWatch:
             new = e["new_status"] or e["kind"]  # a policy event has no status
             self.lines.append(
                 f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
-                f"[bold]{escape(e['job_id'])}[/] {escape(change_line(e))}"
+                f"[bold]{escape(e['job_id'])}[/] {escape(change_why(e))}"
             )
             if e["job_id"] in self.stale_ids and new != "running":  # it moved on: no longer stale
                 self.stale_ids = [i for i in self.stale_ids if i != e["job_id"]]

@@ -120,7 +120,8 @@ class Tail:
         return progress_dict(self.job_id, self.status, self.counts)
 
     def earlier_events(self) -> int:
-        """How many events of the watched tree came before the watch started."""
+        """How many events of the watched tree came before the watch started, but creations:
+        changes and log lines the watcher has not seen."""
         return self.jc.store.count_events(self.job["root_id"], self.live_from, self.subtree)
 
     def read(self) -> list[Update]:
@@ -299,9 +300,7 @@ def run_watch(
                 return model.EXIT_TIMEOUT
             tail = Tail.start(jc, job_id, since=since)
             on_tick = StaleCheck(tail, stale_after, sink, on_stale) if stale_after is not None else None
-            # the job's own creation is not history worth a hint
             earlier = tail.earlier_events() if since is None else 0
-            earlier = earlier if earlier > 1 else 0
             sink.start(tail.job, tail.progress(), tail.cursor, earlier)
             if on_tick is not None:
                 on_tick()
