@@ -676,6 +676,9 @@ def serve(
             " (default: $JOBCTL_SERVE_TOKEN).",
         ),
     ] = None,
+    show_token: Annotated[
+        bool, typer.Option("--show-token", help="Put the token in the URL the start line prints (not by default).")
+    ] = False,
 ) -> None:
     """Serve the database read-only to browsers and programs: a live page, a JSON API, an event stream.
 
@@ -683,7 +686,7 @@ def serve(
     """
     from jobctl.serve.app import main as serve_main
 
-    done(serve_main(ctx.obj["db"], host, port, token))
+    done(serve_main(ctx.obj["db"], host, port, token, show_token=show_token))
 
 
 @app.command()

@@ -207,6 +207,8 @@ def job(j: Mapping) -> None:
         "not_before",
     ]
     lines = [(f, j[f]) for f in fields]
+    if j["duration"] is None:  # not a command's run time (a parent, say): from its start to its end, or now
+        lines[fields.index("duration")] = ("duration", job_duration(j) or None)
     policy = j["policy"]
     text = policy_text(policy["fail_fast"], policy["allow_failures"], None)
     if policy["allow_failures"] and j["progress"]:  # what the allowance comes to, and whether it was needed

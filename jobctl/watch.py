@@ -281,6 +281,7 @@ def run_watch(
     stale_after: float | None = None,
     wait_for_create: bool = False,
     on_stale=None,
+    on_interrupt=None,
 ) -> int:
     """`jobctl watch`: the start state, then every event of the tree, then a summary.
 
@@ -289,6 +290,8 @@ def run_watch(
     124 on timeout, 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP. With
     `stale_after`, running children without a recent heartbeat are reported as
     stale; with `wait_for_create`, a job that does not exist yet is waited for.
+    `on_interrupt()` (run --each: stop the commands, cancel the parent) runs
+    before the summary of an interrupted watch, which then shows its end.
     """
     model.check_seconds(timeout, "--timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -311,6 +314,13 @@ def run_watch(
         except KeyboardInterrupt:
             reason, code = interrupted(got)
             if tail is not None:
+                if on_interrupt is not None:
+                    on_interrupt()
+                    while True:  # what it did (a cancel) is the end: shown, then summed up
+                        for update in tail.read():
+                            sink.update(update)
+                        if not tail.more:
+                            break
                 sink.end(tail.job, tail.progress(), reason, code)
             return code
         except model.DatabaseUnusable:  # deleted, replaced, or the server gone for good

@@ -642,3 +642,19 @@ def test_events_json_made_by_the_database_is_what_python_prints(jc, db):
             assert g == w
     assert run("events", "--json", "--job", kids[2], "--since", "3", "--limit", "2", db=db).stdout.split("\n")[:-1] == [
         dumps(e) for e in jc.events(job=kids[2], since=3, limit=2)]
+
+
+def test_show_gives_a_finished_parent_its_duration(cli, db):
+    """A parent has no command's run time: show gives it the time from its start
+    to its end (it said `duration: -`)."""
+    from conftest import tamper
+    from jobctl.render import duration
+
+    parent = cli("create", "p").stdout.strip()
+    kid = cli("spawn", parent, "--count", "1").stdout.strip()
+    cli("status", "set", kid, "running")
+    cli("status", "set", kid, "completed")
+    tamper(db, "UPDATE jobs SET started_at = '2026-01-01T00:00:00.000000Z',"
+               " completed_at = '2026-01-01T00:01:30.000000Z' WHERE id = ?", (parent,))
+    lines = cli("show", parent).stdout.splitlines()
+    assert f"duration: {duration(90)}" in lines and duration(90) != "-", lines

@@ -64,13 +64,13 @@ SCREENSHOT = ROOT / "docs" / "web-view.png"
 class Server:
     """A `jobctl serve` subprocess on a free 127.0.0.1 port, ready when started."""
 
-    def __init__(self, db, tmp_path, *, token=None, env=None):
+    def __init__(self, db, tmp_path, *, token=None, env=None, listen="127.0.0.1", args=()):
         self.db, self.token = str(db), token
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.base = f"http://{self.host}"
         self.log = tmp_path / f"serve-{self.port}.log"
-        argv = [*SERVE, "--db", self.db, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [*SERVE, "--db", self.db, "serve", "--host", listen, "--port", str(self.port), *args]
         if token:
             argv.append(f"--token={token}")  # (a token may start with "-")
         with open(self.log, "w") as err:
@@ -737,6 +737,22 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
         final = [m for _, m in reference if m["type"] == "parent_job_progress" and m["job_id"] == parent][-1]
         assert {k: final[k] for k in jc.progress(parent)} == jc.progress(parent)
     live.close()
+
+
+@pytest.mark.slow
+def test_the_start_line_is_a_url_to_open_and_keeps_the_token_to_itself(db_path, tmp_path):
+    """`--host 0.0.0.0 --token T` says `http://THIS-MACHINE:PORT/`, a URL a person can
+    open, not `http://0.0.0.0:PORT/?token=YOUR_TOKEN`; the token is in it only with --show-token."""
+    Jobctl(db_path).close()
+    token = secrets.token_urlsafe(24)
+    for args in ((), ("--show-token",)):
+        server = Server(db_path, tmp_path, token=token, listen="0.0.0.0", args=args)
+        server.stop()
+        line = server.log.read_text().splitlines()[0]
+        assert line.startswith("jobctl: serving ") and "0.0.0.0" not in line and "YOUR_TOKEN" not in line, line
+        url = f"http://{socket.gethostname()}:{server.port}/"
+        assert url + (f"?token={token}" if args else " ") in line, line
+        assert (token in line) == bool(args), line
 
 
 def never_reading(port, path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from urllib.parse import quote
 
 from jobctl.api import Jobctl, resolve_db_path
 from jobctl.console import info
@@ -96,11 +97,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def url_of(host: str, port: int) -> str:
+    """The URL a person opens: a wildcard address (0.0.0.0, ::) is this machine's name."""
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
     name = f"[{host.strip('[]')}]" if ":" in host else host
     return f"http://{name}:{port}/"
 
 
-def main(db: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None) -> int:
+def main(
+    db: str | None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    show_token: bool = False,
+) -> int:
     """Serve the database `db` (--db, $JOBCTL_DB or the default) until Ctrl-C
     (exit 130) or SIGTERM. Raises JobctlError for bad options (2) or a
     database that cannot be read (5)."""
@@ -132,7 +142,11 @@ def main(db: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tok
         timeout_graceful_shutdown=3,
     )
     server = web.Server(config, app)
-    where = url_of(host, port) + ("?token=YOUR_TOKEN" if token else "")
+    where = url_of(host, port)
+    if token and show_token:
+        where += "?token=" + quote(token, safe="")
+    elif token:  # a start line ends up in logs: the token only when asked (--show-token)
+        where += " (open it with ?token= and the token, or send Authorization: Bearer TOKEN)"
     info(f"serving {name} read-only at {where} (Ctrl-C stops)")
     try:
         server.run(sockets=[sock])
