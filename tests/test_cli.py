@@ -1,6 +1,7 @@
 """The CLI contract, in-process through CliRunner and through the installed console script."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 import typer.main
 
 from conftest import JOBCTL, ROOT, run, seed_news_crawler, tamper
+from jobctl import Jobctl
 from jobctl.cli import app
 
 SEED_TEXT = "66 pending, 1 running, 41 completed, 0 failed"
@@ -658,3 +660,30 @@ def test_show_gives_a_finished_parent_its_duration(cli, db):
                " completed_at = '2026-01-01T00:01:30.000000Z' WHERE id = ?", (parent,))
     lines = cli("show", parent).stdout.splitlines()
     assert f"duration: {duration(90)}" in lines and duration(90) != "-", lines
+
+
+def complete(db, *words):
+    """What the shell's completion offers for the last of `words` (bash protocol, as the installed script asks)."""
+    argv = ["jobctl", "--db", str(db), *words]
+    env = dict(os.environ, _JOBCTL_COMPLETE="complete_bash", COMP_WORDS=" ".join(argv), COMP_CWORD=str(len(argv) - 1))
+    result = subprocess.run([JOBCTL], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.slow
+def test_completion_offers_job_ids_status_words_formats_and_durations(db, tmp_path):
+    with Jobctl(db) as jc:
+        parent = jc.create("p", id="crawl")
+        jc.spawn(parent, count=60)
+        jc.create("other", id="backup")
+    assert complete(db, "status", "get", "ba") == ["backup"]
+    assert len(complete(db, "watch", "crawl")) == 50  # bounded: the first 50, in order
+    assert complete(db, "watch", "crawl.5")[:2] == ["crawl.5", "crawl.50"]
+    assert complete(db, "list", "--parent", "")[:2] == ["backup", "crawl"]
+    assert complete(db, "status", "set", "crawl.1", "c")[:3] == ["completed", "cancelled", "crawl"]  # status or id
+    assert complete(db, "list", "--status", "r") == ["running"]
+    assert complete(db, "report", "crawl", "--format", "j") == ["junit", "json"]
+    assert complete(db, "list", "--stale-after", "90") == ["90s", "90m", "90h", "90d"]
+    missing = tmp_path / "typo.db"
+    assert complete(missing, "show", "") == [] and not missing.exists()  # no database: nothing, and none made

@@ -266,6 +266,10 @@ class Store(Protocol):
         """How many events but creations of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
         ...
 
+    def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """At most `limit` job ids that start with `prefix`, in order (shell completion)."""
+        ...
+
     def last_event_id(self) -> int: ...
     def waker(self, poll_interval: float) -> Waker: ...
 
@@ -337,6 +341,15 @@ class SqlQueries:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self._query_light(sql, params) if as_json else self._query(sql, params)
+
+    def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """A range of the primary key (ids compare bytewise on both stores): bounded, indexed."""
+        m = self.mark
+        rows = self._query(
+            f"SELECT id FROM jobs WHERE id >= {m} AND id < {m} ORDER BY id LIMIT {m}",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r["id"] for r in rows]
 
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
         """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until,
