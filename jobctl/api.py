@@ -23,6 +23,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms pe
 if TYPE_CHECKING:
     from jobctl.store.base import Store
 
+from jobctl.model import DatabaseUnusable
 from jobctl.queries import Reads
 from jobctl.store import open_store, resolve_db_path
 from jobctl.write import Writes
@@ -44,7 +45,10 @@ class Jobctl(Writes, Reads):
             return
         self.path = resolve_db_path(db)
         if create and db is None and not os.environ.get("JOBCTL_DB"):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnusable(f"cannot create {os.path.dirname(self.path)}: {exc.strerror}") from None
         self._store = open_store(self.path, busy_timeout=busy_timeout, create=create)
         self.name = self._store.name  # for people: a URL's password is masked
 

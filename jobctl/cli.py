@@ -98,6 +98,45 @@ app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
 app.add_typer(policy_app, name="policy")
 
+# ------------------------------------------------------------- completion
+# Called by the shell's completion only (`jobctl --install-completion`), never on a
+# command's run: what they import costs the hot path nothing.
+COMPLETE_LIMIT = 50  # job ids offered at a time
+
+
+def complete_job(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Job ids that start with what is typed, from the database in use (at most COMPLETE_LIMIT)."""
+    from jobctl.api import Jobctl
+
+    try:
+        with Jobctl(ctx.find_root().params.get("db"), create=False) as jc:
+            return jc.ids_starting(incomplete, COMPLETE_LIMIT)
+    except Exception:  # no database (yet), or an unusable one: nothing to offer
+        return []
+
+
+def complete_status(incomplete: str) -> list[str]:
+    return [s for s in model.STATUSES if s.startswith(incomplete)]
+
+
+def complete_job_or_status(ctx: typer.Context, incomplete: str) -> list[str]:
+    """`status set JOB... STATUS`: ids, and the status words."""
+    return complete_status(incomplete) + complete_job(ctx, incomplete)
+
+
+def complete_format(incomplete: str) -> list[str]:
+    from jobctl.report import FORMATS
+
+    return [f for f in FORMATS if f.startswith(incomplete)]
+
+
+def complete_duration(incomplete: str) -> list[str]:
+    """`90` -> 90s, 90m, 90h, 90d; nothing typed -> a few common ones."""
+    if incomplete.isdigit():
+        return [incomplete + unit for unit in "smhd"]
+    return [d for d in ("30s", "90s", "5m", "10m", "1h", "1d") if d.startswith(incomplete)]
+
+
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for lists).")]
 TIMEOUT = Annotated[
     float | None, typer.Option("--timeout", metavar="SECONDS", help="Give up after this long (exit 124).")
@@ -186,7 +225,10 @@ def create(
             help="Choose the id; rerunning with the same attributes is then a no-op (exit 4 if they differ).",
         ),
     ] = None,
-    parent: Annotated[str | None, typer.Option("--parent", metavar="JOB", help="Make it a child of this job.")] = None,
+    parent: Annotated[
+        str | None,
+        typer.Option("--parent", metavar="JOB", autocompletion=complete_job, help="Make it a child of this job."),
+    ] = None,
     meta: Annotated[list[str], typer.Option("--meta", metavar="KEY=VALUE", help="Metadata, repeatable.")] = [],
     fail_fast: Annotated[
         bool,
@@ -241,7 +283,7 @@ def spawn(
 @policy_app.command("set")
 def policy_set(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job (usually a parent).")],
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job (usually a parent).")],
     fail_fast: Annotated[
         bool | None,
         typer.Option(
@@ -276,7 +318,12 @@ def policy_set(
 @status_app.command("set")
 def status_set(
     ctx: typer.Context,
-    args: Annotated[list[str], typer.Argument(metavar="JOB... STATUS", help="Job ids, then the new status.")],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="JOB... STATUS", autocompletion=complete_job_or_status, help="Job ids, then the new status."
+        ),
+    ],
     message: Annotated[
         str | None, typer.Option("--message", "-m", metavar="TEXT", help="Why; shown in the log.")
     ] = None,
@@ -296,7 +343,9 @@ def status_set(
 
 @status_app.command("get")
 def status_get(
-    ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")], json: JSON = False
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
+    json: JSON = False,
 ) -> None:
     """Print the job's status word."""
     done(commands.status_get(ctx.obj["db"], job, json=json))
@@ -304,7 +353,9 @@ def status_get(
 
 @app.command()
 def progress(
-    ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")], json: JSON = False
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
+    json: JSON = False,
 ) -> None:
     """Print the counts of the job's children: 66 pending, 1 running, 41 completed, 0 failed."""
     done(commands.progress(ctx.obj["db"], job, json=json))
@@ -312,7 +363,9 @@ def progress(
 
 @app.command()
 def show(
-    ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")], json: JSON = False
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
+    json: JSON = False,
 ) -> None:
     """Show a job: its fields, metadata and progress."""
     done(commands.show(ctx.obj["db"], job, json=json))
@@ -321,10 +374,16 @@ def show(
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    parent: Annotated[str | None, typer.Option("--parent", metavar="JOB", help="Only children of this job.")] = None,
+    parent: Annotated[
+        str | None,
+        typer.Option("--parent", metavar="JOB", autocompletion=complete_job, help="Only children of this job."),
+    ] = None,
     all: Annotated[bool, typer.Option("--all", help="Every job, parents and children, oldest first.")] = False,
     status: Annotated[
-        list[str], typer.Option("--status", metavar="STATUS", help="Only jobs with this status; repeatable.")
+        list[str],
+        typer.Option(
+            "--status", metavar="STATUS", autocompletion=complete_status, help="Only jobs with this status; repeatable."
+        ),
     ] = [],
     type: Annotated[str | None, typer.Option("--type", metavar="TYPE", help="Only jobs of this type.")] = None,
     stale_after: Annotated[
@@ -332,6 +391,7 @@ def list_(
         typer.Option(
             "--stale-after",
             metavar="DURATION",
+            autocompletion=complete_duration,
             help="Only running jobs (at any depth) whose last heartbeat (or start) is older than this: 90s, 5m, 1h.",
         ),
     ] = None,
@@ -352,7 +412,7 @@ def list_(
 @app.command()
 def tree(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The root of the tree.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The root of the tree.")],
     depth: Annotated[
         int | None, typer.Option("--depth", metavar="N", help="Only N levels below JOB (0: JOB alone).")
     ] = None,
@@ -366,7 +426,7 @@ def tree(
 @app.command()
 def log(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
     message: Annotated[str, typer.Argument(metavar="MESSAGE", help="The log line.")],
     level: Annotated[str, typer.Option("--level", metavar="LEVEL", help="info, warning or error.")] = "info",
 ) -> None:
@@ -377,7 +437,7 @@ def log(
 @app.command()
 def logs(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
     children: Annotated[
         bool, typer.Option("--children", help="Include the children's changes, each with the progress after it.")
     ] = False,
@@ -390,7 +450,10 @@ def logs(
 @app.command()
 def events(
     ctx: typer.Context,
-    job: Annotated[str | None, typer.Option("--job", metavar="JOB", help="Only this job and its descendants.")] = None,
+    job: Annotated[
+        str | None,
+        typer.Option("--job", metavar="JOB", autocompletion=complete_job, help="Only this job and its descendants."),
+    ] = None,
     since: Annotated[int, typer.Option("--since", metavar="EVENT_ID", help="Only events after this id.")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="At most this many.")] = None,
     json: JSON = False,
@@ -402,7 +465,7 @@ def events(
 @app.command()
 def cancel(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
     message: Annotated[str | None, typer.Option("--message", "-m", metavar="TEXT", help="Why.")] = None,
 ) -> None:
     """Cancel the job and every unfinished descendant; print the ids cancelled."""
@@ -412,7 +475,7 @@ def cancel(
 @app.command()
 def retry(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
     failed_children: Annotated[
         bool, typer.Option("--failed-children", help="Retry only failed jobs below JOB.")
     ] = False,
@@ -431,7 +494,10 @@ def claim(ctx: typer.Context, parent: Annotated[str, typer.Argument(metavar="PAR
 
 
 @app.command()
-def heartbeat(ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JOB", help="The job id.")]) -> None:
+def heartbeat(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job id.")],
+) -> None:
     """Record that the job's worker is alive (no event: not a status change)."""
     done(commands.heartbeat(ctx.obj["db"], job))
 
@@ -440,10 +506,21 @@ def heartbeat(ctx: typer.Context, job: Annotated[str, typer.Argument(metavar="JO
 def reap(
     ctx: typer.Context,
     stale_after: Annotated[
-        str, typer.Option("--stale-after", metavar="DURATION", help="Heartbeat age that counts as dead: 90s, 5m, 1h.")
+        str,
+        typer.Option(
+            "--stale-after",
+            metavar="DURATION",
+            autocompletion=complete_duration,
+            help="Heartbeat age that counts as dead: 90s, 5m, 1h.",
+        ),
     ],
-    to: Annotated[str, typer.Option("--to", metavar="STATUS", help="failed or pending.")] = "failed",
-    parent: Annotated[str | None, typer.Option("--parent", metavar="JOB", help="Only children of this job.")] = None,
+    to: Annotated[
+        str, typer.Option("--to", metavar="STATUS", autocompletion=complete_status, help="failed or pending.")
+    ] = "failed",
+    parent: Annotated[
+        str | None,
+        typer.Option("--parent", metavar="JOB", autocompletion=complete_job, help="Only children of this job."),
+    ] = None,
 ) -> None:
     """Move running jobs whose worker stopped beating to failed (or pending); print their ids."""
     done(commands.reap(ctx.obj["db"], stale_after, to=to, parent=parent))
@@ -452,7 +529,9 @@ def reap(
 @app.command()
 def watch(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job to watch (usually a parent).")],
+    job: Annotated[
+        str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job to watch (usually a parent).")
+    ],
     exit_status: Annotated[
         bool, typer.Option("--exit-status", help="Exit 0 if the job completed, 1 if it failed, 6 if it was cancelled.")
     ] = False,
@@ -468,6 +547,7 @@ def watch(
         typer.Option(
             "--stale-after",
             metavar="DURATION",
+            autocompletion=complete_duration,
             help="Mark running children whose last heartbeat (or start) is older than this: 90s, 5m.",
         ),
     ] = None,
@@ -478,12 +558,16 @@ def watch(
         typer.Option(
             "--report",
             metavar="FORMAT",
+            autocompletion=complete_format,
             help="When the watch ends, write `jobctl report --format FORMAT` (markdown: to $GITHUB_STEP_SUMMARY).",
         ),
     ] = None,
     report_output: Annotated[
         str | None, typer.Option("--report-output", metavar="FILE", help="Where --report writes (as report --output).")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="In plain lines too, say how many earlier events there were.")
+    ] = False,
 ) -> None:
     """Follow a job live until it ends: its progress and every event and log line below it.
 
@@ -506,6 +590,7 @@ def watch(
             wait_for_create=wait_for_create,
             report=report,
             report_output=report_output,
+            verbose=verbose,
         )
     )
 
@@ -513,7 +598,9 @@ def watch(
 @app.command()
 def wait(
     ctx: typer.Context,
-    jobs: Annotated[list[str], typer.Argument(metavar="JOB...", help="The jobs to wait for.")],
+    jobs: Annotated[
+        list[str], typer.Argument(metavar="JOB...", autocompletion=complete_job, help="The jobs to wait for.")
+    ],
     timeout: TIMEOUT = None,
     poll_interval: POLL_INTERVAL = 1.0,
     json: Annotated[
@@ -550,7 +637,13 @@ def run(
         ),
     ] = None,
     parent: Annotated[
-        str | None, typer.Option("--parent", metavar="JOB", help="Create a child of JOB and run the command as it.")
+        str | None,
+        typer.Option(
+            "--parent",
+            metavar="JOB",
+            autocompletion=complete_job,
+            help="Create a child of JOB and run the command as it.",
+        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option("--name", metavar="NAME", help="The child's name (default: the command).")
@@ -560,17 +653,35 @@ def run(
         bool, typer.Option("--each", help="One child per line of stdin, {} in the command replaced by the line.")
     ] = False,
     claim: Annotated[
-        str | None, typer.Option("--claim", metavar="JOB", help="Be a worker: claim JOB's pending children, run each.")
+        str | None,
+        typer.Option(
+            "--claim",
+            metavar="JOB",
+            autocompletion=complete_job,
+            help="Be a worker: claim JOB's pending children, run each.",
+        ),
     ] = None,
     jobs: Annotated[
         int | None, typer.Option("--jobs", metavar="N", help="Commands at once (default: the CPUs).")
     ] = None,
     heartbeat: Annotated[float, typer.Option("--heartbeat", metavar="SECONDS", help="Heartbeat this often.")] = 30.0,
     timeout: Annotated[
-        str | None, typer.Option("--timeout", metavar="DURATION", help="Stop the command after this long (exit 124).")
+        str | None,
+        typer.Option(
+            "--timeout",
+            metavar="DURATION",
+            autocompletion=complete_duration,
+            help="Stop the command after this long (exit 124).",
+        ),
     ] = None,
     kill_after: Annotated[
-        str, typer.Option("--kill-after", metavar="DURATION", help="SIGKILL this long after SIGTERM.")
+        str,
+        typer.Option(
+            "--kill-after",
+            metavar="DURATION",
+            autocompletion=complete_duration,
+            help="SIGKILL this long after SIGTERM.",
+        ),
     ] = "10s",
     log_lines: Annotated[
         int, typer.Option("--log-lines", metavar="N", help="Output lines kept in the job's log (then the last N).")
@@ -591,7 +702,10 @@ def run(
     retry_delay: Annotated[
         str | None,
         typer.Option(
-            "--retry-delay", metavar="DURATION", help="Wait this long before the first re-run, doubling each time: 5s."
+            "--retry-delay",
+            metavar="DURATION",
+            autocompletion=complete_duration,
+            help="Wait this long before the first re-run, doubling each time: 5s.",
         ),
     ] = None,
     wait_for_more: Annotated[
@@ -636,9 +750,12 @@ def run(
 @app.command()
 def report(
     ctx: typer.Context,
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job to report on.")],
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, help="The job to report on.")],
     format: Annotated[
-        str, typer.Option("--format", "-f", metavar="FORMAT", help="markdown, junit, github or json.")
+        str,
+        typer.Option(
+            "--format", "-f", metavar="FORMAT", autocompletion=complete_format, help="markdown, junit, github or json."
+        ),
     ] = "markdown",
     output: Annotated[
         str | None,
@@ -672,6 +789,9 @@ def serve(
             " (default: $JOBCTL_SERVE_TOKEN).",
         ),
     ] = None,
+    show_token: Annotated[
+        bool, typer.Option("--show-token", help="Put the token in the URL the start line prints (not by default).")
+    ] = False,
 ) -> None:
     """Serve the database read-only to browsers and programs: a live page, a JSON API, an event stream.
 
@@ -679,14 +799,20 @@ def serve(
     """
     from jobctl.serve.app import main as serve_main
 
-    done(serve_main(ctx.obj["db"], host, port, token))
+    done(serve_main(ctx.obj["db"], host, port, token, show_token=show_token))
 
 
 @app.command()
 def top(
     ctx: typer.Context,
     recent: Annotated[
-        str, typer.Option("--recent", metavar="DURATION", help="Also show jobs that ended this recently.")
+        str,
+        typer.Option(
+            "--recent",
+            metavar="DURATION",
+            autocompletion=complete_duration,
+            help="Also show jobs that ended this recently.",
+        ),
     ] = "10m",
     poll_interval: POLL_INTERVAL = 1.0,
 ) -> None:

@@ -24,9 +24,10 @@ from jobctl.console import info, read_lines, read_stdin
 from jobctl.model import UsageError
 
 
-def _open(db: str | None, *, create: bool = True) -> Jobctl:
-    """The database, opened for one command. Read-only commands pass
-    create=False: a mistyped path is an error, not a new empty database."""
+def _open(db: str | None, *, create: bool = False) -> Jobctl:
+    """The database, opened for one command. Only the commands that can succeed
+    on an empty database (init, create) pass create=True: for the others a
+    mistyped path is an error, not a new empty database."""
     from jobctl.api import Jobctl
 
     return Jobctl(db, create=create)
@@ -49,6 +50,8 @@ def status_set(
     db: str | None, args: list[str], message: str | None = None, force: bool = False, stdin: bool = False
 ) -> int:
     *ids, status = args
+    if not ids and not stdin and status not in model.STATUSES:  # `status set P.1`: the id, and no status
+        raise UsageError(f"status set {status}: the status is missing (valid: {', '.join(model.STATUSES)})")
     model.check_status_word(status)
     other = next((i for i in ids if i in model.STATUSES), None)
     if other is not None:  # `status set X running completed`: not a job called "running"
@@ -64,7 +67,7 @@ def status_set(
 
 
 def status_get(db: str | None, job: str, json: bool = False) -> int:
-    with _open(db, create=False) as jc:
+    with _open(db) as jc:
         status = jc.status(job)
     _json({"job_id": job, "status": status}) if json else print(status)
     return 0
@@ -95,7 +98,7 @@ def claim(db: str | None, parent: str) -> int:
 
 
 def progress(db: str | None, job: str, json: bool = False) -> int:
-    with _open(db, create=False) as jc:
+    with _open(db) as jc:
         p = jc.progress(job)
     _json(p) if json else print(p["progress_text"])
     return 0
@@ -125,7 +128,7 @@ def create(
     max_attempts: int | None = None,
 ) -> int:
     meta_dict = parse_meta(meta or [])
-    with _open(db) as jc:
+    with _open(db, create=True) as jc:
         print(
             jc.create(
                 name,
@@ -165,7 +168,7 @@ def events(db: str | None, job: str | None = None, since: int = 0, limit: int | 
     from jobctl import render
 
     with (
-        _open(db, create=False) as jc,
+        _open(db) as jc,
         closing(jc.iter_events(job=job, since=since, limit=limit, as_json=json)) as rows,
     ):
         if json:  # the JSON text comes made by the database (render.event_json's shape)
@@ -216,7 +219,7 @@ def version() -> int:
 
 # ------------------------------------------------------------------- others
 def init(db: str | None) -> int:
-    with _open(db) as jc:
+    with _open(db, create=True) as jc:
         info(f"database ready: {jc.name}")
     return 0
 
@@ -232,7 +235,7 @@ def db_path(db: str | None, json: bool = False) -> int:
 def show(db: str | None, job: str, json: bool = False) -> int:
     from jobctl import render
 
-    with _open(db, create=False) as jc:
+    with _open(db) as jc:
         j = jc.get(job)
     render.write_json(j) if json else render.job(j)
     return 0
@@ -255,7 +258,7 @@ def list_(
     # The overview: top-level jobs, newest first. --all, --parent and --stale-after
     # (stale jobs are leaves, at any depth) list jobs oldest first, as they were created.
     overview = not all and parent is None and stale is None
-    with _open(db, create=False) as jc:
+    with _open(db) as jc:
         listing = jc.list(
             parent=parent,
             status=status or None,
@@ -272,7 +275,7 @@ def list_(
 def tree(db: str | None, job: str, depth: int | None = None, limit: int | None = None, json: bool = False) -> int:
     from jobctl import render
 
-    with _open(db, create=False) as jc, closing(jc.tree(job, depth=depth, limit=limit)) as rows:
+    with _open(db) as jc, closing(jc.tree(job, depth=depth, limit=limit)) as rows:
         render.write_ndjson(rows) if json else render.tree(rows)
     return 0
 
@@ -280,7 +283,7 @@ def tree(db: str | None, job: str, depth: int | None = None, limit: int | None =
 def logs(db: str | None, job: str, children: bool = False, json: bool = False) -> int:
     from jobctl import render
 
-    with _open(db, create=False) as jc, closing(jc.iter_logs(job, children=children)) as lines:
+    with _open(db) as jc, closing(jc.iter_logs(job, children=children)) as lines:
         if json:
             render.write_ndjson(lines)
         else:
@@ -339,6 +342,14 @@ def reap(db: str | None, stale_after: str, to: str = "failed", parent: str | Non
     return 0
 
 
+def _check_awaitable(job: str, wait_for_create: bool) -> None:
+    """--wait-for-create waits for an id that can be created: not "" or another bad id."""
+    if wait_for_create:
+        from jobctl.model import check_id
+
+        check_id(job)
+
+
 def watch(
     db: str | None,
     job: str,
@@ -353,6 +364,7 @@ def watch(
     wait_for_create: bool = False,
     report: str | None = None,
     report_output: str | None = None,
+    verbose: bool = False,
 ) -> int:
     from jobctl import render
     from jobctl import watch as watching
@@ -371,9 +383,10 @@ def watch(
     elif report_output is not None:
         raise UsageError("--report-output goes with --report")
     stale = model.parse_duration(stale_after) if stale_after is not None else None
+    _check_awaitable(job, wait_for_create)
     with _open(db, create=wait_for_create) as jc:
         sink: watching.Sink = (
-            render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch()
+            render.JsonWatch() if json else render.LiveWatch() if render.is_terminal() else render.PlainWatch(verbose)
         )
         code = watching.run_watch(
             jc,
@@ -421,6 +434,8 @@ def wait(
     from jobctl import watch as watching
 
     sink: watching.Sink = render.JsonWatch() if json else render.PlainWatch()
+    for job in jobs:
+        _check_awaitable(job, wait_for_create)
     with _open(db, create=wait_for_create) as jc:
         return watching.run_wait(
             jc,
@@ -447,7 +462,7 @@ def demo(
 
 
 def verify(db: str | None, json: bool = False) -> int:
-    with _open(db, create=False) as jc:
+    with _open(db) as jc:
         problems = jc.verify()
     if json:
         _json({"ok": not problems, "problems": problems})
@@ -553,5 +568,5 @@ def top(db: str | None, recent: str = "10m", poll_interval: float = 1.0) -> int:
 
     seconds = model.parse_duration(recent)
     model.check_seconds(poll_interval, "--poll-interval", zero=False)
-    with _open(db, create=False) as jc:
+    with _open(db) as jc:
         return topping.run_top(jc, recent=seconds, poll_interval=poll_interval)

@@ -89,6 +89,7 @@ def run(
         with Jobctl(db) as jc, Jobctl(db) as reaper:
             parent = jc.create("News Crawler", type="crawl", meta={"demo": "true"})
             jc.spawn(parent, names=page_names(children, rng), type="page")
+            start = jc.last_event_id()  # the watch shows every change from here: none is "earlier"
             for i in range(workers):
                 cmd = [
                     sys.executable,
@@ -110,6 +111,7 @@ def run(
                 jc,
                 parent,
                 sink,
+                since=start,
                 poll_interval=0.5,
                 stale_after=10 / speed + 2,
                 on_stale=lambda ids: reaper.reap(10 / speed + 2, parent=parent),

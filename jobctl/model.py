@@ -116,8 +116,10 @@ class DatabaseUnusable(JobctlError):
 
 
 def not_found(job_id: str) -> NotFound:
-    """The one "job X not found" error."""
-    return NotFound(f"job {job_id} not found")
+    """The one "job X not found" error; the id quoted when it is empty or has a space
+    or an invisible character in it (`job 'P.1 ' not found`), so what was asked is seen."""
+    plain_id = job_id.isprintable() and job_id and not any(c.isspace() for c in job_id)
+    return NotFound(f"job {job_id if plain_id else repr(job_id)} not found")
 
 
 def check_since(since: int) -> int:

@@ -230,6 +230,10 @@ class Reads:
         """The jobs `ids` (those that exist) and their kept child counts."""
         return self._store.jobs_and_counts(ids)
 
+    def ids_starting(self, prefix: str, limit: int) -> builtins.list[str]:
+        """At most `limit` job ids that start with `prefix`, in order (shell completion)."""
+        return self._store.ids_starting(prefix, limit)
+
     def last_event_id(self) -> int:
         return self._store.last_event_id()
 

@@ -66,6 +66,52 @@ def status_text(status: str):
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
+def fit(widths: list[int], width: int, name: int, drop: list[int], min_name: int = 12) -> tuple[list[int], int]:
+    """Which columns of a table (their content `widths`, 2 cells between) fit in
+    `width` cells, and how wide the name column `name` may be. The name gives
+    up first (down to `min_name` cells, cut with an ellipsis), then the columns
+    of `drop`, in order. The others (ids, statuses, counts) are never cut: the
+    caller lets the counts wrap onto a second line if even that is too wide."""
+    shown = list(range(len(widths)))
+
+    def room() -> int:  # what the shown columns leave for the name
+        return width - sum(widths[i] + 2 for i in shown if i != name)
+
+    floor = min(widths[name], min_name)
+    for col in drop:
+        if room() >= floor:
+            break
+        shown.remove(col)
+    return shown, max(floor, min(widths[name], room()))
+
+
+def table_fitted(
+    columns: list[str],
+    chunk: list[list],
+    widths: list[int],
+    width: int,
+    drop: list[str],
+    header: bool = True,
+    styles: list[str] | None = None,
+):
+    """A rich table of `chunk` (rows of cells, each `widths[i]` wide at most) fitted
+    to `width` cells (see fit): `name` cut with an ellipsis, `progress` wrapped, not cut."""
+    from rich.table import Table
+
+    shown, name_width = fit(widths, width, columns.index("name"), [columns.index(c) for c in drop])
+    table = Table(box=None, header_style="bold", show_header=header, pad_edge=False)
+    for i in shown:
+        if columns[i] == "name":
+            table.add_column("name", width=name_width, no_wrap=True, overflow="ellipsis")
+        elif columns[i] == "progress":
+            table.add_column("progress", min_width=min(widths[i], 12))
+        else:
+            table.add_column(columns[i], min_width=widths[i], no_wrap=True)
+    for n, row in enumerate(chunk):
+        table.add_row(*(row[i] for i in shown), style=styles[n] if styles else None)
+    return table
+
+
 def jobs(rows: Iterable[Mapping], *, overview: bool = False) -> None:
     """`jobctl list`, streamed: a table on a terminal (printed a chunk of rows at a
     time, so the first screen comes at once and memory stays flat), and in a pipe
@@ -82,11 +128,11 @@ def jobs(rows: Iterable[Mapping], *, overview: bool = False) -> None:
         return
     from itertools import islice
 
-    from rich.table import Table
     from rich.text import Text
 
     if overview:
-        columns = ("id", "name", "status", "progress", "started", "duration")
+        columns = ["id", "name", "status", "progress", "started", "duration"]
+        drop = ["started", "duration"]  # after the name: the counts are what the overview is for
 
         def cells(r: Mapping) -> list:
             progress = r["progress"]["progress_text"] if r["progress"] else ""
@@ -99,7 +145,8 @@ def jobs(rows: Iterable[Mapping], *, overview: bool = False) -> None:
                 Text(job_duration(r)),
             ]
     else:
-        columns = ("id", "status", "name", "type", "parent", "updated")
+        columns = ["id", "status", "name", "type", "parent", "updated"]
+        drop = ["updated", "type", "parent"]
 
         def cells(r: Mapping) -> list:
             return [
@@ -114,18 +161,10 @@ def jobs(rows: Iterable[Mapping], *, overview: bool = False) -> None:
     first = True
     while chunk := [cells(r) for r in islice(rows, 200)]:
         widths = [max(w, *(c[i].cell_len for c in chunk)) for i, w in enumerate(widths)]
-        table = Table(box=None, header_style="bold", show_header=first)
-        for name, width in zip(columns, widths):
-            table.add_column(name, min_width=width)
-        for row in chunk:
-            table.add_row(*row)
-        out.print(table)
+        out.print(table_fitted(columns, chunk, widths, out.width, drop, first))
         first = False
     if first:  # no rows: the header alone says what was listed
-        table = Table(box=None, header_style="bold")
-        for name in columns:
-            table.add_column(name)
-        out.print(table)
+        out.print(table_fitted(columns, [], widths, out.width, drop, True))
 
 
 def local_time(at: str | None) -> str:
@@ -168,6 +207,8 @@ def job(j: Mapping) -> None:
         "not_before",
     ]
     lines = [(f, j[f]) for f in fields]
+    if j["duration"] is None:  # not a command's run time (a parent, say): from its start to its end, or now
+        lines[fields.index("duration")] = ("duration", job_duration(j) or None)
     policy = j["policy"]
     text = policy_text(policy["fail_fast"], policy["allow_failures"], None)
     if policy["allow_failures"] and j["progress"]:  # what the allowance comes to, and whether it was needed
@@ -283,10 +324,14 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def change_why(e: Mapping) -> str:
+    """`<old> → <new>[: <message>]`: a status change and why, when it says."""
+    return change_text(e) + (f": {plain(e['message'])}" if e["message"] else "")
+
+
 def change_line(e: Mapping) -> str:
-    """`<job> <old> → <new>[: <message>]`: a status change and why, when it says."""
-    text = f"{e['job_id']} {change_text(e)}"
-    return text + (f": {plain(e['message'])}" if e["message"] else "")
+    """`<job> <old> → <new>[: <message>]`."""
+    return f"{e['job_id']} {change_why(e)}"
 
 
 def update_line(e: Mapping, progress: Mapping) -> str:
@@ -329,11 +374,15 @@ def start_line(job: Mapping, progress: Mapping) -> str:
 
 
 class PlainWatch:
-    """Plain lines, flushed per line: for CI logs and pipes."""
+    """Plain lines, flushed per line: for CI logs and pipes (the earlier-events
+    hint only when `verbose`: a log has no person to tell)."""
+
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
 
     def start(self, job: Mapping, progress: Mapping, cursor: int, earlier: int = 0) -> None:
         self._write(start_line(job, progress))
-        if earlier:
+        if earlier and self.verbose:
             self._write(earlier_line(earlier))
 
     def update(self, update: Update) -> None:
@@ -431,7 +480,7 @@ class LiveWatch:
             new = e["new_status"] or e["kind"]  # a policy event has no status
             self.lines.append(
                 f"[dim]{clock(e['at'])}[/] [{STATUS_STYLE.get(new, '')}]{new:<9}[/] "
-                f"[bold]{escape(e['job_id'])}[/] {escape(change_line(e))}"
+                f"[bold]{escape(e['job_id'])}[/] {escape(change_why(e))}"
             )
             if e["job_id"] in self.stale_ids and new != "running":  # it moved on: no longer stale
                 self.stale_ids = [i for i in self.stale_ids if i != e["job_id"]]

@@ -114,21 +114,12 @@ def render(overview: Overview, selected: int, width: int):
     from rich.table import Table
     from rich.text import Text
 
-    from jobctl.render import STATUS_STYLE, job_duration, local_time, plain
+    from jobctl.render import STATUS_STYLE, job_duration, local_time, plain, table_fitted
 
     rows = overview.shown()
-    table = Table(box=None, header_style="bold", expand=True)
-    for name, kw in (
-        ("id", {"no_wrap": True}),
-        ("name", {"ratio": 1, "overflow": "ellipsis", "no_wrap": True}),
-        ("status", {"no_wrap": True}),
-        ("done", {"width": 20, "no_wrap": True}),
-        ("progress", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True}),
-        ("started", {"no_wrap": True}),
-        ("duration", {"no_wrap": True}),
-    ):
-        table.add_column(name, **kw)
-    for i, row in enumerate(rows):
+    columns = ["id", "name", "status", "done", "progress", "started", "duration"]
+    cells: list[list] = []
+    for row in rows:
         p = row.progress()
         total = p["total_children"]
         done = total - p["pending_children"] - p["running_children"]
@@ -138,16 +129,21 @@ def render(overview: Overview, selected: int, width: int):
             Text(f"{100 * done // total:3d}%" if total else "   -"),
         )
         status = row.job["status"]
-        table.add_row(
-            Text(plain(row.job["id"])),
-            Text(plain(row.job["name"])),
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            bar,
-            Text(p["progress_text"] if total else "-"),
-            Text(local_time(row.job["started_at"])[5:16]),
-            Text(job_duration(row.job)),
-            style="reverse" if i == selected else "",
+        cells.append(
+            [
+                Text(plain(row.job["id"])),
+                Text(plain(row.job["name"])),
+                Text(status, style=STATUS_STYLE.get(status, "")),
+                bar,
+                Text(p["progress_text"] if total else "-"),
+                Text(local_time(row.job["started_at"])[5:16]),
+                Text(job_duration(row.job)),
+            ]
         )
+    widths = [max(len(c), *(20 if c == "done" else r[i].cell_len for r in cells)) for i, c in enumerate(columns)]
+    styles = ["reverse" if i == selected else "" for i in range(len(rows))]
+    # the name gives up first, then the times, then the bar: never the counts
+    table = table_fitted(columns, cells, widths, width, ["started", "duration", "done"], styles=styles)
     title = Text.assemble(("jobctl top", "bold"), f"  {len(rows)} jobs   ", ("q quit · ↑↓ select · Enter watch", "dim"))
     return Group(title, table if rows else Text("no active or recent top-level jobs", style="dim"))
 

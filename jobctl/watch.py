@@ -124,7 +124,8 @@ class Tail:
         return self.fold.progress()
 
     def earlier_events(self) -> int:
-        """How many events of the watched tree came before the watch started."""
+        """How many events of the watched tree came before the watch started, but creations:
+        changes and log lines the watcher has not seen."""
         return self.jc.count_events(self.job["root_id"], self.live_from, self.feed.ids)
 
     def read(self) -> list[Update]:
@@ -282,6 +283,7 @@ def run_watch(
     stale_after: float | None = None,
     wait_for_create: bool = False,
     on_stale=None,
+    on_interrupt=None,
 ) -> int:
     """`jobctl watch`: the start state, then every event of the tree, then a summary.
 
@@ -290,6 +292,8 @@ def run_watch(
     124 on timeout, 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP. With
     `stale_after`, running children without a recent heartbeat are reported as
     stale; with `wait_for_create`, a job that does not exist yet is waited for.
+    `on_interrupt()` (run --each: stop the commands, cancel the parent) runs
+    before the summary of an interrupted watch, which then shows its end.
     """
     model.check_seconds(timeout, "--timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -301,9 +305,7 @@ def run_watch(
                 return model.EXIT_TIMEOUT
             tail = Tail.start(jc, job_id, since=since)
             on_tick = StaleCheck(tail, stale_after, sink, on_stale) if stale_after is not None else None
-            # the job's own creation is not history worth a hint
             earlier = tail.earlier_events() if since is None else 0
-            earlier = earlier if earlier > 1 else 0
             sink.start(tail.job, tail.progress(), tail.cursor, earlier)
             if on_tick is not None:
                 on_tick()
@@ -314,6 +316,13 @@ def run_watch(
         except KeyboardInterrupt:
             reason, code = interrupted(got)
             if tail is not None:
+                if on_interrupt is not None:
+                    on_interrupt()
+                    while True:  # what it did (a cancel) is the end: shown, then summed up
+                        for update in tail.read():
+                            sink.update(update)
+                        if not tail.more:
+                            break
                 sink.end(tail.job, tail.progress(), reason, code)
             return code
         except model.DatabaseUnusable:  # deleted, replaced, or the server gone for good

@@ -196,6 +196,8 @@ def prepare_db(kind: str, tmp_path: Path, template: Path) -> Path:
         conn.close()
         checkpoint(path)
         return path
+    if kind == "typo":  # a mistyped path: no file there
+        return tmp_path / "typo.db"
     if kind == "missing-dir":
         return tmp_path / "no" / "such" / "dir" / "jobs.db"
     if kind == "parent-is-file":
@@ -215,6 +217,7 @@ class Case:
     files: dict = field(default_factory=dict)  # name -> text, written next to the database
     input: str | None = None  # stdin
     timeout: float = 30  # seconds; a command still running then has hung
+    env: dict = field(default_factory=dict)  # environment variables of the command
     bug: str | None = None  # xfail(strict) reason: a bug in jobctl
 
     def param(self):
@@ -408,6 +411,21 @@ CASES = [
     c("db-newer-status-get", 5, "status", "get", "P", db="newer", expect="newer than this jobctl"),
     c("db-missing-directory", 5, "create", "x", db="missing-dir", expect="does not exist"),
     c("db-parent-is-a-file", 5, "create", "x", db="parent-is-file", expect="does not exist"),
+    # --- a write command on a mistyped path creates nothing: only init and create make a database
+    *(c(f"db-typo-{'-'.join(a[:2])}", 5, *a, db="typo", expect="no jobctl database at")
+      for a in [("status", "set", "x", "running"), ("log", "x", "hello"), ("heartbeat", "x"), ("claim", "x"),
+                ("spawn", "x", "--count", "2"), ("cancel", "x"), ("retry", "x"), ("policy", "set", "x", "--fail-fast"),
+                ("reap", "--stale-after", "5m"), ("watch", "x", "--timeout", "5"), ("tree", "x")]),
+    # --- a wait the environment cannot give (SQLite's busy timeout is a 32-bit count of ms)
+    *(c(f"busy-timeout-{v}", 5, "status", "set", "P.1", "running", env={"JOBCTL_BUSY_TIMEOUT": v},
+        expect="from 0 to 86400") for v in ("inf", "1e7", "nan")),
+    # --- what was meant is said
+    c("status-set-missing-status", 2, "status", "set", "P.1", expect="status set P.1: the status is missing"),
+    c("show-id-with-a-space", 3, "show", "P.1 ", expect="job 'P.1 ' not found"),
+    c("status-get-empty-id", 3, "status", "get", "", expect="job '' not found"),
+    c("watch-empty-id-wait-for-create", 2, "watch", "", "--wait-for-create", "--timeout", "5", expect="bad job id ''"),
+    c("wait-empty-id-wait-for-create", 2, "wait", "P", "", "--wait-for-create", "--timeout", "5",
+      expect="bad job id ''"),
 ]
 
 
@@ -434,7 +452,7 @@ def test_bad_input_changes_nothing(case: Case, db, tmp_path, template):
     before = state()
 
     try:
-        result = run("--db", db, *args, input=case.input, env=env_for(tmp_path), timeout=case.timeout)
+        result = run("--db", db, *args, input=case.input, env=env_for(tmp_path, **case.env), timeout=case.timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"still running after {case.timeout} s instead of refusing the input") from None
 
@@ -657,3 +675,51 @@ def test_disk_full_through_the_api_max_page_count(jc, db_path):
     assert hashlib.sha256(db_path.read_bytes()).hexdigest() == before
     conn.execute("PRAGMA max_page_count = 1073741823")
     assert len(jc.spawn(parent, count=10)) == 10
+
+
+@pytest.mark.slow
+def test_invisible_characters_are_escaped_in_plain_lines(tmp_path):
+    """Bidi overrides and zero-width characters in names and messages are escaped
+    like control characters in plain list/tree/watch/show lines: a name cannot
+    read as something it is not (`rtl\\u202egnp.exe` shown raw reads `rtlexe.png`)."""
+    db = tmp_path / "jobs.db"
+    parent = run("create", "rtl\u202egnp.exe", db=db, check=True).stdout.strip()
+    kid = run("spawn", parent, "--name", "zero\u200bwidth\ufeff", db=db, check=True).stdout.strip()
+    run("status", "set", kid, "running", db=db, check=True)
+    run("status", "set", kid, "completed", "-m", "isolate\u2066d\u2069 \x85", db=db, check=True)
+    out = "".join(run(*argv, db=db, check=True).stdout
+                  for argv in (["list"], ["tree", parent], ["watch", parent, "--from-start"], ["show", kid]))
+    for raw, escaped in [("\u202e", "rtl\\u202egnp.exe"), ("\u200b", "zero\\u200bwidth\\ufeff"),
+                         ("\u2066", "isolate\\u2066d\\u2069 \\x85")]:
+        assert raw not in out and escaped in out, (raw, out)
+
+
+@pytest.mark.slow
+def test_a_corrupt_file_is_exit_5_in_one_line(tmp_path):
+    """A database whose pages are garbage (`database disk image is malformed`): every
+    command that reads it says so in one line, exit 5 (not verify's 1, not a
+    traceback: the end of a read snapshot failing too must not hide the error)."""
+    db = tmp_path / "jobs.db"
+    with Jobctl(db) as jc:
+        parent = jc.create("P")
+        jc.spawn(parent, count=200)
+        jc.log(f"{parent}.3", "hello")
+    checkpoint(db)
+    with open(db, "r+b") as f:  # pages 3 to 5: the tables' b-trees
+        f.seek(4096 * 2)
+        f.write(b"\xff" * 4096 * 3)
+    for argv in (["verify"], ["tree", parent], ["logs", "--children", parent], ["report", parent], ["show", parent]):
+        result = run(*argv, db=db)
+        assert "Traceback" not in result.stderr, (argv, result.stderr[-2000:])
+        assert_one_error_line(result, 5)
+        assert "database disk image is malformed" in result.stderr, argv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("xdg", ["/proc/nope", "/etc/passwd"])
+def test_a_default_location_that_cannot_be_made_is_exit_5(tmp_path, xdg):
+    for argv in (["create", "x"], ["init"], ["status", "set", "x", "running"], ["list"]):
+        result = run(*argv, env={"XDG_DATA_HOME": xdg, "JOBCTL_DB": ""})
+        assert "Traceback" not in result.stderr, (argv, result.stderr[-2000:])
+        assert_one_error_line(result, 5)
+        assert f"{xdg}/jobctl" in result.stderr

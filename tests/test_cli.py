@@ -1,6 +1,7 @@
 """The CLI contract, in-process through CliRunner and through the installed console script."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 import typer.main
 
 from conftest import JOBCTL, ROOT, run, seed_news_crawler, tamper
+from jobctl import Jobctl
 from jobctl.cli import app
 
 SEED_TEXT = "66 pending, 1 running, 41 completed, 0 failed"
@@ -398,7 +400,7 @@ def test_read_commands_refuse_a_missing_database_and_create_nothing(tmp_path, ar
     result = run(*argv, db=db)
     assert result.returncode == 5, result.stderr
     assert result.stderr == (f"jobctl: error: no jobctl database at {db}"
-                             " (create one with `jobctl init` or any write)\n")
+                             " (create one with `jobctl init`)\n")
     assert list(tmp_path.iterdir()) == []
     assert run("create", "x", db=db).returncode == 0  # a write still creates it
 
@@ -642,3 +644,46 @@ def test_events_json_made_by_the_database_is_what_python_prints(jc, db):
             assert g == w
     assert run("events", "--json", "--job", kids[2], "--since", "3", "--limit", "2", db=db).stdout.split("\n")[:-1] == [
         dumps(e) for e in jc.events(job=kids[2], since=3, limit=2)]
+
+
+def test_show_gives_a_finished_parent_its_duration(cli, db):
+    """A parent has no command's run time: show gives it the time from its start
+    to its end (it said `duration: -`)."""
+    from conftest import tamper
+    from jobctl.render import duration
+
+    parent = cli("create", "p").stdout.strip()
+    kid = cli("spawn", parent, "--count", "1").stdout.strip()
+    cli("status", "set", kid, "running")
+    cli("status", "set", kid, "completed")
+    tamper(db, "UPDATE jobs SET started_at = '2026-01-01T00:00:00.000000Z',"
+               " completed_at = '2026-01-01T00:01:30.000000Z' WHERE id = ?", (parent,))
+    lines = cli("show", parent).stdout.splitlines()
+    assert f"duration: {duration(90)}" in lines and duration(90) != "-", lines
+
+
+def complete(db, *words):
+    """What the shell's completion offers for the last of `words` (bash protocol, as the installed script asks)."""
+    argv = ["jobctl", "--db", str(db), *words]
+    env = dict(os.environ, _JOBCTL_COMPLETE="complete_bash", COMP_WORDS=" ".join(argv), COMP_CWORD=str(len(argv) - 1))
+    result = subprocess.run([JOBCTL], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.slow
+def test_completion_offers_job_ids_status_words_formats_and_durations(db, tmp_path):
+    with Jobctl(db) as jc:
+        parent = jc.create("p", id="crawl")
+        jc.spawn(parent, count=60)
+        jc.create("other", id="backup")
+    assert complete(db, "status", "get", "ba") == ["backup"]
+    assert len(complete(db, "watch", "crawl")) == 50  # bounded: the first 50, in order
+    assert complete(db, "watch", "crawl.5")[:2] == ["crawl.5", "crawl.50"]
+    assert complete(db, "list", "--parent", "")[:2] == ["backup", "crawl"]
+    assert complete(db, "status", "set", "crawl.1", "c")[:3] == ["completed", "cancelled", "crawl"]  # status or id
+    assert complete(db, "list", "--status", "r") == ["running"]
+    assert complete(db, "report", "crawl", "--format", "j") == ["junit", "json"]
+    assert complete(db, "list", "--stale-after", "90") == ["90s", "90m", "90h", "90d"]
+    missing = tmp_path / "typo.db"
+    assert complete(missing, "show", "") == [] and not missing.exists()  # no database: nothing, and none made

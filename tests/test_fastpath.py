@@ -110,7 +110,7 @@ def test_the_path_report_tells_the_two_paths_apart(tmp_path):
     assert result.returncode == 0 and "Usage" in result.stdout
     assert taken == TYPER
     result, taken = run_entry_point(tmp_path, ["--db", str(tmp_path / "x.db"), "heartbeat", "nope"])
-    assert result.returncode == 3 and result.stderr == "jobctl: error: job nope not found\n"
+    assert result.returncode == 5 and result.stderr.startswith("jobctl: error: no jobctl database at")
     assert taken == FAST
 
 

@@ -242,3 +242,94 @@ def test_a_role_without_temporary_tables_can_cancel_and_fail_fast(pg_url):
         sql(pg_url, f"GRANT TEMP ON DATABASE {dbname} TO PUBLIC")
         sql(pg_url, f"DROP OWNED BY {role}")
         sql(pg_url, f"DROP ROLE {role}")
+
+
+def test_every_credential_in_a_url_is_masked_wherever_it_is_shown(pg_url, tmp_path):
+    """`?password=`, `?sslpassword=` and `user:password@` never reach a person: not in
+    `db path`, `init`, an error line, serve's start line, nor `/api/health`, which shows
+    only the store's kind."""
+    from test_serve import Server
+
+    secret = pg_url.replace("postgres@", "postgres:S3CRETa@") + "?password=S3CRETb&sslpassword=S3CRETc"
+    shown = run("db", "path", db=secret)
+    assert shown.returncode == 0 and "S3CRET" not in shown.stdout
+    assert shown.stdout.count("***") == 3 and "sslpassword=***" in shown.stdout
+    init = run("init", db=secret)
+    assert init.returncode == 0 and "S3CRET" not in init.stdout + init.stderr and "***" in init.stderr
+    unreachable = secret.replace(urlsplit(pg_url).netloc.split("@")[1], "127.0.0.1:1")
+    result = run("status", "set", "x", "running", db=unreachable)
+    assert result.returncode == 5 and "S3CRET" not in result.stderr and "password=***" in result.stderr
+    server = Server(secret, tmp_path)
+    try:
+        health = server.get("/api/health")
+        assert health["store"] == "postgresql" and "database" not in health
+        assert "S3CRET" not in json.dumps(health) and "127.0.0.1" not in json.dumps(health)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "serving" in log and "S3CRET" not in log and "password=***" in log
+
+
+def test_every_url_form_libpq_accepts(pg_url, pg_server, tmp_path):
+    """The URL goes to libpq as written (only jobctl's ?schema= is taken out): the
+    postgres:// scheme, no host with PGHOST/PGPORT/PGUSER, a host list, a socket
+    directory as ?host=, a service; each reaches the same database."""
+    where = urlsplit(pg_url)
+    db, port = where.path.lstrip("/"), where.port
+    (tmp_path / "pg_service.conf").write_text(f"[jobs]\nhost=127.0.0.1\nport={port}\nuser=postgres\ndbname={db}\n")
+    pg_env = {"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres"}
+    forms = [
+        (f"postgres://postgres@127.0.0.1:{port}/{db}", {}),
+        (f"postgresql:///{db}", pg_env),
+        (f"postgresql://postgres@127.0.0.1:1,127.0.0.1:{port}/{db}", {}),
+        (f"postgresql://postgres@/{db}?host={pg_server.socket_dir}&port={port}", {}),
+        ("postgresql:///?service=jobs", {"PGSERVICEFILE": str(tmp_path / "pg_service.conf")}),
+        (f"postgresql:///{db}?schema=jobctl&connect_timeout=5", pg_env),
+    ]
+    for i, (url, env) in enumerate(forms):
+        result = run("create", f"form {i}", db=url, env=env)
+        assert result.returncode == 0, (url, result.stderr)
+        assert run("db", "path", db=url, env=env).stdout == url + "\n"
+    assert sorted(r[0] for r in sql(pg_url, "SELECT name FROM jobctl.jobs")) == [f"form {i}" for i in range(len(forms))]
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:S3CRETpw@[::1/db",
+    "postgresql://u@127.0.0.1:1/db?password=S3CRETpw&no_such_option=1",
+    "postgres://u:S3CRETpw@127.0.0.1:notaport/db",
+])
+def test_a_malformed_url_is_exit_2_with_its_password_masked(url):
+    result = run("status", "set", "x", "running", db=url)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("jobctl: error: bad PostgreSQL URL") and result.stderr.count("\n") == 1
+    assert "S3CRET" not in result.stderr and "***" in result.stderr
+
+
+def test_a_role_without_rights_on_the_schema_is_told_the_grant(pg_url):
+    """A role that may not use jobctl's schema (no USAGE: PostgreSQL then skips it on
+    the search path, and says `relation "meta" does not exist`) or create in it is
+    told which schema and which grant, exit 5, and nothing is created."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"reader_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN")
+    sql(pg_url, f"GRANT CONNECT ON DATABASE {dbname} TO {role}")
+    Jobctl(pg_url).close()  # jobctl's schema, made by its owner
+    sql(pg_url, "CREATE SCHEMA empty")  # and an empty one
+    as_role = with_netloc(pg_url, f"{role}@{urlsplit(pg_url).netloc.split('@')[1]}")
+    try:
+        for url, argv, grant in [
+            (as_role, ["list"], "GRANT USAGE ON SCHEMA jobctl"),
+            (as_role, ["create", "x"], "GRANT USAGE ON SCHEMA jobctl"),
+            (as_role + "?schema=empty", ["create", "x"], "GRANT USAGE, CREATE ON SCHEMA empty"),
+        ]:
+            result = run(*argv, db=url)
+            assert result.returncode == 5 and result.stderr.count("\n") == 1, result.stderr
+            assert f"permission denied for schema {url.partition('schema=')[2] or 'jobctl'}" in result.stderr
+            assert f"{grant} TO {role}" in result.stderr, result.stderr
+        sql(pg_url, f"GRANT USAGE ON SCHEMA empty TO {role}")  # may use it, may not create in it
+        result = run("create", "x", db=as_role + "?schema=empty")
+        assert result.returncode == 5 and f"GRANT CREATE ON SCHEMA empty TO {role}" in result.stderr, result.stderr
+        assert sql(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'empty'") == [(0,)]
+    finally:
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")

@@ -319,6 +319,8 @@ def test_ctrl_c_on_each_cancels_what_had_not_finished(db_path, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    end = json.loads(out.splitlines()[-1])  # the summary says the real end: cancelled, not still running
+    assert end["type"] == "end" and end["status"] == "cancelled" and end["cancelled_children"] == 4, end
     with Jobctl(db_path) as jc:
         kids = list(jc.list(parent=parent))
         assert [k["status"] for k in kids] == ["cancelled"] * 4

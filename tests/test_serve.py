@@ -64,13 +64,13 @@ SCREENSHOT = ROOT / "docs" / "web-view.png"
 class Server:
     """A `jobctl serve` subprocess on a free 127.0.0.1 port, ready when started."""
 
-    def __init__(self, db, tmp_path, *, token=None, env=None):
+    def __init__(self, db, tmp_path, *, token=None, env=None, listen="127.0.0.1", args=()):
         self.db, self.token = str(db), token
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.base = f"http://{self.host}"
         self.log = tmp_path / f"serve-{self.port}.log"
-        argv = [*SERVE, "--db", self.db, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [*SERVE, "--db", self.db, "serve", "--host", listen, "--port", str(self.port), *args]
         if token:
             argv.append(f"--token={token}")  # (a token may start with "-")
         with open(self.log, "w") as err:
@@ -458,7 +458,7 @@ def test_jobs_list_show_and_errors(db, serve):
         (f"/api/jobs/{parent}?x=1", 400, 2, "unknown parameter"),
         ("/api/nope", 404, 2, "no such endpoint"),
         ("/api/jobs/a/b/c", 404, 2, "no such endpoint"),
-        ("/api/jobs/%0Anope", 404, 3, "job \\nnope not found"),  # one line, escaped
+        ("/api/jobs/%0Anope", 404, 3, "job '\\nnope' not found"),  # one line, escaped and quoted
     ]
     for path, status, code, text in errors:
         got_status, headers, body = server.request("GET", path)
@@ -651,6 +651,9 @@ def test_stream_cursor_errors_and_a_cursor_from_the_future(db_path, serve):
         assert status == 400 and body["exit_code"] == 2 and "since" in body["error"], since
     status, _, body = server.request("GET", "/api/stream", headers={"Last-Event-ID": "yesterday"})
     assert status == 400
+    # a header is bytes: a non-ASCII one is echoed as the UTF-8 it was sent as
+    status, _, body = server.request("GET", "/api/stream", headers={"Last-Event-ID": "été".encode()})
+    assert status == 400 and "'été'" in body["error"], body
     status, _, body = server.request("GET", "/api/stream?since=1&since=2")
     assert status == 400
     # a cursor past the end (another database's, say) starts from the end, not from nowhere
@@ -734,6 +737,70 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
         final = [m for _, m in reference if m["type"] == "parent_job_progress" and m["job_id"] == parent][-1]
         assert {k: final[k] for k in jc.progress(parent)} == jc.progress(parent)
     live.close()
+
+
+@pytest.mark.slow
+def test_the_start_line_is_a_url_to_open_and_keeps_the_token_to_itself(db_path, tmp_path):
+    """`--host 0.0.0.0 --token T` says `http://THIS-MACHINE:PORT/`, a URL a person can
+    open, not `http://0.0.0.0:PORT/?token=YOUR_TOKEN`; the token is in it only with --show-token."""
+    Jobctl(db_path).close()
+    token = secrets.token_urlsafe(24)
+    for args in ((), ("--show-token",)):
+        server = Server(db_path, tmp_path, token=token, listen="0.0.0.0", args=args)
+        server.stop()
+        line = server.log.read_text().splitlines()[0]
+        assert line.startswith("jobctl: serving ") and "0.0.0.0" not in line and "YOUR_TOKEN" not in line, line
+        url = f"http://{socket.gethostname()}:{server.port}/"
+        assert url + (f"?token={token}" if args else " ") in line, line
+        assert (token in line) == bool(args), line
+
+
+def never_reading(port, path):
+    """A raw client with a 4 KiB receive buffer that asks for `path` and never reads a byte."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    return sock
+
+
+@pytest.mark.slow
+def test_clients_that_never_read_are_dropped_and_catching_up_goes_on(db_path, serve):
+    """As many clients as there are replay slots resume from 0 on a big database
+    and never read: each is dropped (its connection reset) once it has taken
+    nothing for the send timeout, so a live client that falls behind a burst
+    and a client resuming from the start still get every message."""
+    from jobctl.serve.web import REPLAYS
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("big")
+        kids = jc.spawn(parent, count=20_000)  # ~12 MB of messages: more than the socket buffers hold
+    env = {"JOBCTL_SERVE_SEND_TIMEOUT": "1", "JOBCTL_SERVE_QUEUE_EVENTS": "100"}
+    server = serve(db_path, env=env)
+    live = server.stream()
+    start = live.start_cursor()
+    hogs = [never_reading(server.port, "/api/stream?since=0") for _ in range(REPLAYS)]
+    deadline = time.monotonic() + 30
+    while server.get("/api/health")["replays"] < REPLAYS:  # every slot is taken by a client that never reads
+        assert time.monotonic() < deadline, "the replays did not start"
+        time.sleep(0.02)
+    with Jobctl(db_path) as jc:  # a burst: the live client (a 100-event queue) falls behind and catches up
+        jc.set_status(kids, "running")
+        last = jc.last_event_id()
+    got = live.until(last)
+    resumed = server.stream(since=start)
+    assert resumed.until(last) == got
+    assert sorted({m["event_id"] for _, m in got}) == list(range(start + 1, last + 1))
+    for sock in hogs:  # reset, not left open with what they never read
+        sock.settimeout(30)
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 20):
+                pass
+        sock.close()
+    health = server.get("/api/health")
+    assert health["dropped"] == REPLAYS and health["catch_ups"] > 0
+    live.close()
+    resumed.close()
 
 
 def count_watchers(server, db):
@@ -838,7 +905,7 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         jc.set_status(pics[:9], "running")
         jc.set_status(pics[:6], "completed")
         jc.set_status(pics[6:8], "failed", message="corrupt file")
-        evil = jc.create(EVIL)
+        evil = jc.create(EVIL + "\u202egnp.exe\u200b")  # and invisible characters, shown escaped
         backup = jc.create("nightly backup", type="backup")
         jc.set_status([backup], "running")
         docs = jc.create("deploy docs")
@@ -873,7 +940,7 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         assert page.text_content(f"{row} .pct") == "40%"
 
         # names are text: the evil one is shown as typed, and runs nothing
-        assert page.text_content(f'tr[data-job-id="{evil}"] td.name .label') == EVIL
+        assert page.text_content(f'tr[data-job-id="{evil}"] td.name .label') == EVIL + "\\u202egnp.exe\\u200b"
         assert page.locator("img").count() == 0 and dialogs == []
 
         # a new top-level job appears at the top, live

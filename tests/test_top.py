@@ -158,3 +158,76 @@ def test_a_job_retried_after_it_left_the_table_comes_back(db):
         assert job not in overview.rows  # ended long ago: not shown
         jc.retry(job)
         assert overview.read() and overview.rows[job].job["status"] == "pending"
+
+
+def on_a_terminal(argv, db, columns):
+    """What `jobctl ARGV` prints on a pseudo-terminal `columns` wide (colours removed)."""
+    import fcntl
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen([JOBCTL, "--db", str(db), *argv], stdout=slave, stderr=slave,
+                            env=dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns)))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    os.close(master)
+    assert proc.wait(timeout=30) == 0
+    return ANSI.sub("", out.decode()).replace("\r", "")
+
+
+COUNTS = re.compile(r"(\d+) pending, (\d+) running, (\d+)\s+completed, (\d+) failed")
+LONG_NAME = "A fairly long name for the nightly crawler of the news site, with its region"
+
+
+def long_named_parent(db):
+    with Jobctl(db) as jc:
+        parent = jc.create(LONG_NAME)
+        kids = jc.spawn(parent, count=120)
+        jc.set_status(kids[:5], "running")
+        jc.set_status(kids[:3], "failed")
+    return parent
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_list_fits_the_terminal_and_never_cuts_the_counts(db_path, columns):
+    """The name gives up first, then the times; the counts are never cut (at 60
+    columns they wrap onto a second line rather than lose a digit)."""
+    parent = long_named_parent(db_path)
+    out = on_a_terminal(["list"], db_path, columns)
+    lines = out.rstrip("\n").split("\n")
+    assert all(len(line) <= columns for line in lines), out
+    assert COUNTS.findall(" ".join(lines)) == [("115", "2", "0", "3")], out
+    assert parent in out and "running" in out
+    if columns >= 120:
+        assert "started" in lines[0] and "duration" in lines[0]
+    assert (LONG_NAME in out) == (columns > 150) and "…" in out  # the name, cut, with an ellipsis
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_top_fits_the_terminal_and_never_cuts_the_counts(db_path, columns):
+    import io
+
+    from rich.console import Console
+
+    from jobctl.top import Overview, render
+
+    long_named_parent(db_path)
+    with Jobctl(db_path) as jc:
+        overview = Overview(jc, recent=600)
+        overview.load()
+        out = io.StringIO()
+        Console(file=out, width=columns, color_system=None).print(render(overview, 0, columns))
+    lines = out.getvalue().rstrip("\n").split("\n")
+    assert all(len(line) <= columns for line in lines), out.getvalue()
+    assert COUNTS.findall(" ".join(lines)) == [("115", "2", "0", "3")], out.getvalue()

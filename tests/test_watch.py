@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -393,12 +394,13 @@ def test_demo_runs_to_the_end(env):
     result = run("demo", "--children", children, "--workers", 2, "--speed", 20, "--seed", 3, timeout=120,
                  env=env)
     assert result.returncode == 0, result.stderr
-    import re
 
-    last = result.stdout.splitlines()[-1]
+    # the summary, then (when a page failed) one `  failed: ...` line per failed child
+    last = [line for line in result.stdout.splitlines() if not line.startswith("  failed: ")][-1]
     counts = re.search(r"\| 0 pending, 0 running, (\d+) completed, (\d+) failed$", last)
     assert counts and int(counts[1]) + int(counts[2]) == children, last
     assert last.split()[1] == ("failed" if int(counts[2]) else "completed")
+    assert "earlier events" not in result.stdout  # the demo shows every change since it made the job
     assert "jobctl demo:" in result.stderr and " 0 pending, 0 running" in result.stderr
 
 
@@ -521,16 +523,22 @@ def test_watch_lines_say_why_and_the_summary_names_the_failures(db):
 
 @pytest.mark.slow
 def test_a_watch_that_joins_late_says_what_it_missed(db):
+    """The hint counts the changes and log lines the watcher has not seen (creations
+    are no history: the counts show every job), and in plain lines it comes only
+    with --verbose (a CI log has no person to tell)."""
     with Jobctl(db) as jc:
         parent = jc.create("p")
         kids = jc.spawn(parent, count=3)
+        fresh = run("watch", parent, "--verbose", "--timeout", "0.3", db=db)
+        assert "earlier events" not in fresh.stdout  # only creations so far: nothing missed
         jc.set_status(kids[:2], "running")
-        history = len(jc.events(job=parent))
-    proc, first = start_watch(db, parent, "--timeout", 0.3)
+        history = len([e for e in jc.events(job=parent) if e["kind"] != "create"])
+    assert "earlier events" not in run("watch", parent, "--timeout", "0.3", db=db).stdout  # not in a log
+    proc, first = start_watch(db, parent, "--timeout", 0.3, "--verbose")
     hint = proc.stdout.readline()  # (communicate() would skip what readline() has buffered)
     proc.communicate(timeout=30)
     assert "(last change " in first  # the start line says what its time is not
-    assert hint == f"({history} earlier events; --from-start replays them)\n"
+    assert history == 3 and hint == f"({history} earlier events; --from-start replays them)\n"
     replay = run("watch", parent, "--from-start", "--timeout", "0.3", db=db)
     assert "earlier events" not in replay.stdout  # it replays them instead
     start = json.loads(run("watch", parent, "--json", "--timeout", "0.3", db=db).stdout.splitlines()[0])
@@ -592,3 +600,34 @@ def test_a_watcher_notices_its_database_deleted_or_replaced(db_path, tmp_path, h
     assert proc.returncode == 5
     assert err == f"jobctl: error: database {db_path} was {how} while being watched\n"
     assert out.splitlines()[-1] == f"{parent} running | 2 pending, 0 running, 0 completed, 0 failed (database unusable)"
+
+
+@pytest.mark.slow
+def test_the_live_view_names_each_job_once(db_path):
+    """On a terminal each line of the tail is `HH:MM:SS status JOB old → new`:
+    the id once, not `completed P.1 P.1 running → completed`."""
+    import pty
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        kid = jc.spawn(parent, count=1)[0]
+        jc.set_status([kid], "running")
+        jc.set_status([kid], "completed", message="done")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([JOBCTL, "--db", str(db_path), "watch", parent, "--from-start"], stdout=slave,
+                            stderr=slave, env=dict(os.environ, TERM="xterm-256color", COLUMNS="120", LINES="30"))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    os.close(master)
+    assert proc.wait(timeout=30) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())
+    assert f"{kid} running → completed: done" in text, text
+    assert f"{kid} {kid}" not in text, text

@@ -168,16 +168,20 @@ def run_each(
 
     threading.Thread(target=watchdog, daemon=True).start()
     with Jobctl(resolved) as jc:
+
+        def interrupted() -> None:  # before the watch's summary, so that it says the real end
+            queue.clear()
+            pool.stop(StopReason.CANCELLED)
+            jc.cancel(parent, message="interrupted")
+
         try:
-            code = watching.run_watch(jc, parent, sink, since=cursor, poll_interval=poll_interval, exit_status=True)
+            code = watching.run_watch(
+                jc, parent, sink, since=cursor, poll_interval=poll_interval, exit_status=True, on_interrupt=interrupted
+            )
         except BaseException:  # the watch failed: stop the commands rather than leave them running
             queue.clear()
             pool.stop(StopReason.CANCELLED)
             raise
-        if code in (model.EXIT_INTERRUPTED, model.EXIT_TERMINATED, model.EXIT_HANGUP):
-            queue.clear()
-            pool.stop(StopReason.CANCELLED)
-            jc.cancel(parent, message="interrupted")
     for t in threads:
         t.join()
     if pool.errors:

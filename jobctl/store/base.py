@@ -138,6 +138,11 @@ def event_json_select(json_object: str, bare: bool = False) -> str:
     )
 
 
+# The longest JOBCTL_BUSY_TIMEOUT / JOBCTL_CONNECT_TIMEOUT, in seconds: SQLite's busy timeout and
+# PostgreSQL's lock_timeout are 32-bit counts of milliseconds (24.8 days); past that they wrap.
+MAX_WAIT = 86_400
+
+
 class Retryable(DatabaseUnusable):
     """A write transaction failed for a transient reason and changed nothing: run it again."""
 
@@ -263,7 +268,11 @@ class Store(Protocol):
 
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]: ...
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
-        """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
+        """How many events but creations of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
+        ...
+
+    def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """At most `limit` job ids that start with `prefix`, in order (shell completion)."""
         ...
 
     def last_event_id(self) -> int: ...
@@ -338,9 +347,19 @@ class SqlQueries:
             sql += f" LIMIT {int(limit)}"
         return self._query_light(sql, params) if as_json else self._query(sql, params)
 
+    def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """A range of the primary key (ids compare bytewise on both stores): bounded, indexed."""
+        m = self.mark
+        rows = self._query(
+            f"SELECT id FROM jobs WHERE id >= {m} AND id < {m} ORDER BY id LIMIT {m}",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r["id"] for r in rows]
+
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
-        """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
-        sql = f"SELECT count(*) AS n FROM events WHERE root_id = {self.mark} AND id <= {self.mark}"
+        """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until,
+        creations left out (they are history only in name: the counts show every job)."""
+        sql = f"SELECT count(*) AS n FROM events WHERE root_id = {self.mark} AND id <= {self.mark} AND kind <> 'create'"
         if job_ids is None:
             return self._query(sql, (root_id, until))[0]["n"]
         ids = sorted(job_ids)

@@ -37,9 +37,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 from jobctl.console import info
-from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store.base import CHANGE_COLUMNS, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, Retryable, SqlQueries
-from jobctl.store.urls import masked
+from jobctl.model import STATUSES, DatabaseUnusable, IdTaken, UsageError
+from jobctl.store.base import (
+    CHANGE_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_SELECT,
+    JOB_COLUMNS,
+    MAX_WAIT,
+    Retryable,
+    SqlQueries,
+)
+from jobctl.store.urls import join_url, masked, masked_in, url_parts
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides
@@ -142,24 +150,26 @@ def _seconds_from_env(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 86400 * 365:
-        raise DatabaseUnusable(f"{name} must be a number of seconds, not {raw!r}")
+    if not 0 <= value <= MAX_WAIT:
+        raise DatabaseUnusable(f"{name} must be a number of seconds from 0 to {MAX_WAIT} (a day), not {raw!r}")
     return value
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """(the URL for libpq, the schema): `schema` is jobctl's own query parameter."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    """(the URL for libpq, the schema): `schema` is jobctl's own query parameter,
+    taken out; the rest goes to libpq as written, so every form libpq accepts
+    works (`postgres://`, `postgresql:///db` with PGHOST, host lists, `?host=/dir`, `?service=`)."""
+    from urllib.parse import unquote
 
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    scheme, userinfo, body, query = url_parts(url)
     schema = DEFAULT_SCHEMA
     rest = []
-    for key, value in query:
-        if key == "schema":
-            schema = value
+    for pair in query.split("&") if query is not None else []:
+        key, _, value = pair.partition("=")
+        if unquote(key) == "schema":
+            schema = unquote(value)
         else:
-            rest.append((key, value))
+            rest.append(pair)
     if (
         not schema
         or not schema.replace("_", "a").isalnum()
@@ -169,8 +179,7 @@ def split_url(url: str) -> tuple[str, str]:
         or len(schema) > 63
     ):
         raise DatabaseUnusable(f"bad schema name {schema!r} in the database URL: use lower-case letters, digits and _")
-    scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
-    return urlunsplit(parts._replace(scheme=scheme, query=urlencode(rest))), schema
+    return join_url(scheme, userinfo, body, "&".join(rest) if rest else None), schema
 
 
 def _first_line(exc: BaseException) -> str:
@@ -246,10 +255,12 @@ class PostgresStore(SqlQueries):
         conn.autocommit = True  # transactions are explicit: write() and read()
         return conn
 
-    def _connect_error(self, exc: BaseException) -> DatabaseUnusable:
-        reason = _first_line(exc)
+    def _connect_error(self, exc: BaseException) -> DatabaseUnusable | UsageError:
+        reason = masked_in(_first_line(exc), self.url)
         low = reason.lower()
         where = f"PostgreSQL at {masked(self.url)}"
+        if low.startswith("invalid "):  # libpq could not read the URL, or a value in it ("invalid port number")
+            return UsageError(f"bad PostgreSQL URL {masked(self.url)}: {reason.removeprefix('invalid dsn: ')}")
         if "password" in low or "authentication" in low or ("role" in low and "does not exist" in low):
             return DatabaseUnusable(f"{where}: authentication failed ({reason})")
         if "does not exist" in low and "database" in low:
@@ -272,9 +283,7 @@ class PostgresStore(SqlQueries):
         with self.write():
             found = self._meta()
             if found is None and not create:
-                raise DatabaseUnusable(
-                    f"no jobctl database at {self.name} (create one with `jobctl init` or any write)"
-                )
+                raise DatabaseUnusable(f"no jobctl database at {self.name} (create one with `jobctl init`)")
             version = int(found.get("version", "0")) if found else 0
             if version > SCHEMA_VERSION:
                 raise DatabaseUnusable(
@@ -303,6 +312,7 @@ class PostgresStore(SqlQueries):
                 (self.schema,),
             )
         }
+        self._check_rights(need_create="meta" not in tables)
         if "meta" in tables:
             meta = {r["key"]: r["value"] for r in self._query("SELECT key, value FROM meta")}
             if meta.get("application") == "jobctl":
@@ -314,6 +324,23 @@ class PostgresStore(SqlQueries):
             )
         self._execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
         return None
+
+    def _check_rights(self, need_create: bool) -> None:
+        """Without USAGE on the schema PostgreSQL skips it on the search path (and says
+        `relation "meta" does not exist`); without CREATE, jobctl cannot make its tables:
+        name the schema and the grant instead."""
+        (row,) = self._query(
+            "SELECT current_user AS who, has_schema_privilege(%s, 'USAGE') AS may_use,"
+            " has_schema_privilege(%s, 'CREATE') AS may_create",
+            (self.schema, self.schema),
+        )
+        rights = [("USAGE", row["may_use"]), ("CREATE", row["may_create"] or not need_create)]
+        lacking = [right for right, ok in rights if not ok]
+        if lacking:
+            raise DatabaseUnusable(
+                f"permission denied for schema {self.schema} in {masked(self.url)}: ask its owner for"
+                f" GRANT {', '.join(lacking)} ON SCHEMA {self.schema} TO {row['who']}"
+            )
 
     def close(self) -> None:
         try:

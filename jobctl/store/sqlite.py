@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
+from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, MAX_WAIT, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 5  # the number of migrations below; stored in PRAGMA user_version
@@ -90,8 +90,10 @@ def busy_timeout_from_env() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise DatabaseUnusable(f"JOBCTL_BUSY_TIMEOUT must be a number of seconds, not {raw!r}")
+    if not 0 <= value <= MAX_WAIT:
+        raise DatabaseUnusable(
+            f"JOBCTL_BUSY_TIMEOUT must be a number of seconds from 0 to {MAX_WAIT} (a day), not {raw!r}"
+        )
     return value
 
 
@@ -148,7 +150,7 @@ class SqliteStore(SqlQueries):
         if os.path.isdir(path):
             raise DatabaseUnusable(f"{path} is a directory, not a database file")
         if not create and not os.path.exists(path):
-            raise DatabaseUnusable(f"no jobctl database at {path} (create one with `jobctl init` or any write)")
+            raise DatabaseUnusable(f"no jobctl database at {path} (create one with `jobctl init`)")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise DatabaseUnusable(
@@ -254,12 +256,24 @@ class SqliteStore(SqlQueries):
     @contextmanager
     def read(self) -> Iterator["SqliteStore"]:
         """A read transaction: every query inside sees the same snapshot."""
-        self.conn.execute("BEGIN")
+        try:
+            self.conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
         try:
             yield self
-        finally:
+        except BaseException:
             if self.conn.in_transaction:
+                try:  # what went wrong inside is the error to report, not the end of the snapshot
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        if self.conn.in_transaction:
+            try:
                 self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _unusable(self.path, exc) from None
 
     def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
         try:
