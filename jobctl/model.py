@@ -302,13 +302,17 @@ def attempts_left(job: Mapping) -> bool:
     return cap is None or job.get("started_at") is None or job.get("attempt", 1) < cap
 
 
-def may_retry(job: Mapping, retries: int | None) -> bool:
-    """Whether a job whose command failed runs again (`run`): `retries` (--retries N)
-    lets it run N + 1 attempts in all, counted by its attempt counter whoever ran
-    them; without it, its max_attempts does (None: no re-run); never past its cap."""
+def run_cap(job: Mapping, retries: int | None) -> int | None:
+    """How many attempts `run` gives a job in all: `retries` (--retries N) lets it run
+    N + 1, counted by its attempt counter whoever ran them; without it, its
+    max_attempts does (None: no re-run); never past its cap."""
     cap = job.get("max_attempts")
-    if retries is not None:
-        cap = min(cap or MAX_INT, retries + 1)
+    return cap if retries is None else min(cap or MAX_INT, retries + 1)
+
+
+def may_retry(job: Mapping, retries: int | None) -> bool:
+    """Whether a job whose command failed runs again (`run`): within its run_cap."""
+    cap = run_cap(job, retries)
     return cap is not None and job.get("attempt", 1) < cap
 
 

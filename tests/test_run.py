@@ -453,6 +453,9 @@ def test_fail_fast_stops_the_running_commands_of_the_other_children(db, tmp_path
         assert set(why.values()) == {f"fail-fast: {kids['bad']['id']} failed"}
         assert jc.status(parent) == "failed" and jc.verify() == []
     assert f"failed: {kids['bad']['id']} bad: exit code 7" in out  # the summary names the failure
+    said = sorted(line.split(" after ")[0] for line in err.splitlines())  # one line per child not completed
+    assert said == sorted(f"jobctl: {kids[n]['id']} {s}" for n, s in
+                          (("bad", "failed: exit code 7"), ("slow1", "cancelled"), ("slow2", "cancelled"))), err
 
 
 def test_a_timed_out_command_is_retried_with_a_timeout_of_its_own(db, tmp_path):
@@ -530,7 +533,7 @@ def test_a_retry_started_elsewhere_is_no_failure_of_this_run(db):
         jc.set_status([job], "running", message="another worker")  # (as a peer's claim would, at not_before)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert err == f"jobctl: job {job}: its next attempt was started elsewhere\n"
+    assert err.splitlines()[-1] == f"jobctl: job {job}: its next attempt was started elsewhere"
 
 
 def test_a_claimed_job_stopped_before_its_command_started_ends_cancelled(db_path):
@@ -652,3 +655,24 @@ def test_run_under_a_parent_creates_its_child_running_in_one_transaction(db):
             assert (created["new_status"], running["new_status"]) == ("pending", "running")
             assert created["at"] == running["at"]  # one transaction
         assert jc.verify() == []
+
+
+def test_an_outcome_not_completed_is_said_in_one_line_on_stderr(db_path):
+    """A CI log that says what happened: a failure, a retry, a missing command and
+    a timeout each get one line on stderr; --quiet silences them."""
+    import re
+
+    with Jobctl(db_path) as jc:
+        flaky, missing, slow, quiet = (jc.create(n) for n in ("flaky", "missing", "slow", "quiet"))
+    result = run("run", flaky, "--retries", "1", "--retry-delay", "0.1s", "--", "sh", "-c", "exit 3", db=db_path)
+    assert result.returncode == 3
+    assert re.fullmatch(rf"jobctl: {flaky} failed: exit code 3 after \d+\.\d s \(attempt 1/2, retrying in 0.1s\)\n"
+                        rf"jobctl: {flaky} failed: exit code 3 after \d+\.\d s \(attempt 2/2\)\n", result.stderr)
+    result = run("run", missing, "--", "no-such-command-here", db=db_path)
+    assert result.returncode == 127
+    assert re.fullmatch(rf"jobctl: {missing} failed: command not found: no-such-command-here after \d+\.\d s"
+                        r" \(attempt 1\)\n", result.stderr)
+    result = run("run", slow, "--timeout", "0.5s", "--", "sleep", "60", db=db_path)
+    assert result.returncode == 124 and result.stderr == f"jobctl: {slow} failed: timed out after 0.5s (attempt 1)\n"
+    result = run("run", quiet, "--quiet", "--retries", "1", "--", "false", db=db_path)
+    assert result.returncode == 1 and result.stderr == ""

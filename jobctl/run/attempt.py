@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.console import info
-from jobctl.model import CANCELLED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
+from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
 from jobctl.run.process import Outcome, Output, Process, StopReason, outcome_of
 
 FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
@@ -35,6 +35,7 @@ class Options:
     log_lines: int = 1000
     retries: int | None = None  # re-runs of a failed command (None: as the job's max_attempts allows)
     retry_delay: float = 0.0  # before the first re-run; doubled for each next one
+    quiet: bool = False  # no line on stderr for an outcome that is not `completed`
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -126,7 +127,10 @@ class Execution:
                 # a failure is retried if the job has an attempt left (Jobctl.finish decides, see model.may_retry)
                 retry = outcome.status == FAILED and self.stop_reason in (None, StopReason.TIMEOUT)
                 delay = backoff(self.options.retry_delay, job["attempt"]) if retry else None
-                recorded = self._finish(jc, job, outcome, output, time.monotonic() - started, retry_in=delay)
+                duration = time.monotonic() - started
+                recorded = self._finish(jc, job, outcome, output, duration, retry_in=delay)
+                if recorded.exit != model.EXIT_DATABASE:
+                    self._say(job, outcome, duration, delay if recorded.status == PENDING else None)
                 if delay is None or recorded.exit == model.EXIT_DATABASE:
                     return recorded
                 if recorded.status == CANCELLED:  # cancelled from elsewhere as it ended
@@ -242,6 +246,22 @@ class Execution:
             self.process.signal(signum)
 
     # ------------------------------------------------------------ the record
+    def _say(self, job: dict, outcome: Outcome, duration: float, retry_in: float | None) -> None:
+        """One line on stderr for an attempt that did not complete (not with --quiet):
+        `jobctl: P.3 failed: exit code 3 after 12.4 s (attempt 1/3, retrying in 10s)`."""
+        if self.options.quiet or outcome.status == COMPLETED:
+            return
+        text = f"{self.job_id} {outcome.status}"
+        if outcome.message != outcome.status:
+            text += f": {outcome.message}"
+        if outcome.exit != model.EXIT_TIMEOUT:  # (its message says how long)
+            text += f" after {duration:.1f} s"
+        cap = model.run_cap(job, self.options.retries)
+        text += f" (attempt {job['attempt']}" + (f"/{cap}" if cap is not None else "")
+        if retry_in is not None:
+            text += ", retrying" + (f" in {model.seconds_text(retry_in)}" if retry_in else "")
+        info(text + ")")
+
     def _write(self, call: Callable, *args) -> None:
         """A write while the command runs (log lines, a heartbeat): a database
         that is busy for a moment costs a line, not the command."""

@@ -193,6 +193,7 @@ def run_claim(
     *,
     jobs: int,
     wait_for_more: bool,
+    requeue: bool = False,
     poll_interval: float = 1.0,
 ) -> int:
     """`run --claim P`: a worker that claims P's pending children and runs CMD for
