@@ -676,3 +676,22 @@ def test_an_outcome_not_completed_is_said_in_one_line_on_stderr(db_path):
     assert result.returncode == 124 and result.stderr == f"jobctl: {slow} failed: timed out after 0.5s (attempt 1)\n"
     result = run("run", quiet, "--quiet", "--retries", "1", "--", "false", db=db_path)
     assert result.returncode == 1 and result.stderr == ""
+
+
+def test_the_database_given_to_the_command_is_absolute(db, tmp_path):
+    """`jobctl --db jobs.db run ...`: the command gets JOBCTL_DB as an absolute
+    path (a URL as it is), so a `cd` in it still reaches the same database."""
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        (busy,) = jc.spawn(parent, count=1)
+        jc.set_status([busy], "running")
+    (tmp_path / "sub").mkdir()
+    given = os.path.relpath(db, tmp_path) if os.path.exists(db) else db
+    result = subprocess.run([JOBCTL, "--db", given, "run", "--parent", parent, "--", "sh", "-c",
+                             'cd sub && "$JOBCTL" log "$JOBCTL_JOB_ID" hi && echo "$JOBCTL_DB"'],
+                            cwd=tmp_path, env=dict(os.environ, JOBCTL=JOBCTL), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{db}\n" and os.listdir(tmp_path / "sub") == []
+    with Jobctl(db) as jc:
+        assert ("info", "hi") in [(x["level"], x["text"]) for x in jc.logs(f"{parent}.2")]

@@ -20,6 +20,7 @@ from jobctl.api import Jobctl
 from jobctl.console import info
 from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
 from jobctl.run.process import Outcome, Output, Process, StopReason, outcome_of
+from jobctl.store import is_url
 
 FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
 FLUSH_LINES = 500  # ...or as soon as this many are waiting
@@ -197,7 +198,8 @@ class Execution:
     # ------------------------------------------------------------- the child
     def _environment(self, jc: Jobctl, job: dict) -> dict:
         env = dict(os.environ, **self.env)
-        env.update(JOBCTL_JOB_ID=self.job_id, JOBCTL_PARENT_ID=job["parent_id"] or "", JOBCTL_DB=jc.path)
+        db = jc.path if is_url(jc.path) else os.path.abspath(jc.path)  # the command may change directory
+        env.update(JOBCTL_JOB_ID=self.job_id, JOBCTL_PARENT_ID=job["parent_id"] or "", JOBCTL_DB=db)
         return env
 
     def _supervise(self, jc: Jobctl, job: dict, output: Output, started: float) -> Outcome:
