@@ -695,3 +695,43 @@ def test_the_database_given_to_the_command_is_absolute(db, tmp_path):
     assert result.stdout == f"{db}\n" and os.listdir(tmp_path / "sub") == []
     with Jobctl(db) as jc:
         assert ("info", "hi") in [(x["level"], x["text"]) for x in jc.logs(f"{parent}.2")]
+
+
+def test_output_without_newlines_keeps_memory_flat(db_path, tmp_path):
+    """200 MB of output with no newline: jobctl run stays under 50 MB (the peak RSS
+    of `jobctl run` and what it waited for, from /usr/bin/time), echoes it all,
+    and stores the line cut to 64 KiB with a marker saying how much was cut."""
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    size = 200_000_000
+    rss = tmp_path / "rss"
+    counted = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(rss), JOBCTL, "--db", str(db_path), "run", job, "--", "sh", "-c",
+         f"head -c {size} /dev/zero | tr '\\0' x"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    assert counted.returncode == 0, counted.stderr
+    assert len(counted.stdout) == size  # every byte reached the CI log
+    peak_mb = int(rss.read_text().split()[-1]) / 1024
+    assert peak_mb < 50, peak_mb
+    stored = logs(db_path, job)[2][1]
+    assert stored == "x" * 65536 + f" [jobctl: {size - 65536:,} bytes of this line cut]"
+
+
+def test_a_progress_bar_is_echoed_live_and_stored_as_its_last_state(db_path, tmp_path):
+    import select
+
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen([JOBCTL, "--db", str(db_path), "run", job, "--", "sh", "-c",
+                             f"printf '10%%\\r'; while [ ! -e {gate} ]; do sleep 0.02; done; printf '50%%\\r100%%\\n'"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and os.read(proc.stdout.fileno(), 100) == b"10%\r"  # echoed before any newline
+    finally:
+        gate.touch()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out == b"50%\r100%\n"
+    assert [text for _, text in logs(db_path, job)[2:-1]] == ["100%"]  # one line, its last state

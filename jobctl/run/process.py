@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -62,9 +63,86 @@ def exit_of(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+LINE_LIMIT = 64 * 1024  # bytes of one output line stored (the rest cut, and said so); the echo is whole
+CHUNK = 64 * 1024  # output is read this much at a time: memory stays flat whatever the command prints
+_BREAK = re.compile(rb"[\r\n]")
+
+
 def text_of(raw: bytes) -> str:
     """A line of output as text: not UTF-8 is escaped (\\xNN), and so is NUL, never a crash."""
     return raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+class Lines:
+    """One output stream, read in chunks, cut into lines: each line goes to `store`
+    (as text, at most LINE_LIMIT bytes of it, with a marker saying how much was
+    cut); a `\\r` line (a progress bar) is echoed at each update and stored
+    once, as its last state. `echo` gets the bytes as they are, a piece at a
+    time: up to a line end (`\\n` or `\\r`), or LINE_LIMIT bytes."""
+
+    def __init__(self, store: Callable[[str], None], echo: Callable[[bytes], None] | None):
+        self.store = store
+        self.echo = echo
+        self.line = bytearray()  # what is kept of the current line
+        self.cut = 0  # bytes of it not kept
+        self.cr = False  # a \r ended the last piece: what comes next (unless \n) replaces the line
+        self.shown = bytearray()  # not echoed yet
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        for m in _BREAK.finditer(data):
+            self._keep(data[pos : m.start()])
+            self._show(data[pos : m.end()], end=True)
+            if m.group() == b"\n":
+                self._end()
+            else:
+                self.cr = True
+            pos = m.end()
+        if pos < len(data):
+            self._keep(data[pos:])
+            self._show(data[pos:], end=False)
+
+    def close(self) -> None:
+        if self.shown:
+            self._show(b"", end=True)
+        if self.line or self.cut:
+            self._end()
+
+    def _keep(self, piece: bytes) -> None:
+        if not piece:
+            return
+        if self.cr:  # a new state of a \r line
+            self.cr = False
+            self.line.clear()
+            self.cut = 0
+        room = max(0, LINE_LIMIT - len(self.line))
+        self.line += piece[:room]
+        self.cut += max(0, len(piece) - room)
+
+    def _end(self) -> None:
+        raw, cut = bytes(self.line), self.cut
+        text = text_of(raw)
+        if len(text) > LINE_LIMIT:  # escaped bytes take 4 characters each: keep what fits
+            lo, hi = 0, len(raw)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if len(text_of(raw[:mid])) <= LINE_LIMIT else (lo, mid - 1)
+            text, cut = text_of(raw[:lo]), cut + len(raw) - lo
+        self.store(text + (f" [jobctl: {cut:,} bytes of this line cut]" if cut else ""))
+        self.line.clear()
+        self.cut = 0
+        self.cr = False
+
+    def _show(self, piece: bytes, *, end: bool) -> None:
+        if self.echo is None:
+            return
+        self.shown += piece
+        if end or len(self.shown) >= LINE_LIMIT:
+            shown, self.shown = bytes(self.shown), bytearray()
+            try:
+                self.echo(shown)
+            except Exception:  # our own output went away (`jobctl run ... | head`): keep storing it
+                self.echo = None
 
 
 class Output:
@@ -175,13 +253,11 @@ class Process:
 
     def _read(self, stream, name: str, level: str) -> None:
         echo = self.echo
-        for raw in iter(stream.readline, b""):
-            if echo is not None:
-                try:
-                    echo(name, raw)
-                except Exception:  # our own output went away (`jobctl run ... | head`): keep storing it
-                    echo = None
-            self.output.add(level, text_of(raw))
+        lines = Lines(lambda text: self.output.add(level, text), None if echo is None else lambda raw: echo(name, raw))
+        fd = stream.fileno()
+        while chunk := os.read(fd, CHUNK):
+            lines.feed(chunk)
+        lines.close()
         stream.close()
 
     def stop(self, reason: StopReason, kill_after: float) -> None:
