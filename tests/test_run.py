@@ -735,3 +735,34 @@ def test_a_progress_bar_is_echoed_live_and_stored_as_its_last_state(db_path, tmp
     assert proc.returncode == 0, err
     assert out == b"50%\r100%\n"
     assert [text for _, text in logs(db_path, job)[2:-1]] == ["100%"]  # one line, its last state
+
+
+LEAVES = ('setsid sleep 60 >/dev/null 2>&1 & echo $!; '  # one that leaves the process group and the session
+          '(trap "" TERM; exec sleep 61) >/dev/null 2>&1 & echo $!; ')  # one that ignores SIGTERM
+
+
+@pytest.mark.parametrize("how", ["normal exit", "timeout"])
+def test_no_process_of_the_command_outlives_its_job(db_path, how):
+    """What the command started is stopped when its job ends: processes left in its
+    group that hold no output, and those that left the group (setsid)."""
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    extra = ["--timeout", "1s", "--kill-after", "0.5s"] if how == "timeout" else []
+    proc = start(db_path, job, *extra, "--", "sh", "-c", LEAVES + ("wait" if how == "timeout" else "exit 0"))
+    pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == (124 if how == "timeout" else 0), err
+    assert [p for p in pids if alive(p)] == []
+
+
+def test_a_killed_jobctl_run_takes_its_command_with_it(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    proc = start(db_path, job, "--", "sh", "-c", "sleep 60 & echo $$ $!; " + LEAVES + "wait")
+    pids = [*map(int, proc.stdout.readline().split()), int(proc.stdout.readline()), int(proc.stdout.readline())]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 3  # (the promise is 1 s; a loaded machine gets some slack)
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [p for p in pids if alive(p)] == []

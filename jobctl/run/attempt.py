@@ -19,7 +19,7 @@ from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.console import info
 from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
-from jobctl.run.process import Outcome, Output, Process, StopReason, outcome_of
+from jobctl.run.process import Outcome, Output, Process, StopReason, guard, outcome_of
 from jobctl.store import is_url
 
 FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
@@ -203,7 +203,7 @@ class Execution:
         return env
 
     def _supervise(self, jc: Jobctl, job: dict, output: Output, started: float) -> Outcome:
-        process = self.process = Process(self.argv, output, self.echo)
+        process = self.process = Process(self.argv, output, self.echo, self.job_id)
         failed = process.start(self._environment(jc, job))
         if failed is not None:
             return failed
@@ -351,6 +351,7 @@ def run_one(
 ) -> int:
     """`run JOB -- CMD` and `run --parent P [--name N] [--id ID] -- CMD`."""
     check_command(argv)
+    guard()  # before any thread: see process.guard
     with Jobctl(db) as jc:
         resolved = jc.path
         if parent is not None:  # the child is created running, in one transaction: no worker can claim it

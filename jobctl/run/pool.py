@@ -17,7 +17,7 @@ from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.model import UsageError
 from jobctl.run.attempt import Execution, Options, check_command, echo_through, running_message
-from jobctl.run.process import Outcome, StopReason
+from jobctl.run.process import Outcome, StopReason, guard
 
 
 # ------------------------------------------------------------ many children
@@ -123,6 +123,7 @@ def run_each(
     from jobctl import watch as watching
 
     check_command(argv)
+    guard()  # before any thread: see process.guard
     if jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, not {jobs}")
     inputs = [line for line in inputs if line.strip()]
@@ -201,6 +202,7 @@ def run_claim(
     `wait_for_more`, until P is final). Exit 0 if every command it ran exited 0,
     1 otherwise; 130/143 when interrupted (its running children end cancelled)."""
     check_command(argv)
+    guard()  # before any thread: see process.guard
     if jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, not {jobs}")
     with Jobctl(db) as jc:

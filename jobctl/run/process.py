@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -186,11 +187,150 @@ class Output:
             return lines
 
 
+# ------------------------------------------------ every process a command starts
+# A command's process group is stopped as a whole. On Linux jobctl run is also a
+# child subreaper: a descendant that left the group (setsid, a daemon) and lost
+# its parent becomes jobctl's child instead of init's, and is told apart by the
+# JOBCTL_JOB_ID in its environment, so it is stopped with its job too. And a
+# guardian process watches a pipe from jobctl run: if jobctl run dies (even by
+# SIGKILL) the pipe closes and the guardian kills the groups of the commands
+# still running, and (Linux) every process with their JOBCTL_JOB_ID.
+PR_SET_CHILD_SUBREAPER = 36
+_spawning = threading.Lock()  # held while a command starts and while leftovers are reaped
+_leaders: set[int] = set()  # the commands' own pids: subprocess waits for those, never us
+_guardian: list = []  # [pid, write end of its pipe], once started
+_subreaper: list[bool] = []  # [whether prctl succeeded], once tried
+
+
+def _become_subreaper() -> bool:
+    if not _subreaper:
+        ok = False
+        if sys.platform == "linux":
+            import ctypes
+
+            try:
+                ok = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+            except (OSError, AttributeError):
+                pass
+        _subreaper.append(ok)
+    return _subreaper[0]
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (any of its threads), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += map(int, f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += _children(p)
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _has(pid: int, entry: bytes) -> bool:
+    """Whether the process's environment holds `entry` (NAME=value)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return entry in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def guard() -> None:
+    """Start the guardian (once per jobctl run): a forked process that reads which
+    process groups and jobs are running from a pipe, and stops them all when
+    the pipe closes without their ends having been said (jobctl run died)."""
+    if _guardian:
+        return
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(r)
+        _guardian.extend([pid, w])
+        return
+    try:  # the guardian: no Python cleanup, no stdio, no signals but SIGKILL
+        os.close(w)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        running: dict[int, bytes] = {}
+        pending = b""
+        while data := os.read(r, 4096):
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                sign, group, marker = line[:1], int(line[1:].split(b" ", 1)[0]), line.split(b" ", 1)[1]
+                if sign == b"+":
+                    running[group] = marker
+                else:
+                    running.pop(group, None)
+        for group in running:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except OSError:
+                pass
+        if running and os.path.isdir("/proc"):  # and those that left their groups
+            markers = set(running.values())
+            for name in os.listdir("/proc"):
+                if name.isdigit() and int(name) != os.getpid():
+                    try:
+                        with open(f"/proc/{name}/environ", "rb") as f:
+                            env = set(f.read().split(b"\0"))
+                    except OSError:
+                        continue
+                    if env & markers:
+                        _send(int(name), signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _tell_guardian(line: bytes) -> None:
+    if _guardian:
+        try:
+            os.write(_guardian[1], line)
+        except OSError:
+            pass
+
+
 class Process:
     """One command run directly (no shell) in a process group of its own, its
     output copied to `echo` (stream, raw line) and to `output` as it comes."""
 
-    def __init__(self, argv: Sequence[str], output: Output, echo: Callable[[str, bytes], None] | None):
+    def __init__(
+        self, argv: Sequence[str], output: Output, echo: Callable[[str, bytes], None] | None, job_id: str = ""
+    ):
+        self.marker = f"JOBCTL_JOB_ID={job_id}".encode()  # in the environment of what it starts
         self.argv = list(argv)
         self.output = output
         self.echo = echo
@@ -199,15 +339,20 @@ class Process:
 
     def start(self, env: dict) -> Outcome | None:
         """Start the command; None, or the Outcome of a command that cannot start."""
+        _become_subreaper()
+        guard()
         try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,  # a process group of its own: a stop reaches its children too
-            )
+            with _spawning:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    start_new_session=True,  # a process group of its own: a stop reaches its children too
+                )
+                _leaders.add(self.proc.pid)
+            _tell_guardian(b"+%d %s\n" % (self.proc.pid, self.marker))
         except FileNotFoundError:
             code = model.EXIT_NO_COMMAND
             return Outcome(FAILED, f"command not found: {self.argv[0]}", code, code)
@@ -241,15 +386,49 @@ class Process:
         """Wait for the command to end and its output to be read; its return code."""
         assert self.proc is not None
         code = self.proc.wait()
+        for r in self.readers:  # what it left behind holding its output may end by itself, for a moment
+            r.join(2)
+        # then whatever it left behind goes with it (a job runner leaves nothing running)
+        self.sweep()
         for r in self.readers:
             r.join(2)
-        if any(r.is_alive() for r in self.readers):
-            # the command ended but left processes behind in its group, holding its
-            # output open: they go with it (a job runner leaves nothing running)
-            self.signal(signal.SIGKILL)
-            for r in self.readers:
-                r.join(2)
+        with _spawning:
+            _leaders.discard(self.proc.pid)
+        _tell_guardian(b"-%d %s\n" % (self.proc.pid, self.marker))
         return code
+
+    def sweep(self) -> None:
+        """SIGKILL to what is left of the command once it ended: its process group,
+        and (as subreaper) the processes that left it, became jobctl's children
+        and carry its JOBCTL_JOB_ID, with their descendants; jobctl's children
+        that ended meanwhile are reaped (subprocess reaps only the commands)."""
+        self.signal(signal.SIGKILL)
+        if not _subreaper or not _subreaper[0]:
+            return
+        me, guardian = os.getpid(), _guardian[0] if _guardian else None
+        for _ in range(100):  # (what a killed one leaves comes to us in turn)
+            with _spawning:
+                left = []
+                for pid in _children(me):
+                    if pid in _leaders or pid == guardian:
+                        continue
+                    if _zombie(pid):
+                        try:
+                            os.waitpid(pid, os.WNOHANG)
+                        except ChildProcessError:
+                            pass
+                    elif _has(pid, self.marker):
+                        left.append(pid)
+                for pid in left:
+                    for p in _tree(pid):
+                        _send(p, signal.SIGKILL)
+            if not left:
+                return
+            for pid in left:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
 
     def _read(self, stream, name: str, level: str) -> None:
         echo = self.echo
