@@ -214,7 +214,7 @@ class _Change:
         old = job["status"]
         if old == new:
             return False
-        model.enter_status(job, new, self.at)
+        model.enter_status(job, new, self.at, counted=message != model.REQUEUED)
         self.dirty[job["id"]] = job
         self.event(job, STATUS, old, new, message)
         if derived:

@@ -328,15 +328,21 @@ def out_of_attempts(job: Mapping) -> Conflict:
     return Conflict(f"job {job['id']} has used all {cap} of its attempts (--max-attempts {cap}): not retried")
 
 
-def enter_status(job: dict, new: str, at: str) -> None:
+# The message of a running job given back to pending by its worker (`run --claim`
+# stopped by SIGTERM): that attempt does not count, the job keeps its number.
+REQUEUED = "requeued: its worker was stopped; this attempt does not count"
+
+
+def enter_status(job: dict, new: str, at: str, *, counted: bool = True) -> None:
     """Set `job['status']` and its status timestamps, in place.
 
     started_at is set on entering running, completed_at on entering a terminal
     status; going back to pending (retry) clears both, so a retried job's
     timestamps describe its latest attempt. Going back to pending after it
-    started begins the job's next attempt; entering running ends any backoff.
+    started begins the job's next attempt (unless not `counted`: REQUEUED);
+    entering running ends any backoff.
     """
-    if new == PENDING and job.get("status") not in (None, PENDING) and job.get("started_at") is not None:
+    if counted and new == PENDING and job.get("status") not in (None, PENDING) and job.get("started_at") is not None:
         job["attempt"] = job.get("attempt", 1) + 1
     if new != PENDING:
         job["not_before"] = None
@@ -423,7 +429,7 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                         f" but it was {job['status']}"
                     )
             before = job["attempt"]
-            enter_status(job, e["new_status"], e["at"])
+            enter_status(job, e["new_status"], e["at"], counted=e.get("message") != REQUEUED)
             carried = e.get("attempt")
             if carried is None:  # written before attempts were counted (schema 4 and older)
                 job["attempt"] = before

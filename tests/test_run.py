@@ -766,3 +766,33 @@ def test_a_killed_jobctl_run_takes_its_command_with_it(db_path):
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert [p for p in pids if alive(p)] == []
+
+
+@pytest.mark.parametrize("on_term", ["requeue", "cancel"])
+def test_sigterm_to_a_claim_worker_gives_its_children_back(db, tmp_path, on_term):
+    """A preempted worker (SIGTERM) stops its commands and puts their children back
+    to pending, the attempt not counted, for another worker to run; with
+    --on-term cancel they end cancelled, as before."""
+    with Jobctl(db) as jc:
+        parent = jc.create("shards")
+        kids = jc.spawn(parent, count=3, max_attempts=1)
+    gate = tmp_path / "gate"
+    worker = start(db, "--claim", parent, "--jobs", "2", "--on-term", on_term, "--", "sh", "-c",
+                   f'echo "$JOBCTL_JOB_ID"; while [ ! -e {gate} ]; do sleep 0.02; done')
+    taken = {worker.stdout.readline().split(": ")[0] for _ in range(2)}
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 143, err
+    with Jobctl(db) as jc:
+        got = {k: jc.get(k) for k in taken}
+        assert jc.verify() == []
+    if on_term == "cancel":
+        assert [j["status"] for j in got.values()] == ["cancelled"] * 2
+        return
+    assert [(j["status"], j["attempt"]) for j in got.values()] == [("pending", 1)] * 2
+    gate.touch()
+    other = run("run", "--claim", parent, "--", "true", db=db)  # another runner takes them
+    assert other.returncode == 0, other.stderr
+    with Jobctl(db) as jc:
+        assert [(jc.status(k), jc.get(k)["attempt"]) for k in kids] == [("completed", 1)] * 3
+        assert jc.verify() == []

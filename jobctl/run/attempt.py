@@ -159,7 +159,11 @@ class Execution:
         cancelled, as the running ones do, rather than stay running with no worker."""
         try:
             with Jobctl(self.db) as jc:
-                jc.set_status([self.job_id], CANCELLED, message="interrupted" if reason.interrupted else reason.value)
+                if reason is StopReason.PREEMPTED:  # given back, as a running one is
+                    jc.finish(self.job_id, PENDING, message=model.REQUEUED, exit_code=None, duration=None)
+                else:
+                    message = "interrupted" if reason.interrupted else reason.value
+                    jc.set_status([self.job_id], CANCELLED, message=message)
         except (DatabaseUnusable, model.Conflict):
             pass  # (the database is busy: its missing heartbeat makes it reapable)
 
@@ -173,6 +177,8 @@ class Execution:
         while True:
             now = time.monotonic()
             reason = self.stop_reason
+            if reason is StopReason.PREEMPTED:  # the job is pending already: another worker takes it
+                return Outcome(PENDING, model.REQUEUED, None, model.EXIT_TERMINATED)
             if reason is not None and reason.interrupted:
                 try:
                     jc.set_status([self.job_id], CANCELLED, message="interrupted")

@@ -200,7 +200,9 @@ def run_claim(
     """`run --claim P`: a worker that claims P's pending children and runs CMD for
     each, up to `jobs` at a time, until none is pending and none running (with
     `wait_for_more`, until P is final). Exit 0 if every command it ran exited 0,
-    1 otherwise; 130/143 when interrupted (its running children end cancelled)."""
+    1 otherwise; 130/143 when interrupted: Ctrl-C cancels its running children;
+    SIGTERM (a CI runner cancelled or preempted) gives them back to pending, their
+    attempt not counted (model.REQUEUED), unless not `requeue` (--on-term cancel)."""
     check_command(argv)
     guard()  # before any thread: see process.guard
     if jobs < 1:
@@ -248,6 +250,9 @@ def run_claim(
     def handler(signum, frame):
         got["signum"] = signum
         stopping.set()
+        if requeue and signum == signal.SIGTERM:  # preempted: the commands are stopped, their jobs given back
+            pool.stop(StopReason.PREEMPTED)
+            return
         pool.stop(StopReason.interrupt(signum))
         for execution in list(pool.running):
             execution.interrupt(signum)

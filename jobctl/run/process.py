@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 from jobctl import model
-from jobctl.model import CANCELLED, COMPLETED, FAILED, seconds_text
+from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, seconds_text
 
 
 class StopReason(enum.Enum):
@@ -29,6 +29,7 @@ class StopReason(enum.Enum):
     CANCELLED = "cancelled"  # from elsewhere, or with the others (--each, fail-fast)
     SIGINT = signal.SIGINT.value  # jobctl got a signal, passed on to the command: the job is cancelled
     SIGTERM = signal.SIGTERM.value
+    PREEMPTED = "preempted"  # a claim worker got SIGTERM: the job goes back to pending, its attempt not counted
 
     @classmethod
     def interrupt(cls, signum: int) -> StopReason:
@@ -467,6 +468,8 @@ def outcome_of(code: int, reason: StopReason | None, timeout: float | None) -> O
         return Outcome(FAILED, f"timed out after {seconds_text(timeout or 0)}", exit_of(code), model.EXIT_TIMEOUT)
     if reason is StopReason.CANCELLED:
         return Outcome(CANCELLED, "cancelled", exit_of(code), model.EXIT_TERMINATED)
+    if reason is StopReason.PREEMPTED:
+        return Outcome(PENDING, model.REQUEUED, exit_of(code), model.EXIT_TERMINATED)
     if reason is not None:
         return Outcome(CANCELLED, "interrupted", exit_of(code), 128 + reason.signum)
     if code == 0:
