@@ -116,6 +116,15 @@ def check_id(job_id: str) -> str:
     return job_id
 
 
+def _fields_json(fields: Mapping | None) -> str | None:
+    """An event's fields as stored: a JSON object (keys sorted), or None."""
+    if not fields:
+        return None
+    import json
+
+    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"))
+
+
 def _meta_json(meta: Mapping | None) -> str | None:
     import json
 
@@ -201,6 +210,7 @@ class _Change:
                 "at": self.at,
                 "message": message,
                 "log_id": log_id,
+                "fields": None,
                 "exit_code": None,
                 "duration": None,
                 "attempt": job["attempt"] if kind in (CREATE, STATUS) else None,
@@ -208,15 +218,19 @@ class _Change:
             }
         )
 
-    def set_status(self, job: dict, new: str, message: str | None, *, derived: bool = False) -> bool:
+    def set_status(
+        self, job: dict, new: str, message: str | None, *, derived: bool = False, fields: str | None = None
+    ) -> bool:
         """Move `job` to `new` (no checks: callers check), with its event and roll-up.
-        A `derived` change (a parent's) is no attempt of the job's: its event has none."""
+        A `derived` change (a parent's) is no attempt of the job's: its event has none.
+        `fields`: the event's (JSON text; `run`'s running event: where it runs)."""
         old = job["status"]
         if old == new:
             return False
         model.enter_status(job, new, self.at, counted=message != model.REQUEUED)
         self.dirty[job["id"]] = job
         self.event(job, STATUS, old, new, message)
+        self.events[-1]["fields"] = fields
         if derived:
             self.events[-1]["attempt"] = self.events[-1]["max_attempts"] = None
         if job["parent_id"] is not None:
@@ -412,6 +426,7 @@ class Jobctl:
         allow_failures: str | int | None = None,
         max_attempts: int | None = None,
         running: str | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -424,7 +439,8 @@ class Jobctl:
         given) raises Conflict.
         With `running` (a message), the job is set running in the same
         transaction (`run --parent P`: no worker can claim it pending
-        meanwhile); an existing job (`id`) must be pending then, and childless.
+        meanwhile); an existing job (`id`) must be pending then, and childless;
+        `fields` go on that running event (where it runs: see Jobctl.set_status).
         """
         check_name(name)
         check_message(running)
@@ -438,7 +454,7 @@ class Jobctl:
             "allow_failures": model.check_allowance(allow_failures),
             "max_attempts": model.check_max_attempts(max_attempts),
         }
-        return self._create(name, type, parent, id, _meta_json(meta), policy, running)
+        return self._create(name, type, parent, id, _meta_json(meta), policy, running, _fields_json(fields))
 
     @transaction
     def _create(
@@ -451,6 +467,7 @@ class Jobctl:
         meta_json: str | None,
         policy: dict,
         running: str | None = None,
+        fields: str | None = None,
     ) -> str:
         if id is not None:
             existing = self.store.get_job(id)
@@ -466,7 +483,7 @@ class Jobctl:
                         raise UsageError(f"job {id} has children: its status is derived, it runs no command")
                     if job["status"] != PENDING:
                         raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
-                    ch.set_status(job, RUNNING, running)
+                    ch.set_status(job, RUNNING, running, fields=fields)
                 return id
         p = self._open_parent(ch, parent) if parent is not None else None
         if id is None:
@@ -476,7 +493,7 @@ class Jobctl:
         job = self._new_job(ch, id, name, type, p, meta_json, **policy)
         ch.add_jobs(p, [job])
         if running is not None:
-            ch.set_status(job, RUNNING, running)
+            ch.set_status(job, RUNNING, running, fields=fields)
         return id
 
     def spawn(
@@ -559,22 +576,31 @@ class Jobctl:
         }
 
     def set_status(
-        self, ids: Sequence[str], status: str, *, message: str | None = None, force: bool = False
+        self,
+        ids: Sequence[str],
+        status: str,
+        *,
+        message: str | None = None,
+        force: bool = False,
+        fields: Mapping[str, object] | None = None,
     ) -> list[str]:
         """Set the status of every job in `ids`, all or nothing; return the ids that changed.
 
         Setting a status a job already has is a no-op. A job with children has
-        a derived status: setting it needs `force`.
+        a derived status: setting it needs `force`. `fields` (a JSON object's
+        keys and values) are stored with each event: `run` says where it runs.
         """
         model.check_status_word(status)
         check_message(message)
         ids = list(dict.fromkeys(ids))
         if not ids:
             raise UsageError("no job ids given")
-        return self._set_status(ids, status, message, force)
+        return self._set_status(ids, status, message, force, _fields_json(fields))
 
     @transaction
-    def _set_status(self, ch: _Change, ids: list[str], status: str, message: str | None, force: bool) -> list[str]:
+    def _set_status(
+        self, ch: _Change, ids: list[str], status: str, message: str | None, force: bool, fields: str | None = None
+    ) -> list[str]:
         changed = []
         jobs = ch.load(ids)
         for job in jobs:
@@ -585,7 +611,7 @@ class Jobctl:
                 raise Conflict(
                     f"job {job['id']} has children: its status is derived from theirs (use `jobctl cancel`, or --force)"
                 )
-            ch.set_status(job, status, message)
+            ch.set_status(job, status, message, fields=fields)
             changed.append(job["id"])
         return changed
 
@@ -638,7 +664,14 @@ class Jobctl:
         return retried
 
     @transaction
-    def claim(self, ch: _Change, parent: str, *, message: str | Callable[[dict], str] | None = None) -> str | None:
+    def claim(
+        self,
+        ch: _Change,
+        parent: str,
+        *,
+        message: str | Callable[[dict], str] | None = None,
+        fields: Mapping[str, object] | None = None,
+    ) -> str | None:
         """Atomically take the oldest pending child of `parent` (not one backing off
         before a retry: see `not_before`) and set it running; concurrent
         claimers never get the same child. `message` may be a function of the
@@ -648,7 +681,7 @@ class Jobctl:
         if row is None:
             return None
         job = ch.jobs.setdefault(row["id"], row)
-        ch.set_status(job, RUNNING, message(row) if callable(message) else message)
+        ch.set_status(job, RUNNING, message(row) if callable(message) else message, fields=_fields_json(fields))
         return job["id"]
 
     def log(self, job_id: str, message: str, *, level: str = "info") -> None:
@@ -691,6 +724,7 @@ class Jobctl:
         retry_in: float | None = None,
         retries: int | None = None,
         attempt: int | None = None,
+        token: str | None = None,
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
@@ -701,7 +735,13 @@ class Jobctl:
         attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
         With `attempt` (the one the command ran as), an outcome that comes after
         the job moved on to another attempt (reaped, and perhaps run elsewhere
-        already) is stale: only its log lines are kept. Returns the job's status."""
+        already) is stale: only its log lines are kept. With `token` (unique to
+        this outcome), a finish that committed already (its reply lost with the
+        connection: `run` tries again) changes nothing: its events carry the
+        token, looked for first. Returns the job's status."""
+        mark, n = _fields_json({"token": token} if token is not None else None), len(ch.events)
+        if mark is not None and any(row["fields"] == mark for row in self.store.event_fields(job_id)):
+            return ch.job(job_id)["status"]
         self._append_lines(ch, job_id, lines)
         job = ch.job(job_id)
         if attempt is not None and job["attempt"] != attempt:
@@ -718,6 +758,9 @@ class Jobctl:
                 final = next(e for e in reversed(ch.events) if e["job_id"] == job_id and e["kind"] == STATUS)
                 final["exit_code"], final["duration"] = exit_code, seconds  # events --json carries the outcome too
         self.store.set_outcome(job_id, exit_code, seconds)
+        for e in ch.events[n:]:  # (this change's events of the job: nothing flushed them yet)
+            if e["job_id"] == job_id:
+                e["fields"] = mark
         return job["status"]
 
     @transaction
@@ -842,6 +885,17 @@ class Jobctl:
         """The job's row, with `metadata` decoded, `progress` when it has children,
         and `policy`: its failure policy and whether the allowance was used."""
         return self._add_progress([_decoded(self._job(job_id))])[0]
+
+    def ran_on(self, job_id: str) -> dict | None:
+        """Where `run` last started the job (its running event's fields: host, pid, CI job), or None."""
+        import json
+
+        rows = [r for r in self.store.event_fields(job_id) if r["kind"] == STATUS]
+        for row in reversed(rows):
+            fields = json.loads(row["fields"])
+            if "host" in fields:
+                return fields
+        return None
 
     def status(self, job_id: str) -> str:
         return self._job(job_id)["status"]

@@ -206,6 +206,7 @@ def show(db: str | None, job: str, json: bool = False) -> int:
 
     with _open(db, create=False) as jc:
         j = jc.get(job)
+        j["ran_on"] = jc.ran_on(job)  # where `run` ran it: host, pid, CI job
     render.write_json(j) if json else render.job(j)
     return 0
 

@@ -333,6 +333,14 @@ def out_of_attempts(job: Mapping) -> Conflict:
 REQUEUED = "requeued: its worker was stopped; this attempt does not count"
 
 
+def where_text(fields: Mapping) -> str:
+    """Where `run` ran a job, from its running event's fields:
+    `build-7 (pid 4242), GITHUB_RUN_ID 99, GITHUB_JOB test`."""
+    parts = [f"{fields.get('host', '?')} (pid {fields.get('pid', '?')})"]
+    parts += [f"{k} {v}" for k, v in fields.items() if k not in ("host", "pid")]
+    return ", ".join(parts)
+
+
 def enter_status(job: dict, new: str, at: str, *, counted: bool = True) -> None:
     """Set `job['status']` and its status timestamps, in place.
 

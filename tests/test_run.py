@@ -796,3 +796,83 @@ def test_sigterm_to_a_claim_worker_gives_its_children_back(db, tmp_path, on_term
     with Jobctl(db) as jc:
         assert [(jc.status(k), jc.get(k)["attempt"]) for k in kids] == [("completed", 1)] * 3
         assert jc.verify() == []
+
+
+def test_a_final_write_whose_commit_reply_is_lost_is_not_replayed(pg_url, tmp_path):
+    """On PostgreSQL, the COMMIT of run's final write reaches the server but its
+    reply is lost (a proxy cuts the connection right after forwarding it): the
+    write is not replayed (each output line stored once) and stderr says nothing
+    false (no 'taken back'); the retry that write decided runs and completes."""
+    import importlib.util
+    from urllib.parse import urlsplit
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("tcp_proxy", ROOT / "bench" / "tcp_proxy.py")
+    tcp_proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    with Jobctl(pg_url) as jc:
+        job = jc.create("flaky")
+    parts = urlsplit(pg_url)
+    gate = tmp_path / "gate"
+    script = (f"if [ ! -e first ]; then touch first; echo a; echo b; while [ ! -e {gate} ]; do sleep 0.02; done;"
+              " exit 3; fi")
+    with tcp_proxy.Proxy(parts.hostname, parts.port) as proxy:
+        user = f"{parts.username}@" if parts.username else ""
+        url = parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}").geturl()
+        proc = subprocess.Popen([JOBCTL, "--db", url, "run", job, "--retries", "1", "--", "sh", "-c", script],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with Jobctl(pg_url) as jc:  # its output is stored: the next write is the final one
+                until(jc, lambda: [t for _, t in logs(pg_url, job)][-2:] == ["a", "b"])
+            cut = proxy.cut_after_client_sends(b"; COMMIT")  # a write's COMMIT (a read's goes alone)
+        finally:
+            gate.touch()
+        out, err = proc.communicate(timeout=120)
+        assert cut.is_set()
+    assert proc.returncode == 0, err
+    assert "taken back" not in err and "could not be recorded" not in err, err
+    texts = [t for _, t in logs(pg_url, job)]
+    assert (texts.count("a"), texts.count("b")) == (1, 1), texts
+    with Jobctl(pg_url) as jc:
+        assert [e["new_status"] for e in jc.events(job=job) if e["kind"] == "status"] == [
+            "running", "pending", "running", "completed"]
+        assert jc.verify() == []
+
+
+def test_the_running_event_says_where_it_ran(db):
+    """The running event of `run` (a child it creates, and one a worker claims)
+    records the host, jobctl run's pid and the CI job; `show` and the report say it."""
+    import socket
+
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        (pending,) = jc.spawn(parent, count=1)
+    ci = {"GITHUB_RUN_ID": "99", "GITHUB_JOB": "test", "CI_JOB_ID": "", "BUILDKITE_JOB_ID": ""}  # empty: not given
+    owned = run("run", "--parent", parent, "--", "sh", "-c", "echo $PPID; exit 3", db=db, env=ci)
+    claimed = run("run", "--claim", parent, "--jobs", "1", "--", "sh", "-c", "echo $PPID", db=db,
+                  env={"BUILDKITE_JOB_ID": "bk-1"})
+    assert (owned.returncode, claimed.returncode) == (3, 0), owned.stderr + claimed.stderr
+    host = socket.gethostname()
+    shown = json.loads(run("show", f"{parent}.2", "--json", db=db).stdout)
+    assert shown["ran_on"] == {"host": host, "pid": int(owned.stdout), "GITHUB_JOB": "test", "GITHUB_RUN_ID": "99"}
+    shown = json.loads(run("show", pending, "--json", db=db).stdout)
+    assert shown["ran_on"] == {"host": host, "pid": int(claimed.stdout), "BUILDKITE_JOB_ID": "bk-1"}
+    text = run("show", f"{parent}.2", db=db).stdout
+    assert f"ran on: {host} (pid {int(owned.stdout)}), GITHUB_JOB test, GITHUB_RUN_ID 99\n" in text
+    report = run("report", parent, db=db).stdout
+    assert f"(ran on {host} (pid {int(owned.stdout)}), GITHUB_JOB test, GITHUB_RUN_ID 99)" in report
+
+
+def test_a_finish_with_the_same_token_is_written_once(jc):
+    """Jobctl.finish with a token is idempotent: run's second try of a final write
+    whose COMMIT went through (its reply lost) changes nothing (both stores)."""
+    (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=2)
+    jc.set_status([kid], "running")
+    args = dict(message="exit code 1", exit_code=1, duration=0.5, lines=[("info", "out")], retry_in=0, attempt=1)
+    assert jc.finish(kid, "failed", token="t1", **args) == "pending"
+    before = jc.events(job=kid)
+    assert jc.finish(kid, "failed", token="t1", **args) == "pending"  # found: not written again
+    assert jc.events(job=kid) == before and jc.get(kid)["attempt"] == 2
+    assert [x["text"] for x in jc.logs(kid)].count("out") == 1
+    assert jc.verify() == []

@@ -52,6 +52,19 @@ def running_message(argv: Sequence[str]) -> str:
     return f"run: {shorten(command_line(argv), 1000)}"
 
 
+CI_JOB_VARIABLES = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "BUILDKITE_JOB_ID")  # GitHub, GitLab, Buildkite
+
+
+def where() -> dict[str, object]:
+    """Where a command runs, for the fields of its running event: the host, jobctl
+    run's pid, and the CI job (those of CI_JOB_VARIABLES that are set)."""
+    import socket
+
+    fields: dict[str, object] = {"host": socket.gethostname(), "pid": os.getpid()}
+    fields.update((k, os.environ[k]) for k in CI_JOB_VARIABLES if os.environ.get(k))
+    return fields
+
+
 def backoff(delay: float, attempt: int) -> float:
     """The wait after attempt number `attempt` (1, 2, ...) failed: `delay`, then
     doubling, at most an hour (or `delay` itself, if longer)."""
@@ -96,7 +109,7 @@ class Execution:
             if not self.claimed:
                 try:
                     check_runnable(job)
-                    if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
+                    if not jc.set_status([self.job_id], RUNNING, message=message, fields=where()):  # taken meanwhile
                         raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
                 except (UsageError, model.Conflict):
                     status = jc.status(self.job_id)
@@ -142,7 +155,7 @@ class Execution:
                     self.stop_reason = None
                 stopped = self._back_off(jc, delay)
                 try:
-                    if stopped is None and not jc.set_status([self.job_id], RUNNING, message=message):
+                    if stopped is None and not jc.set_status([self.job_id], RUNNING, message=message, fields=where()):
                         stopped = Outcome(PENDING, "retried elsewhere", outcome.exit_code, 0)
                 except model.Conflict:  # cancelled since the last look
                     stopped = CANCELLED_OUTCOME
@@ -289,12 +302,13 @@ class Execution:
         the status the job has now."""
         lines = output.take() + output.last()
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
-        noted = False
+        # the token makes trying again safe: a finish whose COMMIT went through but
+        # whose reply was lost is found, not written twice (see Jobctl.finish)
+        token, tried = os.urandom(16).hex(), False
         while True:
             try:
                 now = jc.get(self.job_id)["attempt"]
-                if now != job["attempt"] and not noted:  # (finish below records nothing of it then)
-                    noted = True
+                if now != job["attempt"] and not tried:  # (finish below records nothing of it then)
                     info(
                         f"job {self.job_id}: attempt {job['attempt']} was taken back meanwhile (reaped; now attempt"
                         f" {now}): its outcome ({outcome.message}) is not recorded, only its output"
@@ -309,9 +323,11 @@ class Execution:
                     retry_in=retry_in,
                     retries=self.options.retries,
                     attempt=job["attempt"],
+                    token=token,
                 )
                 return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
+                tried = True  # (it may have committed: from now on its token says)
                 if time.monotonic() >= deadline:
                     info(f"the outcome of job {self.job_id} ({outcome.message}) could not be recorded: {exc}")
                     return Outcome(outcome.status, outcome.message, outcome.exit_code, model.EXIT_DATABASE)
@@ -362,7 +378,7 @@ def run_one(
         resolved = jc.path
         if parent is not None:  # the child is created running, in one transaction: no worker can claim it
             name = name or shorten(command_line(argv))
-            job = jc.create(name, parent=parent, id=id, running=running_message(argv))
+            job = jc.create(name, parent=parent, id=id, running=running_message(argv), fields=where())
         else:
             assert job is not None
             check_runnable(jc.get(job))

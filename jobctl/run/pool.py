@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.model import UsageError
-from jobctl.run.attempt import Execution, Options, check_command, echo_through, running_message
+from jobctl.run.attempt import Execution, Options, check_command, echo_through, running_message, where
 from jobctl.run.process import Outcome, StopReason, guard
 
 
@@ -213,6 +213,7 @@ def run_claim(
     pool = Pool(jobs)
     out_lock = threading.Lock()
     stopping = threading.Event()
+    here = where()
 
     def worker() -> None:
         with Jobctl(resolved) as jc:
@@ -220,7 +221,9 @@ def run_claim(
             try:
                 while not stopping.is_set():
                     # the running event shows the command as it is run: {} replaced by the child's name
-                    job_id = jc.claim(parent, message=lambda row: running_message(substitute(argv, row["name"])))
+                    job_id = jc.claim(
+                        parent, message=lambda row: running_message(substitute(argv, row["name"])), fields=here
+                    )
                     if job_id is None:
                         p = jc.progress(parent)
                         if (
