@@ -58,9 +58,7 @@ CI_JOB_VARIABLES = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "BUILDKITE_JOB_I
 def where() -> dict[str, object]:
     """Where a command runs, for the fields of its running event: the host, jobctl
     run's pid, and the CI job (those of CI_JOB_VARIABLES that are set)."""
-    import socket
-
-    fields: dict[str, object] = {"host": socket.gethostname(), "pid": os.getpid()}
+    fields: dict[str, object] = {"host": os.uname().nodename, "pid": os.getpid()}  # (gethostname, no import)
     fields.update((k, os.environ[k]) for k in CI_JOB_VARIABLES if os.environ.get(k))
     return fields
 
