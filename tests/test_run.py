@@ -760,6 +760,8 @@ def test_a_killed_jobctl_run_takes_its_command_with_it(db_path):
         job = jc.create("x")
     proc = start(db_path, job, "--", "sh", "-c", "sleep 60 & echo $$ $!; " + LEAVES + "wait")
     pids = [*map(int, proc.stdout.readline().split()), int(proc.stdout.readline()), int(proc.stdout.readline())]
+    with Jobctl(db_path) as jc:  # past its first moments: its output is stored (the guardian watches it by then)
+        until(jc, lambda: len(logs(db_path, job)) >= 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 3  # (the promise is 1 s; a loaded machine gets some slack)

@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 TYPE_CHECKING = False
@@ -19,7 +20,7 @@ from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.console import info
 from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
-from jobctl.run.process import Outcome, Output, Process, StopReason, guard, outcome_of
+from jobctl.run.process import Outcome, Output, Process, StopReason, outcome_of
 from jobctl.store import is_url
 
 FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
@@ -100,8 +101,9 @@ class Execution:
     stop_reason: StopReason | None = None  # set from elsewhere (another thread) to stop the command
     process: Process | None = None
 
-    def run(self) -> Outcome:
-        with Jobctl(self.db) as jc:
+    def run(self, jc: Jobctl | None = None) -> Outcome:
+        """Run it; on `jc` (the database, open already), else on a Jobctl of its own."""
+        with nullcontext(jc) if jc is not None else Jobctl(self.db) as jc:
             job = jc.get(self.job_id)
             message = running_message(self.argv)
             if not self.claimed:
@@ -227,7 +229,8 @@ class Execution:
         reason = self.stop_reason
         if reason is not None and reason.interrupted:  # a signal came while it was starting
             process.signal(reason.signum)
-        process.wait(0.05)  # a quick command ends before the wake-ups are worth setting up
+        if not process.wait(0.05):  # a quick command ends before the wake-ups (and the guardian) are worth it
+            process.guarded()
         waker = jc.store.waker(CHECK_SECONDS) if process.running() else None
         deadline = None if self.options.timeout is None else started + self.options.timeout
         last_beat = last_flush = last_check = time.monotonic()
@@ -371,16 +374,12 @@ def run_one(
 ) -> int:
     """`run JOB -- CMD` and `run --parent P [--name N] [--id ID] -- CMD`."""
     check_command(argv)
-    guard()  # before any thread: see process.guard
     with Jobctl(db) as jc:
-        resolved = jc.path
         if parent is not None:  # the child is created running, in one transaction: no worker can claim it
             name = name or shorten(command_line(argv))
             job = jc.create(name, parent=parent, id=id, running=running_message(argv), fields=where())
-        else:
-            assert job is not None
-            check_runnable(jc.get(job))
-    execution = Execution(resolved, job, argv, options, echo=echo_through, claimed=parent is not None)
-    with Interrupts(execution):
-        outcome = execution.run()
+        assert job is not None  # (JOB itself is checked by Execution.run, before anything runs)
+        execution = Execution(jc.path, job, argv, options, echo=echo_through, claimed=parent is not None)
+        with Interrupts(execution):
+            outcome = execution.run(jc)
     return outcome.exit

@@ -17,7 +17,7 @@ from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.model import UsageError
 from jobctl.run.attempt import Execution, Options, check_command, echo_through, running_message, where
-from jobctl.run.process import Outcome, StopReason, guard
+from jobctl.run.process import Outcome, StopReason
 
 
 # ------------------------------------------------------------ many children
@@ -123,7 +123,6 @@ def run_each(
     from jobctl import watch as watching
 
     check_command(argv)
-    guard()  # before any thread: see process.guard
     if jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, not {jobs}")
     inputs = [line for line in inputs if line.strip()]
@@ -204,7 +203,6 @@ def run_claim(
     SIGTERM (a CI runner cancelled or preempted) gives them back to pending, their
     attempt not counted (model.REQUEUED), unless not `requeue` (--on-term cancel)."""
     check_command(argv)
-    guard()  # before any thread: see process.guard
     if jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, not {jobs}")
     with Jobctl(db) as jc:

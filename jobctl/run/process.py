@@ -193,13 +193,13 @@ class Output:
 # child subreaper: a descendant that left the group (setsid, a daemon) and lost
 # its parent becomes jobctl's child instead of init's, and is told apart by the
 # JOBCTL_JOB_ID in its environment, so it is stopped with its job too. And a
-# guardian process watches a pipe from jobctl run: if jobctl run dies (even by
-# SIGKILL) the pipe closes and the guardian kills the groups of the commands
-# still running, and (Linux) every process with their JOBCTL_JOB_ID.
+# guardian process (guardian.py) watches a pipe from jobctl run: if jobctl run
+# dies (even by SIGKILL) the pipe closes and the guardian kills the groups of
+# the commands still running, and (Linux) every process with their JOBCTL_JOB_ID.
 PR_SET_CHILD_SUBREAPER = 36
 _spawning = threading.Lock()  # held while a command starts and while leftovers are reaped
 _leaders: set[int] = set()  # the commands' own pids: subprocess waits for those, never us
-_guardian: list = []  # [pid, write end of its pipe], once started
+_guardian: list = []  # [pid, write end of its pipe, its Popen], once started
 _subreaper: list[bool] = []  # [whether prctl succeeded], once tried
 
 
@@ -268,52 +268,29 @@ def _send(pid: int, signum: int) -> None:
 
 
 def guard() -> None:
-    """Start the guardian (once per jobctl run): a forked process that reads which
-    process groups and jobs are running from a pipe, and stops them all when
-    the pipe closes without their ends having been said (jobctl run died)."""
-    if _guardian:
-        return
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(r)
-        _guardian.extend([pid, w])
-        return
-    try:  # the guardian: no Python cleanup, no stdio, no signals but SIGKILL
-        os.close(w)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        running: dict[int, bytes] = {}
-        pending = b""
-        while data := os.read(r, 4096):
-            *lines, pending = (pending + data).split(b"\n")
-            for line in lines:
-                sign, group, marker = line[:1], int(line[1:].split(b" ", 1)[0]), line.split(b" ", 1)[1]
-                if sign == b"+":
-                    running[group] = marker
-                else:
-                    running.pop(group, None)
-        for group in running:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except OSError:
-                pass
-        if running and os.path.isdir("/proc"):  # and those that left their groups
-            markers = set(running.values())
-            for name in os.listdir("/proc"):
-                if name.isdigit() and int(name) != os.getpid():
-                    try:
-                        with open(f"/proc/{name}/environ", "rb") as f:
-                            env = set(f.read().split(b"\0"))
-                    except OSError:
-                        continue
-                    if env & markers:
-                        _send(int(name), signal.SIGKILL)
-    finally:
-        os._exit(0)
+    """Start the guardian (guardian.py) once, if not started yet: a small process
+    that stops the commands still running if jobctl run dies. It is started only
+    for a command that outlives its first moments (a quick one costs nothing)."""
+    with _spawning:
+        if _guardian:
+            return
+        r, w = os.pipe()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardian.py")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", script, str(r)],
+                pass_fds=(r,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(w)
+            return
+        finally:
+            os.close(r)
+        _guardian.extend([proc.pid, w, proc])  # (the Popen kept: never waited for, it ends when jobctl does)
 
 
 def _tell_guardian(line: bytes) -> None:
@@ -337,11 +314,11 @@ class Process:
         self.echo = echo
         self.proc: subprocess.Popen | None = None
         self.readers: list[threading.Thread] = []
+        self.told = False  # the guardian knows of it
 
     def start(self, env: dict) -> Outcome | None:
         """Start the command; None, or the Outcome of a command that cannot start."""
         _become_subreaper()
-        guard()
         try:
             with _spawning:
                 self.proc = subprocess.Popen(
@@ -353,7 +330,6 @@ class Process:
                     start_new_session=True,  # a process group of its own: a stop reaches its children too
                 )
                 _leaders.add(self.proc.pid)
-            _tell_guardian(b"+%d %s\n" % (self.proc.pid, self.marker))
         except FileNotFoundError:
             code = model.EXIT_NO_COMMAND
             return Outcome(FAILED, f"command not found: {self.argv[0]}", code, code)
@@ -370,6 +346,13 @@ class Process:
         for r in self.readers:
             r.start()
         return None
+
+    def guarded(self) -> None:
+        """From now on, if jobctl run dies, the guardian stops this command (see guard)."""
+        guard()
+        assert self.proc is not None
+        self.told = True
+        _tell_guardian(b"+%d %s\n" % (self.proc.pid, self.marker))
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -395,7 +378,8 @@ class Process:
             r.join(2)
         with _spawning:
             _leaders.discard(self.proc.pid)
-        _tell_guardian(b"-%d %s\n" % (self.proc.pid, self.marker))
+        if self.told:
+            _tell_guardian(b"-%d %s\n" % (self.proc.pid, self.marker))
         return code
 
     def sweep(self) -> None:
