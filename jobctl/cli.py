@@ -711,6 +711,18 @@ def run(
     wait_for_more: Annotated[
         bool, typer.Option("--wait-for-more", help="--claim: keep waiting for children until JOB is final.")
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No stderr line for a job that failed, timed out or was cancelled.")
+    ] = False,
+    on_term: Annotated[
+        str,
+        typer.Option(
+            "--on-term",
+            metavar="ACTION",
+            help="--claim: what SIGTERM does to the running children: requeue (back to pending, "
+            "the attempt not counted) or cancel.",
+        ),
+    ] = "requeue",
 ) -> None:
     """Run a command as a tracked job: its output stored, heartbeats sent, its outcome recorded.
 
@@ -743,6 +755,8 @@ def run(
             wait_for_more=wait_for_more,
             retries=retries,
             retry_delay=retry_delay,
+            quiet=quiet,
+            on_term=on_term,
         )
     )
 

@@ -237,6 +237,7 @@ def show(db: str | None, job: str, json: bool = False) -> int:
 
     with _open(db) as jc:
         j = jc.get(job)
+        j["ran_on"] = jc.ran_on(job)  # where `run` ran it: host, pid, CI job
     render.write_json(j) if json else render.job(j)
     return 0
 
@@ -491,6 +492,8 @@ def run(
     wait_for_more: bool = False,
     retries: int | None = None,
     retry_delay: str | None = None,
+    quiet: bool = False,
+    on_term: str = "requeue",
 ) -> int:
     """`jobctl run`: JOB -- CMD, --parent P -- CMD, --parent P --each -- CMD {}, --claim P -- CMD."""
     from jobctl import run as running
@@ -511,6 +514,10 @@ def run(
             raise UsageError(f"{flag} goes with --each" + (" or --claim" if flag == "--jobs" else ""))
     if wait_for_more and claim is None:
         raise UsageError("--wait-for-more goes with --claim")
+    if on_term not in ("requeue", "cancel"):
+        raise UsageError(f"--on-term takes requeue or cancel, not {on_term!r}")
+    if on_term != "requeue" and claim is None:
+        raise UsageError("--on-term goes with --claim")
     if output not in (None, "lines"):
         raise UsageError(f"--output takes `lines`, not {output!r}")
     if not 0 < heartbeat <= model.MAX_SECONDS:
@@ -526,10 +533,12 @@ def run(
         log_lines=log_lines,
         retries=retries,
         retry_delay=0.0 if retry_delay is None else model.parse_duration(retry_delay, zero=True),
+        quiet=quiet,
     )
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if claim is not None:
-        return running.run_claim(db, claim, args, options, jobs=jobs, wait_for_more=wait_for_more)
+        requeue = on_term == "requeue"
+        return running.run_claim(db, claim, args, options, jobs=jobs, wait_for_more=wait_for_more, requeue=requeue)
     if each:
         from jobctl import render
 

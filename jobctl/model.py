@@ -304,13 +304,17 @@ def attempts_left(job: Mapping) -> bool:
     return cap is None or job.get("started_at") is None or job.get("attempt", 1) < cap
 
 
-def may_retry(job: Mapping, retries: int | None) -> bool:
-    """Whether a job whose command failed runs again (`run`): `retries` (--retries N)
-    lets it run N + 1 attempts in all, counted by its attempt counter whoever ran
-    them; without it, its max_attempts does (None: no re-run); never past its cap."""
+def run_cap(job: Mapping, retries: int | None) -> int | None:
+    """How many attempts `run` gives a job in all: `retries` (--retries N) lets it run
+    N + 1, counted by its attempt counter whoever ran them; without it, its
+    max_attempts does (None: no re-run); never past its cap."""
     cap = job.get("max_attempts")
-    if retries is not None:
-        cap = min(cap or MAX_INT, retries + 1)
+    return cap if retries is None else min(cap or MAX_INT, retries + 1)
+
+
+def may_retry(job: Mapping, retries: int | None) -> bool:
+    """Whether a job whose command failed runs again (`run`): within its run_cap."""
+    cap = run_cap(job, retries)
     return cap is not None and job.get("attempt", 1) < cap
 
 
@@ -326,15 +330,29 @@ def out_of_attempts(job: Mapping) -> Conflict:
     return Conflict(f"job {job['id']} has used all {cap} of its attempts (--max-attempts {cap}): not retried")
 
 
-def enter_status(job: dict, new: str, at: str) -> None:
+# The message of a running job given back to pending by its worker (`run --claim`
+# stopped by SIGTERM): that attempt does not count, the job keeps its number.
+REQUEUED = "requeued: its worker was stopped; this attempt does not count"
+
+
+def where_text(fields: Mapping) -> str:
+    """Where `run` ran a job, from its running event's fields:
+    `build-7 (pid 4242), GITHUB_RUN_ID 99, GITHUB_JOB test`."""
+    parts = [f"{fields.get('host', '?')} (pid {fields.get('pid', '?')})"]
+    parts += [f"{k} {v}" for k, v in fields.items() if k not in ("host", "pid")]
+    return ", ".join(parts)
+
+
+def enter_status(job: dict, new: str, at: str, *, counted: bool = True) -> None:
     """Set `job['status']` and its status timestamps, in place.
 
     started_at is set on entering running, completed_at on entering a terminal
     status; going back to pending (retry) clears both, so a retried job's
     timestamps describe its latest attempt. Going back to pending after it
-    started begins the job's next attempt; entering running ends any backoff.
+    started begins the job's next attempt (unless not `counted`: REQUEUED);
+    entering running ends any backoff.
     """
-    if new == PENDING and job.get("status") not in (None, PENDING) and job.get("started_at") is not None:
+    if counted and new == PENDING and job.get("status") not in (None, PENDING) and job.get("started_at") is not None:
         job["attempt"] = job.get("attempt", 1) + 1
     if new != PENDING:
         job["not_before"] = None
@@ -421,7 +439,7 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                         f" but it was {job['status']}"
                     )
             before = job["attempt"]
-            enter_status(job, e["new_status"], e["at"])
+            enter_status(job, e["new_status"], e["at"], counted=e.get("message") != REQUEUED)
             carried = e.get("attempt")
             if carried is None:  # written before attempts were counted (schema 4 and older)
                 job["attempt"] = before

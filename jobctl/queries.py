@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 from datetime import UTC
 
 from jobctl import model
-from jobctl.model import CREATE, FAILED, LOG, PENDING, POLICY, RUNNING, UsageError, not_found
+from jobctl.model import CREATE, FAILED, LOG, PENDING, POLICY, RUNNING, STATUS, UsageError, not_found
 from jobctl.progress import change_text, fold_events, progress_dict, progress_text
 
 
@@ -125,6 +125,17 @@ class Reads:
             if first is None:
                 raise not_found(job_id)
             yield from self._with_progress(_decoded(r) for r in itertools.chain([first], rows))
+
+    def ran_on(self, job_id: str) -> dict | None:
+        """Where `run` last started the job (its running event's fields: host, pid, CI job), or None."""
+        import json
+
+        rows = [r for r in self._store.event_fields(job_id) if r["kind"] == STATUS]
+        for row in reversed(rows):
+            fields = json.loads(row["fields"])
+            if "host" in fields:
+                return fields
+        return None
 
     def next_retry_at(self, parent: str) -> str | None:
         """When the first pending child of `parent` that is backing off before a

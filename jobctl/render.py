@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from jobctl.console import plain
-from jobctl.model import policy_text
+from jobctl.model import policy_text, where_text
 from jobctl.progress import change_text, finished
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
@@ -216,6 +216,7 @@ def job(j: Mapping) -> None:
     lines.append(("policy", text))
     lines.append(("metadata", _dumps(j["metadata"]) if j["metadata"] else None))
     lines.append(("progress", j["progress"]["progress_text"] if j["progress"] else None))
+    lines.append(("ran on", where_text(j["ran_on"]) if j.get("ran_on") else None))
     if not is_terminal():
         for k, v in lines:
             write_line(f"{k}: {plain(v) if v is not None else '-'}")

@@ -56,7 +56,19 @@ if TYPE_CHECKING:
     from jobctl.api import Jobctl
 
 from jobctl.console import info, plain
-from jobctl.model import CANCELLED, COMPLETED, FAILED, LOG, PENDING, RUNNING, STATUS, STATUSES, UsageError, policy_text
+from jobctl.model import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    LOG,
+    PENDING,
+    RUNNING,
+    STATUS,
+    STATUSES,
+    UsageError,
+    policy_text,
+    where_text,
+)
 from jobctl.progress import progress_dict, progress_text
 
 FORMATS = ("markdown", "junit", "github", "json")
@@ -433,6 +445,9 @@ def markdown(tree: _Tree) -> str:
             summary = f"{i}. {_cut(item.shown, MD_CHARS)} ({item.row['id']}): {item.row['status']}"
             if item.unit.message:
                 summary += f": {_cut(item.unit.message, MD_CHARS)}"
+            ran_on = tree.jc.ran_on(item.row["id"])  # (at most MAX_LISTED reads, after the walk)
+            if ran_on:
+                summary += f" (ran on {_cut(where_text(ran_on), MD_CHARS)})"
             block = [
                 f"<details><summary>{html_text(summary)}</summary>",
                 "",

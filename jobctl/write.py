@@ -57,6 +57,24 @@ SPAWN_CHUNK = 10_000  # children written at a time by spawn (memory stays flat a
 WRITE_RETRIES = 5  # tries of a write transaction that failed for a transient reason (PostgreSQL)
 
 
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:/@+ ")
+
+
+def _fields_json(fields: Mapping | None) -> str | None:
+    """An event's fields as stored: a JSON object (keys sorted), or None. Plain
+    keys and values (what `run` records: a host name, a pid, CI job ids, a
+    token) are written as json.dumps would, without importing json (~2 ms at
+    every `run`)."""
+    if not fields:
+        return None
+    items = sorted(fields.items())
+    if all(_PLAIN.issuperset(k) and (type(v) is int or type(v) is str and _PLAIN.issuperset(v)) for k, v in items):
+        return "{" + ",".join(f'"{k}":{v}' if type(v) is int else f'"{k}":"{v}"' for k, v in items) + "}"
+    import json
+
+    return json.dumps(dict(items), separators=(",", ":"))
+
+
 def _meta_json(meta: Mapping | None) -> str | None:
     import json
 
@@ -142,6 +160,7 @@ class UnitOfWork:
                 "at": self.at,
                 "message": message,
                 "log_id": log_id,
+                "fields": None,
                 "exit_code": None,
                 "duration": None,
                 "attempt": job["attempt"] if kind in (CREATE, STATUS) else None,
@@ -149,15 +168,19 @@ class UnitOfWork:
             }
         )
 
-    def set_status(self, job: dict, new: str, message: str | None, *, derived: bool = False) -> bool:
+    def set_status(
+        self, job: dict, new: str, message: str | None, *, derived: bool = False, fields: str | None = None
+    ) -> bool:
         """Move `job` to `new` (no checks: callers check), with its event and roll-up.
-        A `derived` change (a parent's) is no attempt of the job's: its event has none."""
+        A `derived` change (a parent's) is no attempt of the job's: its event has none.
+        `fields`: the event's (JSON text; `run`'s running event: where it runs)."""
         old = job["status"]
         if old == new:
             return False
-        model.enter_status(job, new, self.at)
+        model.enter_status(job, new, self.at, counted=message != model.REQUEUED)
         self.dirty[job["id"]] = job
         self.event(job, STATUS, old, new, message)
+        self.events[-1]["fields"] = fields
         if derived:
             self.events[-1]["attempt"] = self.events[-1]["max_attempts"] = None
         if job["parent_id"] is not None:
@@ -330,6 +353,7 @@ class Writes:
         allow_failures: str | int | None = None,
         max_attempts: int | None = None,
         running: str | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -342,7 +366,8 @@ class Writes:
         given) raises Conflict.
         With `running` (a message), the job is set running in the same
         transaction (`run --parent P`: no worker can claim it pending
-        meanwhile); an existing job (`id`) must be pending then, and childless.
+        meanwhile); an existing job (`id`) must be pending then, and childless;
+        `fields` go on that running event (where it runs: see Jobctl.set_status).
         """
         check_name(name)
         check_message(running)
@@ -356,7 +381,7 @@ class Writes:
             "allow_failures": model.check_allowance(allow_failures),
             "max_attempts": model.check_max_attempts(max_attempts),
         }
-        return self._create(name, type, parent, id, _meta_json(meta), policy, running)
+        return self._create(name, type, parent, id, _meta_json(meta), policy, running, _fields_json(fields))
 
     @transaction
     def _create(
@@ -369,6 +394,7 @@ class Writes:
         meta_json: str | None,
         policy: dict,
         running: str | None = None,
+        fields: str | None = None,
     ) -> str:
         if id is not None:
             existing = self._store.get_job(id)
@@ -384,7 +410,7 @@ class Writes:
                         raise UsageError(f"job {id} has children: its status is derived, it runs no command")
                     if job["status"] != PENDING:
                         raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
-                    ch.set_status(job, RUNNING, running)
+                    ch.set_status(job, RUNNING, running, fields=fields)
                 return id
         p = self._open_parent(ch, parent) if parent is not None else None
         if id is None:
@@ -394,7 +420,7 @@ class Writes:
         job = self._new_job(ch, id, name, type, p, meta_json, **policy)
         ch.add_jobs(p, [job])
         if running is not None:
-            ch.set_status(job, RUNNING, running)
+            ch.set_status(job, RUNNING, running, fields=fields)
         return id
 
     def spawn(
@@ -478,22 +504,31 @@ class Writes:
         }
 
     def set_status(
-        self, ids: Sequence[str], status: str, *, message: str | None = None, force: bool = False
+        self,
+        ids: Sequence[str],
+        status: str,
+        *,
+        message: str | None = None,
+        force: bool = False,
+        fields: Mapping[str, object] | None = None,
     ) -> list[str]:
         """Set the status of every job in `ids`, all or nothing; return the ids that changed.
 
         Setting a status a job already has is a no-op. A job with children has
-        a derived status: setting it needs `force`.
+        a derived status: setting it needs `force`. `fields` (a JSON object's
+        keys and values) are stored with each event: `run` says where it runs.
         """
         model.check_status_word(status)
         check_message(message)
         ids = list(dict.fromkeys(ids))
         if not ids:
             raise UsageError("no job ids given")
-        return self._set_status(ids, status, message, force)
+        return self._set_status(ids, status, message, force, _fields_json(fields))
 
     @transaction
-    def _set_status(self, ch: UnitOfWork, ids: list[str], status: str, message: str | None, force: bool) -> list[str]:
+    def _set_status(
+        self, ch: UnitOfWork, ids: list[str], status: str, message: str | None, force: bool, fields: str | None = None
+    ) -> list[str]:
         changed = []
         jobs = ch.load(ids)
         for job in jobs:
@@ -504,7 +539,7 @@ class Writes:
                 raise Conflict(
                     f"job {job['id']} has children: its status is derived from theirs (use `jobctl cancel`, or --force)"
                 )
-            ch.set_status(job, status, message)
+            ch.set_status(job, status, message, fields=fields)
             changed.append(job["id"])
         return changed
 
@@ -559,21 +594,29 @@ class Writes:
                 ch.set_status(t, PENDING, "retry")
         return retried
 
-    def claim(self, parent: str, *, message: str | Callable[[dict], str] | None = None) -> str | None:
+    def claim(
+        self,
+        parent: str,
+        *,
+        message: str | Callable[[dict], str] | None = None,
+        fields: Mapping[str, object] | None = None,
+    ) -> str | None:
         """Atomically take the oldest pending child of `parent` (not one backing off
         before a retry: see `not_before`) and set it running; concurrent
         claimers never get the same child. `message` may be a function of the
         child's row (its name, say), for the running event."""
-        return self._claim(parent, message)
+        return self._claim(parent, message, _fields_json(fields))
 
     @transaction
-    def _claim(self, ch: UnitOfWork, parent: str, message: str | Callable[[dict], str] | None) -> str | None:
+    def _claim(
+        self, ch: UnitOfWork, parent: str, message: str | Callable[[dict], str] | None, fields: str | None
+    ) -> str | None:
         ch.job(parent)
         row = self._store.next_child(parent, PENDING, ready_at=ch.at)
         if row is None:
             return None
         job = ch.jobs.setdefault(row["id"], row)
-        ch.set_status(job, RUNNING, message(row) if callable(message) else message)
+        ch.set_status(job, RUNNING, message(row) if callable(message) else message, fields=fields)
         return job["id"]
 
     def log(self, job_id: str, message: str, *, level: str = "info") -> None:
@@ -617,6 +660,7 @@ class Writes:
         retry_in: float | None = None,
         retries: int | None = None,
         attempt: int | None = None,
+        token: str | None = None,
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
@@ -627,8 +671,11 @@ class Writes:
         attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
         With `attempt` (the one the command ran as), an outcome that comes after
         the job moved on to another attempt (reaped, and perhaps run elsewhere
-        already) is stale: only its log lines are kept. Returns the job's status."""
-        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, retries, attempt)
+        already) is stale: only its log lines are kept. With `token` (unique to
+        this outcome), a finish that committed already (its reply lost with the
+        connection: `run` tries again) changes nothing: its events carry the
+        token, looked for first. Returns the job's status."""
+        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, retries, attempt, token)
 
     @transaction
     def _finish(
@@ -643,7 +690,11 @@ class Writes:
         retry_in: float | None,
         retries: int | None,
         attempt: int | None,
+        token: str | None,
     ) -> str:
+        mark, n = _fields_json({"token": token} if token is not None else None), len(ch.events)
+        if mark is not None and any(row["fields"] == mark for row in self._store.event_fields(job_id)):
+            return ch.job(job_id)["status"]
         self._append_lines(ch, job_id, lines)
         job = ch.job(job_id)
         if attempt is not None and job["attempt"] != attempt:
@@ -660,6 +711,9 @@ class Writes:
                 final = next(e for e in reversed(ch.events) if e["job_id"] == job_id and e["kind"] == STATUS)
                 final["exit_code"], final["duration"] = exit_code, seconds  # events --json carries the outcome too
         self._store.set_outcome(job_id, exit_code, seconds)
+        for e in ch.events[n:]:  # (this change's events of the job: nothing flushed them yet)
+            if e["job_id"] == job_id:
+                e["fields"] = mark
         return job["status"]
 
     def heartbeat(self, job_id: str) -> None:

@@ -455,6 +455,9 @@ def test_fail_fast_stops_the_running_commands_of_the_other_children(db, tmp_path
         assert set(why.values()) == {f"fail-fast: {kids['bad']['id']} failed"}
         assert jc.status(parent) == "failed" and jc.verify() == []
     assert f"failed: {kids['bad']['id']} bad: exit code 7" in out  # the summary names the failure
+    said = sorted(line.split(" after ")[0] for line in err.splitlines())  # one line per child not completed
+    assert said == sorted(f"jobctl: {kids[n]['id']} {s}" for n, s in
+                          (("bad", "failed: exit code 7"), ("slow1", "cancelled"), ("slow2", "cancelled"))), err
 
 
 def test_a_timed_out_command_is_retried_with_a_timeout_of_its_own(db, tmp_path):
@@ -532,7 +535,7 @@ def test_a_retry_started_elsewhere_is_no_failure_of_this_run(db):
         jc.set_status([job], "running", message="another worker")  # (as a peer's claim would, at not_before)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert err == f"jobctl: job {job}: its next attempt was started elsewhere\n"
+    assert err.splitlines()[-1] == f"jobctl: job {job}: its next attempt was started elsewhere"
 
 
 def test_a_claimed_job_stopped_before_its_command_started_ends_cancelled(db_path):
@@ -654,3 +657,226 @@ def test_run_under_a_parent_creates_its_child_running_in_one_transaction(db):
             assert (created["new_status"], running["new_status"]) == ("pending", "running")
             assert created["at"] == running["at"]  # one transaction
         assert jc.verify() == []
+
+
+def test_an_outcome_not_completed_is_said_in_one_line_on_stderr(db_path):
+    """A CI log that says what happened: a failure, a retry, a missing command and
+    a timeout each get one line on stderr; --quiet silences them."""
+    import re
+
+    with Jobctl(db_path) as jc:
+        flaky, missing, slow, quiet = (jc.create(n) for n in ("flaky", "missing", "slow", "quiet"))
+    result = run("run", flaky, "--retries", "1", "--retry-delay", "0.1s", "--", "sh", "-c", "exit 3", db=db_path)
+    assert result.returncode == 3
+    assert re.fullmatch(rf"jobctl: {flaky} failed: exit code 3 after \d+\.\d s \(attempt 1/2, retrying in 0.1s\)\n"
+                        rf"jobctl: {flaky} failed: exit code 3 after \d+\.\d s \(attempt 2/2\)\n", result.stderr)
+    result = run("run", missing, "--", "no-such-command-here", db=db_path)
+    assert result.returncode == 127
+    assert re.fullmatch(rf"jobctl: {missing} failed: command not found: no-such-command-here after \d+\.\d s"
+                        r" \(attempt 1\)\n", result.stderr)
+    result = run("run", slow, "--timeout", "0.5s", "--", "sleep", "60", db=db_path)
+    assert result.returncode == 124 and result.stderr == f"jobctl: {slow} failed: timed out after 0.5s (attempt 1)\n"
+    result = run("run", quiet, "--quiet", "--retries", "1", "--", "false", db=db_path)
+    assert result.returncode == 1 and result.stderr == ""
+
+
+def test_the_database_given_to_the_command_is_absolute(db, tmp_path):
+    """`jobctl --db jobs.db run ...`: the command gets JOBCTL_DB as an absolute
+    path (a URL as it is), so a `cd` in it still reaches the same database."""
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        (busy,) = jc.spawn(parent, count=1)
+        jc.set_status([busy], "running")
+    (tmp_path / "sub").mkdir()
+    given = os.path.relpath(db, tmp_path) if os.path.exists(db) else db
+    result = subprocess.run([JOBCTL, "--db", given, "run", "--parent", parent, "--", "sh", "-c",
+                             'cd sub && "$JOBCTL" log "$JOBCTL_JOB_ID" hi && echo "$JOBCTL_DB"'],
+                            cwd=tmp_path, env=dict(os.environ, JOBCTL=JOBCTL), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{db}\n" and os.listdir(tmp_path / "sub") == []
+    with Jobctl(db) as jc:
+        assert ("info", "hi") in [(x["level"], x["text"]) for x in jc.logs(f"{parent}.2")]
+
+
+def test_output_without_newlines_keeps_memory_flat(db_path, tmp_path):
+    """200 MB of output with no newline: jobctl run stays under 50 MB (the peak RSS
+    of `jobctl run` and what it waited for, from /usr/bin/time), echoes it all,
+    and stores the line cut to 64 KiB with a marker saying how much was cut."""
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    size = 200_000_000
+    rss = tmp_path / "rss"
+    counted = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(rss), JOBCTL, "--db", str(db_path), "run", job, "--", "sh", "-c",
+         f"head -c {size} /dev/zero | tr '\\0' x"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    assert counted.returncode == 0, counted.stderr
+    assert len(counted.stdout) == size  # every byte reached the CI log
+    peak_mb = int(rss.read_text().split()[-1]) / 1024
+    assert peak_mb < 50, peak_mb
+    stored = logs(db_path, job)[2][1]
+    assert stored == "x" * 65536 + f" [jobctl: {size - 65536:,} bytes of this line cut]"
+
+
+def test_a_progress_bar_is_echoed_live_and_stored_as_its_last_state(db_path, tmp_path):
+    import select
+
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen([JOBCTL, "--db", str(db_path), "run", job, "--", "sh", "-c",
+                             f"printf '10%%\\r'; while [ ! -e {gate} ]; do sleep 0.02; done; printf '50%%\\r100%%\\n'"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and os.read(proc.stdout.fileno(), 100) == b"10%\r"  # echoed before any newline
+    finally:
+        gate.touch()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out == b"50%\r100%\n"
+    assert [text for _, text in logs(db_path, job)[2:-1]] == ["100%"]  # one line, its last state
+
+
+LEAVES = ('setsid sleep 60 >/dev/null 2>&1 & echo $!; '  # one that leaves the process group and the session
+          '(trap "" TERM; exec sleep 61) >/dev/null 2>&1 & echo $!; ')  # one that ignores SIGTERM
+
+
+@pytest.mark.parametrize("how", ["normal exit", "timeout"])
+def test_no_process_of_the_command_outlives_its_job(db_path, how):
+    """What the command started is stopped when its job ends: processes left in its
+    group that hold no output, and those that left the group (setsid)."""
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    extra = ["--timeout", "1s", "--kill-after", "0.5s"] if how == "timeout" else []
+    proc = start(db_path, job, *extra, "--", "sh", "-c", LEAVES + ("wait" if how == "timeout" else "exit 0"))
+    pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == (124 if how == "timeout" else 0), err
+    assert [p for p in pids if alive(p)] == []
+
+
+def test_a_killed_jobctl_run_takes_its_command_with_it(db_path):
+    with Jobctl(db_path) as jc:
+        job = jc.create("x")
+    proc = start(db_path, job, "--", "sh", "-c", "sleep 60 & echo $$ $!; " + LEAVES + "wait")
+    pids = [*map(int, proc.stdout.readline().split()), int(proc.stdout.readline()), int(proc.stdout.readline())]
+    with Jobctl(db_path) as jc:  # past its first moments: its output is stored (the guardian watches it by then)
+        until(jc, lambda: len(logs(db_path, job)) >= 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 3  # (the promise is 1 s; a loaded machine gets some slack)
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [p for p in pids if alive(p)] == []
+
+
+@pytest.mark.parametrize("on_term", ["requeue", "cancel"])
+def test_sigterm_to_a_claim_worker_gives_its_children_back(db, tmp_path, on_term):
+    """A preempted worker (SIGTERM) stops its commands and puts their children back
+    to pending, the attempt not counted, for another worker to run; with
+    --on-term cancel they end cancelled, as before."""
+    with Jobctl(db) as jc:
+        parent = jc.create("shards")
+        kids = jc.spawn(parent, count=3, max_attempts=1)
+    gate = tmp_path / "gate"
+    worker = start(db, "--claim", parent, "--jobs", "2", "--on-term", on_term, "--", "sh", "-c",
+                   f'echo "$JOBCTL_JOB_ID"; while [ ! -e {gate} ]; do sleep 0.02; done')
+    taken = {worker.stdout.readline().split(": ")[0] for _ in range(2)}
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 143, err
+    with Jobctl(db) as jc:
+        got = {k: jc.get(k) for k in taken}
+        assert jc.verify() == []
+    if on_term == "cancel":
+        assert [j["status"] for j in got.values()] == ["cancelled"] * 2
+        return
+    assert [(j["status"], j["attempt"]) for j in got.values()] == [("pending", 1)] * 2
+    gate.touch()
+    other = run("run", "--claim", parent, "--", "true", db=db)  # another runner takes them
+    assert other.returncode == 0, other.stderr
+    with Jobctl(db) as jc:
+        assert [(jc.status(k), jc.get(k)["attempt"]) for k in kids] == [("completed", 1)] * 3
+        assert jc.verify() == []
+
+
+def test_a_final_write_whose_commit_reply_is_lost_is_not_replayed(pg_url, tmp_path):
+    """On PostgreSQL, the COMMIT of run's final write reaches the server but its
+    reply is lost (a proxy cuts the connection right after forwarding it): the
+    write is not replayed (each output line stored once) and stderr says nothing
+    false (no 'taken back'); the retry that write decided runs and completes."""
+    import importlib.util
+    from urllib.parse import urlsplit
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("tcp_proxy", ROOT / "bench" / "tcp_proxy.py")
+    tcp_proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    with Jobctl(pg_url) as jc:
+        job = jc.create("flaky")
+    parts = urlsplit(pg_url)
+    gate = tmp_path / "gate"
+    script = (f"if [ ! -e first ]; then touch first; echo a; echo b; while [ ! -e {gate} ]; do sleep 0.02; done;"
+              " exit 3; fi")
+    with tcp_proxy.Proxy(parts.hostname, parts.port) as proxy:
+        user = f"{parts.username}@" if parts.username else ""
+        url = parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}").geturl()
+        proc = subprocess.Popen([JOBCTL, "--db", url, "run", job, "--retries", "1", "--", "sh", "-c", script],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with Jobctl(pg_url) as jc:  # its output is stored: the next write is the final one
+                until(jc, lambda: [t for _, t in logs(pg_url, job)][-2:] == ["a", "b"])
+            cut = proxy.cut_after_client_sends(b"; COMMIT")  # a write's COMMIT (a read's goes alone)
+        finally:
+            gate.touch()
+        out, err = proc.communicate(timeout=120)
+        assert cut.is_set()
+    assert proc.returncode == 0, err
+    assert "taken back" not in err and "could not be recorded" not in err, err
+    texts = [t for _, t in logs(pg_url, job)]
+    assert (texts.count("a"), texts.count("b")) == (1, 1), texts
+    with Jobctl(pg_url) as jc:
+        assert [e["new_status"] for e in jc.events(job=job) if e["kind"] == "status"] == [
+            "running", "pending", "running", "completed"]
+        assert jc.verify() == []
+
+
+def test_the_running_event_says_where_it_ran(db):
+    """The running event of `run` (a child it creates, and one a worker claims)
+    records the host, jobctl run's pid and the CI job; `show` and the report say it."""
+    import socket
+
+    with Jobctl(db) as jc:
+        parent = jc.create("p")
+        (pending,) = jc.spawn(parent, count=1)
+    ci = {"GITHUB_RUN_ID": "99", "GITHUB_JOB": "test", "CI_JOB_ID": "", "BUILDKITE_JOB_ID": ""}  # empty: not given
+    owned = run("run", "--parent", parent, "--", "sh", "-c", "echo $PPID; exit 3", db=db, env=ci)
+    claimed = run("run", "--claim", parent, "--jobs", "1", "--", "sh", "-c", "echo $PPID", db=db,
+                  env={"BUILDKITE_JOB_ID": "bk-1"})
+    assert (owned.returncode, claimed.returncode) == (3, 0), owned.stderr + claimed.stderr
+    host = socket.gethostname()
+    shown = json.loads(run("show", f"{parent}.2", "--json", db=db).stdout)
+    assert shown["ran_on"] == {"host": host, "pid": int(owned.stdout), "GITHUB_JOB": "test", "GITHUB_RUN_ID": "99"}
+    shown = json.loads(run("show", pending, "--json", db=db).stdout)
+    assert shown["ran_on"] == {"host": host, "pid": int(claimed.stdout), "BUILDKITE_JOB_ID": "bk-1"}
+    text = run("show", f"{parent}.2", db=db).stdout
+    assert f"ran on: {host} (pid {int(owned.stdout)}), GITHUB_JOB test, GITHUB_RUN_ID 99\n" in text
+    report = run("report", parent, db=db).stdout
+    assert f"(ran on {host} (pid {int(owned.stdout)}), GITHUB_JOB test, GITHUB_RUN_ID 99)" in report
+
+
+def test_a_finish_with_the_same_token_is_written_once(jc):
+    """Jobctl.finish with a token is idempotent: run's second try of a final write
+    whose COMMIT went through (its reply lost) changes nothing (both stores)."""
+    (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=2)
+    jc.set_status([kid], "running")
+    args = dict(message="exit code 1", exit_code=1, duration=0.5, lines=[("info", "out")], retry_in=0, attempt=1)
+    assert jc.finish(kid, "failed", token="t1", **args) == "pending"
+    before = jc.events(job=kid)
+    assert jc.finish(kid, "failed", token="t1", **args) == "pending"  # found: not written again
+    assert jc.events(job=kid) == before and jc.get(kid)["attempt"] == 2
+    assert [x["text"] for x in jc.logs(kid)].count("out") == 1
+    assert jc.verify() == []

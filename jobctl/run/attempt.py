@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 TYPE_CHECKING = False
@@ -18,8 +19,9 @@ if TYPE_CHECKING:
 from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.console import info
-from jobctl.model import CANCELLED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
+from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
 from jobctl.run.process import Outcome, Output, Process, StopReason, outcome_of
+from jobctl.store import is_url
 
 FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
 FLUSH_LINES = 500  # ...or as soon as this many are waiting
@@ -35,6 +37,7 @@ class Options:
     log_lines: int = 1000
     retries: int | None = None  # re-runs of a failed command (None: as the job's max_attempts allows)
     retry_delay: float = 0.0  # before the first re-run; doubled for each next one
+    quiet: bool = False  # no line on stderr for an outcome that is not `completed`
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -48,6 +51,17 @@ def shorten(text: str, limit: int = NAME_LENGTH) -> str:
 def running_message(argv: Sequence[str]) -> str:
     """The message of a run's running event: the command as it is run."""
     return f"run: {shorten(command_line(argv), 1000)}"
+
+
+CI_JOB_VARIABLES = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "BUILDKITE_JOB_ID")  # GitHub, GitLab, Buildkite
+
+
+def where() -> dict[str, object]:
+    """Where a command runs, for the fields of its running event: the host, jobctl
+    run's pid, and the CI job (those of CI_JOB_VARIABLES that are set)."""
+    fields: dict[str, object] = {"host": os.uname().nodename, "pid": os.getpid()}  # (gethostname, no import)
+    fields.update((k, os.environ[k]) for k in CI_JOB_VARIABLES if os.environ.get(k))
+    return fields
 
 
 def backoff(delay: float, attempt: int) -> float:
@@ -87,14 +101,15 @@ class Execution:
     stop_reason: StopReason | None = None  # set from elsewhere (another thread) to stop the command
     process: Process | None = None
 
-    def run(self) -> Outcome:
-        with Jobctl(self.db) as jc:
+    def run(self, jc: Jobctl | None = None) -> Outcome:
+        """Run it; on `jc` (the database, open already), else on a Jobctl of its own."""
+        with nullcontext(jc) if jc is not None else Jobctl(self.db) as jc:
             job = jc.get(self.job_id)
             message = running_message(self.argv)
             if not self.claimed:
                 try:
                     check_runnable(job)
-                    if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
+                    if not jc.set_status([self.job_id], RUNNING, message=message, fields=where()):  # taken meanwhile
                         raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
                 except (UsageError, model.Conflict):
                     status = jc.status(self.job_id)
@@ -126,7 +141,10 @@ class Execution:
                 # a failure is retried if the job has an attempt left (Jobctl.finish decides, see model.may_retry)
                 retry = outcome.status == FAILED and self.stop_reason in (None, StopReason.TIMEOUT)
                 delay = backoff(self.options.retry_delay, job["attempt"]) if retry else None
-                recorded = self._finish(jc, job, outcome, output, time.monotonic() - started, retry_in=delay)
+                duration = time.monotonic() - started
+                recorded = self._finish(jc, job, outcome, output, duration, retry_in=delay)
+                if recorded.exit != model.EXIT_DATABASE:
+                    self._say(job, outcome, duration, delay if recorded.status == PENDING else None)
                 if delay is None or recorded.exit == model.EXIT_DATABASE:
                     return recorded
                 if recorded.status == CANCELLED:  # cancelled from elsewhere as it ended
@@ -137,7 +155,7 @@ class Execution:
                     self.stop_reason = None
                 stopped = self._back_off(jc, delay)
                 try:
-                    if stopped is None and not jc.set_status([self.job_id], RUNNING, message=message):
+                    if stopped is None and not jc.set_status([self.job_id], RUNNING, message=message, fields=where()):
                         stopped = Outcome(PENDING, "retried elsewhere", outcome.exit_code, 0)
                 except model.Conflict:  # cancelled since the last look
                     stopped = CANCELLED_OUTCOME
@@ -154,7 +172,11 @@ class Execution:
         cancelled, as the running ones do, rather than stay running with no worker."""
         try:
             with Jobctl(self.db) as jc:
-                jc.set_status([self.job_id], CANCELLED, message="interrupted" if reason.interrupted else reason.value)
+                if reason is StopReason.PREEMPTED:  # given back, as a running one is
+                    jc.finish(self.job_id, PENDING, message=model.REQUEUED, exit_code=None, duration=None)
+                else:
+                    message = "interrupted" if reason.interrupted else reason.value
+                    jc.set_status([self.job_id], CANCELLED, message=message)
         except (DatabaseUnusable, model.Conflict):
             pass  # (the database is busy: its missing heartbeat makes it reapable)
 
@@ -168,6 +190,8 @@ class Execution:
         while True:
             now = time.monotonic()
             reason = self.stop_reason
+            if reason is StopReason.PREEMPTED:  # the job is pending already: another worker takes it
+                return Outcome(PENDING, model.REQUEUED, None, model.EXIT_TERMINATED)
             if reason is not None and reason.interrupted:
                 try:
                     jc.set_status([self.job_id], CANCELLED, message="interrupted")
@@ -193,18 +217,20 @@ class Execution:
     # ------------------------------------------------------------- the child
     def _environment(self, jc: Jobctl, job: dict) -> dict:
         env = dict(os.environ, **self.env)
-        env.update(JOBCTL_JOB_ID=self.job_id, JOBCTL_PARENT_ID=job["parent_id"] or "", JOBCTL_DB=jc.path)
+        db = jc.path if is_url(jc.path) else os.path.abspath(jc.path)  # the command may change directory
+        env.update(JOBCTL_JOB_ID=self.job_id, JOBCTL_PARENT_ID=job["parent_id"] or "", JOBCTL_DB=db)
         return env
 
     def _supervise(self, jc: Jobctl, job: dict, output: Output, started: float) -> Outcome:
-        process = self.process = Process(self.argv, output, self.echo)
+        process = self.process = Process(self.argv, output, self.echo, self.job_id)
         failed = process.start(self._environment(jc, job))
         if failed is not None:
             return failed
         reason = self.stop_reason
         if reason is not None and reason.interrupted:  # a signal came while it was starting
             process.signal(reason.signum)
-        process.wait(0.05)  # a quick command ends before the wake-ups are worth setting up
+        if not process.wait(0.05):  # a quick command ends before the wake-ups (and the guardian) are worth it
+            process.guarded()
         waker = jc.waker(CHECK_SECONDS) if process.running() else None
         deadline = None if self.options.timeout is None else started + self.options.timeout
         last_beat = last_flush = last_check = time.monotonic()
@@ -242,6 +268,22 @@ class Execution:
             self.process.signal(signum)
 
     # ------------------------------------------------------------ the record
+    def _say(self, job: dict, outcome: Outcome, duration: float, retry_in: float | None) -> None:
+        """One line on stderr for an attempt that did not complete (not with --quiet):
+        `jobctl: P.3 failed: exit code 3 after 12.4 s (attempt 1/3, retrying in 10s)`."""
+        if self.options.quiet or outcome.status == COMPLETED:
+            return
+        text = f"{self.job_id} {outcome.status}"
+        if outcome.message != outcome.status:
+            text += f": {outcome.message}"
+        if outcome.exit != model.EXIT_TIMEOUT:  # (its message says how long)
+            text += f" after {duration:.1f} s"
+        cap = model.run_cap(job, self.options.retries)
+        text += f" (attempt {job['attempt']}" + (f"/{cap}" if cap is not None else "")
+        if retry_in is not None:
+            text += ", retrying" + (f" in {model.seconds_text(retry_in)}" if retry_in else "")
+        info(text + ")")
+
     def _write(self, call: Callable, *args) -> None:
         """A write while the command runs (log lines, a heartbeat): a database
         that is busy for a moment costs a line, not the command."""
@@ -261,12 +303,13 @@ class Execution:
         the status the job has now."""
         lines = output.take() + output.last()
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
-        noted = False
+        # the token makes trying again safe: a finish whose COMMIT went through but
+        # whose reply was lost is found, not written twice (see Jobctl.finish)
+        token, tried = os.urandom(16).hex(), False
         while True:
             try:
                 now = jc.get(self.job_id)["attempt"]
-                if now != job["attempt"] and not noted:  # (finish below records nothing of it then)
-                    noted = True
+                if now != job["attempt"] and not tried:  # (finish below records nothing of it then)
                     info(
                         f"job {self.job_id}: attempt {job['attempt']} was taken back meanwhile (reaped; now attempt"
                         f" {now}): its outcome ({outcome.message}) is not recorded, only its output"
@@ -281,9 +324,11 @@ class Execution:
                     retry_in=retry_in,
                     retries=self.options.retries,
                     attempt=job["attempt"],
+                    token=token,
                 )
                 return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
+                tried = True  # (it may have committed: from now on its token says)
                 if time.monotonic() >= deadline:
                     info(f"the outcome of job {self.job_id} ({outcome.message}) could not be recorded: {exc}")
                     return Outcome(outcome.status, outcome.message, outcome.exit_code, model.EXIT_DATABASE)
@@ -330,14 +375,11 @@ def run_one(
     """`run JOB -- CMD` and `run --parent P [--name N] [--id ID] -- CMD`."""
     check_command(argv)
     with Jobctl(db) as jc:
-        resolved = jc.path
         if parent is not None:  # the child is created running, in one transaction: no worker can claim it
             name = name or shorten(command_line(argv))
-            job = jc.create(name, parent=parent, id=id, running=running_message(argv))
-        else:
-            assert job is not None
-            check_runnable(jc.get(job))
-    execution = Execution(resolved, job, argv, options, echo=echo_through, claimed=parent is not None)
-    with Interrupts(execution):
-        outcome = execution.run()
+            job = jc.create(name, parent=parent, id=id, running=running_message(argv), fields=where())
+        assert job is not None  # (JOB itself is checked by Execution.run, before anything runs)
+        execution = Execution(jc.path, job, argv, options, echo=echo_through, claimed=parent is not None)
+        with Interrupts(execution):
+            outcome = execution.run(jc)
     return outcome.exit

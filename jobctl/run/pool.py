@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.model import UsageError
-from jobctl.run.attempt import Execution, Options, check_command, echo_through, running_message
+from jobctl.run.attempt import Execution, Options, check_command, echo_through, running_message, where
 from jobctl.run.process import Outcome, StopReason
 
 
@@ -197,12 +197,15 @@ def run_claim(
     *,
     jobs: int,
     wait_for_more: bool,
+    requeue: bool = False,
     poll_interval: float = 1.0,
 ) -> int:
     """`run --claim P`: a worker that claims P's pending children and runs CMD for
     each, up to `jobs` at a time, until none is pending and none running (with
     `wait_for_more`, until P is final). Exit 0 if every command it ran exited 0,
-    1 otherwise; 130/143 when interrupted (its running children end cancelled)."""
+    1 otherwise; 130/143 when interrupted: Ctrl-C cancels its running children;
+    SIGTERM (a CI runner cancelled or preempted) gives them back to pending, their
+    attempt not counted (model.REQUEUED), unless not `requeue` (--on-term cancel)."""
     check_command(argv)
     if jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, not {jobs}")
@@ -212,6 +215,7 @@ def run_claim(
     pool = Pool(jobs)
     out_lock = threading.Lock()
     stopping = threading.Event()
+    here = where()
 
     def worker() -> None:
         with Jobctl(resolved) as jc:
@@ -219,7 +223,9 @@ def run_claim(
             try:
                 while not stopping.is_set():
                     # the running event shows the command as it is run: {} replaced by the child's name
-                    job_id = jc.claim(parent, message=lambda row: running_message(substitute(argv, row["name"])))
+                    job_id = jc.claim(
+                        parent, message=lambda row: running_message(substitute(argv, row["name"])), fields=here
+                    )
                     if job_id is None:
                         p = jc.progress(parent)
                         if (
@@ -249,6 +255,9 @@ def run_claim(
     def handler(signum, frame):
         got["signum"] = signum
         stopping.set()
+        if requeue and signum == signal.SIGTERM:  # preempted: the commands are stopped, their jobs given back
+            pool.stop(StopReason.PREEMPTED)
+            return
         pool.stop(StopReason.interrupt(signum))
         for execution in list(pool.running):
             execution.interrupt(signum)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import signal
 import subprocess
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 from jobctl import model
-from jobctl.model import CANCELLED, COMPLETED, FAILED, seconds_text
+from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, seconds_text
 
 
 class StopReason(enum.Enum):
@@ -27,6 +29,7 @@ class StopReason(enum.Enum):
     CANCELLED = "cancelled"  # from elsewhere, or with the others (--each, fail-fast)
     SIGINT = signal.SIGINT.value  # jobctl got a signal, passed on to the command: the job is cancelled
     SIGTERM = signal.SIGTERM.value
+    PREEMPTED = "preempted"  # a claim worker got SIGTERM: the job goes back to pending, its attempt not counted
 
     @classmethod
     def interrupt(cls, signum: int) -> StopReason:
@@ -62,9 +65,86 @@ def exit_of(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+LINE_LIMIT = 64 * 1024  # bytes of one output line stored (the rest cut, and said so); the echo is whole
+CHUNK = 64 * 1024  # output is read this much at a time: memory stays flat whatever the command prints
+_BREAK = re.compile(rb"[\r\n]")
+
+
 def text_of(raw: bytes) -> str:
     """A line of output as text: not UTF-8 is escaped (\\xNN), and so is NUL, never a crash."""
     return raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+class Lines:
+    """One output stream, read in chunks, cut into lines: each line goes to `store`
+    (as text, at most LINE_LIMIT bytes of it, with a marker saying how much was
+    cut); a `\\r` line (a progress bar) is echoed at each update and stored
+    once, as its last state. `echo` gets the bytes as they are, a piece at a
+    time: up to a line end (`\\n` or `\\r`), or LINE_LIMIT bytes."""
+
+    def __init__(self, store: Callable[[str], None], echo: Callable[[bytes], None] | None):
+        self.store = store
+        self.echo = echo
+        self.line = bytearray()  # what is kept of the current line
+        self.cut = 0  # bytes of it not kept
+        self.cr = False  # a \r ended the last piece: what comes next (unless \n) replaces the line
+        self.shown = bytearray()  # not echoed yet
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        for m in _BREAK.finditer(data):
+            self._keep(data[pos : m.start()])
+            self._show(data[pos : m.end()], end=True)
+            if m.group() == b"\n":
+                self._end()
+            else:
+                self.cr = True
+            pos = m.end()
+        if pos < len(data):
+            self._keep(data[pos:])
+            self._show(data[pos:], end=False)
+
+    def close(self) -> None:
+        if self.shown:
+            self._show(b"", end=True)
+        if self.line or self.cut:
+            self._end()
+
+    def _keep(self, piece: bytes) -> None:
+        if not piece:
+            return
+        if self.cr:  # a new state of a \r line
+            self.cr = False
+            self.line.clear()
+            self.cut = 0
+        room = max(0, LINE_LIMIT - len(self.line))
+        self.line += piece[:room]
+        self.cut += max(0, len(piece) - room)
+
+    def _end(self) -> None:
+        raw, cut = bytes(self.line), self.cut
+        text = text_of(raw)
+        if len(text) > LINE_LIMIT:  # escaped bytes take 4 characters each: keep what fits
+            lo, hi = 0, len(raw)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if len(text_of(raw[:mid])) <= LINE_LIMIT else (lo, mid - 1)
+            text, cut = text_of(raw[:lo]), cut + len(raw) - lo
+        self.store(text + (f" [jobctl: {cut:,} bytes of this line cut]" if cut else ""))
+        self.line.clear()
+        self.cut = 0
+        self.cr = False
+
+    def _show(self, piece: bytes, *, end: bool) -> None:
+        if self.echo is None:
+            return
+        self.shown += piece
+        if end or len(self.shown) >= LINE_LIMIT:
+            shown, self.shown = bytes(self.shown), bytearray()
+            try:
+                self.echo(shown)
+            except Exception:  # our own output went away (`jobctl run ... | head`): keep storing it
+                self.echo = None
 
 
 class Output:
@@ -108,28 +188,148 @@ class Output:
             return lines
 
 
+# ------------------------------------------------ every process a command starts
+# A command's process group is stopped as a whole. On Linux jobctl run is also a
+# child subreaper: a descendant that left the group (setsid, a daemon) and lost
+# its parent becomes jobctl's child instead of init's, and is told apart by the
+# JOBCTL_JOB_ID in its environment, so it is stopped with its job too. And a
+# guardian process (guardian.py) watches a pipe from jobctl run: if jobctl run
+# dies (even by SIGKILL) the pipe closes and the guardian kills the groups of
+# the commands still running, and (Linux) every process with their JOBCTL_JOB_ID.
+PR_SET_CHILD_SUBREAPER = 36
+_spawning = threading.Lock()  # held while a command starts and while leftovers are reaped
+_leaders: set[int] = set()  # the commands' own pids: subprocess waits for those, never us
+_guardian: list = []  # [pid, write end of its pipe, its Popen], once started
+_subreaper: list[bool] = []  # [whether prctl succeeded], once tried
+
+
+def _become_subreaper() -> bool:
+    if not _subreaper:
+        ok = False
+        if sys.platform == "linux":
+            import ctypes
+
+            try:
+                ok = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+            except (OSError, AttributeError):
+                pass
+        _subreaper.append(ok)
+    return _subreaper[0]
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (any of its threads), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += map(int, f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += _children(p)
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _has(pid: int, entry: bytes) -> bool:
+    """Whether the process's environment holds `entry` (NAME=value)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return entry in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def guard() -> None:
+    """Start the guardian (guardian.py) once, if not started yet: a small process
+    that stops the commands still running if jobctl run dies. It is started only
+    for a command that outlives its first moments (a quick one costs nothing)."""
+    with _spawning:
+        if _guardian:
+            return
+        r, w = os.pipe()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardian.py")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", script, str(r)],
+                pass_fds=(r,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(w)
+            return
+        finally:
+            os.close(r)
+        _guardian.extend([proc.pid, w, proc])  # (the Popen kept: never waited for, it ends when jobctl does)
+
+
+def _tell_guardian(line: bytes) -> None:
+    if _guardian:
+        try:
+            os.write(_guardian[1], line)
+        except OSError:
+            pass
+
+
 class Process:
     """One command run directly (no shell) in a process group of its own, its
     output copied to `echo` (stream, raw line) and to `output` as it comes."""
 
-    def __init__(self, argv: Sequence[str], output: Output, echo: Callable[[str, bytes], None] | None):
+    def __init__(
+        self, argv: Sequence[str], output: Output, echo: Callable[[str, bytes], None] | None, job_id: str = ""
+    ):
+        self.marker = f"JOBCTL_JOB_ID={job_id}".encode()  # in the environment of what it starts
         self.argv = list(argv)
         self.output = output
         self.echo = echo
         self.proc: subprocess.Popen | None = None
         self.readers: list[threading.Thread] = []
+        self.told = False  # the guardian knows of it
 
     def start(self, env: dict) -> Outcome | None:
         """Start the command; None, or the Outcome of a command that cannot start."""
+        _become_subreaper()
         try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,  # a process group of its own: a stop reaches its children too
-            )
+            with _spawning:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    start_new_session=True,  # a process group of its own: a stop reaches its children too
+                )
+                _leaders.add(self.proc.pid)
         except FileNotFoundError:
             code = model.EXIT_NO_COMMAND
             return Outcome(FAILED, f"command not found: {self.argv[0]}", code, code)
@@ -147,6 +347,13 @@ class Process:
             r.start()
         return None
 
+    def guarded(self) -> None:
+        """From now on, if jobctl run dies, the guardian stops this command (see guard)."""
+        guard()
+        assert self.proc is not None
+        self.told = True
+        _tell_guardian(b"+%d %s\n" % (self.proc.pid, self.marker))
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -163,25 +370,58 @@ class Process:
         """Wait for the command to end and its output to be read; its return code."""
         assert self.proc is not None
         code = self.proc.wait()
+        for r in self.readers:  # what it left behind holding its output may end by itself, for a moment
+            r.join(2)
+        # then whatever it left behind goes with it (a job runner leaves nothing running)
+        self.sweep()
         for r in self.readers:
             r.join(2)
-        if any(r.is_alive() for r in self.readers):
-            # the command ended but left processes behind in its group, holding its
-            # output open: they go with it (a job runner leaves nothing running)
-            self.signal(signal.SIGKILL)
-            for r in self.readers:
-                r.join(2)
+        with _spawning:
+            _leaders.discard(self.proc.pid)
+        if self.told:
+            _tell_guardian(b"-%d %s\n" % (self.proc.pid, self.marker))
         return code
+
+    def sweep(self) -> None:
+        """SIGKILL to what is left of the command once it ended: its process group,
+        and (as subreaper) the processes that left it, became jobctl's children
+        and carry its JOBCTL_JOB_ID, with their descendants; jobctl's children
+        that ended meanwhile are reaped (subprocess reaps only the commands)."""
+        self.signal(signal.SIGKILL)
+        if not _subreaper or not _subreaper[0]:
+            return
+        me, guardian = os.getpid(), _guardian[0] if _guardian else None
+        for _ in range(100):  # (what a killed one leaves comes to us in turn)
+            with _spawning:
+                left = []
+                for pid in _children(me):
+                    if pid in _leaders or pid == guardian:
+                        continue
+                    if _zombie(pid):
+                        try:
+                            os.waitpid(pid, os.WNOHANG)
+                        except ChildProcessError:
+                            pass
+                    elif _has(pid, self.marker):
+                        left.append(pid)
+                for pid in left:
+                    for p in _tree(pid):
+                        _send(p, signal.SIGKILL)
+            if not left:
+                return
+            for pid in left:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
 
     def _read(self, stream, name: str, level: str) -> None:
         echo = self.echo
-        for raw in iter(stream.readline, b""):
-            if echo is not None:
-                try:
-                    echo(name, raw)
-                except Exception:  # our own output went away (`jobctl run ... | head`): keep storing it
-                    echo = None
-            self.output.add(level, text_of(raw))
+        lines = Lines(lambda text: self.output.add(level, text), None if echo is None else lambda raw: echo(name, raw))
+        fd = stream.fileno()
+        while chunk := os.read(fd, CHUNK):
+            lines.feed(chunk)
+        lines.close()
         stream.close()
 
     def stop(self, reason: StopReason, kill_after: float) -> None:
@@ -212,6 +452,8 @@ def outcome_of(code: int, reason: StopReason | None, timeout: float | None) -> O
         return Outcome(FAILED, f"timed out after {seconds_text(timeout or 0)}", exit_of(code), model.EXIT_TIMEOUT)
     if reason is StopReason.CANCELLED:
         return Outcome(CANCELLED, "cancelled", exit_of(code), model.EXIT_TERMINATED)
+    if reason is StopReason.PREEMPTED:
+        return Outcome(PENDING, model.REQUEUED, exit_of(code), model.EXIT_TERMINATED)
     if reason is not None:
         return Outcome(CANCELLED, "interrupted", exit_of(code), 128 + reason.signum)
     if code == 0:

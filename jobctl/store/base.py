@@ -94,6 +94,7 @@ EVENT_COLUMNS = (
     "duration",  # ... and how long it ran, in seconds
     "attempt",  # create and status events: the job's attempt after the change
     "max_attempts",  # ... and its cap (None: unlimited); a policy event: the new cap
+    "fields",  # a JSON object or None: where `run` ran (its running event), the token of run's final write
 )
 
 # An event as every reader sees it: a log line's level and text come from logs.
@@ -253,6 +254,10 @@ class Store(Protocol):
     # events and logs
     def insert_events(self, events: Sequence[dict]) -> None: ...
     def insert_log(self, job_id: str, level: str, message: str, at: str) -> int: ...
+    def event_fields(self, job_id: str) -> list[dict]:
+        """The job's events that have fields: id, kind and fields (JSON text), in id order."""
+        ...
+
     def events(
         self,
         *,
@@ -311,6 +316,12 @@ class SqlQueries:
     def _in(self, column: str, values: Sequence) -> tuple[str, list]:
         """`column` is one of `values`: the SQL and its parameters (PostgreSQL uses = ANY)."""
         return f"{column} IN ({','.join(self.mark for _ in values)})", list(values)
+
+    def event_fields(self, job_id: str) -> list[dict]:
+        return self._query(
+            f"SELECT id, kind, fields FROM events WHERE job_id = {self.mark} AND fields IS NOT NULL ORDER BY id",
+            (job_id,),
+        )
 
     def events(
         self,

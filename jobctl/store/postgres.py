@@ -126,6 +126,10 @@ MIGRATIONS = [
     ALTER TABLE events ADD COLUMN attempt integer;
     ALTER TABLE events ADD COLUMN max_attempts integer;
     """,
+    # 5: an event's fields (SQLite's migration 6).
+    """
+    ALTER TABLE events ADD COLUMN fields text;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -565,6 +569,7 @@ class PostgresStore(SqlQueries):
                     "at": j["created_at"],
                     "message": message,
                     "log_id": None,
+                    "fields": None,
                     "exit_code": None,
                     "duration": None,
                     "attempt": j["attempt"],

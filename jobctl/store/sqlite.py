@@ -29,7 +29,7 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, MAX_WAIT, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 5  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 6  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
@@ -864,6 +864,12 @@ def _migrations():
         db.execute("ALTER TABLE jobs ADD COLUMN not_before TEXT")
         db.execute("ALTER TABLE events ADD COLUMN attempt INTEGER")
         db.execute("ALTER TABLE events ADD COLUMN max_attempts INTEGER")
+
+    @migrations(name="0006_event_fields")
+    def event_fields(db) -> None:
+        # An event's fields, a JSON object: where `run` ran (its running event:
+        # host, pid, CI job), the token of run's final write (so it is never replayed).
+        db.execute("ALTER TABLE events ADD COLUMN fields TEXT")
 
     return migrations
 
