@@ -60,6 +60,11 @@ _JOBS_WITH_COUNTS = (
 _ALIVE_AT = "greatest(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _job_row = itemgetter(*JOB_COLUMNS)
 _event_row = itemgetter(*EVENT_COLUMNS)
+# one row of events to insert, numbered (k): typed, as VALUES would guess text for a NULL
+_EVENT_VALUES = (
+    "(%s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text,"
+    " %s::bigint, %s::integer, %s::double precision, %s::integer, %s::integer)"
+)
 _status_row = itemgetter("id", "status", "started_at", "completed_at", "updated_at", "attempt", "not_before")
 
 # The numbered migrations, in order. Never edit one that has shipped: add the next.
@@ -208,7 +213,10 @@ class PostgresStore(SqlQueries):
         self.pg = _driver()
         self.conn = self._connect()
         self.in_transaction = False
-        self.next_event_id: int | None = None
+        self.writing = False  # inside write()
+        self.begun = False  # write(): its BEGIN has been sent (with its first statement)
+        self.locked = False  # write(): the write lock is ours (see write())
+        self.next_event_id: int | None = None  # the next event id, once locked
         self.notify = False
         self.deferred: list[str] = []  # statements sent with the COMMIT
         self.ready = False  # the schema is current: write() may read the next event id
@@ -268,6 +276,7 @@ class PostgresStore(SqlQueries):
             if not isinstance(exc.__cause__, pg.errors.UndefinedTable):
                 raise
         with self.write():
+            self.hold_write_lock()
             found = self._meta()
             if found is None and not create:
                 raise DatabaseUnusable(
@@ -322,50 +331,73 @@ class PostgresStore(SqlQueries):
     # ------------------------------------------------------------ transactions
     @contextmanager
     def write(self) -> Iterator[PostgresStore]:
-        """One write transaction, holding the jobctl write lock (a transaction-
-        scoped advisory lock) from its start: writers run one at a time, and
-        event ids are assigned under the lock. After WAIT_NOTICE seconds of
-        waiting for the lock it says so on stderr, then waits the rest of the
-        busy timeout."""
-        notice = min(WAIT_NOTICE, self.lock_timeout)
-        try:
-            self._begin(notice, self.lock_timeout)
-        except DatabaseUnusable as exc:
-            self._rollback()  # BEGIN went through: leave no aborted transaction behind
-            left = self.lock_timeout - notice
-            if getattr(exc.__cause__, "pgcode", None) != "55P03" or left <= 0:
-                raise
-            info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
-            try:
-                self._begin(left, self.lock_timeout)
-            except BaseException:
-                self._rollback()
-                raise
-        self.in_transaction, self.notify, self.deferred = True, False, []
+        """One write transaction. The write lock (a transaction-scoped advisory
+        lock, which orders event ids) is held only for the server's own work,
+        never across a client round trip:
+
+        - BEGIN goes with the first statement; the jobs a change reads are
+          row-locked as they are read (SELECT ... FOR UPDATE: a read-then-write
+          loses no update, and writers of other trees do not wait);
+        - the COMMIT batch takes the write lock, then runs the writes (event
+          ids are max(id) + 1, read on the server under the lock), the NOTIFY
+          and the COMMIT: one round trip, the lock released at its end;
+        - a change that needs more (a read that locks no row, COPY, a subtree
+          cancelled in one statement) takes the lock first (hold_write_lock)
+          and keeps it to its end, as every write did before.
+
+        After WAIT_NOTICE seconds of waiting for the lock it says so on stderr,
+        then waits the rest of the busy timeout."""
+        self.writing, self.begun, self.locked = True, False, False
+        self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
         try:
             yield self
-            # the writes that return nothing, the NOTIFY and the COMMIT: one round trip
-            end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else "", "COMMIT"]
-            self._execute("; ".join(x for x in end if x))
+            end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else ""]
+            end = [x for x in end if x]
+            if end and not self.locked:
+                self._locked("; ".join([*end, "COMMIT"]), fetch=False)
+            elif self.begun or end:
+                self._run("; ".join([*end, "COMMIT"]), None, fetch=False, safe=False)
         except BaseException:
             self._rollback()
             raise
         finally:
-            self.in_transaction = False
+            self.in_transaction = self.writing = self.begun = self.locked = False
+            self.deferred = []
 
-    def _begin(self, wait: float, timeout: float) -> None:
-        """BEGIN, the write lock (waiting at most `wait` seconds for it), and the
-        next event id read under it: one round trip."""
-        begin = (
-            f"BEGIN; SET LOCAL lock_timeout = {max(1, int(wait * 1000))};"
-            f" SELECT pg_advisory_xact_lock({self.lock_key}); SET LOCAL lock_timeout = {max(1, int(timeout * 1000))}"
-        )
-        if self.ready:  # the next event id, in the same round trip (under the lock)
-            rows = self._run(begin + "; SELECT coalesce(max(id), 0) + 1 FROM events", None, fetch=True)
-            self.next_event_id = rows[0][0] if rows else None
-        else:  # migrating: there may be no events table yet
-            self._execute(begin)
-            self.next_event_id = None
+    def hold_write_lock(self) -> None:
+        """Inside write(): take the write lock now and keep it to the end (what
+        this change queued so far runs under it first)."""
+        if self.locked:
+            return
+        tail = [*self.deferred, "SELECT coalesce(max(id), 0) + 1 FROM events" if self.ready else "SELECT NULL"]
+        self.deferred = []
+        rows = self._locked("; ".join(tail), fetch=True)
+        self.locked = True
+        self.next_event_id = rows[0][0] if rows else None
+
+    def _locked(self, tail: str, fetch: bool) -> list[tuple] | None:
+        """The write lock then `tail`, one round trip: waiting at most WAIT_NOTICE
+        for the lock, then (said on stderr) the rest of the busy timeout. The
+        lock is taken in a savepoint, so a wait that timed out costs nothing
+        this transaction did so far."""
+        notice = min(WAIT_NOTICE, self.lock_timeout)
+        full = f"SET LOCAL lock_timeout = {max(1, int(self.lock_timeout * 1000))}"
+
+        def batch(wait: float) -> str:
+            return (
+                f"SAVEPOINT jobctl_lock; SET LOCAL lock_timeout = {max(1, int(wait * 1000))};"
+                f" SELECT pg_advisory_xact_lock({self.lock_key}); {full}; RELEASE SAVEPOINT jobctl_lock; {tail}"
+            )
+
+        try:
+            return self._run(batch(notice), None, fetch, safe=False)
+        except DatabaseUnusable as exc:
+            left = self.lock_timeout - notice
+            if getattr(exc.__cause__, "pgcode", None) != "55P03" or left <= 0:
+                raise
+            self._run("ROLLBACK TO SAVEPOINT jobctl_lock", None, fetch=False, safe=False)
+            info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
+            return self._run(batch(left), None, fetch, safe=False)
 
     @contextmanager
     def read(self) -> Iterator[PostgresStore]:
@@ -405,12 +437,19 @@ class PostgresStore(SqlQueries):
             return DatabaseUnusable(f"lost the connection to {self.name}: {reason}")
         return DatabaseUnusable(f"database {self.name}: {reason}")
 
-    def _run(self, sql: str, params: Sequence | None, fetch: bool) -> list[tuple] | None:
+    def _run(self, sql: str, params: Sequence | None, fetch: bool, safe: bool | None = None) -> list[tuple] | None:
         """Run one statement; outside a transaction, a lost connection is
         re-made (with backoff, within the connect timeout) and the statement
-        run again: reads are safe to repeat, and so are autocommit statements here."""
+        run again: reads are safe to repeat, and so are autocommit statements here.
+        Inside write(), the first statement carries the BEGIN (and may be run
+        again so: nothing of the transaction was done yet)."""
         pg = self.pg
         deadline = None
+        if self.writing and not self.begun:
+            sql, self.begun = "BEGIN; " + sql, True
+            safe = safe is not False
+        elif safe is None:
+            safe = not self.in_transaction and sql.lstrip().upper().startswith(("SELECT", "WITH", "BEGIN"))
         while True:
             try:
                 cur = self.conn.cursor()
@@ -423,7 +462,7 @@ class PostgresStore(SqlQueries):
                 lost = self.conn.closed or getattr(exc, "pgcode", None) in (None, "57P01", "57P02", "57P03")
                 # a read, or the BEGIN of a write, is safe to run again; a statement
                 # inside a transaction is not (the transaction is gone with the connection)
-                if self.in_transaction or not lost or not sql.lstrip().upper().startswith(("SELECT", "WITH", "BEGIN")):
+                if not safe or not lost:
                     raise self._error(exc) from exc
                 deadline = deadline or time.monotonic() + max(self.connect_timeout, 1.0)
                 self._reconnect(deadline, exc)
@@ -448,7 +487,12 @@ class PostgresStore(SqlQueries):
     def _execute(self, sql: str, params: Sequence | None = None) -> None:
         self._run(sql, params, fetch=False)
 
-    def _query(self, sql: str, params: Sequence | None = None) -> list[dict]:
+    def _query(self, sql: str, params: Sequence | None = None, *, rows_locked: bool = False) -> list[dict]:
+        """Rows as dicts. Inside write(), a read that does not lock the rows it
+        reads (`rows_locked`) takes the write lock first: what it read stays true
+        until the commit."""
+        if self.writing and not self.locked and not rows_locked:
+            self.hold_write_lock()
         rows = self._run(sql, params, fetch=True) or []
         cols = self._columns
         return [dict(zip(cols, row)) for row in rows]
@@ -493,7 +537,10 @@ class PostgresStore(SqlQueries):
 
     # -------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> dict | None:
-        rows = self._query(_JOB_SELECT + " WHERE id = %s", (job_id,))
+        if self.writing:
+            rows = self._query(_JOB_SELECT + " WHERE id = %s FOR UPDATE", (job_id,), rows_locked=True)
+        else:
+            rows = self._query(_JOB_SELECT + " WHERE id = %s", (job_id,))
         return rows[0] if rows else None
 
     def jobs_and_counts(
@@ -506,7 +553,10 @@ class PostgresStore(SqlQueries):
             where += " OR j.id IN (SELECT parent_id FROM jobs WHERE id = ANY(%s))"
         for i in range(0, len(ids), CHUNK):
             chunk = list(ids[i : i + CHUNK])
-            for row in self._query(_JOBS_WITH_COUNTS + where, (chunk, chunk) if parents else (chunk,)):
+            lock = " FOR UPDATE OF j" if self.writing else ""  # see write()
+            for row in self._query(
+                _JOBS_WITH_COUNTS + where + lock, (chunk, chunk) if parents else (chunk,), rows_locked=True
+            ):
                 counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
                 jobs[row["id"]] = row
         return jobs, counts
@@ -578,6 +628,7 @@ class PostgresStore(SqlQueries):
         """Two statements, no temporary table (a role may lack TEMP): the check for
         a final job with unfinished children, then one statement whose parts
         (events, rows, counts) all read the subtree as it was before it."""
+        self.hold_write_lock()
         if self.deferred:  # what this transaction wrote so far comes first
             self._execute("; ".join(self.deferred))
             self.deferred = []
@@ -595,8 +646,6 @@ class PostgresStore(SqlQueries):
         )
         if mixed:
             return None
-        if self.next_event_id is None:
-            self.next_event_id = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM events")[0]["n"]
         counts = ", ".join(STATUSES)
         rows = self._run(
             walk + ", ordered AS (SELECT *, row_number() OVER (ORDER BY depth DESC, seq DESC) AS n FROM targets),"
@@ -615,12 +664,15 @@ class PostgresStore(SqlQueries):
             fetch=True,
         )
         ids = [r[0] for r in rows or ()]
+        assert self.next_event_id is not None  # read with the lock
         self.next_event_id += len(ids)
         self.notify = self.notify or bool(ids)
         return ids
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
-        return bool(self._query("UPDATE jobs SET last_heartbeat = %s WHERE id = %s RETURNING 1", (at, job_id)))
+        return bool(
+            self._query("UPDATE jobs SET last_heartbeat = %s WHERE id = %s RETURNING 1", (at, job_id), rows_locked=True)
+        )
 
     def subtree(self, job_id: str) -> list[dict]:
         cols = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
@@ -652,6 +704,8 @@ class PostgresStore(SqlQueries):
         if not self.in_transaction:
             yield from self._query(sql, params)
             return
+        if self.writing:
+            self.hold_write_lock()
         self._execute(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}", params)
         try:
             while rows := self._query(f"FETCH {PAGE} FROM {name}"):
@@ -712,7 +766,7 @@ class PostgresStore(SqlQueries):
         if ready_at is not None:
             sql += " AND (not_before IS NULL OR not_before <= %s)"
             params.append(ready_at)
-        rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params)
+        rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params, rows_locked=True)
         return rows[0] if rows else None
 
     # ------------------------------------------------------------------ counts
@@ -738,11 +792,22 @@ class PostgresStore(SqlQueries):
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Sequence[dict]) -> None:
-        """Insert events in order, with ids assigned under the write lock."""
+        """Insert events in order, with ids assigned under the write lock: by the
+        server in the COMMIT batch (see write()), or here once the lock is held."""
         if not events:
             return
-        if self.next_event_id is None:
-            self.next_event_id = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM events")[0]["n"]
+        self.notify = True
+        if not self.locked and len(events) < COPY_FROM:
+            rows = [(k, *_event_row(e)) for k, e in enumerate(events, 1)]
+            self.deferred.append(
+                f"INSERT INTO events (id, {', '.join(EVENT_COLUMNS)})"
+                f" SELECT m.n + v.k, {', '.join('v.' + c for c in EVENT_COLUMNS)}"
+                " FROM (SELECT coalesce(max(id), 0) AS n FROM events) m,"
+                f" (VALUES {self._values(_EVENT_VALUES, rows)}) AS v(k, {', '.join(EVENT_COLUMNS)})"
+            )
+            return
+        self.hold_write_lock()
+        assert self.next_event_id is not None
         first = self.next_event_id
         rows = [(first + k, *_event_row(e)) for k, e in enumerate(events)]
         self.next_event_id = first + len(rows)
@@ -751,12 +816,12 @@ class PostgresStore(SqlQueries):
         else:
             marks = "(" + ", ".join(["%s"] * (1 + len(EVENT_COLUMNS))) + ")"
             self._later(f"INSERT INTO events (id, {', '.join(EVENT_COLUMNS)}) VALUES {self._values(marks, rows)}")
-        self.notify = True
 
     def insert_log(self, job_id: str, level: str, message: str, at: str) -> int:
         return self._query(
             "INSERT INTO logs (job_id, level, message, at) VALUES (%s, %s, %s, %s) RETURNING id",
             (job_id, level, message, at),
+            rows_locked=True,  # a new row: nothing read
         )[0]["id"]
 
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
