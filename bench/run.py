@@ -679,6 +679,107 @@ def pg_concurrent_writers(args, tmp):
             "ratio": mo / mb, "bar": "ratio ≥ 0.5", "met": mo / mb >= 0.5}
 
 
+def _distance_cell(mode, url, writers, seconds, jobs_of):
+    """`writers` processes of bench/pg_distance_writer.py on `url`, started together:
+    changes committed per second, all writers together."""
+    procs = [subprocess.Popen([sys.executable, str(HERE / "pg_distance_writer.py"), mode, url, str(seconds),
+                               ",".join(jobs_of(w))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for w in range(writers)]
+    try:
+        for p in procs:  # every interpreter started, connected and read its jobs
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a {mode} writer did not start")
+        start = time.time() + 0.2
+        for p in procs:
+            p.stdin.write(f"{start}\n")
+            p.stdin.flush()
+        done = [int(p.communicate(timeout=600)[0].split()[-1]) for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"a {mode} writer failed")
+        return sum(done) / seconds
+    finally:
+        for p in procs:
+            stop(p)
+
+
+@pg_benchmark
+def pg_distance(args, tmp):
+    """PostgreSQL writes at a distance: 1, 8 and 32 writer processes (status
+    changes through the Python API, one per transaction) at RTT 0 (loopback), 2
+    and 10 ms (bench/tcp_proxy.py delaying each direction by RTT/2), in two
+    shapes: `own` (each writer toggles the children of a parent of its own) and
+    `fanin` (all writers toggle children of one shared parent, whose counts row
+    each change updates). Reported per cell: changes/s; `vs_network`, against the
+    network's limit for the shape, writers / (round trips per change x RTT), with
+    jobctl's 2 round trips (read, then the COMMIT batch); `vs_raw`, against raw
+    psycopg2 transactions of the same statements without the global lock (event
+    ids from a sequence), run in the same cell. Bars (issue 19): 32 writers >= 1
+    writer at every RTT and shape; 32 writers >= 800/s at RTT 10 ms, >= 1,000/s
+    at 2 ms and on loopback."""
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("tcp_proxy", HERE / "tcp_proxy.py")
+    tcp_proxy = iu.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    from jobctl import Jobctl
+
+    writers_list = [int(x) for x in args.distance_writers.split(",")]
+    rtts = [float(x) for x in args.distance_rtts.split(",")]
+    most = max(writers_list)
+    name, url = PG.database("distance")
+    with Jobctl(url) as jc:
+        own = [jc.create(f"own {w}", id=f"own{w}") for w in range(most)]
+        own_kids = [jc.spawn(p, count=4) for p in own]
+        fanin = jc.create("fan-in", id="fanin")
+        fanin_kids = jc.spawn(fanin, count=4 * most)
+    PG.psql(name, "CREATE TABLE jobctl.raw_events (LIKE jobctl.events INCLUDING DEFAULTS);"
+                  " CREATE SEQUENCE jobctl.raw_ids OWNED BY jobctl.raw_events.id;"
+                  " ALTER TABLE jobctl.raw_events ALTER id SET DEFAULT nextval('jobctl.raw_ids'),"
+                  " ADD PRIMARY KEY (id)")
+    PG.psql(name, "VACUUM ANALYZE")
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    cells, result = [], {"metric": "changes/s", "seconds_per_cell": args.distance_seconds}
+    try:
+        for rtt in rtts:
+            proxy = tcp_proxy.Proxy(host, port, delay=rtt / 2000).start() if rtt else None
+            cell_url = url.replace(f":{port}/", f":{proxy.port}/") if proxy else url
+            try:
+                for shape in ("own", "fanin"):
+                    for writers in writers_list:
+                        def jobs_of(w, shape=shape, writers=writers):
+                            return own_kids[w] if shape == "own" else fanin_kids[w::writers]
+
+                        ours = _distance_cell("jobctl", cell_url, writers, args.distance_seconds, jobs_of)
+                        raw = _distance_cell("raw", cell_url, writers, args.distance_seconds, jobs_of)
+                        limit = writers / (2 * rtt / 1000) if rtt else None
+                        cell = {"rtt_ms": rtt, "shape": shape, "writers": writers, "jobctl": round(ours, 1),
+                                "raw": round(raw, 1), "vs_raw": round(ours / raw, 3),
+                                "vs_network": round(ours / limit, 3) if limit else None}
+                        cells.append(cell)
+                        print(f"  pg_distance rtt={rtt:g}ms {shape:5} writers={writers:2}: jobctl {ours:7.1f}/s,"
+                              f" raw {raw:7.1f}/s ({ours / raw:.2f}), vs network limit "
+                              + (f"{ours / limit:.2f}" if limit else "-"), flush=True)
+            finally:
+                if proxy:
+                    proxy.close()
+    finally:
+        PG.drop(name)
+
+    def at(rtt, shape, writers):
+        return next(c["jobctl"] for c in cells if (c["rtt_ms"], c["shape"], c["writers"]) == (rtt, shape, writers))
+
+    grows = all(at(r, s, most) >= at(r, s, min(writers_list)) for r in rtts for s in ("own", "fanin"))
+    floors = {0.0: 1000, 2.0: 1000, 10.0: 800}
+    fast = all(at(r, "own", most) >= floors[r] for r in rtts if r in floors) if most >= 32 else None
+    result.update(cells=cells, grows_with_writers=grows, fast_enough=fast,
+                  bar="32 writers ≥ 1 writer (every RTT, both shapes); 32 writers, own parents:"
+                      " ≥ 1,000/s at RTT 0 and 2 ms, ≥ 800/s at 10 ms",
+                  met=grows and fast is not False)
+    return result
+
+
 @pg_benchmark
 def pg_spawn(args, tmp):
     """`jobctl --db URL spawn PARENT --count N` against one psycopg2 transaction that
@@ -811,6 +912,9 @@ def main(argv=None):
     parser.add_argument("--spawn-children", type=int, default=100_000)
     parser.add_argument("--progress-children", type=int, default=1_000_000)
     parser.add_argument("--writer-commits", type=int, default=2000, help="per writer (each run ~2 s)")
+    parser.add_argument("--distance-writers", default="1,8,32", help="pg_distance: writer processes per cell")
+    parser.add_argument("--distance-rtts", default="0,2,10", help="pg_distance: round-trip times (ms)")
+    parser.add_argument("--distance-seconds", type=float, default=2.0, help="pg_distance: seconds per cell")
     parser.add_argument("--pg-url", help="run the pg_* benchmarks on this PostgreSQL server instead of a"
                         " throwaway one (postgresql://user@host:port/db; the user needs CREATEDB)")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
@@ -820,6 +924,7 @@ def main(argv=None):
         args.throughput_children, args.idle_seconds = 200, 0.5
         args.calls, args.batch_ids, args.spawn_children = 3, 200, 1000
         args.progress_children, args.writer_commits = 2000, 20
+        args.distance_writers, args.distance_rtts, args.distance_seconds = "1,2", "0,2", 0.3
     # Measure what users run: bytecode cached. (Some shells export PYTHONDONTWRITEBYTECODE,
     # which would make every jobctl process compile its modules again.)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
