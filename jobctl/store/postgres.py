@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -195,6 +196,43 @@ def _csv_field(value: object) -> str:
     return '"' + str(value).replace('"', '""') + '"'
 
 
+class _Shared:
+    """A process's connections to one database, shared by every store it opens
+    on it (`run --claim --jobs N` opens one per thread): one connection for
+    statements and transactions, used by one store at a time (`lock`, held for
+    a whole transaction), and one LISTEN connection for every waker. So a
+    process needs two connections, whatever its threads."""
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.lock = threading.RLock()
+        self.conn: Any = None
+        self.tx: PostgresStore | None = None  # the store whose transaction is open
+        self.refs = 0
+        self.listener: _Listener | None = None
+        self.listeners = 0
+
+    def listener_for(self, store: PostgresStore) -> _Listener:
+        with _SHARED_LOCK:
+            if self.listener is None:
+                listener = _Listener(store)
+                listener.listen()
+                self.listener = listener
+            self.listeners += 1
+            return self.listener
+
+    def listener_done(self) -> None:
+        with _SHARED_LOCK:
+            self.listeners -= 1
+            if self.listeners == 0 and self.listener is not None:
+                self.listener.close()
+                self.listener = None
+
+
+_SHARED: dict[tuple, _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class PostgresStore(SqlQueries):
     """One connection to a jobctl schema in a PostgreSQL database."""
 
@@ -211,7 +249,19 @@ class PostgresStore(SqlQueries):
         self.channel = f"jobctl_{schema}"
         self.lock_key = zlib.crc32(f"jobctl:{schema}".encode())
         self.pg = _driver()
-        self.conn = self._connect()
+        key = (os.getpid(), url, schema, connect_timeout, lock_timeout)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(key) or _SHARED.setdefault(key, _Shared(key))
+            shared.refs += 1
+        self.shared = shared
+        self.closed = False
+        try:
+            with shared.lock:
+                if shared.conn is None:
+                    shared.conn = self._connect()
+        except BaseException:
+            self.close()
+            raise
         self.in_transaction = False
         self.writing = False  # inside write()
         self.begun = False  # write(): its BEGIN has been sent (with its first statement)
@@ -239,16 +289,43 @@ class PostgresStore(SqlQueries):
         return store
 
     def _connect(self):
+        """A new connection. A server that refuses or drops it for a passing reason
+        (too many clients, a role's connection limit, starting up, not listening
+        yet) is asked again with backoff until the connect timeout, then the
+        last reason is given (exit 5); a wrong password or database is at once."""
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                return self._connect_once()
+            except DatabaseUnusable as exc:
+                reason = str(exc.__cause__ or exc).lower()
+                final = any(w in reason for w in ("password", "authentication", "does not exist", "pg_hba"))
+                if final or time.monotonic() + delay > deadline:
+                    if not final and "JOBCTL_CONNECT_TIMEOUT" not in str(exc):
+                        raise DatabaseUnusable(
+                            f"{exc} (still refused after {self.connect_timeout:g} s; JOBCTL_CONNECT_TIMEOUT)"
+                        ) from None
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 1.0)
+
+    def _connect_once(self):
         pg = self.pg
         try:
             conn = pg.connect(
                 self.url,
                 connect_timeout=max(2, int(self.connect_timeout + 0.999)),
                 application_name="jobctl",
-                options=f"-c search_path={self.schema} -c lock_timeout={max(1, int(self.lock_timeout * 1000))}",
+                # (no `options`: search_path and lock_timeout go with each transaction, see
+                # _begin_statements, so that a pooler in transaction mode can be between)
+                keepalives=1,  # a silent network cut is noticed within ~30 s, not the kernel's 15 min
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
             )
         except pg.Error as exc:
-            raise self._connect_error(exc) from None
+            raise self._connect_error(exc) from exc
         conn.autocommit = True  # transactions are explicit: write() and read()
         return conn
 
@@ -322,11 +399,57 @@ class PostgresStore(SqlQueries):
         self._execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
         return None
 
+    @property
+    def conn(self) -> Any:
+        """The connection of this process's stores on this database (see _Shared)."""
+        return self.shared.conn
+
+    @conn.setter
+    def conn(self, value: Any) -> None:
+        self.shared.conn = value
+
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        shared = self.shared
+        with _SHARED_LOCK:
+            shared.refs -= 1
+            last = shared.refs == 0
+            if last and _SHARED.get(shared.key) is shared:
+                del _SHARED[shared.key]
+        if last and shared.conn is not None:
+            try:
+                shared.conn.close()
+            except Exception:
+                pass
+            shared.conn = None
+
+    def _hold(self) -> None:
+        """Take the shared connection for this store (see _Shared). A thread already
+        inside another store's transaction on it (nested use) gets one of its own."""
+        shared = self.shared
+        shared.lock.acquire()
+        if shared.tx is None or shared.tx is self:
+            return
+        shared.lock.release()  # (this very thread holds it: the other store's transaction)
+        self.close()
+        self.closed = False
+        self.shared = _Shared(shared.key)
+        self.shared.refs = 1
+        self.shared.lock.acquire()
         try:
-            self.conn.close()
-        except Exception:
-            pass
+            self.shared.conn = self._connect()
+        except BaseException:
+            self.shared.lock.release()
+            raise
+
+    def _begin_statements(self) -> str:
+        """Sent with every BEGIN: the schema and the busy timeout belong to the
+        transaction, not to the session (a pooler hands sessions around)."""
+        return (
+            f"SET LOCAL search_path = {self.schema}; SET LOCAL lock_timeout = {max(1, int(self.lock_timeout * 1000))}"
+        )
 
     # ------------------------------------------------------------ transactions
     @contextmanager
@@ -347,6 +470,8 @@ class PostgresStore(SqlQueries):
 
         After WAIT_NOTICE seconds of waiting for the lock it says so on stderr,
         then waits the rest of the busy timeout."""
+        self._hold()
+        self.shared.tx = self
         self.writing, self.begun, self.locked = True, False, False
         self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
         try:
@@ -363,6 +488,8 @@ class PostgresStore(SqlQueries):
         finally:
             self.in_transaction = self.writing = self.begun = self.locked = False
             self.deferred = []
+            self.shared.tx = None
+            self.shared.lock.release()
 
     def hold_write_lock(self) -> None:
         """Inside write(): take the write lock now and keep it to the end (what
@@ -402,9 +529,11 @@ class PostgresStore(SqlQueries):
     @contextmanager
     def read(self) -> Iterator[PostgresStore]:
         """A read transaction: every query inside sees the same snapshot."""
-        self._execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        self.in_transaction = True
+        self._hold()
         try:
+            self._execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {self._begin_statements()}")
+            self.shared.tx = self
+            self.in_transaction = True
             yield self
             self._execute("COMMIT")
         except BaseException:
@@ -412,6 +541,8 @@ class PostgresStore(SqlQueries):
             raise
         finally:
             self.in_transaction = False
+            self.shared.tx = None
+            self.shared.lock.release()
 
     def _rollback(self) -> None:
         if not self.conn.closed:
@@ -443,13 +574,22 @@ class PostgresStore(SqlQueries):
         run again: reads are safe to repeat, and so are autocommit statements here.
         Inside write(), the first statement carries the BEGIN (and may be run
         again so: nothing of the transaction was done yet)."""
-        pg = self.pg
-        deadline = None
         if self.writing and not self.begun:
-            sql, self.begun = "BEGIN; " + sql, True
+            sql, self.begun = f"BEGIN; {self._begin_statements()}; {sql}", True
             safe = safe is not False
         elif safe is None:
             safe = not self.in_transaction and sql.lstrip().upper().startswith(("SELECT", "WITH", "BEGIN"))
+        if not self.in_transaction and not sql.startswith("BEGIN"):
+            sql = f"SET LOCAL search_path = {self.schema}; {sql}"  # one implicit transaction with it
+        self._hold()
+        try:
+            return self._run_held(sql, params, fetch, safe)
+        finally:
+            self.shared.lock.release()
+
+    def _run_held(self, sql: str, params: Sequence | None, fetch: bool, safe: bool) -> list[tuple] | None:
+        pg = self.pg
+        reconnected = False
         while True:
             try:
                 cur = self.conn.cursor()
@@ -464,25 +604,23 @@ class PostgresStore(SqlQueries):
                 # inside a transaction is not (the transaction is gone with the connection)
                 if not safe or not lost:
                     raise self._error(exc) from exc
-                deadline = deadline or time.monotonic() + max(self.connect_timeout, 1.0)
-                self._reconnect(deadline, exc)
+                if reconnected:
+                    raise self._error(exc) from exc
+                self._reconnect(exc)
+                reconnected = True
             except pg.Error as exc:
                 raise self._error(exc) from exc
 
-    def _reconnect(self, deadline: float, cause: BaseException) -> None:
-        delay = 0.05
-        while True:
-            self.close()
-            try:
-                self.conn = self._connect()
-                return
-            except DatabaseUnusable:
-                if time.monotonic() + delay > deadline:
-                    raise DatabaseUnusable(
-                        f"lost the connection to {self.name}: {_first_line(cause)} (reconnecting failed)"
-                    ) from None
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 1.0)
+    def _reconnect(self, cause: BaseException) -> None:
+        """A new connection in place of the lost one (_connect retries with backoff)."""
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        try:
+            self.conn = self._connect()
+        except DatabaseUnusable as exc:
+            raise DatabaseUnusable(f"lost the connection to {self.name}: {_first_line(cause)} ({exc})") from None
 
     def _execute(self, sql: str, params: Sequence | None = None) -> None:
         self._run(sql, params, fetch=False)
@@ -553,10 +691,17 @@ class PostgresStore(SqlQueries):
             where += " OR j.id IN (SELECT parent_id FROM jobs WHERE id = ANY(%s))"
         for i in range(0, len(ids), CHUNK):
             chunk = list(ids[i : i + CHUNK])
-            lock = " FOR UPDATE OF j" if self.writing else ""  # see write()
-            for row in self._query(
-                _JOBS_WITH_COUNTS + where + lock, (chunk, chunk) if parents else (chunk,), rows_locked=True
-            ):
+            params: list = [chunk, chunk] if parents else [chunk]
+            sql = _JOBS_WITH_COUNTS + where
+            if self.writing:
+                # Lock the rows (in id order: writers queue alike), then read them in a
+                # second statement of the same round trip: its snapshot is taken once
+                # the locks are ours, so it sees the counts their last writer committed
+                # (one statement with FOR UPDATE would re-read the locked jobs rows but
+                # join the counts rows of its older snapshot). See write().
+                sql = f"SELECT 1 FROM jobs j{where} ORDER BY j.id FOR UPDATE; {sql}"
+                params += params
+            for row in self._query(sql, params, rows_locked=True):
                 counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
                 jobs[row["id"]] = row
         return jobs, counts
@@ -854,61 +999,124 @@ class PostgresStore(SqlQueries):
         return []  # the server keeps its own; there is no file to check
 
 
+class _Listener:
+    """A process's one LISTEN connection to a database, shared by its wakers:
+    whichever waker waits first watches the socket for all of them; each
+    notification (and each reconnect, after which one may have been missed)
+    moves `generation` on, which every waker sees once."""
+
+    def __init__(self, store: PostgresStore):
+        self.connect, self.channel, self.pg = store._connect, store.channel, store.pg
+        self.cond = threading.Condition()
+        self.generation = 0
+        self.polling = False
+        self.refs = 0
+        self.conn: Any = None
+        self.delay = 0.05
+
+    def listen(self) -> None:
+        conn = self.connect()
+        try:
+            conn.cursor().execute(f"LISTEN {self.channel}")
+        except self.pg.Error as exc:
+            conn.close()
+            raise DatabaseUnusable(f"cannot LISTEN: {_first_line(exc)}") from None
+        self.conn, self.delay = conn, 0.05
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """The generation once it is past `seen`, or `seen` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.generation == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return seen
+                if not self.polling:
+                    self.polling = True
+                    break
+                self.cond.wait(left)
+            else:
+                return self.generation
+        moved = False
+        try:
+            moved = self._poll(max(0.0, deadline - time.monotonic()))
+        finally:
+            with self.cond:
+                self.polling = False
+                self.generation += moved
+                self.cond.notify_all()
+        return self.generation
+
+    def _poll(self, timeout: float) -> bool:
+        """Watch the socket up to `timeout`: True on a notification or a reconnect."""
+        pg = self.pg
+        if self.conn is None:
+            time.sleep(min(timeout, self.delay))
+            self.delay = min(self.delay * 2, 1.0)
+            try:
+                self.listen()
+            except (DatabaseUnusable, pg.Error):
+                return False
+            return True  # notifications may have been missed while away
+        try:
+            if not self.conn.notifies:
+                ready, _, _ = select.select([self.conn], [], [], timeout)
+                if not ready:
+                    return False
+                self.conn.poll()
+            if not self.conn.notifies:
+                return False
+            self.conn.notifies.clear()
+            return True
+        except (pg.OperationalError, pg.InterfaceError, OSError, ValueError):
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+            return True
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 class ListenWaker:
-    """Wake-ups from LISTEN on the store's channel, on a connection of its own.
-    A lost connection is re-made with backoff; after it, and after every
-    poll interval without a notification, wait() says "may have changed", so
-    the reader looks again (a cheap indexed query)."""
+    """Wake-ups from LISTEN on the store's channel, through the process's one
+    listening connection (`_Listener`). A lost connection is re-made with
+    backoff; after it, and after every poll interval without a notification
+    (connected or not: a reader that looks then meets a dead server itself),
+    wait() says "may have changed", so the reader looks again (a cheap indexed
+    query)."""
 
     mode = "listen"
 
     def __init__(self, store: PostgresStore, poll_interval: float):
-        self.store, self.poll_interval = store, poll_interval
-        self.conn: Any = None
+        self.poll_interval = poll_interval
+        self.shared = store.shared
+        self.listener: _Listener | None = self.shared.listener_for(store)
+        self.seen = self.listener.generation
         self.last_look = time.monotonic()
-        self.delay = 0.05
-        self._listen()
-
-    def _listen(self) -> None:
-        self.conn = self.store._connect()
-        self.conn.cursor().execute(f"LISTEN {self.store.channel}")
-        self.delay = 0.05
 
     def wait(self, timeout: float) -> bool:
         """Up to `timeout` seconds: True on a notification, after a reconnect,
         and once per poll interval without one (the timer fallback)."""
         limit = max(0.0, min(timeout, self.poll_interval))
-        pg = self.store.pg
-        if self.conn is None:
-            time.sleep(min(limit, self.delay))
-            self.delay = min(self.delay * 2, 1.0)
-            try:
-                self._listen()
-            except (DatabaseUnusable, pg.Error):
-                self.conn = None
-                return False
-            return self._looked()  # notifications may have been missed while away
-        try:
-            if not self.conn.notifies:
-                ready, _, _ = select.select([self.conn], [], [], limit)
-                if not ready:
-                    if time.monotonic() - self.last_look >= self.poll_interval:
-                        return self._looked()
-                    return False
-                self.conn.poll()
-            self.conn.notifies.clear()
+        if self.listener is None:
+            raise DatabaseUnusable("this waker is closed")
+        generation = self.listener.wait(self.seen, limit)
+        if generation != self.seen:
+            self.seen = generation
             return self._looked()
-        except (pg.OperationalError, pg.InterfaceError):
-            try:
-                self.conn.close()
-            finally:
-                self.conn = None
+        if time.monotonic() - self.last_look >= self.poll_interval:
             return self._looked()
+        return False
 
     def _looked(self) -> bool:
         self.last_look = time.monotonic()
         return True
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        if self.listener is not None:
+            self.shared.listener_done()
+            self.listener = None
