@@ -440,3 +440,70 @@ def test_a_writer_that_waited_for_a_parent_sees_the_counts_committed_before_it(p
         assert other["proc"].wait(timeout=60) == 0, other["proc"].stderr.read()
         assert jc.status(parent) == "completed"
         assert jc.verify() == []
+
+
+def test_a_waker_whose_server_refuses_it_still_says_look_each_poll_interval(pg_url, monkeypatch):
+    """The wake-up connection is cut and the server refuses a new one: wait() still
+    returns True once per poll interval, so the reader looks (and meets the refusal
+    itself) instead of waiting forever."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"waker_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    sql(pg_url, f"GRANT CONNECT, CREATE ON DATABASE {dbname} TO {role}")
+    url = role_url(pg_url, role)
+    monkeypatch.setenv("JOBCTL_CONNECT_TIMEOUT", "0.2")
+    try:
+        with Jobctl(url) as jc:
+            waker = jc.store.waker(0.3)
+            try:
+                sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE usename = %s AND query LIKE 'LISTEN%%'", (role,))
+                wait_until(lambda: sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                                       (role,))[0][0] == 1)
+                blocker = psycopg2.connect(url)  # the freed slot is taken: the waker cannot come back
+                try:
+                    deadline = time.monotonic() + 5
+                    looks = 0
+                    while time.monotonic() < deadline and looks < 3:
+                        looks += waker.wait(1.0)
+                    assert looks == 3
+                finally:
+                    blocker.close()
+            finally:
+                waker.close()
+    finally:
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")
+
+
+def test_watch_and_writers_through_a_network_cut(pg_url):
+    """Every connection through a (delaying) proxy dropped at once: the watcher
+    reconnects and sees every change, once, in order."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("tcp_proxy", ROOT / "bench" / "tcp_proxy.py")
+    tcp_proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("cut")
+        kids = jc.spawn(parent, count=4)
+    parts = urlsplit(pg_url)
+    with tcp_proxy.Proxy(parts.hostname, parts.port, delay=0.002) as proxy:
+        far = with_netloc(pg_url, f"{parts.username}@127.0.0.1:{proxy.port}")
+        watcher = subprocess.Popen([JOBCTL, "--db", far, "watch", parent, "--json", "--timeout", "60",
+                                    "--poll-interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        assert json.loads(watcher.stdout.readline())["type"] == "start"
+        run("status", "set", *kids[:2], "completed", db=far, check=True)
+        proxy.cut_all()
+        run("status", "set", *kids[2:], "completed", db=far, check=True)
+        out, err = watcher.communicate(timeout=90)
+    assert watcher.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    ids = [x["event"]["id"] for x in lines if x["type"] == "event"]
+    with Jobctl(pg_url) as jc:
+        # every change after the parent's own start (as in the restart test above), once, in order
+        assert ids == [e["id"] for e in jc.events(since=6)]
+    assert lines[-1]["progress_text"] == "0 pending, 0 running, 4 completed, 0 failed"
