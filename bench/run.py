@@ -781,6 +781,88 @@ def pg_distance(args, tmp):
 
 
 @pg_benchmark
+def pg_distance_run(args, tmp):
+    """`jobctl run` at a distance: N `jobctl run KID --heartbeat 1` processes through
+    bench/tcp_proxy.py at RTT 10 ms, each command printing 20 lines/s for S seconds,
+    and a `watch --json` of their parent through the proxy too. Reports whether
+    every line was stored, the most jobs found stale at --stale-after 3s (sampled
+    every half second), and the watch's latency from commit to line printed, for
+    a probe child toggled ~10 times a second over loopback (its commit times are
+    known; the watch is through the proxy). Issue 19's bar: 32 processes, 30 s: every line
+    stored, none stale, watch p99 ≤ 50 ms."""
+    import importlib.util as iu
+    from urllib.parse import urlsplit
+
+    spec = iu.spec_from_file_location("tcp_proxy", HERE / "tcp_proxy.py")
+    tcp_proxy = iu.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    from jobctl import Jobctl
+
+    n, seconds, rtt = args.run_processes, args.run_seconds, 10.0
+    name, url = PG.database("distance_run")
+    with Jobctl(url) as jc:
+        parent = jc.create("runs")
+        kids = jc.spawn(parent, count=n)
+        probe = jc.spawn(parent, names=["probe"])[0]  # toggled from here: commit times known
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    script = (f"import time\nt = time.time()\nfor i in range({int(seconds * 20)}):\n"
+              "    print('line', i, flush=True)\n    time.sleep(max(0.0, t + (i + 1) / 20 - time.time()))\n")
+    stale_seen, stop_sampling = [0], threading.Event()
+    watcher = None
+    try:
+        with tcp_proxy.Proxy(host, port, delay=rtt / 2000) as proxy:
+            far = url.replace(f":{port}/", f":{proxy.port}/")
+            watcher, reader = start_reader([JOBCTL, "--db", far, "watch", parent, "--json", "--timeout", "600"])
+
+            commits = []
+
+            def sample():  # on loopback: the stale count, and the probe's changes at ~10/s
+                with Jobctl(url) as jc:
+                    k = 0
+                    while not stop_sampling.wait(0.1):
+                        jc.set_status([probe], "pending" if k % 2 else "running", force=True)
+                        commits.append(time.time())
+                        k += 1
+                        if k % 5 == 0:
+                            stale_seen[0] = max(stale_seen[0], len(jc.stale_children(parent, 3.0)))
+                    jc.set_status([probe], "completed", force=True)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            runs = [subprocess.Popen([JOBCTL, "--db", far, "run", kid, "--heartbeat", "1", "--",
+                                      sys.executable, "-c", script], stdout=subprocess.DEVNULL)
+                    for kid in kids]
+            codes = [p.wait(timeout=seconds * 10 + 120) for p in runs]
+            stop_sampling.set()
+            sampler.join(10)
+            watcher.wait(timeout=120)
+            reader.join(timeout=30)
+    finally:
+        if watcher is not None:
+            stop(watcher)
+    to_wall = time.time() - time.perf_counter()
+    printed = {}
+    for t, line in reader.lines[1:]:
+        event = json.loads(line).get("event")
+        if event:
+            printed.setdefault(event["id"], t + to_wall)
+    with Jobctl(url) as jc:
+        stored = [sum(1 for e in jc.events(job=k) if e["kind"] == "log") for k in kids]
+        probe_ids = [e["id"] for e in jc.events(job=probe) if e["kind"] == "status"][:len(commits)]
+    latencies = [(printed[i] - c) * 1000 for i, c in zip(probe_ids, commits) if i in printed]
+    PG.drop(name)
+    want = int(seconds * 20)
+    p99 = percentile(latencies, 99)
+    met = (all(c == 0 for c in codes) and all(x == want for x in stored) and stale_seen[0] == 0 and p99 <= 50
+           and len(latencies) == len(commits))
+    return {"metric": "run at RTT 10 ms", "processes": n, "run_seconds": seconds, "exit_codes_ok": all(c == 0 for c in codes),
+            "lines_stored_min": min(stored), "lines_wanted": want, "most_stale_at_3s": stale_seen[0],
+            "watch_p50_ms": percentile(latencies, 50), "watch_p99_ms": p99, "probe_changes": len(commits),
+            "probe_changes_printed": len(latencies),
+            "bar": "32 processes, 30 s: every line stored, none stale at 3 s, watch p99 ≤ 50 ms", "met": met}
+
+
+@pg_benchmark
 def pg_spawn(args, tmp):
     """`jobctl --db URL spawn PARENT --count N` against one psycopg2 transaction that
     COPYs the same N job rows and N event rows (ids max + 1 ...) and upserts the counts."""
@@ -915,6 +997,10 @@ def main(argv=None):
     parser.add_argument("--distance-writers", default="1,8,32", help="pg_distance: writer processes per cell")
     parser.add_argument("--distance-rtts", default="0,2,10", help="pg_distance: round-trip times (ms)")
     parser.add_argument("--distance-seconds", type=float, default=2.0, help="pg_distance: seconds per cell")
+    parser.add_argument("--run-processes", type=int, default=8, help="pg_distance_run: jobctl run processes"
+                        " (the issue's bar: 32)")
+    parser.add_argument("--run-seconds", type=float, default=5.0, help="pg_distance_run: seconds each command"
+                        " prints 20 lines/s (the issue's bar: 30)")
     parser.add_argument("--pg-url", help="run the pg_* benchmarks on this PostgreSQL server instead of a"
                         " throwaway one (postgresql://user@host:port/db; the user needs CREATEDB)")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
@@ -925,6 +1011,7 @@ def main(argv=None):
         args.calls, args.batch_ids, args.spawn_children = 3, 200, 1000
         args.progress_children, args.writer_commits = 2000, 20
         args.distance_writers, args.distance_rtts, args.distance_seconds = "1,2", "0,2", 0.3
+        args.run_processes, args.run_seconds = 2, 1.0
     # Measure what users run: bytecode cached. (Some shells export PYTHONDONTWRITEBYTECODE,
     # which would make every jobctl process compile its modules again.)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
