@@ -312,7 +312,6 @@ def test_a_role_with_a_connection_limit_runs_all_its_children(pg_url, tmp_path):
         with Jobctl(url) as jc:
             assert jc.progress(parent)["progress_text"] == "0 pending, 0 running, 10 completed, 0 failed"
             # both of the role's connections taken: a third process waits, then gives up in one line
-            t0 = time.monotonic()
             blocker = psycopg2.connect(url)
             try:
                 refused = run("status", "set", parent, "running", "--force", db=url,
@@ -321,7 +320,7 @@ def test_a_role_with_a_connection_limit_runs_all_its_children(pg_url, tmp_path):
                 blocker.close()
             assert refused.returncode == 5
             assert refused.stderr.count("\n") == 1 and "too many connections" in refused.stderr, refused.stderr
-            assert "JOBCTL_CONNECT_TIMEOUT" in refused.stderr and time.monotonic() - t0 >= 2
+            assert "still refused after 2 s; JOBCTL_CONNECT_TIMEOUT" in refused.stderr
             assert jc.status(parent) == "completed"  # nothing written
     finally:
         sql(pg_url, f"DROP OWNED BY {role}")
@@ -417,9 +416,11 @@ def test_writers_work_through_pgbouncer_in_transaction_pooling(pg_url, pg_server
 
 
 def test_a_writer_that_waited_for_a_parent_sees_the_counts_committed_before_it(pg_url):
-    """Two last children completing at once, from two processes: the writer that
-    waited for the parent's row lock reads the parent's counts as the other left
-    them, so the parent completes (a stale read would leave it running forever)."""
+    """Two last children completing at once, from two processes, each having read
+    the other as running: whichever commits second sees the parent's counts as the
+    other left them (it waited for the row lock, or its check of the parent failed
+    and it ran again), so the parent completes; a stale read would leave it
+    running forever."""
     with Jobctl(pg_url) as setup:
         parent = setup.create("p")
         first, second = setup.spawn(parent, count=2)
@@ -428,10 +429,12 @@ def test_a_writer_that_waited_for_a_parent_sees_the_counts_committed_before_it(p
         real = jc.store.insert_events
         other = {}
 
-        def meanwhile(events):  # the parent is locked by us: the other writer queues for it
-            other["proc"] = subprocess.Popen([JOBCTL, "--db", pg_url, "status", "set", second, "completed"],
-                                             stderr=subprocess.PIPE, text=True)
-            wait_until(lambda: sql(pg_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0)
+        def meanwhile(events):  # the other writer goes through, or queues for a lock we hold
+            if "proc" not in other:
+                other["proc"] = subprocess.Popen([JOBCTL, "--db", pg_url, "status", "set", second, "completed"],
+                                                 stderr=subprocess.PIPE, text=True)
+                wait_until(lambda: other["proc"].poll() is not None
+                           or sql(pg_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0)
             real(events)
 
         jc.store.insert_events = meanwhile
