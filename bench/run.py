@@ -98,7 +98,7 @@ def _latency_run(db, parent, kids, cmd, floor, rate):
             t_next = time.perf_counter() + 1 / rate
             jc.set_status([kid], "running")
             committed = time.perf_counter()  # before asking for the id: on PostgreSQL that is a round trip
-            commits[jc._store.last_event_id()] = committed
+            commits[jc.last_event_id()] = committed
             time.sleep(max(0.0, t_next - time.perf_counter()))
     time.sleep(0.5)
     stop(proc)
@@ -290,7 +290,7 @@ def serve_latency(args, tmp):
                     t_next = time.perf_counter() + 1 / args.rate
                     jc.set_status([kid], "running")
                     committed = time.perf_counter()
-                    commits[jc._store.last_event_id()] = committed
+                    commits[jc.last_event_id()] = committed
                     time.sleep(max(0.0, t_next - time.perf_counter()))
             last = max(commits)
             deadline = time.time() + 30
@@ -679,6 +679,189 @@ def pg_concurrent_writers(args, tmp):
             "ratio": mo / mb, "bar": "ratio ≥ 0.5", "met": mo / mb >= 0.5}
 
 
+def _distance_cell(mode, url, writers, seconds, jobs_of):
+    """`writers` processes of bench/pg_distance_writer.py on `url`, started together:
+    changes committed per second, all writers together."""
+    procs = [subprocess.Popen([sys.executable, str(HERE / "pg_distance_writer.py"), mode, url, str(seconds),
+                               ",".join(jobs_of(w))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for w in range(writers)]
+    try:
+        for p in procs:  # every interpreter started, connected and read its jobs
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a {mode} writer did not start")
+        start = time.time() + 0.2
+        for p in procs:
+            p.stdin.write(f"{start}\n")
+            p.stdin.flush()
+        done = [int(p.communicate(timeout=600)[0].split()[-1]) for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"a {mode} writer failed")
+        return sum(done) / seconds
+    finally:
+        for p in procs:
+            stop(p)
+
+
+@pg_benchmark
+def pg_distance(args, tmp):
+    """PostgreSQL writes at a distance: 1, 8 and 32 writer processes (status
+    changes through the Python API, one per transaction) at RTT 0 (loopback), 2
+    and 10 ms (bench/tcp_proxy.py delaying each direction by RTT/2), in two
+    shapes: `own` (each writer toggles the children of a parent of its own) and
+    `fanin` (all writers toggle children of one shared parent, whose counts row
+    each change updates). Reported per cell: changes/s; `vs_network`, against the
+    network's limit for the shape, writers / (round trips per change x RTT), with
+    jobctl's 2 round trips (read, then the COMMIT batch); `vs_raw`, against raw
+    psycopg2 transactions of the same statements without the global lock (event
+    ids from a sequence), run in the same cell. Bars (issue 19): 32 writers >= 1
+    writer at every RTT and shape; 32 writers >= 800/s at RTT 10 ms, >= 1,000/s
+    at 2 ms and on loopback."""
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("tcp_proxy", HERE / "tcp_proxy.py")
+    tcp_proxy = iu.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    from jobctl import Jobctl
+
+    writers_list = [int(x) for x in args.distance_writers.split(",")]
+    rtts = [float(x) for x in args.distance_rtts.split(",")]
+    most = max(writers_list)
+    name, url = PG.database("distance")
+    with Jobctl(url) as jc:
+        own = [jc.create(f"own {w}", id=f"own{w}") for w in range(most)]
+        own_kids = [jc.spawn(p, count=4) for p in own]
+        fanin = jc.create("fan-in", id="fanin")
+        fanin_kids = jc.spawn(fanin, count=4 * most)
+    PG.psql(name, "CREATE TABLE jobctl.raw_events (LIKE jobctl.events INCLUDING DEFAULTS);"
+                  " CREATE SEQUENCE jobctl.raw_ids OWNED BY jobctl.raw_events.id;"
+                  " ALTER TABLE jobctl.raw_events ALTER id SET DEFAULT nextval('jobctl.raw_ids'),"
+                  " ADD PRIMARY KEY (id)")
+    PG.psql(name, "VACUUM ANALYZE")
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    cells, result = [], {"metric": "changes/s", "seconds_per_cell": args.distance_seconds}
+    try:
+        for rtt in rtts:
+            proxy = tcp_proxy.Proxy(host, port, delay=rtt / 2000).start() if rtt else None
+            cell_url = url.replace(f":{port}/", f":{proxy.port}/") if proxy else url
+            try:
+                for shape in ("own", "fanin"):
+                    for writers in writers_list:
+                        def jobs_of(w, shape=shape, writers=writers):
+                            return own_kids[w] if shape == "own" else fanin_kids[w::writers]
+
+                        ours = _distance_cell("jobctl", cell_url, writers, args.distance_seconds, jobs_of)
+                        raw = _distance_cell("raw", cell_url, writers, args.distance_seconds, jobs_of)
+                        limit = writers / (2 * rtt / 1000) if rtt else None
+                        cell = {"rtt_ms": rtt, "shape": shape, "writers": writers, "jobctl": round(ours, 1),
+                                "raw": round(raw, 1), "vs_raw": round(ours / raw, 3),
+                                "vs_network": round(ours / limit, 3) if limit else None}
+                        cells.append(cell)
+                        print(f"  pg_distance rtt={rtt:g}ms {shape:5} writers={writers:2}: jobctl {ours:7.1f}/s,"
+                              f" raw {raw:7.1f}/s ({ours / raw:.2f}), vs network limit "
+                              + (f"{ours / limit:.2f}" if limit else "-"), flush=True)
+            finally:
+                if proxy:
+                    proxy.close()
+    finally:
+        PG.drop(name)
+
+    def at(rtt, shape, writers):
+        return next(c["jobctl"] for c in cells if (c["rtt_ms"], c["shape"], c["writers"]) == (rtt, shape, writers))
+
+    grows = all(at(r, s, most) >= at(r, s, min(writers_list)) for r in rtts for s in ("own", "fanin"))
+    floors = {0.0: 1000, 2.0: 1000, 10.0: 800}
+    fast = all(at(r, "own", most) >= floors[r] for r in rtts if r in floors) if most >= 32 else None
+    result.update(cells=cells, grows_with_writers=grows, fast_enough=fast,
+                  bar="32 writers ≥ 1 writer (every RTT, both shapes); 32 writers, own parents:"
+                      " ≥ 1,000/s at RTT 0 and 2 ms, ≥ 800/s at 10 ms",
+                  met=grows and fast is not False)
+    return result
+
+
+@pg_benchmark
+def pg_distance_run(args, tmp):
+    """`jobctl run` at a distance: N `jobctl run KID --heartbeat 1` processes through
+    bench/tcp_proxy.py at RTT 10 ms, each command printing 20 lines/s for S seconds,
+    and a `watch --json` of their parent through the proxy too. Reports whether
+    every line was stored, the most jobs found stale at --stale-after 3s (sampled
+    every half second), and the watch's latency from commit to line printed, for
+    a probe child toggled ~10 times a second over loopback (its commit times are
+    known; the watch is through the proxy). Issue 19's bar: 32 processes, 30 s: every line
+    stored, none stale, watch p99 ≤ 50 ms."""
+    import importlib.util as iu
+    from urllib.parse import urlsplit
+
+    spec = iu.spec_from_file_location("tcp_proxy", HERE / "tcp_proxy.py")
+    tcp_proxy = iu.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    from jobctl import Jobctl
+
+    n, seconds, rtt = args.run_processes, args.run_seconds, 10.0
+    name, url = PG.database("distance_run")
+    with Jobctl(url) as jc:
+        parent = jc.create("runs")
+        kids = jc.spawn(parent, count=n)
+        probe = jc.spawn(parent, names=["probe"])[0]  # toggled from here: commit times known
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    script = (f"import time\nt = time.time()\nfor i in range({int(seconds * 20)}):\n"
+              "    print('line', i, flush=True)\n    time.sleep(max(0.0, t + (i + 1) / 20 - time.time()))\n")
+    stale_seen, stop_sampling = [0], threading.Event()
+    watcher = None
+    try:
+        with tcp_proxy.Proxy(host, port, delay=rtt / 2000) as proxy:
+            far = url.replace(f":{port}/", f":{proxy.port}/")
+            watcher, reader = start_reader([JOBCTL, "--db", far, "watch", parent, "--json", "--timeout", "600"])
+
+            commits = []
+
+            def sample():  # on loopback: the stale count, and the probe's changes at ~10/s
+                with Jobctl(url) as jc:
+                    k = 0
+                    while not stop_sampling.wait(0.1):
+                        jc.set_status([probe], "pending" if k % 2 else "running", force=True)
+                        commits.append(time.time())
+                        k += 1
+                        if k % 5 == 0:
+                            stale_seen[0] = max(stale_seen[0], len(jc.stale_children(parent, 3.0)))
+                    jc.set_status([probe], "completed", force=True)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            runs = [subprocess.Popen([JOBCTL, "--db", far, "run", kid, "--heartbeat", "1", "--",
+                                      sys.executable, "-c", script], stdout=subprocess.DEVNULL)
+                    for kid in kids]
+            codes = [p.wait(timeout=seconds * 10 + 120) for p in runs]
+            stop_sampling.set()
+            sampler.join(10)
+            watcher.wait(timeout=120)
+            reader.join(timeout=30)
+    finally:
+        if watcher is not None:
+            stop(watcher)
+    to_wall = time.time() - time.perf_counter()
+    printed = {}
+    for t, line in reader.lines[1:]:
+        event = json.loads(line).get("event")
+        if event:
+            printed.setdefault(event["id"], t + to_wall)
+    with Jobctl(url) as jc:
+        stored = [sum(1 for e in jc.events(job=k) if e["kind"] == "log") for k in kids]
+        probe_ids = [e["id"] for e in jc.events(job=probe) if e["kind"] == "status"][:len(commits)]
+    latencies = [(printed[i] - c) * 1000 for i, c in zip(probe_ids, commits) if i in printed]
+    PG.drop(name)
+    want = int(seconds * 20)
+    p99 = percentile(latencies, 99)
+    met = (all(c == 0 for c in codes) and all(x == want for x in stored) and stale_seen[0] == 0 and p99 <= 50
+           and len(latencies) == len(commits))
+    return {"metric": "run at RTT 10 ms", "processes": n, "run_seconds": seconds, "exit_codes_ok": all(c == 0 for c in codes),
+            "lines_stored_min": min(stored), "lines_wanted": want, "most_stale_at_3s": stale_seen[0],
+            "watch_p50_ms": percentile(latencies, 50), "watch_p99_ms": p99, "probe_changes": len(commits),
+            "probe_changes_printed": len(latencies),
+            "bar": "32 processes, 30 s: every line stored, none stale at 3 s, watch p99 ≤ 50 ms", "met": met}
+
+
 @pg_benchmark
 def pg_spawn(args, tmp):
     """`jobctl --db URL spawn PARENT --count N` against one psycopg2 transaction that
@@ -811,6 +994,13 @@ def main(argv=None):
     parser.add_argument("--spawn-children", type=int, default=100_000)
     parser.add_argument("--progress-children", type=int, default=1_000_000)
     parser.add_argument("--writer-commits", type=int, default=2000, help="per writer (each run ~2 s)")
+    parser.add_argument("--distance-writers", default="1,8,32", help="pg_distance: writer processes per cell")
+    parser.add_argument("--distance-rtts", default="0,2,10", help="pg_distance: round-trip times (ms)")
+    parser.add_argument("--distance-seconds", type=float, default=2.0, help="pg_distance: seconds per cell")
+    parser.add_argument("--run-processes", type=int, default=8, help="pg_distance_run: jobctl run processes"
+                        " (the issue's bar: 32)")
+    parser.add_argument("--run-seconds", type=float, default=5.0, help="pg_distance_run: seconds each command"
+                        " prints 20 lines/s (the issue's bar: 30)")
     parser.add_argument("--pg-url", help="run the pg_* benchmarks on this PostgreSQL server instead of a"
                         " throwaway one (postgresql://user@host:port/db; the user needs CREATEDB)")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
@@ -820,6 +1010,8 @@ def main(argv=None):
         args.throughput_children, args.idle_seconds = 200, 0.5
         args.calls, args.batch_ids, args.spawn_children = 3, 200, 1000
         args.progress_children, args.writer_commits = 2000, 20
+        args.distance_writers, args.distance_rtts, args.distance_seconds = "1,2", "0,2", 0.3
+        args.run_processes, args.run_seconds = 2, 1.0
     # Measure what users run: bytecode cached. (Some shells export PYTHONDONTWRITEBYTECODE,
     # which would make every jobctl process compile its modules again.)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)

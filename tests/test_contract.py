@@ -182,7 +182,8 @@ def test_a_writer_that_waits_for_the_lock_says_so_once(db):
         job = jc.create("x")
     holder = Jobctl(db)
     lock = holder._store.write()
-    lock.__enter__()  # another writer, in the middle of a long transaction
+    lock.__enter__()  # another writer, in the middle of a long transaction that holds the lock
+    holder._store.hold_write_lock()
     try:
         proc = subprocess.Popen([JOBCTL, "--db", db, "status", "set", job, "running"], stderr=subprocess.PIPE,
                                 text=True, env=dict(os.environ, JOBCTL_BUSY_TIMEOUT="30"))
@@ -220,6 +221,7 @@ def test_a_writer_refused_after_the_busy_timeout_can_write_again(db, monkeypatch
         holder = Jobctl(db)
         lock = holder._store.write()
         lock.__enter__()
+        holder._store.hold_write_lock()
         try:
             with pytest.raises(DatabaseUnusable, match="still locked"):
                 jc.set_status([job], "running")

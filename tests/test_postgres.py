@@ -333,3 +333,271 @@ def test_a_role_without_rights_on_the_schema_is_told_the_grant(pg_url):
     finally:
         sql(pg_url, f"DROP OWNED BY {role}")
         sql(pg_url, f"DROP ROLE {role}")
+
+
+# -- across machines: connections, poolers, refusals (issue 19) ---------------
+
+def role_url(pg_url, role):
+    return with_netloc(pg_url, f"{role}@{urlsplit(pg_url).netloc.split('@')[1]}")
+
+
+def jobctl_backends(pg_url):
+    """The server's connections named `jobctl`, to the test's database."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    return sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobctl'"
+                       " AND datname = %s", (dbname,))[0][0]
+
+
+def wait_until(predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def gated_claim(pg_url, parent, gate, jobs, env=None):
+    """`run --claim PARENT --jobs N` whose commands wait for the file `gate`."""
+    return subprocess.Popen(
+        [JOBCTL, "--db", pg_url, "run", "--claim", parent, "--jobs", str(jobs), "--",
+         "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+
+
+def test_one_process_uses_two_connections_whatever_its_jobs(pg_url, tmp_path):
+    """`run --claim --jobs 8` with 8 commands running at once holds one connection
+    for writes and one for wake-ups (the budget: N runners need 2N connections);
+    each of its threads used to open its own, 4 per job."""
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("budget")
+        jc.spawn(parent, count=8)
+    gate = tmp_path / "gate"
+    proc = gated_claim(pg_url, parent, gate, 8)
+    try:
+        with Jobctl(pg_url) as jc:
+            wait_until(lambda: jc.progress(parent)["running_children"] == 8)
+        assert jobctl_backends(pg_url) == 2
+    finally:
+        gate.touch()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    with Jobctl(pg_url) as jc:
+        assert jc.progress(parent)["progress_text"] == "0 pending, 0 running, 8 completed, 0 failed"
+
+
+def test_a_role_with_a_connection_limit_runs_all_its_children(pg_url, tmp_path):
+    """A role with `CONNECTION LIMIT 2`: `run --claim --jobs 4` runs every child (it
+    needs two connections), and a process that finds no connection free is told so
+    in one line, exit 5, after retrying within the connect timeout."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"limited_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    sql(pg_url, f"GRANT CONNECT, CREATE ON DATABASE {dbname} TO {role}")
+    url = role_url(pg_url, role)
+    try:
+        with Jobctl(url) as jc:
+            parent = jc.create("limited")
+            jc.spawn(parent, count=10)
+        result = run("run", "--claim", parent, "--jobs", "4", "--", "true", db=url, timeout=120)
+        assert result.returncode == 0, result.stderr
+        with Jobctl(url) as jc:
+            assert jc.progress(parent)["progress_text"] == "0 pending, 0 running, 10 completed, 0 failed"
+            # both of the role's connections taken: a third process waits, then gives up in one line
+            blocker = psycopg2.connect(url)
+            try:
+                refused = run("status", "set", parent, "running", "--force", db=url,
+                              env={"JOBCTL_CONNECT_TIMEOUT": "2"})
+            finally:
+                blocker.close()
+            assert refused.returncode == 5
+            assert refused.stderr.count("\n") == 1 and "too many connections" in refused.stderr, refused.stderr
+            assert "still refused after 2 s; JOBCTL_CONNECT_TIMEOUT" in refused.stderr
+            assert jc.status(parent) == "completed"  # nothing written
+    finally:
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")
+
+
+def test_a_refused_connection_is_retried_until_one_is_free(pg_url, pg_server):
+    """A refusal (here: the role's connection limit) is asked again with backoff: a
+    slot freed within the connect timeout lets the command through."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"one_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+    sql(pg_url, f"GRANT CONNECT, CREATE ON DATABASE {dbname} TO {role}")
+    url = role_url(pg_url, role)
+    try:
+        with Jobctl(url) as jc:
+            job = jc.create("x")
+        refusal = f'too many connections for role "{role}"'
+
+        def refusals():
+            return pg_server.log_file.read_text(errors="replace").count(refusal)
+
+        before = refusals()
+        blocker = psycopg2.connect(url)
+        proc = subprocess.Popen([JOBCTL, "--db", url, "status", "set", job, "running"], stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, JOBCTL_CONNECT_TIMEOUT="60"))
+        wait_until(lambda: refusals() > before)  # the command was refused at least once ...
+        blocker.close()  # ... and the slot frees while it is retrying
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        with Jobctl(url) as jc:
+            assert jc.status(job) == "running"
+    finally:
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")
+
+
+def test_run_claim_survives_its_connections_being_terminated(pg_url, tmp_path):
+    """pg_terminate_backend on every jobctl connection while `run --claim` waits for
+    its commands: it reconnects (its wake-ups too) and records every outcome."""
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("terminated")
+        jc.spawn(parent, count=4)
+    gate = tmp_path / "gate"
+    proc = gated_claim(pg_url, parent, gate, 2)
+    try:
+        with Jobctl(pg_url) as jc:
+            wait_until(lambda: jc.progress(parent)["running_children"] == 2)
+        killed = sql(pg_url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                             " WHERE application_name = 'jobctl' AND pid <> pg_backend_pid()")[0][0]
+        assert killed == 2
+    finally:
+        gate.touch()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    with Jobctl(pg_url) as jc:
+        assert jc.progress(parent)["progress_text"] == "0 pending, 0 running, 4 completed, 0 failed"
+        assert jc.verify() == []
+
+
+@pytest.mark.skipif(not os.access("/usr/sbin/pgbouncer", os.X_OK), reason="pgbouncer is not installed")
+def test_writers_work_through_pgbouncer_in_transaction_pooling(pg_url, pg_server):
+    """Eight writer processes through PgBouncer (pool_mode = transaction, 2 server
+    connections): every change lands once, event ids stay consecutive, and a
+    watcher on a session of its own (LISTEN needs one) sees them all."""
+    from throwaway_pg import PgBouncer
+
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("pooled")
+        kids = jc.spawn(parent, count=16)
+    with PgBouncer(pg_server.url, pool_mode="transaction", pool_size=2) as bouncer:
+        pooled = bouncer.url_for(pg_url)
+        watcher = subprocess.Popen([JOBCTL, "--db", pg_url, "watch", parent, "--json", "--timeout", "60"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert json.loads(watcher.stdout.readline())["type"] == "start"
+        writers = [subprocess.Popen([JOBCTL, "--db", pooled, "status", "set", *kids[w::8], status],
+                                    stderr=subprocess.PIPE, text=True)
+                   for status in ("running",) for w in range(8)]
+        for w in writers:
+            assert w.wait(timeout=120) == 0, w.stderr.read()
+        writers = [subprocess.Popen([JOBCTL, "--db", pooled, "status", "set", *kids[w::8], "completed"],
+                                    stderr=subprocess.PIPE, text=True) for w in range(8)]
+        for w in writers:
+            assert w.wait(timeout=120) == 0, w.stderr.read()
+        out, err = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, err + out[-3000:]
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert lines[-1]["progress_text"] == "0 pending, 0 running, 16 completed, 0 failed"
+    with Jobctl(pg_url) as jc:
+        ids = [e["id"] for e in jc.events()]
+        # P and its 16 children created, 32 changes, P running then completed: once each, consecutive
+        assert ids == list(range(1, len(ids) + 1)) and len(ids) == 1 + 16 + 32 + 2
+        assert jc.verify() == []
+
+
+def test_a_writer_that_waited_for_a_parent_sees_the_counts_committed_before_it(pg_url):
+    """Two last children completing at once, from two processes, each having read
+    the other as running: whichever commits second sees the parent's counts as the
+    other left them (it waited for the row lock, or its check of the parent failed
+    and it ran again), so the parent completes; a stale read would leave it
+    running forever."""
+    with Jobctl(pg_url) as setup:
+        parent = setup.create("p")
+        first, second = setup.spawn(parent, count=2)
+        setup.set_status([first, second], "running")
+    with Jobctl(pg_url) as jc:
+        real = jc._store.insert_events
+        other = {}
+
+        def meanwhile(events):  # the other writer goes through, or queues for a lock we hold
+            if "proc" not in other:
+                other["proc"] = subprocess.Popen([JOBCTL, "--db", pg_url, "status", "set", second, "completed"],
+                                                 stderr=subprocess.PIPE, text=True)
+                wait_until(lambda: other["proc"].poll() is not None
+                           or sql(pg_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0)
+            real(events)
+
+        jc._store.insert_events = meanwhile
+        jc.set_status([first], "completed")
+        jc._store.insert_events = real
+        assert other["proc"].wait(timeout=60) == 0, other["proc"].stderr.read()
+        assert jc.status(parent) == "completed"
+        assert jc.verify() == []
+
+
+def test_a_waker_whose_server_refuses_it_still_says_look_each_poll_interval(pg_url, monkeypatch):
+    """The wake-up connection is cut and the server refuses a new one: wait() still
+    returns True once per poll interval, so the reader looks (and meets the refusal
+    itself) instead of waiting forever."""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"waker_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    sql(pg_url, f"GRANT CONNECT, CREATE ON DATABASE {dbname} TO {role}")
+    url = role_url(pg_url, role)
+    monkeypatch.setenv("JOBCTL_CONNECT_TIMEOUT", "0.2")
+    try:
+        with Jobctl(url) as jc:
+            waker = jc.waker(0.3)
+            try:
+                sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE usename = %s AND query LIKE 'LISTEN%%'", (role,))
+                wait_until(lambda: sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                                       (role,))[0][0] == 1)
+                blocker = psycopg2.connect(url)  # the freed slot is taken: the waker cannot come back
+                try:
+                    deadline = time.monotonic() + 5
+                    looks = 0
+                    while time.monotonic() < deadline and looks < 3:
+                        looks += waker.wait(1.0)
+                    assert looks == 3
+                finally:
+                    blocker.close()
+            finally:
+                waker.close()
+    finally:
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")
+
+
+def test_watch_and_writers_through_a_network_cut(pg_url):
+    """Every connection through a (delaying) proxy dropped at once: the watcher
+    reconnects and sees every change, once, in order."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("tcp_proxy", ROOT / "bench" / "tcp_proxy.py")
+    tcp_proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("cut")
+        kids = jc.spawn(parent, count=4)
+    parts = urlsplit(pg_url)
+    with tcp_proxy.Proxy(parts.hostname, parts.port, delay=0.002) as proxy:
+        far = with_netloc(pg_url, f"{parts.username}@127.0.0.1:{proxy.port}")
+        watcher = subprocess.Popen([JOBCTL, "--db", far, "watch", parent, "--json", "--timeout", "60",
+                                    "--poll-interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        assert json.loads(watcher.stdout.readline())["type"] == "start"
+        run("status", "set", *kids[:2], "completed", db=far, check=True)
+        proxy.cut_all()
+        run("status", "set", *kids[2:], "completed", db=far, check=True)
+        out, err = watcher.communicate(timeout=90)
+    assert watcher.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    ids = [x["event"]["id"] for x in lines if x["type"] == "event"]
+    with Jobctl(pg_url) as jc:
+        # every change after the parent's own start (as in the restart test above), once, in order
+        assert ids == [e["id"] for e in jc.events(since=6)]
+    assert lines[-1]["progress_text"] == "0 pending, 0 running, 4 completed, 0 failed"

@@ -494,3 +494,88 @@ def pg_url(pg_server: PgServer) -> str:
         if pg_server.managed and not pg_server.is_running():
             pg_server.start_server_only()  # the test stopped it: bring it back for the next one
         pg_server.drop_database(name)
+
+
+# -- PgBouncer ---------------------------------------------------------------
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+class PgBouncer:
+    """Debian's pgbouncer in front of a PostgreSQL server, started like the server
+    (as the postgres user when we are root: pgbouncer refuses to run as root),
+    on a free port, every database passed through, trust authentication.
+
+        with PgBouncer(server_url, pool_mode="transaction") as bouncer:
+            url = bouncer.url_for(database_url)
+    """
+
+    def __init__(self, server_url: str, pool_mode: str = "transaction", pool_size: int = 5):
+        self.server_url, self.pool_mode, self.pool_size = server_url, pool_mode, pool_size
+        self.base: Path | None = None
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return os.access(PGBOUNCER, os.X_OK)
+
+    def url_for(self, database_url: str) -> str:
+        """`database_url` (a database on the server) through the bouncer."""
+        parts = urlsplit(database_url)
+        user = parts.username or SUPERUSER
+        return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{self.port}"))
+
+    def start(self) -> "PgBouncer":
+        target = urlsplit(self.server_url)
+        self.base = Path(tempfile.mkdtemp(prefix="jobctl-pgbouncer-", dir=_tmp_root()))
+        ids = _run_as()
+        (self.base / "users.txt").write_text(f'"{SUPERUSER}" ""\n')
+        for attempt in range(3):  # the free port may be taken before pgbouncer binds it
+            self.port = free_port()
+            (self.base / "pgbouncer.ini").write_text(
+                "[databases]\n"
+                f"* = host={target.hostname} port={target.port}\n"
+                "[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = trust\nauth_file = {self.base / 'users.txt'}\n"
+                f"pool_mode = {self.pool_mode}\ndefault_pool_size = {self.pool_size}\n"
+                "max_client_conn = 1000\nignore_startup_parameters = extra_float_digits,options\n"
+                f"logfile = {self.base / 'pgbouncer.log'}\n"
+            )
+            if ids is not None:
+                for p in (self.base, *self.base.iterdir()):
+                    os.chown(p, *ids)
+            kw = {} if ids is None else {"user": ids[0], "group": ids[1], "extra_groups": []}
+            self.proc = subprocess.Popen([PGBOUNCER, str(self.base / "pgbouncer.ini")], cwd=self.base,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return self
+                except OSError:
+                    time.sleep(0.05)
+            self.stop(keep_dir=True)
+        log = (self.base / "pgbouncer.log").read_text(errors="replace") if self.base else ""
+        self.stop()
+        raise PgServerError(f"pgbouncer did not start:\n{log[-2000:]}")
+
+    def stop(self, keep_dir: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if not keep_dir and self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = None
+
+    def __enter__(self) -> "PgBouncer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

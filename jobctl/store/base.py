@@ -6,10 +6,13 @@ modules speak SQL, and none of them knows a status rule.
 The contract both backends keep
 -------------------------------
 - **Atomic writes.** Everything done inside one `write()` block commits
-  together or not at all. `write()` also serialises writers: a write
-  transaction holds the database's write lock from its start (SQLite's
-  `BEGIN IMMEDIATE`; a transaction-scoped advisory lock on PostgreSQL), so a
-  read-then-write inside it (a job's status, child counts) loses no update.
+  together or not at all, and a read-then-write inside it (a job's status,
+  child counts) loses no update. SQLite serialises writers: a write holds the
+  database's write lock from its start (`BEGIN IMMEDIATE`). PostgreSQL locks
+  the rows a write reads as it reads them, and takes the write lock (a
+  transaction-scoped advisory lock) for its COMMIT batch only, so no writer
+  waits for another's round trips; a write that reads more than rows by key
+  takes it earlier (`hold_write_lock()`) and keeps it to its end.
 - **Child counts change by deltas** (`apply_count_deltas`), never by writing
   back a value read earlier.
 - **Event ids are the commit order.** Ids are assigned under the write lock,
@@ -168,6 +171,9 @@ class Store(Protocol):
 
     # transactions
     def write(self) -> AbstractContextManager[Store]: ...
+    def hold_write_lock(self) -> None:
+        """Inside write(): hold the write lock from now to the commit (SQLite: held already)."""
+
     def read(self) -> AbstractContextManager[Store]: ...
     def close(self) -> None: ...
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -68,6 +69,11 @@ _JOBS_WITH_COUNTS = (
 _ALIVE_AT = "greatest(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _job_row = itemgetter(*JOB_COLUMNS)
 _event_row = itemgetter(*EVENT_COLUMNS)
+# one row of events to insert, numbered (k): typed, as VALUES would guess text for a NULL
+_EVENT_VALUES = (
+    "(%s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text,"
+    " %s::bigint, %s::integer, %s::double precision, %s::integer, %s::integer)"
+)
 _status_row = itemgetter("id", "status", "started_at", "completed_at", "updated_at", "attempt", "not_before")
 
 # The numbered migrations, in order. Never edit one that has shipped: add the next.
@@ -205,6 +211,43 @@ def _csv_field(value: object) -> str:
     return '"' + str(value).replace('"', '""') + '"'
 
 
+class _Shared:
+    """A process's connections to one database, shared by every store it opens
+    on it (`run --claim --jobs N` opens one per thread): one connection for
+    statements and transactions, used by one store at a time (`lock`, held for
+    a whole transaction), and one LISTEN connection for every waker. So a
+    process needs two connections, whatever its threads."""
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.lock = threading.RLock()
+        self.conn: Any = None
+        self.tx: PostgresStore | None = None  # the store whose transaction is open
+        self.refs = 0
+        self.listener: _Listener | None = None
+        self.listeners = 0
+
+    def listener_for(self, store: PostgresStore) -> _Listener:
+        with _SHARED_LOCK:
+            if self.listener is None:
+                listener = _Listener(store)
+                listener.listen()
+                self.listener = listener
+            self.listeners += 1
+            return self.listener
+
+    def listener_done(self) -> None:
+        with _SHARED_LOCK:
+            self.listeners -= 1
+            if self.listeners == 0 and self.listener is not None:
+                self.listener.close()
+                self.listener = None
+
+
+_SHARED: dict[tuple, _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class PostgresStore(SqlQueries):
     """One connection to a jobctl schema in a PostgreSQL database."""
 
@@ -221,9 +264,24 @@ class PostgresStore(SqlQueries):
         self.channel = f"jobctl_{schema}"
         self.lock_key = zlib.crc32(f"jobctl:{schema}".encode())
         self.pg = _driver()
-        self.conn = self._connect()
+        key = (os.getpid(), url, schema, connect_timeout, lock_timeout)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(key) or _SHARED.setdefault(key, _Shared(key))
+            shared.refs += 1
+        self.shared = shared
+        self.closed = False
+        try:
+            with shared.lock:
+                if shared.conn is None:
+                    shared.conn = self._connect()
+        except BaseException:
+            self.close()
+            raise
         self.in_transaction = False
-        self.next_event_id: int | None = None
+        self.writing = False  # inside write()
+        self.begun = False  # write(): its BEGIN has been sent (with its first statement)
+        self.locked = False  # write(): the write lock is ours (see write())
+        self.next_event_id: int | None = None  # the next event id, once locked
         self.notify = False
         self.deferred: list[str] = []  # statements sent with the COMMIT
         self.ready = False  # the schema is current: write() may read the next event id
@@ -246,16 +304,43 @@ class PostgresStore(SqlQueries):
         return store
 
     def _connect(self):
+        """A new connection. A server that refuses or drops it for a passing reason
+        (too many clients, a role's connection limit, starting up, not listening
+        yet) is asked again with backoff until the connect timeout, then the
+        last reason is given (exit 5); a wrong password or database is at once."""
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                return self._connect_once()
+            except DatabaseUnusable as exc:
+                reason = str(exc.__cause__ or exc).lower()
+                final = any(w in reason for w in ("password", "authentication", "does not exist", "pg_hba"))
+                if final or time.monotonic() + delay > deadline:
+                    if not final and "JOBCTL_CONNECT_TIMEOUT" not in str(exc):
+                        raise DatabaseUnusable(
+                            f"{exc} (still refused after {self.connect_timeout:g} s; JOBCTL_CONNECT_TIMEOUT)"
+                        ) from None
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 1.0)
+
+    def _connect_once(self):
         pg = self.pg
         try:
             conn = pg.connect(
                 self.url,
                 connect_timeout=max(2, int(self.connect_timeout + 0.999)),
                 application_name="jobctl",
-                options=f"-c search_path={self.schema} -c lock_timeout={max(1, int(self.lock_timeout * 1000))}",
+                # (no `options`: search_path and lock_timeout go with each transaction, see
+                # _begin_statements, so that a pooler in transaction mode can be between)
+                keepalives=1,  # a silent network cut is noticed within ~30 s, not the kernel's 15 min
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
             )
         except pg.Error as exc:
-            raise self._connect_error(exc) from None
+            raise self._connect_error(exc) from exc
         conn.autocommit = True  # transactions are explicit: write() and read()
         return conn
 
@@ -285,6 +370,7 @@ class PostgresStore(SqlQueries):
             if not isinstance(exc.__cause__, pg.errors.UndefinedTable):
                 raise
         with self.write():
+            self.hold_write_lock()
             found = self._meta()
             if found is None and not create:
                 raise DatabaseUnusable(f"no jobctl database at {self.name} (create one with `jobctl init`)")
@@ -346,66 +432,141 @@ class PostgresStore(SqlQueries):
                 f" GRANT {', '.join(lacking)} ON SCHEMA {self.schema} TO {row['who']}"
             )
 
+    @property
+    def conn(self) -> Any:
+        """The connection of this process's stores on this database (see _Shared)."""
+        return self.shared.conn
+
+    @conn.setter
+    def conn(self, value: Any) -> None:
+        self.shared.conn = value
+
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        shared = self.shared
+        with _SHARED_LOCK:
+            shared.refs -= 1
+            last = shared.refs == 0
+            if last and _SHARED.get(shared.key) is shared:
+                del _SHARED[shared.key]
+        if last and shared.conn is not None:
+            try:
+                shared.conn.close()
+            except Exception:
+                pass
+            shared.conn = None
+
+    def _hold(self) -> None:
+        """Take the shared connection for this store (see _Shared). A thread already
+        inside another store's transaction on it (nested use) gets one of its own."""
+        shared = self.shared
+        shared.lock.acquire()
+        if shared.tx is None or shared.tx is self:
+            return
+        shared.lock.release()  # (this very thread holds it: the other store's transaction)
+        self.close()
+        self.closed = False
+        self.shared = _Shared(shared.key)
+        self.shared.refs = 1
+        self.shared.lock.acquire()
         try:
-            self.conn.close()
-        except Exception:
-            pass
+            self.shared.conn = self._connect()
+        except BaseException:
+            self.shared.lock.release()
+            raise
+
+    def _begin_statements(self) -> str:
+        """Sent with every BEGIN: the schema and the busy timeout belong to the
+        transaction, not to the session (a pooler hands sessions around)."""
+        return (
+            f"SET LOCAL search_path = {self.schema}; SET LOCAL lock_timeout = {max(1, int(self.lock_timeout * 1000))}"
+        )
 
     # ------------------------------------------------------------ transactions
     @contextmanager
     def write(self) -> Iterator[PostgresStore]:
-        """One write transaction, holding the jobctl write lock (a transaction-
-        scoped advisory lock) from its start: writers run one at a time, and
-        event ids are assigned under the lock. After WAIT_NOTICE seconds of
-        waiting for the lock it says so on stderr, then waits the rest of the
-        busy timeout."""
-        notice = min(WAIT_NOTICE, self.lock_timeout)
-        try:
-            self._begin(notice, self.lock_timeout)
-        except DatabaseUnusable as exc:
-            self._rollback()  # BEGIN went through: leave no aborted transaction behind
-            left = self.lock_timeout - notice
-            if getattr(exc.__cause__, "pgcode", None) != "55P03" or left <= 0:
-                raise
-            info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
-            try:
-                self._begin(left, self.lock_timeout)
-            except BaseException:
-                self._rollback()
-                raise
-        self.in_transaction, self.notify, self.deferred = True, False, []
+        """One write transaction. The write lock (a transaction-scoped advisory
+        lock, which orders event ids) is held only for the server's own work,
+        never across a client round trip:
+
+        - BEGIN goes with the first statement; the jobs a change reads are
+          row-locked as they are read (SELECT ... FOR UPDATE: a read-then-write
+          loses no update, and writers of other trees do not wait);
+        - the COMMIT batch takes the write lock, then runs the writes (event
+          ids are max(id) + 1, read on the server under the lock), the NOTIFY
+          and the COMMIT: one round trip, the lock released at its end;
+        - a change that needs more (a read that locks no row, COPY, a subtree
+          cancelled in one statement) takes the lock first (hold_write_lock)
+          and keeps it to its end, as every write did before.
+
+        After WAIT_NOTICE seconds of waiting for the lock it says so on stderr,
+        then waits the rest of the busy timeout."""
+        self._hold()
+        self.shared.tx = self
+        self.writing, self.begun, self.locked = True, False, False
+        self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
         try:
             yield self
-            # the writes that return nothing, the NOTIFY and the COMMIT: one round trip
-            end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else "", "COMMIT"]
-            self._execute("; ".join(x for x in end if x))
+            end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else ""]
+            end = [x for x in end if x]
+            if end and not self.locked:
+                self._locked("; ".join([*end, "COMMIT"]), fetch=False)
+            elif self.begun or end:
+                self._run("; ".join([*end, "COMMIT"]), None, fetch=False, safe=False)
         except BaseException:
             self._rollback()
             raise
         finally:
-            self.in_transaction = False
+            self.in_transaction = self.writing = self.begun = self.locked = False
+            self.deferred = []
+            self.shared.tx = None
+            self.shared.lock.release()
 
-    def _begin(self, wait: float, timeout: float) -> None:
-        """BEGIN, the write lock (waiting at most `wait` seconds for it), and the
-        next event id read under it: one round trip."""
-        begin = (
-            f"BEGIN; SET LOCAL lock_timeout = {max(1, int(wait * 1000))};"
-            f" SELECT pg_advisory_xact_lock({self.lock_key}); SET LOCAL lock_timeout = {max(1, int(timeout * 1000))}"
-        )
-        if self.ready:  # the next event id, in the same round trip (under the lock)
-            rows = self._run(begin + "; SELECT coalesce(max(id), 0) + 1 FROM events", None, fetch=True)
-            self.next_event_id = rows[0][0] if rows else None
-        else:  # migrating: there may be no events table yet
-            self._execute(begin)
-            self.next_event_id = None
+    def hold_write_lock(self) -> None:
+        """Inside write(): take the write lock now and keep it to the end (what
+        this change queued so far runs under it first)."""
+        if self.locked:
+            return
+        tail = [*self.deferred, "SELECT coalesce(max(id), 0) + 1 FROM events" if self.ready else "SELECT NULL"]
+        self.deferred = []
+        rows = self._locked("; ".join(tail), fetch=True)
+        self.locked = True
+        self.next_event_id = rows[0][0] if rows else None
+
+    def _locked(self, tail: str, fetch: bool) -> list[tuple] | None:
+        """The write lock then `tail`, one round trip: waiting at most WAIT_NOTICE
+        for the lock, then (said on stderr) the rest of the busy timeout. The
+        lock is taken in a savepoint, so a wait that timed out costs nothing
+        this transaction did so far."""
+        notice = min(WAIT_NOTICE, self.lock_timeout)
+        full = f"SET LOCAL lock_timeout = {max(1, int(self.lock_timeout * 1000))}"
+
+        def batch(wait: float) -> str:
+            return (
+                f"SAVEPOINT jobctl_lock; SET LOCAL lock_timeout = {max(1, int(wait * 1000))};"
+                f" SELECT pg_advisory_xact_lock({self.lock_key}); {full}; RELEASE SAVEPOINT jobctl_lock; {tail}"
+            )
+
+        try:
+            return self._run(batch(notice), None, fetch, safe=False)
+        except DatabaseUnusable as exc:
+            left = self.lock_timeout - notice
+            if getattr(exc.__cause__, "pgcode", None) != "55P03" or left <= 0:
+                raise
+            self._run("ROLLBACK TO SAVEPOINT jobctl_lock", None, fetch=False, safe=False)
+            info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
+            return self._run(batch(left), None, fetch, safe=False)
 
     @contextmanager
     def read(self) -> Iterator[PostgresStore]:
         """A read transaction: every query inside sees the same snapshot."""
-        self._execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        self.in_transaction = True
+        self._hold()
         try:
+            self._execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {self._begin_statements()}")
+            self.shared.tx = self
+            self.in_transaction = True
             yield self
             self._execute("COMMIT")
         except BaseException:
@@ -413,6 +574,8 @@ class PostgresStore(SqlQueries):
             raise
         finally:
             self.in_transaction = False
+            self.shared.tx = None
+            self.shared.lock.release()
 
     def _rollback(self) -> None:
         if not self.conn.closed:
@@ -438,12 +601,28 @@ class PostgresStore(SqlQueries):
             return DatabaseUnusable(f"lost the connection to {self.name}: {reason}")
         return DatabaseUnusable(f"database {self.name}: {reason}")
 
-    def _run(self, sql: str, params: Sequence | None, fetch: bool) -> list[tuple] | None:
+    def _run(self, sql: str, params: Sequence | None, fetch: bool, safe: bool | None = None) -> list[tuple] | None:
         """Run one statement; outside a transaction, a lost connection is
         re-made (with backoff, within the connect timeout) and the statement
-        run again: reads are safe to repeat, and so are autocommit statements here."""
+        run again: reads are safe to repeat, and so are autocommit statements here.
+        Inside write(), the first statement carries the BEGIN (and may be run
+        again so: nothing of the transaction was done yet)."""
+        if self.writing and not self.begun:
+            sql, self.begun = f"BEGIN; {self._begin_statements()}; {sql}", True
+            safe = safe is not False
+        elif safe is None:
+            safe = not self.in_transaction and sql.lstrip().upper().startswith(("SELECT", "WITH", "BEGIN"))
+        if not self.in_transaction and not sql.startswith("BEGIN"):
+            sql = f"SET LOCAL search_path = {self.schema}; {sql}"  # one implicit transaction with it
+        self._hold()
+        try:
+            return self._run_held(sql, params, fetch, safe)
+        finally:
+            self.shared.lock.release()
+
+    def _run_held(self, sql: str, params: Sequence | None, fetch: bool, safe: bool) -> list[tuple] | None:
         pg = self.pg
-        deadline = None
+        reconnected = False
         while True:
             try:
                 cur = self.conn.cursor()
@@ -456,32 +635,35 @@ class PostgresStore(SqlQueries):
                 lost = self.conn.closed or getattr(exc, "pgcode", None) in (None, "57P01", "57P02", "57P03")
                 # a read, or the BEGIN of a write, is safe to run again; a statement
                 # inside a transaction is not (the transaction is gone with the connection)
-                if self.in_transaction or not lost or not sql.lstrip().upper().startswith(("SELECT", "WITH", "BEGIN")):
+                if not safe or not lost:
                     raise self._error(exc) from exc
-                deadline = deadline or time.monotonic() + max(self.connect_timeout, 1.0)
-                self._reconnect(deadline, exc)
+                if reconnected:
+                    raise self._error(exc) from exc
+                self._reconnect(exc)
+                reconnected = True
             except pg.Error as exc:
                 raise self._error(exc) from exc
 
-    def _reconnect(self, deadline: float, cause: BaseException) -> None:
-        delay = 0.05
-        while True:
-            self.close()
-            try:
-                self.conn = self._connect()
-                return
-            except DatabaseUnusable:
-                if time.monotonic() + delay > deadline:
-                    raise DatabaseUnusable(
-                        f"lost the connection to {self.name}: {_first_line(cause)} (reconnecting failed)"
-                    ) from None
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 1.0)
+    def _reconnect(self, cause: BaseException) -> None:
+        """A new connection in place of the lost one (_connect retries with backoff)."""
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        try:
+            self.conn = self._connect()
+        except DatabaseUnusable as exc:
+            raise DatabaseUnusable(f"lost the connection to {self.name}: {_first_line(cause)} ({exc})") from None
 
     def _execute(self, sql: str, params: Sequence | None = None) -> None:
         self._run(sql, params, fetch=False)
 
-    def _query(self, sql: str, params: Sequence | None = None) -> list[dict]:
+    def _query(self, sql: str, params: Sequence | None = None, *, rows_locked: bool = False) -> list[dict]:
+        """Rows as dicts. Inside write(), a read that does not lock the rows it
+        reads (`rows_locked`) takes the write lock first: what it read stays true
+        until the commit."""
+        if self.writing and not self.locked and not rows_locked:
+            self.hold_write_lock()
         rows = self._run(sql, params, fetch=True) or []
         cols = self._columns
         return [dict(zip(cols, row)) for row in rows]
@@ -526,7 +708,10 @@ class PostgresStore(SqlQueries):
 
     # -------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> dict | None:
-        rows = self._query(_JOB_SELECT + " WHERE id = %s", (job_id,))
+        if self.writing:
+            rows = self._query(_JOB_SELECT + " WHERE id = %s FOR UPDATE", (job_id,), rows_locked=True)
+        else:
+            rows = self._query(_JOB_SELECT + " WHERE id = %s", (job_id,))
         return rows[0] if rows else None
 
     def jobs_and_counts(
@@ -539,7 +724,17 @@ class PostgresStore(SqlQueries):
             where += " OR j.id IN (SELECT parent_id FROM jobs WHERE id = ANY(%s))"
         for i in range(0, len(ids), CHUNK):
             chunk = list(ids[i : i + CHUNK])
-            for row in self._query(_JOBS_WITH_COUNTS + where, (chunk, chunk) if parents else (chunk,)):
+            params: list = [chunk, chunk] if parents else [chunk]
+            sql = _JOBS_WITH_COUNTS + where
+            if self.writing:
+                # Lock the rows (in id order: writers queue alike), then read them in a
+                # second statement of the same round trip: its snapshot is taken once
+                # the locks are ours, so it sees the counts their last writer committed
+                # (one statement with FOR UPDATE would re-read the locked jobs rows but
+                # join the counts rows of its older snapshot). See write().
+                sql = f"SELECT 1 FROM jobs j{where} ORDER BY j.id FOR UPDATE; {sql}"
+                params += params
+            for row in self._query(sql, params, rows_locked=True):
                 counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
                 jobs[row["id"]] = row
         return jobs, counts
@@ -612,6 +807,7 @@ class PostgresStore(SqlQueries):
         """Two statements, no temporary table (a role may lack TEMP): the check for
         a final job with unfinished children, then one statement whose parts
         (events, rows, counts) all read the subtree as it was before it."""
+        self.hold_write_lock()
         if self.deferred:  # what this transaction wrote so far comes first
             self._execute("; ".join(self.deferred))
             self.deferred = []
@@ -629,8 +825,6 @@ class PostgresStore(SqlQueries):
         )
         if mixed:
             return None
-        if self.next_event_id is None:
-            self.next_event_id = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM events")[0]["n"]
         counts = ", ".join(STATUSES)
         rows = self._run(
             walk + ", ordered AS (SELECT *, row_number() OVER (ORDER BY depth DESC, seq DESC) AS n FROM targets),"
@@ -649,12 +843,15 @@ class PostgresStore(SqlQueries):
             fetch=True,
         )
         ids = [r[0] for r in rows or ()]
+        assert self.next_event_id is not None  # read with the lock
         self.next_event_id += len(ids)
         self.notify = self.notify or bool(ids)
         return ids
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
-        return bool(self._query("UPDATE jobs SET last_heartbeat = %s WHERE id = %s RETURNING 1", (at, job_id)))
+        return bool(
+            self._query("UPDATE jobs SET last_heartbeat = %s WHERE id = %s RETURNING 1", (at, job_id), rows_locked=True)
+        )
 
     def subtree(self, job_id: str) -> list[dict]:
         cols = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
@@ -686,6 +883,8 @@ class PostgresStore(SqlQueries):
         if not self.in_transaction:
             yield from self._query(sql, params)
             return
+        if self.writing:
+            self.hold_write_lock()
         self._execute(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}", params)
         try:
             while rows := self._query(f"FETCH {PAGE} FROM {name}"):
@@ -746,7 +945,7 @@ class PostgresStore(SqlQueries):
         if ready_at is not None:
             sql += " AND (not_before IS NULL OR not_before <= %s)"
             params.append(ready_at)
-        rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params)
+        rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params, rows_locked=True)
         return rows[0] if rows else None
 
     # ------------------------------------------------------------------ counts
@@ -772,11 +971,22 @@ class PostgresStore(SqlQueries):
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Sequence[dict]) -> None:
-        """Insert events in order, with ids assigned under the write lock."""
+        """Insert events in order, with ids assigned under the write lock: by the
+        server in the COMMIT batch (see write()), or here once the lock is held."""
         if not events:
             return
-        if self.next_event_id is None:
-            self.next_event_id = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM events")[0]["n"]
+        self.notify = True
+        if not self.locked and len(events) < COPY_FROM:
+            rows = [(k, *_event_row(e)) for k, e in enumerate(events, 1)]
+            self.deferred.append(
+                f"INSERT INTO events (id, {', '.join(EVENT_COLUMNS)})"
+                f" SELECT m.n + v.k, {', '.join('v.' + c for c in EVENT_COLUMNS)}"
+                " FROM (SELECT coalesce(max(id), 0) AS n FROM events) m,"
+                f" (VALUES {self._values(_EVENT_VALUES, rows)}) AS v(k, {', '.join(EVENT_COLUMNS)})"
+            )
+            return
+        self.hold_write_lock()
+        assert self.next_event_id is not None
         first = self.next_event_id
         rows = [(first + k, *_event_row(e)) for k, e in enumerate(events)]
         self.next_event_id = first + len(rows)
@@ -785,12 +995,12 @@ class PostgresStore(SqlQueries):
         else:
             marks = "(" + ", ".join(["%s"] * (1 + len(EVENT_COLUMNS))) + ")"
             self._later(f"INSERT INTO events (id, {', '.join(EVENT_COLUMNS)}) VALUES {self._values(marks, rows)}")
-        self.notify = True
 
     def insert_log(self, job_id: str, level: str, message: str, at: str) -> int:
         return self._query(
             "INSERT INTO logs (job_id, level, message, at) VALUES (%s, %s, %s, %s) RETURNING id",
             (job_id, level, message, at),
+            rows_locked=True,  # a new row: nothing read
         )[0]["id"]
 
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
@@ -823,61 +1033,124 @@ class PostgresStore(SqlQueries):
         return []  # the server keeps its own; there is no file to check
 
 
+class _Listener:
+    """A process's one LISTEN connection to a database, shared by its wakers:
+    whichever waker waits first watches the socket for all of them; each
+    notification (and each reconnect, after which one may have been missed)
+    moves `generation` on, which every waker sees once."""
+
+    def __init__(self, store: PostgresStore):
+        self.connect, self.channel, self.pg = store._connect, store.channel, store.pg
+        self.cond = threading.Condition()
+        self.generation = 0
+        self.polling = False
+        self.refs = 0
+        self.conn: Any = None
+        self.delay = 0.05
+
+    def listen(self) -> None:
+        conn = self.connect()
+        try:
+            conn.cursor().execute(f"LISTEN {self.channel}")
+        except self.pg.Error as exc:
+            conn.close()
+            raise DatabaseUnusable(f"cannot LISTEN: {_first_line(exc)}") from None
+        self.conn, self.delay = conn, 0.05
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """The generation once it is past `seen`, or `seen` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.generation == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return seen
+                if not self.polling:
+                    self.polling = True
+                    break
+                self.cond.wait(left)
+            else:
+                return self.generation
+        moved = False
+        try:
+            moved = self._poll(max(0.0, deadline - time.monotonic()))
+        finally:
+            with self.cond:
+                self.polling = False
+                self.generation += moved
+                self.cond.notify_all()
+        return self.generation
+
+    def _poll(self, timeout: float) -> bool:
+        """Watch the socket up to `timeout`: True on a notification or a reconnect."""
+        pg = self.pg
+        if self.conn is None:
+            time.sleep(min(timeout, self.delay))
+            self.delay = min(self.delay * 2, 1.0)
+            try:
+                self.listen()
+            except (DatabaseUnusable, pg.Error):
+                return False
+            return True  # notifications may have been missed while away
+        try:
+            if not self.conn.notifies:
+                ready, _, _ = select.select([self.conn], [], [], timeout)
+                if not ready:
+                    return False
+                self.conn.poll()
+            if not self.conn.notifies:
+                return False
+            self.conn.notifies.clear()
+            return True
+        except (pg.OperationalError, pg.InterfaceError, OSError, ValueError):
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+            return True
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 class ListenWaker:
-    """Wake-ups from LISTEN on the store's channel, on a connection of its own.
-    A lost connection is re-made with backoff; after it, and after every
-    poll interval without a notification, wait() says "may have changed", so
-    the reader looks again (a cheap indexed query)."""
+    """Wake-ups from LISTEN on the store's channel, through the process's one
+    listening connection (`_Listener`). A lost connection is re-made with
+    backoff; after it, and after every poll interval without a notification
+    (connected or not: a reader that looks then meets a dead server itself),
+    wait() says "may have changed", so the reader looks again (a cheap indexed
+    query)."""
 
     mode = "listen"
 
     def __init__(self, store: PostgresStore, poll_interval: float):
-        self.store, self.poll_interval = store, poll_interval
-        self.conn: Any = None
+        self.poll_interval = poll_interval
+        self.shared = store.shared
+        self.listener: _Listener | None = self.shared.listener_for(store)
+        self.seen = self.listener.generation
         self.last_look = time.monotonic()
-        self.delay = 0.05
-        self._listen()
-
-    def _listen(self) -> None:
-        self.conn = self.store._connect()
-        self.conn.cursor().execute(f"LISTEN {self.store.channel}")
-        self.delay = 0.05
 
     def wait(self, timeout: float) -> bool:
         """Up to `timeout` seconds: True on a notification, after a reconnect,
         and once per poll interval without one (the timer fallback)."""
         limit = max(0.0, min(timeout, self.poll_interval))
-        pg = self.store.pg
-        if self.conn is None:
-            time.sleep(min(limit, self.delay))
-            self.delay = min(self.delay * 2, 1.0)
-            try:
-                self._listen()
-            except (DatabaseUnusable, pg.Error):
-                self.conn = None
-                return False
-            return self._looked()  # notifications may have been missed while away
-        try:
-            if not self.conn.notifies:
-                ready, _, _ = select.select([self.conn], [], [], limit)
-                if not ready:
-                    if time.monotonic() - self.last_look >= self.poll_interval:
-                        return self._looked()
-                    return False
-                self.conn.poll()
-            self.conn.notifies.clear()
+        if self.listener is None:
+            raise DatabaseUnusable("this waker is closed")
+        generation = self.listener.wait(self.seen, limit)
+        if generation != self.seen:
+            self.seen = generation
             return self._looked()
-        except (pg.OperationalError, pg.InterfaceError):
-            try:
-                self.conn.close()
-            finally:
-                self.conn = None
+        if time.monotonic() - self.last_look >= self.poll_interval:
             return self._looked()
+        return False
 
     def _looked(self) -> bool:
         self.last_look = time.monotonic()
         return True
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        if self.listener is not None:
+            self.shared.listener_done()
+            self.listener = None

@@ -223,6 +223,9 @@ class SqliteStore(SqlQueries):
         self.conn.close()
 
     # ------------------------------------------------------------ transactions
+    def hold_write_lock(self) -> None:
+        """Held from BEGIN IMMEDIATE on (see write())."""
+
     def write(self) -> "_Write":
         """One write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
 
