@@ -16,6 +16,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  run_state_machine_as_test)
 
 import jobctl
+from conftest import schema_of, with_schema
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
@@ -491,7 +492,9 @@ def test_the_state_machine(db, tmp_path):
 
     def fresh() -> str:
         n = next(examples)
-        return f"{db}?schema=example{n}" if db.startswith("postgresql://") else str(tmp_path / f"example{n}.db")
+        if db.startswith("postgresql://"):  # the test's schema's name, then _eN: dropped with it
+            return with_schema(db, f"{schema_of(db)}_e{n}")
+        return str(tmp_path / f"example{n}.db")
 
     run_state_machine_as_test(lambda: JobctlMachine(fresh()),
                               settings=settings(max_examples=50, stateful_step_count=30, deadline=None))

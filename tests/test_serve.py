@@ -19,7 +19,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import JOBCTL, ROOT, run, seed_news_crawler, snapshot
+from conftest import JOBCTL, ROOT, connect_to, run, seed_news_crawler, snapshot
 from throwaway_pg import free_port
 
 from jobctl import DatabaseUnusable, Jobctl, UsageError
@@ -739,9 +739,7 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
 def count_watchers(server, db):
     """How the server watches the database: inotify instances and database connections."""
     if db.startswith("postgresql://"):
-        import psycopg2
-
-        conn = psycopg2.connect(db)
+        conn = connect_to(db)
         try:
             cur = conn.cursor()
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

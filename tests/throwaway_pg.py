@@ -1,8 +1,11 @@
 """A real, throwaway PostgreSQL server for the test suite.
 
-    from throwaway_pg import pg_server, pg_url   # in conftest.py
+    from throwaway_pg import pg_server, pg_url, pg_schema_url   # in conftest.py
 
-    def test_something(pg_url):               # a fresh, empty database per test
+    def test_something(pg_schema_url):        # a fresh, empty jobctl schema per test
+        ...
+
+    def test_the_database_itself(pg_url):     # a fresh, empty database per test
         ...
 
 `pg_server` (session scope) starts one server per test session: `initdb` into a
@@ -10,10 +13,18 @@ fresh directory under /tmp, started on a free port on 127.0.0.1 with trust
 authentication and durability switched off, stopped and deleted at the end of
 the session (and by `atexit` if the session dies half-way).
 
+`pg_schema_url` is what the contract tests use: a URL with `?schema=t_<hex>`
+(jobctl's own query parameter) in one database shared by the session, the
+schema dropped after the test. A schema costs a few milliseconds where a
+database costs a few hundred (CREATE DATABASE copies template1, and the first
+connections to a new database fill their catalog caches from scratch), which
+is most of what the fast tier used to spend. `pg_url` (a whole database) is for
+the tests about the database itself: ALTER DATABASE, the default schema, roles.
+
 Environment:
     JOBCTL_TEST_PG_URL=postgresql://user@host:port/db
         use that server instead of starting one; each test still gets its own
-        database, created and dropped there (the user needs CREATEDB)
+        schema or database, created and dropped there (the user needs CREATEDB)
     CI=true
         a missing PostgreSQL fails the PostgreSQL tests instead of skipping them
 
@@ -62,6 +73,34 @@ SETTINGS = {
     # in a default Docker container: a test would fail on the machine, not the code.
     "max_parallel_workers_per_gather": "0",
 }
+
+
+def with_schema(url: str, schema: str) -> str:
+    """`url` with its `?schema=` (jobctl's own query parameter) set to `schema`, the rest of its query kept."""
+    from urllib.parse import parse_qsl, urlencode
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
+
+
+def schema_of(url: str) -> str:
+    """The schema a jobctl URL names (`?schema=`; jobctl's default: `jobctl`)."""
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(urlsplit(url).query)).get("schema", "jobctl")
+
+
+def connect_to(url: str, **kwargs):
+    """A psycopg2 connection to a jobctl URL's database with the search path set to
+    its schema (`?schema=`, jobctl's own query parameter, which libpq would refuse)."""
+    import psycopg2
+    from urllib.parse import parse_qsl, urlencode
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    libpq = urlunsplit(parts._replace(query=urlencode(query)))
+    return psycopg2.connect(libpq, options=f"-c search_path={schema_of(url)}", **kwargs)
 
 
 class PgServerError(RuntimeError):
@@ -342,6 +381,25 @@ class PgServer:
         self._time("create_database", t0)
         return self.database_url(name)
 
+    def drop_schemas(self, dbname: str, prefix: str) -> None:
+        """DROP SCHEMA ... CASCADE for every schema of `dbname` whose name starts
+        with `prefix` (a test's schema and those it derived from it), first
+        disconnecting whoever is still connected to that database: the tests run
+        one at a time, so a connection left there belongs to the test just ended."""
+        from psycopg2 import sql
+        t0 = time.perf_counter()
+        conn = self.connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                cur.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,))
+                for (name,) in cur.fetchall():
+                    cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+        finally:
+            conn.close()
+        self._time("drop_schema", t0)
+
     def drop_database(self, name: str) -> None:
         """DROP DATABASE name, disconnecting whoever is still connected to it."""
         from psycopg2 import sql
@@ -375,7 +433,8 @@ class PgServer:
         parts = []
         if "initdb" in t:
             parts.append(f"initdb {t['initdb'][0]:.2f}s + start {t.get('start', [0])[0]:.2f}s")
-        for what, label in (("create_database", "databases created"), ("drop_database", "dropped")):
+        for what, label in (("create_database", "databases created"), ("drop_database", "dropped"),
+                            ("drop_schema", "test schemas dropped")):
             if what in t:
                 parts.append(f"{len(t[what])} {label} (avg {1000 * sum(t[what]) / len(t[what]):.0f} ms)")
         if "restart" in t:
@@ -494,3 +553,30 @@ def pg_url(pg_server: PgServer) -> str:
         if pg_server.managed and not pg_server.is_running():
             pg_server.start_server_only()  # the test stopped it: bring it back for the next one
         pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def pg_shared_database(pg_server: PgServer) -> str:
+    """The name of the session's database that holds the tests' schemas."""
+    name = f"s_{uuid.uuid4().hex[:12]}"
+    pg_server.create_database(name)
+    try:
+        yield name
+    finally:
+        if pg_server.managed and not pg_server.is_running():
+            pg_server.start_server_only()
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_schema_url(pg_server: PgServer, pg_shared_database: str) -> str:
+    """The URL of a fresh jobctl schema (not created yet: jobctl makes it on the
+    first write) in the session's shared database, dropped after the test with
+    every schema whose name starts with it."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield with_schema(pg_server.database_url(pg_shared_database), schema)
+    finally:
+        if pg_server.managed and not pg_server.is_running():
+            pg_server.start_server_only()  # the test stopped it: bring it back for the next one
+        pg_server.drop_schemas(pg_shared_database, schema)
