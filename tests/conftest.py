@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,33 @@ def run(*args, db=None, input=None, env=None, check=False, timeout=60):
         full_env["JOBCTL_DB"] = str(db)
     return subprocess.run([JOBCTL, *map(str, args)], input=input, capture_output=True, text=True,
                           env=full_env, check=check, timeout=timeout)
+
+
+# How long a test waits for something a subprocess or another connection is to do
+# before it fails saying what it waited for (pytest-timeout's per-test limit in
+# pyproject.toml is the backstop for a read that blocks).
+WAIT = 60.0
+
+
+def wait_for(condition, what: str, *, jc: Jobctl | None = None, timeout: float = WAIT, pause: float = 0.02):
+    """Call `condition()` until it returns something true, and return that. Between
+    calls: the next wake-up of `jc`'s store (a commit by anyone), or a `pause` between
+    polls (0 when `condition` itself blocks, reading a stream). After `timeout`
+    seconds the test fails: "timed out after ... s waiting for `what`"."""
+    deadline = time.monotonic() + timeout
+    waker = jc.store.waker(0.1) if jc is not None else None
+    try:
+        while not (result := condition()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:g} s waiting for {what}", pytrace=False)
+            if waker is not None:
+                waker.wait(0.1)
+            elif pause:
+                time.sleep(pause)  # the pause between polls, not a stand-in for an event
+        return result
+    finally:
+        if waker is not None:
+            waker.close()
 
 
 def seed_news_crawler(jc: Jobctl) -> str:

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import FULL, JOBCTL, snapshot
+from conftest import FULL, JOBCTL, WAIT, snapshot, wait_for
 from jobctl import Jobctl
 
 pytestmark = pytest.mark.slow  # real subprocesses throughout
@@ -65,15 +65,15 @@ def test_a_reader_following_the_cursor_misses_and_repeats_nothing(db, tmp_path):
                                       cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     seen: list[int] = []
     with Jobctl(db) as reader:
-        cursor = 0
-        while True:
+
+        def caught_up() -> bool:
+            """Read the next page from the cursor; true once the writers had ended before it and it was empty."""
             running = any(p.poll() is None for p in procs)
-            page = reader.events(since=cursor)
-            for e in page:
-                seen.append(e["id"])
-                cursor = e["id"]
-            if not running and not page:
-                break
+            page = reader.events(since=seen[-1] if seen else 0)
+            seen.extend(e["id"] for e in page)
+            return not running and not page
+
+        wait_for(caught_up, "the writers to end and the reader to catch up", timeout=WAIT * (10 if FULL else 1))
         for p in procs:
             out, err = p.communicate()
             assert p.returncode == 0, err

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import JOBCTL, run, snapshot
+from conftest import JOBCTL, run, snapshot, wait_for
 from jobctl import Jobctl
 
 pytestmark = pytest.mark.slow  # real processes throughout
@@ -280,10 +280,7 @@ def test_a_killed_worker_s_children_are_reaped_and_finished_by_the_others(db, tm
         if kid != claimed:
             (gate / kid).touch()
     with Jobctl(db) as jc:  # the killed worker's child stops heartbeating: reap puts it back
-        waker = jc.store.waker(0.2)
-        while not jc.reap(1.0, to="pending", parent=parent):
-            waker.wait(0.5)
-        waker.close()
+        wait_for(lambda: jc.reap(1.0, to="pending", parent=parent), "the killed worker's child to be reaped", jc=jc)
     (gate / claimed).touch()
     outs = [w.communicate(timeout=120) for w in others]
     assert [w.returncode for w in others] == [0, 0], [o[1] for o in outs]
@@ -469,23 +466,14 @@ def test_a_timed_out_command_is_retried_with_a_timeout_of_its_own(db, tmp_path):
     assert events[1] == ("pending", "timed out after 1s; retrying")
 
 
-def until(jc, condition) -> None:
-    """Wait, on the store's wake-ups, until `condition()` holds (what a real run writes)."""
-    waker = jc.store.waker(0.1)
-    try:
-        while not condition():
-            waker.wait(0.1)
-    finally:
-        waker.close()
-
-
 def started_and_backing_off(db):
     """`run JOB --retries 2 --retry-delay 1h -- false`, once it failed and backs off."""
     with Jobctl(db) as jc:
         job = jc.create("flaky")
     proc = start(db, job, "--retries", "2", "--retry-delay", "1h", "--", "false")
     with Jobctl(db) as jc:
-        until(jc, lambda: jc.status(job) == "pending" and jc.get(job)["attempt"] == 2)
+        wait_for(lambda: jc.status(job) == "pending" and jc.get(job)["attempt"] == 2,
+                 "the failed attempt 1 to back off into attempt 2", jc=jc)
     return job, proc
 
 
@@ -558,7 +546,8 @@ def test_each_skips_a_child_run_by_someone_else_before_its_turn(db, tmp_path):
                                  "-c", f'if [ {{}} = a ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi'],
                                 stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with Jobctl(db) as jc:
-        until(jc, lambda: jc.progress(parent)["running_children"] == 1)  # a runs (and waits); b, c wait their turn
+        # a runs (and waits); b, c wait their turn
+        wait_for(lambda: jc.progress(parent)["running_children"] == 1, "one child running", jc=jc)
         jc.set_status([f"{parent}.2"], "completed", message="done by hand")
     gate.touch()
     out, err = proc.communicate(timeout=60)
@@ -598,10 +587,7 @@ def test_a_worker_that_comes_back_after_its_job_was_reaped_and_rerun_changes_not
     a.send_signal(signal.SIGSTOP)
     try:
         with Jobctl(db_path) as jc:
-            waker = jc.store.waker(0.2)
-            while not jc.reap(1.0, to="pending", parent=parent):
-                waker.wait(0.5)
-            waker.close()
+            wait_for(lambda: jc.reap(1.0, to="pending", parent=parent), "the stopped worker's child to be reaped", jc=jc)
         b = start(db_path, "--claim", parent, *cmd, env={"WORKER": "B"})
         assert b.communicate(timeout=120)[0].strip() == f"{kid}: started" and b.returncode == 0
         gate.touch()

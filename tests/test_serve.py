@@ -19,7 +19,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import JOBCTL, ROOT, connect_to, run, seed_news_crawler, snapshot
+from conftest import JOBCTL, ROOT, connect_to, run, seed_news_crawler, snapshot, wait_for
 from throwaway_pg import free_port
 
 from jobctl import DatabaseUnusable, Jobctl, UsageError
@@ -215,12 +215,15 @@ class Stream:
     def until(self, last):
         """Messages up to and including the one with SSE id `last`."""
         out = []
-        while True:
+
+        def reached():
             m = self.next()
             assert m is not None, f"the stream ended before id {last}"
             out.append(m)
-            if m[0] == str(last):
-                return out
+            return m[0] == str(last)
+
+        wait_for(reached, f"the message with id {last}", pause=0)
+        return out
 
     def close(self):
         self.conn.close()
@@ -483,7 +486,7 @@ def test_events_are_paged_with_a_cursor(db, serve):
             page = server.get(f"/api/jobs/{job}/events?since={since}&limit=7")
             got += page["events"]
             pages += 1
-            assert len(page["events"]) <= 7
+            assert len(page["events"]) <= 7 and pages <= len(want) // 7 + 2, (pages, page)  # full pages, and an end
             if not page["more"]:
                 break
             assert page["next"] > since
@@ -697,9 +700,14 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
     writers.append(subprocess.Popen([JOBCTL, "--db", str(db), "status", "set", *bulk, "running"]))
     hopper, cursor, hops, got = None, str(start), 0, []
     rng = random.Random(7)
-    while any(w.poll() is None for w in writers) or hops < 12:
-        # a few messages, then the connection drops (also when nothing comes for a moment,
-        # perhaps half-way through a message: that one is not taken)
+
+    def hop():
+        """A few messages, then the connection drops (also when nothing comes for a moment,
+        perhaps half-way through a message: that one is not taken); true once the writers
+        have ended and 12 hops were made."""
+        nonlocal hopper, cursor, hops
+        if not any(w.poll() is None for w in writers) and hops >= 12:
+            return True
         hopper = server.stream(last_event_id=cursor)
         hopper.conn.sock.settimeout(0.5)
         try:
@@ -711,6 +719,9 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
             pass
         hopper.close()
         hops += 1
+        return False
+
+    wait_for(hop, "the writers to end, hopping from stream to stream", pause=0)
     for w in writers:
         assert w.wait(timeout=120) == 0
     run("status", "set", *bulk, "completed", db=db, check=True)
