@@ -408,11 +408,31 @@ def model_definitions(path) -> set:
     return names
 
 
+# Where a store module's SQL still names a status ('running'): cancel_subtree's set-based
+# cancel re-encodes the active set and what entering `cancelled` sets. Issue 18 part 4
+# builds that SQL from jobctl.model's constants; nothing may be added to this list.
+SQL_STATUS_WORDS_KNOWN = {("postgres.py", "cancel_subtree"), ("sqlite.py", "cancel_subtree"), ("sqlite.py", "_ACTIVE")}
+QUOTED_STATUS = re.compile(r"'(pending|running|completed|failed|cancelled)'")
+
+
+def sql_status_words(tree) -> set:
+    """The functions, and the module-level names, holding a string constant of code in
+    which a status word is quoted as an SQL literal."""
+    quotes = lambda node: any(isinstance(c, ast.Constant) and isinstance(c.value, str)  # noqa: E731
+                              and QUOTED_STATUS.search(c.value) for c in ast.walk(node))
+    places = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and quotes(n)}
+    for top in tree.body:
+        if isinstance(top, ast.Assign) and quotes(top.value):
+            places |= {t.id for t in top.targets if isinstance(t, ast.Name)}
+    return places
+
+
 def test_the_store_has_no_status_rules():
     """The store speaks SQL only; the status rules live in jobctl.model. A store module takes
     from jobctl.model only STATUSES (to name the count columns) and exception classes, never
     imports the model module itself (so it cannot call its functions), never names one of
-    the model's rules, and compares nothing with a status word."""
+    the model's rules, compares nothing with a status word as a Python value, and quotes a
+    status word in its SQL nowhere but in the places SQL_STATUS_WORDS_KNOWN lists."""
     from jobctl import model
 
     allowed = {"STATUSES"} | {name for name, obj in vars(model).items()
@@ -437,9 +457,28 @@ def test_the_store_has_no_status_rules():
                 problems.append(f"{name}:{n.lineno}: names the model's {ident}")
         problems += [f"{name}:{line}: the status word {text!r} as a value" for line, text in code_strings(tree)
                      if text in model.STATUSES]
+        problems += [f"{name}: {place} quotes a status word in its SQL" for place in sorted(sql_status_words(tree))
+                     if (path.name, place) not in SQL_STATUS_WORDS_KNOWN]
         checked.append(name)
     assert checked and len(checked) == len(store)
     assert problems == []
+
+
+def test_the_status_rule_check_sees_each_way_of_breaking_it():
+    """test_the_store_has_no_status_rules's readers, on code that breaks each rule."""
+    broken = ast.parse(
+        "from jobctl.model import check_transition\n"
+        "ACTIVE = \"status IN ('pending', 'running')\"\n"
+        "def claim(cur, status):\n"
+        "    if status == 'running':\n"
+        "        check_transition(status, 'completed')\n"
+        "    cur.execute(f\"UPDATE jobs SET status = 'failed' WHERE id = {status}\")\n"
+        "def fine(cur):\n"
+        "    cur.execute('SELECT status FROM jobs WHERE id = ?')\n"
+    )
+    assert sql_status_words(broken) == {"ACTIVE", "claim"}
+    assert {text for _, text in code_strings(broken)} >= {"running", "completed"}
+    assert any(names == ["check_transition"] for _, _, names in imported_modules(broken, PACKAGE / "store" / "x.py"))
 
 
 def test_a_change_of_600_jobs_stays_within_the_oldest_sqlite_variable_limit(db_path):

@@ -182,9 +182,11 @@ def test_ctrl_c_and_ci_cancels_end_with_a_summary_line(db, signum, code, reason)
 @pytest.mark.slow
 @pytest.mark.parametrize("env,interval", [({"JOBCTL_WATCH_POLL": "1"}, 0.3), ({}, 60)])
 def test_change_seen_by_polling_and_by_notification(db, env, interval):
-    """Forced polling sees a change within its poll interval; with notifications (watchfiles
-    on SQLite, LISTEN/NOTIFY on PostgreSQL) a change is seen long before a 60 s poll
-    interval would have fired."""
+    """Forced polling (no file notifications: test_waker_modes) sees a change; with
+    notifications (watchfiles on SQLite, LISTEN/NOTIFY on PostgreSQL) the change ends the
+    watch with exit 0 before its own --timeout of 30 s (exit 124), half the 60 s poll
+    interval: no poll can have shown it. How soon a change is seen is a speed goal,
+    measured by bench/run.py's watch latency against a bare polling loop."""
     if env and db.startswith("postgresql://"):
         pytest.skip("JOBCTL_WATCH_POLL is SQLite's: PostgreSQL always LISTENs")
     with Jobctl(db) as jc:
@@ -198,13 +200,10 @@ def test_change_seen_by_polling_and_by_notification(db, env, interval):
         assert f"{job} pending → running" in line
         # the watch printed that line from rows it had already read, so this commit comes
         # after its last read: only a wake-up (a poll, or a file notification) can show it
-        committed = time.monotonic()
         jc.set_status([job], "completed")
-    out, _ = proc.communicate(timeout=30)
-    seen_after = time.monotonic() - committed
-    assert proc.returncode == 0
-    assert f"{job} running → completed" in out
-    assert seen_after < 30  # the watch's own --timeout: notified, well inside the 60 s poll interval
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, err)  # not 124: seen before the watch's own --timeout
+    assert f"{job} running → completed" in out and out.splitlines()[-1] == f"{job} completed", out
 
 
 def test_waker_modes(db_path, monkeypatch):
