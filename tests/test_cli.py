@@ -596,18 +596,20 @@ def test_verify_finds_a_job_without_events_and_events_without_a_job(cli, db):
     assert cli("status", "get", job).stdout == "pending\n"
 
 
-def test_events_of_a_leaf_are_read_by_job_not_by_tree(jc, monkeypatch):
-    """One shard of a big fan-out: its events come from the (job_id, id) index,
-    not from a scan of the whole tree's events."""
+def test_events_of_a_leaf_are_its_own_among_its_siblings(jc):
+    """One shard of a big fan-out, its events interleaved with its siblings': following
+    it gives its own events, in order, and none of theirs."""
     parent = jc.create("p")
     kids = jc.spawn(parent, count=50)
+    jc.set_status(kids[:7], "running")
     jc.set_status([kids[7]], "running")
-    calls = []
-    real = jc.store.events
-    monkeypatch.setattr(jc.store, "events", lambda **kw: calls.append(kw) or real(**kw))
-    got = [(e["job_id"], e["new_status"]) for e in jc.iter_events(job=kids[7])]
-    assert got == [(kids[7], "pending"), (kids[7], "running")]
-    assert calls and all(c.get("job_ids") == [kids[7]] and c.get("root_id") is None for c in calls)
+    jc.log(kids[8], "a sibling's line")
+    jc.set_status([kids[7]], "completed", message="done")
+    jc.set_status(kids[8:], "running")
+    got = [(e["job_id"], e["kind"], e["new_status"]) for e in jc.iter_events(job=kids[7])]
+    assert got == [(kids[7], "create", "pending"), (kids[7], "status", "running"), (kids[7], "status", "completed")]
+    tree = [e for e in jc.events(job=parent) if e["job_id"] == kids[7]]
+    assert list(jc.iter_events(job=kids[7])) == tree  # the same events as the whole tree's read gives for it
 
 
 ODD_TEXTS = ["".join(map(chr, range(1, 32))) + "\x7f", 'quote " backslash \\ slash /', "é ü 中文 🎉 \u2028 \u2029 \ufeff",

@@ -240,7 +240,9 @@ def test_a_change_reads_what_the_rules_need_of_a_job_and_its_parent(jc):
     kid = jc.spawn(p, count=2)[0]
     jc.set_status([kid], "failed")
     jobs, counts = jc.store.jobs_and_counts([kid], parents=True)
-    assert set(jobs) == {kid, p} and all(tuple(j) == CHANGE_COLUMNS for j in jobs.values())
+    assert set(jobs) == {kid, p} and all(set(j) == set(CHANGE_COLUMNS) for j in jobs.values())
+    for job in (kid, p):  # each column as the job is (in whatever order the query gives them)
+        assert dict(jobs[job]) == {c: jc.store.get_job(job)[c] for c in CHANGE_COLUMNS}
     assert jobs[p]["allow_failures"] == "1" and jobs[kid]["status"] == "failed"
     assert counts[p] == {"pending": 1, "running": 0, "completed": 0, "failed": 1, "cancelled": 0}
     assert counts[kid] == dict.fromkeys(counts[p], 0)

@@ -320,6 +320,17 @@ def test_claim_does_not_take_a_child_before_its_backoff_ends(db, jc):
     assert jc.get(kid)["not_before"] is None  # running ends the backoff
 
 
+def test_the_retry_delay_doubles_per_attempt_up_to_an_hour():
+    """`run --retries N --retry-delay D` waits D after the first failed attempt, then
+    doubles it per attempt, at most an hour (or D itself, if that is longer)."""
+    from jobctl.run import backoff
+
+    assert [backoff(5.0, attempt) for attempt in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert backoff(5.0, 5000) == 3600.0  # capped, and no overflow for a huge attempt number
+    assert backoff(7200.0, 3) == 7200.0  # a delay longer than an hour is kept as given
+    assert backoff(0.0, 2000) == 0.0
+
+
 def test_a_run_outcome_with_attempts_left_goes_back_to_pending_with_a_backoff(jc):
     (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=2)
     jc.set_status([kid], "running")

@@ -496,9 +496,6 @@ def test_retries_count_the_job_s_attempts_whoever_ran_them(db, tmp_path):
     result = subprocess.run([JOBCTL, "--db", db, "run", job, "--retries", "2", "--", "sh", "-c", COUNTING.format(9)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == "try 1\ntry 2\n"  # attempts 2 and 3: 3 in all
-    from jobctl.run import backoff
-    assert backoff(5.0, 1) == 5.0 and backoff(5.0, 3) == 20.0 and backoff(5.0, 5000) == 3600.0
-    assert backoff(0.0, 2000) == 0.0
 
 
 def test_fail_fast_with_inputs_still_queued_skips_them_cleanly(db_path):
