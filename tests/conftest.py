@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 
 from jobctl import DatabaseUnusable, Jobctl
 from jobctl.cli import app
-from throwaway_pg import connect_to, schema_of, with_schema  # noqa: F401  (for the tests: a jobctl URL's schema)
-from throwaway_pg import pg_schema_url, pg_server, pg_shared_database, pg_url  # noqa: F401  (fixtures)
+from throwaway_pg import connect_to, pg_schema_url, pg_server, pg_shared_database, pg_url  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The installed console script, next to the interpreter running the tests.

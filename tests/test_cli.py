@@ -612,8 +612,8 @@ def test_events_of_a_leaf_are_its_own_among_its_siblings(jc):
     assert list(jc.iter_events(job=kids[7])) == tree  # the same events as the whole tree's read gives for it
 
 
-ODD_TEXTS = ["".join(map(chr, range(1, 32))) + "\x7f", 'quote " backslash \\ slash /', "é ü 中文 🎉 \u2028 \u2029 \ufeff",
-             "</script><!--", "%s %% ? $1", "tab\tnew\nline\r"]
+ODD_TEXTS = ["".join(map(chr, range(1, 32))) + "\x7f", 'quote " backslash \\ slash /',
+             "é ü 中文 🎉 \u2028 \u2029 \ufeff", "</script><!--", "%s %% ? $1", "tab\tnew\nline\r"]
 
 
 def test_events_json_made_by_the_database_is_what_python_prints(jc, db):

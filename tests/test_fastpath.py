@@ -152,7 +152,7 @@ def test_the_fast_table_accepts_exactly_the_typer_commands_options():
         typer_valued = {o: p.name for p in options if not p.is_flag for o in p.opts}
         assert flags == typer_flags, words
         assert {o: name for o, (name, _) in valued.items()} == typer_valued, words
-        for option, (name, kind) in valued.items():
+        for option, (_name, kind) in valued.items():
             p = next(p for p in options if option in p.opts)
             assert (kind is list) == p.multiple, (words, option)
             assert (kind is int) == (p.type.name == "int"), (words, option)

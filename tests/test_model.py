@@ -12,8 +12,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobctl import model
-from jobctl.model import (ACTIVE, ALLOWED, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STATUSES,
-                          TERMINAL, Conflict, JobctlError, UsageError)
+from jobctl.model import (
+    ACTIVE,
+    ALLOWED,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    STATUSES,
+    TERMINAL,
+    Conflict,
+    JobctlError,
+    UsageError,
+)
 
 ALL_PAIRS = list(itertools.product(STATUSES, STATUSES))
 
@@ -183,13 +195,15 @@ def test_derive_rules(counts, current):
 
 # --------------------------------------------------------------- enter_status
 def blank_job(status=PENDING):
-    return {"status": status, "started_at": None, "completed_at": None, "updated_at": "t0", "attempt": 1, "not_before": None}
+    return {"status": status, "started_at": None, "completed_at": None, "updated_at": "t0", "attempt": 1,
+            "not_before": None}
 
 
 def test_enter_running_sets_started_at():
     job = blank_job()
     model.enter_status(job, RUNNING, "t1")
-    assert job == {"status": RUNNING, "started_at": "t1", "completed_at": None, "updated_at": "t1", "attempt": 1, "not_before": None}
+    assert job == {"status": RUNNING, "started_at": "t1", "completed_at": None, "updated_at": "t1", "attempt": 1,
+                   "not_before": None}
 
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL))
@@ -197,7 +211,8 @@ def test_enter_terminal_sets_completed_at_and_keeps_started_at(terminal):
     job = blank_job()
     model.enter_status(job, RUNNING, "t1")
     model.enter_status(job, terminal, "t2")
-    assert job == {"status": terminal, "started_at": "t1", "completed_at": "t2", "updated_at": "t2", "attempt": 1, "not_before": None}
+    assert job == {"status": terminal, "started_at": "t1", "completed_at": "t2", "updated_at": "t2", "attempt": 1,
+                   "not_before": None}
 
 
 def test_enter_terminal_from_pending_leaves_started_at_none():
@@ -212,7 +227,8 @@ def test_enter_pending_clears_both():
     model.enter_status(job, RUNNING, "t1")
     model.enter_status(job, FAILED, "t2")
     model.enter_status(job, PENDING, "t3")
-    assert job == {"status": PENDING, "started_at": None, "completed_at": None, "updated_at": "t3", "attempt": 2, "not_before": None}
+    assert job == {"status": PENDING, "started_at": None, "completed_at": None, "updated_at": "t3", "attempt": 2,
+                   "not_before": None}
 
 
 def test_enter_running_again_clears_completed_at():
@@ -387,11 +403,16 @@ def test_replay_describes_events_that_contradict_the_history():
 
     at = "2026-01-01T00:00:00.000000Z"
     events = [
-        {"id": 1, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending", "at": at},
-        {"id": 2, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "running", "new_status": "failed", "at": at},
-        {"id": 3, "kind": "status", "job_id": "b", "parent_id": None, "old_status": "pending", "new_status": "running", "at": at},
-        {"id": 4, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending", "at": at},
-        {"id": 5, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "pending", "new_status": "running", "at": at},
+        {"id": 1, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending",
+         "at": at},
+        {"id": 2, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "running", "new_status": "failed",
+         "at": at},
+        {"id": 3, "kind": "status", "job_id": "b", "parent_id": None, "old_status": "pending", "new_status": "running",
+         "at": at},
+        {"id": 4, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending",
+         "at": at},
+        {"id": 5, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "pending", "new_status": "running",
+         "at": at},
     ]
     problems = []
     jobs = replay(events, problems)

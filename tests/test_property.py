@@ -12,11 +12,17 @@ from fractions import Fraction
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 import jobctl
-from conftest import schema_of, with_schema
+from throwaway_pg import schema_of, with_schema
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
@@ -24,8 +30,9 @@ FINAL = {COMPLETED, FAILED, CANCELLED}
 LARGE = 365 * 86400.0  # a stale_after nothing can reach
 
 # NUL is refused on both backends (PostgreSQL cannot store it): tests/test_cli.py
-names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=12).filter(
-    lambda s: s.strip())
+names = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=12
+).filter(lambda s: s.strip())
 
 
 def may_move(old: str, new: str) -> bool:

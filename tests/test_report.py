@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ET
 
 import junitparser
 import pytest
-from conftest import FULL, ROOT, run, snapshot, tamper
 
+from conftest import FULL, ROOT, run, snapshot, tamper
 from jobctl import Jobctl, report
 from jobctl.model import DatabaseUnusable, NotFound, UsageError
 from jobctl.report import FORMATS, report_command, write_report

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -90,7 +89,10 @@ def test_a_missing_command_fails_the_job_like_a_shell(db_path):
     with Jobctl(db_path) as jc:
         j = jc.get(job)
     assert (j["status"], j["exit_code"]) == ("failed", 127)
-    assert logs(db_path, job)[-1] == ("info", "status changed: running → failed: command not found: no-such-command-here")
+    assert logs(db_path, job)[-1] == (
+        "info",
+        "status changed: running → failed: command not found: no-such-command-here",
+    )
 
 
 def test_a_command_killed_by_a_signal(db_path):
@@ -116,7 +118,8 @@ def test_a_signal_to_jobctl_run_is_passed_on_and_the_job_cancelled(db_path, tmp_
     assert seen.read_text() == "got\n"  # the command got the signal
     with Jobctl(db_path) as jc:
         j = jc.get(job)
-    assert j["status"] == "cancelled" and logs(db_path, job)[-1][1] == "status changed: running → cancelled: interrupted"
+    assert j["status"] == "cancelled"
+    assert logs(db_path, job)[-1][1] == "status changed: running → cancelled: interrupted"
 
 
 def test_a_timeout_stops_a_command_that_ignores_sigterm_and_its_children(db_path):
@@ -584,7 +587,8 @@ def test_a_worker_that_comes_back_after_its_job_was_reaped_and_rerun_changes_not
     a.send_signal(signal.SIGSTOP)
     try:
         with Jobctl(db_path) as jc:
-            wait_for(lambda: jc.reap(1.0, to="pending", parent=parent), "the stopped worker's child to be reaped", jc=jc)
+            reaped = lambda: jc.reap(1.0, to="pending", parent=parent)  # noqa: E731
+            wait_for(reaped, "the stopped worker's child to be reaped", jc=jc)
         b = start(db_path, "--claim", parent, *cmd, env={"WORKER": "B"})
         assert b.communicate(timeout=120)[0].strip() == f"{kid}: started" and b.returncode == 0
         gate.touch()

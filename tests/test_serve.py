@@ -19,9 +19,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import JOBCTL, ROOT, connect_to, run, seed_news_crawler, snapshot, wait_for
-from throwaway_pg import free_port
 
+from conftest import JOBCTL, ROOT, run, seed_news_crawler, snapshot, wait_for
 from jobctl import DatabaseUnusable, Jobctl, UsageError
 from jobctl.model import CREATE, LOG, STATUS, STATUSES
 from jobctl.model import replay as replay_model
@@ -29,6 +28,7 @@ from jobctl.progress import progress_dict
 from jobctl.render import event_json
 from jobctl.serve import app as serve_app
 from jobctl.serve import feed
+from throwaway_pg import connect_to, free_port
 
 # How a server is started: `[*SERVE, "--db", DB, "serve", "--host", ..., "--port", ...]`.
 SERVE = [JOBCTL]

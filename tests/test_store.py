@@ -4,11 +4,11 @@ import ast
 import hashlib
 import os
 import re
-import time
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -591,7 +591,8 @@ def test_a_rolled_back_write_is_forgotten(db_path):
             with jc.store.write() as store:
                 jobs, _ = store.jobs_and_counts([kid], parents=True)
                 store.update_statuses([dict(jobs[kid], status="completed", completed_at=None, updated_at="x")])
-                store.apply_count_deltas({p: {"pending": 0, "running": -1, "completed": 1, "failed": 0, "cancelled": 0}})
+                delta = {"pending": 0, "running": -1, "completed": 1, "failed": 0, "cancelled": 0}
+                store.apply_count_deltas({p: delta})
                 raise KeyError("boom")
         assert jc.store.known == {}
         assert jc.status(kid) == "running"
@@ -638,7 +639,8 @@ def test_kept_rows_are_handed_out_as_copies(db_path):
             jc.set_status([kid], "running")
         jc.set_status([kids[0]], "completed")
         jc.set_status([kids[1]], "completed")
-        assert jc.status(p) == "running" and jc.progress(p)["progress_text"] == "0 pending, 1 running, 2 completed, 0 failed"
+        assert jc.status(p) == "running"
+        assert jc.progress(p)["progress_text"] == "0 pending, 1 running, 2 completed, 0 failed"
         assert jc.store.known[p][1] == {"pending": 0, "running": 1, "completed": 2, "failed": 0, "cancelled": 0}
 
 

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import FULL, JOBCTL, run, tamper
 
+from conftest import FULL, JOBCTL, run, tamper
 from jobctl import Jobctl
 from jobctl.watch import Tail
 
@@ -65,7 +64,8 @@ def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db, final
         kids = jc.spawn(parent, count=CHILDREN)
     proc, first = start_watch(db, parent, "--json", "--exit-status", "--timeout", 120)
     start = json.loads(first)
-    assert start["type"] == "start" and start["progress_text"] == f"{CHILDREN} pending, 0 running, 0 completed, 0 failed"
+    assert start["type"] == "start"
+    assert start["progress_text"] == f"{CHILDREN} pending, 0 running, 0 completed, 0 failed"
     procs = writers(db, kids, final)
     for p in procs:
         assert p.wait(timeout=120) == 0

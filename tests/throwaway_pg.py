@@ -94,8 +94,9 @@ def schema_of(url: str) -> str:
 def connect_to(url: str, **kwargs):
     """A psycopg2 connection to a jobctl URL's database with the search path set to
     its schema (`?schema=`, jobctl's own query parameter, which libpq would refuse)."""
-    import psycopg2
     from urllib.parse import parse_qsl, urlencode
+
+    import psycopg2
 
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
