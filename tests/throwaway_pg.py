@@ -314,6 +314,7 @@ class PgServer:
         t0 = time.perf_counter()
         try:
             if (self.data_dir / "postmaster.pid").exists():
+                self._note_cpu()
                 try:
                     self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "-t", str(WAIT), "stop")
                 except (PgServerError, OSError, subprocess.SubprocessError):
@@ -322,6 +323,18 @@ class PgServer:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
             self._time("stop", t0)
+
+    def _note_cpu(self) -> None:
+        """The CPU seconds the server has used so far (the postmaster's own and its
+        ended backends'), from /proc: for the summary, so a run's cost can be compared
+        on a machine whose other load makes wall times say little."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime: fields 14-17 of stat(5), 12-15 after the name
+            self.timings.setdefault("server_cpu", []).append(sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            pass  # not Linux, or the server is gone: the summary leaves it out
 
     def _need_managed(self, what: str) -> None:
         if not self.managed:
@@ -442,6 +455,8 @@ class PgServer:
             parts.append(f"{len(t['restart'])} restarts (avg {sum(t['restart']) / len(t['restart']):.2f}s)")
         if "stop" in t:
             parts.append(f"stop {t['stop'][-1]:.2f}s")
+        if "server_cpu" in t:
+            parts.append(f"server CPU {t['server_cpu'][-1]:.1f}s")
         return head + (": " + ", ".join(parts) if parts else "")
 
 
