@@ -4,7 +4,7 @@
     python3 dev.py demo [demo options]   # the live demo
     python3 dev.py test [pytest options] # the whole test suite
     python3 dev.py test --fast [options] # the unit tier only: pytest -m "not slow"
-    python3 dev.py lint                  # ruff (lint + format check) and mypy over jobctl/
+    python3 dev.py lint                  # ruff (lint + format check) over jobctl/ tests/ bench/, mypy over jobctl/
     python3 dev.py bench [options]       # the benchmarks
     python3 dev.py jobctl ARGS...        # jobctl from the project's virtualenv
 
@@ -57,7 +57,8 @@ def main() -> int:
             args = ["-m", "not slow", *(a for a in args if a != "--fast")]
         cmd = [str(BIN / "python"), "-m", "pytest", *args]
     elif what == "lint":
-        for check in (["ruff", "check", "jobctl"], ["ruff", "format", "--check", "jobctl"], ["mypy"]):
+        dirs = ["jobctl", "tests", "bench"]
+        for check in (["ruff", "check", *dirs], ["ruff", "format", "--check", *dirs], ["mypy"]):
             code = subprocess.run([str(BIN / check[0]), *check[1:]], cwd=ROOT, env=env).returncode
             if code:
                 print(f"dev.py: lint failed: {' '.join(check)}", file=sys.stderr)

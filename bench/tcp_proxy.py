@@ -116,8 +116,7 @@ class _Conn:
 
     async def open_server(self) -> None:
         try:
-            await self.proxy.loop.create_connection(lambda: _Side(self, False), self.proxy.host,
-                                                    self.proxy.target_port)
+            await self.proxy.loop.create_connection(lambda: _Side(self, False), self.proxy.host, self.proxy.target_port)
         except OSError:
             self.close()
 
@@ -172,8 +171,9 @@ class Proxy:
         ready = threading.Event()
 
         async def serve():
-            self._server = await self.loop.create_server(lambda: _Side(_Conn(self), True), "127.0.0.1",
-                                                         self._listen_port)
+            self._server = await self.loop.create_server(
+                lambda: _Side(_Conn(self), True), "127.0.0.1", self._listen_port
+            )
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
 
@@ -250,8 +250,10 @@ def main() -> None:
     args = parser.parse_args()
     host, _, port = args.target.rpartition(":")
     proxy = Proxy(host or "127.0.0.1", int(port), args.delay, args.port).start()
-    print(f"listening on 127.0.0.1:{proxy.port}, forwarding to {args.target} with {args.delay * 2000:g} ms RTT",
-          flush=True)
+    print(
+        f"listening on 127.0.0.1:{proxy.port}, forwarding to {args.target} with {args.delay * 2000:g} ms RTT",
+        flush=True,
+    )
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from jobctl import DatabaseUnusable, Jobctl
 from jobctl.cli import app
-from throwaway_pg import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL server)
+from throwaway_pg import connect_to, pg_schema_url, pg_server, pg_shared_database, pg_url  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The installed console script, next to the interpreter running the tests.
@@ -30,10 +31,12 @@ def db_path(tmp_path):
 @pytest.fixture(params=BACKENDS)
 def db(request, tmp_path) -> str:
     """The contract tests' database, once per backend: a SQLite path, or the
-    URL of a fresh database on a real, throwaway PostgreSQL server."""
+    URL of a fresh schema (`?schema=t_<hex>`) in a database on a real, throwaway
+    PostgreSQL server (tests/throwaway_pg.py: a schema costs milliseconds where a
+    database costs hundreds of them)."""
     if request.param == "sqlite":
         return str(tmp_path / "jobs.db")
-    return request.getfixturevalue("pg_url")
+    return request.getfixturevalue("pg_schema_url")
 
 
 def exists(db: str) -> bool:
@@ -52,8 +55,12 @@ def snapshot(db: str) -> tuple:
         return ()
     with Jobctl(db, create=False) as jc:
         store = jc._store
-        return (store.all_jobs(), store.all_counts(), list(store.all_events()),
-                [(e["id"], e["message"], e["level"]) for e in store.events()])
+        return (
+            store.all_jobs(),
+            store.all_counts(),
+            list(store.all_events()),
+            [(e["id"], e["message"], e["level"]) for e in store.events()],
+        )
 
 
 @pytest.fixture
@@ -85,13 +92,10 @@ def tamper(db: str, sql: str, params: tuple = ()) -> None:
     """Change the database behind jobctl's back (`?` placeholders), on either
     backend: for the tests of what verify and the stale rule see."""
     if db.startswith("postgresql://"):
-        import psycopg2
-
-        conn = psycopg2.connect(db)
+        conn = connect_to(db)
         try:
             with conn:
                 cur = conn.cursor()
-                cur.execute("SET search_path TO jobctl")
                 cur.execute(sql.replace("?", "%s"), params)
         finally:
             conn.close()
@@ -111,8 +115,42 @@ def run(*args, db=None, input=None, env=None, check=False, timeout=60):
     full_env = dict(os.environ, **(env or {}))
     if db is not None:
         full_env["JOBCTL_DB"] = str(db)
-    return subprocess.run([JOBCTL, *map(str, args)], input=input, capture_output=True, text=True,
-                          env=full_env, check=check, timeout=timeout)
+    return subprocess.run(
+        [JOBCTL, *map(str, args)],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        check=check,
+        timeout=timeout,
+    )
+
+
+# How long a test waits for something a subprocess or another connection is to do
+# before it fails saying what it waited for (pytest-timeout's per-test limit in
+# pyproject.toml is the backstop for a read that blocks).
+WAIT = 60.0
+
+
+def wait_for(condition, what: str, *, jc: Jobctl | None = None, timeout: float = WAIT, pause: float = 0.02):
+    """Call `condition()` until it returns something true, and return that. Between
+    calls: the next wake-up of `jc`'s store (a commit by anyone), or a `pause` between
+    polls (0 when `condition` itself blocks, reading a stream). After `timeout`
+    seconds the test fails: "timed out after ... s waiting for `what`"."""
+    deadline = time.monotonic() + timeout
+    waker = jc.waker(0.1) if jc is not None else None
+    try:
+        while not (result := condition()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:g} s waiting for {what}", pytrace=False)
+            if waker is not None:
+                waker.wait(0.1)
+            elif pause:
+                time.sleep(pause)  # the pause between polls, not a stand-in for an event
+        return result
+    finally:
+        if waker is not None:
+            waker.close()
 
 
 def seed_news_crawler(jc: Jobctl) -> str:

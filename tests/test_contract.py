@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import FULL, JOBCTL, snapshot
+from conftest import FULL, JOBCTL, WAIT, snapshot, wait_for
 from jobctl import Jobctl
 
 pytestmark = pytest.mark.slow  # real subprocesses throughout
@@ -61,19 +61,27 @@ def test_a_reader_following_the_cursor_misses_and_repeats_nothing(db, tmp_path):
     procs = []
     for i in range(WRITERS):
         env, home = host_env(tmp_path, f"host{i}", db)
-        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, db, str(TRANSACTIONS), str(i)], env=env,
-                                      cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WRITER, db, str(TRANSACTIONS), str(i)],
+                env=env,
+                cwd=home,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     seen: list[int] = []
     with Jobctl(db) as reader:
-        cursor = 0
-        while True:
+
+        def caught_up() -> bool:
+            """Read the next page from the cursor; true once the writers had ended before it and it was empty."""
             running = any(p.poll() is None for p in procs)
-            page = reader.events(since=cursor)
-            for e in page:
-                seen.append(e["id"])
-                cursor = e["id"]
-            if not running and not page:
-                break
+            page = reader.events(since=seen[-1] if seen else 0)
+            seen.extend(e["id"] for e in page)
+            return not running and not page
+
+        wait_for(caught_up, "the writers to end and the reader to catch up", timeout=WAIT * (10 if FULL else 1))
         for p in procs:
             out, err = p.communicate()
             assert p.returncode == 0, err
@@ -113,8 +121,15 @@ for t in threads: t.join()
 print(json.dumps({"got": got, "errors": errors}))
 """
     per = CLAIMERS // WRITERS
-    procs = [subprocess.Popen([sys.executable, "-c", script, db, parent, str(per)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, db, parent, str(per)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(WRITERS)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -136,9 +151,14 @@ def test_refused_writes_change_nothing(db):
         a, b = jc.spawn(parent, count=2)
         jc.set_status([b], "completed")
     before = snapshot(db)
-    for argv in (["status", "set", a, b, "running"],  # b is completed: the whole batch is refused
-                 ["spawn", "nope", "--count", "3"], ["create", "x", "--parent", b + "x"],
-                 ["status", "set", parent, "completed"], ["log", a, ""], ["claim", b]):
+    for argv in (
+        ["status", "set", a, b, "running"],  # b is completed: the whole batch is refused
+        ["spawn", "nope", "--count", "3"],
+        ["create", "x", "--parent", b + "x"],
+        ["status", "set", parent, "completed"],
+        ["log", a, ""],
+        ["claim", b],
+    ):
         result = subprocess.run([JOBCTL, "--db", db, *argv], capture_output=True, text=True)
         assert result.returncode in (2, 3, 4), (argv, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("jobctl: error: ")
@@ -150,8 +170,14 @@ def test_a_watcher_on_another_host_sees_every_change(db, tmp_path):
         parent = jc.create("fan-out")
         kids = jc.spawn(parent, count=20)
     env, home = host_env(tmp_path, "watcher", db)
-    watcher = subprocess.Popen([JOBCTL, "watch", parent, "--json", "--exit-status", "--timeout", "120"], env=env,
-                               cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(
+        [JOBCTL, "watch", parent, "--json", "--exit-status", "--timeout", "120"],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     start = json.loads(watcher.stdout.readline())  # it is following from here on
     assert start["type"] == "start" and start["pending_children"] == 20
 
@@ -185,8 +211,12 @@ def test_a_writer_that_waits_for_the_lock_says_so_once(db):
     lock.__enter__()  # another writer, in the middle of a long transaction that holds the lock
     holder._store.hold_write_lock()
     try:
-        proc = subprocess.Popen([JOBCTL, "--db", db, "status", "set", job, "running"], stderr=subprocess.PIPE,
-                                text=True, env=dict(os.environ, JOBCTL_BUSY_TIMEOUT="30"))
+        proc = subprocess.Popen(
+            [JOBCTL, "--db", db, "status", "set", job, "running"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, JOBCTL_BUSY_TIMEOUT="30"),
+        )
         notice = proc.stderr.readline()  # printed while it still waits: the lock is ours until below
         assert notice == "jobctl: waiting for another writer to finish (up to 29 s more; JOBCTL_BUSY_TIMEOUT)\n"
         assert proc.poll() is None
@@ -242,7 +272,9 @@ def test_a_change_reads_what_the_rules_need_of_a_job_and_its_parent(jc):
     kid = jc.spawn(p, count=2)[0]
     jc.set_status([kid], "failed")
     jobs, counts = jc._store.jobs_and_counts([kid], parents=True)
-    assert set(jobs) == {kid, p} and all(tuple(j) == CHANGE_COLUMNS for j in jobs.values())
+    assert set(jobs) == {kid, p} and all(set(j) == set(CHANGE_COLUMNS) for j in jobs.values())
+    for job in (kid, p):  # each column as the job is (in whatever order the query gives them)
+        assert dict(jobs[job]) == {c: jc._store.get_job(job)[c] for c in CHANGE_COLUMNS}
     assert jobs[p]["allow_failures"] == "1" and jobs[kid]["status"] == "failed"
     assert counts[p] == {"pending": 1, "running": 0, "completed": 0, "failed": 1, "cancelled": 0}
     assert counts[kid] == dict.fromkeys(counts[p], 0)

@@ -98,7 +98,13 @@ def test_a_type_checker_catches_a_wrong_call_to_a_mutation(tmp_path):
     )
     (tmp_path / "use.py").write_text(code)
     out, _, status = mypy_api.run(
-        [str(tmp_path / "use.py"), "--no-incremental", "--cache-dir", str(tmp_path / "cache"), "--follow-imports=silent"]
+        [
+            str(tmp_path / "use.py"),
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--follow-imports=silent",
+        ]
     )
     errors = [line for line in out.splitlines() if ": error:" in line]
     lines = {int(line.split(":")[1]) for line in errors}

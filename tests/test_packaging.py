@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import JOBCTL, ROOT, run
 
+from conftest import JOBCTL, ROOT, run
 from jobctl import DISTRIBUTION, Jobctl, __version__
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -29,8 +29,14 @@ ACTION_SCRIPT = ROOT / "action" / "run.sh"
 def documents() -> list[Path]:
     """Where install lines are written for people: the README, the changelog,
     docs/, the action, and jobctl's own sources (its error messages)."""
-    return [ROOT / "README.md", ROOT / "CHANGELOG.md", ACTION, ACTION_SCRIPT,
-            *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "jobctl").rglob("*.py"))]
+    return [
+        ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
+        ACTION,
+        ACTION_SCRIPT,
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "jobctl").rglob("*.py")),
+    ]
 
 
 # `pip install` and its words up to the end of the command or the sentence
@@ -156,8 +162,13 @@ def test_version_says_the_python_and_the_extras():
 
 
 def imported(*argv: str, db: Path) -> set[str]:
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "jobctl", *argv], capture_output=True,
-                            text=True, env=dict(os.environ, JOBCTL_DB=str(db)), check=True)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "jobctl", *argv],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JOBCTL_DB=str(db)),
+        check=True,
+    )
     return {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
 
 
@@ -180,13 +191,16 @@ def test_install_completion_in_bash_completes_commands(tmp_path):
     sources, and the function it defines completes `jobctl sta` to `status`."""
     env = dict(os.environ, HOME=str(tmp_path), PATH=f"{Path(JOBCTL).parent}{os.pathsep}{os.environ['PATH']}")
     # `; true`: bash stays jobctl's parent (no exec), so that is the shell detected
-    result = subprocess.run(["bash", "-c", "jobctl --install-completion; true"], capture_output=True, text=True,
-                            env=env, timeout=60)
+    result = subprocess.run(
+        ["bash", "-c", "jobctl --install-completion; true"], capture_output=True, text=True, env=env, timeout=60
+    )
     script = tmp_path / ".bash_completions" / "jobctl.sh"
     assert result.stdout.startswith(f"bash completion installed in {script}"), result.stdout + result.stderr
     assert f"source '{script}'" in (tmp_path / ".bashrc").read_text()
-    complete = ("source ~/.bash_completions/jobctl.sh; COMP_WORDS=(jobctl sta); COMP_CWORD=1;"
-                " _jobctl_completion jobctl; echo \"${COMPREPLY[*]}\"")
+    complete = (
+        "source ~/.bash_completions/jobctl.sh; COMP_WORDS=(jobctl sta); COMP_CWORD=1;"
+        ' _jobctl_completion jobctl; echo "${COMPREPLY[*]}"'
+    )
     result = subprocess.run(["bash", "-c", complete], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout == "status\n", result.stderr
 
@@ -218,11 +232,17 @@ def run_action(tmp_path: Path, **inputs: str) -> tuple[subprocess.CompletedProce
     summary.write_text("")
     output.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "JOBCTL_"))}
-    env.update({f"INPUT_{k.upper()}": v for k, v in inputs.items()}, INPUT_INSTALL="false",
-               GITHUB_STEP_SUMMARY=str(summary), GITHUB_OUTPUT=str(output), RUNNER_TEMP=str(tmp_path),
-               PATH=f"{Path(JOBCTL).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(["bash", str(ACTION_SCRIPT)], capture_output=True, text=True, env=env, timeout=120,
-                            stdin=subprocess.DEVNULL)
+    env.update(
+        {f"INPUT_{k.upper()}": v for k, v in inputs.items()},
+        INPUT_INSTALL="false",
+        GITHUB_STEP_SUMMARY=str(summary),
+        GITHUB_OUTPUT=str(output),
+        RUNNER_TEMP=str(tmp_path),
+        PATH=f"{Path(JOBCTL).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    result = subprocess.run(
+        ["bash", str(ACTION_SCRIPT)], capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL
+    )
     return result, summary.read_text(), output.read_text()
 
 
@@ -262,11 +282,16 @@ def test_the_action_runs_other_commands(tmp_path, outcomes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("inputs, message", [
-    ({"job": ""}, "jobctl action: the input 'job' is required\n"),
-    ({"command": "progress", "job": "x", "report": "markdown"},
-     "jobctl action: the input 'report' goes with the commands watch and report, not progress\n"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"job": ""}, "jobctl action: the input 'job' is required\n"),
+        (
+            {"command": "progress", "job": "x", "report": "markdown"},
+            "jobctl action: the input 'report' goes with the commands watch and report, not progress\n",
+        ),
+    ],
+)
 def test_the_action_refuses_bad_inputs(tmp_path, inputs, message):
     result, summary, output = run_action(tmp_path, db=str(tmp_path / "jobs.db"), **inputs)
     assert (result.returncode, result.stderr, summary, output) == (2, message, "", "")

@@ -106,7 +106,7 @@ def test_a_cancel_of_a_fail_fast_parent_is_a_cancel(jc):
     p = jc.create("p", fail_fast=True)
     kids = jc.spawn(p, count=2)
     jc.cancel(p)
-    assert jc.status(p) == "cancelled" and set(statuses(jc, p).values()) == {"cancelled"}
+    assert jc.status(p) == "cancelled" and statuses(jc, p) == dict.fromkeys(kids, "cancelled")
     assert jc.verify() == []
 
 
@@ -320,6 +320,17 @@ def test_claim_does_not_take_a_child_before_its_backoff_ends(db, jc):
     assert jc.get(kid)["not_before"] is None  # running ends the backoff
 
 
+def test_the_retry_delay_doubles_per_attempt_up_to_an_hour():
+    """`run --retries N --retry-delay D` waits D after the first failed attempt, then
+    doubles it per attempt, at most an hour (or D itself, if that is longer)."""
+    from jobctl.run import backoff
+
+    assert [backoff(5.0, attempt) for attempt in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert backoff(5.0, 5000) == 3600.0  # capped, and no overflow for a huge attempt number
+    assert backoff(7200.0, 3) == 7200.0  # a delay longer than an hour is kept as given
+    assert backoff(0.0, 2000) == 0.0
+
+
 def test_a_run_outcome_with_attempts_left_goes_back_to_pending_with_a_backoff(jc):
     (kid,) = jc.spawn(jc.create("p"), count=1, max_attempts=2)
     jc.set_status([kid], "running")
@@ -427,8 +438,13 @@ def test_nested_fail_fast_settles_alike_whatever_the_order_of_the_ids(jc, order)
     jc.set_status([x, g1], "running")
     jc.set_status([x, g1] if order == "outer first" else [g1, x], "failed")
     # B fails (its own child failed; its other child cancelled), then A (two failed children)
-    assert {j: jc.status(j) for j in (a, x, b, g1, g2)} == {a: "failed", x: "failed", b: "failed", g1: "failed",
-                                                              g2: "cancelled"}
+    assert {j: jc.status(j) for j in (a, x, b, g1, g2)} == {
+        a: "failed",
+        x: "failed",
+        b: "failed",
+        g1: "failed",
+        g2: "cancelled",
+    }
     assert [e["message"] for e in jc.events(job=g2)][-1] == f"fail-fast: {g1} failed"
     assert jc.verify() == []
 

@@ -57,8 +57,11 @@ def test_tables_live_in_their_own_schema_and_leave_others_alone(pg_url):
 def test_events_are_append_only(pg_url):
     with Jobctl(pg_url) as jc:
         jc.create("x")
-    for statement in ("UPDATE jobctl.events SET new_status = 'failed'", "DELETE FROM jobctl.events",
-                      "TRUNCATE jobctl.events CASCADE"):
+    for statement in (
+        "UPDATE jobctl.events SET new_status = 'failed'",
+        "DELETE FROM jobctl.events",
+        "TRUNCATE jobctl.events CASCADE",
+    ):
         with pytest.raises(psycopg2.Error, match="append-only"):
             sql(pg_url, statement)
 
@@ -67,8 +70,10 @@ def test_a_foreign_or_newer_schema_is_refused_untouched(pg_url):
     sql(pg_url, "CREATE SCHEMA jobctl; CREATE TABLE jobctl.stuff (x int)")
     result = run("create", "x", db=pg_url)
     assert result.returncode == 5
-    assert result.stderr == (f"jobctl: error: schema jobctl in {pg_url} is not a jobctl database (it belongs"
-                             " to another program; pick another with ?schema=NAME)\n")
+    assert result.stderr == (
+        f"jobctl: error: schema jobctl in {pg_url} is not a jobctl database (it belongs"
+        " to another program; pick another with ?schema=NAME)\n"
+    )
     assert [r[0] for r in sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'jobctl'")] == ["stuff"]
     newer = pg_url + "?schema=newer"
     Jobctl(newer).close()
@@ -104,8 +109,13 @@ def test_a_password_in_the_url_is_masked(pg_url):
     secret = with_netloc(pg_url, "postgres:hunter2@" + urlsplit(pg_url).netloc.split("@")[1])
     result = run("db", "path", db=secret)
     assert result.returncode == 0 and "hunter2" not in result.stdout and ":***@" in result.stdout
-    result = run("create", "x", db=with_netloc(secret, secret.split("//")[1].split("/")[0].replace(
-        urlsplit(pg_url).netloc.split("@")[1], "127.0.0.1:1")))
+    result = run(
+        "create",
+        "x",
+        db=with_netloc(
+            secret, secret.split("//")[1].split("/")[0].replace(urlsplit(pg_url).netloc.split("@")[1], "127.0.0.1:1")
+        ),
+    )
     assert result.returncode == 5 and "hunter2" not in result.stderr
 
 
@@ -120,19 +130,25 @@ def test_a_read_only_database_refuses_writes_and_keeps_its_data(pg_url):
 
 
 def test_without_the_driver_a_url_names_the_extra():
-    code = ("import sys; sys.modules['psycopg2'] = None; from jobctl.fastpath import main;"
-            " sys.exit(main(['--db', 'postgresql://u@127.0.0.1:1/x', 'status', 'get', 'j']))")
+    code = (
+        "import sys; sys.modules['psycopg2'] = None; from jobctl.fastpath import main;"
+        " sys.exit(main(['--db', 'postgresql://u@127.0.0.1:1/x', 'status', 'get', 'j']))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 5
-    assert result.stderr == ("jobctl: error: a postgresql:// database needs the PostgreSQL driver:"
-                             " pip install 'jobctl-db[postgres]'\n")
+    assert result.stderr == (
+        "jobctl: error: a postgresql:// database needs the PostgreSQL driver: pip install 'jobctl-db[postgres]'\n"
+    )
 
 
 def test_the_sqlite_hot_path_never_imports_the_driver(tmp_path):
     db = tmp_path / "hot.db"
     job = run("create", "x", db=db).stdout.strip()
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "jobctl", "--db", str(db), "status", "set",
-                             job, "running"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "jobctl", "--db", str(db), "status", "set", job, "running"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     assert "jobctl.store.sqlite" in imported  # the check sees the imports at all
@@ -163,9 +179,13 @@ def test_watch_survives_a_server_restart(pg_url, pg_server):
     with Jobctl(pg_url) as jc:
         parent = jc.create("across a restart")
         kids = jc.spawn(parent, count=6)
-    watcher = subprocess.Popen([JOBCTL, "--db", pg_url, "watch", parent, "--json", "--exit-status", "--timeout",
-                                "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, JOBCTL_CONNECT_TIMEOUT="30"))
+    watcher = subprocess.Popen(
+        [JOBCTL, "--db", pg_url, "watch", parent, "--json", "--exit-status", "--timeout", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JOBCTL_CONNECT_TIMEOUT="30"),
+    )
     assert json.loads(watcher.stdout.readline())["type"] == "start"
     with Jobctl(pg_url) as jc:
         jc.set_status(kids[:3], "completed")
@@ -209,9 +229,13 @@ def test_an_older_jobctl_schema_is_migrated_on_open(pg_url):
     """A database made by a jobctl with the first PostgreSQL schema, migrated when opened."""
     from jobctl.store.postgres import MIGRATIONS, SCHEMA_VERSION
 
-    sql(pg_url, "CREATE SCHEMA jobctl; SET search_path TO jobctl;"
-                "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);"
-                + MIGRATIONS[0] + "; INSERT INTO meta VALUES ('application', 'jobctl'), ('version', '1')")
+    sql(
+        pg_url,
+        "CREATE SCHEMA jobctl; SET search_path TO jobctl;"
+        "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);"
+        + MIGRATIONS[0]
+        + "; INSERT INTO meta VALUES ('application', 'jobctl'), ('version', '1')",
+    )
     with Jobctl(pg_url) as jc:
         job = jc.create("x")
         assert jc.get(job)["exit_code"] is None and jc.verify() == []
@@ -293,11 +317,14 @@ def test_every_url_form_libpq_accepts(pg_url, pg_server, tmp_path):
     assert sorted(r[0] for r in sql(pg_url, "SELECT name FROM jobctl.jobs")) == [f"form {i}" for i in range(len(forms))]
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://u:S3CRETpw@[::1/db",
-    "postgresql://u@127.0.0.1:1/db?password=S3CRETpw&no_such_option=1",
-    "postgres://u:S3CRETpw@127.0.0.1:notaport/db",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:S3CRETpw@[::1/db",
+        "postgresql://u@127.0.0.1:1/db?password=S3CRETpw&no_such_option=1",
+        "postgres://u:S3CRETpw@127.0.0.1:notaport/db",
+    ],
+)
 def test_a_malformed_url_is_exit_2_with_its_password_masked(url):
     result = run("status", "set", "x", "running", db=url)
     assert result.returncode == 2, result.stderr
@@ -337,6 +364,7 @@ def test_a_role_without_rights_on_the_schema_is_told_the_grant(pg_url):
 
 # -- across machines: connections, poolers, refusals (issue 19) ---------------
 
+
 def role_url(pg_url, role):
     return with_netloc(pg_url, f"{role}@{urlsplit(pg_url).netloc.split('@')[1]}")
 
@@ -344,8 +372,9 @@ def role_url(pg_url, role):
 def jobctl_backends(pg_url):
     """The server's connections named `jobctl`, to the test's database."""
     dbname = urlsplit(pg_url).path.lstrip("/")
-    return sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobctl'"
-                       " AND datname = %s", (dbname,))[0][0]
+    return sql(
+        pg_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobctl' AND datname = %s", (dbname,)
+    )[0][0]
 
 
 def wait_until(predicate, timeout=60):
@@ -359,9 +388,25 @@ def wait_until(predicate, timeout=60):
 def gated_claim(pg_url, parent, gate, jobs, env=None):
     """`run --claim PARENT --jobs N` whose commands wait for the file `gate`."""
     return subprocess.Popen(
-        [JOBCTL, "--db", pg_url, "run", "--claim", parent, "--jobs", str(jobs), "--",
-         "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+        [
+            JOBCTL,
+            "--db",
+            pg_url,
+            "run",
+            "--claim",
+            parent,
+            "--jobs",
+            str(jobs),
+            "--",
+            "sh",
+            "-c",
+            f"while [ ! -e {gate} ]; do sleep 0.02; done",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def test_one_process_uses_two_connections_whatever_its_jobs(pg_url, tmp_path):
@@ -405,8 +450,9 @@ def test_a_role_with_a_connection_limit_runs_all_its_children(pg_url, tmp_path):
             # both of the role's connections taken: a third process waits, then gives up in one line
             blocker = psycopg2.connect(url)
             try:
-                refused = run("status", "set", parent, "running", "--force", db=url,
-                              env={"JOBCTL_CONNECT_TIMEOUT": "2"})
+                refused = run(
+                    "status", "set", parent, "running", "--force", db=url, env={"JOBCTL_CONNECT_TIMEOUT": "2"}
+                )
             finally:
                 blocker.close()
             assert refused.returncode == 5
@@ -436,8 +482,12 @@ def test_a_refused_connection_is_retried_until_one_is_free(pg_url, pg_server):
 
         before = refusals()
         blocker = psycopg2.connect(url)
-        proc = subprocess.Popen([JOBCTL, "--db", url, "status", "set", job, "running"], stderr=subprocess.PIPE,
-                                text=True, env=dict(os.environ, JOBCTL_CONNECT_TIMEOUT="60"))
+        proc = subprocess.Popen(
+            [JOBCTL, "--db", url, "status", "set", job, "running"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, JOBCTL_CONNECT_TIMEOUT="60"),
+        )
         wait_until(lambda: refusals() > before)  # the command was refused at least once ...
         blocker.close()  # ... and the slot frees while it is retrying
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
@@ -459,8 +509,11 @@ def test_run_claim_survives_its_connections_being_terminated(pg_url, tmp_path):
     try:
         with Jobctl(pg_url) as jc:
             wait_until(lambda: jc.progress(parent)["running_children"] == 2)
-        killed = sql(pg_url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                             " WHERE application_name = 'jobctl' AND pid <> pg_backend_pid()")[0][0]
+        killed = sql(
+            pg_url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'jobctl' AND pid <> pg_backend_pid()",
+        )[0][0]
         assert killed == 2
     finally:
         gate.touch()
@@ -484,16 +537,28 @@ def test_writers_work_through_pgbouncer_in_transaction_pooling(pg_url, pg_server
         kids = jc.spawn(parent, count=16)
     with PgBouncer(pg_server.url, pool_mode="transaction", pool_size=2) as bouncer:
         pooled = bouncer.url_for(pg_url)
-        watcher = subprocess.Popen([JOBCTL, "--db", pg_url, "watch", parent, "--json", "--timeout", "60"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watcher = subprocess.Popen(
+            [JOBCTL, "--db", pg_url, "watch", parent, "--json", "--timeout", "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert json.loads(watcher.stdout.readline())["type"] == "start"
-        writers = [subprocess.Popen([JOBCTL, "--db", pooled, "status", "set", *kids[w::8], status],
-                                    stderr=subprocess.PIPE, text=True)
-                   for status in ("running",) for w in range(8)]
+        writers = [
+            subprocess.Popen(
+                [JOBCTL, "--db", pooled, "status", "set", *kids[w::8], status], stderr=subprocess.PIPE, text=True
+            )
+            for status in ("running",)
+            for w in range(8)
+        ]
         for w in writers:
             assert w.wait(timeout=120) == 0, w.stderr.read()
-        writers = [subprocess.Popen([JOBCTL, "--db", pooled, "status", "set", *kids[w::8], "completed"],
-                                    stderr=subprocess.PIPE, text=True) for w in range(8)]
+        writers = [
+            subprocess.Popen(
+                [JOBCTL, "--db", pooled, "status", "set", *kids[w::8], "completed"], stderr=subprocess.PIPE, text=True
+            )
+            for w in range(8)
+        ]
         for w in writers:
             assert w.wait(timeout=120) == 0, w.stderr.read()
         out, err = watcher.communicate(timeout=120)
@@ -523,10 +588,15 @@ def test_a_writer_that_waited_for_a_parent_sees_the_counts_committed_before_it(p
 
         def meanwhile(events):  # the other writer goes through, or queues for a lock we hold
             if "proc" not in other:
-                other["proc"] = subprocess.Popen([JOBCTL, "--db", pg_url, "status", "set", second, "completed"],
-                                                 stderr=subprocess.PIPE, text=True)
-                wait_until(lambda: other["proc"].poll() is not None
-                           or sql(pg_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0)
+                other["proc"] = subprocess.Popen(
+                    [JOBCTL, "--db", pg_url, "status", "set", second, "completed"], stderr=subprocess.PIPE, text=True
+                )
+                wait_until(
+                    lambda: (
+                        other["proc"].poll() is not None
+                        or sql(pg_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0
+                    )
+                )
             real(events)
 
         jc._store.insert_events = meanwhile
@@ -551,10 +621,15 @@ def test_a_waker_whose_server_refuses_it_still_says_look_each_poll_interval(pg_u
         with Jobctl(url) as jc:
             waker = jc.waker(0.3)
             try:
-                sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE usename = %s AND query LIKE 'LISTEN%%'", (role,))
-                wait_until(lambda: sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
-                                       (role,))[0][0] == 1)
+                sql(
+                    pg_url,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE usename = %s AND query LIKE 'LISTEN%%'",
+                    (role,),
+                )
+                wait_until(
+                    lambda: sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))[0][0] == 1
+                )
                 blocker = psycopg2.connect(url)  # the freed slot is taken: the waker cannot come back
                 try:
                     deadline = time.monotonic() + 5
@@ -587,9 +662,12 @@ def test_watch_and_writers_through_a_network_cut(pg_url):
     parts = urlsplit(pg_url)
     with tcp_proxy.Proxy(parts.hostname, parts.port, delay=0.002) as proxy:
         far = with_netloc(pg_url, f"{parts.username}@127.0.0.1:{proxy.port}")
-        watcher = subprocess.Popen([JOBCTL, "--db", far, "watch", parent, "--json", "--timeout", "60",
-                                    "--poll-interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+        watcher = subprocess.Popen(
+            [JOBCTL, "--db", far, "watch", parent, "--json", "--timeout", "60", "--poll-interval", "0.5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert json.loads(watcher.stdout.readline())["type"] == "start"
         run("status", "set", *kids[:2], "completed", db=far, check=True)
         proxy.cut_all()

@@ -12,10 +12,17 @@ from fractions import Fraction
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 import jobctl
+from throwaway_pg import schema_of, with_schema
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
@@ -23,8 +30,9 @@ FINAL = {COMPLETED, FAILED, CANCELLED}
 LARGE = 365 * 86400.0  # a stale_after nothing can reach
 
 # NUL is refused on both backends (PostgreSQL cannot store it): tests/test_cli.py
-names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=12).filter(
-    lambda s: s.strip())
+names = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=12
+).filter(lambda s: s.strip())
 
 
 def may_move(old: str, new: str) -> bool:
@@ -82,8 +90,17 @@ class Model:
     def add(self, parent: str | None, ids_names: list[tuple[str, str]], max_attempts: int | None = None) -> None:
         for jid, name in ids_names:
             assert jid not in self.jobs
-            self.jobs[jid] = {"status": PENDING, "parent": parent, "name": name, "kids": [], "fail_fast": False,
-                              "allow": None, "max": max_attempts, "attempt": 1, "started": False}
+            self.jobs[jid] = {
+                "status": PENDING,
+                "parent": parent,
+                "name": name,
+                "kids": [],
+                "fail_fast": False,
+                "allow": None,
+                "max": max_attempts,
+                "attempt": 1,
+                "started": False,
+            }
             self.order.append(jid)
             self.events += 1
             if parent is not None:
@@ -117,8 +134,11 @@ class Model:
 
     def too_many_failed_while_open(self, pid: str) -> bool:
         p, counts = self.jobs[pid], self.counts(pid)
-        return (p["fail_fast"] and bool(counts[PENDING] or counts[RUNNING])
-                and counts[FAILED] > allowed(p["allow"], sum(counts.values())))
+        return (
+            p["fail_fast"]
+            and bool(counts[PENDING] or counts[RUNNING])
+            and counts[FAILED] > allowed(p["allow"], sum(counts.values()))
+        )
 
     def settle(self) -> None:
         """At the end of an operation: each fail-fast parent due cancels what is unfinished below it, then fails."""
@@ -208,8 +228,7 @@ class Model:
                 raise jobctl.Conflict(f"{jid} is {job['status']}")
         else:
             wanted = {FAILED} if failed_children else {FAILED, CANCELLED}
-            targets = [j for j in self.subtree(jid)
-                       if not self.jobs[j]["kids"] and self.status(j) in wanted]
+            targets = [j for j in self.subtree(jid) if not self.jobs[j]["kids"] and self.status(j) in wanted]
         kept = [t for t in targets if self.attempts_left(t)]
         if targets and not kept:
             raise jobctl.Conflict(f"none of {targets} has attempts left")
@@ -262,8 +281,12 @@ class JobctlMachine(RuleBasedStateMachine):
         return [j for j in self.m.order if self.m.status(j) in FINAL]
 
     # --------------------------------------------------------------- rules
-    @initialize(shape=st.lists(st.integers(0, 3), max_size=4), fail_fast=st.booleans(),
-                allow=st.sampled_from([None, "1", "50%"]), cap=st.sampled_from([None, 1, 2]))
+    @initialize(
+        shape=st.lists(st.integers(0, 3), max_size=4),
+        fail_fast=st.booleans(),
+        allow=st.sampled_from([None, "1", "50%"]),
+        cap=st.sampled_from([None, 1, 2]),
+    )
     def seed_tree(self, shape, fail_fast, allow, cap):
         """A root with len(shape) children, child i with shape[i] children of its own;
         the root's policy, and its attempt cap on every job below it."""
@@ -307,9 +330,12 @@ class JobctlMachine(RuleBasedStateMachine):
         self.m.add(parent, [(i, f"child {i.rsplit('.', 1)[1]}") for i in ids], max_attempts=cap)
 
     @precondition(lambda self: self.m.jobs)
-    @rule(data=st.data(), fail_fast=st.sampled_from([None, True, False]),
-          allow=st.sampled_from(["keep", None, "1", "2", "50%", "34%"]),
-          cap=st.sampled_from(["keep", None, 1, 2, 3]))
+    @rule(
+        data=st.data(),
+        fail_fast=st.sampled_from([None, True, False]),
+        allow=st.sampled_from(["keep", None, "1", "2", "50%", "34%"]),
+        cap=st.sampled_from(["keep", None, 1, 2, 3]),
+    )
     def set_policy(self, data, fail_fast, allow, cap):
         # mostly a parent with children: that is where a policy decides something
         jid = self.pick(data, [j for j in self.m.order if self.m.jobs[j]["kids"]])
@@ -491,10 +517,13 @@ def test_the_state_machine(db, tmp_path):
 
     def fresh() -> str:
         n = next(examples)
-        return f"{db}?schema=example{n}" if db.startswith("postgresql://") else str(tmp_path / f"example{n}.db")
+        if db.startswith("postgresql://"):  # the test's schema's name, then _eN: dropped with it
+            return with_schema(db, f"{schema_of(db)}_e{n}")
+        return str(tmp_path / f"example{n}.db")
 
-    run_state_machine_as_test(lambda: JobctlMachine(fresh()),
-                              settings=settings(max_examples=50, stateful_step_count=30, deadline=None))
+    run_state_machine_as_test(
+        lambda: JobctlMachine(fresh()), settings=settings(max_examples=50, stateful_step_count=30, deadline=None)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -531,8 +560,7 @@ def test_cancel_is_deepest_first_and_the_job_stays_cancelled(tmp_path):
         since = last_id(jc)
         assert run_both(jc, m, "cancel", p) == [c, b, p]
         # no derived flip of p to completed half-way: p is cancelled explicitly, once
-        assert changes(jc, since) == [(c, PENDING, CANCELLED), (b, RUNNING, CANCELLED),
-                                      (p, RUNNING, CANCELLED)]
+        assert changes(jc, since) == [(c, PENDING, CANCELLED), (b, RUNNING, CANCELLED), (p, RUNNING, CANCELLED)]
         assert jc.status(p) == CANCELLED and jc.status(a) == COMPLETED
 
 
@@ -549,9 +577,14 @@ def test_cancel_through_a_forced_final_parent(tmp_path):
         since = last_id(jc)
         # q is final, so not a target: its status follows its children's
         assert run_both(jc, m, "cancel", r) == [q2, q1, s, r]
-        assert changes(jc, since) == [(q2, PENDING, CANCELLED), (q, COMPLETED, RUNNING),
-                                      (q1, PENDING, CANCELLED), (q, RUNNING, CANCELLED),
-                                      (s, PENDING, CANCELLED), (r, RUNNING, CANCELLED)]
+        assert changes(jc, since) == [
+            (q2, PENDING, CANCELLED),
+            (q, COMPLETED, RUNNING),
+            (q1, PENDING, CANCELLED),
+            (q, RUNNING, CANCELLED),
+            (s, PENDING, CANCELLED),
+            (r, RUNNING, CANCELLED),
+        ]
 
 
 def test_retry_below_a_parent(tmp_path):

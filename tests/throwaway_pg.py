@@ -1,8 +1,11 @@
 """A real, throwaway PostgreSQL server for the test suite.
 
-    from throwaway_pg import pg_server, pg_url   # in conftest.py
+    from throwaway_pg import pg_server, pg_url, pg_schema_url   # in conftest.py
 
-    def test_something(pg_url):               # a fresh, empty database per test
+    def test_something(pg_schema_url):        # a fresh, empty jobctl schema per test
+        ...
+
+    def test_the_database_itself(pg_url):     # a fresh, empty database per test
         ...
 
 `pg_server` (session scope) starts one server per test session: `initdb` into a
@@ -10,10 +13,18 @@ fresh directory under /tmp, started on a free port on 127.0.0.1 with trust
 authentication and durability switched off, stopped and deleted at the end of
 the session (and by `atexit` if the session dies half-way).
 
+`pg_schema_url` is what the contract tests use: a URL with `?schema=t_<hex>`
+(jobctl's own query parameter) in one database shared by the session, the
+schema dropped after the test. A schema costs a few milliseconds where a
+database costs a few hundred (CREATE DATABASE copies template1, and the first
+connections to a new database fill their catalog caches from scratch), which
+is most of what the fast tier used to spend. `pg_url` (a whole database) is for
+the tests about the database itself: ALTER DATABASE, the default schema, roles.
+
 Environment:
     JOBCTL_TEST_PG_URL=postgresql://user@host:port/db
         use that server instead of starting one; each test still gets its own
-        database, created and dropped there (the user needs CREATEDB)
+        schema or database, created and dropped there (the user needs CREATEDB)
     CI=true
         a missing PostgreSQL fails the PostgreSQL tests instead of skipping them
 
@@ -46,8 +57,7 @@ import pytest
 ENV_URL = "JOBCTL_TEST_PG_URL"
 SUPERUSER = "postgres"
 RUN_AS = "postgres"  # the system user that runs the server when the tests run as root
-INSTALL_HINT = ("PostgreSQL not found: apt-get install postgresql (or set JOBCTL_TEST_PG_URL) "
-                "to run the PostgreSQL half")
+INSTALL_HINT = "PostgreSQL not found: apt-get install postgresql (or set JOBCTL_TEST_PG_URL) to run the PostgreSQL half"
 PREFIX = "jobctl-pg-"  # the server's directory: /tmp/jobctl-pg-XXXXXXXX/{data,sock,server.log,owner}
 WAIT = 60  # seconds pg_ctl waits for start and stop
 
@@ -62,6 +72,35 @@ SETTINGS = {
     # in a default Docker container: a test would fail on the machine, not the code.
     "max_parallel_workers_per_gather": "0",
 }
+
+
+def with_schema(url: str, schema: str) -> str:
+    """`url` with its `?schema=` (jobctl's own query parameter) set to `schema`, the rest of its query kept."""
+    from urllib.parse import parse_qsl, urlencode
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
+
+
+def schema_of(url: str) -> str:
+    """The schema a jobctl URL names (`?schema=`; jobctl's default: `jobctl`)."""
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(urlsplit(url).query)).get("schema", "jobctl")
+
+
+def connect_to(url: str, **kwargs):
+    """A psycopg2 connection to a jobctl URL's database with the search path set to
+    its schema (`?schema=`, jobctl's own query parameter, which libpq would refuse)."""
+    from urllib.parse import parse_qsl, urlencode
+
+    import psycopg2
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    libpq = urlunsplit(parts._replace(query=urlencode(query)))
+    return psycopg2.connect(libpq, options=f"-c search_path={schema_of(url)}", **kwargs)
 
 
 class PgServerError(RuntimeError):
@@ -104,6 +143,7 @@ def _run_as() -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
     import pwd
+
     pw = pwd.getpwnam(RUN_AS)
     return pw.pw_uid, pw.pw_gid
 
@@ -116,9 +156,11 @@ def is_available() -> tuple[bool, str]:
     try:
         _run_as()
     except KeyError:
-        return False, (f"PostgreSQL found in {bindir}, but the tests run as root and there is no "
-                       f"'{RUN_AS}' user to run it as: useradd --system {RUN_AS} "
-                       f"(or set {ENV_URL}) to run the PostgreSQL half")
+        return False, (
+            f"PostgreSQL found in {bindir}, but the tests run as root and there is no "
+            f"'{RUN_AS}' user to run it as: useradd --system {RUN_AS} "
+            f"(or set {ENV_URL}) to run the PostgreSQL half"
+        )
     return True, str(bindir)
 
 
@@ -202,11 +244,20 @@ class PgServer:
         kw = {} if ids is None else {"user": ids[0], "group": ids[1], "extra_groups": []}
         # cwd: the postgres user may not be able to enter ours (a private checkout).
         # -l is always given to pg_ctl start, so the server does not inherit our pipes.
-        proc = subprocess.run([str(self.bindir / exe), *args], cwd=self.base, env=_pg_env(),
-                              capture_output=True, text=True, timeout=WAIT + 30, **kw)
+        proc = subprocess.run(
+            [str(self.bindir / exe), *args],
+            cwd=self.base,
+            env=_pg_env(),
+            capture_output=True,
+            text=True,
+            timeout=WAIT + 30,
+            **kw,
+        )
         if proc.returncode != 0:
-            raise PgServerError(f"{exe} {' '.join(args)} failed ({proc.returncode}):\n"
-                                f"{proc.stdout}{proc.stderr}\n--- server log ---\n{self.log_tail()}")
+            raise PgServerError(
+                f"{exe} {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout}{proc.stderr}\n--- server log ---\n{self.log_tail()}"
+            )
         return proc
 
     def _own(self, path: Path) -> None:
@@ -215,8 +266,12 @@ class PgServer:
             os.chown(path, *ids)
 
     def _write_conf(self) -> None:
-        settings = dict(SETTINGS, listen_addresses="'127.0.0.1'", port=str(self.port),
-                        unix_socket_directories=f"'{self.socket_dir}'")
+        settings = dict(
+            SETTINGS,
+            listen_addresses="'127.0.0.1'",
+            port=str(self.port),
+            unix_socket_directories=f"'{self.socket_dir}'",
+        )
         conf = self.data_dir / "jobctl_test.conf"
         conf.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         self._own(conf)
@@ -240,8 +295,18 @@ class PgServer:
             self._own(self.socket_dir)
             self._own(self.base)  # last: from here on the postgres user owns the directory
             t0 = time.perf_counter()
-            self._pg("initdb", "-D", str(self.data_dir), "--auth=trust", "-U", SUPERUSER,
-                     "-E", "UTF8", "--locale=C", "--no-sync")
+            self._pg(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "--auth=trust",
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
             self._time("initdb", t0)
             with open(self.data_dir / "postgresql.conf", "a") as f:
                 f.write("\ninclude = 'jobctl_test.conf'\n")
@@ -274,6 +339,7 @@ class PgServer:
         t0 = time.perf_counter()
         try:
             if (self.data_dir / "postmaster.pid").exists():
+                self._note_cpu()
                 try:
                     self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "-t", str(WAIT), "stop")
                 except (PgServerError, OSError, subprocess.SubprocessError):
@@ -282,6 +348,18 @@ class PgServer:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
             self._time("stop", t0)
+
+    def _note_cpu(self) -> None:
+        """The CPU seconds the server has used so far (the postmaster's own and its
+        ended backends'), from /proc: for the summary, so a run's cost can be compared
+        on a machine whose other load makes wall times say little."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime: fields 14-17 of stat(5), 12-15 after the name
+            self.timings.setdefault("server_cpu", []).append(sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            pass  # not Linux, or the server is gone: the summary leaves it out
 
     def _need_managed(self, what: str) -> None:
         if not self.managed:
@@ -302,8 +380,9 @@ class PgServer:
         (mode "fast"; "immediate" is a crash, "smart" waits for clients)."""
         self._need_managed("restart()")
         t0 = time.perf_counter()
-        self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-m", mode,
-                 "-w", "-t", str(WAIT), "restart")
+        self._pg(
+            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-m", mode, "-w", "-t", str(WAIT), "restart"
+        )
         self._time("restart", t0)
 
     def stop_server_only(self, mode: str = "fast") -> None:
@@ -321,6 +400,7 @@ class PgServer:
     def connect(self, dbname: str | None = None):
         """A psycopg2 connection in autocommit mode, to `dbname` or the server's own database."""
         import psycopg2
+
         conn = psycopg2.connect(self.database_url(dbname) if dbname else self.url, connect_timeout=10)
         conn.autocommit = True
         return conn
@@ -328,6 +408,7 @@ class PgServer:
     def create_database(self, name: str | None = None) -> str:
         """CREATE DATABASE name (default t_<12 hex digits>); its URL."""
         from psycopg2 import sql
+
         name = name or f"t_{uuid.uuid4().hex[:12]}"
         t0 = time.perf_counter()
         conn = self.connect()
@@ -342,9 +423,32 @@ class PgServer:
         self._time("create_database", t0)
         return self.database_url(name)
 
+    def drop_schemas(self, dbname: str, prefix: str) -> None:
+        """DROP SCHEMA ... CASCADE for every schema of `dbname` whose name starts
+        with `prefix` (a test's schema and those it derived from it), first
+        disconnecting whoever is still connected to that database: the tests run
+        one at a time, so a connection left there belongs to the test just ended."""
+        from psycopg2 import sql
+
+        t0 = time.perf_counter()
+        conn = self.connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                cur.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,))
+                for (name,) in cur.fetchall():
+                    cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+        finally:
+            conn.close()
+        self._time("drop_schema", t0)
+
     def drop_database(self, name: str) -> None:
         """DROP DATABASE name, disconnecting whoever is still connected to it."""
         from psycopg2 import sql
+
         t0 = time.perf_counter()
         conn = self.connect()
         try:
@@ -375,13 +479,19 @@ class PgServer:
         parts = []
         if "initdb" in t:
             parts.append(f"initdb {t['initdb'][0]:.2f}s + start {t.get('start', [0])[0]:.2f}s")
-        for what, label in (("create_database", "databases created"), ("drop_database", "dropped")):
+        for what, label in (
+            ("create_database", "databases created"),
+            ("drop_database", "dropped"),
+            ("drop_schema", "test schemas dropped"),
+        ):
             if what in t:
                 parts.append(f"{len(t[what])} {label} (avg {1000 * sum(t[what]) / len(t[what]):.0f} ms)")
         if "restart" in t:
             parts.append(f"{len(t['restart'])} restarts (avg {sum(t['restart']) / len(t['restart']):.2f}s)")
         if "stop" in t:
             parts.append(f"stop {t['stop'][-1]:.2f}s")
+        if "server_cpu" in t:
+            parts.append(f"server CPU {t['server_cpu'][-1]:.1f}s")
         return head + (": " + ", ".join(parts) if parts else "")
 
 
@@ -460,8 +570,11 @@ def pg_server(request) -> PgServer:
             server.connect().close()
         except Exception as e:  # noqa: BLE001 - any failure to connect, said plainly
             where = urlsplit(url)
-            pytest.fail(f"{ENV_URL}: cannot connect to {where.hostname}:{where.port or 5432}/"
-                        f"{where.path.lstrip('/')}: {str(e).strip()}", pytrace=False)
+            pytest.fail(
+                f"{ENV_URL}: cannot connect to {where.hostname}:{where.port or 5432}/"
+                f"{where.path.lstrip('/')}: {str(e).strip()}",
+                pytrace=False,
+            )
     else:
         ok, why = is_available()
         if not ok:
@@ -531,7 +644,7 @@ class PgBouncer:
         self.base = Path(tempfile.mkdtemp(prefix="jobctl-pgbouncer-", dir=_tmp_root()))
         ids = _run_as()
         (self.base / "users.txt").write_text(f'"{SUPERUSER}" ""\n')
-        for attempt in range(3):  # the free port may be taken before pgbouncer binds it
+        for _attempt in range(3):  # the free port may be taken before pgbouncer binds it
             self.port = free_port()
             (self.base / "pgbouncer.ini").write_text(
                 "[databases]\n"
@@ -547,8 +660,13 @@ class PgBouncer:
                 for p in (self.base, *self.base.iterdir()):
                     os.chown(p, *ids)
             kw = {} if ids is None else {"user": ids[0], "group": ids[1], "extra_groups": []}
-            self.proc = subprocess.Popen([PGBOUNCER, str(self.base / "pgbouncer.ini")], cwd=self.base,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+            self.proc = subprocess.Popen(
+                [PGBOUNCER, str(self.base / "pgbouncer.ini")],
+                cwd=self.base,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                **kw,
+            )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
@@ -579,3 +697,30 @@ class PgBouncer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_shared_database(pg_server: PgServer) -> str:
+    """The name of the session's database that holds the tests' schemas."""
+    name = f"s_{uuid.uuid4().hex[:12]}"
+    pg_server.create_database(name)
+    try:
+        yield name
+    finally:
+        if pg_server.managed and not pg_server.is_running():
+            pg_server.start_server_only()
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_schema_url(pg_server: PgServer, pg_shared_database: str) -> str:
+    """The URL of a fresh jobctl schema (not created yet: jobctl makes it on the
+    first write) in the session's shared database, dropped after the test with
+    every schema whose name starts with it."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield with_schema(pg_server.database_url(pg_shared_database), schema)
+    finally:
+        if pg_server.managed and not pg_server.is_running():
+            pg_server.start_server_only()  # the test stopped it: bring it back for the next one
+        pg_server.drop_schemas(pg_shared_database, schema)
