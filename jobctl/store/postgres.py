@@ -70,10 +70,16 @@ _ALIVE_AT = "greatest(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _job_row = itemgetter(*JOB_COLUMNS)
 _event_row = itemgetter(*EVENT_COLUMNS)
 # one row of events to insert, numbered (k): typed, as VALUES would guess text for a NULL
-_EVENT_VALUES = (
-    "(%s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text,"
-    " %s::bigint, %s::integer, %s::double precision, %s::integer, %s::integer)"
-)
+# The types of an event's values in a VALUES list (text where not named here), after
+# its number in the batch: built from EVENT_COLUMNS, so a column added there is here too.
+_EVENT_TYPES = {
+    "log_id": "bigint",
+    "exit_code": "integer",
+    "duration": "double precision",
+    "attempt": "integer",
+    "max_attempts": "integer",
+}
+_EVENT_VALUES = "(%s::bigint, " + ", ".join(f"%s::{_EVENT_TYPES.get(c, 'text')}" for c in EVENT_COLUMNS) + ")"
 _status_row = itemgetter("id", "status", "started_at", "completed_at", "updated_at", "attempt", "not_before")
 
 # The numbered migrations, in order. Never edit one that has shipped: add the next.
