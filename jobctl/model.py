@@ -41,7 +41,7 @@ RETRYABLE: frozenset[str] = frozenset({FAILED, CANCELLED})
 CREATE, STATUS, LOG, POLICY = "create", "status", "log", "policy"
 LOG_LEVELS: tuple[str, ...] = ("info", "warning", "error")
 
-# Exit codes, documented in the README and in `jobctl --help`.
+# Exit codes, documented in docs/reference.md and in `jobctl --help`.
 EXIT_OK = 0
 EXIT_FAILED = 1  # watch/wait: the job failed
 EXIT_USAGE = 2

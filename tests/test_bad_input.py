@@ -2,7 +2,7 @@
 
 Every case of the table runs one bad command through the installed console
 script (a real subprocess) against a copy of a prepared database and checks the
-contract of the README: the documented exit code, exactly one line on stderr
+contract of docs/guarantees.md: the documented exit code, exactly one line on stderr
 starting with `jobctl: error: `, nothing on stdout, and a database that is
 byte-identical afterwards (checkpointed into the main file before hashing, so
 what is compared is the committed state, not WAL timing) with no file added or
@@ -561,12 +561,12 @@ def test_bad_input_changes_nothing(case: Case, db, tmp_path, template):
 
 
 def readme_case_count() -> int:
-    """The number of table cases README.md states under "Bad input cases" (kept by hand)."""
+    """The number of table cases docs/guarantees.md states under "Bad input cases" (kept by hand)."""
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    section = re.search(r"^### Bad input cases\n(.*?)(?=^#)", readme, re.S | re.M)
-    assert section, "README.md has no 'Bad input cases' section"
+    readme = (ROOT / "docs" / "guarantees.md").read_text()
+    section = re.search(r"^### Bad input cases\n(.*?)(?=^#|\Z)", readme, re.S | re.M)
+    assert section, "docs/guarantees.md has no 'Bad input cases' section"
     stated = re.findall(r"\b(\d[\d,]*) cases in one\s+table\b", section[1])
     assert len(stated) == 1, f"expected one '<N> cases in one table' in the section, found {stated}"
     return int(stated[0].replace(",", ""))
@@ -575,7 +575,7 @@ def readme_case_count() -> int:
 def test_the_table_is_big_enough_and_the_readme_counts_it():
     assert len(CASES) >= 35
     assert len({case.id for case in CASES}) == len(CASES)
-    assert readme_case_count() == len(CASES), "update the count in README.md's 'Bad input cases'"
+    assert readme_case_count() == len(CASES), "update the count in docs/guarantees.md's 'Bad input cases'"
 
 
 # ------------------------------------------------ cases that need their own set-up

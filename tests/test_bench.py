@@ -1,4 +1,4 @@
-"""The benchmark harness at tiny sizes, so it cannot rot (the figures live in the README)."""
+"""The benchmark harness at tiny sizes, so it cannot rot (the figures live in docs/performance.md)."""
 
 import json
 import subprocess

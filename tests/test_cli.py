@@ -575,29 +575,6 @@ def test_verify_reports_a_parent_left_behind_by_its_children(cli, db):
 
 
 @pytest.mark.slow
-def test_the_readme_tour_works_as_written(tmp_path):
-    """Run the README's tour with bash; each `# <progress text>` comment is what the line prints."""
-    import os
-    import re
-    from pathlib import Path
-
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"## A tour\n+```sh\n(.*?)```", readme, re.S)[1]
-    script, expected = ["set -euo pipefail"], []
-    for line in block.splitlines():
-        command, _, comment = line.partition("#")
-        if command.strip().startswith("jobctl progress"):
-            script.append(f"{command.strip()} >> progress.txt")
-            expected.append(comment.strip())
-        else:
-            script.append(command.rstrip())
-    env = {**os.environ, "PATH": f"{Path(JOBCTL).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "progress.txt").read_text().splitlines() == expected
-    assert run("verify", db=tmp_path / "jobs.db").returncode == 0
-
-
 def test_events_are_paged_without_losing_or_repeating_one(jc):
     parent = jc.create("p")
     mid = jc.create("mid", parent=parent)

@@ -7,7 +7,7 @@
   the schema jobctl's tables live in (default `jobctl`).
 - **Driver:** psycopg2, imported only here (an extra: `jobctl-db[postgres]`). Its
   import costs about 25 ms against 120 ms for psycopg 3, which matters for a
-  one-shot `status set` (README, "Across machines").
+  one-shot `status set` (docs/database.md, "Across machines").
 - **Writers are serialised** by a transaction-scoped advisory lock taken at
   BEGIN (PostgreSQL's analogue of SQLite's `BEGIN IMMEDIATE`). Event ids are
   assigned under it as max(id) + 1, so they are gap-free and in commit order:
