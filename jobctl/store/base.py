@@ -145,6 +145,25 @@ def event_json_select(json_object: str, bare: bool = False) -> str:
 # The longest JOBCTL_BUSY_TIMEOUT / JOBCTL_CONNECT_TIMEOUT, in seconds: SQLite's busy timeout and
 # PostgreSQL's lock_timeout are 32-bit counts of milliseconds (24.8 days); past that they wrap.
 MAX_WAIT = 86_400
+DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's lock (JOBCTL_BUSY_TIMEOUT), both stores
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A number of seconds from the environment variable `name` (JOBCTL_BUSY_TIMEOUT,
+    JOBCTL_CONNECT_TIMEOUT): `default` when unset or empty; from 0 to MAX_WAIT,
+    else DatabaseUnusable (exit 5) saying so. The one parser of both stores."""
+    import os
+
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_WAIT:  # (nan and inf too)
+        raise DatabaseUnusable(f"{name} must be a number of seconds from 0 to {MAX_WAIT} (a day), not {raw!r}")
+    return value
 
 
 class Retryable(DatabaseUnusable):

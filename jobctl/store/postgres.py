@@ -41,12 +41,13 @@ from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken, UsageError
 from jobctl.store.base import (
     CHANGE_COLUMNS,
+    DEFAULT_BUSY_TIMEOUT,
     EVENT_COLUMNS,
     EVENT_SELECT,
     JOB_COLUMNS,
-    MAX_WAIT,
     Retryable,
     SqlQueries,
+    seconds_from_env,
 )
 from jobctl.store.urls import join_url, masked, masked_in, url_parts
 
@@ -156,19 +157,6 @@ def _driver():
             f"a postgresql:// database needs the PostgreSQL driver: pip install '{DISTRIBUTION}[postgres]'"
         ) from None
     return psycopg2
-
-
-def _seconds_from_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= MAX_WAIT:
-        raise DatabaseUnusable(f"{name} must be a number of seconds from 0 to {MAX_WAIT} (a day), not {raw!r}")
-    return value
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -299,8 +287,8 @@ class PostgresStore(SqlQueries):
         store = cls(
             libpq_url,
             schema,
-            _seconds_from_env("JOBCTL_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT),
-            _seconds_from_env("JOBCTL_BUSY_TIMEOUT", 30.0),
+            seconds_from_env("JOBCTL_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT),
+            seconds_from_env("JOBCTL_BUSY_TIMEOUT", DEFAULT_BUSY_TIMEOUT),
         )
         try:
             store._check_and_migrate(create)

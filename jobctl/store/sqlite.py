@@ -26,11 +26,19 @@ if TYPE_CHECKING:
 
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
-from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, MAX_WAIT, SqlQueries
+from jobctl.store.base import (
+    CHANGE_COLUMNS,
+    CHUNK,
+    DEFAULT_BUSY_TIMEOUT,
+    EVENT_COLUMNS,
+    EVENT_SELECT,
+    JOB_COLUMNS,
+    SqlQueries,
+    seconds_from_env,
+)
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
 SCHEMA_VERSION = 6  # the number of migrations below; stored in PRAGMA user_version
-DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 KNOWN_LIMIT = 1024  # jobs a connection keeps between its write transactions (see SqliteStore.known)
@@ -82,21 +90,6 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
     return {d[0]: v for d, v in zip(cursor.description, row)}
 
 
-def busy_timeout_from_env() -> float:
-    raw = os.environ.get("JOBCTL_BUSY_TIMEOUT")
-    if not raw:
-        return DEFAULT_BUSY_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= MAX_WAIT:
-        raise DatabaseUnusable(
-            f"JOBCTL_BUSY_TIMEOUT must be a number of seconds from 0 to {MAX_WAIT} (a day), not {raw!r}"
-        )
-    return value
-
-
 def _unusable(path: str, exc: BaseException) -> DatabaseUnusable:
     text = str(exc)
     if "locked" in text or "busy" in text:
@@ -112,12 +105,31 @@ def _unusable(path: str, exc: BaseException) -> DatabaseUnusable:
     return DatabaseUnusable(f"database {path}: {text}")
 
 
+class _Errors:
+    """`with store.errors:` turns sqlite3's errors into DatabaseUnusable (one line,
+    exit 5): the one error wrapper of this store (a class, not a generator: it is
+    on the write path)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and isinstance(exc, sqlite3.Error):
+            raise _unusable(self.path, exc) from None
+
+
 class SqliteStore(SqlQueries):
     """One connection to a jobctl SQLite database."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         self.conn = conn
         self.path = self.name = path
+        self.errors = _Errors(path)
         self.busy_timeout = busy_timeout
         # The write path's own cursor (tuple rows), kept: a status change runs six
         # statements, and a cursor made for each (conn.execute) costs ~1 µs.
@@ -158,16 +170,16 @@ class SqliteStore(SqlQueries):
             )
         if not os.path.exists(path) and not os.access(parent, os.W_OK):
             raise DatabaseUnusable(f"cannot create database {path}: directory {parent} is read-only")
-        timeout = busy_timeout_from_env() if busy_timeout is None else busy_timeout
-        try:
+        timeout = (
+            seconds_from_env("JOBCTL_BUSY_TIMEOUT", DEFAULT_BUSY_TIMEOUT) if busy_timeout is None else busy_timeout
+        )
+        with _Errors(path):
             # SQLite waits for a lock up to its busy timeout per try. The first try
             # of BEGIN IMMEDIATE waits up to WAIT_NOTICE; the retries share what is
             # left of JOBCTL_BUSY_TIMEOUT, so that is the whole wait.
             conn = sqlite3.connect(
                 path, timeout=min(WAIT_NOTICE, timeout), isolation_level=None, check_same_thread=False
             )
-        except sqlite3.Error as exc:
-            raise _unusable(path, exc) from None
         store = cls(conn, path, timeout)
         try:
             store._check_and_migrate()
@@ -178,7 +190,7 @@ class SqliteStore(SqlQueries):
         return store
 
     def _check_and_migrate(self) -> None:
-        try:
+        with self.errors:
             app_id, version = self._header()
             if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
                 self._settings()
@@ -194,8 +206,6 @@ class SqliteStore(SqlQueries):
                 self._refuse_foreign(app_id, version)
                 if version < SCHEMA_VERSION:
                     _migrate(self.conn)
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     def _header(self) -> tuple[int, int]:
         return self.conn.execute("SELECT * FROM pragma_application_id, pragma_user_version").fetchone()
@@ -259,10 +269,8 @@ class SqliteStore(SqlQueries):
     @contextmanager
     def read(self) -> Iterator["SqliteStore"]:
         """A read transaction: every query inside sees the same snapshot."""
-        try:
+        with self.errors:
             self.conn.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
         try:
             yield self
         except BaseException:
@@ -273,32 +281,24 @@ class SqliteStore(SqlQueries):
                     pass
             raise
         if self.conn.in_transaction:
-            try:
+            with self.errors:
                 self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise _unusable(self.path, exc) from None
 
     def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
-        try:
+        with self.errors:
             return self.conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     def _query_light(self, sql: str, params: Sequence = ()) -> list:
         """sqlite3.Row rows (made in C): `events --json` reads 100,000s of them."""
         cur = self.conn.cursor()
         cur.row_factory = sqlite3.Row
-        try:
+        with self.errors:
             return cur.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     def _query_tuples(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Plain tuples: the write path reads a job or two per change."""
-        try:
+        with self.errors:
             return self.cur.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     # -------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> dict | None:
@@ -498,11 +498,9 @@ class SqliteStore(SqlQueries):
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        try:
+        with self.errors:
             for row in self.conn.execute(sql, (job_id,)):
                 yield row
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     def list_jobs(
         self,
@@ -545,13 +543,11 @@ class SqliteStore(SqlQueries):
         sql += " ORDER BY rowid DESC" if newest_first else " ORDER BY rowid"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        try:
+        with self.errors:
             # a for loop, not `yield from`: closing this generator after the
             # connection (a reader that left early) must not close the cursor
             for row in self.conn.execute(sql, params):
                 yield row
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     # ------------------------------------------------------------------ counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -602,11 +598,9 @@ class SqliteStore(SqlQueries):
         if until is not None:
             sql += " AND e.id <= ?"
             params += (until,)
-        try:
+        with self.errors:
             for row in self.conn.execute(sql + " ORDER BY e.id", params):
                 yield row
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     def application_id(self) -> int:
         cur = self.conn.cursor()
@@ -634,11 +628,9 @@ class SqliteStore(SqlQueries):
         return self._stream("SELECT * FROM events ORDER BY job_id, id")
 
     def _stream(self, sql: str, params: Sequence = ()) -> Iterator[dict]:
-        try:
+        with self.errors:
             for row in self.conn.execute(sql, params):
                 yield row
-        except sqlite3.Error as exc:
-            raise _unusable(self.path, exc) from None
 
     def integrity_check(self) -> list[str]:
         rows = self._query("PRAGMA integrity_check")
