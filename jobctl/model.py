@@ -343,6 +343,23 @@ def where_text(fields: Mapping) -> str:
     return ", ".join(parts)
 
 
+def entering(new: str) -> dict[str, str | None]:
+    """What entering `new` from running sets besides the status, as enter_status does:
+    {field: "at"} for a field set to the change's time, {field: None} for one
+    cleared. The stores' set-based cancel builds its UPDATE from this."""
+    before: dict = {
+        "status": RUNNING,
+        "attempt": 1,
+        "started_at": "",
+        "completed_at": "",
+        "updated_at": "",
+        "not_before": "",
+    }
+    job = dict(before)
+    enter_status(job, new, "at")
+    return {k: v for k, v in job.items() if k != "status" and v != before[k]}
+
+
 def enter_status(job: dict, new: str, at: str, *, counted: bool = True) -> None:
     """Set `job['status']` and its status timestamps, in place.
 

@@ -76,14 +76,14 @@ def text_of(raw: bytes) -> str:
 
 
 class Lines:
-    """One output stream, read in chunks, cut into lines: each line goes to `store`
+    """One output stream, read in chunks, cut into lines: each line goes to `keep`
     (as text, at most LINE_LIMIT bytes of it, with a marker saying how much was
     cut); a `\\r` line (a progress bar) is echoed at each update and stored
     once, as its last state. `echo` gets the bytes as they are, a piece at a
     time: up to a line end (`\\n` or `\\r`), or LINE_LIMIT bytes."""
 
-    def __init__(self, store: Callable[[str], None], echo: Callable[[bytes], None] | None):
-        self.store = store
+    def __init__(self, keep: Callable[[str], None], echo: Callable[[bytes], None] | None):
+        self.keep = keep
         self.echo = echo
         self.line = bytearray()  # what is kept of the current line
         self.cut = 0  # bytes of it not kept
@@ -130,7 +130,7 @@ class Lines:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if len(text_of(raw[:mid])) <= LINE_LIMIT else (lo, mid - 1)
             text, cut = text_of(raw[:lo]), cut + len(raw) - lo
-        self.store(text + (f" [jobctl: {cut:,} bytes of this line cut]" if cut else ""))
+        self.keep(text + (f" [jobctl: {cut:,} bytes of this line cut]" if cut else ""))
         self.line.clear()
         self.cut = 0
         self.cr = False

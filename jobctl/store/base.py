@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object
 
-from jobctl.model import STATUSES, DatabaseUnusable
+from jobctl.model import ACTIVE, CANCELLED, STATUS, STATUSES, DatabaseUnusable, entering
 
 JOB_COLUMNS = (
     "id",
@@ -107,6 +107,36 @@ EVENT_SELECT = (
     " e.attempt, e.max_attempts"
     " FROM events e LEFT JOIN logs l ON l.id = e.log_id"
 )
+
+
+# The status rules the set-based cancel applies in SQL, built from jobctl.model (said
+# there once): the statuses it cancels, what entering cancelled sets, and how that
+# moves the parents' kept counts.
+def sql_words(words) -> str:
+    """Status words as an SQL list of quoted literals, in STATUSES order."""
+    return "(" + ", ".join(f"'{w}'" for w in STATUSES if w in words) + ")"
+
+
+ACTIVE_SQL = sql_words(ACTIVE)
+CANCELLED_SQL = f"'{CANCELLED}'"
+STATUS_KIND_SQL = f"'{STATUS}'"
+
+
+def cancel_assignments(mark: str) -> tuple[str, int]:
+    """The SET list of cancelling a job (jobctl.model.entering), and how many times it takes
+    the change's time as a parameter (`mark`: the store's placeholder)."""
+    sets = entering(CANCELLED)
+    parts = [f"status = {CANCELLED_SQL}"] + [f"{k} = {mark if v == 'at' else 'NULL'}" for k, v in sets.items()]
+    return ", ".join(parts), sum(v == "at" for v in sets.values())
+
+
+def cancel_count_deltas(count_of) -> str:
+    """What cancelling a set of jobs does to each parent's kept counts, as SQL
+    values in STATUSES order (`count_of(word)`: the SQL counting those in it):
+    each cancelled status loses its jobs, cancelled gains them all."""
+    return ", ".join(f"-{count_of(w)}" if w in ACTIVE else "count(*)" if w == CANCELLED else "0" for w in STATUSES)
+
+
 CHUNK = 500  # values per `IN (...)` list, well below SQLite's variable limit
 
 # An event's JSON object (`events --json`), built by the database: the keys and

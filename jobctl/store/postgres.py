@@ -40,13 +40,18 @@ if TYPE_CHECKING:
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken, UsageError
 from jobctl.store.base import (
+    ACTIVE_SQL,
+    CANCELLED_SQL,
     CHANGE_COLUMNS,
     DEFAULT_BUSY_TIMEOUT,
     EVENT_COLUMNS,
     EVENT_SELECT,
     JOB_COLUMNS,
+    STATUS_KIND_SQL,
     Retryable,
     SqlQueries,
+    cancel_assignments,
+    cancel_count_deltas,
     seconds_from_env,
 )
 from jobctl.store.urls import join_url, masked, masked_in, url_parts
@@ -809,31 +814,32 @@ class PostgresStore(SqlQueries):
             'WITH RECURSIVE t(id, depth) AS (SELECT %s::text COLLATE "C", 0 UNION ALL'
             " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id),"
             " targets AS (SELECT j.id, j.parent_id, j.root_id, j.status, j.attempt, j.max_attempts, t.depth, j.seq"
-            " FROM t JOIN jobs j ON j.id = t.id WHERE j.status IN ('pending', 'running')"
+            f" FROM t JOIN jobs j ON j.id = t.id WHERE j.status IN {ACTIVE_SQL}"
             + (" AND t.depth > 0)" if below else ")")
         )
         mixed = self._query(
             walk + " SELECT 1 FROM targets k JOIN jobs p ON p.id = k.parent_id"
-            " WHERE k.id <> %s AND p.status NOT IN ('pending', 'running') LIMIT 1",
+            f" WHERE k.id <> %s AND p.status NOT IN {ACTIVE_SQL} LIMIT 1",
             (job_id, job_id),
         )
         if mixed:
             return None
         counts = ", ".join(STATUSES)
+        assignments, times = cancel_assignments("%s")
+        deltas = cancel_count_deltas(lambda w: f"count(*) FILTER (WHERE status = '{w}')")
         rows = self._run(
             walk + ", ordered AS (SELECT *, row_number() OVER (ORDER BY depth DESC, seq DESC) AS n FROM targets),"
             " ev AS (INSERT INTO events (id, job_id, parent_id, root_id, kind, old_status, new_status, at, message,"
-            " attempt, max_attempts) SELECT %s + n - 1, id, parent_id, root_id, 'status', status, 'cancelled',"
-            " %s, %s, attempt, max_attempts FROM ordered),"
-            " up AS (UPDATE jobs SET status = 'cancelled', completed_at = %s, updated_at = %s, not_before = NULL"
+            f" attempt, max_attempts) SELECT %s + n - 1, id, parent_id, root_id, {STATUS_KIND_SQL}, status,"
+            f" {CANCELLED_SQL}, %s, %s, attempt, max_attempts FROM ordered),"
+            f" up AS (UPDATE jobs SET {assignments}"
             " FROM targets WHERE jobs.id = targets.id),"
             f" kept AS (INSERT INTO child_counts (parent_id, {counts})"
-            " SELECT parent_id, -count(*) FILTER (WHERE status = 'pending'),"
-            " -count(*) FILTER (WHERE status = 'running'), 0, 0, count(*) FROM targets WHERE id <> %s"
+            f" SELECT parent_id, {deltas} FROM targets WHERE id <> %s"
             " GROUP BY parent_id ON CONFLICT (parent_id) DO UPDATE SET "
             + ", ".join(f"{s} = child_counts.{s} + excluded.{s}" for s in STATUSES)
             + ") SELECT id FROM ordered ORDER BY n",
-            (job_id, self.next_event_id, at, message, at, at, job_id),
+            (job_id, self.next_event_id, at, message, *(at,) * times, job_id),
             fetch=True,
         )
         ids = [r[0] for r in rows or ()]

@@ -27,13 +27,18 @@ if TYPE_CHECKING:
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import (
+    ACTIVE_SQL,
+    CANCELLED_SQL,
     CHANGE_COLUMNS,
     CHUNK,
     DEFAULT_BUSY_TIMEOUT,
     EVENT_COLUMNS,
     EVENT_SELECT,
     JOB_COLUMNS,
+    STATUS_KIND_SQL,
     SqlQueries,
+    cancel_assignments,
+    cancel_count_deltas,
     seconds_from_env,
 )
 
@@ -48,7 +53,6 @@ _UPSERT_COUNTS = (
     f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)}) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES)
 )
-_ACTIVE = "('pending', 'running')"
 _counts_row = itemgetter(*STATUSES)  # a deltas dict has every status (api._Change)
 _UPDATE_STATUS = (
     "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ?, attempt = ?, not_before = ?"
@@ -432,7 +436,7 @@ class SqliteStore(SqlQueries):
             "INSERT INTO temp.cancel_tree WITH RECURSIVE t(id, depth) AS (SELECT ?, 0 UNION ALL"
             " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
             " SELECT jobs.id, jobs.parent_id, jobs.root_id, jobs.status, jobs.attempt, jobs.max_attempts,"
-            f" t.depth, jobs.rowid FROM t JOIN jobs ON jobs.id = t.id WHERE jobs.status IN {_ACTIVE}"
+            f" t.depth, jobs.rowid FROM t JOIN jobs ON jobs.id = t.id WHERE jobs.status IN {ACTIVE_SQL}"
             + (" AND t.depth > 0" if below else "")
             + " ORDER BY t.depth DESC, jobs.rowid DESC",  # stored in event order: read back by rowid, no sort
             (job_id,),
@@ -440,26 +444,27 @@ class SqliteStore(SqlQueries):
         try:
             mixed = c.execute(
                 "SELECT 1 FROM cancel_tree k JOIN jobs p ON p.id = k.parent_id"
-                f" WHERE k.id != ? AND p.status NOT IN {_ACTIVE} LIMIT 1",
+                f" WHERE k.id != ? AND p.status NOT IN {ACTIVE_SQL} LIMIT 1",
                 (job_id,),
             ).fetchone()
             if mixed:
                 return None
             c.execute(
                 "INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at, message,"
-                " attempt, max_attempts) SELECT id, parent_id, root_id, 'status', status, 'cancelled', ?, ?,"
-                " attempt, max_attempts FROM cancel_tree ORDER BY rowid",
+                f" attempt, max_attempts) SELECT id, parent_id, root_id, {STATUS_KIND_SQL}, status,"
+                f" {CANCELLED_SQL}, ?, ?, attempt, max_attempts FROM cancel_tree ORDER BY rowid",
                 (at, message),
             )
+            assignments, times = cancel_assignments("?")
             c.execute(
-                "UPDATE jobs SET status = 'cancelled', completed_at = ?, updated_at = ?, not_before = NULL"
+                f"UPDATE jobs SET {assignments}"
                 " WHERE rowid IN (SELECT ord FROM cancel_tree)",  # (by rowid: an integer lookup each)
-                (at, at),
+                (at,) * times,
             )
             c.execute(
                 f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)})"
-                " SELECT * FROM (SELECT parent_id, -sum(status = 'pending'), -sum(status = 'running'), 0, 0,"
-                " count(*) FROM cancel_tree WHERE id != ? GROUP BY parent_id) WHERE true"
+                f" SELECT * FROM (SELECT parent_id, {cancel_count_deltas(lambda w: f'sum(status = {w!r})')}"
+                " FROM cancel_tree WHERE id != ? GROUP BY parent_id) WHERE true"
                 " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES),
                 (job_id,),
             )
