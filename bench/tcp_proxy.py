@@ -62,8 +62,12 @@ class _Pipe:
                 return
             if data is _EOF:
                 self.eof_sent = True
-                if out.can_write_eof():
-                    out.write_eof()
+                try:
+                    if out.can_write_eof():
+                        out.write_eof()
+                except OSError:  # the other side is gone already
+                    conn.close()
+                    return
                 if conn.up.eof_sent and conn.down.eof_sent:
                     conn.close()
                     return
@@ -135,8 +139,11 @@ class _Conn:
         self.down.queue.clear()
         if self.client is not None:
             self.client.abort()
-        if self.server is not None and self.server.can_write_eof():
-            self.server.write_eof()
+        try:
+            if self.server is not None and self.server.can_write_eof():
+                self.server.write_eof()
+        except OSError:
+            self.close()
         self.proxy.cut_done()
 
     def close(self) -> None:

@@ -154,6 +154,12 @@ def n_children(counts: Mapping[str, int]) -> int:
     return sum(map(counts.get, STATUSES, _ZEROS))
 
 
+# What derive_status gives a parent while a child is pending or running (ACTIVE):
+# PostgreSQL's fan-in check (store/postgres.py, _parent_checks) relies on it, so it
+# is named here; tests/test_model.py checks derive_status against it.
+ACTIVE_PARENT = RUNNING
+
+
 def derive_status(counts: Mapping[str, int], current: str, *, allow_failures: str | None = None) -> str:
     """A parent's status from the counts of its direct children and its allowance.
 

@@ -796,3 +796,17 @@ def test_every_derived_message_is_told_from_one_given_by_hand(allow):
         assert not model.is_derived({"kind": "status", "attempt": 2, "message": message})
     for by_hand in ("derived from children of the nightly batch", "derived from children: stopped", None, ""):
         assert not model.is_derived({"kind": "status", "attempt": None, "message": by_hand})
+
+
+def test_a_parent_with_an_active_child_is_the_active_parent_status():
+    """What PostgreSQL's fan-in check relies on (model.ACTIVE_PARENT): whatever the
+    other counts, the current status and the allowance, one child pending or
+    running derives ACTIVE_PARENT."""
+    import itertools
+
+    for active in model.ACTIVE:
+        for others in itertools.product(range(3), repeat=3):
+            counts = dict(zip((model.COMPLETED, model.FAILED, model.CANCELLED), others), **{active: 1})
+            for current in model.STATUSES:
+                for allow in (None, "1", "50%"):
+                    assert model.derive_status(counts, current, allow_failures=allow) == model.ACTIVE_PARENT

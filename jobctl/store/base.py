@@ -9,7 +9,9 @@ The contract both backends keep
   together or not at all, and a read-then-write inside it (a job's status,
   child counts) loses no update. SQLite serialises writers: a write holds the
   database's write lock from its start (`BEGIN IMMEDIATE`). PostgreSQL locks
-  the rows a write reads as it reads them, and takes the write lock (a
+  the rows a write reads as it reads them (the parents of the jobs it loads are
+  checked at the commit instead, and the write runs again if one changed in a
+  way that matters: `Retryable`), and takes the write lock (a
   transaction-scoped advisory lock) for its COMMIT batch only, so no writer
   waits for another's round trips; a write that reads more than rows by key
   takes it earlier (`hold_write_lock()`) and keeps it to its end.

@@ -8,15 +8,23 @@
 - **Driver:** psycopg2, imported only here (an extra: `jobctl-db[postgres]`). Its
   import costs about 25 ms against 120 ms for psycopg 3, which matters for a
   one-shot `status set` (docs/database.md, "Across machines").
-- **Writers are serialised** by a transaction-scoped advisory lock taken at
-  BEGIN (PostgreSQL's analogue of SQLite's `BEGIN IMMEDIATE`). Event ids are
-  assigned under it as max(id) + 1, so they are gap-free and in commit order:
-  a reader polling `id > cursor` never skips an event that commits later
-  with a smaller id, which a plain sequence would allow.
+- **The event order, held only for the server's own work:** a write locks the
+  jobs it reads (FOR UPDATE) and reads the parents it rolls up to without a
+  lock; its COMMIT batch takes a transaction-scoped advisory lock, checks those
+  parents (_parent_checks), writes, assigns event ids as max(id) + 1 on the
+  server, NOTIFYs and commits, in one round trip. So ids are gap-free and in
+  commit order (a reader polling `id > cursor` never skips an event that
+  commits later with a smaller id, which a plain sequence would allow), and no
+  writer waits for another's round trips. See write().
+- **Connections:** one process, two connections to a database whatever its
+  threads (_Shared): one for statements and transactions, one for LISTEN.
+  Schema and lock timeout are set per transaction, so PgBouncer in
+  transaction-pooling mode can be between (LISTEN then needs a session).
 - **Wake-ups:** LISTEN/NOTIFY, one NOTIFY per committing transaction that
   added events, with the poll interval as a timer fallback.
-- **Connection loss:** a read outside a transaction reconnects with backoff
-  (within JOBCTL_CONNECT_TIMEOUT) and runs again, so `watch` survives a
+- **Connection loss:** a refused connection (too many clients, a role's limit,
+  a restart) is asked again with backoff within JOBCTL_CONNECT_TIMEOUT; a read
+  outside a transaction reconnects and runs again, so `watch` survives a
   server restart; a write is never replayed blindly: it fails with exit 5.
 """
 
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from jobctl.console import info
-from jobctl.model import STATUSES, DatabaseUnusable, IdTaken, UsageError
+from jobctl.model import ACTIVE, ACTIVE_PARENT, STATUSES, DatabaseUnusable, IdTaken, UsageError
 from jobctl.store.base import (
     ACTIVE_SQL,
     CANCELLED_SQL,
@@ -248,7 +256,7 @@ _SHARED_LOCK = threading.Lock()
 
 
 class PostgresStore(SqlQueries):
-    """One connection to a jobctl schema in a PostgreSQL database."""
+    """A jobctl schema in a PostgreSQL database, through its process's shared connection."""
 
     mark = "%s"
     json_object = "(SELECT row_to_json(r)::text FROM (SELECT {columns}) r)"  # keys in order, compact
@@ -283,6 +291,13 @@ class PostgresStore(SqlQueries):
         self.next_event_id: int | None = None  # the next event id, once locked
         self.notify = False
         self.deferred: list[str] = []  # statements sent with the COMMIT
+        # write(): parents read without a row lock, as read (see _parent_checks), the
+        # jobs this change updated, and its count deltas; after a failed check, the
+        # next write locks every row it reads
+        self.watched: dict[str, tuple[dict, dict]] = {}
+        self.updated: set[str] = set()
+        self.count_deltas: dict[str, dict[str, int]] = {}
+        self.lock_parents = False
         self.ready = False  # the schema is current: write() may read the next event id
 
     # ----------------------------------------------------------------- opening
@@ -492,7 +507,9 @@ class PostgresStore(SqlQueries):
 
         - BEGIN goes with the first statement; the jobs a change reads are
           row-locked as they are read (SELECT ... FOR UPDATE: a read-then-write
-          loses no update, and writers of other trees do not wait);
+          loses no update, and writers of other trees do not wait), except the
+          parents it rolls up to, which are checked at the commit instead
+          (_parent_checks: fan-in does not queue on the parent's row);
         - the COMMIT batch takes the write lock, then runs the writes (event
           ids are max(id) + 1, read on the server under the lock), the NOTIFY
           and the COMMIT: one round trip, the lock released at its end;
@@ -506,14 +523,20 @@ class PostgresStore(SqlQueries):
         self.shared.tx = self
         self.writing, self.begun, self.locked = True, False, False
         self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
+        self.watched, self.updated, self.count_deltas = {}, set(), {}
         try:
             yield self
             end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else ""]
             end = [x for x in end if x]
             if end and not self.locked:
-                self._locked("; ".join([*end, "COMMIT"]), fetch=False)
+                self._locked("; ".join([*self._parent_checks(), *end, "COMMIT"]), fetch=False)
             elif self.begun or end:
                 self._run("; ".join([*end, "COMMIT"]), None, fetch=False, safe=False)
+            self.lock_parents = False
+        except Retryable:
+            self.lock_parents = True  # a parent changed meanwhile: the next try locks it
+            self._rollback()
+            raise
         except BaseException:
             self._rollback()
             raise
@@ -528,11 +551,67 @@ class PostgresStore(SqlQueries):
         this change queued so far runs under it first)."""
         if self.locked:
             return
-        tail = [*self.deferred, "SELECT coalesce(max(id), 0) + 1 FROM events" if self.ready else "SELECT NULL"]
+        tail = [*self._parent_checks(), *self.deferred]
+        tail.append("SELECT coalesce(max(id), 0) + 1 FROM events" if self.ready else "SELECT NULL")
         self.deferred = []
         rows = self._locked("; ".join(tail), fetch=True)
         self.locked = True
         self.next_event_id = rows[0][0] if rows else None
+
+    def _parent_checks(self) -> list[str]:
+        """What a parent read without a row lock must still be, checked under the
+        write lock before this change's writes (raising 40001, Retryable, if not).
+
+        Fan-in: many children of one running parent change at once. Each change
+        reads the parent to roll up to it; locking its row would queue them all
+        behind one another's round trips. So a parent that was running without a
+        failure policy is read unlocked (jobs_and_counts), and its check is that
+        it still is, with a child pending or running once this change's deltas
+        are added: then its status is still the one this change derived
+        (model.derive_status: any child active -> model.ACTIVE_PARENT) and it
+        needed no write. Any other parent read unlocked, or one this change
+        updated, must be exactly as read. Every change of a job's status or of
+        the kept counts commits under the write lock, so what the check sees
+        holds until this change commits."""
+        checks = []
+        for pid, (row, counts) in self.watched.items():
+            delta = self.count_deltas.get(pid, {})
+            if (
+                pid not in self.updated
+                and row["status"] == ACTIVE_PARENT
+                and not row["fail_fast"]
+                and not row["allow_failures"]
+            ):
+                more = sum(delta.get(s, 0) for s in ACTIVE)
+                active = " + ".join(f"c.{s}" for s in STATUSES if s in ACTIVE)
+                checks.append(
+                    self._mogrify(
+                        "EXISTS (SELECT 1 FROM jobs j JOIN child_counts c ON c.parent_id = j.id WHERE j.id = %s"
+                        f" AND j.status = %s AND j.fail_fast = 0 AND j.allow_failures IS NULL"
+                        f" AND {active} + %s > 0)",
+                        (pid, ACTIVE_PARENT, more),
+                    )
+                )
+            else:
+                same = " AND ".join(f"coalesce(c.{s}, 0) = {int(counts[s])}" for s in STATUSES)
+                checks.append(
+                    self._mogrify(
+                        "EXISTS (SELECT 1 FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id WHERE j.id = %s"
+                        " AND j.status = %s AND j.fail_fast = %s AND j.allow_failures IS NOT DISTINCT FROM %s"
+                        f" AND {same})",
+                        (pid, row["status"], row["fail_fast"], row["allow_failures"]),
+                    )
+                )
+        self.watched = {}
+        if not checks:
+            return []
+        return [
+            f"DO $$ BEGIN IF NOT ({' AND '.join(checks)}) THEN RAISE EXCEPTION"
+            " 'a parent changed while this write read it' USING ERRCODE = '40001'; END IF; END $$"
+        ]
+
+    def _mogrify(self, sql: str, params: Sequence) -> str:
+        return self.conn.cursor().mogrify(sql, params).decode()
 
     def _locked(self, tail: str, fetch: bool) -> list[tuple] | None:
         """The write lock then `tail`, one round trip: waiting at most WAIT_NOTICE
@@ -730,12 +809,18 @@ class PostgresStore(SqlQueries):
                 # second statement of the same round trip: its snapshot is taken once
                 # the locks are ours, so it sees the counts their last writer committed
                 # (one statement with FOR UPDATE would re-read the locked jobs rows but
-                # join the counts rows of its older snapshot). See write().
-                sql = f"SELECT 1 FROM jobs j{where} ORDER BY j.id FOR UPDATE; {sql}"
-                params += params
+                # join the counts rows of its older snapshot). See write(). Parents
+                # are read without a lock and checked at the commit (_parent_checks),
+                # unless a check failed the last time.
+                locked = where if self.lock_parents else " WHERE j.id = ANY(%s)"
+                sql = f"SELECT 1 FROM jobs j{locked} ORDER BY j.id FOR UPDATE; {sql}"
+                params = (params if self.lock_parents else [chunk]) + params
             for row in self._query(sql, params, rows_locked=True):
                 counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
                 jobs[row["id"]] = row
+            if self.writing and not self.lock_parents:
+                for pid in jobs.keys() - set(chunk):
+                    self.watched.setdefault(pid, (dict(jobs[pid]), dict(counts[pid])))
         return jobs, counts
 
     def insert_jobs(self, jobs: Sequence[dict]) -> None:
@@ -775,6 +860,7 @@ class PostgresStore(SqlQueries):
 
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         rows = [_status_row(j) for j in jobs]
+        self.updated.update(r[0] for r in rows)
         for i in range(0, len(rows), CHUNK):
             values = self._values("(%s, %s, %s, %s, %s, %s::integer, %s)", rows[i : i + CHUNK])
             self._later(
@@ -959,6 +1045,10 @@ class PostgresStore(SqlQueries):
         return out
 
     def apply_count_deltas(self, deltas: dict[str, dict[str, int]]) -> None:
+        for p, d in deltas.items():
+            mine = self.count_deltas.setdefault(p, dict.fromkeys(STATUSES, 0))
+            for s in STATUSES:
+                mine[s] += d.get(s, 0)
         rows = [(p, *(d.get(s, 0) for s in STATUSES)) for p, d in deltas.items()]
         cols = ", ".join(STATUSES)
         for i in range(0, len(rows), CHUNK):
