@@ -86,7 +86,7 @@ class Overview:
                 return True
             if row is None:
                 return False
-            model.enter_status(row.job, e["new_status"], e["at"])
+            model.enter_status(row.job, e["new_status"], e["at"], e.get("message"))
             return True
         row = self.rows.get(e["parent_id"])
         if row is None:
