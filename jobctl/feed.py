@@ -153,7 +153,7 @@ class JobFold:
         """Fold one event of the job or of a direct child (others change nothing)."""
         fold_event(self.counts, self.job["id"], e)
         if e["job_id"] == self.job["id"] and e["new_status"] is not None:
-            model.enter_status(self.job, e["new_status"], e["at"])
+            model.enter_status(self.job, e["new_status"], e["at"], e.get("message"))
 
     @property
     def status(self) -> str:

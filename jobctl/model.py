@@ -366,16 +366,21 @@ def entering(new: str) -> dict[str, str | None]:
     return {k: v for k, v in job.items() if k != "status" and v != before[k]}
 
 
-def enter_status(job: dict, new: str, at: str, *, counted: bool = True) -> None:
+def enter_status(job: dict, new: str, at: str, message: str | None = None) -> None:
     """Set `job['status']` and its status timestamps, in place.
 
     started_at is set on entering running, completed_at on entering a terminal
     status; going back to pending (retry) clears both, so a retried job's
     timestamps describe its latest attempt. Going back to pending after it
-    started begins the job's next attempt (unless not `counted`: REQUEUED);
+    started begins the job's next attempt (unless its `message` is REQUEUED);
     entering running ends any backoff.
     """
-    if counted and new == PENDING and job.get("status") not in (None, PENDING) and job.get("started_at") is not None:
+    if (
+        message != REQUEUED
+        and new == PENDING
+        and job.get("status") not in (None, PENDING)
+        and job.get("started_at") is not None
+    ):
         job["attempt"] = job.get("attempt", 1) + 1
     if new != PENDING:
         job["not_before"] = None
@@ -462,7 +467,7 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                         f" but it was {job['status']}"
                     )
             before = job["attempt"]
-            enter_status(job, e["new_status"], e["at"], counted=e.get("message") != REQUEUED)
+            enter_status(job, e["new_status"], e["at"], e.get("message"))
             carried = e.get("attempt")
             if carried is None:  # written before attempts were counted (schema 4 and older)
                 job["attempt"] = before

@@ -177,7 +177,7 @@ class UnitOfWork:
         old = job["status"]
         if old == new:
             return False
-        model.enter_status(job, new, self.at, counted=message != model.REQUEUED)
+        model.enter_status(job, new, self.at, message)
         self.dirty[job["id"]] = job
         self.event(job, STATUS, old, new, message)
         self.events[-1]["fields"] = fields

@@ -217,11 +217,12 @@ def _become_subreaper() -> bool:
     return _subreaper[0]
 
 
-def _children(pid: int) -> list[int]:
-    """The pids whose parent is `pid` (any of its threads), from /proc."""
+def _children(pid: int, *, threads: bool = True) -> list[int]:
+    """The pids whose parent is `pid` (any of its threads; only its main thread,
+    where orphans are reparented, without `threads`), from /proc."""
     found: list[int] = []
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        tasks = os.listdir(f"/proc/{pid}/task") if threads else [str(pid)]
     except OSError:
         return found
     for tid in tasks:
@@ -394,7 +395,7 @@ class Process:
         for _ in range(100):  # (what a killed one leaves comes to us in turn)
             with _spawning:
                 left = []
-                for pid in _children(me):
+                for pid in _children(me, threads=False):  # (orphans come to the main thread)
                     if pid in _leaders or pid == guardian:
                         continue
                     if _zombie(pid):
