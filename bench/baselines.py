@@ -1,9 +1,9 @@
 """Baselines: what the same writes cost in a bare Python script using only sqlite3.
 
-    python bench/baselines.py status-set DB JOB          one status change, as `jobctl status set`
-    python bench/baselines.py batch DB < ids             many in one transaction, as `status set --stdin`
-    python bench/baselines.py spawn DB PARENT N          N children + events by executemany, as `spawn`
-    python bench/baselines.py writer DB START N IDS      N status-change transactions (concurrency)
+python bench/baselines.py status-set DB JOB          one status change, as `jobctl status set`
+python bench/baselines.py batch DB < ids             many in one transaction, as `status set --stdin`
+python bench/baselines.py spawn DB PARENT N          N children + events by executemany, as `spawn`
+python bench/baselines.py writer DB START N IDS      N status-change transactions (concurrency)
 """
 
 import sqlite3
@@ -25,8 +25,11 @@ def connect(db):
 def change(conn, job, new, at):
     old, parent, root = conn.execute("SELECT status, parent_id, root_id FROM jobs WHERE id = ?", (job,)).fetchone()
     conn.execute("UPDATE jobs SET status = ?, started_at = ?, updated_at = ? WHERE id = ?", (new, at, at, job))
-    conn.execute("INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at)"
-                 " VALUES (?, ?, ?, 'status', ?, ?, ?)", (job, parent, root, old, new, at))
+    conn.execute(
+        "INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at)"
+        " VALUES (?, ?, ?, 'status', ?, ?, ?)",
+        (job, parent, root, old, new, at),
+    )
     return old, parent
 
 
@@ -50,11 +53,16 @@ def main():
         root = conn.execute("SELECT root_id FROM jobs WHERE id = ?", (parent,)).fetchone()[0]
         ids = [f"{parent}.{i}" for i in range(1, n + 1)]
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO jobs (id, parent_id, root_id, name, status, created_at, updated_at)"
-                         " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                         ((i, parent, root, f"child {i}", at, at) for i in ids))
-        conn.executemany("INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at)"
-                         " VALUES (?, ?, ?, 'create', 'pending', ?)", ((i, parent, root, at) for i in ids))
+        conn.executemany(
+            "INSERT INTO jobs (id, parent_id, root_id, name, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            ((i, parent, root, f"child {i}", at, at) for i in ids),
+        )
+        conn.executemany(
+            "INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at)"
+            " VALUES (?, ?, ?, 'create', 'pending', ?)",
+            ((i, parent, root, at) for i in ids),
+        )
         conn.execute("COMMIT")
     elif what == "writer":
         start, n, ids = float(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(",")
@@ -65,8 +73,7 @@ def main():
             status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()[0]
             new = "pending" if status == "running" else "running"
             old, parent = change(conn, job, new, now())
-            conn.execute(f"UPDATE child_counts SET {old} = {old} - 1, {new} = {new} + 1 WHERE parent_id = ?",
-                         (parent,))
+            conn.execute(f"UPDATE child_counts SET {old} = {old} - 1, {new} = {new} + 1 WHERE parent_id = ?", (parent,))
             conn.execute("COMMIT")
         print(time.time())
     conn.close()

@@ -53,17 +53,24 @@ def main():
         conn.execute("BEGIN IMMEDIATE")
         if conn.execute("SELECT status FROM jobs WHERE id = ?", (parent,)).fetchone() is None:
             sys.exit(3)
-        row = conn.execute("SELECT id, root_id FROM jobs WHERE parent_id = ? AND status = 'pending'"
-                           " ORDER BY rowid LIMIT 1", (parent,)).fetchone()
+        row = conn.execute(
+            "SELECT id, root_id FROM jobs WHERE parent_id = ? AND status = 'pending' ORDER BY rowid LIMIT 1", (parent,)
+        ).fetchone()
         if row is None:
             sys.exit(3)
         job, root = row
-        conn.execute("UPDATE jobs SET status = 'running', started_at = ?, completed_at = NULL, updated_at = ?"
-                     " WHERE id = ?", (at, at, job))
-        conn.execute("INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at)"
-                     " VALUES (?, ?, ?, 'status', 'pending', 'running', ?)", (job, parent, root, at))
-        conn.execute("UPDATE child_counts SET pending = pending - 1, running = running + 1 WHERE parent_id = ?",
-                     (parent,))
+        conn.execute(
+            "UPDATE jobs SET status = 'running', started_at = ?, completed_at = NULL, updated_at = ? WHERE id = ?",
+            (at, at, job),
+        )
+        conn.execute(
+            "INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at)"
+            " VALUES (?, ?, ?, 'status', 'pending', 'running', ?)",
+            (job, parent, root, at),
+        )
+        conn.execute(
+            "UPDATE child_counts SET pending = pending - 1, running = running + 1 WHERE parent_id = ?", (parent,)
+        )
         conn.execute("COMMIT")
         print(job)
     elif what == "status-get":
@@ -87,10 +94,16 @@ def main():
             job = os.urandom(4).hex()
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job,)).fetchone() is None:
                 break
-        conn.execute("INSERT INTO jobs (id, parent_id, root_id, name, status, created_at, updated_at)"
-                     " VALUES (?, NULL, ?, ?, 'pending', ?, ?)", (job, job, name, at, at))
-        conn.execute("INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at)"
-                     " VALUES (?, NULL, ?, 'create', 'pending', ?)", (job, job, at))
+        conn.execute(
+            "INSERT INTO jobs (id, parent_id, root_id, name, status, created_at, updated_at)"
+            " VALUES (?, NULL, ?, ?, 'pending', ?, ?)",
+            (job, job, name, at, at),
+        )
+        conn.execute(
+            "INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at)"
+            " VALUES (?, NULL, ?, 'create', 'pending', ?)",
+            (job, job, at),
+        )
         conn.execute("COMMIT")
         print(job)
     elif what == "spawn":
@@ -98,17 +111,26 @@ def main():
         at = now()
         conn.execute("BEGIN IMMEDIATE")
         root = conn.execute("SELECT root_id FROM jobs WHERE id = ?", (parent,)).fetchone()[0]
-        counts = conn.execute(f"SELECT {', '.join(STATUSES)} FROM child_counts WHERE parent_id = ?",
-                              (parent,)).fetchone()
+        counts = conn.execute(
+            f"SELECT {', '.join(STATUSES)} FROM child_counts WHERE parent_id = ?", (parent,)
+        ).fetchone()
         start = sum(counts or ()) + 1
         ids = [f"{parent}.{i}" for i in range(start, start + n)]
-        conn.executemany("INSERT INTO jobs (id, parent_id, root_id, name, status, created_at, updated_at)"
-                         " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                         ((i, parent, root, f"child {i}", at, at) for i in ids))
-        conn.executemany("INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at)"
-                         " VALUES (?, ?, ?, 'create', 'pending', ?)", ((i, parent, root, at) for i in ids))
-        conn.execute("INSERT INTO child_counts (parent_id, pending) VALUES (?, ?)"
-                     " ON CONFLICT (parent_id) DO UPDATE SET pending = pending + excluded.pending", (parent, n))
+        conn.executemany(
+            "INSERT INTO jobs (id, parent_id, root_id, name, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            ((i, parent, root, f"child {i}", at, at) for i in ids),
+        )
+        conn.executemany(
+            "INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at)"
+            " VALUES (?, ?, ?, 'create', 'pending', ?)",
+            ((i, parent, root, at) for i in ids),
+        )
+        conn.execute(
+            "INSERT INTO child_counts (parent_id, pending) VALUES (?, ?)"
+            " ON CONFLICT (parent_id) DO UPDATE SET pending = pending + excluded.pending",
+            (parent, n),
+        )
         conn.execute("COMMIT")
         out.write("\n".join(ids) + "\n")
     elif what == "heartbeat":
@@ -121,14 +143,18 @@ def main():
         at = now()
         conn.execute("BEGIN IMMEDIATE")
         parent, root = conn.execute("SELECT parent_id, root_id FROM jobs WHERE id = ?", (job,)).fetchone()
-        log_id = conn.execute("INSERT INTO logs (job_id, level, message, at) VALUES (?, 'info', ?, ?)",
-                              (job, message, at)).lastrowid
-        conn.execute("INSERT INTO events (job_id, parent_id, root_id, kind, at, log_id)"
-                     " VALUES (?, ?, ?, 'log', ?, ?)", (job, parent, root, at, log_id))
+        log_id = conn.execute(
+            "INSERT INTO logs (job_id, level, message, at) VALUES (?, 'info', ?, ?)", (job, message, at)
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO events (job_id, parent_id, root_id, kind, at, log_id) VALUES (?, ?, ?, 'log', ?, ?)",
+            (job, parent, root, at, log_id),
+        )
         conn.execute("COMMIT")
     elif what == "events":
         for i, job, _p, _r, kind, old, new, at, message, level in conn.execute(
-                EVENT_SELECT + " WHERE e.id > ? ORDER BY e.id", (int(sys.argv[3]),)):
+            EVENT_SELECT + " WHERE e.id > ? ORDER BY e.id", (int(sys.argv[3]),)
+        ):
             if kind == "log":
                 out.write(f"{i} {at} {job} [{level}] {message}\n")
             else:
@@ -137,20 +163,34 @@ def main():
         parent = sys.argv[3]
         at = now()
         conn.execute("BEGIN IMMEDIATE")
-        old, grand, root = conn.execute("SELECT status, parent_id, root_id FROM jobs WHERE id = ?",
-                                        (parent,)).fetchone()
+        old, grand, root = conn.execute(
+            "SELECT status, parent_id, root_id FROM jobs WHERE id = ?", (parent,)
+        ).fetchone()
         # deepest first, as jobctl writes them: the children (newest first), then the parent
-        conn.execute("INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at, message)"
-                     " SELECT id, parent_id, root_id, 'status', status, 'cancelled', ?, 'cancelled' FROM jobs"
-                     " WHERE parent_id = ? AND status IN ('pending', 'running') ORDER BY rowid DESC", (at, parent))
-        conn.execute("UPDATE jobs SET status = 'cancelled', completed_at = ?, updated_at = ?"
-                     " WHERE parent_id = ? AND status IN ('pending', 'running')", (at, at, parent))
-        conn.execute("UPDATE child_counts SET cancelled = cancelled + pending + running, pending = 0, running = 0"
-                     " WHERE parent_id = ?", (parent,))
-        conn.execute("INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at, message)"
-                     " VALUES (?, ?, ?, 'status', ?, 'cancelled', ?, 'cancelled')", (parent, grand, root, old, at))
-        conn.execute("UPDATE jobs SET status = 'cancelled', completed_at = ?, updated_at = ? WHERE id = ?",
-                     (at, at, parent))
+        conn.execute(
+            "INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at, message)"
+            " SELECT id, parent_id, root_id, 'status', status, 'cancelled', ?, 'cancelled' FROM jobs"
+            " WHERE parent_id = ? AND status IN ('pending', 'running') ORDER BY rowid DESC",
+            (at, parent),
+        )
+        conn.execute(
+            "UPDATE jobs SET status = 'cancelled', completed_at = ?, updated_at = ?"
+            " WHERE parent_id = ? AND status IN ('pending', 'running')",
+            (at, at, parent),
+        )
+        conn.execute(
+            "UPDATE child_counts SET cancelled = cancelled + pending + running, pending = 0, running = 0"
+            " WHERE parent_id = ?",
+            (parent,),
+        )
+        conn.execute(
+            "INSERT INTO events (job_id, parent_id, root_id, kind, old_status, new_status, at, message)"
+            " VALUES (?, ?, ?, 'status', ?, 'cancelled', ?, 'cancelled')",
+            (parent, grand, root, old, at),
+        )
+        conn.execute(
+            "UPDATE jobs SET status = 'cancelled', completed_at = ?, updated_at = ? WHERE id = ?", (at, at, parent)
+        )
         conn.execute("COMMIT")
     else:
         sys.exit(f"unknown baseline {what}")

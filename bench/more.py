@@ -173,20 +173,32 @@ def _med(values):
 
 def _ratio(metric, ours, base, bar, limit, **extra):
     mo, mb = _med(ours), _med(base)
-    return {"metric": metric, "jobctl_median_ms": mo * 1000, "baseline_median_ms": mb * 1000, "ratio": mo / mb,
-            "runs": len(ours), "bar": bar, "met": mo / mb <= limit, **extra}
+    return {
+        "metric": metric,
+        "jobctl_median_ms": mo * 1000,
+        "baseline_median_ms": mb * 1000,
+        "ratio": mo / mb,
+        "runs": len(ours),
+        "bar": bar,
+        "met": mo / mb <= limit,
+        **extra,
+    }
 
 
 def imports_of(argv, env=None):
     """(typer imported?, import time in ms of everything, of jobctl's own modules) for
     `python -X importtime -m jobctl ARGV`."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "jobctl", *argv], capture_output=True,
-                          text=True, env=dict(os.environ, **(env or {})))
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "jobctl", *argv],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
     typer, total, own = False, 0, 0
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
-        self_us, _, name = line[len("import time:"):].split("|")
+        self_us, _, name = line[len("import time:") :].split("|")
         name = name.strip()
         total += int(self_us)
         own += int(self_us) if name.startswith("jobctl") else 0
@@ -239,15 +251,19 @@ def _call_benchmark(name):
         cursor = max(0, _last_event_id(db) - TAIL)
         leaf = kids[0]
         ours_cmd = [JOBCTL, "--db", db, *_fill(ours_argv, db, parent, leaf, cursor)]
-        base_cmd = ([sys.executable, BASE, base_argv[0], db, *_fill(base_argv[1:], db, parent, leaf, cursor)]
-                    if base_argv else [sys.executable, "-c", "import sqlite3"])
+        base_cmd = (
+            [sys.executable, BASE, base_argv[0], db, *_fill(base_argv[1:], db, parent, leaf, cursor)]
+            if base_argv
+            else [sys.executable, "-c", "import sqlite3"]
+        )
         ours, base = [], []
         for _ in range(runs):
             ours.append(_timed(ours_cmd))
             base.append(_timed(base_cmd))
         what = "python3 -c 'import sqlite3'" if base_argv is None else f"baselines_more.py {base_argv[0]}"
-        return _ratio("wall time per call", ours, base, "ratio ≤ 1.5", 1.5, command=" ".join(ours_cmd[3:]),
-                      baseline=what)
+        return _ratio(
+            "wall time per call", ours, base, "ratio ≤ 1.5", 1.5, command=" ".join(ours_cmd[3:]), baseline=what
+        )
 
     bench.__name__ = f"call_{name}"
     bench.__doc__ = f"`jobctl {' '.join(ours_argv)}`, one process per call, against a bare sqlite3 script."
@@ -273,9 +289,15 @@ def fast_path_typer(args, tmp):
         out[f"{name}_jobctl_modules_ms"] = round(own, 1)
         if typer:
             with_typer.append(name)
-    return {"metric": "commands importing typer", "jobctl": len(with_typer), "commands": len(CALLS),
-            "importing_typer": ",".join(with_typer) or "none", **out, "bar": "none imports typer",
-            "met": not with_typer}
+    return {
+        "metric": "commands importing typer",
+        "jobctl": len(with_typer),
+        "commands": len(CALLS),
+        "importing_typer": ",".join(with_typer) or "none",
+        **out,
+        "bar": "none imports typer",
+        "met": not with_typer,
+    }
 
 
 # ------------------------------------------------------------- 2. scale
@@ -335,8 +357,16 @@ def spawn_million(args, tmp):
         t, rss = _measured([sys.executable, str(HERE / "baselines.py"), "spawn", str(db), parent, str(n)])
         base.append(t)
         base_rss.append(rss)
-    r = _ratio("wall time", ours, base, "ratio ≤ 2, RSS ≤ 200 MB", 2, children=n,
-               jobctl_peak_rss_mb=max(ours_rss), baseline_peak_rss_mb=max(base_rss))
+    r = _ratio(
+        "wall time",
+        ours,
+        base,
+        "ratio ≤ 2, RSS ≤ 200 MB",
+        2,
+        children=n,
+        jobctl_peak_rss_mb=max(ours_rss),
+        baseline_peak_rss_mb=max(base_rss),
+    )
     r["met"] = r["met"] and r["jobctl_peak_rss_mb"] <= 200
     return r
 
@@ -356,8 +386,16 @@ def cancel_million(args, tmp):
         t, rss = _measured([sys.executable, BASE, "cancel", str(db), parent])
         base.append(t)
         base_rss.append(rss)
-    r = _ratio("wall time", ours, base, "ratio ≤ 2, RSS ≤ 200 MB", 2, children=size(args, "million_children"),
-               jobctl_peak_rss_mb=max(ours_rss), baseline_peak_rss_mb=max(base_rss))
+    r = _ratio(
+        "wall time",
+        ours,
+        base,
+        "ratio ≤ 2, RSS ≤ 200 MB",
+        2,
+        children=size(args, "million_children"),
+        jobctl_peak_rss_mb=max(ours_rss),
+        baseline_peak_rss_mb=max(base_rss),
+    )
     r["met"] = r["met"] and r["jobctl_peak_rss_mb"] <= 200
     return r
 
@@ -374,9 +412,15 @@ def verify_million(args, tmp):
         rss_all.append(rss)
         base.append(_measured(["sqlite3", str(db), "PRAGMA integrity_check"])[0])
     rss = max(rss_all)
-    return {"metric": "peak RSS (MB)", "children": size(args, "million_children"), "jobctl_peak_rss_mb": rss,
-            "jobctl_median_ms": _med(ours) * 1000, "integrity_check_median_ms": _med(base) * 1000,
-            "bar": "RSS ≤ 200 MB", "met": rss <= 200}
+    return {
+        "metric": "peak RSS (MB)",
+        "children": size(args, "million_children"),
+        "jobctl_peak_rss_mb": rss,
+        "jobctl_median_ms": _med(ours) * 1000,
+        "integrity_check_median_ms": _med(base) * 1000,
+        "bar": "RSS ≤ 200 MB",
+        "met": rss <= 200,
+    }
 
 
 @more
@@ -390,9 +434,15 @@ def tree_head_million(args, tmp):
         dones.append(t_done)
         rss_all.append(rss)
     done = _med(dones)
-    return {"metric": "wall time (ms)", "children": size(args, "million_children"), "jobctl_median_ms": done * 1000,
-            "head_done_median_ms": _med(heads) * 1000, "jobctl_peak_rss_mb": max(rss_all), "bar": "≤ 1 s",
-            "met": done <= 1.0}
+    return {
+        "metric": "wall time (ms)",
+        "children": size(args, "million_children"),
+        "jobctl_median_ms": done * 1000,
+        "head_done_median_ms": _med(heads) * 1000,
+        "jobctl_peak_rss_mb": max(rss_all),
+        "bar": "≤ 1 s",
+        "met": done <= 1.0,
+    }
 
 
 @more
@@ -415,10 +465,17 @@ def events_leaf_million(args, tmp):
             conn.execute("SELECT * FROM events WHERE job_id = ? ORDER BY id", (leaf,)).fetchall()
             base.append(time.perf_counter() - t)
     q, p = _med(ours), _med(procs)
-    return {"metric": "query time (ms)", "children": size(args, "million_children"), "events": len(got),
-            "jobctl_median_ms": q * 1000, "bare_select_median_ms": _med(base) * 1000,
-            "process_median_ms": p * 1000, "bar": "≤ 50 ms (query)", "met": q <= 0.05,
-            "process_within_50ms": p <= 0.05}
+    return {
+        "metric": "query time (ms)",
+        "children": size(args, "million_children"),
+        "events": len(got),
+        "jobctl_median_ms": q * 1000,
+        "bare_select_median_ms": _med(base) * 1000,
+        "process_median_ms": p * 1000,
+        "bar": "≤ 50 ms (query)",
+        "met": q <= 0.05,
+        "process_within_50ms": p <= 0.05,
+    }
 
 
 @more
@@ -432,9 +489,16 @@ def logs_children_head_million(args, tmp):
         dones.append(t_done)
         rss_all.append(rss)
     done = _med(dones)
-    return {"metric": "wall time (ms)", "children": size(args, "million_children"), "jobctl_median_ms": done * 1000,
-            "head_done_median_ms": _med(heads) * 1000, "jobctl_peak_rss_mb": max(rss_all),
-            "bar": "none given", "met": None, "within_1s_as_tree": done <= 1.0}
+    return {
+        "metric": "wall time (ms)",
+        "children": size(args, "million_children"),
+        "jobctl_median_ms": done * 1000,
+        "head_done_median_ms": _med(heads) * 1000,
+        "jobctl_peak_rss_mb": max(rss_all),
+        "bar": "none given",
+        "met": None,
+        "within_1s_as_tree": done <= 1.0,
+    }
 
 
 @more
@@ -449,9 +513,15 @@ def list_all_million(args, tmp):
         ends.append(t_end)
         rss_all.append(rss)
     first, rss = _med(firsts), max(rss_all)
-    return {"metric": "time to first line (ms)", "rows": lines, "jobctl_median_ms": first * 1000,
-            "to_end_median_ms": _med(ends) * 1000, "jobctl_peak_rss_mb": rss,
-            "bar": "first line ≤ 1 s, RSS ≤ 100 MB", "met": first <= 1.0 and rss <= 100}
+    return {
+        "metric": "time to first line (ms)",
+        "rows": lines,
+        "jobctl_median_ms": first * 1000,
+        "to_end_median_ms": _med(ends) * 1000,
+        "jobctl_peak_rss_mb": rss,
+        "bar": "first line ≤ 1 s, RSS ≤ 100 MB",
+        "met": first <= 1.0 and rss <= 100,
+    }
 
 
 def _events_db(args):
@@ -467,15 +537,17 @@ def _events_db(args):
             kids = jc.spawn(parent, count=k)
             for status in ("running", "completed"):
                 for i in range(0, k, 500):
-                    jc.set_status(kids[i:i + 500], status)
+                    jc.set_status(kids[i : i + 500], status)
         _checkpoint(db)
         _CACHE[key] = db
     return _CACHE[key]
 
 
-EVENTS_JSON_SQL = ("SELECT e.id, e.job_id, e.parent_id, e.kind, e.old_status, e.new_status, e.at,"
-                   " coalesce(l.message, e.message) AS message, l.level AS level"
-                   " FROM events e LEFT JOIN logs l ON l.id = e.log_id ORDER BY e.id")
+EVENTS_JSON_SQL = (
+    "SELECT e.id, e.job_id, e.parent_id, e.kind, e.old_status, e.new_status, e.at,"
+    " coalesce(l.message, e.message) AS message, l.level AS level"
+    " FROM events e LEFT JOIN logs l ON l.id = e.log_id ORDER BY e.id"
+)
 
 
 @more
@@ -491,8 +563,17 @@ def events_json(args, tmp):
         t, rss = _measured(["sqlite3", "-json", db, EVENTS_JSON_SQL])
         base.append(t)
         base_rss.append(rss)
-    return _ratio("wall time", ours, base, "ratio ≤ 3", 3, events=_last_event_id(db),
-                  jobctl_peak_rss_mb=max(ours_rss), baseline_peak_rss_mb=max(base_rss), baseline="sqlite3 -json")
+    return _ratio(
+        "wall time",
+        ours,
+        base,
+        "ratio ≤ 3",
+        3,
+        events=_last_event_id(db),
+        jobctl_peak_rss_mb=max(ours_rss),
+        baseline_peak_rss_mb=max(base_rss),
+        baseline="sqlite3 -json",
+    )
 
 
 # --------------------------------------------------------------- 3. run
@@ -509,8 +590,7 @@ def run_one(args, tmp):
         ours.append(_timed([JOBCTL, "--db", db, "run", next(pending), "--", "true"]))
         base.append(_timed(["sh", WRAPPER, JOBCTL, db, next(pending)]))
     typer, total, own = imports_of(["--db", db, "run", next(pending), "--", "true"])
-    return _ratio("wall time per job", ours, base, "ratio ≤ 1.2", 1.2, imports_typer=typer,
-                  import_ms=round(total, 1))
+    return _ratio("wall time per job", ours, base, "ratio ≤ 1.2", 1.2, imports_typer=typer, import_ms=round(total, 1))
 
 
 @more
@@ -524,14 +604,19 @@ def run_each(args, tmp):
     ours, base = [], []
     for i in range(size(args, "rounds")):
         db = str(_fresh(template, tmp, i))
-        ours.append(_measured([JOBCTL, "--db", db, "run", "--parent", parent, "--each", "--jobs", "8", "--",
-                               "true", "{}"], stdin_path=inputs)[0])
+        ours.append(
+            _measured(
+                [JOBCTL, "--db", db, "run", "--parent", parent, "--each", "--jobs", "8", "--", "true", "{}"],
+                stdin_path=inputs,
+            )[0]
+        )
         db = str(_fresh(template, tmp, i))
         script = '"$0" --db "$1" spawn "$2" --names-from - | xargs -P 8 -n 1 sh "$3" "$0" "$1"'
         base.append(_measured(["sh", "-c", script, JOBCTL, db, parent, WRAPPER], stdin_path=inputs)[0])
         conn = sqlite3.connect(db)
-        done = conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed' AND parent_id = ?",
-                            (parent,)).fetchone()[0]
+        done = conn.execute(
+            "SELECT count(*) FROM jobs WHERE status = 'completed' AND parent_id = ?", (parent,)
+        ).fetchone()[0]
         conn.close()
         if done != n:
             raise RuntimeError(f"baseline completed {done} of {n} children")

@@ -55,8 +55,9 @@ def main(argv=None):
     parser.add_argument("--only", action="append", choices=sorted(more.BENCHMARKS_MORE), help="run only these")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke run")
     for name, (default, tiny) in more.SIZES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
-                            help=f"default {default:,} (--tiny: {tiny:,})")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {default:,} (--tiny: {tiny:,})"
+        )
     parser.add_argument("--keep-going", action="store_true", help="report a failing benchmark and go on")
     parser.add_argument("--out", default=str(HERE / "results" / "more_latest.json"))
     args = parser.parse_args(argv)
@@ -82,8 +83,10 @@ def main(argv=None):
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             result["seconds"] = round(time.perf_counter() - started, 1)
         results["benchmarks"][name] = result
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in result.items()), flush=True)
+        print(
+            f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
+            flush=True,
+        )
     results["seconds"] = round(time.perf_counter() - started_all, 1)
     print()
     print(table(results["benchmarks"]))

@@ -51,12 +51,17 @@ def change(cur, job, new, at):
     cur.execute(f"SELECT status, parent_id, root_id FROM {SCHEMA}.jobs WHERE id = %s", (job,))
     old, parent, root = cur.fetchone()
     started = at if new == "running" else None
-    cur.execute(f"UPDATE {SCHEMA}.jobs SET status = %s, started_at = %s, completed_at = NULL, updated_at = %s"
-                " WHERE id = %s", (new, started, at, job))
+    cur.execute(
+        f"UPDATE {SCHEMA}.jobs SET status = %s, started_at = %s, completed_at = NULL, updated_at = %s WHERE id = %s",
+        (new, started, at, job),
+    )
     cur.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {SCHEMA}.events")
     (eid,) = cur.fetchone()
-    cur.execute(f"INSERT INTO {SCHEMA}.events (id, job_id, parent_id, root_id, kind, old_status, new_status, at)"
-                " VALUES (%s, %s, %s, %s, 'status', %s, %s, %s)", (eid, job, parent, root, old, new, at))
+    cur.execute(
+        f"INSERT INTO {SCHEMA}.events (id, job_id, parent_id, root_id, kind, old_status, new_status, at)"
+        " VALUES (%s, %s, %s, %s, 'status', %s, %s, %s)",
+        (eid, job, parent, root, old, new, at),
+    )
     return old, parent
 
 
@@ -81,8 +86,9 @@ def writer(url, start, n, ids):
         cur.execute(f"SELECT status FROM {SCHEMA}.jobs WHERE id = %s", (job,))
         new = "pending" if cur.fetchone()[0] == "running" else "running"
         old, parent = change(cur, job, new, now())
-        cur.execute(f"UPDATE {SCHEMA}.child_counts SET {old} = {old} - 1, {new} = {new} + 1 WHERE parent_id = %s",
-                    (parent,))
+        cur.execute(
+            f"UPDATE {SCHEMA}.child_counts SET {old} = {old} - 1, {new} = {new} + 1 WHERE parent_id = %s", (parent,)
+        )
         cur.execute("COMMIT")
     conn.close()
     print(time.time())
@@ -100,19 +106,23 @@ def spawn(url, parent, n):
     cur.execute(f"SELECT root_id FROM {SCHEMA}.jobs WHERE id = %s", (parent,))
     (root,) = cur.fetchone()
     ids = [f"{parent}.{i}" for i in range(1, n + 1)]
-    jobs = io.StringIO("".join(f"{i}\t{parent}\t{root}\tchild {k}\tpending\t{at}\t{at}\n"
-                               for k, i in enumerate(ids, 1)))
-    cur.copy_expert(f"COPY {SCHEMA}.jobs (id, parent_id, root_id, name, status, created_at, updated_at)"
-                    " FROM STDIN", jobs)
+    jobs = io.StringIO(
+        "".join(f"{i}\t{parent}\t{root}\tchild {k}\tpending\t{at}\t{at}\n" for k, i in enumerate(ids, 1))
+    )
+    cur.copy_expert(
+        f"COPY {SCHEMA}.jobs (id, parent_id, root_id, name, status, created_at, updated_at) FROM STDIN", jobs
+    )
     cur.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {SCHEMA}.events")
     (first,) = cur.fetchone()
-    events = io.StringIO("".join(f"{first + k}\t{i}\t{parent}\t{root}\tcreate\tpending\t{at}\n"
-                                 for k, i in enumerate(ids)))
-    cur.copy_expert(f"COPY {SCHEMA}.events (id, job_id, parent_id, root_id, kind, new_status, at) FROM STDIN",
-                    events)
-    cur.execute(f"INSERT INTO {SCHEMA}.child_counts (parent_id, pending) VALUES (%s, %s)"
-                " ON CONFLICT (parent_id) DO UPDATE SET pending = child_counts.pending + excluded.pending",
-                (parent, n))
+    events = io.StringIO(
+        "".join(f"{first + k}\t{i}\t{parent}\t{root}\tcreate\tpending\t{at}\n" for k, i in enumerate(ids))
+    )
+    cur.copy_expert(f"COPY {SCHEMA}.events (id, job_id, parent_id, root_id, kind, new_status, at) FROM STDIN", events)
+    cur.execute(
+        f"INSERT INTO {SCHEMA}.child_counts (parent_id, pending) VALUES (%s, %s)"
+        " ON CONFLICT (parent_id) DO UPDATE SET pending = child_counts.pending + excluded.pending",
+        (parent, n),
+    )
     cur.execute("COMMIT")
     conn.close()
 

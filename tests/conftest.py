@@ -55,8 +55,12 @@ def snapshot(db: str) -> tuple:
         return ()
     with Jobctl(db, create=False) as jc:
         store = jc.store
-        return (store.all_jobs(), store.all_counts(), list(store.all_events()),
-                [(e["id"], e["message"], e["level"]) for e in store.events()])
+        return (
+            store.all_jobs(),
+            store.all_counts(),
+            list(store.all_events()),
+            [(e["id"], e["message"], e["level"]) for e in store.events()],
+        )
 
 
 @pytest.fixture
@@ -111,8 +115,15 @@ def run(*args, db=None, input=None, env=None, check=False, timeout=60):
     full_env = dict(os.environ, **(env or {}))
     if db is not None:
         full_env["JOBCTL_DB"] = str(db)
-    return subprocess.run([JOBCTL, *map(str, args)], input=input, capture_output=True, text=True,
-                          env=full_env, check=check, timeout=timeout)
+    return subprocess.run(
+        [JOBCTL, *map(str, args)],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        check=check,
+        timeout=timeout,
+    )
 
 
 # How long a test waits for something a subprocess or another connection is to do

@@ -114,12 +114,25 @@ def build_state(db: str) -> None:
         c = jc.spawn("C", count=2)
         jc.set_status([c[1]], "running")
         jc.cancel("C", message="stop")
-        want = {"root": "pending", "P": "running", "P.1": "pending", "P.2": "running", "P.3": "completed",
-                "P.4": "failed", "P.5": "cancelled", "G": "running", "G.1": "running", "G.1.1": "pending",
-                "D": "completed", "F": "failed", "C": "cancelled", "C.1": "cancelled", "C.2": "cancelled"}
+        want = {
+            "root": "pending",
+            "P": "running",
+            "P.1": "pending",
+            "P.2": "running",
+            "P.3": "completed",
+            "P.4": "failed",
+            "P.5": "cancelled",
+            "G": "running",
+            "G.1": "running",
+            "G.1.1": "pending",
+            "D": "completed",
+            "F": "failed",
+            "C": "cancelled",
+            "C.1": "cancelled",
+            "C.2": "cancelled",
+        }
         assert {j: jc.status(j) for j in want} == want
         assert jc.verify() == []
-
 
 
 @pytest.fixture
@@ -146,8 +159,13 @@ def copy_template(template: Path, to: Path) -> Path:
 
 def env_for(tmp_path: Path, **extra) -> dict:
     """Keep the default database location inside the test's directory; never wait long."""
-    return {"XDG_DATA_HOME": str(tmp_path / "xdg"), "JOBCTL_DB": "", "JOBCTL_BUSY_TIMEOUT": "5",
-            "NO_COLOR": "1", **extra}
+    return {
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+        "JOBCTL_DB": "",
+        "JOBCTL_BUSY_TIMEOUT": "5",
+        "NO_COLOR": "1",
+        **extra,
+    }
 
 
 def count_rows(db: Path) -> tuple[int, int, int]:
@@ -251,16 +269,22 @@ CASES = [
     c("watch-unknown", 3, "watch", "nope", "--timeout", "5", expect=NOT_FOUND),
     c("wait-unknown", 3, "wait", "nope", "--timeout", "5", expect=NOT_FOUND),
     c("wait-known-and-unknown", 3, "wait", "P.3", "nope", "--timeout", "5", expect=NOT_FOUND),
-    c("status-set-several-one-unknown", 3, "status", "set", "P.1", "root", "nope", "running",
-      expect=NOT_FOUND),
-    c("status-set-stdin-one-unknown", 3, "status", "set", "--stdin", "running", input="P.1\nnope\nroot\n",
-      expect=NOT_FOUND),
+    c("status-set-several-one-unknown", 3, "status", "set", "P.1", "root", "nope", "running", expect=NOT_FOUND),
+    c(
+        "status-set-stdin-one-unknown",
+        3,
+        "status",
+        "set",
+        "--stdin",
+        "running",
+        input="P.1\nnope\nroot\n",
+        expect=NOT_FOUND,
+    ),
     c("claim-no-pending-child", 3, "claim", "D", expect="no pending child"),
     c("reap-parent-unknown", 3, "reap", "--stale-after", "5m", "--parent", "nope", expect=NOT_FOUND),
     c("unknown-id-with-newline", 3, "status", "get", "no\nsuch"),
     c("unknown-parent-with-newline", 3, "create", "x", "--parent", "no\nsuch"),
     c("heartbeat-unknown-with-newline", 3, "heartbeat", "no\nsuch"),
-
     # --- status words (exit 2; the message lists the valid ones)
     c("status-RUNNING", 2, "status", "set", "P.1", "RUNNING", expect=VALID_STATUSES),
     c("status-Done", 2, "status", "set", "P.1", "Done", expect=VALID_STATUSES),
@@ -270,7 +294,6 @@ CASES = [
     c("status-set-nothing", 2, "status", "set"),
     c("list-status-RUNNING", 2, "list", "--status", "RUNNING", expect=VALID_STATUSES),
     c("list-status-complete", 2, "list", "--status", "complete", expect=VALID_STATUSES),
-
     # --- names (exit 2)
     c("create-empty-name", 2, "create", "", expect="must not be empty"),
     c("create-whitespace-name", 2, "create", "   ", expect="must not be empty"),
@@ -280,24 +303,54 @@ CASES = [
     c("create-name-100k-argv", 2, "create", "n" * 100_000, expect="not 100000"),
     c("spawn-empty-name", 2, "spawn", "P", "--name", "", expect="must not be empty"),
     c("spawn-one-whitespace-name", 2, "spawn", "P", "--name", "ok", "--name", "  ", expect="must not be empty"),
-    c("spawn-names-from-1mb-name", 2, "spawn", "P", "--names-from", "{tmp}/names.txt",
-      files={"names.txt": f"first\n{BIG_NAME}\nlast\n"}, expect=f"not {ONE_MB}"),
-    c("spawn-names-from-stdin-1mb-name", 2, "spawn", "P", "--names-from", "-", input=BIG_NAME + "\n",
-      expect=f"not {ONE_MB}"),
-    c("spawn-names-from-only-blank", 2, "spawn", "P", "--names-from", "{tmp}/blank.txt",
-      files={"blank.txt": "\n   \n\t\n"}, expect="no child names"),
+    c(
+        "spawn-names-from-1mb-name",
+        2,
+        "spawn",
+        "P",
+        "--names-from",
+        "{tmp}/names.txt",
+        files={"names.txt": f"first\n{BIG_NAME}\nlast\n"},
+        expect=f"not {ONE_MB}",
+    ),
+    c(
+        "spawn-names-from-stdin-1mb-name",
+        2,
+        "spawn",
+        "P",
+        "--names-from",
+        "-",
+        input=BIG_NAME + "\n",
+        expect=f"not {ONE_MB}",
+    ),
+    c(
+        "spawn-names-from-only-blank",
+        2,
+        "spawn",
+        "P",
+        "--names-from",
+        "{tmp}/blank.txt",
+        files={"blank.txt": "\n   \n\t\n"},
+        expect="no child names",
+    ),
     c("spawn-names-from-missing", 2, "spawn", "P", "--names-from", "{tmp}/missing.txt", expect="cannot read"),
     c("spawn-names-from-directory", 2, "spawn", "P", "--names-from", "{tmp}", expect="cannot read"),
-    c("spawn-names-from-latin1", 2, "spawn", "P", "--names-from", "{tmp}/latin1.txt",
-      files={"latin1.txt": b"caf\xe9\n"}, expect="cannot read"),
-
+    c(
+        "spawn-names-from-latin1",
+        2,
+        "spawn",
+        "P",
+        "--names-from",
+        "{tmp}/latin1.txt",
+        files={"latin1.txt": b"caf\xe9\n"},
+        expect="cannot read",
+    ),
     # --- counts (exit 2)
     c("spawn-count-negative", 2, "spawn", "P", "--count", "-1", expect="--count"),
     c("spawn-count-zero", 2, "spawn", "P", "--count", "0", expect="--count"),
     c("spawn-count-not-a-number", 2, "spawn", "P", "--count", "many", expect="--count"),
     c("spawn-count-and-name", 2, "spawn", "P", "--count", "2", "--name", "x", expect="exactly one"),
     c("spawn-nothing", 2, "spawn", "P", expect="exactly one"),
-
     # --- --meta, --since, --limit (exit 2)
     c("meta-novalue", 2, "create", "x", "--meta", "novalue", expect="bad --meta"),
     c("meta-key-twice", 2, "create", "x", "--meta", "a=1", "--meta", "a=2", expect="given twice"),
@@ -311,7 +364,6 @@ CASES = [
     c("events-limit-zero", 2, "events", "--limit", "0", expect="--limit"),
     c("events-since-huge", 2, "events", "--since", "9" * 20, expect="--since"),
     c("events-limit-huge", 2, "events", "--limit", "9" * 20, expect="--limit"),
-
     # --- durations, levels, messages, timeouts (exit 2)
     c("reap-stale-after-soon", 2, "reap", "--stale-after", "soon", expect="bad duration"),
     c("reap-stale-after-negative", 2, "reap", "--stale-after", "-5m", expect="bad duration"),
@@ -328,11 +380,9 @@ CASES = [
     c("cancel-message-too-long", 2, "cancel", "P", "-m", "m" * 100_001, expect="100001"),
     c("watch-timeout-negative", 2, "watch", "P", "--timeout", "-1", expect="--timeout"),
     c("watch-timeout-nan", 2, "watch", "P", "--timeout", "nan", expect="--timeout", timeout=2),
-    c("watch-poll-interval-zero", 2, "watch", "P", "--poll-interval", "0", "--timeout", "5",
-      expect="--poll-interval"),
+    c("watch-poll-interval-zero", 2, "watch", "P", "--poll-interval", "0", "--timeout", "5", expect="--poll-interval"),
     c("wait-timeout-abc", 2, "wait", "P.1", "--timeout", "abc", expect="--timeout"),
     c("wait-no-job", 2, "wait"),
-
     # --- the parser (exit 2)
     c("unknown-command", 2, "frobnicate"),
     c("unknown-option", 2, "create", "x", "--no-such-option"),
@@ -341,7 +391,6 @@ CASES = [
     c("no-command", 2, expect="Missing command"),
     c("status-no-subcommand", 2, "status", expect="Missing command"),
     c("db-no-subcommand", 2, "db", expect="Missing command"),
-
     # --- arguments that are not UTF-8 (exit 2)
     c("create-name-not-utf8", 2, "create", NON_UTF8),
     c("spawn-name-not-utf8", 2, "spawn", "P", "--name", NON_UTF8),
@@ -349,7 +398,6 @@ CASES = [
     c("create-meta-not-utf8", 2, "create", "x", "--meta", f"k={NON_UTF8}"),
     c("status-message-not-utf8", 2, "status", "set", "P.1", "running", "-m", NON_UTF8),
     c("log-message-not-utf8", 2, "log", "P.2", NON_UTF8),
-
     # --- children under a final parent (exit 4)
     c("spawn-under-completed", 4, "spawn", "P.3", "--count", "1", expect="it is completed"),
     c("spawn-under-failed", 4, "spawn", "P.4", "--count", "1", expect="it is failed"),
@@ -359,17 +407,19 @@ CASES = [
     c("spawn-under-cancelled-parent", 4, "spawn", "C", "--count", "1", expect="it is cancelled"),
     c("create-under-failed", 4, "create", "x", "--parent", "P.4", expect="it is failed"),
     c("create-under-cancelled-parent", 4, "create", "x", "--parent", "C", expect="it is cancelled"),
-
     # --- forbidden transitions without --force (exit 4)
-    *[c(f"{old}-to-{new}", 4, "status", "set", job, new, expect=f"{old} → {new}")
-      for job, old in TERMINAL_LEAVES for new in STATUSES if new != old],
+    *[
+        c(f"{old}-to-{new}", 4, "status", "set", job, new, expect=f"{old} → {new}")
+        for job, old in TERMINAL_LEAVES
+        for new in STATUSES
+        if new != old
+    ],
     c("running-to-pending", 4, "status", "set", "P.2", "pending", expect="running → pending"),
     c("set-job-with-children", 4, "status", "set", "P", "completed", expect="has children"),
     c("set-nested-job-with-children", 4, "status", "set", "G.1", "failed", expect="has children"),
     c("set-several-one-forbidden", 4, "status", "set", "P.1", "root", "P.3", "running", expect="completed → running"),
     c("retry-completed", 4, "retry", "P.3", expect="only failed or cancelled"),
     c("retry-running", 4, "retry", "P.2", expect="only failed or cancelled"),
-
     # --- --id (exit 4 for a conflict, 2 for a bad one)
     c("create-id-other-name", 4, "create", "another name", "--id", "root", expect="different name"),
     c("create-id-other-type", 4, "create", "root job", "--id", "root", "--type", "t", expect="different type"),
@@ -383,19 +433,34 @@ CASES = [
     c("create-id-201-chars", 2, "create", "x", "--id", "i" * 201, expect="bad job id"),
     # --- failure policies and retries
     c("create-allow-failures-word", 2, "create", "x", "--allow-failures", "lots", expect="bad --allow-failures"),
-    c("create-allow-failures-101-percent", 2, "create", "x", "--allow-failures", "101%",
-      expect="bad --allow-failures"),
+    c("create-allow-failures-101-percent", 2, "create", "x", "--allow-failures", "101%", expect="bad --allow-failures"),
     c("create-max-attempts-zero", 2, "create", "x", "--max-attempts", "0", expect="--max-attempts must be"),
-    c("spawn-max-attempts-negative", 2, "spawn", "P", "--count", "2", "--max-attempts", "-3",
-      expect="--max-attempts must be"),
+    c(
+        "spawn-max-attempts-negative",
+        2,
+        "spawn",
+        "P",
+        "--count",
+        "2",
+        "--max-attempts",
+        "-3",
+        expect="--max-attempts must be",
+    ),
     c("policy-set-nothing", 2, "policy", "set", "P", expect="no policy given"),
     c("policy-set-unknown", 3, "policy", "set", "nope", "--fail-fast", expect=NOT_FOUND),
-    c("policy-set-max-attempts-word", 2, "policy", "set", "P", "--max-attempts", "many",
-      expect="--max-attempts takes a number"),
+    c(
+        "policy-set-max-attempts-word",
+        2,
+        "policy",
+        "set",
+        "P",
+        "--max-attempts",
+        "many",
+        expect="--max-attempts takes a number",
+    ),
     c("run-retries-negative", 2, "run", "P.1", "--retries", "-1", "--", "true", expect="--retries must be"),
     c("run-retry-delay-bad", 2, "run", "P.1", "--retry-delay", "soon", "--", "true", expect="bad duration"),
     c("watch-report-unknown-format", 2, "watch", "P", "--report", "pdf", expect="unknown report format"),
-
     # --- databases jobctl must refuse and leave alone (exit 5)
     c("db-directory", 5, "create", "x", db="directory", expect="is a directory"),
     c("db-text-file-create", 5, "create", "x", db="text", expect="not a jobctl database"),
@@ -488,8 +553,9 @@ def test_absurd_count_is_refused_not_a_memory_error(tmp_path, template):
     if not (sane.returncode == 0 and sane.stdout == "running\n"):
         pytest.fail(f"jobctl does not even start under the memory limit: {sane.stderr[-500:]}", pytrace=False)
     before = snapshot(db)
-    result = subprocess.run([*limited, "spawn", "P", "--count", "9" * 20], capture_output=True, text=True,
-                            env=env, timeout=60)
+    result = subprocess.run(
+        [*limited, "spawn", "P", "--count", "9" * 20], capture_output=True, text=True, env=env, timeout=60
+    )
     assert snapshot(db) == before
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.returncode in (2, 5), result.stderr[-2000:]
@@ -500,7 +566,7 @@ def test_absurd_count_is_refused_not_a_memory_error(tmp_path, template):
 INJECTION = [
     "'); DROP TABLE jobs;--",
     "Robert'); DELETE FROM events WHERE 1=1; --",
-    "\" OR \"1\"=\"1",
+    '" OR "1"="1',
     "x' UNION SELECT name FROM sqlite_master --",
     "$(touch pwned)",
     "`touch pwned`",
@@ -561,9 +627,19 @@ def _userns_tmpfs_available(tmp_path: Path) -> bool:
     probe = tmp_path / "probe"
     probe.mkdir()
     try:
-        result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                                 f"mount -t tmpfs -o size=64k tmpfs '{probe}'"],
-                                capture_output=True, timeout=30)
+        result = subprocess.run(
+            [
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "sh",
+                "-c",
+                f"mount -t tmpfs -o size=64k tmpfs '{probe}'",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0
@@ -595,10 +671,21 @@ def test_disk_full_console_script(tmp_path, template):
     mnt, out = tmp_path / "mnt", tmp_path / "out"
     mnt.mkdir()
     out.mkdir()
-    env = {**os.environ, **env_for(tmp_path), "MNT": str(mnt), "OUT": str(out), "TEMPLATE": str(template),
-           "JOBCTL": JOBCTL}
-    script = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", FULL_SCRIPT],
-                            capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        **env_for(tmp_path),
+        "MNT": str(mnt),
+        "OUT": str(out),
+        "TEMPLATE": str(template),
+        "JOBCTL": JOBCTL,
+    }
+    script = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", FULL_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert script.returncode == 0, script.stderr
     rc = int((out / "rc").read_text())
     stderr, stdout = (out / "stderr").read_text(), (out / "stdout").read_text()
@@ -624,9 +711,24 @@ def test_file_size_limit_console_script(tmp_path, template):
     db = copy_template(template, tmp_path / "jobs.db")
     before, rows = snapshot(db), count_rows(db)
     limit_kib = db.stat().st_size // 1024 + 64  # room for the database, not for the -wal of 200,000 jobs
-    result = subprocess.run(["bash", "-c", f'ulimit -f {limit_kib}; exec "$0" "$@"', JOBCTL, "--db", str(db),
-                             "spawn", "P", "--count", "200000"],
-                            capture_output=True, text=True, env={**os.environ, **env_for(tmp_path)}, timeout=120)
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'ulimit -f {limit_kib}; exec "$0" "$@"',
+            JOBCTL,
+            "--db",
+            str(db),
+            "spawn",
+            "P",
+            "--count",
+            "200000",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env_for(tmp_path)},
+        timeout=120,
+    )
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert_one_error_line(result, 5)
     assert str(db) in result.stderr

@@ -13,8 +13,12 @@ pytestmark = pytest.mark.slow  # subprocesses throughout: `dev.py test --fast` s
 
 def test_bench_harness_runs_at_tiny_sizes(tmp_path):
     out = tmp_path / "results.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["machine"]["cpus"] >= 1

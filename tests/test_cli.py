@@ -11,12 +11,22 @@ from conftest import JOBCTL, ROOT, run, seed_news_crawler, tamper
 from jobctl.cli import app
 
 SEED_TEXT = "66 pending, 1 running, 41 completed, 0 failed"
-PROGRESS_FIELDS = ["job_id", "status", "total_children", "pending_children", "running_children",
-                   "completed_children", "failed_children", "cancelled_children", "progress_text"]
+PROGRESS_FIELDS = [
+    "job_id",
+    "status",
+    "total_children",
+    "pending_children",
+    "running_children",
+    "completed_children",
+    "failed_children",
+    "cancelled_children",
+    "progress_text",
+]
 
 
 def all_commands():
     """Every command path, e.g. ['status', 'set'], from the Typer app itself."""
+
     def walk(cmd, path):
         subs = getattr(cmd, "commands", None)
         if not subs:
@@ -24,6 +34,7 @@ def all_commands():
             return
         for name, sub in subs.items():
             yield from walk(sub, path + [name])
+
     return list(walk(typer.main.get_command(app), []))
 
 
@@ -45,8 +56,17 @@ def json_lines(result, argv) -> list:
 
 def test_every_read_command_takes_json(cli):
     job = cli("create", "j").stdout.strip()
-    reads = [["status", "get", job], ["progress", job], ["show", job], ["list"], ["tree", job],
-             ["logs", job], ["events"], ["verify"], ["db", "path"]]
+    reads = [
+        ["status", "get", job],
+        ["progress", job],
+        ["show", job],
+        ["list"],
+        ["tree", job],
+        ["logs", job],
+        ["events"],
+        ["verify"],
+        ["db", "path"],
+    ]
     for argv in reads:
         values = json_lines(cli(*argv, "--json"), argv)
         assert all(isinstance(v, dict) for v in values), argv
@@ -91,9 +111,17 @@ def test_seed_scenario_progress_text_and_json(cli, jc):
     assert result.stdout == SEED_TEXT + "\n"
     data = json.loads(cli("progress", parent, "--json").stdout)
     assert list(data) == PROGRESS_FIELDS
-    assert data == {"job_id": parent, "status": "running", "total_children": 108, "pending_children": 66,
-                    "running_children": 1, "completed_children": 41, "failed_children": 0,
-                    "cancelled_children": 0, "progress_text": SEED_TEXT}
+    assert data == {
+        "job_id": parent,
+        "status": "running",
+        "total_children": 108,
+        "pending_children": 66,
+        "running_children": 1,
+        "completed_children": 41,
+        "failed_children": 0,
+        "cancelled_children": 0,
+        "progress_text": SEED_TEXT,
+    }
 
 
 def test_create_prints_id_alone_and_spawn_prints_ids(cli):
@@ -162,8 +190,9 @@ def test_same_status_is_a_noop_without_event(cli):
     assert cli("events").stdout == before
 
 
-@pytest.mark.parametrize("old,new", [("running", "pending"), ("completed", "running"),
-                                     ("failed", "pending"), ("cancelled", "completed")])
+@pytest.mark.parametrize(
+    "old,new", [("running", "pending"), ("completed", "running"), ("failed", "pending"), ("cancelled", "completed")]
+)
 def test_forbidden_transition_exit_4_unless_forced(cli, old, new):
     job = cli("create", "j").stdout.strip()
     if old != "running":
@@ -199,8 +228,10 @@ def test_log_lines_for_status_changes_and_children(cli):
     assert f"child {kids[0]} pending → running: 1 pending, 1 running, 0 completed, 0 failed" in view
     assert f"child {kids[0]} running → failed: 1 pending, 0 running, 0 completed, 1 failed" in view
     assert f"child {kids[0]}: retrying soon" in view
-    assert not any(line.startswith("child") for line in
-                   (json.loads(x)["text"] for x in cli("logs", parent, "--json").stdout.splitlines()))
+    assert not any(
+        line.startswith("child")
+        for line in (json.loads(x)["text"] for x in cli("logs", parent, "--json").stdout.splitlines())
+    )
 
 
 def test_events_since_limit_and_job(cli):
@@ -246,9 +277,11 @@ def test_list_overview_top_level_newest_first_with_progress(cli):
     second = cli("create", "second crawl").stdout.strip()
     lonely = cli("create", "no children").stdout.strip()
     lines = cli("list").stdout.splitlines()
-    assert lines == [f"{lonely}\tpending\tno children\t",
-                     f"{second}\tpending\tsecond crawl\t",
-                     f"{first}\trunning\tfirst crawl\t66 pending, 1 running, 41 completed, 0 failed"]
+    assert lines == [
+        f"{lonely}\tpending\tno children\t",
+        f"{second}\tpending\tsecond crawl\t",
+        f"{first}\trunning\tfirst crawl\t66 pending, 1 running, 41 completed, 0 failed",
+    ]
     rows = [json.loads(x) for x in cli("list", "--json").stdout.splitlines()]
     assert [r["id"] for r in rows] == [lonely, second, first]
     assert rows[2]["progress"]["completed_children"] == 41 and rows[0]["progress"] is None
@@ -257,7 +290,8 @@ def test_list_overview_top_level_newest_first_with_progress(cli):
     assert len(everything) == 111 and everything[0] == f"{first}\trunning\tfirst crawl"
     assert [x.split("\t")[0] for x in cli("list", "--parent", first).stdout.splitlines()] == kids
     assert cli("list", "--status", "running").stdout.splitlines() == [
-        f"{first}\trunning\tfirst crawl\t66 pending, 1 running, 41 completed, 0 failed"]
+        f"{first}\trunning\tfirst crawl\t66 pending, 1 running, 41 completed, 0 failed"
+    ]
 
 
 def test_tree_shows_status_and_progress(cli):
@@ -355,8 +389,16 @@ def test_claim_takes_pending_children_in_order(cli):
     assert cli("claim", parent).exit_code == 3
 
 
-@pytest.mark.parametrize("name", ["it's \"quoted\"", "line1\nline2", "'); DROP TABLE jobs;--",
-                                  "Nachrichten-Crawler äöü 新闻 🚀", "$(rm -rf /) `x` ; | &"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        'it\'s "quoted"',
+        "line1\nline2",
+        "'); DROP TABLE jobs;--",
+        "Nachrichten-Crawler äöü 新闻 🚀",
+        "$(rm -rf /) `x` ; | &",
+    ],
+)
 def test_odd_names_are_stored_verbatim(cli, name):
     job = cli("create", name).stdout.strip()
     assert json.loads(cli("show", job, "--json").stdout)["name"] == name
@@ -367,9 +409,16 @@ def test_odd_names_are_stored_verbatim(cli, name):
 @pytest.mark.slow
 def test_console_script_seed_scenario(tmp_path):
     db = tmp_path / "seed.db"
-    script = subprocess.run(["bash", str(ROOT / "fixtures" / "news_crawler.sh")], capture_output=True,
-                            text=True, env={**__import__("os").environ, "JOBCTL_DB": str(db),
-                                            "PATH": f"{__import__('pathlib').Path(JOBCTL).parent}:/usr/bin:/bin"})
+    script = subprocess.run(
+        ["bash", str(ROOT / "fixtures" / "news_crawler.sh")],
+        capture_output=True,
+        text=True,
+        env={
+            **__import__("os").environ,
+            "JOBCTL_DB": str(db),
+            "PATH": f"{__import__('pathlib').Path(JOBCTL).parent}:/usr/bin:/bin",
+        },
+    )
     assert script.returncode == 0, script.stderr
     parent = script.stdout.strip()
     result = run("progress", parent, db=db)
@@ -390,23 +439,37 @@ def test_console_script_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv", [["list"], ["status", "get", "x"], ["progress", "x"], ["show", "x"],
-                                  ["tree", "x"], ["events"], ["logs", "x"], ["verify"], ["watch", "x"],
-                                  ["wait", "x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["status", "get", "x"],
+        ["progress", "x"],
+        ["show", "x"],
+        ["tree", "x"],
+        ["events"],
+        ["logs", "x"],
+        ["verify"],
+        ["watch", "x"],
+        ["wait", "x"],
+    ],
+)
 def test_read_commands_refuse_a_missing_database_and_create_nothing(tmp_path, argv):
     db = tmp_path / "typo.db"
     result = run(*argv, db=db)
     assert result.returncode == 5, result.stderr
-    assert result.stderr == (f"jobctl: error: no jobctl database at {db}"
-                             " (create one with `jobctl init` or any write)\n")
+    assert result.stderr == (
+        f"jobctl: error: no jobctl database at {db} (create one with `jobctl init` or any write)\n"
+    )
     assert list(tmp_path.iterdir()) == []
     assert run("create", "x", db=db).returncode == 0  # a write still creates it
 
 
 @pytest.mark.slow
 def test_python_dash_m_works(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "jobctl", "--db", str(tmp_path / "m.db"), "create", "x"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "jobctl", "--db", str(tmp_path / "m.db"), "create", "x"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and len(result.stdout.split()) == 1
 
 
@@ -416,8 +479,12 @@ def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
     with __import__("jobctl").Jobctl(db) as jc:
         jc.spawn(jc.create("p"), count=20000)
     for cmd in (f"{JOBCTL} list | head -1", f"{JOBCTL} events | head -1", f"{JOBCTL} list --json | head -1"):
-        result = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True,
-                                env={**__import__("os").environ, "JOBCTL_DB": str(db)})
+        result = subprocess.run(
+            ["bash", "-c", f"set -o pipefail; {cmd}"],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "JOBCTL_DB": str(db)},
+        )
         assert result.returncode == 0, (cmd, result.stderr)
         assert len(result.stdout.splitlines()) == 1 and result.stderr == ""
 
@@ -427,8 +494,9 @@ def test_markup_in_names_is_shown_as_text_on_a_terminal(cli, monkeypatch):
 
     job = cli("create", "[/] oops [bold red]hi", "--type", "[x]").stdout.strip()
     monkeypatch.setattr(render, "is_terminal", lambda: True)
-    monkeypatch.setattr(render, "console", lambda **kw: __import__("rich.console").console.Console(
-        force_terminal=True, width=200, **kw))
+    monkeypatch.setattr(
+        render, "console", lambda **kw: __import__("rich.console").console.Console(force_terminal=True, width=200, **kw)
+    )
     for argv in (["list"], ["show", job], ["tree", job]):
         result = cli(*argv)
         assert result.exit_code == 0, (argv, result.exception)
@@ -466,9 +534,13 @@ def test_verify_reports_an_event_that_contradicts_the_history(cli, db):
     job = cli("create", "j").stdout.strip()
     cli("status", "set", job, "running")
     # an invented event: it claims the job was completed
-    tamper(db, "INSERT INTO events (id, job_id, root_id, kind, old_status, new_status, at)"
-               " VALUES ((SELECT max(id) + 1 FROM events), ?, ?, 'status', 'completed', 'running',"
-               " '2030-01-01T00:00:00.000000Z')", (job, job))
+    tamper(
+        db,
+        "INSERT INTO events (id, job_id, root_id, kind, old_status, new_status, at)"
+        " VALUES ((SELECT max(id) + 1 FROM events), ?, ?, 'status', 'completed', 'running',"
+        " '2030-01-01T00:00:00.000000Z')",
+        (job, job),
+    )
     report = json.loads(cli("verify", "--json").stdout)
     assert any("completed → running, but it was running" in p for p in report["problems"])
 
@@ -481,11 +553,18 @@ def test_verify_reports_a_parent_left_behind_by_its_children(cli, db):
     cli("status", "set", kid, "running")
     assert cli("verify").exit_code == 0
     # the child completes behind jobctl's back, row, event and count alike; P stays running
-    tamper(db, "UPDATE jobs SET status = 'completed', completed_at = started_at, updated_at = started_at WHERE id = ?",
-           (kid,))
-    tamper(db, "INSERT INTO events (id, job_id, parent_id, root_id, kind, old_status, new_status, at, attempt)"
-               " SELECT (SELECT max(id) + 1 FROM events), id, parent_id, root_id, 'status', 'running', 'completed',"
-               " started_at, 1 FROM jobs WHERE id = ?", (kid,))
+    tamper(
+        db,
+        "UPDATE jobs SET status = 'completed', completed_at = started_at, updated_at = started_at WHERE id = ?",
+        (kid,),
+    )
+    tamper(
+        db,
+        "INSERT INTO events (id, job_id, parent_id, root_id, kind, old_status, new_status, at, attempt)"
+        " SELECT (SELECT max(id) + 1 FROM events), id, parent_id, root_id, 'status', 'running', 'completed',"
+        " started_at, 1 FROM jobs WHERE id = ?",
+        (kid,),
+    )
     tamper(db, "UPDATE child_counts SET running = 0, completed = 1 WHERE parent_id = ?", (parent,))
     result = cli("verify", "--json")
     assert result.exit_code == 1
@@ -513,8 +592,7 @@ def test_the_readme_tour_works_as_written(tmp_path):
         else:
             script.append(command.rstrip())
     env = {**os.environ, "PATH": f"{Path(JOBCTL).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, capture_output=True, text=True,
-                            env=env)
+    result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "progress.txt").read_text().splitlines() == expected
     assert run("verify", db=tmp_path / "jobs.db").returncode == 0
@@ -532,8 +610,9 @@ def test_events_are_paged_without_losing_or_repeating_one(jc):
     below_mid = [e for e in everything if e["job_id"] in {mid, *kids}]
     assert list(jc.iter_events(job=mid, page=4)) == below_mid
     assert list(jc.iter_events(job=mid, page=4, limit=9)) == below_mid[:9]
-    assert list(jc.iter_events(job=parent, since=below_mid[3]["id"], page=5)) == \
-        [e for e in everything if e["root_id"] == parent and e["id"] > below_mid[3]["id"]]
+    assert list(jc.iter_events(job=parent, since=below_mid[3]["id"], page=5)) == [
+        e for e in everything if e["root_id"] == parent and e["id"] > below_mid[3]["id"]
+    ]
 
 
 def test_nul_in_text_is_refused_on_both_backends(jc, cli, tmp_path):
@@ -541,9 +620,13 @@ def test_nul_in_text_is_refused_on_both_backends(jc, cli, tmp_path):
     from jobctl import UsageError
 
     parent = jc.create("p")
-    for call in (lambda: jc.create("a\x00b"), lambda: jc.create("a", type="t\x00"),
-                 lambda: jc.spawn(parent, names=["ok", "x\x00"]), lambda: jc.log(parent, "m\x00"),
-                 lambda: jc.set_status([parent], "running", message="\x00")):
+    for call in (
+        lambda: jc.create("a\x00b"),
+        lambda: jc.create("a", type="t\x00"),
+        lambda: jc.spawn(parent, names=["ok", "x\x00"]),
+        lambda: jc.log(parent, "m\x00"),
+        lambda: jc.set_status([parent], "running", message="\x00"),
+    ):
         with pytest.raises(UsageError, match="NUL"):
             call()
     names = tmp_path / "names.txt"
@@ -557,8 +640,10 @@ def test_status_set_with_two_status_words_says_so(cli):
     job = cli("create", "x").stdout.strip()
     result = cli("status", "set", job, "running", "completed")
     assert result.exit_code == 2
-    assert result.stderr == ("jobctl: error: only one status can be given (running and completed are both"
-                             " status words; the last argument is the status)\n")
+    assert result.stderr == (
+        "jobctl: error: only one status can be given (running and completed are both"
+        " status words; the last argument is the status)\n"
+    )
     assert cli("status", "get", job).stdout == "pending\n"
 
 
@@ -584,13 +669,19 @@ def test_shell_completion_is_on():
 
 def test_verify_finds_a_job_without_events_and_events_without_a_job(cli, db):
     job = cli("create", "j").stdout.strip()
-    tamper(db, "INSERT INTO jobs (id, root_id, name, status, created_at, updated_at)"
-               " VALUES ('aaa-ghost', 'aaa-ghost', 'ghost', 'pending', '2030-01-01', '2030-01-01')")
+    tamper(
+        db,
+        "INSERT INTO jobs (id, root_id, name, status, created_at, updated_at)"
+        " VALUES ('aaa-ghost', 'aaa-ghost', 'ghost', 'pending', '2030-01-01', '2030-01-01')",
+    )
     problems = json.loads(cli("verify", "--json").stdout)["problems"]
     assert problems == ["job aaa-ghost: no create event"]
     if not db.startswith("postgresql://"):  # PostgreSQL's foreign key refuses an event of no job
-        tamper(db, "INSERT INTO events (job_id, root_id, kind, new_status, at)"
-                   " VALUES ('zzz-lost', 'zzz-lost', 'create', 'pending', '2030-01-01')")
+        tamper(
+            db,
+            "INSERT INTO events (job_id, root_id, kind, new_status, at)"
+            " VALUES ('zzz-lost', 'zzz-lost', 'create', 'pending', '2030-01-01')",
+        )
         problems = json.loads(cli("verify", "--json").stdout)["problems"]
         assert problems == ["job aaa-ghost: no create event", "job zzz-lost: in the events but not in the jobs table"]
     assert cli("status", "get", job).stdout == "pending\n"
@@ -612,8 +703,14 @@ def test_events_of_a_leaf_are_its_own_among_its_siblings(jc):
     assert list(jc.iter_events(job=kids[7])) == tree  # the same events as the whole tree's read gives for it
 
 
-ODD_TEXTS = ["".join(map(chr, range(1, 32))) + "\x7f", 'quote " backslash \\ slash /',
-             "é ü 中文 🎉 \u2028 \u2029 \ufeff", "</script><!--", "%s %% ? $1", "tab\tnew\nline\r"]
+ODD_TEXTS = [
+    "".join(map(chr, range(1, 32))) + "\x7f",
+    'quote " backslash \\ slash /',
+    "é ü 中文 🎉 \u2028 \u2029 \ufeff",
+    "</script><!--",
+    "%s %% ? $1",
+    "tab\tnew\nline\r",
+]
 
 
 def test_events_json_made_by_the_database_is_what_python_prints(jc, db):
@@ -632,6 +729,7 @@ def test_events_json_made_by_the_database_is_what_python_prints(jc, db):
     jc.set_policy(p, allow_failures="50%")
     result = run("events", "--json", db=db)
     assert result.returncode == 0, result.stderr
+
     def dumps(e):
         return json.dumps(render.event_json(e), ensure_ascii=False, separators=(",", ":"))
 
@@ -643,4 +741,5 @@ def test_events_json_made_by_the_database_is_what_python_prints(jc, db):
         if ":1.0," not in w:  # PostgreSQL prints the float 1.0 as 1 (the same number in JSON)
             assert g == w
     assert run("events", "--json", "--job", kids[2], "--since", "3", "--limit", "2", db=db).stdout.split("\n")[:-1] == [
-        dumps(e) for e in jc.events(job=kids[2], since=3, limit=2)]
+        dumps(e) for e in jc.events(job=kids[2], since=3, limit=2)
+    ]

@@ -61,8 +61,16 @@ def test_a_reader_following_the_cursor_misses_and_repeats_nothing(db, tmp_path):
     procs = []
     for i in range(WRITERS):
         env, home = host_env(tmp_path, f"host{i}", db)
-        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, db, str(TRANSACTIONS), str(i)], env=env,
-                                      cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WRITER, db, str(TRANSACTIONS), str(i)],
+                env=env,
+                cwd=home,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     seen: list[int] = []
     with Jobctl(db) as reader:
 
@@ -113,8 +121,15 @@ for t in threads: t.join()
 print(json.dumps({"got": got, "errors": errors}))
 """
     per = CLAIMERS // WRITERS
-    procs = [subprocess.Popen([sys.executable, "-c", script, db, parent, str(per)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, db, parent, str(per)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(WRITERS)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -136,9 +151,14 @@ def test_refused_writes_change_nothing(db):
         a, b = jc.spawn(parent, count=2)
         jc.set_status([b], "completed")
     before = snapshot(db)
-    for argv in (["status", "set", a, b, "running"],  # b is completed: the whole batch is refused
-                 ["spawn", "nope", "--count", "3"], ["create", "x", "--parent", b + "x"],
-                 ["status", "set", parent, "completed"], ["log", a, ""], ["claim", b]):
+    for argv in (
+        ["status", "set", a, b, "running"],  # b is completed: the whole batch is refused
+        ["spawn", "nope", "--count", "3"],
+        ["create", "x", "--parent", b + "x"],
+        ["status", "set", parent, "completed"],
+        ["log", a, ""],
+        ["claim", b],
+    ):
         result = subprocess.run([JOBCTL, "--db", db, *argv], capture_output=True, text=True)
         assert result.returncode in (2, 3, 4), (argv, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("jobctl: error: ")
@@ -150,8 +170,14 @@ def test_a_watcher_on_another_host_sees_every_change(db, tmp_path):
         parent = jc.create("fan-out")
         kids = jc.spawn(parent, count=20)
     env, home = host_env(tmp_path, "watcher", db)
-    watcher = subprocess.Popen([JOBCTL, "watch", parent, "--json", "--exit-status", "--timeout", "120"], env=env,
-                               cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(
+        [JOBCTL, "watch", parent, "--json", "--exit-status", "--timeout", "120"],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     start = json.loads(watcher.stdout.readline())  # it is following from here on
     assert start["type"] == "start" and start["pending_children"] == 20
 
@@ -184,8 +210,12 @@ def test_a_writer_that_waits_for_the_lock_says_so_once(db):
     lock = holder.store.write()
     lock.__enter__()  # another writer, in the middle of a long transaction
     try:
-        proc = subprocess.Popen([JOBCTL, "--db", db, "status", "set", job, "running"], stderr=subprocess.PIPE,
-                                text=True, env=dict(os.environ, JOBCTL_BUSY_TIMEOUT="30"))
+        proc = subprocess.Popen(
+            [JOBCTL, "--db", db, "status", "set", job, "running"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, JOBCTL_BUSY_TIMEOUT="30"),
+        )
         notice = proc.stderr.readline()  # printed while it still waits: the lock is ours until below
         assert notice == "jobctl: waiting for another writer to finish (up to 29 s more; JOBCTL_BUSY_TIMEOUT)\n"
         assert proc.poll() is None

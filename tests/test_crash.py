@@ -41,8 +41,9 @@ def kill_mid_write(cmd, wal, stdin=None, grown=2 * 1024 * 1024, timeout=60) -> K
     True (see Kill.mid_write) only if the WAL growth was really seen and the kill is what
     ended the process; False if it exited by itself first or the WAL never grew in time."""
     base = os.path.getsize(wal) if os.path.exists(wal) else 0
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
     if stdin:
         proc.stdin.write(stdin)
         proc.stdin.close()
@@ -68,8 +69,7 @@ def test_killed_mid_spawn_leaves_all_or_nothing(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("big")
         n_events = len(jc.events())
-    kill = kill_mid_write([JOBCTL, "--db", str(db_path), "spawn", parent, "--count", str(SPAWN)],
-                          f"{db_path}-wal")
+    kill = kill_mid_write([JOBCTL, "--db", str(db_path), "spawn", parent, "--count", str(SPAWN)], f"{db_path}-wal")
     with Jobctl(db_path) as jc:
         children = jc.progress(parent)["total_children"]
         # all or nothing, whether the kill landed before the COMMIT or after it
@@ -95,8 +95,12 @@ def test_killed_mid_batch_status_set_leaves_all_or_nothing(db_path):
         parent = jc.create("batch")
         kids = jc.spawn(parent, count=BATCH)
         n_events = len(jc.events())
-    kill = kill_mid_write([JOBCTL, "--db", str(db_path), "status", "set", "--stdin", "running"],
-                          f"{db_path}-wal", stdin="\n".join(kids) + "\n", grown=1024 * 1024)
+    kill = kill_mid_write(
+        [JOBCTL, "--db", str(db_path), "status", "set", "--stdin", "running"],
+        f"{db_path}-wal",
+        stdin="\n".join(kids) + "\n",
+        grown=1024 * 1024,
+    )
     with Jobctl(db_path) as jc:
         running = jc.progress(parent)["running_children"]
         # all or nothing, whether the kill landed before the COMMIT or after it
@@ -120,8 +124,7 @@ def test_a_killed_test_really_killed_mid_write(tmp_path):
         db_path = tmp_path / f"guard{attempt}.db"
         with Jobctl(db_path) as jc:
             parent = jc.create("big")
-        kill = kill_mid_write([JOBCTL, "--db", str(db_path), "spawn", parent, "--count", str(SPAWN)],
-                              f"{db_path}-wal")
+        kill = kill_mid_write([JOBCTL, "--db", str(db_path), "spawn", parent, "--count", str(SPAWN)], f"{db_path}-wal")
         with Jobctl(db_path) as jc:
             children = jc.progress(parent)["total_children"]
         assert children in (0, SPAWN)

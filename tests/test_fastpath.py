@@ -42,10 +42,13 @@ CASES = [
 
 def state(db):
     conn = sqlite3.connect(db)
-    jobs = conn.execute("SELECT id, status, started_at IS NULL, completed_at IS NULL, last_heartbeat IS NULL"
-                        " FROM jobs ORDER BY id").fetchall()
-    events = conn.execute("SELECT e.job_id, e.kind, e.old_status, e.new_status, e.message, l.level, l.message"
-                          " FROM events e LEFT JOIN logs l ON l.id = e.log_id ORDER BY e.id").fetchall()
+    jobs = conn.execute(
+        "SELECT id, status, started_at IS NULL, completed_at IS NULL, last_heartbeat IS NULL FROM jobs ORDER BY id"
+    ).fetchall()
+    events = conn.execute(
+        "SELECT e.job_id, e.kind, e.old_status, e.new_status, e.message, l.level, l.message"
+        " FROM events e LEFT JOIN logs l ON l.id = e.log_id ORDER BY e.id"
+    ).fetchall()
     conn.close()
     return jobs, events
 
@@ -82,8 +85,9 @@ def run_entry_point(tmp_path, argv, stdin=None):
     """The console script's entry point in a subprocess: (completed process, the path it took)."""
     report = tmp_path / "path-taken.txt"
     report.unlink(missing_ok=True)
-    result = subprocess.run([sys.executable, "-c", ENTRY_POINT, str(report), *argv], input=stdin or "",
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT, str(report), *argv], input=stdin or "", capture_output=True, text=True
+    )
     return result, report.read_text()
 
 
@@ -117,18 +121,32 @@ def test_the_path_report_tells_the_two_paths_apart(tmp_path):
 def test_the_fast_path_takes_the_common_calls_and_leaves_the_rest():
     assert parse(["status", "set", "a", "b", "running"]) == ("status_set", None, {"args": ["a", "b", "running"]})
     assert parse(["--db", "x.db", "status", "set", "a", "completed", "-m", "ok", "--force"])[1] == "x.db"
-    assert parse(["log", "a", "hello", "--level", "error"]) == ("log", None, {"job": "a", "message": "hello",
-                                                                             "level": "error"})
+    assert parse(["log", "a", "hello", "--level", "error"]) == (
+        "log",
+        None,
+        {"job": "a", "message": "hello", "level": "error"},
+    )
     assert parse(["heartbeat", "a"]) == ("heartbeat", None, {"job": "a"})
     assert parse(["status", "get", "a", "--json"]) == ("status_get", None, {"job": "a", "json": True})
-    assert parse(["create", "x", "--meta", "a=1", "--meta", "b=2"]) == ("create", None, {"name": "x",
-                                                                                          "meta": ["a=1", "b=2"]})
+    assert parse(["create", "x", "--meta", "a=1", "--meta", "b=2"]) == (
+        "create",
+        None,
+        {"name": "x", "meta": ["a=1", "b=2"]},
+    )
     assert parse(["spawn", "p", "--count", "3"]) == ("spawn", None, {"parent": "p", "count": 3})
     assert parse(["events", "--since", "7"]) == ("events", None, {"since": 7})
     assert parse(["--version"]) == ("version", None, {})
-    for argv in (["status", "set", "--help"], ["status", "get", "a", "-h"], ["log", "a"], ["--version", "x"],
-                 ["status", "set", "a", "running", "--message=x"], ["list"], ["heartbeat", "a", "b"],
-                 ["spawn", "p", "--count", "1e3"], ["create", "x", "--type", "a", "--type", "b"]):
+    for argv in (
+        ["status", "set", "--help"],
+        ["status", "get", "a", "-h"],
+        ["log", "a"],
+        ["--version", "x"],
+        ["status", "set", "a", "running", "--message=x"],
+        ["list"],
+        ["heartbeat", "a", "b"],
+        ["spawn", "p", "--count", "1e3"],
+        ["create", "x", "--type", "a", "--type", "b"],
+    ):
         assert parse(argv) is None, argv
 
 

@@ -69,8 +69,22 @@ def load(db_path, tmp_path, mode, calls):
         parent = jc.create("load")
         kids = jc.spawn(parent, count=CHILDREN)
     outs = [tmp_path / f"w{i}.json" for i in range(WRITERS)]
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, mode, str(db_path), JOBCTL, str(outs[i]), str(calls),
-                               ",".join(kids[i::WRITERS])]) for i in range(WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                mode,
+                str(db_path),
+                JOBCTL,
+                str(outs[i]),
+                str(calls),
+                ",".join(kids[i::WRITERS]),
+            ]
+        )
+        for i in range(WRITERS)
+    ]
     for p in procs:
         assert p.wait(timeout=1800) == 0
     records = [json.loads(o.read_text()) for o in outs]
@@ -182,8 +196,9 @@ def test_wal_stays_bounded_while_a_watch_is_open(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("p")
         kids = jc.spawn(parent, count=2000)
-    watch = subprocess.Popen([JOBCTL, "--db", str(db_path), "watch", parent, "--json"], stdout=subprocess.PIPE,
-                             text=True)
+    watch = subprocess.Popen(
+        [JOBCTL, "--db", str(db_path), "watch", parent, "--json"], stdout=subprocess.PIPE, text=True
+    )
     wal = f"{db_path}-wal"
     sizes = []
     try:

@@ -82,8 +82,7 @@ def test_check_transition_force_allows_everything(old, new):
 
 def test_allowed_counts():
     # pending -> 4 others, running -> 3 (not pending), terminal -> none
-    assert {s: len(ALLOWED[s]) for s in STATUSES} == {
-        PENDING: 4, RUNNING: 3, COMPLETED: 0, FAILED: 0, CANCELLED: 0}
+    assert {s: len(ALLOWED[s]) for s in STATUSES} == {PENDING: 4, RUNNING: 3, COMPLETED: 0, FAILED: 0, CANCELLED: 0}
 
 
 @pytest.mark.parametrize("old", sorted(TERMINAL))
@@ -115,8 +114,9 @@ def test_check_status_word_accepts(word):
     assert model.check_status_word(word) == word
 
 
-@pytest.mark.parametrize("word", ["RUNNING", "Running", "", "done", " running", "running ",
-                                  "Pending", "canceled", "complete", "fail"])
+@pytest.mark.parametrize(
+    "word", ["RUNNING", "Running", "", "done", " running", "running ", "Pending", "canceled", "complete", "fail"]
+)
 def test_check_status_word_rejects(word):
     with pytest.raises(UsageError) as info:
         model.check_status_word(word)
@@ -139,27 +139,30 @@ def test_derive_no_children_keeps_current(counts, current):
     assert model.derive_status(counts, current) == current
 
 
-@pytest.mark.parametrize("counts,expected", [
-    (c(p=1), RUNNING),
-    (c(r=1), RUNNING),
-    (c(p=66, r=1, co=41), RUNNING),
-    (c(p=1, f=5), RUNNING),
-    (c(r=1, ca=3), RUNNING),
-    (c(p=1, r=1, co=1, f=1, ca=1), RUNNING),
-    ({RUNNING: 2}, RUNNING),
-    (c(co=3), COMPLETED),
-    ({COMPLETED: 1}, COMPLETED),
-    (c(co=1, ca=1), COMPLETED),
-    (c(co=1, ca=100), COMPLETED),
-    (c(f=1), FAILED),
-    (c(co=10, f=1), FAILED),
-    (c(f=1, ca=9), FAILED),
-    (c(co=1, f=1, ca=1), FAILED),
-    ({FAILED: 2}, FAILED),
-    (c(ca=1), CANCELLED),
-    (c(ca=7), CANCELLED),
-    ({CANCELLED: 3}, CANCELLED),
-])
+@pytest.mark.parametrize(
+    "counts,expected",
+    [
+        (c(p=1), RUNNING),
+        (c(r=1), RUNNING),
+        (c(p=66, r=1, co=41), RUNNING),
+        (c(p=1, f=5), RUNNING),
+        (c(r=1, ca=3), RUNNING),
+        (c(p=1, r=1, co=1, f=1, ca=1), RUNNING),
+        ({RUNNING: 2}, RUNNING),
+        (c(co=3), COMPLETED),
+        ({COMPLETED: 1}, COMPLETED),
+        (c(co=1, ca=1), COMPLETED),
+        (c(co=1, ca=100), COMPLETED),
+        (c(f=1), FAILED),
+        (c(co=10, f=1), FAILED),
+        (c(f=1, ca=9), FAILED),
+        (c(co=1, f=1, ca=1), FAILED),
+        ({FAILED: 2}, FAILED),
+        (c(ca=1), CANCELLED),
+        (c(ca=7), CANCELLED),
+        ({CANCELLED: 3}, CANCELLED),
+    ],
+)
 @pytest.mark.parametrize("current", STATUSES)
 def test_derive_table(counts, expected, current):
     assert model.derive_status(counts, current) == expected
@@ -195,15 +198,27 @@ def test_derive_rules(counts, current):
 
 # --------------------------------------------------------------- enter_status
 def blank_job(status=PENDING):
-    return {"status": status, "started_at": None, "completed_at": None, "updated_at": "t0", "attempt": 1,
-            "not_before": None}
+    return {
+        "status": status,
+        "started_at": None,
+        "completed_at": None,
+        "updated_at": "t0",
+        "attempt": 1,
+        "not_before": None,
+    }
 
 
 def test_enter_running_sets_started_at():
     job = blank_job()
     model.enter_status(job, RUNNING, "t1")
-    assert job == {"status": RUNNING, "started_at": "t1", "completed_at": None, "updated_at": "t1", "attempt": 1,
-                   "not_before": None}
+    assert job == {
+        "status": RUNNING,
+        "started_at": "t1",
+        "completed_at": None,
+        "updated_at": "t1",
+        "attempt": 1,
+        "not_before": None,
+    }
 
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL))
@@ -211,8 +226,14 @@ def test_enter_terminal_sets_completed_at_and_keeps_started_at(terminal):
     job = blank_job()
     model.enter_status(job, RUNNING, "t1")
     model.enter_status(job, terminal, "t2")
-    assert job == {"status": terminal, "started_at": "t1", "completed_at": "t2", "updated_at": "t2", "attempt": 1,
-                   "not_before": None}
+    assert job == {
+        "status": terminal,
+        "started_at": "t1",
+        "completed_at": "t2",
+        "updated_at": "t2",
+        "attempt": 1,
+        "not_before": None,
+    }
 
 
 def test_enter_terminal_from_pending_leaves_started_at_none():
@@ -227,8 +248,14 @@ def test_enter_pending_clears_both():
     model.enter_status(job, RUNNING, "t1")
     model.enter_status(job, FAILED, "t2")
     model.enter_status(job, PENDING, "t3")
-    assert job == {"status": PENDING, "started_at": None, "completed_at": None, "updated_at": "t3", "attempt": 2,
-                   "not_before": None}
+    assert job == {
+        "status": PENDING,
+        "started_at": None,
+        "completed_at": None,
+        "updated_at": "t3",
+        "attempt": 2,
+        "not_before": None,
+    }
 
 
 def test_enter_running_again_clears_completed_at():
@@ -247,8 +274,16 @@ def test_enter_status_keeps_other_fields():
 
 # --------------------------------------------------------------------- replay
 def ev(kind, job_id, old, new, at, parent_id=None, attempt=None, message=None):
-    return {"kind": kind, "job_id": job_id, "parent_id": parent_id, "old_status": old,
-            "new_status": new, "at": at, "attempt": attempt, "message": message}
+    return {
+        "kind": kind,
+        "job_id": job_id,
+        "parent_id": parent_id,
+        "old_status": old,
+        "new_status": new,
+        "at": at,
+        "attempt": attempt,
+        "message": message,
+    }
 
 
 NO_POLICY = {"attempt": 1, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
@@ -261,9 +296,17 @@ def test_replay_single_job():
         ev("log", "a", None, None, "t3"),
         ev("status", "a", RUNNING, COMPLETED, "t4"),
     ]
-    assert model.replay(events) == {"a": {
-        "parent_id": None, "status": COMPLETED, "created_at": "t1", "started_at": "t2",
-        "completed_at": "t4", "updated_at": "t4", **NO_POLICY}}
+    assert model.replay(events) == {
+        "a": {
+            "parent_id": None,
+            "status": COMPLETED,
+            "created_at": "t1",
+            "started_at": "t2",
+            "completed_at": "t4",
+            "updated_at": "t4",
+            **NO_POLICY,
+        }
+    }
 
 
 def test_replay_several_jobs():
@@ -283,14 +326,42 @@ def test_replay_several_jobs():
     ]
     got = model.replay(events)
     assert set(got) == {"p", "p.1", "p.2", "q"}
-    assert got["p"] == {"parent_id": None, "status": RUNNING, "created_at": "t01",
-                        "started_at": "t07", "completed_at": None, "updated_at": "t07", **NO_POLICY}
-    assert got["p.1"] == {"parent_id": "p", "status": PENDING, "created_at": "t02",
-                          "started_at": None, "completed_at": None, "updated_at": "t07", **NO_POLICY}
-    assert got["p.2"] == {"parent_id": "p", "status": CANCELLED, "created_at": "t02",
-                          "started_at": None, "completed_at": "t06", "updated_at": "t06", **NO_POLICY}
-    assert got["q"] == {"parent_id": None, "status": PENDING, "created_at": "t08",
-                        "started_at": None, "completed_at": None, "updated_at": "t08", **NO_POLICY}
+    assert got["p"] == {
+        "parent_id": None,
+        "status": RUNNING,
+        "created_at": "t01",
+        "started_at": "t07",
+        "completed_at": None,
+        "updated_at": "t07",
+        **NO_POLICY,
+    }
+    assert got["p.1"] == {
+        "parent_id": "p",
+        "status": PENDING,
+        "created_at": "t02",
+        "started_at": None,
+        "completed_at": None,
+        "updated_at": "t07",
+        **NO_POLICY,
+    }
+    assert got["p.2"] == {
+        "parent_id": "p",
+        "status": CANCELLED,
+        "created_at": "t02",
+        "started_at": None,
+        "completed_at": "t06",
+        "updated_at": "t06",
+        **NO_POLICY,
+    }
+    assert got["q"] == {
+        "parent_id": None,
+        "status": PENDING,
+        "created_at": "t08",
+        "started_at": None,
+        "completed_at": None,
+        "updated_at": "t08",
+        **NO_POLICY,
+    }
     for job in got.values():
         assert set(job) == set(model.REPLAYED_FIELDS)
 
@@ -308,8 +379,7 @@ def test_replay_status_for_unknown_job():
 
 def test_replay_keeps_mismatching_old_status():
     # the event says running -> completed while the replayed job is pending: kept as is
-    got = model.replay([ev("create", "a", None, PENDING, "t1"),
-                        ev("status", "a", RUNNING, COMPLETED, "t2")])
+    got = model.replay([ev("create", "a", None, PENDING, "t1"), ev("status", "a", RUNNING, COMPLETED, "t2")])
     assert got["a"]["status"] == COMPLETED
     assert got["a"]["started_at"] is None
 
@@ -332,17 +402,50 @@ def test_replay_matches_enter_status(seq):
 
 
 # ------------------------------------------------------------- parse_duration
-@pytest.mark.parametrize("text,seconds", [
-    ("90s", 90), ("5m", 300), ("1h", 3600), ("2d", 172800), ("1.5", 1.5), ("10", 10),
-    ("0.5m", 30), (" 5m ", 300), ("1e3", 1000), ("1.5h", 5400),
-])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("1h", 3600),
+        ("2d", 172800),
+        ("1.5", 1.5),
+        ("10", 10),
+        ("0.5m", 30),
+        (" 5m ", 300),
+        ("1e3", 1000),
+        ("1.5h", 5400),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert model.parse_duration(text) == pytest.approx(seconds)
     assert isinstance(model.parse_duration(text), float)
 
 
-@pytest.mark.parametrize("text", ["", " ", "abc", "-5s", "-1", "0", "0s", "0.0", "nan", "nans",
-                                  "inf", "infh", "-inf", "1e400", "5x", "s", "m", "5 m m", "5mm"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "abc",
+        "-5s",
+        "-1",
+        "0",
+        "0s",
+        "0.0",
+        "nan",
+        "nans",
+        "inf",
+        "infh",
+        "-inf",
+        "1e400",
+        "5x",
+        "s",
+        "m",
+        "5 m m",
+        "5mm",
+    ],
+)
 def test_parse_duration_rejects(text):
     with pytest.raises(UsageError) as info:
         model.parse_duration(text)
@@ -403,23 +506,60 @@ def test_replay_describes_events_that_contradict_the_history():
 
     at = "2026-01-01T00:00:00.000000Z"
     events = [
-        {"id": 1, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending",
-         "at": at},
-        {"id": 2, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "running", "new_status": "failed",
-         "at": at},
-        {"id": 3, "kind": "status", "job_id": "b", "parent_id": None, "old_status": "pending", "new_status": "running",
-         "at": at},
-        {"id": 4, "kind": "create", "job_id": "a", "parent_id": None, "old_status": None, "new_status": "pending",
-         "at": at},
-        {"id": 5, "kind": "status", "job_id": "a", "parent_id": None, "old_status": "pending", "new_status": "running",
-         "at": at},
+        {
+            "id": 1,
+            "kind": "create",
+            "job_id": "a",
+            "parent_id": None,
+            "old_status": None,
+            "new_status": "pending",
+            "at": at,
+        },
+        {
+            "id": 2,
+            "kind": "status",
+            "job_id": "a",
+            "parent_id": None,
+            "old_status": "running",
+            "new_status": "failed",
+            "at": at,
+        },
+        {
+            "id": 3,
+            "kind": "status",
+            "job_id": "b",
+            "parent_id": None,
+            "old_status": "pending",
+            "new_status": "running",
+            "at": at,
+        },
+        {
+            "id": 4,
+            "kind": "create",
+            "job_id": "a",
+            "parent_id": None,
+            "old_status": None,
+            "new_status": "pending",
+            "at": at,
+        },
+        {
+            "id": 5,
+            "kind": "status",
+            "job_id": "a",
+            "parent_id": None,
+            "old_status": "pending",
+            "new_status": "running",
+            "at": at,
+        },
     ]
     problems = []
     jobs = replay(events, problems)
     assert jobs["a"]["status"] == "running" and jobs["b"]["status"] == "running"
-    assert problems == ["event 2: job a running → failed, but it was pending",
-                        "event 3: status change of job b, which was never created",
-                        "event 4: job a created a second time"]
+    assert problems == [
+        "event 2: job a running → failed, but it was pending",
+        "event 3: status change of job b, which was never created",
+        "event 4: job a created a second time",
+    ]
     assert replay(events) == jobs  # without a list, the same fold
 
 
@@ -436,33 +576,36 @@ def test_in_tree_grows_with_jobs_created_under_it():
 
 
 # ------------------------------------------------------------ failure policies
-@pytest.mark.parametrize("counts,allow,expected", [
-    # no allowance: today's rules
-    (c(p=2, f=1), None, RUNNING),
-    (c(co=2, f=1), None, FAILED),
-    # an allowance decides when all are final: at exactly the boundary, and one past it
-    (c(co=106, f=2), "2", COMPLETED),
-    (c(co=105, f=3), "2", FAILED),
-    (c(p=1, f=3), "2", RUNNING),  # the parent waits for every child (fail-fast acts through them)
-    (c(co=2, f=1), "1", COMPLETED),
-    # percentages round down: 5% of 108 is 5.4, so 5 failed may, 6 may not
-    (c(co=103, f=5), "5%", COMPLETED),
-    (c(co=102, f=6), "5%", FAILED),
-    (c(co=19, f=1), "5%", COMPLETED),  # 5% of 20 is exactly 1
-    (c(co=18, f=1), "5%", FAILED),  # 5% of 19 is 0.95: none
-    (c(co=39, f=1), "2.5%", COMPLETED),  # 2.5% of 40 is exactly 1
-    (c(co=38, f=1), "2.5%", FAILED),
-    (c(f=3), "100%", COMPLETED),  # all may fail
-    # cancelled children are never allowed failures: with none completed, cancelled
-    (c(f=1, ca=2), "1", CANCELLED),
-    (c(co=1, f=1, ca=2), "1", COMPLETED),
-    (c(ca=3), "5", CANCELLED),
-    # after a fail-fast cascade: the failures and the cancelled rest
-    (c(co=2, f=1, ca=3), None, FAILED),
-    (c(f=2, ca=3), "1", FAILED),
-    # nesting: a failed sub-parent is one failed child of its parent, like any other
-    (c(co=3, f=1), "1", COMPLETED),
-])
+@pytest.mark.parametrize(
+    "counts,allow,expected",
+    [
+        # no allowance: today's rules
+        (c(p=2, f=1), None, RUNNING),
+        (c(co=2, f=1), None, FAILED),
+        # an allowance decides when all are final: at exactly the boundary, and one past it
+        (c(co=106, f=2), "2", COMPLETED),
+        (c(co=105, f=3), "2", FAILED),
+        (c(p=1, f=3), "2", RUNNING),  # the parent waits for every child (fail-fast acts through them)
+        (c(co=2, f=1), "1", COMPLETED),
+        # percentages round down: 5% of 108 is 5.4, so 5 failed may, 6 may not
+        (c(co=103, f=5), "5%", COMPLETED),
+        (c(co=102, f=6), "5%", FAILED),
+        (c(co=19, f=1), "5%", COMPLETED),  # 5% of 20 is exactly 1
+        (c(co=18, f=1), "5%", FAILED),  # 5% of 19 is 0.95: none
+        (c(co=39, f=1), "2.5%", COMPLETED),  # 2.5% of 40 is exactly 1
+        (c(co=38, f=1), "2.5%", FAILED),
+        (c(f=3), "100%", COMPLETED),  # all may fail
+        # cancelled children are never allowed failures: with none completed, cancelled
+        (c(f=1, ca=2), "1", CANCELLED),
+        (c(co=1, f=1, ca=2), "1", COMPLETED),
+        (c(ca=3), "5", CANCELLED),
+        # after a fail-fast cascade: the failures and the cancelled rest
+        (c(co=2, f=1, ca=3), None, FAILED),
+        (c(f=2, ca=3), "1", FAILED),
+        # nesting: a failed sub-parent is one failed child of its parent, like any other
+        (c(co=3, f=1), "1", COMPLETED),
+    ],
+)
 @pytest.mark.parametrize("current", [PENDING, RUNNING, FAILED])
 def test_derive_with_an_allowance(counts, allow, expected, current):
     assert model.derive_status(counts, current, allow_failures=allow) == expected
@@ -475,34 +618,55 @@ def test_derive_with_an_allowance_and_no_children_keeps_current(allow):
     assert model.allowed_failures(allow, 0) == (3 if allow == "3" else 0)
 
 
-@pytest.mark.parametrize("counts,status,allow,follows", [
-    (c(co=1, ca=2), CANCELLED, None, False),  # cancelled by hand: its children say completed
-    (c(co=3), FAILED, None, False),  # forced
-    (c(co=2, f=1), FAILED, None, True),
-    (c(co=2, f=1), COMPLETED, "1", True),
-    (c(p=1), RUNNING, None, True),
-    (c(), PENDING, None, True),  # no children: whatever it is
-])
+@pytest.mark.parametrize(
+    "counts,status,allow,follows",
+    [
+        (c(co=1, ca=2), CANCELLED, None, False),  # cancelled by hand: its children say completed
+        (c(co=3), FAILED, None, False),  # forced
+        (c(co=2, f=1), FAILED, None, True),
+        (c(co=2, f=1), COMPLETED, "1", True),
+        (c(p=1), RUNNING, None, True),
+        (c(), PENDING, None, True),  # no children: whatever it is
+    ],
+)
 def test_follows_children(counts, status, allow, follows):
     assert model.follows_children(counts, status, allow) is follows
 
 
-@pytest.mark.parametrize("counts,fail_fast,allow,expected", [
-    (c(p=3, f=1), True, None, True),  # the first failure, others still to run: cancel them
-    (c(co=3, f=1), True, None, False),  # nothing left to cancel
-    (c(p=3, f=1), False, None, False),  # no fail-fast
-    (c(p=3, f=1), True, "1", False),  # within the allowance
-    (c(p=3, f=2), True, "1", True),
-    (c(r=1, f=1), True, "10%", True),  # 10% of 2 is 0
-])
+@pytest.mark.parametrize(
+    "counts,fail_fast,allow,expected",
+    [
+        (c(p=3, f=1), True, None, True),  # the first failure, others still to run: cancel them
+        (c(co=3, f=1), True, None, False),  # nothing left to cancel
+        (c(p=3, f=1), False, None, False),  # no fail-fast
+        (c(p=3, f=1), True, "1", False),  # within the allowance
+        (c(p=3, f=2), True, "1", True),
+        (c(r=1, f=1), True, "10%", True),  # 10% of 2 is 0
+    ],
+)
 def test_fails_fast(counts, fail_fast, allow, expected):
     assert model.fails_fast(counts, fail_fast, allow) is expected
 
 
-@pytest.mark.parametrize("text,canonical", [
-    ("2", "2"), (" 7 ", "7"), (3, "3"), ("5%", "5%"), ("2.5%", "2.5%"), ("2.50%", "2.5%"), ("100%", "100%"),
-    ("0", None), ("0%", None), ("0.00%", None), ("none", None), ("", None), (None, None), ("007", "7"),
-])
+@pytest.mark.parametrize(
+    "text,canonical",
+    [
+        ("2", "2"),
+        (" 7 ", "7"),
+        (3, "3"),
+        ("5%", "5%"),
+        ("2.5%", "2.5%"),
+        ("2.50%", "2.5%"),
+        ("100%", "100%"),
+        ("0", None),
+        ("0%", None),
+        ("0.00%", None),
+        ("none", None),
+        ("", None),
+        (None, None),
+        ("007", "7"),
+    ],
+)
 def test_check_allowance(text, canonical):
     assert model.check_allowance(text) == canonical
 
@@ -521,19 +685,30 @@ def test_allowed_failures_is_the_exact_floor(total, hundredths):
     assert got * 10000 <= hundredths * total < (got + 1) * 10000
 
 
-@pytest.mark.parametrize("status,counts,allow,used", [
-    (COMPLETED, c(co=9, f=1), "1", True),
-    (COMPLETED, c(co=10), "1", False),  # nothing failed: not used
-    (FAILED, c(co=8, f=2), "1", False),
-    (COMPLETED, c(co=10), None, False),
-])
+@pytest.mark.parametrize(
+    "status,counts,allow,used",
+    [
+        (COMPLETED, c(co=9, f=1), "1", True),
+        (COMPLETED, c(co=10), "1", False),  # nothing failed: not used
+        (FAILED, c(co=8, f=2), "1", False),
+        (COMPLETED, c(co=10), None, False),
+    ],
+)
 def test_allowance_used(status, counts, allow, used):
     assert model.allowance_used(counts, status, allow) is used
 
 
-@pytest.mark.parametrize("policy", [
-    (0, None, None), (1, None, None), (0, "5%", None), (0, None, 3), (1, "2", 7), (1, "2.5%", 1),
-])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        (0, None, None),
+        (1, None, None),
+        (0, "5%", None),
+        (0, None, 3),
+        (1, "2", 7),
+        (1, "2.5%", 1),
+    ],
+)
 def test_policy_text_round_trips(policy):
     text = model.policy_text(*policy)
     assert model.parse_policy(text) == {"fail_fast": policy[0], "allow_failures": policy[1], "max_attempts": policy[2]}
@@ -555,20 +730,30 @@ def test_attempt_stays_for_a_job_cancelled_before_it_started():
     assert job["attempt"] == 1
 
 
-@pytest.mark.parametrize("job,left", [
-    ({"max_attempts": None, "attempt": 9, "started_at": "t"}, True),
-    ({"max_attempts": 3, "attempt": 2, "started_at": "t"}, True),
-    ({"max_attempts": 3, "attempt": 3, "started_at": "t"}, False),
-    ({"max_attempts": 3, "attempt": 3, "started_at": None}, True),  # cancelled before it started
-    ({"max_attempts": 1, "attempt": 1, "started_at": "t"}, False),
-])
+@pytest.mark.parametrize(
+    "job,left",
+    [
+        ({"max_attempts": None, "attempt": 9, "started_at": "t"}, True),
+        ({"max_attempts": 3, "attempt": 2, "started_at": "t"}, True),
+        ({"max_attempts": 3, "attempt": 3, "started_at": "t"}, False),
+        ({"max_attempts": 3, "attempt": 3, "started_at": None}, True),  # cancelled before it started
+        ({"max_attempts": 1, "attempt": 1, "started_at": "t"}, False),
+    ],
+)
 def test_attempts_left(job, left):
     assert model.attempts_left(job) is left
 
 
-@pytest.mark.parametrize("attempt,cap,text", [
-    (1, None, ""), (2, None, "attempt 2"), (1, 3, "attempt 1/3"), (3, 3, "attempt 3/3"), (None, 3, ""),
-])
+@pytest.mark.parametrize(
+    "attempt,cap,text",
+    [
+        (1, None, ""),
+        (2, None, "attempt 2"),
+        (1, 3, "attempt 1/3"),
+        (3, 3, "attempt 3/3"),
+        (None, 3, ""),
+    ],
+)
 def test_attempts_text(attempt, cap, text):
     assert model.attempts_text(attempt, cap) == text
 
@@ -581,13 +766,16 @@ def test_check_max_attempts_refuses(bad):
 
 def test_replay_folds_policies_and_checks_attempts():
     problems: list = []
-    got = model.replay([
-        ev("create", "p", None, PENDING, "t1", attempt=1, message="fail-fast, max-attempts 2"),
-        ev("policy", "p", None, None, "t2", message="allow-failures 5%"),
-        ev("status", "p", PENDING, RUNNING, "t3", attempt=1),
-        ev("status", "p", RUNNING, PENDING, "t4", attempt=2),
-        ev("status", "p", PENDING, RUNNING, "t5", attempt=3),  # the rules say 2
-    ], problems)
+    got = model.replay(
+        [
+            ev("create", "p", None, PENDING, "t1", attempt=1, message="fail-fast, max-attempts 2"),
+            ev("policy", "p", None, None, "t2", message="allow-failures 5%"),
+            ev("status", "p", PENDING, RUNNING, "t3", attempt=1),
+            ev("status", "p", RUNNING, PENDING, "t4", attempt=2),
+            ev("status", "p", PENDING, RUNNING, "t5", attempt=3),  # the rules say 2
+        ],
+        problems,
+    )
     assert got["p"]["fail_fast"] == 0 and got["p"]["allow_failures"] == "5%" and got["p"]["max_attempts"] is None
     assert got["p"]["attempt"] == 3
     assert problems == ["event None: job p is on attempt 3, the rules say 2"]
@@ -597,9 +785,11 @@ def test_replay_folds_policies_and_checks_attempts():
 def test_every_derived_message_is_told_from_one_given_by_hand(allow):
     """verify checks a parent whose last status event is derived: is_derived knows
     each message derived_message makes, and no other (nor one with an attempt)."""
-    for counts in ({"pending": 0, "running": 0, "completed": 7, "failed": 2, "cancelled": 1},
-                   {"pending": 1, "running": 0, "completed": 0, "failed": 0, "cancelled": 0},
-                   {"pending": 0, "running": 0, "completed": 0, "failed": 3, "cancelled": 0}):
+    for counts in (
+        {"pending": 0, "running": 0, "completed": 7, "failed": 2, "cancelled": 1},
+        {"pending": 1, "running": 0, "completed": 0, "failed": 0, "cancelled": 0},
+        {"pending": 0, "running": 0, "completed": 0, "failed": 3, "cancelled": 0},
+    ):
         status = model.derive_status(counts, "running", allow_failures=allow)
         message = model.derived_message(counts, status, allow)
         assert model.is_derived({"kind": "status", "attempt": None, "message": message}), message

@@ -438,8 +438,13 @@ def test_nested_fail_fast_settles_alike_whatever_the_order_of_the_ids(jc, order)
     jc.set_status([x, g1], "running")
     jc.set_status([x, g1] if order == "outer first" else [g1, x], "failed")
     # B fails (its own child failed; its other child cancelled), then A (two failed children)
-    assert {j: jc.status(j) for j in (a, x, b, g1, g2)} == {a: "failed", x: "failed", b: "failed", g1: "failed",
-                                                              g2: "cancelled"}
+    assert {j: jc.status(j) for j in (a, x, b, g1, g2)} == {
+        a: "failed",
+        x: "failed",
+        b: "failed",
+        g1: "failed",
+        g2: "cancelled",
+    }
     assert [e["message"] for e in jc.events(job=g2)][-1] == f"fail-fast: {g1} failed"
     assert jc.verify() == []
 

@@ -57,8 +57,11 @@ def test_tables_live_in_their_own_schema_and_leave_others_alone(pg_url):
 def test_events_are_append_only(pg_url):
     with Jobctl(pg_url) as jc:
         jc.create("x")
-    for statement in ("UPDATE jobctl.events SET new_status = 'failed'", "DELETE FROM jobctl.events",
-                      "TRUNCATE jobctl.events CASCADE"):
+    for statement in (
+        "UPDATE jobctl.events SET new_status = 'failed'",
+        "DELETE FROM jobctl.events",
+        "TRUNCATE jobctl.events CASCADE",
+    ):
         with pytest.raises(psycopg2.Error, match="append-only"):
             sql(pg_url, statement)
 
@@ -67,8 +70,10 @@ def test_a_foreign_or_newer_schema_is_refused_untouched(pg_url):
     sql(pg_url, "CREATE SCHEMA jobctl; CREATE TABLE jobctl.stuff (x int)")
     result = run("create", "x", db=pg_url)
     assert result.returncode == 5
-    assert result.stderr == (f"jobctl: error: schema jobctl in {pg_url} is not a jobctl database (it belongs"
-                             " to another program; pick another with ?schema=NAME)\n")
+    assert result.stderr == (
+        f"jobctl: error: schema jobctl in {pg_url} is not a jobctl database (it belongs"
+        " to another program; pick another with ?schema=NAME)\n"
+    )
     assert [r[0] for r in sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'jobctl'")] == ["stuff"]
     newer = pg_url + "?schema=newer"
     Jobctl(newer).close()
@@ -104,8 +109,13 @@ def test_a_password_in_the_url_is_masked(pg_url):
     secret = with_netloc(pg_url, "postgres:hunter2@" + urlsplit(pg_url).netloc.split("@")[1])
     result = run("db", "path", db=secret)
     assert result.returncode == 0 and "hunter2" not in result.stdout and ":***@" in result.stdout
-    result = run("create", "x", db=with_netloc(secret, secret.split("//")[1].split("/")[0].replace(
-        urlsplit(pg_url).netloc.split("@")[1], "127.0.0.1:1")))
+    result = run(
+        "create",
+        "x",
+        db=with_netloc(
+            secret, secret.split("//")[1].split("/")[0].replace(urlsplit(pg_url).netloc.split("@")[1], "127.0.0.1:1")
+        ),
+    )
     assert result.returncode == 5 and "hunter2" not in result.stderr
 
 
@@ -120,19 +130,25 @@ def test_a_read_only_database_refuses_writes_and_keeps_its_data(pg_url):
 
 
 def test_without_the_driver_a_url_names_the_extra():
-    code = ("import sys; sys.modules['psycopg2'] = None; from jobctl.fastpath import main;"
-            " sys.exit(main(['--db', 'postgresql://u@127.0.0.1:1/x', 'status', 'get', 'j']))")
+    code = (
+        "import sys; sys.modules['psycopg2'] = None; from jobctl.fastpath import main;"
+        " sys.exit(main(['--db', 'postgresql://u@127.0.0.1:1/x', 'status', 'get', 'j']))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 5
-    assert result.stderr == ("jobctl: error: a postgresql:// database needs the PostgreSQL driver:"
-                             " pip install 'jobctl[postgres]'\n")
+    assert result.stderr == (
+        "jobctl: error: a postgresql:// database needs the PostgreSQL driver: pip install 'jobctl[postgres]'\n"
+    )
 
 
 def test_the_sqlite_hot_path_never_imports_the_driver(tmp_path):
     db = tmp_path / "hot.db"
     job = run("create", "x", db=db).stdout.strip()
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "jobctl", "--db", str(db), "status", "set",
-                             job, "running"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "jobctl", "--db", str(db), "status", "set", job, "running"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     assert "jobctl.store.sqlite" in imported  # the check sees the imports at all
@@ -163,9 +179,13 @@ def test_watch_survives_a_server_restart(pg_url, pg_server):
     with Jobctl(pg_url) as jc:
         parent = jc.create("across a restart")
         kids = jc.spawn(parent, count=6)
-    watcher = subprocess.Popen([JOBCTL, "--db", pg_url, "watch", parent, "--json", "--exit-status", "--timeout",
-                                "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, JOBCTL_CONNECT_TIMEOUT="30"))
+    watcher = subprocess.Popen(
+        [JOBCTL, "--db", pg_url, "watch", parent, "--json", "--exit-status", "--timeout", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JOBCTL_CONNECT_TIMEOUT="30"),
+    )
     assert json.loads(watcher.stdout.readline())["type"] == "start"
     with Jobctl(pg_url) as jc:
         jc.set_status(kids[:3], "completed")
@@ -209,9 +229,13 @@ def test_an_older_jobctl_schema_is_migrated_on_open(pg_url):
     """A database made by a jobctl with the first PostgreSQL schema, migrated when opened."""
     from jobctl.store.postgres import MIGRATIONS, SCHEMA_VERSION
 
-    sql(pg_url, "CREATE SCHEMA jobctl; SET search_path TO jobctl;"
-                "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);"
-                + MIGRATIONS[0] + "; INSERT INTO meta VALUES ('application', 'jobctl'), ('version', '1')")
+    sql(
+        pg_url,
+        "CREATE SCHEMA jobctl; SET search_path TO jobctl;"
+        "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);"
+        + MIGRATIONS[0]
+        + "; INSERT INTO meta VALUES ('application', 'jobctl'), ('version', '1')",
+    )
     with Jobctl(pg_url) as jc:
         job = jc.create("x")
         assert jc.get(job)["exit_code"] is None and jc.verify() == []

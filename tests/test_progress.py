@@ -30,16 +30,19 @@ def test_progress_text_seed_example():
     assert progress_text(c(p=66, r=1, co=41)) == "66 pending, 1 running, 41 completed, 0 failed"
 
 
-@pytest.mark.parametrize("counts,text", [
-    (c(), "0 pending, 0 running, 0 completed, 0 failed"),
-    ({}, "0 pending, 0 running, 0 completed, 0 failed"),
-    (c(p=66, r=1, co=41, ca=0), "66 pending, 1 running, 41 completed, 0 failed"),
-    (c(p=1, r=2, co=3, f=4, ca=5), "1 pending, 2 running, 3 completed, 4 failed, 5 cancelled"),
-    (c(ca=1), "0 pending, 0 running, 0 completed, 0 failed, 1 cancelled"),
-    ({CANCELLED: 2}, "0 pending, 0 running, 0 completed, 0 failed, 2 cancelled"),
-    ({FAILED: 7}, "0 pending, 0 running, 0 completed, 7 failed"),
-    (c(p=1000000), "1000000 pending, 0 running, 0 completed, 0 failed"),
-])
+@pytest.mark.parametrize(
+    "counts,text",
+    [
+        (c(), "0 pending, 0 running, 0 completed, 0 failed"),
+        ({}, "0 pending, 0 running, 0 completed, 0 failed"),
+        (c(p=66, r=1, co=41, ca=0), "66 pending, 1 running, 41 completed, 0 failed"),
+        (c(p=1, r=2, co=3, f=4, ca=5), "1 pending, 2 running, 3 completed, 4 failed, 5 cancelled"),
+        (c(ca=1), "0 pending, 0 running, 0 completed, 0 failed, 1 cancelled"),
+        ({CANCELLED: 2}, "0 pending, 0 running, 0 completed, 0 failed, 2 cancelled"),
+        ({FAILED: 7}, "0 pending, 0 running, 0 completed, 7 failed"),
+        (c(p=1000000), "1000000 pending, 0 running, 0 completed, 0 failed"),
+    ],
+)
 def test_progress_text(counts, text):
     assert progress_text(counts) == text
 
@@ -69,8 +72,17 @@ def test_progress_dict_fields_exactly():
         "cancelled_children": 0,
         "progress_text": "66 pending, 1 running, 41 completed, 0 failed",
     }
-    assert list(d) == ["job_id", "status", "total_children", "pending_children", "running_children",
-                       "completed_children", "failed_children", "cancelled_children", "progress_text"]
+    assert list(d) == [
+        "job_id",
+        "status",
+        "total_children",
+        "pending_children",
+        "running_children",
+        "completed_children",
+        "failed_children",
+        "cancelled_children",
+        "progress_text",
+    ]
 
 
 def test_progress_dict_with_cancelled_and_partial_counts():
@@ -135,8 +147,7 @@ def test_fold_returns_none_and_mutates_in_place():
 
 # -------------------------------------------------------------- fold_events
 def ev(kind, job_id, parent_id, old, new, i=0):
-    return {"id": i, "kind": kind, "job_id": job_id, "parent_id": parent_id,
-            "old_status": old, "new_status": new}
+    return {"id": i, "kind": kind, "job_id": job_id, "parent_id": parent_id, "old_status": old, "new_status": new}
 
 
 def test_fold_events_only_direct_children_of_parent():
@@ -170,8 +181,11 @@ def test_fold_events_only_direct_children_of_parent():
 
 def test_fold_events_yields_same_dict():
     """The same dict every time, updated in place between yields (documented: copy to keep one)."""
-    events = [ev("create", "p.1", "p", None, PENDING, 1), ev("create", "p.2", "p", None, PENDING, 2),
-              ev("status", "p.1", "p", PENDING, RUNNING, 3)]
+    events = [
+        ev("create", "p.1", "p", None, PENDING, 1),
+        ev("create", "p.2", "p", None, PENDING, 2),
+        ev("status", "p.1", "p", PENDING, RUNNING, 3),
+    ]
     dicts, seen = [], []
     for _, counts in fold_events(events, "p"):
         dicts.append(counts)
@@ -206,7 +220,7 @@ def test_finished():
 
 # -------------------------------------------------- property: fold == count
 step = st.one_of(
-    st.tuples(st.just("create"), st.integers(1, 4)),                      # create n children
+    st.tuples(st.just("create"), st.integers(1, 4)),  # create n children
     st.tuples(st.just("move"), st.integers(0, 10**6), st.sampled_from(STATUSES)),
     st.tuples(st.just("other"), st.integers(0, 10**6), st.sampled_from(STATUSES)),  # other parent
 )

@@ -90,8 +90,17 @@ class Model:
     def add(self, parent: str | None, ids_names: list[tuple[str, str]], max_attempts: int | None = None) -> None:
         for jid, name in ids_names:
             assert jid not in self.jobs
-            self.jobs[jid] = {"status": PENDING, "parent": parent, "name": name, "kids": [], "fail_fast": False,
-                              "allow": None, "max": max_attempts, "attempt": 1, "started": False}
+            self.jobs[jid] = {
+                "status": PENDING,
+                "parent": parent,
+                "name": name,
+                "kids": [],
+                "fail_fast": False,
+                "allow": None,
+                "max": max_attempts,
+                "attempt": 1,
+                "started": False,
+            }
             self.order.append(jid)
             self.events += 1
             if parent is not None:
@@ -125,8 +134,11 @@ class Model:
 
     def too_many_failed_while_open(self, pid: str) -> bool:
         p, counts = self.jobs[pid], self.counts(pid)
-        return (p["fail_fast"] and bool(counts[PENDING] or counts[RUNNING])
-                and counts[FAILED] > allowed(p["allow"], sum(counts.values())))
+        return (
+            p["fail_fast"]
+            and bool(counts[PENDING] or counts[RUNNING])
+            and counts[FAILED] > allowed(p["allow"], sum(counts.values()))
+        )
 
     def settle(self) -> None:
         """At the end of an operation: each fail-fast parent due cancels what is unfinished below it, then fails."""
@@ -216,8 +228,7 @@ class Model:
                 raise jobctl.Conflict(f"{jid} is {job['status']}")
         else:
             wanted = {FAILED} if failed_children else {FAILED, CANCELLED}
-            targets = [j for j in self.subtree(jid)
-                       if not self.jobs[j]["kids"] and self.status(j) in wanted]
+            targets = [j for j in self.subtree(jid) if not self.jobs[j]["kids"] and self.status(j) in wanted]
         kept = [t for t in targets if self.attempts_left(t)]
         if targets and not kept:
             raise jobctl.Conflict(f"none of {targets} has attempts left")
@@ -270,8 +281,12 @@ class JobctlMachine(RuleBasedStateMachine):
         return [j for j in self.m.order if self.m.status(j) in FINAL]
 
     # --------------------------------------------------------------- rules
-    @initialize(shape=st.lists(st.integers(0, 3), max_size=4), fail_fast=st.booleans(),
-                allow=st.sampled_from([None, "1", "50%"]), cap=st.sampled_from([None, 1, 2]))
+    @initialize(
+        shape=st.lists(st.integers(0, 3), max_size=4),
+        fail_fast=st.booleans(),
+        allow=st.sampled_from([None, "1", "50%"]),
+        cap=st.sampled_from([None, 1, 2]),
+    )
     def seed_tree(self, shape, fail_fast, allow, cap):
         """A root with len(shape) children, child i with shape[i] children of its own;
         the root's policy, and its attempt cap on every job below it."""
@@ -315,9 +330,12 @@ class JobctlMachine(RuleBasedStateMachine):
         self.m.add(parent, [(i, f"child {i.rsplit('.', 1)[1]}") for i in ids], max_attempts=cap)
 
     @precondition(lambda self: self.m.jobs)
-    @rule(data=st.data(), fail_fast=st.sampled_from([None, True, False]),
-          allow=st.sampled_from(["keep", None, "1", "2", "50%", "34%"]),
-          cap=st.sampled_from(["keep", None, 1, 2, 3]))
+    @rule(
+        data=st.data(),
+        fail_fast=st.sampled_from([None, True, False]),
+        allow=st.sampled_from(["keep", None, "1", "2", "50%", "34%"]),
+        cap=st.sampled_from(["keep", None, 1, 2, 3]),
+    )
     def set_policy(self, data, fail_fast, allow, cap):
         # mostly a parent with children: that is where a policy decides something
         jid = self.pick(data, [j for j in self.m.order if self.m.jobs[j]["kids"]])
@@ -503,8 +521,9 @@ def test_the_state_machine(db, tmp_path):
             return with_schema(db, f"{schema_of(db)}_e{n}")
         return str(tmp_path / f"example{n}.db")
 
-    run_state_machine_as_test(lambda: JobctlMachine(fresh()),
-                              settings=settings(max_examples=50, stateful_step_count=30, deadline=None))
+    run_state_machine_as_test(
+        lambda: JobctlMachine(fresh()), settings=settings(max_examples=50, stateful_step_count=30, deadline=None)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -541,8 +560,7 @@ def test_cancel_is_deepest_first_and_the_job_stays_cancelled(tmp_path):
         since = last_id(jc)
         assert run_both(jc, m, "cancel", p) == [c, b, p]
         # no derived flip of p to completed half-way: p is cancelled explicitly, once
-        assert changes(jc, since) == [(c, PENDING, CANCELLED), (b, RUNNING, CANCELLED),
-                                      (p, RUNNING, CANCELLED)]
+        assert changes(jc, since) == [(c, PENDING, CANCELLED), (b, RUNNING, CANCELLED), (p, RUNNING, CANCELLED)]
         assert jc.status(p) == CANCELLED and jc.status(a) == COMPLETED
 
 
@@ -559,9 +577,14 @@ def test_cancel_through_a_forced_final_parent(tmp_path):
         since = last_id(jc)
         # q is final, so not a target: its status follows its children's
         assert run_both(jc, m, "cancel", r) == [q2, q1, s, r]
-        assert changes(jc, since) == [(q2, PENDING, CANCELLED), (q, COMPLETED, RUNNING),
-                                      (q1, PENDING, CANCELLED), (q, RUNNING, CANCELLED),
-                                      (s, PENDING, CANCELLED), (r, RUNNING, CANCELLED)]
+        assert changes(jc, since) == [
+            (q2, PENDING, CANCELLED),
+            (q, COMPLETED, RUNNING),
+            (q1, PENDING, CANCELLED),
+            (q, RUNNING, CANCELLED),
+            (s, PENDING, CANCELLED),
+            (r, RUNNING, CANCELLED),
+        ]
 
 
 def test_retry_below_a_parent(tmp_path):

@@ -38,8 +38,11 @@ def at(minutes: float) -> str:
 
 
 def set_times(db: str, job_id: str, start: float | None, end: float | None) -> None:
-    tamper(db, "UPDATE jobs SET started_at = ?, completed_at = ? WHERE id = ?",
-           (None if start is None else at(start), None if end is None else at(end), job_id))
+    tamper(
+        db,
+        "UPDATE jobs SET started_at = ?, completed_at = ? WHERE id = ?",
+        (None if start is None else at(start), None if end is None else at(end), job_id),
+    )
 
 
 def pipeline(jc, db) -> str:
@@ -64,9 +67,17 @@ def pipeline(jc, db) -> str:
     jc.set_status([t[0], t[2], t[3]], "completed")
     jc.cancel(t[5], message="runner lost")
     jc.cancel(deploy, message="tests failed")
-    for job_id, start, end in [("ci", 0, 5), ("ci.1.1", 0, 1.5), ("ci.1.2", 0, 3), ("ci.2.1", 3, 3 + 40 / 60),
-                               ("ci.2.2", 3, 3 + 75.5 / 60), ("ci.2.3", 3, 3.5), ("ci.2.4", 3, 3.75),
-                               ("ci.2.5", 3, 3 + 12.25 / 60), ("ci.2.6", 3, 3 + 5 / 60)]:
+    for job_id, start, end in [
+        ("ci", 0, 5),
+        ("ci.1.1", 0, 1.5),
+        ("ci.1.2", 0, 3),
+        ("ci.2.1", 3, 3 + 40 / 60),
+        ("ci.2.2", 3, 3 + 75.5 / 60),
+        ("ci.2.3", 3, 3.5),
+        ("ci.2.4", 3, 3.75),
+        ("ci.2.5", 3, 3 + 12.25 / 60),
+        ("ci.2.6", 3, 3 + 5 / 60),
+    ]:
         set_times(db, job_id, start, end)
     return p
 
@@ -84,7 +95,6 @@ def parse_junit(xml_text: str) -> junitparser.JUnitXml:
         return junitparser.JUnitXml.fromfile(f.name)
     finally:
         os.unlink(f.name)
-
 
 
 def unstamp(text: str) -> str:
@@ -257,8 +267,7 @@ def test_junit_of_a_pipeline(jc, db):
 
     xmlschema.XMLSchema(str(XSD)).validate(xml)
     doc = parse_junit(xml)
-    assert (doc.name, doc.tests, doc.failures, doc.errors, doc.skipped, doc.time) == (
-        "CI pipeline", 9, 2, 0, 2, 477.75)
+    assert (doc.name, doc.tests, doc.failures, doc.errors, doc.skipped, doc.time) == ("CI pipeline", 9, 2, 0, 2, 477.75)
     assert [(s.name, s.tests, s.failures, s.errors, s.skipped, s.time) for s in doc] == [
         ("CI pipeline.build", 2, 0, 0, 0, 270.0),
         ("CI pipeline.test", 6, 2, 0, 1, 207.75),
@@ -266,21 +275,27 @@ def test_junit_of_a_pipeline(jc, db):
     ]
     cases = {c.name: c for s in doc for c in s}
     assert [(c.classname, c.name, c.time) for s in doc for c in s] == [
-        ("CI pipeline.build", "linux", 90.0), ("CI pipeline.build", "macos", 180.0),
-        ("CI pipeline.test", "shard 1", 40.0), ("CI pipeline.test", "shard 2", 75.5),
-        ("CI pipeline.test", "shard 3", 30.0), ("CI pipeline.test", "shard 4", 45.0),
-        ("CI pipeline.test", "shard 5", 12.25), ("CI pipeline.test", "shard 6", 5.0),
+        ("CI pipeline.build", "linux", 90.0),
+        ("CI pipeline.build", "macos", 180.0),
+        ("CI pipeline.test", "shard 1", 40.0),
+        ("CI pipeline.test", "shard 2", 75.5),
+        ("CI pipeline.test", "shard 3", 30.0),
+        ("CI pipeline.test", "shard 4", 45.0),
+        ("CI pipeline.test", "shard 5", 12.25),
+        ("CI pipeline.test", "shard 6", 5.0),
         ("CI pipeline.deploy", "push image", 0.0),
     ]
     assert {n for n, c in cases.items() if c.is_passed} == {"linux", "macos", "shard 1", "shard 3", "shard 4"}
     (failure,) = cases["shard 2"].result
     assert isinstance(failure, junitparser.Failure)
     assert (failure.message, failure.type) == ("2 of 40 tests failed", "failed")
-    tail = ("T [info] created (pending)\n"
-            "T [info] status changed: pending → running\n"
-            "T [info] collected 40 tests\n"
-            "T [error] FAILED test_api.py::test_login - AssertionError\n"
-            "T [info] status changed: running → failed: 2 of 40 tests failed")
+    tail = (
+        "T [info] created (pending)\n"
+        "T [info] status changed: pending → running\n"
+        "T [info] collected 40 tests\n"
+        "T [error] FAILED test_api.py::test_login - AssertionError\n"
+        "T [info] status changed: running → failed: 2 of 40 tests failed"
+    )
     assert unstamp(failure.text) == tail
     assert unstamp(cases["shard 2"].system_out) == tail
     (failure,) = cases["shard 5"].result  # no message given: its last log line says why
@@ -288,7 +303,8 @@ def test_junit_of_a_pipeline(jc, db):
     (skipped,) = cases["shard 6"].result
     assert isinstance(skipped, junitparser.Skipped) and skipped.message == "cancelled: runner lost"
     assert unstamp(cases["push image"].system_out) == (
-        "T [info] created (pending)\nT [info] status changed: pending → cancelled: tests failed")
+        "T [info] created (pending)\nT [info] status changed: pending → cancelled: tests failed"
+    )
     assert cases["linux"].system_out is None
 
 
@@ -304,8 +320,12 @@ def test_junit_counts_unfinished_children_as_skipped_and_groups_by_parent(jc):
     doc = parse_junit(text(jc, p, "junit"))
     assert [(s.name, s.tests, s.failures, s.skipped) for s in doc] == [("mixed.stage", 2, 0, 2), ("mixed", 2, 0, 1)]
     result = {c.name: [(type(r).__name__, r.message) for r in c.result] for s in doc for c in s}
-    assert result == {"s1": [("Skipped", "not finished: running")], "s2": [("Skipped", "not finished: pending")],
-                      "a": [], "b": [("Skipped", "not finished: pending")]}
+    assert result == {
+        "s1": [("Skipped", "not finished: running")],
+        "s2": [("Skipped", "not finished: pending")],
+        "a": [],
+        "b": [("Skipped", "not finished: pending")],
+    }
     assert (doc.tests, doc.failures, doc.skipped) == (4, 0, 3)
 
 
@@ -351,24 +371,45 @@ def test_json_of_a_pipeline(jc, db):
     doc = json.loads(raw)
     assert len(raw.splitlines()) == 11  # the head, a line per child, the end
     assert {k: v for k, v in doc.items() if k != "children"} == {
-        "job_id": "ci", "status": "failed", "total_children": 3, "pending_children": 0, "running_children": 0,
-        "completed_children": 1, "failed_children": 1, "cancelled_children": 1,
-        "progress_text": "0 pending, 0 running, 1 completed, 1 failed, 1 cancelled", "name": "CI pipeline",
-        "started_at": at(0), "completed_at": at(5), "duration": 300.0,
+        "job_id": "ci",
+        "status": "failed",
+        "total_children": 3,
+        "pending_children": 0,
+        "running_children": 0,
+        "completed_children": 1,
+        "failed_children": 1,
+        "cancelled_children": 1,
+        "progress_text": "0 pending, 0 running, 1 completed, 1 failed, 1 cancelled",
+        "name": "CI pipeline",
+        "started_at": at(0),
+        "completed_at": at(5),
+        "duration": 300.0,
     }
     kids = {c["id"]: c for c in doc["children"]}
     assert list(kids) == ["ci.1.1", "ci.1.2", "ci.2.1", "ci.2.2", "ci.2.3", "ci.2.4", "ci.2.5", "ci.2.6", "ci.3.1"]
     assert kids["ci.2.2"] == {
-        "id": "ci.2.2", "name": "shard 2", "parent_id": "ci.2", "path": ["CI pipeline", "test"], "status": "failed",
-        "attempt": 1, "exit_code": None, "duration": 75.5, "started_at": at(3), "completed_at": at(3 + 75.5 / 60),
-        "message": "2 of 40 tests failed", "last_log": "FAILED test_api.py::test_login - AssertionError",
+        "id": "ci.2.2",
+        "name": "shard 2",
+        "parent_id": "ci.2",
+        "path": ["CI pipeline", "test"],
+        "status": "failed",
+        "attempt": 1,
+        "exit_code": None,
+        "duration": 75.5,
+        "started_at": at(3),
+        "completed_at": at(3 + 75.5 / 60),
+        "message": "2 of 40 tests failed",
+        "last_log": "FAILED test_api.py::test_login - AssertionError",
     }
     assert [(c["status"], c["duration"], c["message"], c["last_log"]) for c in doc["children"]] == [
-        ("completed", 90.0, "built", "compiling 120 files"), ("completed", 180.0, "built", None),
-        ("completed", 40.0, None, None), ("failed", 75.5, "2 of 40 tests failed",
-                                          "FAILED test_api.py::test_login - AssertionError"),
-        ("completed", 30.0, None, None), ("completed", 45.0, None, None),
-        ("failed", 12.25, None, "connection refused: db:5432"), ("cancelled", 5.0, "runner lost", None),
+        ("completed", 90.0, "built", "compiling 120 files"),
+        ("completed", 180.0, "built", None),
+        ("completed", 40.0, None, None),
+        ("failed", 75.5, "2 of 40 tests failed", "FAILED test_api.py::test_login - AssertionError"),
+        ("completed", 30.0, None, None),
+        ("completed", 45.0, None, None),
+        ("failed", 12.25, None, "connection refused: db:5432"),
+        ("cancelled", 5.0, "runner lost", None),
         ("cancelled", None, "tests failed", None),
     ]
 
@@ -446,8 +487,11 @@ def evil_tree(jc) -> str:
 
 def xml_form(s: str) -> str:
     """What XML 1.0 can hold of `s`: the characters it cannot, as \\xNN (\\uNNNN) text."""
-    return re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]",
-                  lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", s)
+    return re.sub(
+        "[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]",
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+        s,
+    )
 
 
 def test_hostile_text_in_junit(jc, db):
@@ -497,7 +541,8 @@ def test_hostile_text_in_github_commands(jc, db):
     assert "%250A" in lines[0] and "\r" not in lines[0]
     assert re.fullmatch(r"::notice title=[^:,]*::.*", lines[1])
     assert unescape_gh(lines[1].split("::")[1].removeprefix("notice title="), True) == controls(
-        f"jobctl report: {EVIL_NAME}")
+        f"jobctl report: {EVIL_NAME}"
+    )
 
 
 def test_hostile_text_in_markdown(jc, db):
@@ -533,8 +578,12 @@ def test_hostile_text_in_json(jc, db):
     doc = json.loads(text(jc, p, "json"))
     assert doc["name"] == EVIL_NAME
     bad, gone = doc["children"]
-    assert (bad["name"], bad["message"], bad["last_log"], bad["path"]) == (EVIL_NAME, EVIL_MESSAGE, EVIL_LOG,
-                                                                           [EVIL_NAME])
+    assert (bad["name"], bad["message"], bad["last_log"], bad["path"]) == (
+        EVIL_NAME,
+        EVIL_MESSAGE,
+        EVIL_LOG,
+        [EVIL_NAME],
+    )
     assert (gone["name"], gone["message"]) == (EVIL_NAME + " 2", EVIL_MESSAGE)
 
 
@@ -582,8 +631,11 @@ def test_an_output_that_cannot_be_written_is_a_usage_error(jc, db, tmp_path, whe
     tmp_path.mkdir()
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()
-    path = {"missing directory": tmp_path / "nope" / "r.md", "under a file": tmp_path / "file" / "r.md",
-            "a directory": tmp_path / "dir"}[where]
+    path = {
+        "missing directory": tmp_path / "nope" / "r.md",
+        "under a file": tmp_path / "file" / "r.md",
+        "a directory": tmp_path / "dir",
+    }[where]
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(UsageError, match=f"cannot write {re.escape(str(path))}: ") as exc:
         report_command(db, p, "markdown", str(path), {})
@@ -670,10 +722,16 @@ def test_stdout_is_utf8_whatever_the_locale(jc, db):
     import sys
 
     p = jc.create("Crawler — ünïcode 🦆")
-    code = ("import sys; from jobctl.report import report_command;"
-            " sys.exit(report_command(sys.argv[1], sys.argv[2], 'junit', None, {}))")
-    r = subprocess.run([sys.executable, "-c", code, db, p], capture_output=True, timeout=60,
-                       env=dict(os.environ, PYTHONIOENCODING="ascii"))
+    code = (
+        "import sys; from jobctl.report import report_command;"
+        " sys.exit(report_command(sys.argv[1], sys.argv[2], 'junit', None, {}))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, db, p],
+        capture_output=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONIOENCODING="ascii"),
+    )
     assert r.returncode == 0, r.stderr
     assert ET.fromstring(r.stdout).get("name") == "Crawler — ünïcode 🦆"
 
@@ -708,9 +766,9 @@ def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path,
     kids = jc.spawn(p, count=n)
     jc.set_status(kids, "running")
     jc.set_status(kids[: n - 2000], "completed")
-    jc.set_status(kids[n - 2000: n - 500], "failed", message="boom")
-    jc.set_status(kids[n - 500:], "cancelled", message="stop")
-    for kid in kids[n - 2000: n - 1990]:
+    jc.set_status(kids[n - 2000 : n - 500], "failed", message="boom")
+    jc.set_status(kids[n - 500 :], "cancelled", message="stop")
+    for kid in kids[n - 2000 : n - 1990]:
         jc.log(kid, "oops", level="error")
     figures = {}
     calls = count_event_reads(jc, monkeypatch)
@@ -731,8 +789,10 @@ def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path,
                 write_report(jc, p, fmt, out)
                 elapsed = time.perf_counter() - t0
                 peak = tracemalloc.get_traced_memory()[1] - base
-            figures[fmt] = (f"{elapsed:.1f} s, peak {peak / 1e6:.1f} MB, {path.stat().st_size / 1e6:.1f} MB written,"
-                            f" {len(calls)} reads of events")
+            figures[fmt] = (
+                f"{elapsed:.1f} s, peak {peak / 1e6:.1f} MB, {path.stat().st_size / 1e6:.1f} MB written,"
+                f" {len(calls)} reads of events"
+            )
             assert peak < walk + 5e6, figures  # (its times are figures, printed: not asserted)
             chunks = -(-(n + 1) // report.EVENT_CHUNK)  # the walk's rows (the job and its children), in chunks
             assert len(calls) == chunks if fmt == "json" else len(calls) <= 5, figures
@@ -768,11 +828,14 @@ def test_watch_writes_the_report_when_it_ends(db, tmp_path):
     assert (suites[0].tests, suites[0].failures) == (3, 1)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--report", "pdf"], "unknown report format 'pdf'"),
-    (["--report-output", "x.xml"], "--report-output goes with --report"),
-    (["--json", "--report", "junit"], "--report with --json needs --report-output FILE"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--report", "pdf"], "unknown report format 'pdf'"),
+        (["--report-output", "x.xml"], "--report-output goes with --report"),
+        (["--json", "--report", "junit"], "--report with --json needs --report-output FILE"),
+    ],
+)
 def test_watch_refuses_a_bad_report_before_it_starts(db, tmp_path, args, message):
     with Jobctl(db) as jc:
         p = jc.create("p")

@@ -18,8 +18,13 @@ pytestmark = pytest.mark.slow  # real processes throughout
 
 def start(db, *args, env=None):
     """`jobctl run ...` in the background, its output read line by line."""
-    return subprocess.Popen([JOBCTL, "--db", str(db), "run", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+    return subprocess.Popen(
+        [JOBCTL, "--db", str(db), "run", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def logs(db, job):
@@ -67,8 +72,9 @@ def test_run_under_a_parent_creates_the_child_and_passes_its_identity(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("p")
         first = jc.spawn(parent, count=1)[0]  # still pending: the parent stays open
-    result = run("run", "--parent", parent, "--", "sh", "-c", 'echo "$JOBCTL_JOB_ID $JOBCTL_PARENT_ID $JOBCTL_DB"',
-                 db=db_path)
+    result = run(
+        "run", "--parent", parent, "--", "sh", "-c", 'echo "$JOBCTL_JOB_ID $JOBCTL_PARENT_ID $JOBCTL_DB"', db=db_path
+    )
     assert result.returncode == 0
     assert result.stdout == f"{parent}.2 {parent} {db_path}\n"
     result = run("run", "--parent", parent, "--name", "third", "--id", "three", "--", "true", db=db_path)
@@ -108,8 +114,14 @@ def test_a_signal_to_jobctl_run_is_passed_on_and_the_job_cancelled(db_path, tmp_
     with Jobctl(db_path) as jc:
         job = jc.create("x")
     seen = tmp_path / "seen"
-    proc = start(db_path, job, "--", "sh", "-c", f'trap "echo got >{seen}; exit 9" TERM INT; echo ready; '
-                                                 "while true; do sleep 0.05; done")
+    proc = start(
+        db_path,
+        job,
+        "--",
+        "sh",
+        "-c",
+        f'trap "echo got >{seen}; exit 9" TERM INT; echo ready; while true; do sleep 0.05; done',
+    )
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
@@ -125,8 +137,18 @@ def test_a_signal_to_jobctl_run_is_passed_on_and_the_job_cancelled(db_path, tmp_
 def test_a_timeout_stops_a_command_that_ignores_sigterm_and_its_children(db_path):
     with Jobctl(db_path) as jc:
         job = jc.create("x")
-    proc = start(db_path, job, "--timeout", "1s", "--kill-after", "0.5s", "--", "sh", "-c",
-                 'trap "" TERM; sleep 60 & echo $!; wait')
+    proc = start(
+        db_path,
+        job,
+        "--timeout",
+        "1s",
+        "--kill-after",
+        "0.5s",
+        "--",
+        "sh",
+        "-c",
+        'trap "" TERM; sleep 60 & echo $!; wait',
+    )
     child = int(proc.stdout.readline())
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 124, err
@@ -154,16 +176,19 @@ def test_a_cancel_from_elsewhere_stops_the_command(db):
 def test_output_is_capped_and_binary_output_is_stored_escaped(db_path):
     with Jobctl(db_path) as jc:
         job, binary = jc.create("chatty"), jc.create("binary")
-    result = run("run", job, "--log-lines", "10", "--", "sh", "-c", "for i in $(seq 0 49); do echo line $i; done",
-                 db=db_path)
+    result = run(
+        "run", job, "--log-lines", "10", "--", "sh", "-c", "for i in $(seq 0 49); do echo line $i; done", db=db_path
+    )
     assert result.returncode == 0
     assert result.stdout.splitlines() == [f"line {i}" for i in range(50)]  # every line still reaches the CI log
     stored = [text for _, text in logs(db_path, job)[2:-1]]
     # the first 10 as they came, a line for the dropped ones, and the last 10
     assert stored == [f"line {i}" for i in range(10)] + ["[jobctl] 30 lines of output dropped (--log-lines 10)"] + [
-        f"line {i}" for i in range(40, 50)]
-    raw = subprocess.run([JOBCTL, "--db", str(db_path), "run", binary, "--", "printf", r"ok\377\376\000end\n"],
-                         capture_output=True)
+        f"line {i}" for i in range(40, 50)
+    ]
+    raw = subprocess.run(
+        [JOBCTL, "--db", str(db_path), "run", binary, "--", "printf", r"ok\377\376\000end\n"], capture_output=True
+    )
     assert raw.returncode == 0 and raw.stdout == b"ok\xff\xfe\x00end\n"  # passed through untouched
     assert logs(db_path, binary)[2][1] == "ok\\xff\\xfe\\x00end"
 
@@ -172,8 +197,9 @@ def test_heartbeats_are_sent_while_the_command_runs(db_path, tmp_path):
     with Jobctl(db_path) as jc:
         job = jc.create("x")
     gate = tmp_path / "gate"
-    proc = start(db_path, job, "--heartbeat", "0.1", "--", "sh", "-c",
-                 f"echo ready; while [ ! -e {gate} ]; do sleep 0.02; done")
+    proc = start(
+        db_path, job, "--heartbeat", "0.1", "--", "sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.02; done"
+    )
     assert proc.stdout.readline() == "ready\n"
     try:
         with Jobctl(db_path) as jc:  # the first heartbeat is due 0.1 s after the start
@@ -227,8 +253,22 @@ def test_each_runs_every_input_once_with_jobs_8(db):
     with Jobctl(db) as jc:
         parent = jc.create("fan-out")
     inputs = "".join(f"item-{i}\n" for i in range(200)) + "\n  \n"  # blank lines are skipped
-    result = run("run", "--parent", parent, "--each", "--jobs", "8", "--json", "--", "sh", "-c",
-                 'test "{}" != item-13', db=db, input=inputs, timeout=300)
+    result = run(
+        "run",
+        "--parent",
+        parent,
+        "--each",
+        "--jobs",
+        "8",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        'test "{}" != item-13',
+        db=db,
+        input=inputs,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr  # item-13 failed: the parent failed
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     assert lines[-1]["type"] == "end" and lines[-1]["progress_text"] == "0 pending, 0 running, 199 completed, 1 failed"
@@ -244,8 +284,23 @@ def test_each_runs_every_input_once_with_jobs_8(db):
 def test_each_prints_child_output_prefixed_and_in_input_order(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("p")
-    result = run("run", "--parent", parent, "--each", "--jobs", "3", "--output", "lines", "--keep-order", "--",
-                 "sh", "-c", "sleep 0.0{}; echo out {}", db=db_path, input="3\n1\n2\n")
+    result = run(
+        "run",
+        "--parent",
+        parent,
+        "--each",
+        "--jobs",
+        "3",
+        "--output",
+        "lines",
+        "--keep-order",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.0{}; echo out {}",
+        db=db_path,
+        input="3\n1\n2\n",
+    )
     assert result.returncode == 0, result.stderr
     printed = [x for x in result.stdout.splitlines() if x.startswith(f"{parent}.")]  # not the watch lines
     assert printed == [f"{parent}.1: out 3", f"{parent}.2: out 1", f"{parent}.3: out 2"]
@@ -256,8 +311,9 @@ def test_workers_racing_on_claim_run_each_child_once(db):
     with Jobctl(db) as jc:
         parent = jc.create("shards")
         jc.spawn(parent, count=30)
-    workers = [start(db, "--claim", parent, "--jobs", "2", "--", "sh", "-c", 'echo "$JOBCTL_JOB_NAME"')
-               for _ in range(3)]
+    workers = [
+        start(db, "--claim", parent, "--jobs", "2", "--", "sh", "-c", 'echo "$JOBCTL_JOB_NAME"') for _ in range(3)
+    ]
     outs = [w.communicate(timeout=120) for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], [o[1] for o in outs]
     names = sorted(line.split(": ", 1)[1] for out, _ in outs for line in out.splitlines())
@@ -304,9 +360,27 @@ def test_ctrl_c_on_each_cancels_what_had_not_finished(db_path, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     proc = subprocess.Popen(
-        [JOBCTL, "--db", str(db_path), "run", "--parent", parent, "--each", "--jobs", "2", "--json", "--",
-         "sh", "-c", f"sleep 60 & echo $! > {pids}/{{}}; wait"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            JOBCTL,
+            "--db",
+            str(db_path),
+            "run",
+            "--parent",
+            parent,
+            "--each",
+            "--jobs",
+            "2",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            f"sleep 60 & echo $! > {pids}/{{}}; wait",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.stdin.write("a\nb\nc\nd\n")
     proc.stdin.close()
     proc.stdin = None  # (communicate() below would flush it)
@@ -346,8 +420,15 @@ def test_a_database_unusable_at_the_end_is_said_in_one_line_exit_5(db_path, tmp_
     with Jobctl(db_path) as jc:
         job = jc.create("x")
     gate = tmp_path / "gate"
-    proc = start(db_path, job, "--", "sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.02; done; exit 3",
-                 env={"JOBCTL_BUSY_TIMEOUT": "1"})
+    proc = start(
+        db_path,
+        job,
+        "--",
+        "sh",
+        "-c",
+        f"echo ready; while [ ! -e {gate} ]; do sleep 0.02; done; exit 3",
+        env={"JOBCTL_BUSY_TIMEOUT": "1"},
+    )
     assert proc.stdout.readline() == "ready\n"
     holder = Jobctl(db_path)
     lock = holder.store.write()
@@ -377,9 +458,16 @@ def test_a_command_that_leaves_a_process_behind_does_not_hang_run(db_path):
 def test_run_into_a_pipe_that_closes_early_still_ends_the_job(db_path):
     with Jobctl(db_path) as jc:
         job = jc.create("x")
-    result = subprocess.run(["bash", "-c", f"{JOBCTL} --db {db_path} run {job} -- sh -c "
-                             "'for i in $(seq 1 20000); do echo line $i; done' | head -1"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{JOBCTL} --db {db_path} run {job} -- sh -c 'for i in $(seq 1 20000); do echo line $i; done' | head -1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stdout == "line 1\n"
     with Jobctl(db_path) as jc:
         j = jc.get(job)
@@ -393,9 +481,27 @@ COUNTING = 'n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; e
 def test_retries_re_run_a_failed_command_with_a_doubling_delay(db, tmp_path):
     with Jobctl(db) as jc:
         job = jc.create("flaky")
-    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--retries", "3", "--retry-delay", "0.2s", "--",
-                             "sh", "-c", COUNTING.format(3)], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [
+            JOBCTL,
+            "--db",
+            db,
+            "run",
+            job,
+            "--retries",
+            "3",
+            "--retry-delay",
+            "0.2s",
+            "--",
+            "sh",
+            "-c",
+            COUNTING.format(3),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "try 1\ntry 2\ntry 3\n"
     with Jobctl(db) as jc:
@@ -404,22 +510,34 @@ def test_retries_re_run_a_failed_command_with_a_doubling_delay(db, tmp_path):
         assert jc.verify() == []
     assert (got["status"], got["attempt"], got["exit_code"]) == ("completed", 3, 0)
     assert [(e["new_status"], e["attempt"], e["message"].split(": ")[0]) for e in events] == [
-        ("running", 1, "run"), ("pending", 2, "exit code 1; retrying in 0.2s"),
-        ("running", 2, "run"), ("pending", 3, "exit code 1; retrying in 0.4s"),
-        ("running", 3, "run"), ("completed", 3, "exit code 0"),
+        ("running", 1, "run"),
+        ("pending", 2, "exit code 1; retrying in 0.2s"),
+        ("running", 2, "run"),
+        ("pending", 3, "exit code 1; retrying in 0.4s"),
+        ("running", 3, "run"),
+        ("completed", 3, "exit code 0"),
     ]
     assert [e["exit_code"] for e in events if e["new_status"] != "running"] == [1, 1, 0]
     from datetime import datetime
-    waits = [(datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds()
-             for a, b in zip(events, events[1:]) if a["new_status"] == "pending"]
+
+    waits = [
+        (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds()
+        for a, b in zip(events, events[1:])
+        if a["new_status"] == "pending"
+    ]
     assert waits[0] >= 0.2 and waits[1] >= 0.4  # the backoff was kept, and doubled
 
 
 def test_a_job_s_max_attempts_caps_run_s_retries(db, tmp_path):
     with Jobctl(db) as jc:
         job, other = jc.spawn(jc.create("p"), count=2, max_attempts=2)
-    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--", "sh", "-c", COUNTING.format(9)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [JOBCTL, "--db", db, "run", job, "--", "sh", "-c", COUNTING.format(9)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and result.stdout == "try 1\ntry 2\n"  # 2 attempts, no --retries needed
     again = run("retry", job, db=db)
     assert again.returncode == 4 and "--max-attempts 2" in again.stderr
@@ -427,8 +545,13 @@ def test_a_job_s_max_attempts_caps_run_s_retries(db, tmp_path):
         assert (jc.status(job), jc.get(job)["attempt"]) == ("failed", 2)
     # --retries 0 runs once, whatever the cap
     (tmp_path / "count").unlink()
-    result = subprocess.run([JOBCTL, "--db", db, "run", other, "--retries", "0", "--", "sh", "-c", COUNTING.format(9)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [JOBCTL, "--db", db, "run", other, "--retries", "0", "--", "sh", "-c", COUNTING.format(9)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and result.stdout == "try 1\n"
 
 
@@ -436,19 +559,29 @@ def test_fail_fast_stops_the_running_commands_of_the_other_children(db, tmp_path
     with Jobctl(db) as jc:
         parent = jc.create("shards", fail_fast=True)
     # `bad` fails once both slow ones are running; they would sleep for a minute
-    script = ('if [ {} = bad ]; then while [ ! -e slow1.pid ] || [ ! -e slow2.pid ]; do sleep 0.05; done; exit 7; fi;'
-              ' sleep 60 & echo $! > {}.pid; wait')
-    proc = subprocess.Popen([JOBCTL, "--db", db, "run", "--parent", parent, "--each", "--jobs", "3", "--", "sh", "-c",
-                             script], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    script = (
+        "if [ {} = bad ]; then while [ ! -e slow1.pid ] || [ ! -e slow2.pid ]; do sleep 0.05; done; exit 7; fi;"
+        " sleep 60 & echo $! > {}.pid; wait"
+    )
+    proc = subprocess.Popen(
+        [JOBCTL, "--db", db, "run", "--parent", parent, "--each", "--jobs", "3", "--", "sh", "-c", script],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate("slow1\nslow2\nbad\n", timeout=45)  # well before the sleeps would end
     assert proc.returncode == 1, err
     pids = [int((tmp_path / f"slow{i}.pid").read_text()) for i in (1, 2)]
     assert not any(alive(pid) for pid in pids)  # their commands were stopped
     with Jobctl(db) as jc:
         kids = {k["name"]: k for k in jc.list(parent=parent)}
-        assert {n: k["status"] for n, k in kids.items()} == {"slow1": "cancelled", "slow2": "cancelled",
-                                                              "bad": "failed"}
+        assert {n: k["status"] for n, k in kids.items()} == {
+            "slow1": "cancelled",
+            "slow2": "cancelled",
+            "bad": "failed",
+        }
         why = {e["job_id"]: e["message"] for e in jc.events(job=parent) if e["new_status"] == "cancelled"}
         assert set(why.values()) == {f"fail-fast: {kids['bad']['id']} failed"}
         assert jc.status(parent) == "failed" and jc.verify() == []
@@ -459,9 +592,14 @@ def test_a_timed_out_command_is_retried_with_a_timeout_of_its_own(db, tmp_path):
     with Jobctl(db) as jc:
         job = jc.create("slow once")
     # the first attempt hangs (and is stopped at the timeout), the second is quick
-    script = 'n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count; if [ $n = 0 ]; then sleep 60; fi'
-    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--retries", "1", "--timeout", "1s", "--", "sh", "-c",
-                             script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    script = "n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count; if [ $n = 0 ]; then sleep 60; fi"
+    result = subprocess.run(
+        [JOBCTL, "--db", db, "run", job, "--retries", "1", "--timeout", "1s", "--", "sh", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     with Jobctl(db) as jc:
         events = [(e["new_status"], e["message"]) for e in jc.events(job=job) if e["kind"] == "status"]
@@ -475,8 +613,11 @@ def started_and_backing_off(db):
         job = jc.create("flaky")
     proc = start(db, job, "--retries", "2", "--retry-delay", "1h", "--", "false")
     with Jobctl(db) as jc:
-        wait_for(lambda: jc.status(job) == "pending" and jc.get(job)["attempt"] == 2,
-                 "the failed attempt 1 to back off into attempt 2", jc=jc)
+        wait_for(
+            lambda: jc.status(job) == "pending" and jc.get(job)["attempt"] == 2,
+            "the failed attempt 1 to back off into attempt 2",
+            jc=jc,
+        )
     return job, proc
 
 
@@ -496,16 +637,22 @@ def test_retries_count_the_job_s_attempts_whoever_ran_them(db, tmp_path):
         jc.set_status([job], "running")
         jc.set_status([job], "failed")
         jc.retry(job)  # attempt 2 now
-    result = subprocess.run([JOBCTL, "--db", db, "run", job, "--retries", "2", "--", "sh", "-c", COUNTING.format(9)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [JOBCTL, "--db", db, "run", job, "--retries", "2", "--", "sh", "-c", COUNTING.format(9)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and result.stdout == "try 1\ntry 2\n"  # attempts 2 and 3: 3 in all
 
 
 def test_fail_fast_with_inputs_still_queued_skips_them_cleanly(db_path):
     with Jobctl(db_path) as jc:
         parent = jc.create("p", fail_fast=True)
-    result = run("run", "--parent", parent, "--each", "--jobs", "1", "--", "sh", "-c", "exit 1", db=db_path,
-                 input="a\nb\nc\nd\n")
+    result = run(
+        "run", "--parent", parent, "--each", "--jobs", "1", "--", "sh", "-c", "exit 1", db=db_path, input="a\nb\nc\nd\n"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr and "Exception" not in result.stderr
     with Jobctl(db_path) as jc:
         assert [k["status"] for k in jc.list(parent=parent)] == ["failed", "cancelled", "cancelled", "cancelled"]
@@ -542,9 +689,27 @@ def test_each_skips_a_child_run_by_someone_else_before_its_turn(db, tmp_path):
     gate, inputs = tmp_path / "go", tmp_path / "inputs"
     inputs.write_text("a\nb\nc\n")
     with open(inputs) as stdin:
-        proc = subprocess.Popen([JOBCTL, "--db", db, "run", "--parent", parent, "--each", "--jobs", "1", "--", "sh",
-                                 "-c", f'if [ {{}} = a ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi'],
-                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                JOBCTL,
+                "--db",
+                db,
+                "run",
+                "--parent",
+                parent,
+                "--each",
+                "--jobs",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                f"if [ {{}} = a ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi",
+            ],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     with Jobctl(db) as jc:
         # a runs (and waits); b, c wait their turn
         wait_for(lambda: jc.progress(parent)["running_children"] == 1, "one child running", jc=jc)
@@ -580,8 +745,12 @@ def test_a_worker_that_comes_back_after_its_job_was_reaped_and_rerun_changes_not
         parent = jc.create("shards")
         (kid,) = jc.spawn(parent, count=1)
     gate = tmp_path / "gate"
-    cmd = ["--", "sh", "-c", f'echo started; if [ "$WORKER" = A ]; then while [ ! -e {gate} ]; do sleep 0.02; done;'
-           " exit 1; fi"]
+    cmd = [
+        "--",
+        "sh",
+        "-c",
+        f'echo started; if [ "$WORKER" = A ]; then while [ ! -e {gate} ]; do sleep 0.02; done; exit 1; fi',
+    ]
     a = start(db_path, "--claim", parent, "--heartbeat", "0.2", *cmd, env={"WORKER": "A"})
     assert a.stdout.readline().strip() == f"{kid}: started"
     a.send_signal(signal.SIGSTOP)

@@ -52,11 +52,19 @@ except JobctlError as exc:
 SERVE = [JOBCTL]
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 EVIL = "<img src=x onerror=alert(1)>"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 SCREENSHOT = ROOT / "docs" / "web-view.png"
 
 
@@ -74,8 +82,9 @@ class Server:
         if token:
             argv.append(f"--token={token}")  # (a token may start with "-")
         with open(self.log, "w") as err:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
-                                         env=dict(os.environ, **(env or {})))
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, **(env or {}))
+            )
         self.wait_ready()
 
     def wait_ready(self, timeout=30):
@@ -269,19 +278,45 @@ def oracle_messages(events):
             for j, p in parents.items():
                 if p == job:
                     counts[statuses[j]] += 1
-            return {"type": "parent_job_progress", **progress_dict(job, statuses[job], counts), "timestamp": e["at"],
-                    "parent_id": parents[job], "root_id": e["root_id"], "event_id": e["id"]}
+            return {
+                "type": "parent_job_progress",
+                **progress_dict(job, statuses[job], counts),
+                "timestamp": e["at"],
+                "parent_id": parents[job],
+                "root_id": e["root_id"],
+                "event_id": e["id"],
+            }
 
         if e["kind"] == LOG:
-            msgs = [{"type": "log", "job_id": e["job_id"], "parent_id": e["parent_id"], "level": e["level"],
-                     "message": e["message"], "timestamp": e["at"], "root_id": e["root_id"], "event_id": e["id"]}]
+            msgs = [
+                {
+                    "type": "log",
+                    "job_id": e["job_id"],
+                    "parent_id": e["parent_id"],
+                    "level": e["level"],
+                    "message": e["message"],
+                    "timestamp": e["at"],
+                    "root_id": e["root_id"],
+                    "event_id": e["id"],
+                }
+            ]
         elif e["parent_id"] is None:
             msgs = [progress(e["job_id"])]
         else:
-            msgs = [{"type": "child_status_change", "job_id": e["parent_id"], "child_id": e["job_id"],
-                     "old_status": e["old_status"], "new_status": e["new_status"], "message": e["message"],
-                     "timestamp": e["at"], "root_id": e["root_id"], "event_id": e["id"]},
-                    progress(e["parent_id"])]
+            msgs = [
+                {
+                    "type": "child_status_change",
+                    "job_id": e["parent_id"],
+                    "child_id": e["job_id"],
+                    "old_status": e["old_status"],
+                    "new_status": e["new_status"],
+                    "message": e["message"],
+                    "timestamp": e["at"],
+                    "root_id": e["root_id"],
+                    "event_id": e["id"],
+                },
+                progress(e["parent_id"]),
+            ]
         out.append((e["id"], msgs))
     return out
 
@@ -376,10 +411,12 @@ def test_options_are_checked_before_anything_runs(tmp_path, monkeypatch):
 
 
 def test_the_cli_hot_path_never_imports_the_web_stack():
-    code = ("import sys, jobctl, jobctl.cli, jobctl.fastpath, jobctl.commands, jobctl.serve, jobctl.serve.app;"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'anyio')"
-            " or m in ('jobctl.serve.web', 'jobctl.serve.feed'));"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, jobctl, jobctl.cli, jobctl.fastpath, jobctl.commands, jobctl.serve, jobctl.serve.app;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'anyio')"
+        " or m in ('jobctl.serve.web', 'jobctl.serve.feed'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -394,19 +431,23 @@ def test_bad_options_are_one_line_errors_with_the_cli_codes(db_path, tmp_path):
         (["--token", "short"], 2, "--token"),
     ]
     for args, code, text in cases:
-        r = subprocess.run([*SERVE, "--db", str(db_path), "serve", *args], capture_output=True, text=True,
-                           timeout=60)
+        r = subprocess.run([*SERVE, "--db", str(db_path), "serve", *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == code, (args, r.stderr)
         assert line_count(r.stderr) == 1 and r.stderr.startswith("jobctl: error: ") and text in r.stderr, r.stderr
-    r = subprocess.run([*SERVE, "--db", str(tmp_path / "nope.db"), "serve", "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*SERVE, "--db", str(tmp_path / "nope.db"), "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 5 and line_count(r.stderr) == 1 and "no jobctl database" in r.stderr, r.stderr
     with socket.socket() as taken:  # a port in use
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = subprocess.run([*SERVE, "--db", str(db_path), "serve", "--port", str(port)], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [*SERVE, "--db", str(db_path), "serve", "--port", str(port)], capture_output=True, text=True, timeout=60
+        )
     assert r.returncode == 2 and line_count(r.stderr) == 1 and "cannot listen" in r.stderr, r.stderr
 
 
@@ -450,8 +491,12 @@ def test_jobs_list_show_and_errors(db, serve):
     errors = [
         ("/api/jobs/nope", 404, 3, "job nope not found"),
         ("/api/jobs?parent=nope", 404, 3, "job nope not found"),
-        ("/api/jobs?status=done", 400, 2, "unknown status 'done' (valid: pending, running, completed, failed, "
-                                          "cancelled)"),
+        (
+            "/api/jobs?status=done",
+            400,
+            2,
+            "unknown status 'done' (valid: pending, running, completed, failed, cancelled)",
+        ),
         ("/api/jobs?status=RUNNING", 400, 2, "unknown status"),
         ("/api/jobs?limit=0", 400, 2, "limit"),
         ("/api/jobs?limit=abc", 400, 2, "limit"),
@@ -538,8 +583,18 @@ def test_read_only_with_security_headers_everywhere(db_path, serve):
         parent, *_ = tree(jc)
     before = snapshot(str(db_path))
     server = serve(db_path)
-    paths = ["/", "/static/app.js", "/static/app.css", "/api/health", "/api/jobs", f"/api/jobs/{parent}",
-             f"/api/jobs/{parent}/events", f"/api/jobs/{parent}/logs", "/api/jobs/nope", "/api/nope"]
+    paths = [
+        "/",
+        "/static/app.js",
+        "/static/app.css",
+        "/api/health",
+        "/api/jobs",
+        f"/api/jobs/{parent}",
+        f"/api/jobs/{parent}/events",
+        f"/api/jobs/{parent}/logs",
+        "/api/jobs/nope",
+        "/api/nope",
+    ]
     for path in paths:
         _, headers, _ = server.request("GET", path)
         assert headers["content-security-policy"] == CSP, path
@@ -579,8 +634,15 @@ def test_a_token_is_checked_on_every_request_and_the_stream(db_path, serve):
         parent, *_ = tree(jc)
     token = secrets.token_urlsafe(24)
     server = serve(db_path, token=token)
-    for path in ("/", "/static/app.js", "/static/app.css", "/api/health", "/api/jobs", f"/api/jobs/{parent}",
-                 "/api/stream"):
+    for path in (
+        "/",
+        "/static/app.js",
+        "/static/app.css",
+        "/api/health",
+        "/api/jobs",
+        f"/api/jobs/{parent}",
+        "/api/stream",
+    ):
         for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": token}):
             status, got, body = server.request("GET", path, headers=headers, auth=False)
             assert status == 401 and body["exit_code"] == 2, (path, headers)
@@ -617,30 +679,51 @@ def test_stream_messages_carry_progress_for_each_status_change(db, serve):
         e = jc.events(since=start)[0]
         want_progress = jc.progress(parent)
     assert (id1, id2) == (f"{e['id']}.0", str(e["id"]))
-    assert change == {"type": "child_status_change", "job_id": parent, "child_id": kids[0], "old_status": "pending",
-                      "new_status": "running", "message": "go", "timestamp": e["at"], "root_id": parent,
-                      "event_id": e["id"]}
-    assert progress == {"type": "parent_job_progress", **want_progress, "timestamp": e["at"], "parent_id": None,
-                        "root_id": parent, "event_id": e["id"]}
+    assert change == {
+        "type": "child_status_change",
+        "job_id": parent,
+        "child_id": kids[0],
+        "old_status": "pending",
+        "new_status": "running",
+        "message": "go",
+        "timestamp": e["at"],
+        "root_id": parent,
+        "event_id": e["id"],
+    }
+    assert progress == {
+        "type": "parent_job_progress",
+        **want_progress,
+        "timestamp": e["at"],
+        "parent_id": None,
+        "root_id": parent,
+        "event_id": e["id"],
+    }
     assert progress["progress_text"] == "2 pending, 1 running, 0 completed, 0 failed"
     # the last child: the parent's derived status follows, as its own event
     run("status", "set", *kids, "completed", db=db, check=True)
     messages = [m for _, m in stream.take(3 * 2 + 1)]
-    assert [m["type"] for m in messages] == ["child_status_change", "parent_job_progress"] * 3 + [
-        "parent_job_progress"]
+    assert [m["type"] for m in messages] == ["child_status_change", "parent_job_progress"] * 3 + ["parent_job_progress"]
     assert [m["progress_text"] for m in messages if m["type"] == "parent_job_progress"] == [
-        "2 pending, 0 running, 1 completed, 0 failed", "1 pending, 0 running, 2 completed, 0 failed",
-        "0 pending, 0 running, 3 completed, 0 failed", "0 pending, 0 running, 3 completed, 0 failed"]
+        "2 pending, 0 running, 1 completed, 0 failed",
+        "1 pending, 0 running, 2 completed, 0 failed",
+        "0 pending, 0 running, 3 completed, 0 failed",
+        "0 pending, 0 running, 3 completed, 0 failed",
+    ]
     assert [m["status"] for m in messages if m["type"] == "parent_job_progress"] == ["running"] * 3 + ["completed"]
     # a root without children; a log line
     root = run("create", EVIL, db=db, check=True).stdout.strip()
-    (_, created), = stream.take(1)
+    ((_, created),) = stream.take(1)
     assert created["type"] == "parent_job_progress" and created["job_id"] == root and created["status"] == "pending"
     assert created["total_children"] == 0 and created["parent_id"] is None
     run("log", kids[1], "a <b>line</b>\nand more", "--level", "warning", db=db, check=True)
-    (_, log), = stream.take(1)
+    ((_, log),) = stream.take(1)
     assert {k: log[k] for k in ("type", "job_id", "parent_id", "level", "message")} == {
-        "type": "log", "job_id": kids[1], "parent_id": parent, "level": "warning", "message": "a <b>line</b>\nand more"}
+        "type": "log",
+        "job_id": kids[1],
+        "parent_id": parent,
+        "level": "warning",
+        "message": "a <b>line</b>\nand more",
+    }
     stream.close()
 
 
@@ -694,8 +777,10 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
     server = serve(db, env={"JOBCTL_SERVE_QUEUE_EVENTS": queue} if queue else None)
     live = server.stream()
     start = live.start_cursor()
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), ",".join(chunk)])
-               for chunk in (kids[1::4], kids[2::4], kids[3::4], kids[4::4] + mid)]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(db), ",".join(chunk)])
+        for chunk in (kids[1::4], kids[2::4], kids[3::4], kids[4::4] + mid)
+    ]
     # and ten changes in one transaction, twice: batches bigger than a 3-event queue
     writers.append(subprocess.Popen([JOBCTL, "--db", str(db), "status", "set", *bulk, "running"]))
     hopper, cursor, hops, got = None, str(start), 0, []
@@ -753,15 +838,18 @@ def count_watchers(server, db):
         conn = connect_to(db)
         try:
             cur = conn.cursor()
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND pid <> pg_backend_pid()")
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
             return {"connections": cur.fetchone()[0]}
         finally:
             conn.close()
     fds = Path(f"/proc/{server.proc.pid}/fd")
     links = [os.readlink(p) for p in fds.iterdir() if p.is_symlink()]
-    return {"inotify": sum("inotify" in link for link in links),
-            "connections": sum(link == os.path.realpath(db) for link in links)}
+    return {
+        "inotify": sum("inotify" in link for link in links),
+        "connections": sum(link == os.path.realpath(db) for link in links),
+    }
 
 
 @pytest.mark.slow
@@ -834,8 +922,11 @@ def wait_text(page, selector, text, timeout_ms=1000):
     """Wait (by polling in the page, per animation frame) until `selector`'s text is `text`.
     (Predicates are functions, not expression strings: the page's CSP forbids eval, and
     Playwright evaluates a string predicate with it.)"""
-    page.wait_for_function("([s, t]) => { const n = document.querySelector(s); return n && n.textContent === t; }",
-                           arg=[selector, text], timeout=timeout_ms)
+    page.wait_for_function(
+        "([s, t]) => { const n = document.querySelector(s); return n && n.textContent === t; }",
+        arg=[selector, text],
+        timeout=timeout_ms,
+    )
 
 
 @pytest.mark.slow
@@ -865,7 +956,12 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         wait_text(page, "#connection", "live", 10_000)
         page.evaluate("() => { window.__jobctl_marker = 'no reload'; }")
         assert [r.get_attribute("data-job-id") for r in page.locator("#jobs tbody tr").all()] == [
-            docs, backup, evil, thumbs, parent]
+            docs,
+            backup,
+            evil,
+            thumbs,
+            parent,
+        ]
         assert page.text_content(progress_cell(thumbs)) == "3 pending, 1 running, 6 completed, 2 failed"
 
         # a child's change from another process: the Progress cell follows within 1 s, without a reload
@@ -906,10 +1002,14 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         run("log", f"{parent}.45", "fetching https://example.org/<script>", db=db, check=True)
         page.wait_for_function(
             "t => [...document.querySelectorAll('#log .text')].some(n => n.textContent === t)",
-            arg=f"child {parent}.45: fetching https://example.org/<script>", timeout=1000)
+            arg=f"child {parent}.45: fetching https://example.org/<script>",
+            timeout=1000,
+        )
         page.wait_for_function(
             "t => [...document.querySelectorAll('#events td')].some(n => n.textContent === t)",
-            arg="[info] fetching https://example.org/<script>", timeout=2000)
+            arg="[info] fetching https://example.org/<script>",
+            timeout=2000,
+        )
         page.screenshot(path=str(tmp_path / "web-view-detail.png"))
 
         page.keyboard.press("Escape")

@@ -22,7 +22,6 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-
 @pytest.fixture
 def jc(db_path):
     """This module's tests are about the SQLite file itself: the API on a file."""
@@ -56,8 +55,9 @@ def test_busy_timeout_from_environment(db_path, monkeypatch):
 
 
 def test_children_by_status_uses_the_index(jc):
-    plan = jc.store.conn.execute("EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE parent_id = ? AND status = ?",
-                                 ("p", "pending")).fetchall()
+    plan = jc.store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE parent_id = ? AND status = ?", ("p", "pending")
+    ).fetchall()
     assert "idx_jobs_parent_id_status" in " ".join(r["detail"] for r in plan)
 
 
@@ -114,11 +114,14 @@ def _future_jobctl_db(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("make,expect", [
-    (lambda p: p.write_text("hello, I am a text file\n" * 40), "not a jobctl database"),
-    (_other_programs_db, "another program"),
-    (_future_jobctl_db, "newer"),
-])
+@pytest.mark.parametrize(
+    "make,expect",
+    [
+        (lambda p: p.write_text("hello, I am a text file\n" * 40), "not a jobctl database"),
+        (_other_programs_db, "another program"),
+        (_future_jobctl_db, "newer"),
+    ],
+)
 def test_foreign_and_future_files_refused_byte_identical(tmp_path, make, expect):
     path = tmp_path / "thing.db"
     make(path)
@@ -303,7 +306,8 @@ PACKAGE = ROOT / "jobctl"
 # SQL as this project writes it: statement shapes with upper-case keywords, so prose that
 # says "select" or "update" does not count. SQL in lower case would still need an
 # .execute() call or a driver to run, and those are looked for too.
-SQL = re.compile(r"""
+SQL = re.compile(
+    r"""
       \bSELECT\b[\s\S]*\bFROM\b
     | \bINSERT\s+(OR\s+[A-Z]+\s+)?INTO\b
     | \bUPDATE\s+\w+\s+SET\b
@@ -313,7 +317,9 @@ SQL = re.compile(r"""
            | SAVEPOINT\s+\w+ | RELEASE\s+(SAVEPOINT\s+)?\w+)\s*;?\s*$
     | \b(CREATE|DROP|ALTER)\s+(TEMP\s+)?(TABLE|INDEX|TRIGGER|VIEW)\b
     | \bWHERE\s+[\w.]+\s*(=|<|>|!=|\bIN\b|\bIS\b|\bLIKE\b)
-""", re.X)
+""",
+    re.X,
+)
 DRIVERS = {"sqlite3", "sqlite_utils", "psycopg", "psycopg2", "asyncpg"}
 EXECUTE = {"execute", "executemany", "executescript"}
 
@@ -350,19 +356,26 @@ def imported_modules(tree, path):
             base = n.module or ""
             if n.level:
                 parts = package.split(".")
-                parts = parts[:len(parts) - (n.level - 1)]
+                parts = parts[: len(parts) - (n.level - 1)]
                 base = ".".join(parts + ([n.module] if n.module else []))
             yield n.lineno, base, [a.name for a in n.names]
 
 
 def sql_in(path) -> list:
     tree = ast.parse(path.read_text(), str(path))
-    found = [f"{path.name}:{line}: SQL in a string: {text[:60]!r}" for line, text in code_strings(tree)
-             if SQL.search(text)]
-    found += [f"{path.name}:{n.lineno}: .{n.func.attr}() call" for n in ast.walk(tree)
-              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in EXECUTE]
-    found += [f"{path.name}:{line}: imports {module}" for line, module, _ in imported_modules(tree, path)
-              if module.split(".")[0] in DRIVERS]
+    found = [
+        f"{path.name}:{line}: SQL in a string: {text[:60]!r}" for line, text in code_strings(tree) if SQL.search(text)
+    ]
+    found += [
+        f"{path.name}:{n.lineno}: .{n.func.attr}() call"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in EXECUTE
+    ]
+    found += [
+        f"{path.name}:{line}: imports {module}"
+        for line, module, _ in imported_modules(tree, path)
+        if module.split(".")[0] in DRIVERS
+    ]
     return found
 
 
@@ -385,15 +398,38 @@ def test_only_the_store_speaks_sql():
 
 
 def test_the_sql_detector_tells_sql_from_prose():
-    for sql in ["SELECT id FROM jobs", "SELECT * FROM events WHERE id > ?", "INSERT INTO jobs VALUES (?)",
-                "INSERT OR REPLACE INTO child_counts", "UPDATE jobs SET status = ?", "DELETE FROM logs",
-                "PRAGMA user_version", "BEGIN IMMEDIATE", "BEGIN", "COMMIT", "ROLLBACK",
-                "SAVEPOINT insert_jobs", "RELEASE insert_jobs", "CREATE TABLE t (x)",
-                "status = 'running' AND x WHERE parent_id = ?", "f(x) FROM jobs WHERE parent_id IS NOT NULL"]:
+    for sql in [
+        "SELECT id FROM jobs",
+        "SELECT * FROM events WHERE id > ?",
+        "INSERT INTO jobs VALUES (?)",
+        "INSERT OR REPLACE INTO child_counts",
+        "UPDATE jobs SET status = ?",
+        "DELETE FROM logs",
+        "PRAGMA user_version",
+        "BEGIN IMMEDIATE",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT insert_jobs",
+        "RELEASE insert_jobs",
+        "CREATE TABLE t (x)",
+        "status = 'running' AND x WHERE parent_id = ?",
+        "f(x) FROM jobs WHERE parent_id IS NOT NULL",
+    ]:
         assert SQL.search(sql), sql
-    for prose in ["Select a job from the list", "update the counts", "begin", "end", "commit", "status set",
-                  "where N is the count", "Release notes", "delete from the list",
-                  "jobctl: error: job x not found", "the parent's progress is updated from its children"]:
+    for prose in [
+        "Select a job from the list",
+        "update the counts",
+        "begin",
+        "end",
+        "commit",
+        "status set",
+        "where N is the count",
+        "Release notes",
+        "delete from the list",
+        "jobctl: error: job x not found",
+        "the parent's progress is updated from its children",
+    ]:
         assert not SQL.search(prose), prose
 
 
@@ -418,8 +454,12 @@ QUOTED_STATUS = re.compile(r"'(pending|running|completed|failed|cancelled)'")
 def sql_status_words(tree) -> set:
     """The functions, and the module-level names, holding a string constant of code in
     which a status word is quoted as an SQL literal."""
-    quotes = lambda node: any(isinstance(c, ast.Constant) and isinstance(c.value, str)  # noqa: E731
-                              and QUOTED_STATUS.search(c.value) for c in ast.walk(node))
+    quotes = lambda node: any(
+        isinstance(c, ast.Constant)
+        and isinstance(c.value, str)  # noqa: E731
+        and QUOTED_STATUS.search(c.value)
+        for c in ast.walk(node)
+    )
     places = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and quotes(n)}
     for top in tree.body:
         if isinstance(top, ast.Assign) and quotes(top.value):
@@ -435,8 +475,9 @@ def test_the_store_has_no_status_rules():
     status word in its SQL nowhere but in the places SQL_STATUS_WORDS_KNOWN lists."""
     from jobctl import model
 
-    allowed = {"STATUSES"} | {name for name, obj in vars(model).items()
-                              if isinstance(obj, type) and issubclass(obj, Exception)}
+    allowed = {"STATUSES"} | {
+        name for name, obj in vars(model).items() if isinstance(obj, type) and issubclass(obj, Exception)
+    }
     rules = model_definitions(Path(model.__file__)) - allowed - {"TYPE_CHECKING"}
     assert {"ALLOWED", "TERMINAL", "RETRYABLE", "check_transition", "derive_status", "PENDING"} <= rules
     store = store_modules()
@@ -455,10 +496,16 @@ def test_the_store_has_no_status_rules():
             ident = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
             if ident in rules:
                 problems.append(f"{name}:{n.lineno}: names the model's {ident}")
-        problems += [f"{name}:{line}: the status word {text!r} as a value" for line, text in code_strings(tree)
-                     if text in model.STATUSES]
-        problems += [f"{name}: {place} quotes a status word in its SQL" for place in sorted(sql_status_words(tree))
-                     if (path.name, place) not in SQL_STATUS_WORDS_KNOWN]
+        problems += [
+            f"{name}:{line}: the status word {text!r} as a value"
+            for line, text in code_strings(tree)
+            if text in model.STATUSES
+        ]
+        problems += [
+            f"{name}: {place} quotes a status word in its SQL"
+            for place in sorted(sql_status_words(tree))
+            if (path.name, place) not in SQL_STATUS_WORDS_KNOWN
+        ]
         checked.append(name)
     assert checked and len(checked) == len(store)
     assert problems == []
@@ -519,7 +566,6 @@ def test_a_write_whose_body_fails_is_rolled_back_with_its_own_error(jc):
                 raise error
         assert not jc.store.conn.in_transaction
         assert jc.get(p)["name"] == "P"
-
 
 
 # ------------------------------------------- what a connection knows of jobs

@@ -27,8 +27,11 @@ class Screen:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the terminal's size first, then jobctl
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 140, 0, 0))
-            os.execve(JOBCTL, [JOBCTL, "--db", str(db), "top", "--poll-interval", "0.2"],
-                      dict(os.environ, TERM="xterm-256color", COLUMNS="140", LINES="30"))
+            os.execve(
+                JOBCTL,
+                [JOBCTL, "--db", str(db), "top", "--poll-interval", "0.2"],
+                dict(os.environ, TERM="xterm-256color", COLUMNS="140", LINES="30"),
+            )
         self.seen = ""
 
     def wait_for(self, text: str, timeout: float = 20) -> None:
@@ -104,8 +107,10 @@ def test_top_in_a_pipe_is_refused_with_a_hint(db):
         jc.create("x")
     result = run("top", db=db)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == ("jobctl: error: jobctl top is a live table for a terminal: in a pipe use `jobctl list`"
-                             " (or `jobctl watch JOB` for one job)\n")
+    assert result.stderr == (
+        "jobctl: error: jobctl top is a live table for a terminal: in a pipe use `jobctl list`"
+        " (or `jobctl watch JOB` for one job)\n"
+    )
 
 
 def test_the_overview_keeps_up_with_50_parents_written_at_once(db, tmp_path):
@@ -153,8 +158,12 @@ def test_a_job_retried_after_it_left_the_table_comes_back(db):
     with Jobctl(db) as jc:
         job = jc.create("last week's run")
         jc.set_status([job], "failed")
-        tamper(db, "UPDATE jobs SET completed_at = '2000-01-01T00:00:00.000000Z',"
-                   " updated_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (job,))
+        tamper(
+            db,
+            "UPDATE jobs SET completed_at = '2000-01-01T00:00:00.000000Z',"
+            " updated_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?",
+            (job,),
+        )
         overview = Overview(jc, recent=600)
         overview.load()
         assert job not in overview.rows  # ended long ago: not shown

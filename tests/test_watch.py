@@ -23,8 +23,13 @@ def start_watch(db, job, *args, env=None):
 
     The start line comes after the watch has read the job's state and set up its
     wake-ups, so every commit from then on is one it follows live."""
-    proc = subprocess.Popen([JOBCTL, "--db", str(db), "watch", str(job), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+    proc = subprocess.Popen(
+        [JOBCTL, "--db", str(db), "watch", str(job), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
     first = proc.stdout.readline()
     assert first, proc.stderr.read()
     if "--json" in map(str, args):
@@ -78,10 +83,13 @@ def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db, final
     ids = [e["id"] for e in events]
     assert ids == sorted(set(ids)), "events out of order or duplicated"
     # exactly the tree's events from the start cursor up to the one that ended the parent
-    expected = [json.loads(x) for x in run("events", "--job", parent, "--since", start["cursor"], "--json",
-                                           db=db).stdout.splitlines()]
-    end_id = next(e["id"] for e in expected if e["job_id"] == parent and e["new_status"] in
-                  ("completed", "failed", "cancelled"))
+    expected = [
+        json.loads(x)
+        for x in run("events", "--job", parent, "--since", start["cursor"], "--json", db=db).stdout.splitlines()
+    ]
+    end_id = next(
+        e["id"] for e in expected if e["job_id"] == parent and e["new_status"] in ("completed", "failed", "cancelled")
+    )
     assert events == [e for e in expected if e["id"] <= end_id]
     assert sum(e["kind"] == "status" for e in events) >= 1000
     end = lines[-1]
@@ -90,8 +98,11 @@ def test_watch_sees_every_event_once_in_order_under_concurrent_writers(db, final
     assert {k: v for k, v in end.items() if k in fresh} == fresh
     # every event line carries the progress after it, and it only ever moves by one child
     for line in lines:
-        assert sum(line[f"{s}_children"] for s in ("pending", "running", "completed", "failed",
-                                                   "cancelled")) == line["total_children"] == CHILDREN
+        assert (
+            sum(line[f"{s}_children"] for s in ("pending", "running", "completed", "failed", "cancelled"))
+            == line["total_children"]
+            == CHILDREN
+        )
     assert run("verify", db=db).returncode == 0
 
 
@@ -104,8 +115,9 @@ def test_since_replays_like_events_then_goes_live(db):
         cursor = jc.events()[-1]["id"]
         jc.set_status(kids[:2], "completed")
         jc.log(kids[2], "hello")
-    replay = [json.loads(x) for x in run("events", "--job", parent, "--since", cursor, "--json",
-                                         db=db).stdout.splitlines()]
+    replay = [
+        json.loads(x) for x in run("events", "--job", parent, "--since", cursor, "--json", db=db).stdout.splitlines()
+    ]
     proc, first = start_watch(db, parent, "--since", cursor, "--json", "--timeout", 60)
     assert json.loads(first)["progress_text"] == "2 pending, 2 running, 0 completed, 0 failed"
     got = [json.loads(proc.stdout.readline()) for _ in replay]
@@ -267,8 +279,12 @@ def test_wait_returns_the_worst_outcome(db):
 def test_wait_follows_jobs_live_and_times_out(db):
     with Jobctl(db) as jc:
         a, b = jc.create("a"), jc.create("b")
-    proc = subprocess.Popen([JOBCTL, "--db", str(db), "wait", a, b, "--timeout", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [JOBCTL, "--db", str(db), "wait", a, b, "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with Jobctl(db) as jc:
         jc.set_status([a], "completed")  # live or already at its start: wait prints a either way
         first = proc.stdout.readline()
@@ -358,13 +374,30 @@ def test_live_view_rate_decays_and_stale_and_failures_are_right_at_the_end(db_pa
     job = {"id": "p", "name": "p", "updated_at": "2026-01-01T00:00:00.000000Z"}
 
     def progress(done, running, failed=0):
-        return {"job_id": "p", "status": "running", "total_children": 10, "pending_children": 10 - done - running,
-                "running_children": running, "completed_children": done - failed, "failed_children": failed,
-                "cancelled_children": 0, "progress_text": "..."}
+        return {
+            "job_id": "p",
+            "status": "running",
+            "total_children": 10,
+            "pending_children": 10 - done - running,
+            "running_children": running,
+            "completed_children": done - failed,
+            "failed_children": failed,
+            "cancelled_children": 0,
+            "progress_text": "...",
+        }
 
     def change(kid, old, new, at, p, message=None):
-        e = {"id": 1, "kind": "status", "job_id": kid, "parent_id": "p", "old_status": old, "new_status": new,
-             "at": at, "message": message, "level": None}
+        e = {
+            "id": 1,
+            "kind": "status",
+            "job_id": kid,
+            "parent_id": "p",
+            "old_status": old,
+            "new_status": new,
+            "at": at,
+            "message": message,
+            "level": None,
+        }
         sink.update(Update(e, p, False))
 
     sink.start(job, progress(0, 2), 0)
@@ -378,8 +411,13 @@ def test_live_view_rate_decays_and_stale_and_failures_are_right_at_the_end(db_pa
     assert any("1 stale" in x for x in frame_lines(sink))
     change("p.2", "running", "failed", "2026-01-01T00:00:04.000000Z", progress(3, 0, failed=1), "exit code 3")
     assert not any("stale (no heartbeat)" in x for x in frame_lines(sink))  # it moved on: no longer stale
-    sink.end(job, {**progress(3, 0, failed=1), "status": "failed"}, "", 1,
-             Failures([{"id": "p.2", "name": "page 2", "message": "exit code 3"}], 1))
+    sink.end(
+        job,
+        {**progress(3, 0, failed=1), "status": "failed"},
+        "",
+        1,
+        Failures([{"id": "p.2", "name": "page 2", "message": "exit code 3"}], 1),
+    )
     final = frame_lines(sink)
     assert any("p.2 running → failed: exit code 3" in x for x in final)  # the tail says why
     assert final[-2].startswith("p failed") and final[-1].startswith("  failed: p.2 page 2: exit code 3")
@@ -389,8 +427,7 @@ def test_live_view_rate_decays_and_stale_and_failures_are_right_at_the_end(db_pa
 @pytest.mark.parametrize("env", [{}, {"JOBCTL_WATCH_POLL": "1"}], ids=["watchfiles", "polling"])
 def test_demo_runs_to_the_end(env):
     children = 108 if FULL else 8
-    result = run("demo", "--children", children, "--workers", 2, "--speed", 20, "--seed", 3, timeout=120,
-                 env=env)
+    result = run("demo", "--children", children, "--workers", 2, "--speed", 20, "--seed", 3, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     import re
 
@@ -410,8 +447,7 @@ def test_watch_marks_stale_children(db):
         jc.heartbeat(kids[1])
     # the first child's worker went quiet an hour ago
     tamper(db, "UPDATE jobs SET started_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", (kids[0],))
-    proc, _ = start_watch(db, parent, "--stale-after", "5m", "--json", "--poll-interval", "0.2",
-                          "--timeout", 30)
+    proc, _ = start_watch(db, parent, "--stale-after", "5m", "--json", "--poll-interval", "0.2", "--timeout", 30)
     stale = json.loads(proc.stdout.readline())
     assert stale["type"] == "stale" and stale["stale_job_ids"] == [kids[0]] and stale["all_stale"] == [kids[0]]
     assert stale["seconds_since_heartbeat"][0] > 3600
@@ -459,8 +495,10 @@ def test_wait_json(db):
     result = run("wait", a, b, "--json", "--timeout", "0.2", db=db)
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     assert result.returncode == 124
-    assert [(x["job_id"], x["status"], x["reason"]) for x in lines] == [(a, "failed", "finished"),
-                                                                       (b, "pending", "timeout")]
+    assert [(x["job_id"], x["status"], x["reason"]) for x in lines] == [
+        (a, "failed", "finished"),
+        (b, "pending", "timeout"),
+    ]
 
 
 @pytest.mark.slow
@@ -504,12 +542,15 @@ def test_watch_lines_say_why_and_the_summary_names_the_failures(db):
     out, err = proc.communicate(timeout=60)
     lines = out.splitlines()
     assert proc.returncode == 6, err  # cancelled
-    assert any(x.endswith(f"{kids[1]} running → failed: exit code 2 | 0 pending, 12 running, 1 completed, 1 failed")
-               for x in lines), lines
+    assert any(
+        x.endswith(f"{kids[1]} running → failed: exit code 2 | 0 pending, 12 running, 1 completed, 1 failed")
+        for x in lines
+    ), lines
     assert any(f"{kids[13]} running → cancelled: pipeline cancelled |" in x for x in lines)
     summary = lines.index(f"{parent} cancelled | 0 pending, 0 running, 1 completed, 12 failed, 1 cancelled")
-    assert lines[summary + 1:] == [f"  failed: {kids[1 + i]} child {2 + i}: exit code {i + 2}" for i in range(10)] + [
-        "  and 2 more"]
+    assert lines[summary + 1 :] == [f"  failed: {kids[1 + i]} child {2 + i}: exit code {i + 2}" for i in range(10)] + [
+        "  and 2 more"
+    ]
     records = [json.loads(x) for x in json_proc.communicate(timeout=60)[0].splitlines()]
     failed = [r["event"] for r in records if r["type"] == "event" and r["event"]["new_status"] == "failed"]
     assert failed[0]["message"] == "exit code 2"
@@ -556,8 +597,12 @@ def test_strict_counts_a_cancelled_child_as_a_failure(db):
 def test_wait_for_create_follows_a_job_created_after_the_watch_started(db):
     with Jobctl(db) as jc:
         jc.create("something else")  # the database exists; the job does not yet
-    proc = subprocess.Popen([JOBCTL, "--db", db, "watch", "later", "--wait-for-create", "--exit-status", "--json",
-                             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [JOBCTL, "--db", db, "watch", "later", "--wait-for-create", "--exit-status", "--json", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     missing = run("watch", "later", "--timeout", "0.2", db=db)
     assert missing.returncode == 3  # without the option: not found at once
     with Jobctl(db) as jc:

@@ -57,8 +57,7 @@ import pytest
 ENV_URL = "JOBCTL_TEST_PG_URL"
 SUPERUSER = "postgres"
 RUN_AS = "postgres"  # the system user that runs the server when the tests run as root
-INSTALL_HINT = ("PostgreSQL not found: apt-get install postgresql (or set JOBCTL_TEST_PG_URL) "
-                "to run the PostgreSQL half")
+INSTALL_HINT = "PostgreSQL not found: apt-get install postgresql (or set JOBCTL_TEST_PG_URL) to run the PostgreSQL half"
 PREFIX = "jobctl-pg-"  # the server's directory: /tmp/jobctl-pg-XXXXXXXX/{data,sock,server.log,owner}
 WAIT = 60  # seconds pg_ctl waits for start and stop
 
@@ -144,6 +143,7 @@ def _run_as() -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
     import pwd
+
     pw = pwd.getpwnam(RUN_AS)
     return pw.pw_uid, pw.pw_gid
 
@@ -156,9 +156,11 @@ def is_available() -> tuple[bool, str]:
     try:
         _run_as()
     except KeyError:
-        return False, (f"PostgreSQL found in {bindir}, but the tests run as root and there is no "
-                       f"'{RUN_AS}' user to run it as: useradd --system {RUN_AS} "
-                       f"(or set {ENV_URL}) to run the PostgreSQL half")
+        return False, (
+            f"PostgreSQL found in {bindir}, but the tests run as root and there is no "
+            f"'{RUN_AS}' user to run it as: useradd --system {RUN_AS} "
+            f"(or set {ENV_URL}) to run the PostgreSQL half"
+        )
     return True, str(bindir)
 
 
@@ -242,11 +244,20 @@ class PgServer:
         kw = {} if ids is None else {"user": ids[0], "group": ids[1], "extra_groups": []}
         # cwd: the postgres user may not be able to enter ours (a private checkout).
         # -l is always given to pg_ctl start, so the server does not inherit our pipes.
-        proc = subprocess.run([str(self.bindir / exe), *args], cwd=self.base, env=_pg_env(),
-                              capture_output=True, text=True, timeout=WAIT + 30, **kw)
+        proc = subprocess.run(
+            [str(self.bindir / exe), *args],
+            cwd=self.base,
+            env=_pg_env(),
+            capture_output=True,
+            text=True,
+            timeout=WAIT + 30,
+            **kw,
+        )
         if proc.returncode != 0:
-            raise PgServerError(f"{exe} {' '.join(args)} failed ({proc.returncode}):\n"
-                                f"{proc.stdout}{proc.stderr}\n--- server log ---\n{self.log_tail()}")
+            raise PgServerError(
+                f"{exe} {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout}{proc.stderr}\n--- server log ---\n{self.log_tail()}"
+            )
         return proc
 
     def _own(self, path: Path) -> None:
@@ -255,8 +266,12 @@ class PgServer:
             os.chown(path, *ids)
 
     def _write_conf(self) -> None:
-        settings = dict(SETTINGS, listen_addresses="'127.0.0.1'", port=str(self.port),
-                        unix_socket_directories=f"'{self.socket_dir}'")
+        settings = dict(
+            SETTINGS,
+            listen_addresses="'127.0.0.1'",
+            port=str(self.port),
+            unix_socket_directories=f"'{self.socket_dir}'",
+        )
         conf = self.data_dir / "jobctl_test.conf"
         conf.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         self._own(conf)
@@ -280,8 +295,18 @@ class PgServer:
             self._own(self.socket_dir)
             self._own(self.base)  # last: from here on the postgres user owns the directory
             t0 = time.perf_counter()
-            self._pg("initdb", "-D", str(self.data_dir), "--auth=trust", "-U", SUPERUSER,
-                     "-E", "UTF8", "--locale=C", "--no-sync")
+            self._pg(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "--auth=trust",
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
             self._time("initdb", t0)
             with open(self.data_dir / "postgresql.conf", "a") as f:
                 f.write("\ninclude = 'jobctl_test.conf'\n")
@@ -355,8 +380,9 @@ class PgServer:
         (mode "fast"; "immediate" is a crash, "smart" waits for clients)."""
         self._need_managed("restart()")
         t0 = time.perf_counter()
-        self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-m", mode,
-                 "-w", "-t", str(WAIT), "restart")
+        self._pg(
+            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-m", mode, "-w", "-t", str(WAIT), "restart"
+        )
         self._time("restart", t0)
 
     def stop_server_only(self, mode: str = "fast") -> None:
@@ -374,6 +400,7 @@ class PgServer:
     def connect(self, dbname: str | None = None):
         """A psycopg2 connection in autocommit mode, to `dbname` or the server's own database."""
         import psycopg2
+
         conn = psycopg2.connect(self.database_url(dbname) if dbname else self.url, connect_timeout=10)
         conn.autocommit = True
         return conn
@@ -381,6 +408,7 @@ class PgServer:
     def create_database(self, name: str | None = None) -> str:
         """CREATE DATABASE name (default t_<12 hex digits>); its URL."""
         from psycopg2 import sql
+
         name = name or f"t_{uuid.uuid4().hex[:12]}"
         t0 = time.perf_counter()
         conn = self.connect()
@@ -401,12 +429,15 @@ class PgServer:
         disconnecting whoever is still connected to that database: the tests run
         one at a time, so a connection left there belongs to the test just ended."""
         from psycopg2 import sql
+
         t0 = time.perf_counter()
         conn = self.connect(dbname)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
                 cur.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,))
                 for (name,) in cur.fetchall():
                     cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
@@ -417,6 +448,7 @@ class PgServer:
     def drop_database(self, name: str) -> None:
         """DROP DATABASE name, disconnecting whoever is still connected to it."""
         from psycopg2 import sql
+
         t0 = time.perf_counter()
         conn = self.connect()
         try:
@@ -447,8 +479,11 @@ class PgServer:
         parts = []
         if "initdb" in t:
             parts.append(f"initdb {t['initdb'][0]:.2f}s + start {t.get('start', [0])[0]:.2f}s")
-        for what, label in (("create_database", "databases created"), ("drop_database", "dropped"),
-                            ("drop_schema", "test schemas dropped")):
+        for what, label in (
+            ("create_database", "databases created"),
+            ("drop_database", "dropped"),
+            ("drop_schema", "test schemas dropped"),
+        ):
             if what in t:
                 parts.append(f"{len(t[what])} {label} (avg {1000 * sum(t[what]) / len(t[what]):.0f} ms)")
         if "restart" in t:
@@ -535,8 +570,11 @@ def pg_server(request) -> PgServer:
             server.connect().close()
         except Exception as e:  # noqa: BLE001 - any failure to connect, said plainly
             where = urlsplit(url)
-            pytest.fail(f"{ENV_URL}: cannot connect to {where.hostname}:{where.port or 5432}/"
-                        f"{where.path.lstrip('/')}: {str(e).strip()}", pytrace=False)
+            pytest.fail(
+                f"{ENV_URL}: cannot connect to {where.hostname}:{where.port or 5432}/"
+                f"{where.path.lstrip('/')}: {str(e).strip()}",
+                pytrace=False,
+            )
     else:
         ok, why = is_available()
         if not ok:
