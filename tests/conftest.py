@@ -32,8 +32,8 @@ def db_path(tmp_path):
 def db(request, tmp_path) -> str:
     """The contract tests' database, once per backend: a SQLite path, or the
     URL of a fresh schema (`?schema=t_<hex>`) in a database on a real, throwaway
-    PostgreSQL server (tests/throwaway_pg.py: a schema costs milliseconds where a
-    database costs hundreds of them)."""
+    PostgreSQL server (tests/throwaway_pg.py: a schema costs tens of milliseconds
+    where a database costs hundreds)."""
     if request.param == "sqlite":
         return str(tmp_path / "jobs.db")
     return request.getfixturevalue("pg_schema_url")
