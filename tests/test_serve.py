@@ -736,6 +736,54 @@ def test_resuming_anywhere_gives_the_live_messages_exactly(db, serve, queue):
     live.close()
 
 
+def never_reading(port, path):
+    """A raw client with a 4 KiB receive buffer that asks for `path` and never reads a byte."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    return sock
+
+
+@pytest.mark.slow
+def test_clients_that_never_read_are_dropped_and_catching_up_goes_on(db_path, serve):
+    """As many clients as there are replay slots resume from 0 on a big database
+    and never read: each is dropped (its connection reset) once it has taken
+    nothing for the send timeout, so a live client that falls behind a burst
+    and a client resuming from the start still get every message."""
+    from jobctl.serve.web import REPLAYS
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("big")
+        kids = jc.spawn(parent, count=20_000)  # ~12 MB of messages: more than the socket buffers hold
+    env = {"JOBCTL_SERVE_SEND_TIMEOUT": "1", "JOBCTL_SERVE_QUEUE_EVENTS": "100"}
+    server = serve(db_path, env=env)
+    live = server.stream()
+    start = live.start_cursor()
+    hogs = [never_reading(server.port, "/api/stream?since=0") for _ in range(REPLAYS)]
+    deadline = time.monotonic() + 30
+    while server.get("/api/health")["replays"] < REPLAYS:  # every slot is taken by a client that never reads
+        assert time.monotonic() < deadline, "the replays did not start"
+        time.sleep(0.02)
+    with Jobctl(db_path) as jc:  # a burst: the live client (a 100-event queue) falls behind and catches up
+        jc.set_status(kids, "running")
+        last = jc.store.last_event_id()
+    got = live.until(last)
+    resumed = server.stream(since=start)
+    assert resumed.until(last) == got
+    assert sorted({m["event_id"] for _, m in got}) == list(range(start + 1, last + 1))
+    for sock in hogs:  # reset, not left open with what they never read
+        sock.settimeout(30)
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 20):
+                pass
+        sock.close()
+    health = server.get("/api/health")
+    assert health["dropped"] == REPLAYS and health["catch_ups"] > 0
+    live.close()
+    resumed.close()
+
+
 def count_watchers(server, db):
     """How the server watches the database: inotify instances and database connections."""
     if db.startswith("postgresql://"):

@@ -20,6 +20,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_ENV = "JOBCTL_SERVE_TOKEN"
 QUEUE_ENV = "JOBCTL_SERVE_QUEUE_EVENTS"  # how far a stream client may fall behind before catching up from the db
+SEND_TIMEOUT_ENV = "JOBCTL_SERVE_SEND_TIMEOUT"  # seconds a stream client may read nothing before it is dropped
 MIN_TOKEN = 16
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -65,6 +66,19 @@ def queue_events_from_env() -> int | None:
     return int(raw)
 
 
+def send_timeout_from_env() -> float | None:
+    raw = os.environ.get(SEND_TIMEOUT_ENV)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise UsageError(f"{SEND_TIMEOUT_ENV} must be a number of seconds from 0 to 3600, not {raw!r}")
+    return value
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (uvicorn listens on it)."""
     try:
@@ -93,6 +107,7 @@ def main(db: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tok
     database that cannot be read (5)."""
     token = check_options(host, port, token)
     queue_events = queue_events_from_env()
+    send_timeout = send_timeout_from_env()
     path = resolve_db_path(db)
     with Jobctl(path, create=False) as jc:  # an unusable database is exit 5 now, not a failing page later
         name = jc.name
@@ -104,7 +119,9 @@ def main(db: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tok
         raise UsageError(f"jobctl serve needs the web extra: pip install 'jobctl[web]' ({exc})") from None
     sock = bind(host, port)
     allowed = None if token is not None else LOOPBACK_NAMES | {host.lower(), f"[{host.strip('[]').lower()}]"}
-    options = {} if queue_events is None else {"queue_events": queue_events}
+    options: dict = {} if queue_events is None else {"queue_events": queue_events}
+    if send_timeout is not None:
+        options["send_timeout"] = send_timeout
     asgi, app = web.create_app(path, token=token, allowed_hosts=allowed, **options)
     config = uvicorn.Config(
         asgi,

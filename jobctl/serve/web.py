@@ -15,6 +15,9 @@ by its own cursor, message by message, so there is no gap and no duplicate.
 A client whose queue grows past `queue_events` (it cannot keep up, or its
 replay is long) has its queue dropped and catches up from the database the
 same way, from its own cursor: memory stays bounded and nothing is lost.
+A client that takes nothing of what is sent to it for `send_timeout` seconds
+(its socket buffers full) is dropped, its connection reset: it would hold a
+replay slot, and the catching up of everyone else, for ever.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -49,6 +54,7 @@ KEEPALIVE = 15.0  # seconds between comments on an idle stream (finds dead conne
 RETRY_MS = 1000  # what EventSource waits before reconnecting
 QUEUE_EVENTS = 5_000  # events a stream client may fall behind before it catches up from the database (a few MB)
 REPLAYS = 4  # replays from the database at once
+SEND_TIMEOUT = 10.0  # seconds a stream client may take nothing before it is dropped
 POOL = 8  # database connections for requests (each used by one thread at a time)
 LIST_LIMIT, MAX_LIMIT = 1000, 10_000
 EVENTS_LIMIT = 500
@@ -102,6 +108,8 @@ class Guard:
         if refusal is not None:
             await refusal(scope, receive, send_secure)
             return
+        # uvicorn's transport: how a stream resets the connection of a client that reads nothing
+        scope = {**scope, "jobctl.transport": getattr(getattr(send, "__self__", None), "transport", None)}
         raw = scope.get("raw_path")
         if raw and raw.startswith(b"/api/jobs/"):
             # routed on the path as sent (a job id is one percent-encoded segment, whatever
@@ -264,11 +272,20 @@ def job_events(jc: Jobctl, job_id: str, since: int, limit: int) -> dict:
 class App:
     """The routes, the stream and the fan-out of one server."""
 
-    def __init__(self, db: str, *, poll_interval: float = 1.0, queue_events: int = QUEUE_EVENTS, asset_query: str = ""):
+    def __init__(
+        self,
+        db: str,
+        *,
+        poll_interval: float = 1.0,
+        queue_events: int = QUEUE_EVENTS,
+        send_timeout: float = SEND_TIMEOUT,
+        asset_query: str = "",
+    ):
         """`asset_query`: what the page appends to its assets' URLs (`?token=...`), HTML-escaped."""
         self.db = db
         self.poll_interval = poll_interval
         self.queue_events = queue_events
+        self.send_timeout = send_timeout
         self.pool = Pool(db)
         self.clients: set[Client] = set()
         self.cursor = 0  # the last event whose batch went out to the clients (loop side)
@@ -278,6 +295,7 @@ class App:
         self.name = ""
         self.replays_done = 0  # streams that were sent events from the database (resumed or caught up)
         self.catch_ups = 0  # of those, after falling `queue_events` behind
+        self.dropped = 0  # streams dropped for taking nothing for `send_timeout` seconds
         files = resources.files("jobctl.serve")
         page = files.joinpath("page.html").read_text("utf-8")
         self.page_html = page.replace("__Q__", asset_query).encode()
@@ -356,6 +374,7 @@ class App:
                 "watchers": 1,
                 "replays": self.replays_done,
                 "catch_ups": self.catch_ups,
+                "dropped": self.dropped,
                 "wakeups": self.hub.mode if self.hub else None,
             }
         )
@@ -444,6 +463,21 @@ class Client:
         self.wake.set()
 
 
+def reset(transport: Any) -> None:
+    """Reset a connection: close it now, dropping what is still unsent (a plain close
+    would wait for ever for a client that reads nothing to take it)."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class Stalled(Exception):
+    """A stream client took nothing of what was sent to it for `send_timeout` seconds."""
+
+
 def render(batches: list[list[feed.Event]], cursor: feed.Cursor) -> tuple[bytes, feed.Cursor]:
     """The messages of `batches` that come after `cursor`, and the cursor after them."""
     out: list[bytes] = []
@@ -492,11 +526,21 @@ class Stream:
             return
         client = Client(app.queue_events)
         disconnect = asyncio.ensure_future(self.watch_disconnect(receive, client))
+
+        async def bounded(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), app.send_timeout)
+            except TimeoutError:
+                raise Stalled from None
+
         try:
-            await self.run(client, cursor, send)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.run(client, cursor, bounded)
+            await bounded({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-write
             pass
+        except Stalled:
+            app.dropped += 1
+            reset(scope.get("jobctl.transport"))
         finally:
             client.close()
             app.clients.discard(client)
@@ -588,10 +632,13 @@ def create_app(
     allowed_hosts: set[str] | None = None,
     poll_interval: float = 1.0,
     queue_events: int = QUEUE_EVENTS,
+    send_timeout: float = SEND_TIMEOUT,
 ) -> tuple[ASGIApp, App]:
     """The ASGI app serving the database `db`, and its App (for the server)."""
     static_query = "?token=" + html.escape(quote(token, safe=""), quote=True) if token else ""
-    app = App(db, poll_interval=poll_interval, queue_events=queue_events, asset_query=static_query)
+    app = App(
+        db, poll_interval=poll_interval, queue_events=queue_events, send_timeout=send_timeout, asset_query=static_query
+    )
     starlette = Starlette(
         routes=app.routes(),
         lifespan=app.lifespan,
