@@ -11,11 +11,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from jobctl.model import JobctlError
 
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+# Invisible characters that change how a line reads: bidi controls (a name `rtl\u202egnp.exe` shows as
+# `rtlexe.png`), zero-width characters, line separators. The page escapes the same ones (serve/app.js).
+_INVISIBLE = [0x061C, 0x180E, *range(0x200B, 0x2010), *range(0x2028, 0x202F), *range(0x2060, 0x2065)]
+_INVISIBLE += [*range(0x2066, 0x206A), 0xFEFF]
+_CONTROL = (
+    {i: f"\\x{i:02x}" for i in [*range(32), *range(0x7F, 0xA0)]}
+    | {ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+    | {c: f"\\u{c:04x}" for c in _INVISIBLE}
+)
 
 
 def plain(text: object) -> str:
-    """Text safe for one line of plain output: control characters escaped."""
+    """Text safe for one line of plain output: control characters (C0, DEL, C1) and
+    invisible ones (bidi overrides, zero-width) escaped."""
     return "" if text is None else str(text).translate(_CONTROL)
 
 

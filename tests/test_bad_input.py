@@ -657,3 +657,20 @@ def test_disk_full_through_the_api_max_page_count(jc, db_path):
     assert hashlib.sha256(db_path.read_bytes()).hexdigest() == before
     conn.execute("PRAGMA max_page_count = 1073741823")
     assert len(jc.spawn(parent, count=10)) == 10
+
+
+@pytest.mark.slow
+def test_invisible_characters_are_escaped_in_plain_lines(tmp_path):
+    """Bidi overrides and zero-width characters in names and messages are escaped
+    like control characters in plain list/tree/watch/show lines: a name cannot
+    read as something it is not (`rtl\\u202egnp.exe` shown raw reads `rtlexe.png`)."""
+    db = tmp_path / "jobs.db"
+    parent = run("create", "rtl\u202egnp.exe", db=db, check=True).stdout.strip()
+    kid = run("spawn", parent, "--name", "zero\u200bwidth\ufeff", db=db, check=True).stdout.strip()
+    run("status", "set", kid, "running", db=db, check=True)
+    run("status", "set", kid, "completed", "-m", "isolate\u2066d\u2069 \x85", db=db, check=True)
+    out = "".join(run(*argv, db=db, check=True).stdout
+                  for argv in (["list"], ["tree", parent], ["watch", parent, "--from-start"], ["show", kid]))
+    for raw, escaped in [("\u202e", "rtl\\u202egnp.exe"), ("\u200b", "zero\\u200bwidth\\ufeff"),
+                         ("\u2066", "isolate\\u2066d\\u2069 \\x85")]:
+        assert raw not in out and escaped in out, (raw, out)

@@ -651,6 +651,9 @@ def test_stream_cursor_errors_and_a_cursor_from_the_future(db_path, serve):
         assert status == 400 and body["exit_code"] == 2 and "since" in body["error"], since
     status, _, body = server.request("GET", "/api/stream", headers={"Last-Event-ID": "yesterday"})
     assert status == 400
+    # a header is bytes: a non-ASCII one is echoed as the UTF-8 it was sent as
+    status, _, body = server.request("GET", "/api/stream", headers={"Last-Event-ID": "été".encode()})
+    assert status == 400 and "'été'" in body["error"], body
     status, _, body = server.request("GET", "/api/stream?since=1&since=2")
     assert status == 400
     # a cursor past the end (another database's, say) starts from the end, not from nowhere
@@ -886,7 +889,7 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         jc.set_status(pics[:9], "running")
         jc.set_status(pics[:6], "completed")
         jc.set_status(pics[6:8], "failed", message="corrupt file")
-        evil = jc.create(EVIL)
+        evil = jc.create(EVIL + "\u202egnp.exe\u200b")  # and invisible characters, shown escaped
         backup = jc.create("nightly backup", type="backup")
         jc.set_status([backup], "running")
         docs = jc.create("deploy docs")
@@ -921,7 +924,7 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         assert page.text_content(f"{row} .pct") == "40%"
 
         # names are text: the evil one is shown as typed, and runs nothing
-        assert page.text_content(f'tr[data-job-id="{evil}"] td.name .label') == EVIL
+        assert page.text_content(f'tr[data-job-id="{evil}"] td.name .label') == EVIL + "\\u202egnp.exe\\u200b"
         assert page.locator("img").count() == 0 and dialogs == []
 
         # a new top-level job appears at the top, live

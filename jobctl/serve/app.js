@@ -31,14 +31,21 @@
     });
   }
 
+  // Invisible characters (bidi overrides, zero-width, line separators) shown escaped,
+  // as `\u202e`: the same ones the CLI escapes (jobctl/console.py).
+  const INVISIBLE = /[\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
+  const visible = (text) =>
+    typeof text === "string" ? text.replace(INVISIBLE, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0")) : text;
+
   function el(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = text;
+    if (text !== undefined && text !== null) node.textContent = visible(text);
     return node;
   }
 
   function setText(node, text) {
+    text = visible(text);
     if (node.textContent !== text) node.textContent = text;
   }
 
@@ -373,7 +380,7 @@
       if (detail.id !== id) return;
       detail.job = data.parent;
       drawDetail();
-      document.title = data.parent.name + " · jobctl";
+      document.title = visible(data.parent.name) + " · jobctl";
       for (const job of data.jobs.slice().reverse()) addChild(job); // oldest first: .1, .2, ...
       $("children-empty").hidden = data.jobs.length > 0;
       $("children-more").hidden = !data.more;
@@ -401,7 +408,7 @@
         detailDirty = true;
         redraw(null);
         if (detail.pendingLine && detail.pendingLine.eventId === m.event_id) {
-          detail.pendingLine.node.textContent += ": " + m.progress_text;
+          detail.pendingLine.node.textContent += ": " + visible(m.progress_text);
           detail.pendingLine = null;
         }
       }

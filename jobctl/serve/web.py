@@ -506,7 +506,9 @@ class Stream:
         request = Request(scope, receive)
         try:
             params = query(request, {"since": False})
-            text = request.headers.get("last-event-id") or params.get("since", [None])[0]
+            header = request.headers.get("last-event-id")  # bytes as latin-1 (Starlette): shown as UTF-8
+            text = header.encode("latin-1").decode("utf-8", "backslashreplace") if header else None
+            text = text or params.get("since", [None])[0]
             try:
                 cursor = feed.parse_cursor(text) if text is not None else None
             except ValueError:
