@@ -600,7 +600,7 @@
       back();
     });
     api("/api/health")
-      .then((h) => setText($("database"), h.database))
+      .then((h) => setText($("database"), h.store === "postgresql" ? "PostgreSQL" : "SQLite"))
       .catch(() => {});
     try {
       await loadList();

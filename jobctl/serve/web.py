@@ -49,6 +49,7 @@ from jobctl.api import Jobctl
 from jobctl.console import plain
 from jobctl.model import DatabaseUnusable, JobctlError, UsageError
 from jobctl.serve import feed
+from jobctl.store import is_url
 
 KEEPALIVE = 15.0  # seconds between comments on an idle stream (finds dead connections, keeps proxies open)
 RETRY_MS = 1000  # what EventSource waits before reconnecting
@@ -292,7 +293,6 @@ class App:
         self.hub: feed.Hub | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.replays: asyncio.Semaphore | None = None
-        self.name = ""
         self.replays_done = 0  # streams that were sent events from the database (resumed or caught up)
         self.catch_ups = 0  # of those, after falling `queue_events` behind
         self.dropped = 0  # streams dropped for taking nothing for `send_timeout` seconds
@@ -307,7 +307,6 @@ class App:
         self.loop = asyncio.get_running_loop()
         self.replays = asyncio.Semaphore(REPLAYS)
         jc = Jobctl(self.db, create=False)
-        self.name = jc.name
         self.hub = feed.Hub(jc, self.deliver_threadsafe, self.poll_interval)
         self.cursor = self.hub.cursor
         self.hub.start()
@@ -368,7 +367,7 @@ class App:
             {
                 "ok": True,
                 "version": __version__,
-                "database": self.name,
+                "store": "postgresql" if is_url(self.db) else "sqlite",  # no path or URL: any client reads this
                 "cursor": self.cursor,
                 "clients": len(self.clients),
                 "watchers": 1,
