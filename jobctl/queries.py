@@ -11,7 +11,7 @@ import itertools
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Generator, Iterable, Iterator, Sequence
     from contextlib import AbstractContextManager
 
     from jobctl.feed import EventFeed
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 from datetime import UTC
 
 from jobctl import model
-from jobctl.model import CREATE, FAILED, LOG, PENDING, POLICY, RUNNING, UsageError, not_found
-from jobctl.progress import change_text, fold_events, progress_dict, progress_text
+from jobctl.model import FAILED, PENDING, RUNNING, UsageError, not_found
+from jobctl.progress import fold_events, log_text, progress_dict
 
 
 class Reads:
@@ -286,17 +286,3 @@ def _decoded(job: dict, *drop: str) -> dict:
         job["metadata"] = {}
     job["fail_fast"] = bool(job["fail_fast"])
     return job
-
-
-def log_text(e: Mapping, own: bool, counts: Mapping[str, int]) -> str | None:
-    """One event as a log line: the job's own view, or a parent's view of a child."""
-    if e["kind"] == LOG:
-        return e["message"] if own else f"child {e['job_id']}: {e['message']}"
-    if e["kind"] == CREATE:
-        return f"created ({e['new_status']})" if own else None
-    if e["kind"] == POLICY:
-        return f"policy set: {e['message']}" if own else None
-    if own:
-        text = f"status changed: {change_text(e)}"
-        return f"{text}: {e['message']}" if e["message"] else text
-    return f"child {e['job_id']} {change_text(e)}: {progress_text(counts)}"
