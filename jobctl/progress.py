@@ -127,6 +127,11 @@ def finished(counts: Mapping[str, int]) -> int:
     return counts.get(COMPLETED, 0) + counts.get(FAILED, 0) + counts.get(CANCELLED, 0)
 
 
+def done_text(counts: Mapping[str, int]) -> str:
+    """`44 of 108 finished`."""
+    return f"{finished(counts)} of {n_children(counts)} finished"
+
+
 def percent_done(counts: Mapping[str, int]) -> int | None:
     """The whole percent of the children that finished, rounded down (None without children)."""
     total = n_children(counts)

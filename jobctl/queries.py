@@ -233,6 +233,16 @@ class Reads:
     def last_event_id(self) -> int:
         return self._store.last_event_id()
 
+    def times_at(self, ids: Sequence[str], at: int) -> dict[str, dict]:
+        """{id: {"status", "started_at", "completed_at", ...}} of the jobs `ids`
+        just after event `at` (those that did not exist yet are left out): their
+        last entries into a status then, folded by model.enter_status."""
+        out: dict[str, dict] = {}
+        for e in self._store.status_entries(ids, at):
+            job = out.setdefault(e["job_id"], {"status": None, "started_at": None, "completed_at": None})
+            model.enter_status(job, e["new_status"], e["at"])
+        return out
+
     def count_events(self, root_id: str, until: int, ids: set[str] | None = None) -> int:
         """How many events of the tree `root_id` (kept to `ids`) came up to event `until`."""
         return self._store.count_events(root_id, until, ids)
