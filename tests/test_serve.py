@@ -442,7 +442,7 @@ def test_jobs_list_show_and_errors(db, serve):
         jc.set_status([done], "completed")
         slash = jc.create("with a slash", id="nightly/42")
         roots = [j["id"] for j in jc.list() if j["parent_id"] is None][::-1]
-        want = {r: jc.get(r) for r in roots}
+        want = {r: {**jc.get(r), **feed.job_texts(jc.get(r))} for r in roots}
         cursor = jc.last_event_id()
     server = serve(db)
 
@@ -450,7 +450,7 @@ def test_jobs_list_show_and_errors(db, serve):
     assert [j["id"] for j in data["jobs"]] == roots == [slash, done, other, parent]
     assert data["cursor"] == cursor and data["more"] is False
     for j in data["jobs"]:
-        assert j == want[j["id"]]  # the `show --json` object: every field, metadata, progress
+        assert j == want[j["id"]]  # the `show --json` object (every field, metadata, progress) and the texts
     assert data["jobs"][-1]["progress"]["progress_text"] == "28 pending, 2 running, 0 completed, 0 failed"
     assert data["jobs"][0]["progress"] is None
 
@@ -500,7 +500,7 @@ def test_events_are_paged_with_a_cursor(db, serve):
         parent, kids, grand, other = tree(jc)
         jc.set_status(grand, "running")
         jc.log(grand[0], "deep")
-        all_of = {j: [event_json(e) for e in jc.events(job=j)] for j in (parent, kids[0], other)}
+        all_of = {j: [{**event_json(e), "text": event_text(e)} for e in jc.events(job=j)] for j in (parent, kids[0], other)}
         last = jc.last_event_id()
     server = serve(db)
     for job, want in all_of.items():
@@ -845,7 +845,7 @@ def test_clients_that_never_read_are_dropped_and_catching_up_goes_on(db_path, se
         time.sleep(0.02)
     with Jobctl(db_path) as jc:  # a burst: the live client (a 100-event queue) falls behind and catches up
         jc.set_status(kids, "running")
-        last = jc.store.last_event_id()
+        last = jc.last_event_id()
     got = live.until(last)
     resumed = server.stream(since=start)
     assert resumed.until(last) == got
