@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 from datetime import UTC
 
 from jobctl import model
-from jobctl.model import FAILED, PENDING, RUNNING, UsageError, not_found
+from jobctl.model import CREATE, FAILED, PENDING, RUNNING, STATUS, UsageError, not_found
 from jobctl.progress import fold_events, log_text, progress_dict
 
 
@@ -236,9 +236,10 @@ class Reads:
     def times_at(self, ids: Sequence[str], at: int) -> dict[str, dict]:
         """{id: {"status", "started_at", "completed_at", ...}} of the jobs `ids`
         just after event `at` (those that did not exist yet are left out): their
-        last entries into a status then, folded by model.enter_status."""
+        last entry (creation or change) into pending or running, and their last
+        into another status, folded by model.enter_status, which is all it needs."""
         out: dict[str, dict] = {}
-        for e in self._store.status_entries(ids, at):
+        for e in self._store.last_entries(ids, at, (CREATE, STATUS), (PENDING, RUNNING)):
             job = out.setdefault(e["job_id"], {"status": None, "started_at": None, "completed_at": None})
             model.enter_status(job, e["new_status"], e["at"])
         return out

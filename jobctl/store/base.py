@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object
 
-from jobctl.model import CREATE, PENDING, RUNNING, STATUS, STATUSES, DatabaseUnusable
+from jobctl.model import STATUSES, DatabaseUnusable
 
 JOB_COLUMNS = (
     "id",
@@ -262,8 +262,10 @@ class Store(Protocol):
         ...
 
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]: ...
-    def status_entries(self, job_ids: Sequence[str], until: int) -> list[dict]:
-        """SqlQueries.status_entries."""
+    def last_entries(
+        self, job_ids: Sequence[str], until: int, kinds: Sequence[str], starts: Sequence[str]
+    ) -> list[dict]:
+        """SqlQueries.last_entries."""
         ...
 
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
@@ -357,22 +359,22 @@ class SqlQueries:
     def last_event_id(self) -> int:
         return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
 
-    def status_entries(self, job_ids: Sequence[str], until: int) -> list[dict]:
-        """Of each job, up to event `until`, its last change (or creation) into
-        pending or running, and its last into another status (id, job_id,
-        new_status, at): its started_at and completed_at as they were then
-        follow from these two (model.enter_status). Along the (job_id, id) index."""
+    def last_entries(
+        self, job_ids: Sequence[str], until: int, kinds: Sequence[str], starts: Sequence[str]
+    ) -> list[dict]:
+        """Of each job, up to event `until`, its last event of `kinds` into one of
+        the statuses `starts`, and its last into another status (id, job_id,
+        new_status, at), in id order. Along the (job_id, id) index."""
         m = self.mark
         out: list[dict] = []
         ids = sorted(set(job_ids))
         for i in range(0, len(ids), CHUNK):
             where, values = self._in("job_id", ids[i : i + CHUNK])
-            last = (
-                f"SELECT max(id) FROM events WHERE {where} AND id <= {m} AND kind IN ({m}, {m})"
-                f" GROUP BY job_id, new_status IN ({m}, {m})"
-            )
+            kind_in, kind_values = self._in("kind", kinds)
+            start_in, start_values = self._in("new_status", starts)
+            last = f"SELECT max(id) FROM events WHERE {where} AND id <= {m} AND {kind_in} GROUP BY job_id, {start_in}"
             sql = f"SELECT id, job_id, new_status, at FROM events WHERE id IN ({last}) ORDER BY id"
-            out += self._query(sql, [*values, until, CREATE, STATUS, PENDING, RUNNING])
+            out += self._query(sql, [*values, until, *kind_values, *start_values])
         return out
 
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
