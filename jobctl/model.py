@@ -525,6 +525,28 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def duration_text(seconds: float) -> str:
+    """How long something ran, in whole seconds: 42 -> '42s', 95 -> '1m35s', 7300 -> '2h01m'."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def job_seconds(job: Mapping, now: str | None = None) -> float | None:
+    """How long a job ran: from started_at to completed_at, or to `now` while it
+    runs (None: it has not started, or it runs and no `now` was given). Never
+    below 0: the clocks of two machines may disagree."""
+    end = job["completed_at"] or now
+    if not job["started_at"] or not end:
+        return None
+    from datetime import datetime
+
+    return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(job["started_at"])).total_seconds())
+
+
 def check_seconds(value: float | None, option: str, *, zero: bool = True) -> float | None:
     """A --timeout or --poll-interval: finite, not negative (and not 0 unless `zero`)."""
     if value is not None and not ((0 <= value if zero else 0 < value) and value <= MAX_SECONDS):

@@ -13,6 +13,7 @@ from jobctl.model import (
     COMPLETED,
     CREATE,
     FAILED,
+    LOG,
     PENDING,
     POLICY,
     RUNNING,
@@ -71,6 +72,31 @@ def change_text(e: Mapping) -> str:
     return text
 
 
+def event_text(e: Mapping) -> str:
+    """An event as `events` and the page's event list say it after its job:
+    `running → failed (attempt 1/3): exit code 1` (change_text and the change's
+    message), or `[info] text` for a log line."""
+    if e["kind"] == LOG:
+        return f"[{e['level'] or 'info'}] {e['message']}"
+    text = change_text(e)
+    return f"{text}: {e['message']}" if e["message"] else text
+
+
+def log_text(e: Mapping, own: bool, counts: Mapping[str, int]) -> str | None:
+    """An event as a line of a job's log (`logs`, the page's log): the job's own
+    view (`own`), or its parent's view of a child, with the parent's `counts`
+    after it. None: the event is not in that log."""
+    if e["kind"] == LOG:
+        return e["message"] if own else f"child {e['job_id']}: {e['message']}"
+    if e["kind"] == CREATE:
+        return f"created ({e['new_status']})" if own else None
+    if e["kind"] == POLICY:
+        return f"policy set: {e['message']}" if own else None
+    if own:
+        return f"status changed: {event_text(e)}"
+    return f"child {e['job_id']} {change_text(e)}: {progress_text(counts)}"
+
+
 def progress_text(counts: Mapping[str, int]) -> str:
     """`66 pending, 1 running, 41 completed, 0 failed`, plus `, V cancelled` when V > 0."""
     text = (
@@ -91,6 +117,22 @@ def progress_dict(job_id: str, status: str, counts: Mapping[str, int]) -> dict:
     return d
 
 
+def counts_of(progress: Mapping) -> dict[str, int]:
+    """The counts in a progress dict (progress_dict's `<status>_children`)."""
+    return {s: progress.get(f"{s}_children", 0) for s in STATUSES}
+
+
 def finished(counts: Mapping[str, int]) -> int:
     """How many children are in a terminal status."""
     return counts.get(COMPLETED, 0) + counts.get(FAILED, 0) + counts.get(CANCELLED, 0)
+
+
+def done_text(counts: Mapping[str, int]) -> str:
+    """`44 of 108 finished`."""
+    return f"{finished(counts)} of {n_children(counts)} finished"
+
+
+def percent_done(counts: Mapping[str, int]) -> int | None:
+    """The whole percent of the children that finished, rounded down (None without children)."""
+    total = n_children(counts)
+    return 100 * finished(counts) // total if total else None

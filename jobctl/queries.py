@@ -11,7 +11,7 @@ import itertools
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Generator, Iterable, Iterator, Sequence
     from contextlib import AbstractContextManager
 
     from jobctl.feed import EventFeed
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 from datetime import UTC
 
 from jobctl import model
-from jobctl.model import CREATE, FAILED, LOG, PENDING, POLICY, RUNNING, STATUS, UsageError, not_found
-from jobctl.progress import change_text, fold_events, progress_dict, progress_text
+from jobctl.model import CREATE, FAILED, PENDING, RUNNING, STATUS, UsageError, not_found
+from jobctl.progress import fold_events, log_text, progress_dict
 
 
 class Reads:
@@ -248,6 +248,17 @@ class Reads:
     def last_event_id(self) -> int:
         return self._store.last_event_id()
 
+    def times_at(self, ids: Sequence[str], at: int) -> dict[str, dict]:
+        """{id: {"status", "started_at", "completed_at", ...}} of the jobs `ids`
+        just after event `at` (those that did not exist yet are left out): their
+        last entry (creation or change) into pending or running, and their last
+        into another status, folded by model.enter_status, which is all it needs."""
+        out: dict[str, dict] = {}
+        for e in self._store.last_entries(ids, at, (CREATE, STATUS), (PENDING, RUNNING)):
+            job = out.setdefault(e["job_id"], {"status": None, "started_at": None, "completed_at": None})
+            model.enter_status(job, e["new_status"], e["at"])
+        return out
+
     def count_events(self, root_id: str, until: int, ids: set[str] | None = None) -> int:
         """How many events of the tree `root_id` (kept to `ids`) came up to event `until`."""
         return self._store.count_events(root_id, until, ids)
@@ -301,17 +312,3 @@ def _decoded(job: dict, *drop: str) -> dict:
         job["metadata"] = {}
     job["fail_fast"] = bool(job["fail_fast"])
     return job
-
-
-def log_text(e: Mapping, own: bool, counts: Mapping[str, int]) -> str | None:
-    """One event as a log line: the job's own view, or a parent's view of a child."""
-    if e["kind"] == LOG:
-        return e["message"] if own else f"child {e['job_id']}: {e['message']}"
-    if e["kind"] == CREATE:
-        return f"created ({e['new_status']})" if own else None
-    if e["kind"] == POLICY:
-        return f"policy set: {e['message']}" if own else None
-    if own:
-        text = f"status changed: {change_text(e)}"
-        return f"{text}: {e['message']}" if e["message"] else text
-    return f"child {e['job_id']} {change_text(e)}: {progress_text(counts)}"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 from jobctl.console import plain
-from jobctl.model import policy_text, where_text
-from jobctl.progress import change_text, finished
+from jobctl.model import duration_text, job_seconds, policy_text, where_text
+from jobctl.progress import counts_of, event_text, finished
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
@@ -178,12 +178,10 @@ def local_time(at: str | None) -> str:
 
 def job_duration(j: Mapping) -> str:
     """How long the job ran: from its start to its end, or to now while it runs."""
-    if not j["started_at"]:
-        return ""
-    from datetime import datetime, timezone
+    from jobctl.model import now
 
-    end = datetime.fromisoformat(j["completed_at"]) if j["completed_at"] else datetime.now(timezone.utc)  # noqa: UP017
-    return duration((end - datetime.fromisoformat(j["started_at"])).total_seconds())
+    seconds = job_seconds(j, now())
+    return "" if seconds is None else duration_text(seconds)
 
 
 def job(j: Mapping) -> None:
@@ -266,10 +264,7 @@ def tree(rows: Iterable[Mapping]) -> None:
 
 def event_line(e: Mapping) -> str:
     """One event as a plain line: `<id> <at> <job> <old> → <new>[: message]` or a log line."""
-    if e["kind"] == "log":
-        return f"{e['id']} {e['at']} {e['job_id']} [{e['level']}] {plain(e['message'])}"
-    text = f"{e['id']} {e['at']} {e['job_id']} {change_text(e)}"
-    return text + (f": {plain(e['message'])}" if e["message"] else "")
+    return f"{e['id']} {e['at']} {e['job_id']} {plain(event_text(e))}"
 
 
 def event_json(e: Mapping) -> dict:
@@ -295,13 +290,6 @@ def event_json(e: Mapping) -> dict:
 
 
 # ------------------------------------------------------------------ watch
-def counts_of(progress: Mapping) -> dict[str, int]:
-    """The counts in a progress dict (progress.progress_dict's `<status>_children`)."""
-    from jobctl.model import STATUSES
-
-    return {s: progress.get(f"{s}_children", 0) for s in STATUSES}
-
-
 def clock(at: str) -> str:
     """HH:MM:SS, in local time, of an event timestamp."""
     from datetime import datetime
@@ -315,23 +303,16 @@ def clock_now() -> str:
     return time.strftime("%H:%M:%S")
 
 
-def duration(seconds: float) -> str:
-    """95 -> '1m35s'."""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+duration = duration_text  # 95 -> '1m35s' (model.duration_text)
 
 
 def change_why(e: Mapping) -> str:
     """`<old> → <new>[: <message>]`: a status change and why, when it says."""
-    return change_text(e) + (f": {plain(e['message'])}" if e["message"] else "")
+    return plain(event_text(e))
 
 
 def change_line(e: Mapping) -> str:
-    """`<job> <old> → <new>[: <message>]`."""
+    """`<job> <old> → <new>[: <message>]`: a status change and why, when it says."""
     return f"{e['job_id']} {change_why(e)}"
 
 

@@ -66,10 +66,13 @@ from jobctl.model import (
     STATUS,
     STATUSES,
     UsageError,
+    duration_text,
+    job_seconds,
+    now,
     policy_text,
     where_text,
 )
-from jobctl.progress import progress_dict, progress_text
+from jobctl.progress import log_text, progress_dict, progress_text
 
 FORMATS = ("markdown", "junit", "github", "json")
 
@@ -201,14 +204,7 @@ def _log_line(e: Mapping) -> str:
     """One event as a line of `jobctl logs JOB` (the job's own view), seconds precision."""
     at = f"{e['at'][:19]}Z"
     level = e.get("level") or "info"
-    if e["kind"] == LOG:
-        text = e["message"]
-    elif e["kind"] == STATUS:
-        text = f"status changed: {e['old_status']} → {e['new_status']}"
-        text += f": {e['message']}" if e["message"] else ""
-    else:
-        text = f"created ({e['new_status']})"
-    return f"{at} [{level}] {_plain(text)}"
+    return f"{at} [{level}] {_plain(log_text(e, True, {}) or '')}"
 
 
 def _unit(row: Mapping, events: list[dict], *, tail_lines: int = TAIL_LINES) -> _Unit:
@@ -226,12 +222,7 @@ def _unit(row: Mapping, events: list[dict], *, tail_lines: int = TAIL_LINES) -> 
 
 def _seconds(row: Mapping) -> float | None:
     """How long a unit ran: from started_at to completed_at (None unless both are set)."""
-    if not row["started_at"] or not row["completed_at"]:
-        return None
-    from datetime import datetime
-
-    spent = datetime.fromisoformat(row["completed_at"]) - datetime.fromisoformat(row["started_at"])
-    return max(0.0, spent.total_seconds())  # clocks of two machines may disagree
+    return job_seconds(row)
 
 
 def _human(seconds: float | None) -> str:
@@ -239,9 +230,7 @@ def _human(seconds: float | None) -> str:
         return "-"
     if seconds < 60:
         return f"{seconds:.1f}s"
-    from jobctl.render import duration
-
-    return duration(seconds)
+    return duration_text(seconds)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -391,10 +380,7 @@ class _Summary:
 def _took(top: Mapping) -> str:
     """How long the job took, or has run so far."""
     if top["started_at"] and not top["completed_at"]:
-        from datetime import UTC, datetime
-
-        started = datetime.fromisoformat(top["started_at"])
-        return f"{_human(max(0.0, (datetime.now(UTC) - started).total_seconds()))} so far"
+        return f"{_human(job_seconds(top, now()))} so far"
     return _human(_seconds(top))
 
 

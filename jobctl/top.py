@@ -20,7 +20,7 @@ from jobctl import model
 from jobctl.api import Jobctl
 from jobctl.feed import EventFeed, JobFold
 from jobctl.model import CREATE, STATUS, TERMINAL
-from jobctl.progress import empty_counts
+from jobctl.progress import counts_of, empty_counts, finished, percent_done
 
 PAGE = 5000
 MAX_ROWS = 200  # the newest rows shown; older finished ones drop off
@@ -44,9 +44,7 @@ class Overview:
             for job in self.jc.list(top_level=True, newest_first=True):
                 if job["status"] in TERMINAL and (job["completed_at"] or job["updated_at"]) < cutoff:
                     continue
-                counts = empty_counts()
-                if job["progress"]:
-                    counts = {s: job["progress"][f"{s}_children"] for s in counts}
+                counts = counts_of(job["progress"]) if job["progress"] else empty_counts()
                 self.rows[job["id"]] = JobFold(job, counts)
                 if len(self.rows) >= MAX_ROWS:
                     break
@@ -122,11 +120,11 @@ def render(overview: Overview, selected: int, width: int):
     for row in rows:
         p = row.progress()
         total = p["total_children"]
-        done = total - p["pending_children"] - p["running_children"]
+        done, percent = finished(counts_of(p)), percent_done(counts_of(p))
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
             ProgressBar(total=max(total, 1), completed=done if total else 0, width=14),
-            Text(f"{100 * done // total:3d}%" if total else "   -"),
+            Text(f"{percent:3d}%" if percent is not None else "   -"),
         )
         status = row.job["status"]
         cells.append(

@@ -9,7 +9,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STATUSES
-from jobctl.progress import empty_counts, finished, fold, fold_events, progress_dict, progress_text
+from jobctl.progress import (
+    counts_of,
+    done_text,
+    empty_counts,
+    event_text,
+    finished,
+    fold,
+    fold_events,
+    log_text,
+    percent_done,
+    progress_dict,
+    progress_text,
+)
 
 
 def c(p=0, r=0, co=0, f=0, ca=0) -> dict:
@@ -274,3 +286,33 @@ def test_folded_events_equal_direct_count(steps):
             fold(counts, e["old_status"], e["new_status"])
     assert counts == direct
     assert progress_dict("p", RUNNING, counts)["total_children"] == len(children)
+
+
+# ------------------------------------------------------- the texts of events
+def change(kind, old=None, new=None, message=None, attempt=None, cap=None, level=None, job="p.3"):
+    return {"kind": kind, "job_id": job, "old_status": old, "new_status": new, "message": message,
+            "attempt": attempt, "max_attempts": cap, "level": level}
+
+
+def test_event_text_and_log_text():
+    failed = change("status", RUNNING, FAILED, "exit code 1", attempt=1, cap=3)
+    assert event_text(failed) == "running → failed (attempt 1/3): exit code 1"
+    assert log_text(failed, True, {}) == "status changed: running → failed (attempt 1/3): exit code 1"
+    assert log_text(failed, False, c(p=2, f=1)) == (
+        "child p.3 running → failed (attempt 1/3): 2 pending, 0 running, 0 completed, 1 failed")
+    created = change("create", None, PENDING, attempt=1)
+    assert (event_text(created), log_text(created, True, {}), log_text(created, False, {})) == (
+        "new → pending", "created (pending)", None)
+    line = change("log", message="fetching", level="warning")
+    assert (event_text(line), log_text(line, True, {}), log_text(line, False, {})) == (
+        "[warning] fetching", "fetching", "child p.3: fetching")
+    policy = change("policy", message="max-attempts 2", cap=2)
+    assert (event_text(policy), log_text(policy, True, {}), log_text(policy, False, {})) == (
+        "policy set: max-attempts 2", "policy set: max-attempts 2", None)
+
+
+def test_counts_of_percent_done_and_done_text():
+    counts = c(p=64, co=43, f=1)
+    assert counts_of(progress_dict("p", RUNNING, counts)) == counts
+    assert (percent_done(counts), done_text(counts)) == (40, "44 of 108 finished")
+    assert percent_done(empty_counts()) is None and percent_done(c(co=2, ca=1)) == 100

@@ -224,6 +224,20 @@ def test_markdown_log_tail_is_the_last_20_lines(jc):
     ]
 
 
+def test_the_log_tail_says_changes_as_logs_does(jc):
+    """A unit's tail is its `jobctl logs` lines: the attempt of a change, and a policy change as one."""
+    p = jc.create("one")
+    (kid,) = jc.spawn(p, count=1, max_attempts=3)
+    jc.set_policy(kid, max_attempts=2)
+    jc.set_status([kid], "running")
+    jc.set_status([kid], "failed", message="exit code 1")
+    block = unstamp(text(jc, p, "markdown")).split("```text\n")[1].split("\n```")[0]
+    assert block.splitlines() == ["T [info] created (pending)", "T [info] policy set: max-attempts 2",
+                                  "T [info] status changed: pending → running (attempt 1/2)",
+                                  "T [info] status changed: running → failed (attempt 1/2): exit code 1"]
+    assert block.splitlines() == [unstamp(f"{line['at'][:19]}Z [info] {line['text']}") for line in jc.logs(kid)]
+
+
 def test_markdown_of_a_job_without_children_reports_the_job_itself(jc):
     job = jc.create("lint", id="lint")
     jc.set_status([job], "failed", message="3 problems")

@@ -22,9 +22,10 @@ import pytest
 
 from conftest import JOBCTL, ROOT, run, seed_news_crawler, snapshot, wait_for
 from jobctl import DatabaseUnusable, Jobctl, UsageError
+from jobctl import model
 from jobctl.model import CREATE, LOG, STATUS, STATUSES
 from jobctl.model import replay as replay_model
-from jobctl.progress import progress_dict
+from jobctl.progress import done_text, event_text, log_text, percent_done, progress_dict
 from jobctl.render import event_json
 from jobctl.serve import app as serve_app
 from jobctl.serve import feed
@@ -264,59 +265,58 @@ def line_count(text):
 
 
 # ============================================================ unit: the fold
+def shown_times(job):
+    """A job's times as the page is sent them, the plain way (`duration_text` once it ended)."""
+    ended = job["started_at"] and job["completed_at"]
+    return {"started_at": job["started_at"], "completed_at": job["completed_at"],
+            "duration_text": model.duration_text(model.job_seconds(job)) if ended else None}
+
+
+def shown_done(counts):
+    some = any(counts.values())
+    return {"percent_done": percent_done(counts) if some else None, "done_text": done_text(counts) if some else None}
+
+
 def oracle_messages(events):
     """What the stream must say for `events` (every event from the first),
-    computed the plain way: statuses replayed from scratch, counts recounted."""
-    statuses, parents, out = {}, {}, []
+    computed the plain way: statuses and timestamps replayed from scratch
+    (model.enter_status from each job's first event), counts recounted, and
+    every text by the CLI's own functions (jobctl.progress, jobctl.model)."""
+    jobs, parents, out = {}, {}, []
     for e in events:
         if e["kind"] in (CREATE, STATUS):
-            statuses[e["job_id"]] = e["new_status"]
+            model.enter_status(jobs.setdefault(e["job_id"], {"started_at": None}), e["new_status"], e["at"])
             parents.setdefault(e["job_id"], e["parent_id"])
 
-        def progress(job, e=e):
+        def counted(job):
             counts = dict.fromkeys(STATUSES, 0)
             for j, p in parents.items():
                 if p == job:
-                    counts[statuses[j]] += 1
-            return {
-                "type": "parent_job_progress",
-                **progress_dict(job, statuses[job], counts),
-                "timestamp": e["at"],
-                "parent_id": parents[job],
-                "root_id": e["root_id"],
-                "event_id": e["id"],
-            }
+                    counts[jobs[j]["status"]] += 1
+            return counts
+
+        def progress(job, e=e):
+            counts = counted(job)
+            return {"type": "parent_job_progress", **progress_dict(job, jobs[job]["status"], counts),
+                    "text": log_text(e, True, counts) if e["job_id"] == job else None,
+                    **shown_times(jobs[job]), **shown_done(counts),
+                    "timestamp": e["at"], "parent_id": parents[job], "root_id": e["root_id"], "event_id": e["id"]}
 
         if e["kind"] == LOG:
-            msgs = [
-                {
-                    "type": "log",
-                    "job_id": e["job_id"],
-                    "parent_id": e["parent_id"],
-                    "level": e["level"],
-                    "message": e["message"],
-                    "timestamp": e["at"],
-                    "root_id": e["root_id"],
-                    "event_id": e["id"],
-                }
-            ]
+            msgs = [{"type": "log", "job_id": e["job_id"], "parent_id": e["parent_id"], "level": e["level"],
+                     "message": e["message"], "text": e["message"],
+                     "parent_text": f"child {e['job_id']}: {e['message']}" if e["parent_id"] else None,
+                     "timestamp": e["at"], "root_id": e["root_id"], "event_id": e["id"]}]
         elif e["parent_id"] is None:
             msgs = [progress(e["job_id"])]
         else:
-            msgs = [
-                {
-                    "type": "child_status_change",
-                    "job_id": e["parent_id"],
-                    "child_id": e["job_id"],
-                    "old_status": e["old_status"],
-                    "new_status": e["new_status"],
-                    "message": e["message"],
-                    "timestamp": e["at"],
-                    "root_id": e["root_id"],
-                    "event_id": e["id"],
-                },
-                progress(e["parent_id"]),
-            ]
+            counts = counted(e["parent_id"])
+            msgs = [{"type": "child_status_change", "job_id": e["parent_id"], "child_id": e["job_id"],
+                     "old_status": e["old_status"], "new_status": e["new_status"], "message": e["message"],
+                     "text": log_text(e, True, counts), "parent_text": log_text(e, False, counts),
+                     **shown_times(jobs[e["job_id"]]),
+                     "timestamp": e["at"], "root_id": e["root_id"], "event_id": e["id"]},
+                    progress(e["parent_id"])]
         out.append((e["id"], msgs))
     return out
 
@@ -460,7 +460,7 @@ def test_jobs_list_show_and_errors(db, serve):
         jc.set_status([done], "completed")
         slash = jc.create("with a slash", id="nightly/42")
         roots = [j["id"] for j in jc.list() if j["parent_id"] is None][::-1]
-        want = {r: jc.get(r) for r in roots}
+        want = {r: {**jc.get(r), **feed.job_texts(jc.get(r))} for r in roots}
         cursor = jc.last_event_id()
     server = serve(db)
 
@@ -468,7 +468,7 @@ def test_jobs_list_show_and_errors(db, serve):
     assert [j["id"] for j in data["jobs"]] == roots == [slash, done, other, parent]
     assert data["cursor"] == cursor and data["more"] is False
     for j in data["jobs"]:
-        assert j == want[j["id"]]  # the `show --json` object: every field, metadata, progress
+        assert j == want[j["id"]]  # the `show --json` object (every field, metadata, progress) and the texts
     assert data["jobs"][-1]["progress"]["progress_text"] == "28 pending, 2 running, 0 completed, 0 failed"
     assert data["jobs"][0]["progress"] is None
 
@@ -522,7 +522,7 @@ def test_events_are_paged_with_a_cursor(db, serve):
         parent, kids, grand, other = tree(jc)
         jc.set_status(grand, "running")
         jc.log(grand[0], "deep")
-        all_of = {j: [event_json(e) for e in jc.events(job=j)] for j in (parent, kids[0], other)}
+        all_of = {j: [{**event_json(e), "text": event_text(e)} for e in jc.events(job=j)] for j in (parent, kids[0], other)}
         last = jc.last_event_id()
     server = serve(db)
     for job, want in all_of.items():
@@ -664,6 +664,50 @@ def test_a_token_is_checked_on_every_request_and_the_stream(db_path, serve):
     refused.close()
 
 
+def test_the_page_composes_no_text_itself():
+    """Every text the page shows comes rendered from the server (serve/feed.py,
+    "Texts"): app.js builds no status change (`→`), attempt, log line or
+    count text, and re-implements no status rule (enter_status)."""
+    js = (ROOT / "jobctl" / "serve" / "app.js").read_text()
+    code = "\n".join(line.split("//")[0] for line in js.splitlines())  # what runs, not what explains
+    for made in ("→", "\\u2192", "attempt", "status changed", "created (", "policy set", '"child ', "finished",
+                 "completed_children +", "enterStatus", "completed_at = "):
+        assert made not in code, f"app.js composes {made!r} itself: render it in Python and send it"
+    # the one clock it computes is a running job's, in one function
+    assert code.count("Date.now()") == 1 and code.count("Date.parse(") == 1
+
+
+@pytest.mark.slow
+def test_rows_and_events_carry_the_texts_the_cli_renders(db, serve):
+    """The API's rows and events carry what the page shows, rendered by the CLI's
+    functions: durations (model.duration_text), finished children (progress),
+    event texts (progress.event_text), on both stores."""
+    with Jobctl(db) as jc:
+        parent = jc.create("CI")
+        kids = jc.spawn(parent, count=3, max_attempts=3)
+        jc.set_status(kids[:2], "running")
+        jc.set_status([kids[0]], "failed", message="exit code 1")
+        jc.set_status([kids[1]], "completed")
+    server = serve(db)
+    with Jobctl(db) as jc:
+        rows = {j["id"]: j for j in server.get(f"/api/jobs?parent={parent}")["jobs"]}
+        for job_id in kids:
+            want = jc.get(job_id)
+            row = rows[job_id]
+            assert server.get(f"/api/jobs/{job_id}") == row
+            assert (row["started_at"], row["completed_at"]) == (want["started_at"], want["completed_at"])
+            ended = want["started_at"] and want["completed_at"]
+            assert row["duration_text"] == (model.duration_text(model.job_seconds(want)) if ended else None)
+            assert row["percent_done"] is None and row["done_text"] is None  # no children
+        assert rows[kids[0]]["duration_text"] is not None and rows[kids[2]]["duration_text"] is None
+        top = server.get("/api/jobs")["jobs"][0]
+        assert top["id"] == parent and top["duration_text"] is None  # running: the page ticks its clock
+        assert (top["percent_done"], top["done_text"]) == (66, "2 of 3 finished")
+        events = server.get(f"/api/jobs/{parent}/events")["events"]
+        assert [e["text"] for e in events] == [event_text(e) for e in jc.events(job=parent)]
+    assert f"running → failed (attempt 1/3): exit code 1" in [e["text"] for e in events]
+
+
 # ================================================================== stream
 @pytest.mark.slow
 def test_stream_messages_carry_progress_for_each_status_change(db, serve):
@@ -678,26 +722,17 @@ def test_stream_messages_carry_progress_for_each_status_change(db, serve):
     with Jobctl(db) as jc:
         e = jc.events(since=start)[0]
         want_progress = jc.progress(parent)
+        started = jc.get(parent)["started_at"]
     assert (id1, id2) == (f"{e['id']}.0", str(e["id"]))
-    assert change == {
-        "type": "child_status_change",
-        "job_id": parent,
-        "child_id": kids[0],
-        "old_status": "pending",
-        "new_status": "running",
-        "message": "go",
-        "timestamp": e["at"],
-        "root_id": parent,
-        "event_id": e["id"],
-    }
-    assert progress == {
-        "type": "parent_job_progress",
-        **want_progress,
-        "timestamp": e["at"],
-        "parent_id": None,
-        "root_id": parent,
-        "event_id": e["id"],
-    }
+    assert change == {"type": "child_status_change", "job_id": parent, "child_id": kids[0], "old_status": "pending",
+                      "new_status": "running", "message": "go",
+                      "text": "status changed: pending → running: go",
+                      "parent_text": f"child {kids[0]} pending → running: 2 pending, 1 running, 0 completed, 0 failed",
+                      "started_at": e["at"], "completed_at": None, "duration_text": None,
+                      "timestamp": e["at"], "root_id": parent, "event_id": e["id"]}
+    assert progress == {"type": "parent_job_progress", **want_progress, "text": None, "started_at": started,
+                        "completed_at": None, "duration_text": None, "percent_done": 0, "done_text": "0 of 3 finished",
+                        "timestamp": e["at"], "parent_id": None, "root_id": parent, "event_id": e["id"]}
     assert progress["progress_text"] == "2 pending, 1 running, 0 completed, 0 failed"
     # the last child: the parent's derived status follows, as its own event
     run("status", "set", *kids, "completed", db=db, check=True)
@@ -1000,6 +1035,7 @@ def wait_text(page, selector, text, timeout_ms=1000):
 def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path):
     with Jobctl(db) as jc:
         parent = seed_news_crawler(jc)
+        jc.set_policy(f"{parent}.46", max_attempts=3)
         thumbs = jc.create("thumbnails", type="images")
         pics = jc.spawn(thumbs, count=12)
         jc.set_status(pics[:9], "running")
@@ -1074,15 +1110,26 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         )
         page.wait_for_function(
             "t => [...document.querySelectorAll('#events td')].some(n => n.textContent === t)",
-            arg="[info] fetching https://example.org/<script>",
-            timeout=2000,
-        )
+            arg="[info] fetching https://example.org/<script>", timeout=2000)
+        # a change with an attempt, as the server renders it (the page composes no text)
+        run("status", "set", f"{parent}.46", "running", db=db, check=True)
+        run("status", "set", f"{parent}.46", "failed", "-m", "exit code 1", db=db, check=True)
+        page.wait_for_function(
+            "t => [...document.querySelectorAll('#events td')].some(n => n.textContent === t)",
+            arg="running → failed (attempt 1/3): exit code 1", timeout=2000)
+        page.wait_for_function(
+            "t => [...document.querySelectorAll('#log .text')].some(n => n.textContent === t)",
+            arg=f"child {parent}.46 running → failed (attempt 1/3): 62 pending, 1 running, 43 completed, 2 failed",
+            timeout=1000)
+        failed = server.get(f"/api/jobs/{parent}.46")
+        assert failed["duration_text"] is not None
+        wait_text(page, f'#children tr[data-job-id="{parent}.46"] td.duration', failed["duration_text"])
         page.screenshot(path=str(tmp_path / "web-view-detail.png"))
 
         page.keyboard.press("Escape")
         page.wait_for_function("() => !document.getElementById('list-view').hidden", timeout=2000)
         assert page.evaluate("() => document.activeElement.dataset.jobId") == parent
-        wait_text(page, progress_cell(parent), "63 pending, 1 running, 43 completed, 1 failed")
+        wait_text(page, progress_cell(parent), "62 pending, 1 running, 43 completed, 2 failed")
         assert page.evaluate("() => window.__jobctl_marker") == "no reload"
         shot = tmp_path / "web-view.png"
         box = page.locator("#list-view").bounding_box()

@@ -2,11 +2,16 @@
 // the server's event stream (/api/stream). Plain script, no build step.
 // Every name and message from the database goes into the page with
 // textContent, never as HTML.
+// The page only places texts: the server renders every one of them (change
+// texts, log lines, durations, counts) with the CLI's own functions
+// (jobctl/serve/feed.py, "Texts"). The one thing computed here is a running
+// job's clock, ticking each second without asking the server (`elapsed`).
 "use strict";
 
 (function () {
   const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
-  const FINAL = new Set(["completed", "failed", "cancelled"]);
+  const TIMES = ["started_at", "completed_at", "duration_text"]; // what a message says of a job's times
+  const DONE = ["percent_done", "done_text"]; // ... and of its finished children
   const COLUMNS = ["name", "status", "progress", "done", "started", "duration"];
   const MAX_LOG = 500;
   const MAX_EVENTS = 100;
@@ -72,13 +77,12 @@
     return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
   }
 
-  function duration(job) {
-    if (!job.started_at) return "—";
-    let end = null;
-    if (job.completed_at) end = Date.parse(job.completed_at);
-    else if (job.status === "running") end = Date.now();
-    if (end === null) return "—";
-    let s = Math.max(0, Math.round((end - Date.parse(job.started_at)) / 1000));
+  // A running job's clock, from its start to now: the server renders every
+  // finished job's duration (duration_text), but a running one's grows each
+  // second, and asking the server each second for each row would cost far more
+  // than this (the format of jobctl.model.duration_text: 42s, 1m35s, 2h01m).
+  function elapsed(startedAt) {
+    let s = Math.max(0, Math.floor((Date.now() - Date.parse(startedAt)) / 1000));
     const h = Math.floor(s / 3600);
     const m = Math.floor((s % 3600) / 60);
     s %= 60;
@@ -87,18 +91,13 @@
     return s + "s";
   }
 
-  // What the server does to a job's status timestamps (jobctl.model.enter_status).
-  function enterStatus(job, status, at) {
-    job.status = status;
-    if (status === "running") {
-      job.started_at = at;
-      job.completed_at = null;
-    } else if (FINAL.has(status)) {
-      job.completed_at = at;
-    } else {
-      job.started_at = null;
-      job.completed_at = null;
-    }
+  function duration(job) {
+    if (job.status === "running" && job.started_at) return elapsed(job.started_at);
+    return job.duration_text || "—";
+  }
+
+  function copy(job, m, keys) {
+    for (const k of keys) job[k] = m[k];
   }
 
   function progressOf(m) {
@@ -109,7 +108,9 @@
   }
 
   function applyProgress(job, m) {
-    if (job.status !== m.status) enterStatus(job, m.status, m.timestamp);
+    job.status = m.status;
+    copy(job, m, TIMES);
+    copy(job, m, DONE);
     job.progress = progressOf(m);
   }
 
@@ -132,14 +133,13 @@
     root.append(bar, pct);
     return {
       root: root,
-      update(p) {
-        root.hidden = !p;
-        if (!p) return;
-        const total = p.total_children;
-        for (const s in parts) parts[s].style.width = (100 * p[s + "_children"]) / total + "%";
-        const finished = p.completed_children + p.failed_children + p.cancelled_children;
-        setText(pct, Math.floor((100 * finished) / total) + "%");
-        bar.setAttribute("aria-label", finished + " of " + total + " finished");
+      update(job) {
+        const p = job.progress;
+        root.hidden = !p || job.percent_done === null || job.percent_done === undefined;
+        if (root.hidden) return;
+        for (const s in parts) parts[s].style.width = (100 * p[s + "_children"]) / p.total_children + "%";
+        setText(pct, job.percent_done + "%");
+        bar.setAttribute("aria-label", job.done_text);
       },
     };
   }
@@ -180,7 +180,7 @@
     setText(c.id, job.id);
     setBadge(c.badge, job.status);
     setText(c.progress, job.progress ? job.progress.progress_text : "—");
-    c.bar.update(job.progress);
+    c.bar.update(job);
     setText(c.started, when(job.started_at));
     setText(c.duration, duration(job));
   }
@@ -312,7 +312,6 @@
       logReady: false,
       logQueue: [],
       logMax: 0,
-      pendingLine: null,
       eventsNext: 0,
       eventsBusy: false,
       eventsAgain: false,
@@ -333,7 +332,7 @@
     }
     setBadge(badge, job.status);
     setText($("detail-progress"), job.progress ? job.progress.progress_text : "no children");
-    detail.bar.update(job.progress);
+    detail.bar.update(job);
     setText($("detail-started"), when(job.started_at));
     setText($("detail-duration"), duration(job));
     setText($("detail-type"), job.type || "—");
@@ -400,17 +399,10 @@
     const job = detail.job;
     if (m.type === "parent_job_progress") {
       if (m.job_id === job.id) {
-        const old = job.status;
         applyProgress(job, m);
-        if (m.parent_id === null && old !== job.status) {
-          logLine(m.event_id, m.timestamp, "info", "status changed: " + old + " → " + job.status);
-        }
+        if (m.text) logLine(m.event_id, m.timestamp, "info", m.text); // its own change (a top-level job's)
         detailDirty = true;
         redraw(null);
-        if (detail.pendingLine && detail.pendingLine.eventId === m.event_id) {
-          detail.pendingLine.node.textContent += ": " + visible(m.progress_text);
-          detail.pendingLine = null;
-        }
       }
       const child = detail.children.get(m.job_id);
       if (child) {
@@ -426,27 +418,22 @@
           nameChild(child);
         }
         if (child) {
-          enterStatus(child.job, m.new_status, m.timestamp);
+          child.job.status = m.new_status;
+          copy(child.job, m, TIMES);
           redraw(child);
         }
-        if (m.old_status !== null) {
-          const node = logLine(m.event_id, m.timestamp, "info", "child " + m.child_id + " " + m.old_status + " → " + m.new_status);
-          if (node) detail.pendingLine = { eventId: m.event_id, node: node };
-        }
+        if (m.parent_text) logLine(m.event_id, m.timestamp, "info", m.parent_text);
       }
       if (m.child_id === job.id) {
-        enterStatus(job, m.new_status, m.timestamp);
+        job.status = m.new_status;
+        copy(job, m, TIMES);
         detailDirty = true;
         redraw(null);
-        const text =
-          m.old_status === null
-            ? "created (" + m.new_status + ")"
-            : "status changed: " + m.old_status + " → " + m.new_status + (m.message ? ": " + m.message : "");
-        logLine(m.event_id, m.timestamp, "info", text);
+        logLine(m.event_id, m.timestamp, "info", m.text);
       }
     } else if (m.type === "log") {
-      if (m.job_id === job.id) logLine(m.event_id, m.timestamp, m.level, m.message);
-      else if (m.parent_id === job.id) logLine(m.event_id, m.timestamp, m.level, "child " + m.job_id + ": " + m.message);
+      if (m.job_id === job.id) logLine(m.event_id, m.timestamp, m.level, m.text);
+      else if (m.parent_id === job.id) logLine(m.event_id, m.timestamp, m.level, m.parent_text);
     }
     if (m.root_id === job.root_id) scheduleEvents();
   }
@@ -504,17 +491,6 @@
   }
 
   // --------------------------------------------------------------- events
-  function eventText(e) {
-    if (e.kind === "log") return "[" + (e.level || "info") + "] " + e.message;
-    if (e.kind === "create") return "created (" + e.new_status + ")";
-    if (e.kind === "policy") return "policy set: " + e.message;
-    let attempt = "";
-    if (e.attempt && (e.max_attempts || e.attempt > 1)) {
-      attempt = " (attempt " + e.attempt + (e.max_attempts ? "/" + e.max_attempts : "") + ")";
-    }
-    return (e.old_status || "new") + " → " + e.new_status + attempt + (e.message ? ": " + e.message : "");
-  }
-
   function scheduleEvents() {
     if (detail.eventsTimer !== null) return;
     const id = detail.id;
@@ -539,7 +515,7 @@
         const body = $("events").tBodies[0];
         for (const e of data.events) {
           const tr = el("tr");
-          tr.append(el("td", null, String(e.id)), el("td", null, clock(e.at)), el("td", null, e.job_id), el("td", null, eventText(e)));
+          tr.append(el("td", null, String(e.id)), el("td", null, clock(e.at)), el("td", null, e.job_id), el("td", null, e.text));
           body.prepend(tr);
         }
         while (body.children.length > MAX_EVENTS) body.lastElementChild.remove();

@@ -15,6 +15,22 @@ a created job) gives:
 A `log` event gives one `log` message. Every message carries `event_id` (the
 event's id), `root_id` and `timestamp` (the event's time).
 
+Texts
+-----
+The page only places what it shows: every text is rendered here, by the
+same functions the CLI uses (`jobctl.progress`, `jobctl.model`), so no text
+rule lives in JavaScript. `text` is the line the event adds to its own job's
+log (`logs JOB`: `status changed: running → failed (attempt 1/3): exit code 1`),
+`parent_text` the line it adds to its parent's (`logs PARENT --children`;
+None without a parent, or for a creation); a `parent_job_progress` message
+has a `text` only for the job's own change (else the `child_status_change`
+before it has it). The job a message is about (the child, for a change)
+comes with its `started_at` and `completed_at` as they were just after the
+event and `duration_text` once it ended (a running job's clock the page
+ticks itself); a progress message with `percent_done` and `done_text` of its
+children too. All are functions of the event and the folded state only, so
+the hub and a replay still make the same bytes.
+
 The messages of an event are a pure function of the database at that event:
 the hub (live) and a replay (a client resuming from an old cursor) compute
 the same bytes for the same event. That is what makes resuming exact.
@@ -43,8 +59,9 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from jobctl.model import CREATE, LOG, STATUS, STATUSES
-from jobctl.progress import empty_counts, fold, progress_dict
+from jobctl import model
+from jobctl.model import CREATE, LOG, STATUS, STATUSES, duration_text, job_seconds
+from jobctl.progress import counts_of, done_text, empty_counts, fold, log_text, percent_done, progress_dict
 
 if TYPE_CHECKING:
     from jobctl.api import Jobctl
@@ -90,18 +107,63 @@ def needs(e: Mapping) -> str | None:
     return e["parent_id"] if e["parent_id"] is not None else e["job_id"]
 
 
+def times(job: Mapping) -> dict:
+    """A job's status timestamps, and how long it ran once it ended (None before:
+    the page ticks a running job's clock from started_at itself)."""
+    seconds = job_seconds(job) if job["completed_at"] else None
+    return {
+        "started_at": job["started_at"],
+        "completed_at": job["completed_at"],
+        "duration_text": duration_text(seconds) if seconds is not None else None,
+    }
+
+
+def done(counts: Mapping[str, int] | None) -> dict:
+    """How many of a job's children finished, as the page shows it (None without children)."""
+    if not counts or not any(counts.values()):
+        return {"percent_done": None, "done_text": None}
+    return {"percent_done": percent_done(counts), "done_text": done_text(counts)}
+
+
+def job_texts(job: Mapping) -> dict:
+    """What the page shows of a job row (the API's) beyond its fields: times() and done()."""
+    return {**times(job), **done(counts_of(job["progress"]) if job.get("progress") else None)}
+
+
 class Folder:
     """The status, child counts and parent of the jobs the messages speak of,
-    folded event by event. Loaded (exactly, for a cursor) with state_at()."""
+    and the status timestamps of every job an event speaks of, folded event by
+    event. Loaded (exactly, for a cursor) with state_at() and load_times()."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, list] = {}  # id -> [status, counts, parent_id]
+        self.times: dict[str, dict] = {}  # id -> {"started_at", "completed_at", ...} (model.enter_status)
 
     def missing(self, events: Iterable[Mapping]) -> set[str]:
         return {n for e in events if (n := needs(e)) is not None and n not in self.jobs}
 
     def load(self, state: Mapping[str, list]) -> None:
         self.jobs.update(state)
+
+    def clear(self) -> None:
+        self.jobs.clear()
+        self.times.clear()
+
+    def load_times(self, jc: Jobctl, rows: Sequence[Mapping]) -> None:
+        """Before the messages of `rows` (a page of consecutive events): the status
+        timestamps, as of the event before the page, of the jobs they speak of
+        that are not folded yet (Jobctl.times_at). Past MAX_TRACKED it forgets
+        them all first: what is reloaded is the same, the events before the
+        page never change."""
+        if len(self.times) > MAX_TRACKED:
+            self.times.clear()
+        wanted = {n for e in rows if (n := needs(e)) is not None}
+        wanted |= {e["job_id"] for e in rows if e["kind"] in (CREATE, STATUS)}
+        wanted -= self.times.keys()
+        if wanted:
+            found = jc.times_at(sorted(wanted), rows[0]["id"] - 1)
+            for job_id in wanted:
+                self.times[job_id] = found.get(job_id) or {"status": None, "started_at": None, "completed_at": None}
 
     def messages(self, e: Mapping) -> list[dict]:
         kind = e["kind"]
@@ -113,6 +175,8 @@ class Folder:
                     "parent_id": e["parent_id"],
                     "level": e["level"] or "info",
                     "message": e["message"],
+                    "text": log_text(e, True, {}),
+                    "parent_text": log_text(e, False, {}) if e["parent_id"] is not None else None,
                     "timestamp": e["at"],
                     "root_id": e["root_id"],
                     "event_id": e["id"],
@@ -124,9 +188,11 @@ class Folder:
         own = self.jobs.get(job_id)
         if own is not None:
             own[0] = e["new_status"]
+        model.enter_status(self.times[job_id], e["new_status"], e["at"])
         if parent_id is None:
             return [self._progress(job_id, e)]
-        fold(self.jobs[parent_id][1], e["old_status"], e["new_status"])
+        counts = self.jobs[parent_id][1]
+        fold(counts, e["old_status"], e["new_status"])
         change = {
             "type": CHILD,
             "job_id": parent_id,
@@ -134,6 +200,9 @@ class Folder:
             "old_status": e["old_status"],
             "new_status": e["new_status"],
             "message": e["message"],
+            "text": log_text(e, True, counts),
+            "parent_text": log_text(e, False, counts),
+            **times(self.times[job_id]),
             "timestamp": e["at"],
             "root_id": e["root_id"],
             "event_id": e["id"],
@@ -145,6 +214,9 @@ class Folder:
         return {
             "type": PROGRESS,
             **progress_dict(job_id, status, counts),
+            "text": log_text(e, True, counts) if e["job_id"] == job_id else None,
+            **times(self.times[job_id]),
+            **done(counts),
             "timestamp": e["at"],
             "parent_id": parent_id,
             "root_id": e["root_id"],
@@ -216,6 +288,7 @@ def replay(jc: Jobctl, since: int, until: int, page: int = PAGE) -> Generator[li
     folder = Folder()
     folder.load(state_at(jc, since, discover(jc, since, until)))
     for rows in scan(jc, since, until, page):
+        folder.load_times(jc, rows)
         yield [(e["id"], encode(e["id"], folder.messages(e))) for e in rows]
 
 
@@ -259,6 +332,7 @@ class Hub:
                 missing = self.folder.missing(rows)
             if missing:
                 self.folder.load(state_at(self.jc, before, missing))
+            self.folder.load_times(self.jc, rows)
             batch = [(e["id"], encode(e["id"], self.folder.messages(e))) for e in rows]
         except BaseException:
             self.feed.cursor = before  # nothing of this page was handed over: read it again
@@ -282,7 +356,7 @@ class Hub:
                     self.feed.wait(min(self.poll_interval, STOP_CHECK))
                 except Exception as exc:  # a database hiccup must not end the feed: say so, retry
                     sys.stderr.write(f"jobctl: serve: reading events failed ({exc}); retrying\n")
-                    self.folder.jobs.clear()  # whatever a half-done step folded is reloaded exactly
+                    self.folder.clear()  # whatever a half-done step folded is reloaded exactly
                     self._stop.wait(delay)
                     delay = min(delay * 2, 5.0)
         finally:

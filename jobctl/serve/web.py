@@ -249,16 +249,25 @@ def list_jobs(jc: Jobctl, statuses: list[str], parent: str | None, limit: int) -
         jobs = list(islice(listing, limit + 1))
         listing.close()
         parent_row = jc.get(parent) if parent is not None else None
-    out = {"jobs": jobs[:limit], "cursor": cursor, "more": len(jobs) > limit}
+    out = {"jobs": [shown(j) for j in jobs[:limit]], "cursor": cursor, "more": len(jobs) > limit}
     if parent_row is not None:
-        out["parent"] = parent_row
+        out["parent"] = shown(parent_row)
     return out
 
 
+def shown(job: dict) -> dict:
+    """A job row with the texts the page shows of it (feed.job_texts: rendered here, placed there)."""
+    return {**job, **feed.job_texts(job)}
+
+
 def job_events(jc: Jobctl, job_id: str, since: int, limit: int) -> dict:
-    """A page of the events of the job and its descendants after `since`;
-    `next` is the cursor for the following page."""
+    """A page of the events of the job and its descendants after `since`, each
+    with its `text` (progress.event_text); `next` is the cursor for the following page."""
+    from jobctl.progress import event_text
     from jobctl.render import event_json
+
+    def shown(e: dict) -> dict:
+        return {**event_json(e), "text": event_text(e)}
 
     feed = jc.feed(since, job=job_id, page=max(limit, 500))
     out: list[dict] = []
@@ -266,8 +275,8 @@ def job_events(jc: Jobctl, job_id: str, since: int, limit: int) -> dict:
         for e in rows:
             out.append(e)
             if len(out) == limit:
-                return {"events": [event_json(x) for x in out], "next": e["id"], "more": True}
-    return {"events": [event_json(x) for x in out], "next": feed.cursor, "more": False}
+                return {"events": [shown(x) for x in out], "next": e["id"], "more": True}
+    return {"events": [shown(x) for x in out], "next": feed.cursor, "more": False}
 
 
 class App:
@@ -391,7 +400,7 @@ class App:
         if what == "job":
             query(request, {})
             with self.pool.get() as jc:
-                return JSONResponse(jc.get(job_id))
+                return JSONResponse(shown(jc.get(job_id)))
         if what == "events":
             params = query(request, {"since": False, "limit": False})
             since = int_param(params, "since", 0, 0, model.MAX_INT)

@@ -329,6 +329,12 @@ class Store(Protocol):
         ...
 
     def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]: ...
+    def last_entries(
+        self, job_ids: Sequence[str], until: int, kinds: Sequence[str], starts: Sequence[str]
+    ) -> list[dict]:
+        """SqlQueries.last_entries."""
+        ...
+
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
         """How many events but creations of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
         ...
@@ -439,6 +445,24 @@ class SqlQueries:
 
     def last_event_id(self) -> int:
         return self._query("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"]
+
+    def last_entries(
+        self, job_ids: Sequence[str], until: int, kinds: Sequence[str], starts: Sequence[str]
+    ) -> list[dict]:
+        """Of each job, up to event `until`, its last event of `kinds` into one of
+        the statuses `starts`, and its last into another status (id, job_id,
+        new_status, at), in id order. Along the (job_id, id) index."""
+        m = self.mark
+        out: list[dict] = []
+        ids = sorted(set(job_ids))
+        for i in range(0, len(ids), CHUNK):
+            where, values = self._in("job_id", ids[i : i + CHUNK])
+            kind_in, kind_values = self._in("kind", kinds)
+            start_in, start_values = self._in("new_status", starts)
+            last = f"SELECT max(id) FROM events WHERE {where} AND id <= {m} AND {kind_in} GROUP BY job_id, {start_in}"
+            sql = f"SELECT id, job_id, new_status, at FROM events WHERE id IN ({last}) ORDER BY id"
+            out += self._query(sql, [*values, until, *kind_values, *start_values])
+        return out
 
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
         """The earliest `not_before` of the children of `parent_id` with `status`."""
