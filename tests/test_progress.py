@@ -290,8 +290,16 @@ def test_folded_events_equal_direct_count(steps):
 
 # ------------------------------------------------------- the texts of events
 def change(kind, old=None, new=None, message=None, attempt=None, cap=None, level=None, job="p.3"):
-    return {"kind": kind, "job_id": job, "old_status": old, "new_status": new, "message": message,
-            "attempt": attempt, "max_attempts": cap, "level": level}
+    return {
+        "kind": kind,
+        "job_id": job,
+        "old_status": old,
+        "new_status": new,
+        "message": message,
+        "attempt": attempt,
+        "max_attempts": cap,
+        "level": level,
+    }
 
 
 def test_event_text_and_log_text():
@@ -299,16 +307,26 @@ def test_event_text_and_log_text():
     assert event_text(failed) == "running → failed (attempt 1/3): exit code 1"
     assert log_text(failed, True, {}) == "status changed: running → failed (attempt 1/3): exit code 1"
     assert log_text(failed, False, c(p=2, f=1)) == (
-        "child p.3 running → failed (attempt 1/3): 2 pending, 0 running, 0 completed, 1 failed")
+        "child p.3 running → failed (attempt 1/3): 2 pending, 0 running, 0 completed, 1 failed"
+    )
     created = change("create", None, PENDING, attempt=1)
     assert (event_text(created), log_text(created, True, {}), log_text(created, False, {})) == (
-        "new → pending", "created (pending)", None)
+        "new → pending",
+        "created (pending)",
+        None,
+    )
     line = change("log", message="fetching", level="warning")
     assert (event_text(line), log_text(line, True, {}), log_text(line, False, {})) == (
-        "[warning] fetching", "fetching", "child p.3: fetching")
+        "[warning] fetching",
+        "fetching",
+        "child p.3: fetching",
+    )
     policy = change("policy", message="max-attempts 2", cap=2)
     assert (event_text(policy), log_text(policy, True, {}), log_text(policy, False, {})) == (
-        "policy set: max-attempts 2", "policy set: max-attempts 2", None)
+        "policy set: max-attempts 2",
+        "policy set: max-attempts 2",
+        None,
+    )
 
 
 def test_counts_of_percent_done_and_done_text():

@@ -232,9 +232,12 @@ def test_the_log_tail_says_changes_as_logs_does(jc):
     jc.set_status([kid], "running")
     jc.set_status([kid], "failed", message="exit code 1")
     block = unstamp(text(jc, p, "markdown")).split("```text\n")[1].split("\n```")[0]
-    assert block.splitlines() == ["T [info] created (pending)", "T [info] policy set: max-attempts 2",
-                                  "T [info] status changed: pending → running (attempt 1/2)",
-                                  "T [info] status changed: running → failed (attempt 1/2): exit code 1"]
+    assert block.splitlines() == [
+        "T [info] created (pending)",
+        "T [info] policy set: max-attempts 2",
+        "T [info] status changed: pending → running (attempt 1/2)",
+        "T [info] status changed: running → failed (attempt 1/2): exit code 1",
+    ]
     assert block.splitlines() == [unstamp(f"{line['at'][:19]}Z [info] {line['text']}") for line in jc.logs(kid)]
 
 

@@ -21,14 +21,13 @@ from pathlib import Path
 import pytest
 
 from conftest import JOBCTL, ROOT, run, seed_news_crawler, snapshot, wait_for
-from jobctl import DatabaseUnusable, Jobctl, UsageError
-from jobctl import model
+from jobctl import DatabaseUnusable, Jobctl, UsageError, model
 from jobctl.model import CREATE, LOG, STATUS, STATUSES
 from jobctl.model import replay as replay_model
 from jobctl.progress import done_text, event_text, log_text, percent_done, progress_dict
 from jobctl.render import event_json
 from jobctl.serve import app as serve_app
-from jobctl.serve import feed
+from jobctl.serve import stream
 from throwaway_pg import connect_to, free_port
 
 # How a server is started: `[*SERVE, "--db", DB, "serve", "--host", ..., "--port", ...]`.
@@ -268,8 +267,11 @@ def line_count(text):
 def shown_times(job):
     """A job's times as the page is sent them, the plain way (`duration_text` once it ended)."""
     ended = job["started_at"] and job["completed_at"]
-    return {"started_at": job["started_at"], "completed_at": job["completed_at"],
-            "duration_text": model.duration_text(model.job_seconds(job)) if ended else None}
+    return {
+        "started_at": job["started_at"],
+        "completed_at": job["completed_at"],
+        "duration_text": model.duration_text(model.job_seconds(job)) if ended else None,
+    }
 
 
 def shown_done(counts):
@@ -297,26 +299,54 @@ def oracle_messages(events):
 
         def progress(job, e=e):
             counts = counted(job)
-            return {"type": "parent_job_progress", **progress_dict(job, jobs[job]["status"], counts),
-                    "text": log_text(e, True, counts) if e["job_id"] == job else None,
-                    **shown_times(jobs[job]), **shown_done(counts),
-                    "timestamp": e["at"], "parent_id": parents[job], "root_id": e["root_id"], "event_id": e["id"]}
+            return {
+                "type": "parent_job_progress",
+                **progress_dict(job, jobs[job]["status"], counts),
+                "text": log_text(e, True, counts) if e["job_id"] == job else None,
+                **shown_times(jobs[job]),
+                **shown_done(counts),
+                "timestamp": e["at"],
+                "parent_id": parents[job],
+                "root_id": e["root_id"],
+                "event_id": e["id"],
+            }
 
         if e["kind"] == LOG:
-            msgs = [{"type": "log", "job_id": e["job_id"], "parent_id": e["parent_id"], "level": e["level"],
-                     "message": e["message"], "text": e["message"],
-                     "parent_text": f"child {e['job_id']}: {e['message']}" if e["parent_id"] else None,
-                     "timestamp": e["at"], "root_id": e["root_id"], "event_id": e["id"]}]
+            msgs = [
+                {
+                    "type": "log",
+                    "job_id": e["job_id"],
+                    "parent_id": e["parent_id"],
+                    "level": e["level"],
+                    "message": e["message"],
+                    "text": e["message"],
+                    "parent_text": f"child {e['job_id']}: {e['message']}" if e["parent_id"] else None,
+                    "timestamp": e["at"],
+                    "root_id": e["root_id"],
+                    "event_id": e["id"],
+                }
+            ]
         elif e["parent_id"] is None:
             msgs = [progress(e["job_id"])]
         else:
             counts = counted(e["parent_id"])
-            msgs = [{"type": "child_status_change", "job_id": e["parent_id"], "child_id": e["job_id"],
-                     "old_status": e["old_status"], "new_status": e["new_status"], "message": e["message"],
-                     "text": log_text(e, True, counts), "parent_text": log_text(e, False, counts),
-                     **shown_times(jobs[e["job_id"]]),
-                     "timestamp": e["at"], "root_id": e["root_id"], "event_id": e["id"]},
-                    progress(e["parent_id"])]
+            msgs = [
+                {
+                    "type": "child_status_change",
+                    "job_id": e["parent_id"],
+                    "child_id": e["job_id"],
+                    "old_status": e["old_status"],
+                    "new_status": e["new_status"],
+                    "message": e["message"],
+                    "text": log_text(e, True, counts),
+                    "parent_text": log_text(e, False, counts),
+                    **shown_times(jobs[e["job_id"]]),
+                    "timestamp": e["at"],
+                    "root_id": e["root_id"],
+                    "event_id": e["id"],
+                },
+                progress(e["parent_id"]),
+            ]
         out.append((e["id"], msgs))
     return out
 
@@ -339,17 +369,17 @@ def history(jc):
 
 
 def test_replay_from_every_cursor_matches_a_plain_recount(jc):
-    """feed.replay from any cursor gives exactly the messages of a plain fold from
+    """stream.replay from any cursor gives exactly the messages of a plain fold from
     the start (state_at unfolds correctly at every point), on both backends."""
     history(jc)
     events = jc.events()
     last = events[-1]["id"]
-    want = [(i, feed.encode(i, msgs)) for i, msgs in oracle_messages(events)]
+    want = [(i, stream.encode(i, msgs)) for i, msgs in oracle_messages(events)]
     for since in range(0, last + 1):
-        got = [x for page in feed.replay(jc, since, last, page=7) for x in page]
+        got = [x for page in stream.replay(jc, since, last, page=7) for x in page]
         assert got == [w for w in want if w[0] > since], f"replay from {since}"
     # and a stretch in the middle: (since, until]
-    got = [x for page in feed.replay(jc, 5, last - 5) for x in page]
+    got = [x for page in stream.replay(jc, 5, last - 5) for x in page]
     assert got == [w for w in want if 5 < w[0] <= last - 5]
 
 
@@ -358,7 +388,7 @@ def test_state_at_is_the_state_of_that_moment(jc):
     events = jc.events()
     ids = sorted({e["job_id"] for e in events})
     for at in range(0, events[-1]["id"] + 1):
-        state = feed.state_at(jc, at, ids)
+        state = stream.state_at(jc, at, ids)
         then = replay_model([e for e in events if e["id"] <= at])
         for job in ids:
             status, counts, _ = state[job]
@@ -371,14 +401,14 @@ def test_state_at_is_the_state_of_that_moment(jc):
 
 
 def test_cursors():
-    assert feed.parse_cursor("12") == (12, None)
-    assert feed.parse_cursor("12.0") == (12, 0)
+    assert stream.parse_cursor("12") == (12, None)
+    assert stream.parse_cursor("12.0") == (12, 0)
     for bad in ("", "x", "-1", "1.", ".1", "1.x", "1.2.3", "9" * 20, "²", "1.²"):
         with pytest.raises(ValueError):
-            feed.parse_cursor(bad)
-    assert feed.after((5, None), 6, 0) and not feed.after((5, None), 5, 1)
-    assert feed.after((5, 0), 5, 1) and not feed.after((5, 0), 5, 0)
-    assert feed.replay_from((5, None)) == 5 and feed.replay_from((5, 0)) == 4
+            stream.parse_cursor(bad)
+    assert stream.after((5, None), 6, 0) and not stream.after((5, None), 5, 1)
+    assert stream.after((5, 0), 5, 1) and not stream.after((5, 0), 5, 0)
+    assert stream.replay_from((5, None)) == 5 and stream.replay_from((5, 0)) == 4
 
 
 def test_options_are_checked_before_anything_runs(tmp_path, monkeypatch):
@@ -414,7 +444,7 @@ def test_the_cli_hot_path_never_imports_the_web_stack():
     code = (
         "import sys, jobctl, jobctl.cli, jobctl.fastpath, jobctl.commands, jobctl.serve, jobctl.serve.app;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'anyio')"
-        " or m in ('jobctl.serve.web', 'jobctl.serve.feed'));"
+        " or m in ('jobctl.serve.web', 'jobctl.serve.stream'));"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -460,7 +490,7 @@ def test_jobs_list_show_and_errors(db, serve):
         jc.set_status([done], "completed")
         slash = jc.create("with a slash", id="nightly/42")
         roots = [j["id"] for j in jc.list() if j["parent_id"] is None][::-1]
-        want = {r: {**jc.get(r), **feed.job_texts(jc.get(r))} for r in roots}
+        want = {r: {**jc.get(r), **stream.job_texts(jc.get(r))} for r in roots}
         cursor = jc.last_event_id()
     server = serve(db)
 
@@ -522,7 +552,9 @@ def test_events_are_paged_with_a_cursor(db, serve):
         parent, kids, grand, other = tree(jc)
         jc.set_status(grand, "running")
         jc.log(grand[0], "deep")
-        all_of = {j: [{**event_json(e), "text": event_text(e)} for e in jc.events(job=j)] for j in (parent, kids[0], other)}
+        all_of = {
+            j: [{**event_json(e), "text": event_text(e)} for e in jc.events(job=j)] for j in (parent, kids[0], other)
+        }
         last = jc.last_event_id()
     server = serve(db)
     for job, want in all_of.items():
@@ -665,13 +697,24 @@ def test_a_token_is_checked_on_every_request_and_the_stream(db_path, serve):
 
 
 def test_the_page_composes_no_text_itself():
-    """Every text the page shows comes rendered from the server (serve/feed.py,
+    """Every text the page shows comes rendered from the server (serve/stream.py,
     "Texts"): app.js builds no status change (`→`), attempt, log line or
     count text, and re-implements no status rule (enter_status)."""
     js = (ROOT / "jobctl" / "serve" / "app.js").read_text()
     code = "\n".join(line.split("//")[0] for line in js.splitlines())  # what runs, not what explains
-    for made in ("→", "\\u2192", "attempt", "status changed", "created (", "policy set", '"child ', "finished",
-                 "completed_children +", "enterStatus", "completed_at = "):
+    for made in (
+        "→",
+        "\\u2192",
+        "attempt",
+        "status changed",
+        "created (",
+        "policy set",
+        '"child ',
+        "finished",
+        "completed_children +",
+        "enterStatus",
+        "completed_at = ",
+    ):
         assert made not in code, f"app.js composes {made!r} itself: render it in Python and send it"
     # the one clock it computes is a running job's, in one function
     assert code.count("Date.now()") == 1 and code.count("Date.parse(") == 1
@@ -705,7 +748,7 @@ def test_rows_and_events_carry_the_texts_the_cli_renders(db, serve):
         assert (top["percent_done"], top["done_text"]) == (66, "2 of 3 finished")
         events = server.get(f"/api/jobs/{parent}/events")["events"]
         assert [e["text"] for e in events] == [event_text(e) for e in jc.events(job=parent)]
-    assert f"running → failed (attempt 1/3): exit code 1" in [e["text"] for e in events]
+    assert "running → failed (attempt 1/3): exit code 1" in [e["text"] for e in events]
 
 
 # ================================================================== stream
@@ -724,15 +767,36 @@ def test_stream_messages_carry_progress_for_each_status_change(db, serve):
         want_progress = jc.progress(parent)
         started = jc.get(parent)["started_at"]
     assert (id1, id2) == (f"{e['id']}.0", str(e["id"]))
-    assert change == {"type": "child_status_change", "job_id": parent, "child_id": kids[0], "old_status": "pending",
-                      "new_status": "running", "message": "go",
-                      "text": "status changed: pending → running: go",
-                      "parent_text": f"child {kids[0]} pending → running: 2 pending, 1 running, 0 completed, 0 failed",
-                      "started_at": e["at"], "completed_at": None, "duration_text": None,
-                      "timestamp": e["at"], "root_id": parent, "event_id": e["id"]}
-    assert progress == {"type": "parent_job_progress", **want_progress, "text": None, "started_at": started,
-                        "completed_at": None, "duration_text": None, "percent_done": 0, "done_text": "0 of 3 finished",
-                        "timestamp": e["at"], "parent_id": None, "root_id": parent, "event_id": e["id"]}
+    assert change == {
+        "type": "child_status_change",
+        "job_id": parent,
+        "child_id": kids[0],
+        "old_status": "pending",
+        "new_status": "running",
+        "message": "go",
+        "text": "status changed: pending → running: go",
+        "parent_text": f"child {kids[0]} pending → running: 2 pending, 1 running, 0 completed, 0 failed",
+        "started_at": e["at"],
+        "completed_at": None,
+        "duration_text": None,
+        "timestamp": e["at"],
+        "root_id": parent,
+        "event_id": e["id"],
+    }
+    assert progress == {
+        "type": "parent_job_progress",
+        **want_progress,
+        "text": None,
+        "started_at": started,
+        "completed_at": None,
+        "duration_text": None,
+        "percent_done": 0,
+        "done_text": "0 of 3 finished",
+        "timestamp": e["at"],
+        "parent_id": None,
+        "root_id": parent,
+        "event_id": e["id"],
+    }
     assert progress["progress_text"] == "2 pending, 1 running, 0 completed, 0 failed"
     # the last child: the parent's derived status follows, as its own event
     run("status", "set", *kids, "completed", db=db, check=True)
@@ -1110,17 +1174,22 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         )
         page.wait_for_function(
             "t => [...document.querySelectorAll('#events td')].some(n => n.textContent === t)",
-            arg="[info] fetching https://example.org/<script>", timeout=2000)
+            arg="[info] fetching https://example.org/<script>",
+            timeout=2000,
+        )
         # a change with an attempt, as the server renders it (the page composes no text)
         run("status", "set", f"{parent}.46", "running", db=db, check=True)
         run("status", "set", f"{parent}.46", "failed", "-m", "exit code 1", db=db, check=True)
         page.wait_for_function(
             "t => [...document.querySelectorAll('#events td')].some(n => n.textContent === t)",
-            arg="running → failed (attempt 1/3): exit code 1", timeout=2000)
+            arg="running → failed (attempt 1/3): exit code 1",
+            timeout=2000,
+        )
         page.wait_for_function(
             "t => [...document.querySelectorAll('#log .text')].some(n => n.textContent === t)",
             arg=f"child {parent}.46 running → failed (attempt 1/3): 62 pending, 1 running, 43 completed, 2 failed",
-            timeout=1000)
+            timeout=1000,
+        )
         failed = server.get(f"/api/jobs/{parent}.46")
         assert failed["duration_text"] is not None
         wait_text(page, f'#children tr[data-job-id="{parent}.46"] td.duration', failed["duration_text"])

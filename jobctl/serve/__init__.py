@@ -5,7 +5,7 @@ uvicorn), imported only when the server runs.
 
 - `jobctl.serve.app`: `main()`, the command's body (checks its options, runs uvicorn).
 - `jobctl.serve.web`: the Starlette routes, the stream and the guard.
-- `jobctl.serve.feed`: events into stream messages, replay from a cursor, and
+- `jobctl.serve.stream`: events into stream messages, replay from a cursor, and
   the one database watcher (no web framework).
 - `page.html`, `app.js`, `app.css`: the page, served as package data.
 """

@@ -4,7 +4,7 @@
 // textContent, never as HTML.
 // The page only places texts: the server renders every one of them (change
 // texts, log lines, durations, counts) with the CLI's own functions
-// (jobctl/serve/feed.py, "Texts"). The one thing computed here is a running
+// (jobctl/serve/stream.py, "Texts"). The one thing computed here is a running
 // job's clock, ticking each second without asking the server (`elapsed`).
 "use strict";
 

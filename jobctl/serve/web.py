@@ -4,12 +4,12 @@ only by `jobctl serve` (`jobctl.serve.app.main`), never by the CLI's hot path.
 
 Read-only: every route is GET (HEAD); nothing here writes to the database.
 
-The stream (`/api/stream`, Server-Sent Events): one `feed.Hub` thread follows
+The stream (`/api/stream`, Server-Sent Events): one `stream.Hub` thread follows
 the events table and turns each event into its encoded messages once; the
 event loop fans every batch out to the clients' queues (`App.deliver`).
 A client joins at the hub's cursor H (on the loop, so no batch is half
 delivered to it); if it asked to resume from an older cursor C it first gets
-the events (C, H] replayed from the database (`feed.replay`, the same bytes
+the events (C, H] replayed from the database (`stream.replay`, the same bytes
 the hub made), then its queue: events > H. Everything it sends is filtered
 by its own cursor, message by message, so there is no gap and no duplicate.
 A client whose queue grows past `queue_events` (it cannot keep up, or its
@@ -48,7 +48,7 @@ from jobctl import __version__, model
 from jobctl.api import Jobctl
 from jobctl.console import plain
 from jobctl.model import DatabaseUnusable, JobctlError, UsageError
-from jobctl.serve import feed
+from jobctl.serve import stream
 from jobctl.store import is_url
 
 KEEPALIVE = 15.0  # seconds between comments on an idle stream (finds dead connections, keeps proxies open)
@@ -256,8 +256,8 @@ def list_jobs(jc: Jobctl, statuses: list[str], parent: str | None, limit: int) -
 
 
 def shown(job: dict) -> dict:
-    """A job row with the texts the page shows of it (feed.job_texts: rendered here, placed there)."""
-    return {**job, **feed.job_texts(job)}
+    """A job row with the texts the page shows of it (stream.job_texts: rendered here, placed there)."""
+    return {**job, **stream.job_texts(job)}
 
 
 def job_events(jc: Jobctl, job_id: str, since: int, limit: int) -> dict:
@@ -299,7 +299,7 @@ class App:
         self.pool = Pool(db)
         self.clients: set[Client] = set()
         self.cursor = 0  # the last event whose batch went out to the clients (loop side)
-        self.hub: feed.Hub | None = None
+        self.hub: stream.Hub | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.replays: asyncio.Semaphore | None = None
         self.replays_done = 0  # streams that were sent events from the database (resumed or caught up)
@@ -316,7 +316,7 @@ class App:
         self.loop = asyncio.get_running_loop()
         self.replays = asyncio.Semaphore(REPLAYS)
         jc = Jobctl(self.db, create=False)
-        self.hub = feed.Hub(jc, self.deliver_threadsafe, self.poll_interval)
+        self.hub = stream.Hub(jc, self.deliver_threadsafe, self.poll_interval)
         self.cursor = self.hub.cursor
         self.hub.start()
         try:
@@ -326,11 +326,11 @@ class App:
             await anyio.to_thread.run_sync(self.hub.stop)
             self.pool.close()
 
-    def deliver_threadsafe(self, batch: list[feed.Event], cursor: int) -> None:
+    def deliver_threadsafe(self, batch: list[stream.Event], cursor: int) -> None:
         assert self.loop is not None
         self.loop.call_soon_threadsafe(self.deliver, batch, cursor)
 
-    def deliver(self, batch: list[feed.Event], cursor: int) -> None:
+    def deliver(self, batch: list[stream.Event], cursor: int) -> None:
         """On the loop: one batch from the hub to every client's queue."""
         self.cursor = cursor
         for client in self.clients:
@@ -438,7 +438,7 @@ class Client:
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.pending: deque[list[feed.Event]] = deque()
+        self.pending: deque[list[stream.Event]] = deque()
         self.queued = 0
         self.overflow = False
         self.closed = False
@@ -449,7 +449,7 @@ class Client:
         self.queued = 0
         self.overflow = False
 
-    def push(self, batch: list[feed.Event]) -> None:
+    def push(self, batch: list[stream.Event]) -> None:
         if self.overflow:
             return
         self.queued += len(batch)
@@ -460,7 +460,7 @@ class Client:
             self.pending.append(batch)
         self.wake.set()
 
-    def take(self) -> list[list[feed.Event]]:
+    def take(self) -> list[list[stream.Event]]:
         batches = list(self.pending)
         self.pending.clear()
         self.queued = 0
@@ -486,7 +486,7 @@ class Stalled(Exception):
     """A stream client took nothing of what was sent to it for `send_timeout` seconds."""
 
 
-def render(batches: list[list[feed.Event]], cursor: feed.Cursor) -> tuple[bytes, feed.Cursor]:
+def render(batches: list[list[stream.Event]], cursor: stream.Cursor) -> tuple[bytes, stream.Cursor]:
     """The messages of `batches` that come after `cursor`, and the cursor after them."""
     out: list[bytes] = []
     for batch in batches:
@@ -495,7 +495,7 @@ def render(batches: list[list[feed.Event]], cursor: feed.Cursor) -> tuple[bytes,
             if event_id < n or (event_id == n and k is None):
                 continue
             for i, m in enumerate(messages):
-                if feed.after(cursor, event_id, i):
+                if stream.after(cursor, event_id, i):
                     out.append(m)
             cursor = (event_id, None)
     return b"".join(out), cursor
@@ -518,7 +518,7 @@ class Stream:
             text = header.encode("latin-1").decode("utf-8", "backslashreplace") if header else None
             text = text or params.get("since", [None])[0]
             try:
-                cursor = feed.parse_cursor(text) if text is not None else None
+                cursor = stream.parse_cursor(text) if text is not None else None
             except ValueError:
                 raise UsageError(f"since must be an event id (N, or N.K from an SSE id), not {text!r}") from None
             if cursor is not None and cursor[0] > app.cursor:
@@ -556,7 +556,7 @@ class Stream:
             app.clients.discard(client)
             disconnect.cancel()
 
-    def clamp(self, cursor: feed.Cursor) -> feed.Cursor:
+    def clamp(self, cursor: stream.Cursor) -> stream.Cursor:
         """A cursor past the database's last event (another database's, say) starts from its end."""
         with self.app.pool.get() as jc:
             last = jc.last_event_id()
@@ -570,7 +570,7 @@ class Stream:
                 client.close()
                 return
 
-    async def run(self, client: Client, cursor: feed.Cursor | None, send: Send) -> None:
+    async def run(self, client: Client, cursor: stream.Cursor | None, send: Send) -> None:
         app = self.app
         start = f"retry: {RETRY_MS}\n".encode()
         while not client.closed:
@@ -583,7 +583,7 @@ class Stream:
             if start:
                 await send({"type": "http.response.body", "body": start, "more_body": True})
                 start = b""
-            if feed.replay_from(cursor) < joined:
+            if stream.replay_from(cursor) < joined:
                 cursor = await self.replay(client, cursor, joined, send)
             while not client.closed and not client.overflow:
                 if not client.pending:
@@ -598,7 +598,7 @@ class Stream:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             # overflow: join again and catch up from the database, from our cursor
 
-    async def replay(self, client: Client, cursor: feed.Cursor, until: int, send: Send) -> feed.Cursor:
+    async def replay(self, client: Client, cursor: stream.Cursor, until: int, send: Send) -> stream.Cursor:
         """Send the events (cursor, until] from the database, a page at a time,
         on a connection of the replay's own (opened and closed in a worker thread)."""
         app = self.app
@@ -606,7 +606,7 @@ class Stream:
         async with app.replays:
             app.replays_done += 1
             jc = await anyio.to_thread.run_sync(lambda: Jobctl(app.db, create=False))
-            pages = feed.replay(jc, feed.replay_from(cursor), until)
+            pages = stream.replay(jc, stream.replay_from(cursor), until)
             try:
                 while not client.closed:
                     page = await anyio.to_thread.run_sync(next, pages, None)
