@@ -59,7 +59,14 @@ FAST: dict = {
     ("run",): (
         "run",
         ["*args"],
-        {"--each": "each", "--keep-order": "keep_order", "--json": "json", "--wait-for-more": "wait_for_more"},
+        {
+            "--each": "each",
+            "--keep-order": "keep_order",
+            "--json": "json",
+            "--wait-for-more": "wait_for_more",
+            "--quiet": "quiet",
+            "-q": "quiet",
+        },
         {
             "--parent": ("parent", str),
             "--name": ("name", str),
@@ -73,6 +80,7 @@ FAST: dict = {
             "--output": ("output", str),
             "--retries": ("retries", int),
             "--retry-delay": ("retry_delay", str),
+            "--on-term": ("on_term", str),
         },
     ),
     ("events",): (
