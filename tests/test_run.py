@@ -230,6 +230,8 @@ def test_bad_input_runs_nothing_and_writes_nothing(db, tmp_path):
         (["run", kid, "--timeout", "soon", *touch], 2, "bad duration"),
         (["run", "--each", *touch], 2, "--each goes with --parent"),
         (["run", "nope", *touch], 3, "job nope not found"),
+        (["run", kid, "--on-term", "nope", *touch], 2, "--on-term takes requeue or cancel"),
+        (["run", kid, "--on-term", "cancel", *touch], 2, "--on-term goes with --claim"),
     ]
     before = snapshot(db)
     for argv, code, text in cases:
