@@ -798,6 +798,7 @@ class PostgresStore(SqlQueries):
         jobs: dict[str, dict] = {}
         counts: dict[str, dict[str, int]] = {}
         where = " WHERE j.id = ANY(%s)"
+        requested = set(ids)
         if parents:
             where += " OR j.id IN (SELECT parent_id FROM jobs WHERE id = ANY(%s))"
         for i in range(0, len(ids), CHUNK):
@@ -815,11 +816,15 @@ class PostgresStore(SqlQueries):
                 locked = where if self.lock_parents else " WHERE j.id = ANY(%s)"
                 sql = f"SELECT 1 FROM jobs j{locked} ORDER BY j.id FOR UPDATE; {sql}"
                 params = (params if self.lock_parents else [chunk]) + params
+            got = []
             for row in self._query(sql, params, rows_locked=True):
                 counts[row["id"]] = {s: row.pop(f"c_{s}") or 0 for s in STATUSES}
                 jobs[row["id"]] = row
+                got.append(row["id"])
             if self.writing and not self.lock_parents:
-                for pid in jobs.keys() - set(chunk):
+                # only the parents this chunk read unlocked: not the jobs asked for (locked),
+                # in this chunk or another (a whole earlier chunk's were once taken for parents)
+                for pid in set(got) - requested:
                     self.watched.setdefault(pid, (dict(jobs[pid]), dict(counts[pid])))
         return jobs, counts
 
