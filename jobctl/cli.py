@@ -196,6 +196,13 @@ def create(
     ] = False,
     allow_failures: ALLOW_FAILURES = None,
     max_attempts: MAX_ATTEMPTS = None,
+    open: Annotated[
+        bool,
+        typer.Option(
+            "--open",
+            help="More children may come: it is not derived final until `jobctl close` (for fan-outs that grow).",
+        ),
+    ] = False,
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
     done(
@@ -209,6 +216,7 @@ def create(
             fail_fast=fail_fast,
             allow_failures=allow_failures,
             max_attempts=max_attempts,
+            open=open,
         )
     )
 
@@ -261,6 +269,14 @@ def policy_set(
     max_attempts: Annotated[
         str | None, typer.Option("--max-attempts", metavar="N|none", help="How many times it may start.")
     ] = None,
+    open: Annotated[
+        bool | None,
+        typer.Option(
+            "--open/--closed",
+            help="Open: more children may come, it is not derived final until closed (`jobctl close`).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Change a job's failure policy (the parts given), as an event; its status follows at once.
 
@@ -268,9 +284,26 @@ def policy_set(
     """
     done(
         commands.policy_set(
-            ctx.obj["db"], job, fail_fast=fail_fast, allow_failures=allow_failures, max_attempts=max_attempts
+            ctx.obj["db"],
+            job,
+            fail_fast=fail_fast,
+            allow_failures=allow_failures,
+            max_attempts=max_attempts,
+            open=open,
         )
     )
+
+
+@app.command("close")
+def close_(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The open parent.")],
+) -> None:
+    """Close an open parent (create --open): no more children; its status is derived from theirs at once.
+
+    Prints its status. The same as `policy set JOB --closed`.
+    """
+    done(commands.close(ctx.obj["db"], job))
 
 
 @status_app.command("set")

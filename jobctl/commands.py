@@ -123,6 +123,7 @@ def create(
     fail_fast: bool = False,
     allow_failures: str | None = None,
     max_attempts: int | None = None,
+    open: bool = False,
 ) -> int:
     meta_dict = parse_meta(meta or [])
     with _open(db) as jc:
@@ -136,6 +137,7 @@ def create(
                 fail_fast=fail_fast,
                 allow_failures=allow_failures,
                 max_attempts=max_attempts,
+                open=open,
             )
         )
     return 0
@@ -285,9 +287,10 @@ def policy_set(
     fail_fast: bool | None = None,
     allow_failures: str | None = None,
     max_attempts: str | None = None,
+    open: bool | None = None,
 ) -> int:
     """`policy set JOB`: change the parts of the policy given; print the policy."""
-    given: dict = {"fail_fast": fail_fast}
+    given: dict = {"fail_fast": fail_fast, "open": open}
     if allow_failures is not None:
         given["allow_failures"] = allow_failures
     if max_attempts is not None:
@@ -300,7 +303,22 @@ def policy_set(
             raise UsageError(f"--max-attempts takes a number or `none`, not {max_attempts!r}")
     with _open(db) as jc:
         policy = jc.set_policy(job, **given)
-    print(model.policy_text(policy["fail_fast"], policy["allow_failures"], policy["max_attempts"]) or "none")
+    _print_policy(policy)
+    return 0
+
+
+def _print_policy(policy: dict) -> None:
+    print(
+        model.policy_text(policy["fail_fast"], policy["allow_failures"], policy["max_attempts"], policy["open"])
+        or "none"
+    )
+
+
+def close(db: str | None, job: str) -> int:
+    """`close JOB`: an open parent expects no more children; print its status, now derived."""
+    with _open(db) as jc:
+        jc.close_parent(job)
+        print(jc.status(job))
     return 0
 
 

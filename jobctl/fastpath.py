@@ -34,7 +34,7 @@ FAST: dict = {
     ("create",): (
         "create",
         ["name"],
-        {"--fail-fast": "fail_fast"},
+        {"--fail-fast": "fail_fast", "--open": "open"},
         {
             "--type": ("type", str),
             "--id": ("id", str),

@@ -152,21 +152,33 @@ def n_children(counts: Mapping[str, int]) -> int:
     return sum(map(counts.get, STATUSES, _ZEROS))
 
 
-def derive_status(counts: Mapping[str, int], current: str, *, allow_failures: str | None = None) -> str:
-    """A parent's status from the counts of its direct children and its allowance.
+def derive_status(
+    counts: Mapping[str, int],
+    current: str,
+    *,
+    allow_failures: str | None = None,
+    open: bool | int = False,
+    fail_fast: bool | int = False,
+) -> str:
+    """A parent's status from the counts of its direct children and its policy.
 
     No children: the job keeps its status. Any child pending or running:
-    running. All final: failed if more failed than allowed (`allowed_failures`);
-    cancelled if none completed and some were cancelled (cancelled children are
-    never allowed failures); else completed. (Fail-fast acts through the
-    children: see fails_fast.)
+    running. An `open` parent (more children may come: `create --open`) is
+    running whatever its children's states, unless it is fail-fast and more
+    failed than allowed. All final: failed if more failed than allowed
+    (`allowed_failures`); cancelled if none completed and some were cancelled
+    (cancelled children are never allowed failures); else completed.
+    (Fail-fast acts through the children: see fails_fast.)
     """
     children = n_children(counts)
     if children == 0:
         return current
     if counts.get(PENDING, 0) or counts.get(RUNNING, 0):
         return RUNNING
-    if counts.get(FAILED, 0) > allowed_failures(allow_failures, children):
+    too_many = counts.get(FAILED, 0) > allowed_failures(allow_failures, children)
+    if open and not (fail_fast and too_many):
+        return RUNNING
+    if too_many:
         return FAILED
     if not counts.get(COMPLETED, 0) and counts.get(CANCELLED, 0):
         return CANCELLED
@@ -188,14 +200,55 @@ def fails_fast(counts: Mapping[str, int], fail_fast: bool, allow_failures: str |
 DERIVED_MESSAGE = "derived from children"
 
 
-def follows_children(counts: Mapping[str, int], status: str, allow: str | None) -> bool:
+def derive(counts: Mapping[str, int], job: Mapping) -> str:
+    """derive_status for a job row (its status and policy)."""
+    return derive_status(
+        counts,
+        job["status"],
+        allow_failures=job["allow_failures"],
+        open=job.get("is_open", 0),
+        fail_fast=job["fail_fast"],
+    )
+
+
+def follows_children(counts: Mapping[str, int], job: Mapping) -> bool:
     """Whether a parent's status is what its children give (derive_status), and
     not one set by hand (cancel, --force): only such a parent follows a new policy."""
-    return derive_status(counts, status, allow_failures=allow) == status
+    return derive(counts, job) == job["status"]
 
 
-# every message derived_message makes (DERIVED_MESSAGE has no regex metacharacters)
-_DERIVED = DERIVED_MESSAGE + r"(: \d+ failed, (within|more than) --allow-failures \d+(\.\d+)?%? \(\d+ allowed\))?"
+def takes_child(counts: Mapping[str, int], job: Mapping, last_status: Mapping | None) -> bool:
+    """Whether a job may get a new child: one not final does; a final one only
+    if its status was derived from its children (its last status event
+    `last_status` is derived, and they still give it), then it goes back to
+    running. A parent made final by hand (`cancel`, --force), or a fail-fast
+    one that failed, refuses."""
+    if job["status"] not in TERMINAL:
+        return True
+    children = n_children(counts)
+    failed_fast = job["fail_fast"] and counts.get(FAILED, 0) > allowed_failures(job["allow_failures"], children)
+    return (
+        children > 0
+        and not failed_fast
+        and last_status is not None
+        and is_derived(last_status)
+        and follows_children(counts, job)
+    )
+
+
+def new_child_message(first: str, n: int = 1) -> str:
+    """Why a final parent went back to running: `derived from children: new child P.4`."""
+    return f"{DERIVED_MESSAGE}: new child {first}" if n == 1 else f"{DERIVED_MESSAGE}: {n} new children from {first}"
+
+
+CLOSED_MESSAGE = DERIVED_MESSAGE + ": closed"
+
+# every message derived_message, new_child_message and CLOSED_MESSAGE make
+# (DERIVED_MESSAGE has no regex metacharacters)
+_DERIVED = DERIVED_MESSAGE + (
+    r"(: \d+ failed, (within|more than) --allow-failures \d+(\.\d+)?%? \(\d+ allowed\)"
+    r"|: new child \S+|: \d+ new children from \S+|: closed)?"
+)
 
 
 def is_derived(event: Mapping) -> bool:
@@ -266,19 +319,24 @@ def allowance_used(counts: Mapping[str, int], status: str, allow: str | None) ->
     return status == COMPLETED and counts.get(FAILED, 0) > 0 and bool(allow)
 
 
-def policy_text(fail_fast: bool | int, allow: str | None, max_attempts: int | None) -> str | None:
+def policy_text(
+    fail_fast: bool | int, allow: str | None, max_attempts: int | None, open: bool | int = False
+) -> str | None:
     """The canonical text of a policy (a create or policy event's message):
-    `fail-fast, allow-failures 5%, max-attempts 3`; None for no policy."""
-    parts = (["fail-fast"] if fail_fast else []) + ([f"allow-failures {allow}"] if allow else [])
+    `open, fail-fast, allow-failures 5%, max-attempts 3`; None for no policy."""
+    parts = (["open"] if open else []) + (["fail-fast"] if fail_fast else [])
+    parts += [f"allow-failures {allow}"] if allow else []
     parts += [f"max-attempts {max_attempts}"] if max_attempts is not None else []
     return ", ".join(parts) or None
 
 
 def parse_policy(text: str | None) -> dict:
-    """policy_text's inverse: {fail_fast, allow_failures, max_attempts}."""
-    out: dict = {"fail_fast": 0, "allow_failures": None, "max_attempts": None}
+    """policy_text's inverse: {is_open, fail_fast, allow_failures, max_attempts}."""
+    out: dict = {"is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
     for part in (text or "").split(", "):
-        if part == "fail-fast":
+        if part == "open":
+            out["is_open"] = 1
+        elif part == "fail-fast":
             out["fail_fast"] = 1
         elif part.startswith("allow-failures "):
             out["allow_failures"] = part.split(" ", 1)[1]
@@ -366,6 +424,7 @@ REPLAYED_FIELDS = (
     "completed_at",
     "updated_at",
     "attempt",
+    "is_open",
     "fail_fast",
     "allow_failures",
     "max_attempts",

@@ -108,6 +108,7 @@ class Reads:
                 "allowed_failures": model.allowed_failures(j["allow_failures"], total),
                 "allowance_used": model.allowance_used(c, j["status"], j["allow_failures"]),
                 "max_attempts": j["max_attempts"],
+                "open": bool(j.get("is_open")),
             }
         return jobs
 

@@ -169,7 +169,7 @@ def job(j: Mapping) -> None:
     ]
     lines = [(f, j[f]) for f in fields]
     policy = j["policy"]
-    text = policy_text(policy["fail_fast"], policy["allow_failures"], None)
+    text = policy_text(policy["fail_fast"], policy["allow_failures"], None, policy.get("open", False))
     if policy["allow_failures"] and j["progress"]:  # what the allowance comes to, and whether it was needed
         text = f"{text} ({policy['allowed_failures']} allowed{', used' if policy['allowance_used'] else ''})"
     lines.append(("policy", text))

@@ -178,15 +178,16 @@ class UnitOfWork:
         parent = self.job(parent_id)
         if new == FAILED and model.fails_fast(counts, parent["fail_fast"], parent["allow_failures"]):
             self.fail_fast_due.setdefault(parent_id, child_id or "a child")
-        self.rederive(parent)
+        new_child = old is None and parent["status"] in TERMINAL and child_id is not None
+        self.rederive(parent, model.new_child_message(child_id, n) if new_child else None)  # type: ignore[arg-type]
 
     def rederive(self, parent: dict, message: str | None = None) -> None:
-        """Set the parent's status to what its children's counts and its allowance give."""
+        """Set the parent's status to what its children's counts and its policy give."""
         counts = self.counts_of(parent["id"])
-        allow = parent["allow_failures"]
-        derived = model.derive_status(counts, parent["status"], allow_failures=allow)
+        derived = model.derive(counts, parent)
         if derived != parent["status"]:
-            self.set_status(parent, derived, message or model.derived_message(counts, derived, allow), derived=True)
+            message = message or model.derived_message(counts, derived, parent["allow_failures"])
+            self.set_status(parent, derived, message, derived=True)
 
     def settle(self) -> None:
         """Before the commit: every fail-fast parent that more children failed in
@@ -251,11 +252,10 @@ class UnitOfWork:
         self.store.insert_jobs(jobs)
         for j in jobs:
             self.jobs[j["id"]] = j
-            self.event(
-                j, CREATE, None, j["status"], model.policy_text(j["fail_fast"], j["allow_failures"], j["max_attempts"])
-            )
+            text = model.policy_text(j["fail_fast"], j["allow_failures"], j["max_attempts"], j["is_open"])
+            self.event(j, CREATE, None, j["status"], text)
         if parent is not None:
-            self.child_changed(parent["id"], None, PENDING, n=len(jobs))
+            self.child_changed(parent["id"], None, PENDING, n=len(jobs), child_id=jobs[0]["id"])
 
     def insert_children(self, parent: dict, jobs: list[dict]) -> None:
         """Insert a chunk of new pending children with their create events at once,
@@ -266,7 +266,7 @@ class UnitOfWork:
             self.events = []
         cap = jobs[0]["max_attempts"] if jobs else None  # a spawn's children share it
         self.store.insert_children(jobs, model.policy_text(0, None, cap))
-        self.child_changed(parent["id"], None, PENDING, n=len(jobs))
+        self.child_changed(parent["id"], None, PENDING, n=len(jobs), child_id=jobs[0]["id"] if jobs else None)
 
     def flush(self) -> None:
         self.settle()
@@ -330,6 +330,7 @@ class Writes:
         allow_failures: str | int | None = None,
         max_attempts: int | None = None,
         running: str | None = None,
+        open: bool = False,
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -339,7 +340,8 @@ class Writes:
         complete. `max_attempts` caps how often it may start (None: no cap).
         With `id`, creating the same job again is a no-op that returns the id;
         the same id with other attributes (or another policy, where one is
-        given) raises Conflict.
+        given) raises Conflict. An `open` parent is not derived final, whatever
+        its children's states, until it is closed (`close`): more may come.
         With `running` (a message), the job is set running in the same
         transaction (`run --parent P`: no worker can claim it pending
         meanwhile); an existing job (`id`) must be pending then, and childless.
@@ -355,6 +357,7 @@ class Writes:
             "fail_fast": int(bool(fail_fast)),
             "allow_failures": model.check_allowance(allow_failures),
             "max_attempts": model.check_max_attempts(max_attempts),
+            "is_open": int(bool(open)),
         }
         return self._create(name, type, parent, id, _meta_json(meta), policy, running)
 
@@ -440,11 +443,16 @@ class Writes:
         fail_fast: bool | None = None,
         allow_failures: str | int | None | object = _KEEP,
         max_attempts: int | None | object = _KEEP,
+        open: bool | None = None,
     ) -> dict:
         """Change the job's failure policy (parts not given stay), with a `policy`
         event; the job's status follows at once (a fail-fast parent with a child
-        failed already fails now and cancels the rest). Returns the new policy."""
+        failed already fails now and cancels the rest; a parent closed is
+        derived from its children). Opening a final parent is refused unless it
+        would take a new child (model.takes_child). Returns the new policy."""
         change: dict = {}
+        if open is not None:
+            change["is_open"] = int(bool(open))
         if fail_fast is not None:
             change["fail_fast"] = int(bool(fail_fast))
         if allow_failures is not Writes._KEEP:
@@ -452,30 +460,40 @@ class Writes:
         if max_attempts is not Writes._KEEP:
             change["max_attempts"] = model.check_max_attempts(max_attempts)  # type: ignore[arg-type]
         if not change:
-            raise UsageError("no policy given (--fail-fast, --no-fail-fast, --allow-failures, --max-attempts)")
+            raise UsageError(
+                "no policy given (--open, --closed, --fail-fast, --no-fail-fast, --allow-failures, --max-attempts)"
+            )
         return self._set_policy(job_id, change)
 
     @transaction
     def _set_policy(self, ch: UnitOfWork, job_id: str, change: dict) -> dict:
         job = ch.job(job_id)
-        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts")}
+        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts", "is_open")}
         if {**policy, **change} == policy:
-            return {**policy, "fail_fast": bool(policy["fail_fast"])}
-        job.update(change)
-        self._store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
-        text = model.policy_text(job["fail_fast"], job["allow_failures"], job["max_attempts"])
-        ch.event(job, POLICY, None, None, text or "none")
+            return _policy(policy)
         counts = ch.counts_of(job_id)
+        before = dict(job)
+        if change.get("is_open") and not policy["is_open"]:
+            self._check_takes_child(counts, job, "open")
+        job.update(change)
+        if change.keys() - {"is_open"}:
+            self._store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
+        if job["is_open"] != policy["is_open"]:
+            self._store.set_open(job_id, job["is_open"])
+        text = model.policy_text(job["fail_fast"], job["allow_failures"], job["max_attempts"], job["is_open"])
+        ch.event(job, POLICY, None, None, text or "none")
         if model.fails_fast(counts, job["fail_fast"], job["allow_failures"]):
             first = next(iter(self._store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=1)))
             ch.fail_fast_due[job_id] = first["id"]  # settled before the commit
-        elif model.follows_children(counts, job["status"], policy["allow_failures"]):
-            ch.rederive(job)  # a status set by hand (cancel, --force) stays
-        return {
-            "fail_fast": bool(job["fail_fast"]),
-            "allow_failures": job["allow_failures"],
-            "max_attempts": job["max_attempts"],
-        }
+        elif model.follows_children(counts, before):
+            closed = job["is_open"] < policy["is_open"]
+            ch.rederive(job, model.CLOSED_MESSAGE if closed else None)  # a status set by hand (cancel, --force) stays
+        return _policy(job)
+
+    def close_parent(self, job_id: str) -> dict:
+        """Close an open parent (`jobctl close`): no more children are expected,
+        its status is derived from its children's at once. Returns its policy."""
+        return self.set_policy(job_id, open=False)
 
     def set_status(
         self, ids: Sequence[str], status: str, *, message: str | None = None, force: bool = False
@@ -694,9 +712,20 @@ class Writes:
 
     def _open_parent(self, ch: UnitOfWork, parent_id: str) -> dict:
         p = ch.job(parent_id)
-        if p["status"] in TERMINAL:
-            raise Conflict(f"cannot add children to job {parent_id}: it is {p['status']}")
+        self._check_takes_child(ch.counts_of(parent_id), p, "add children to")
         return p
+
+    def _check_takes_child(self, counts: Mapping[str, int], p: dict, what: str) -> None:
+        """Conflict unless the job may get a new child (model.takes_child)."""
+        if p["status"] not in TERMINAL:
+            return
+        last = next(
+            (e for e in reversed(self._store.events(job_ids=[p["id"]])) if e["kind"] == STATUS),
+            None,
+        )
+        if not model.takes_child(counts, p, last):
+            how = "" if last is not None and model.is_derived(last) else " (not derived from its children)"
+            raise Conflict(f"cannot {what} job {p['id']}: it is {p['status']}{how}")
 
     def _free_root_id(self) -> str:
         while True:
@@ -753,6 +782,7 @@ class Writes:
         fail_fast: int = 0,
         allow_failures: str | None = None,
         max_attempts: int | None = None,
+        is_open: int = 0,
     ) -> dict:
         job = {
             "id": id,
@@ -772,9 +802,20 @@ class Writes:
             "max_attempts": max_attempts,
             "attempt": 1,
             "not_before": None,
+            "is_open": is_open,
         }
         model.enter_status(job, PENDING, ch.at)
         return job
+
+
+def _policy(job: Mapping) -> dict:
+    """A job's policy as set_policy returns it."""
+    return {
+        "fail_fast": bool(job["fail_fast"]),
+        "allow_failures": job["allow_failures"],
+        "max_attempts": job["max_attempts"],
+        "open": bool(job["is_open"]),
+    }
 
 
 class Retried(builtins.list):

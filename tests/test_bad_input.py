@@ -106,7 +106,9 @@ def build_state(db: str) -> None:
         jc.spawn(g1, count=2)
         jc.create("done parent", id="D")
         jc.set_status(jc.spawn("D", count=2), "completed")
-        jc.create("failed parent", id="F")
+        jc.set_status(["D"], "failed", force=True)  # final by hand: it takes no new child
+        jc.set_status(["D"], "completed", force=True)
+        jc.create("failed parent", id="F", fail_fast=True)  # failed by fail-fast: the same
         f = jc.spawn("F", count=2)
         jc.set_status([f[0]], "completed")
         jc.set_status([f[1]], "failed")

@@ -235,7 +235,7 @@ def ev(kind, job_id, old, new, at, parent_id=None, attempt=None, message=None):
             "new_status": new, "at": at, "attempt": attempt, "message": message}
 
 
-NO_POLICY = {"attempt": 1, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
+NO_POLICY = {"attempt": 1, "is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
 
 
 def test_replay_single_job():
@@ -463,7 +463,8 @@ def test_derive_with_an_allowance_and_no_children_keeps_current(allow):
     (c(), PENDING, None, True),  # no children: whatever it is
 ])
 def test_follows_children(counts, status, allow, follows):
-    assert model.follows_children(counts, status, allow) is follows
+    job = {"status": status, "allow_failures": allow, "fail_fast": 0}
+    assert model.follows_children(counts, job) is follows
 
 
 @pytest.mark.parametrize("counts,fail_fast,allow,expected", [
@@ -511,12 +512,14 @@ def test_allowance_used(status, counts, allow, used):
 
 
 @pytest.mark.parametrize("policy", [
-    (0, None, None), (1, None, None), (0, "5%", None), (0, None, 3), (1, "2", 7), (1, "2.5%", 1),
+    (0, None, None, 0), (1, None, None, 0), (0, "5%", None, 0), (0, None, 3, 0), (1, "2", 7, 0), (1, "2.5%", 1, 0),
+    (0, None, None, 1), (1, "2", 7, 1),
 ])
 def test_policy_text_round_trips(policy):
     text = model.policy_text(*policy)
-    assert model.parse_policy(text) == {"fail_fast": policy[0], "allow_failures": policy[1], "max_attempts": policy[2]}
-    assert (text is None) == (policy == (0, None, None))
+    assert model.parse_policy(text) == {
+        "fail_fast": policy[0], "allow_failures": policy[1], "max_attempts": policy[2], "is_open": policy[3]}
+    assert (text is None) == (policy == (0, None, None, 0))
 
 
 # -------------------------------------------------------------------- attempts

@@ -63,6 +63,7 @@ JOB_COLUMNS = (
     "max_attempts",  # how many times the job may start (None: unlimited)
     "attempt",  # which attempt this is: 1 at first, one more each time a started job goes back to pending
     "not_before",  # a retry's backoff: `claim` does not take the job before this time
+    "is_open",  # a parent more children may come to (1): not derived final until closed
 )
 # What a write transaction reads of a job (jobs_and_counts): what the rules
 # need, not names or metadata, nor what a status change always sets
@@ -79,6 +80,7 @@ CHANGE_COLUMNS = (
     "max_attempts",
     "attempt",
     "not_before",
+    "is_open",
 )
 EVENT_COLUMNS = (
     "job_id",
@@ -193,6 +195,9 @@ class Store(Protocol):
 
     def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
         """Write a job's failure policy and attempt cap."""
+
+    def set_open(self, job_id: str, is_open: int) -> None:
+        """Write whether a parent is open (more children may come)."""
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         """Cancel the job (not with `below`: only what is below it) and every

@@ -118,6 +118,10 @@ MIGRATIONS = [
     ALTER TABLE events ADD COLUMN attempt integer;
     ALTER TABLE events ADD COLUMN max_attempts integer;
     """,
+    # 5: open parents (SQLite's migration 6).
+    """
+    ALTER TABLE jobs ADD COLUMN is_open integer NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -572,6 +576,11 @@ class PostgresStore(SqlQueries):
                 (fail_fast, allow_failures, max_attempts, job_id),
             )
             .decode()
+        )
+
+    def set_open(self, job_id: str, is_open: int) -> None:
+        self._later(
+            self.conn.cursor().mogrify("UPDATE jobs SET is_open = %s WHERE id = %s", (is_open, job_id)).decode()
         )
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:

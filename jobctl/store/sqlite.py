@@ -29,7 +29,7 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 5  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 6  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
@@ -400,6 +400,10 @@ class SqliteStore(SqlQueries):
             "UPDATE jobs SET fail_fast = ?, allow_failures = ?, max_attempts = ? WHERE id = ?",
             (fail_fast, allow_failures, max_attempts, job_id),
         )
+
+    def set_open(self, job_id: str, is_open: int) -> None:
+        self.known.pop(job_id, None)
+        self.conn.execute("UPDATE jobs SET is_open = ? WHERE id = ?", (is_open, job_id))
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         self.forget()
@@ -850,6 +854,11 @@ def _migrations():
         db.execute("ALTER TABLE jobs ADD COLUMN not_before TEXT")
         db.execute("ALTER TABLE events ADD COLUMN attempt INTEGER")
         db.execute("ALTER TABLE events ADD COLUMN max_attempts INTEGER")
+
+    @migrations(name="0006_open_parents")
+    def open_parents(db) -> None:
+        # A parent more children may come to (create --open): not derived final until closed.
+        db.execute("ALTER TABLE jobs ADD COLUMN is_open INTEGER NOT NULL DEFAULT 0")
 
     return migrations
 
