@@ -72,6 +72,13 @@ def exit_code_for(status: str, counts: Mapping[str, int], *, strict: bool = Fals
     return EXIT_FOR_STATUS.get(status, EXIT_OK)
 
 
+def exit_code_of(statuses: Iterable[str | None]) -> int:
+    """The exit status for several jobs that ended (`run --each`, its children):
+    1 if any failed, else 6 if any was cancelled, else 0."""
+    seen = set(statuses)
+    return EXIT_FAILED if FAILED in seen else EXIT_CANCELLED if CANCELLED in seen else EXIT_OK
+
+
 # How bad each outcome is, for `wait` on several jobs: the worst one wins.
 SEVERITY: Mapping[int, int] = {EXIT_OK: 0, EXIT_CANCELLED: 1, EXIT_FAILED: 2, EXIT_TIMEOUT: 3}
 

@@ -173,3 +173,26 @@ def test_watch_exit_status_waits_through_an_open_parent(db):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.mark.parametrize("command,code,statuses", [
+    ("true", 0, ["completed", "completed"]),
+    ("test {} != b", 1, ["completed", "failed"]),
+    ('jobctl cancel "$JOBCTL_JOB_ID" > /dev/null; exec sleep 30', 6, ["cancelled", "cancelled"]),
+])
+def test_run_each_ends_with_the_children_it_created(db, command, code, statuses):
+    """The parent has another child, pending, that nothing runs: `--each` ends
+    with its own two all the same, with their exit code (it used to wait for the
+    whole parent, forever)."""
+    with Jobctl(db) as jc:
+        p = jc.create("crawl", open=True)
+        (other,) = jc.spawn(p, count=1)
+    path = os.path.dirname(JOBCTL) + os.pathsep + os.environ["PATH"]
+    r = run("run", "--parent", p, "--each", "--", "sh", "-c", command, db=db, input="a\nb\n",
+            env={"PATH": path}, timeout=60)
+    assert r.returncode == code, r.stderr
+    with Jobctl(db) as jc:
+        kids = [j for j in jc.list(parent=p) if j["id"] != other]
+        assert [j["status"] for j in kids] == statuses
+        assert (jc.status(other), jc.status(p)) == ("pending", "running")
+        assert jc.verify() == []
