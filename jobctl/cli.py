@@ -203,6 +203,9 @@ def create(
             help="More children may come: it is not derived final until `jobctl close` (for fan-outs that grow).",
         ),
     ] = False,
+    max_running: Annotated[
+        int | None, typer.Option("--max-running", metavar="N", help="At most N of its children run at once.")
+    ] = None,
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
     done(
@@ -217,6 +220,7 @@ def create(
             allow_failures=allow_failures,
             max_attempts=max_attempts,
             open=open,
+            max_running=max_running,
         )
     )
 
@@ -277,6 +281,10 @@ def policy_set(
             show_default=False,
         ),
     ] = None,
+    max_running: Annotated[
+        str | None,
+        typer.Option("--max-running", metavar="N|none", help="At most N of its children run at once."),
+    ] = None,
 ) -> None:
     """Change a job's failure policy (the parts given), as an event; its status follows at once.
 
@@ -290,6 +298,7 @@ def policy_set(
             allow_failures=allow_failures,
             max_attempts=max_attempts,
             open=open,
+            max_running=max_running,
         )
     )
 

@@ -124,6 +124,7 @@ def create(
     allow_failures: str | None = None,
     max_attempts: int | None = None,
     open: bool = False,
+    max_running: int | None = None,
 ) -> int:
     meta_dict = parse_meta(meta or [])
     with _open(db) as jc:
@@ -138,6 +139,7 @@ def create(
                 allow_failures=allow_failures,
                 max_attempts=max_attempts,
                 open=open,
+                max_running=max_running,
             )
         )
     return 0
@@ -288,30 +290,38 @@ def policy_set(
     allow_failures: str | None = None,
     max_attempts: str | None = None,
     open: bool | None = None,
+    max_running: str | None = None,
 ) -> int:
     """`policy set JOB`: change the parts of the policy given; print the policy."""
     given: dict = {"fail_fast": fail_fast, "open": open}
+    for option, value, key in (
+        ("--max-attempts", max_attempts, "max_attempts"),
+        ("--max-running", max_running, "max_running"),
+    ):
+        if value is not None:
+            given[key] = _count_or_none(option, value)
     if allow_failures is not None:
         given["allow_failures"] = allow_failures
-    if max_attempts is not None:
-        word = max_attempts.strip().lower()
-        if word in ("none", "unlimited"):
-            given["max_attempts"] = None
-        elif word.isascii() and word.isdigit():
-            given["max_attempts"] = int(word)
-        else:
-            raise UsageError(f"--max-attempts takes a number or `none`, not {max_attempts!r}")
     with _open(db) as jc:
         policy = jc.set_policy(job, **given)
     _print_policy(policy)
     return 0
 
 
+def _count_or_none(option: str, value: str) -> int | None:
+    word = value.strip().lower()
+    if word in ("none", "unlimited"):
+        return None
+    if word.isascii() and word.isdigit():
+        return int(word)
+    raise UsageError(f"{option} takes a number or `none`, not {value!r}")
+
+
 def _print_policy(policy: dict) -> None:
-    print(
-        model.policy_text(policy["fail_fast"], policy["allow_failures"], policy["max_attempts"], policy["open"])
-        or "none"
+    text = model.policy_text(
+        policy["fail_fast"], policy["allow_failures"], policy["max_attempts"], policy["open"], policy["max_running"]
     )
+    print(text or "none")
 
 
 def close(db: str | None, job: str) -> int:

@@ -42,6 +42,7 @@ FAST: dict = {
             "--meta": ("meta", list),
             "--allow-failures": ("allow_failures", str),
             "--max-attempts": ("max_attempts", int),
+            "--max-running": ("max_running", int),
         },
     ),
     ("spawn",): (

@@ -114,6 +114,10 @@ class Conflict(JobctlError):
     exit_code = EXIT_CONFLICT
 
 
+class AtLimit(Conflict):
+    """A child would run past its parent's --max-running."""
+
+
 class IdTaken(Conflict):
     """A new job's id already exists."""
 
@@ -327,22 +331,29 @@ def allowance_used(counts: Mapping[str, int], status: str, allow: str | None) ->
 
 
 def policy_text(
-    fail_fast: bool | int, allow: str | None, max_attempts: int | None, open: bool | int = False
+    fail_fast: bool | int,
+    allow: str | None,
+    max_attempts: int | None,
+    open: bool | int = False,
+    max_running: int | None = None,
 ) -> str | None:
     """The canonical text of a policy (a create or policy event's message):
-    `open, fail-fast, allow-failures 5%, max-attempts 3`; None for no policy."""
+    `open, fail-fast, allow-failures 5%, max-attempts 3, max-running 4`; None for no policy."""
     parts = (["open"] if open else []) + (["fail-fast"] if fail_fast else [])
     parts += [f"allow-failures {allow}"] if allow else []
     parts += [f"max-attempts {max_attempts}"] if max_attempts is not None else []
+    parts += [f"max-running {max_running}"] if max_running is not None else []
     return ", ".join(parts) or None
 
 
 def parse_policy(text: str | None) -> dict:
-    """policy_text's inverse: {is_open, fail_fast, allow_failures, max_attempts}."""
-    out: dict = {"is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
+    """policy_text's inverse: {is_open, fail_fast, allow_failures, max_attempts, max_running}."""
+    out: dict = {"is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None, "max_running": None}
     for part in (text or "").split(", "):
         if part == "open":
             out["is_open"] = 1
+        elif part.startswith("max-running "):
+            out["max_running"] = int(part.split(" ", 1)[1])
         elif part == "fail-fast":
             out["fail_fast"] = 1
         elif part.startswith("allow-failures "):
@@ -357,6 +368,28 @@ def check_max_attempts(n: int | None) -> int | None:
     if n is not None and not (isinstance(n, int) and 1 <= n <= 1_000_000):
         raise UsageError(f"--max-attempts must be a whole number from 1 to 1,000,000, not {n}")
     return n
+
+
+def check_max_running(n: int | None) -> int | None:
+    """A --max-running value: 1 or more (None: no limit)."""
+    if n is not None and not (isinstance(n, int) and 1 <= n <= 1_000_000):
+        raise UsageError(f"--max-running must be a whole number from 1 to 1,000,000, not {n}")
+    return n
+
+
+def at_limit(counts: Mapping[str, int], parent: Mapping) -> bool:
+    """Whether a parent runs as many children as its --max-running allows: no
+    other may start (claim skips them; `status set running` needs --force)."""
+    cap = parent.get("max_running")
+    return cap is not None and counts.get(RUNNING, 0) >= cap
+
+
+def over_limit(parent: Mapping, child_id: str) -> AtLimit:
+    cap = parent["max_running"]
+    return AtLimit(
+        f"job {parent['id']} runs at most {cap} children at once (--max-running {cap}):"
+        f" {child_id} not started (use --force)"
+    )
 
 
 def attempts_left(job: Mapping) -> bool:
@@ -435,6 +468,7 @@ REPLAYED_FIELDS = (
     "fail_fast",
     "allow_failures",
     "max_attempts",
+    "max_running",
 )
 
 

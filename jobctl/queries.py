@@ -109,6 +109,7 @@ class Reads:
                 "allowance_used": model.allowance_used(c, j["status"], j["allow_failures"]),
                 "max_attempts": j["max_attempts"],
                 "open": bool(j.get("is_open")),
+                "max_running": j.get("max_running"),
             }
         return jobs
 

@@ -169,7 +169,9 @@ def job(j: Mapping) -> None:
     ]
     lines = [(f, j[f]) for f in fields]
     policy = j["policy"]
-    text = policy_text(policy["fail_fast"], policy["allow_failures"], None, policy.get("open", False))
+    text = policy_text(
+        policy["fail_fast"], policy["allow_failures"], None, policy.get("open", False), policy.get("max_running")
+    )
     if policy["allow_failures"] and j["progress"]:  # what the allowance comes to, and whether it was needed
         text = f"{text} ({policy['allowed_failures']} allowed{', used' if policy['allowance_used'] else ''})"
     lines.append(("policy", text))

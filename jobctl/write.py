@@ -252,7 +252,9 @@ class UnitOfWork:
         self.store.insert_jobs(jobs)
         for j in jobs:
             self.jobs[j["id"]] = j
-            text = model.policy_text(j["fail_fast"], j["allow_failures"], j["max_attempts"], j["is_open"])
+            text = model.policy_text(
+                j["fail_fast"], j["allow_failures"], j["max_attempts"], j["is_open"], j["max_running"]
+            )
             self.event(j, CREATE, None, j["status"], text)
         if parent is not None:
             self.child_changed(parent["id"], None, PENDING, n=len(jobs), child_id=jobs[0]["id"])
@@ -331,6 +333,7 @@ class Writes:
         max_attempts: int | None = None,
         running: str | None = None,
         open: bool = False,
+        max_running: int | None = None,
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -342,6 +345,7 @@ class Writes:
         the same id with other attributes (or another policy, where one is
         given) raises Conflict. An `open` parent is not derived final, whatever
         its children's states, until it is closed (`close`): more may come.
+        `max_running`: at most that many of its children run at once.
         With `running` (a message), the job is set running in the same
         transaction (`run --parent P`: no worker can claim it pending
         meanwhile); an existing job (`id`) must be pending then, and childless.
@@ -358,6 +362,7 @@ class Writes:
             "allow_failures": model.check_allowance(allow_failures),
             "max_attempts": model.check_max_attempts(max_attempts),
             "is_open": int(bool(open)),
+            "max_running": model.check_max_running(max_running),
         }
         return self._create(name, type, parent, id, _meta_json(meta), policy, running)
 
@@ -387,6 +392,7 @@ class Writes:
                         raise UsageError(f"job {id} has children: its status is derived, it runs no command")
                     if job["status"] != PENDING:
                         raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
+                    self._check_limit(ch, job)
                     ch.set_status(job, RUNNING, running)
                 return id
         p = self._open_parent(ch, parent) if parent is not None else None
@@ -397,6 +403,7 @@ class Writes:
         job = self._new_job(ch, id, name, type, p, meta_json, **policy)
         ch.add_jobs(p, [job])
         if running is not None:
+            self._check_limit(ch, job)
             ch.set_status(job, RUNNING, running)
         return id
 
@@ -444,6 +451,7 @@ class Writes:
         allow_failures: str | int | None | object = _KEEP,
         max_attempts: int | None | object = _KEEP,
         open: bool | None = None,
+        max_running: int | None | object = _KEEP,
     ) -> dict:
         """Change the job's failure policy (parts not given stay), with a `policy`
         event; the job's status follows at once (a fail-fast parent with a child
@@ -453,6 +461,8 @@ class Writes:
         change: dict = {}
         if open is not None:
             change["is_open"] = int(bool(open))
+        if max_running is not Writes._KEEP:
+            change["max_running"] = model.check_max_running(max_running)  # type: ignore[arg-type]
         if fail_fast is not None:
             change["fail_fast"] = int(bool(fail_fast))
         if allow_failures is not Writes._KEEP:
@@ -461,14 +471,15 @@ class Writes:
             change["max_attempts"] = model.check_max_attempts(max_attempts)  # type: ignore[arg-type]
         if not change:
             raise UsageError(
-                "no policy given (--open, --closed, --fail-fast, --no-fail-fast, --allow-failures, --max-attempts)"
+                "no policy given (--open, --closed, --fail-fast, --no-fail-fast, --allow-failures,"
+                " --max-attempts, --max-running)"
             )
         return self._set_policy(job_id, change)
 
     @transaction
     def _set_policy(self, ch: UnitOfWork, job_id: str, change: dict) -> dict:
         job = ch.job(job_id)
-        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts", "is_open")}
+        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts", "is_open", "max_running")}
         if {**policy, **change} == policy:
             return _policy(policy)
         counts = ch.counts_of(job_id)
@@ -476,11 +487,13 @@ class Writes:
         if change.get("is_open") and not policy["is_open"]:
             self._check_takes_child(counts, job, "open")
         job.update(change)
-        if change.keys() - {"is_open"}:
+        if change.keys() - {"is_open", "max_running"}:
             self._store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
-        if job["is_open"] != policy["is_open"]:
-            self._store.set_open(job_id, job["is_open"])
-        text = model.policy_text(job["fail_fast"], job["allow_failures"], job["max_attempts"], job["is_open"])
+        if (job["is_open"], job["max_running"]) != (policy["is_open"], policy["max_running"]):
+            self._store.set_fanout(job_id, job["is_open"], job["max_running"])
+        text = model.policy_text(
+            job["fail_fast"], job["allow_failures"], job["max_attempts"], job["is_open"], job["max_running"]
+        )
         ch.event(job, POLICY, None, None, text or "none")
         if model.fails_fast(counts, job["fail_fast"], job["allow_failures"]):
             first = next(iter(self._store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=1)))
@@ -522,6 +535,8 @@ class Writes:
                 raise Conflict(
                     f"job {job['id']} has children: its status is derived from theirs (use `jobctl cancel`, or --force)"
                 )
+            if status == RUNNING and not force:
+                self._check_limit(ch, job)
             ch.set_status(job, status, message)
             changed.append(job["id"])
         return changed
@@ -586,7 +601,9 @@ class Writes:
 
     @transaction
     def _claim(self, ch: UnitOfWork, parent: str, message: str | Callable[[dict], str] | None) -> str | None:
-        ch.job(parent)
+        p = ch.job(parent)
+        if model.at_limit(ch.counts_of(parent), p):
+            return None  # (a worker waits for a change, as when none is pending)
         row = self._store.next_child(parent, PENDING, ready_at=ch.at)
         if row is None:
             return None
@@ -710,6 +727,14 @@ class Writes:
                 ch.set_status(j, to, "heartbeat lost")
         return [j["id"] for j in stale]
 
+    @staticmethod
+    def _check_limit(ch: UnitOfWork, job: dict) -> None:
+        """AtLimit (exit 4) if the job starting would run its parent past --max-running."""
+        if job["parent_id"] is not None:
+            parent = ch.job(job["parent_id"])
+            if model.at_limit(ch.counts_of(parent["id"]), parent):
+                raise model.over_limit(parent, job["id"])
+
     def _open_parent(self, ch: UnitOfWork, parent_id: str) -> dict:
         p = ch.job(parent_id)
         self._check_takes_child(ch.counts_of(parent_id), p, "add children to")
@@ -783,6 +808,7 @@ class Writes:
         allow_failures: str | None = None,
         max_attempts: int | None = None,
         is_open: int = 0,
+        max_running: int | None = None,
     ) -> dict:
         job = {
             "id": id,
@@ -803,6 +829,7 @@ class Writes:
             "attempt": 1,
             "not_before": None,
             "is_open": is_open,
+            "max_running": max_running,
         }
         model.enter_status(job, PENDING, ch.at)
         return job
@@ -815,6 +842,7 @@ def _policy(job: Mapping) -> dict:
         "allow_failures": job["allow_failures"],
         "max_attempts": job["max_attempts"],
         "open": bool(job["is_open"]),
+        "max_running": job["max_running"],
     }
 
 

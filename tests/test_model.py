@@ -235,7 +235,8 @@ def ev(kind, job_id, old, new, at, parent_id=None, attempt=None, message=None):
             "new_status": new, "at": at, "attempt": attempt, "message": message}
 
 
-NO_POLICY = {"attempt": 1, "is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
+NO_POLICY = {"attempt": 1, "is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None,
+             "max_running": None}
 
 
 def test_replay_single_job():
@@ -513,12 +514,13 @@ def test_allowance_used(status, counts, allow, used):
 
 @pytest.mark.parametrize("policy", [
     (0, None, None, 0), (1, None, None, 0), (0, "5%", None, 0), (0, None, 3, 0), (1, "2", 7, 0), (1, "2.5%", 1, 0),
-    (0, None, None, 1), (1, "2", 7, 1),
+    (0, None, None, 1), (1, "2", 7, 1), (0, None, None, 0, 4), (1, "2", 7, 1, 1),
 ])
 def test_policy_text_round_trips(policy):
     text = model.policy_text(*policy)
     assert model.parse_policy(text) == {
-        "fail_fast": policy[0], "allow_failures": policy[1], "max_attempts": policy[2], "is_open": policy[3]}
+        "fail_fast": policy[0], "allow_failures": policy[1], "max_attempts": policy[2], "is_open": policy[3],
+        "max_running": policy[4] if len(policy) > 4 else None}
     assert (text is None) == (policy == (0, None, None, 0))
 
 

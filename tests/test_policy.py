@@ -161,6 +161,7 @@ def test_policy_set_is_an_event_and_the_status_follows_at_once(jc):
         "allow_failures": None,
         "max_attempts": None,
         "open": False,
+        "max_running": None,
     }
     events = jc.events(since=since)
     assert (events[0]["kind"], events[0]["job_id"], events[0]["message"]) == ("policy", p, "fail-fast")
@@ -215,6 +216,7 @@ def test_the_cli_sets_shows_and_prints_the_policy(db):
         "allowance_used": False,
         "max_attempts": 3,
         "open": False,
+        "max_running": None,
     }
     kid = run("spawn", p, "--count", "1", db=db, check=True).stdout.strip()
     assert json.loads(run("show", kid, "--json", db=db).stdout)["max_attempts"] == 3  # the parent's cap

@@ -88,7 +88,7 @@ class Model:
             assert jid not in self.jobs
             self.jobs[jid] = {"status": PENDING, "parent": parent, "name": name, "kids": [], "fail_fast": False,
                               "allow": None, "max": max_attempts, "attempt": 1, "started": False,
-                              "open": False, "derived": False}
+                              "open": False, "derived": False, "limit": None}
             self.order.append(jid)
             self.events += 1
             if parent is not None:
@@ -167,7 +167,7 @@ class Model:
 
     def set_policy(self, jid: str, change: dict) -> None:
         job = self.jobs[jid]
-        new = {**{k: job[k] for k in ("fail_fast", "allow", "max", "open")}, **change}
+        new = {**{k: job[k] for k in ("fail_fast", "allow", "max", "open", "limit")}, **change}
         if all(job[k] == v for k, v in new.items()):
             return
         if new["open"] and not job["open"] and not self.takes_child(jid):
@@ -201,6 +201,10 @@ class Model:
                 raise jobctl.Conflict(f"{jid}: {old} -> {new}")
             if not force and self.jobs[jid]["kids"]:
                 raise jobctl.Conflict(f"{jid} has children")
+            parent = self.jobs[jid]["parent"]
+            limit = parent and self.jobs[parent]["limit"]
+            if new == RUNNING and not force and limit and self.counts(parent)[RUNNING] >= limit:
+                raise jobctl.Conflict(f"{parent} runs {limit} at most")
             self.set(jid, new)
             changed.append(jid)
         self.settle()
@@ -333,8 +337,9 @@ class JobctlMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.m.jobs)
     @rule(data=st.data(), fail_fast=st.sampled_from([None, True, False]),
           allow=st.sampled_from(["keep", None, "1", "2", "50%", "34%"]),
-          cap=st.sampled_from(["keep", None, 1, 2, 3]), open=st.sampled_from([None, None, True, False]))
-    def set_policy(self, data, fail_fast, allow, cap, open):
+          cap=st.sampled_from(["keep", None, 1, 2, 3]), open=st.sampled_from([None, None, True, False]),
+          limit=st.sampled_from(["keep", "keep", None, 1, 2]))
+    def set_policy(self, data, fail_fast, allow, cap, open, limit):
         # mostly a parent with children: that is where a policy decides something
         jid = self.pick(data, [j for j in self.m.order if self.m.jobs[j]["kids"]])
         change, kwargs = {}, {}
@@ -346,6 +351,8 @@ class JobctlMachine(RuleBasedStateMachine):
             change["max"] = kwargs["max_attempts"] = cap
         if open is not None:
             change["open"] = kwargs["open"] = open
+        if limit != "keep":
+            change["limit"] = kwargs["max_running"] = limit
         if not kwargs:
             before = self.snapshot()
             with pytest.raises(jobctl.UsageError):
@@ -487,8 +494,9 @@ class JobctlMachine(RuleBasedStateMachine):
             row = rows[jid]
             assert row["status"] == job["status"], jid
             assert row["parent_id"] == job["parent"], jid
-            policy = (row["fail_fast"], row["allow_failures"], row["max_attempts"], row["attempt"], row["is_open"])
-            assert policy == (job["fail_fast"], job["allow"], job["max"], job["attempt"], job["open"]), jid
+            policy = (row["fail_fast"], row["allow_failures"], row["max_attempts"], row["attempt"], row["is_open"],
+                      row["max_running"])
+            assert policy == (job["fail_fast"], job["allow"], job["max"], job["attempt"], job["open"], job["limit"]), jid
             # status timestamps follow the status
             if row["status"] == PENDING:
                 assert row["started_at"] is None and row["completed_at"] is None, row

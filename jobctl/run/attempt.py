@@ -87,6 +87,24 @@ class Execution:
     stop_reason: StopReason | None = None  # set from elsewhere (another thread) to stop the command
     process: Process | None = None
 
+    def _start(self, jc: Jobctl, message: str) -> bool:
+        """Set the job running (False: it is running already). One of `--each`'s
+        children waits for a slot under its parent's --max-running (until
+        stopped); anything else gets AtLimit."""
+        waker = None
+        try:
+            while True:
+                try:
+                    return bool(jc.set_status([self.job_id], RUNNING, message=message))
+                except model.AtLimit:
+                    if not self.one_of_many or self.stop_reason is not None:
+                        raise
+                    waker = waker or jc.waker(1.0)
+                    waker.wait(1.0)  # until the database changes: a sibling may have ended
+        finally:
+            if waker is not None:
+                waker.close()
+
     def run(self) -> Outcome:
         with Jobctl(self.db) as jc:
             job = jc.get(self.job_id)
@@ -94,10 +112,12 @@ class Execution:
             if not self.claimed:
                 try:
                     check_runnable(job)
-                    if not jc.set_status([self.job_id], RUNNING, message=message):  # another run took it meanwhile
+                    if not self._start(jc, message):  # another run took it meanwhile
                         raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
                 except (UsageError, model.Conflict):
                     status = jc.status(self.job_id)
+                    if self.one_of_many and status == PENDING and self.stop_reason is not None:
+                        return Outcome(PENDING, "stopped before its turn", None, model.EXIT_TERMINATED)
                     if self.one_of_many and status != PENDING:  # cancelled, or run by someone else: skipped
                         exit = model.EXIT_TERMINATED if status == CANCELLED else 0
                         return Outcome(status, f"{status} before its turn", None, exit)
@@ -137,8 +157,10 @@ class Execution:
                     self.stop_reason = None
                 stopped = self._back_off(jc, delay)
                 try:
-                    if stopped is None and not jc.set_status([self.job_id], RUNNING, message=message):
+                    if stopped is None and not self._start(jc, message):
                         stopped = Outcome(PENDING, "retried elsewhere", outcome.exit_code, 0)
+                except model.AtLimit:  # its parent runs as many as it may: a worker runs the next attempt
+                    stopped = Outcome(PENDING, "left pending (--max-running)", outcome.exit_code, 0)
                 except model.Conflict:  # cancelled since the last look
                     stopped = CANCELLED_OUTCOME
                 if stopped is not None and stopped.status == PENDING:

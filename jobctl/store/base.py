@@ -64,6 +64,7 @@ JOB_COLUMNS = (
     "attempt",  # which attempt this is: 1 at first, one more each time a started job goes back to pending
     "not_before",  # a retry's backoff: `claim` does not take the job before this time
     "is_open",  # a parent more children may come to (1): not derived final until closed
+    "max_running",  # a parent's limit: at most this many children running at once (None: no limit)
 )
 # What a write transaction reads of a job (jobs_and_counts): what the rules
 # need, not names or metadata, nor what a status change always sets
@@ -81,6 +82,7 @@ CHANGE_COLUMNS = (
     "attempt",
     "not_before",
     "is_open",
+    "max_running",
 )
 EVENT_COLUMNS = (
     "job_id",
@@ -196,8 +198,8 @@ class Store(Protocol):
     def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
         """Write a job's failure policy and attempt cap."""
 
-    def set_open(self, job_id: str, is_open: int) -> None:
-        """Write whether a parent is open (more children may come)."""
+    def set_fanout(self, job_id: str, is_open: int, max_running: int | None) -> None:
+        """Write whether a parent is open (more children may come), and its limit."""
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         """Cancel the job (not with `below`: only what is below it) and every

@@ -122,6 +122,10 @@ MIGRATIONS = [
     """
     ALTER TABLE jobs ADD COLUMN is_open integer NOT NULL DEFAULT 0;
     """,
+    # 6: a parent's concurrency limit (SQLite's migration 7).
+    """
+    ALTER TABLE jobs ADD COLUMN max_running integer;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -578,9 +582,11 @@ class PostgresStore(SqlQueries):
             .decode()
         )
 
-    def set_open(self, job_id: str, is_open: int) -> None:
+    def set_fanout(self, job_id: str, is_open: int, max_running: int | None) -> None:
         self._later(
-            self.conn.cursor().mogrify("UPDATE jobs SET is_open = %s WHERE id = %s", (is_open, job_id)).decode()
+            self.conn.cursor()
+            .mogrify("UPDATE jobs SET is_open = %s, max_running = %s WHERE id = %s", (is_open, max_running, job_id))
+            .decode()
         )
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:

@@ -29,7 +29,7 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 6  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 7  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
@@ -401,9 +401,9 @@ class SqliteStore(SqlQueries):
             (fail_fast, allow_failures, max_attempts, job_id),
         )
 
-    def set_open(self, job_id: str, is_open: int) -> None:
+    def set_fanout(self, job_id: str, is_open: int, max_running: int | None) -> None:
         self.known.pop(job_id, None)
-        self.conn.execute("UPDATE jobs SET is_open = ? WHERE id = ?", (is_open, job_id))
+        self.conn.execute("UPDATE jobs SET is_open = ?, max_running = ? WHERE id = ?", (is_open, max_running, job_id))
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         self.forget()
@@ -859,6 +859,11 @@ def _migrations():
     def open_parents(db) -> None:
         # A parent more children may come to (create --open): not derived final until closed.
         db.execute("ALTER TABLE jobs ADD COLUMN is_open INTEGER NOT NULL DEFAULT 0")
+
+    @migrations(name="0007_max_running")
+    def max_running(db) -> None:
+        # A parent's concurrency limit (create/policy set --max-running).
+        db.execute("ALTER TABLE jobs ADD COLUMN max_running INTEGER")
 
     return migrations
 
