@@ -96,7 +96,11 @@ policy_app = typer.Typer(
 )
 app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
+output_app = typer.Typer(
+    help="Small named outputs stored with a job.", context_settings={"help_option_names": ["-h", "--help"]}
+)
 app.add_typer(policy_app, name="policy")
+app.add_typer(output_app, name="output")
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for lists).")]
 TIMEOUT = Annotated[
@@ -301,6 +305,28 @@ def policy_set(
             max_running=max_running,
         )
     )
+
+
+@output_app.command("set")
+def output_set(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job.")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The output's name: letters, digits, _ and -.")],
+    value: Annotated[str | None, typer.Argument(metavar="[VALUE]", help="Its value (or --json).")] = None,
+    json: Annotated[bool, typer.Option("--json", help="Read the value from stdin, as JSON.")] = False,
+) -> None:
+    """Store a small named output with JOB (an `output` event); `jobctl outputs PARENT` gathers them."""
+    done(commands.output_set(ctx.obj["db"], job, key, value, json=json))
+
+
+@app.command("outputs")
+def outputs(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="PARENT", help="The parent whose children's outputs to gather.")],
+    json: Annotated[bool, typer.Option("--json", help="One JSON object: {child name: {key: value}}.")] = False,
+) -> None:
+    """The outputs of PARENT's children, by child name: `name<TAB>key<TAB>value` lines, or --json."""
+    done(commands.outputs(ctx.obj["db"], job, json=json))
 
 
 @app.command("close")
@@ -639,6 +665,14 @@ def run(
     wait_for_more: Annotated[
         bool, typer.Option("--wait-for-more", help="--claim: keep waiting for children until JOB is final.")
     ] = False,
+    output_file: Annotated[
+        str | None,
+        typer.Option(
+            "--output-file",
+            metavar="FILE",
+            help="Store the key=value lines the command writes to FILE ($JOBCTL_OUTPUT) as the job's outputs.",
+        ),
+    ] = None,
 ) -> None:
     """Run a command as a tracked job: its output stored, heartbeats sent, its outcome recorded.
 
@@ -671,6 +705,7 @@ def run(
             wait_for_more=wait_for_more,
             retries=retries,
             retry_delay=retry_delay,
+            output_file=output_file,
         )
     )
 

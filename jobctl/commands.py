@@ -476,6 +476,7 @@ def run(
     wait_for_more: bool = False,
     retries: int | None = None,
     retry_delay: str | None = None,
+    output_file: str | None = None,
 ) -> int:
     """`jobctl run`: JOB -- CMD, --parent P -- CMD, --parent P --each -- CMD {}, --claim P -- CMD."""
     from jobctl import run as running
@@ -494,6 +495,10 @@ def run(
     ):
         if given and not (each or claim is not None and flag == "--jobs"):
             raise UsageError(f"{flag} goes with --each" + (" or --claim" if flag == "--jobs" else ""))
+    if output_file is not None and (each or claim is not None):
+        raise UsageError("--output-file goes with one job (run JOB, or run --parent P), not --each or --claim")
+    if output_file is not None:
+        running.empty_output_file(output_file)  # (refused before anything is written)
     if wait_for_more and claim is None:
         raise UsageError("--wait-for-more goes with --claim")
     if output not in (None, "lines"):
@@ -511,6 +516,7 @@ def run(
         log_lines=log_lines,
         retries=retries,
         retry_delay=0.0 if retry_delay is None else model.parse_duration(retry_delay, zero=True),
+        output_file=output_file,
     )
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if claim is not None:
@@ -539,6 +545,41 @@ def run(
         job, *args = args
         return running.run_one(db, job, None, None, None, args, options)
     return running.run_one(db, None, parent, name, id, args, options)
+
+
+def output_set(db: str | None, job: str, key: str, value: str | None = None, json: bool = False) -> int:
+    """`output set JOB KEY VALUE` (or `--json`: a JSON value from stdin)."""
+    import json as json_
+
+    if json == (value is not None):
+        raise UsageError("give the VALUE, or --json and the value as JSON on stdin")
+    stored: object = value
+    if json:
+        try:
+            stored = json_.loads(read_stdin())
+        except ValueError as exc:
+            raise UsageError(f"--json: stdin is not JSON ({exc})") from None
+    with _open(db) as jc:
+        jc.set_output(job, key, stored)
+    return 0
+
+
+def outputs(db: str | None, job: str, json: bool = False) -> int:
+    """`outputs P`: the outputs of P's children, by child name."""
+    import json as json_
+
+    with _open(db, create=False) as jc:
+        gathered = jc.outputs(job)
+    if json:
+        print(json_.dumps(gathered, ensure_ascii=False))
+        return 0
+    from jobctl.console import plain
+
+    for name, values in gathered.items():
+        for key, value in values.items():
+            text = value if isinstance(value, str) else json_.dumps(value, ensure_ascii=False)
+            print(f"{plain(name)}\t{key}\t{plain(text)}")
+    return 0
 
 
 def report(db: str | None, job: str, format: str = "markdown", output: str | None = None) -> int:

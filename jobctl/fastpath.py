@@ -74,6 +74,7 @@ FAST: dict = {
             "--output": ("output", str),
             "--retries": ("retries", int),
             "--retry-delay": ("retry_delay", str),
+            "--output-file": ("output_file", str),
         },
     ),
     ("events",): (

@@ -38,7 +38,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
 RETRYABLE: frozenset[str] = frozenset({FAILED, CANCELLED})
 
 # Event kinds in the events table.
-CREATE, STATUS, LOG, POLICY = "create", "status", "log", "policy"
+CREATE, STATUS, LOG, POLICY, OUTPUT = "create", "status", "log", "policy", "output"
 LOG_LEVELS: tuple[str, ...] = ("info", "warning", "error")
 
 # Exit codes, documented in the README and in `jobctl --help`.
@@ -528,6 +528,11 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                 job["attempt"] = carried
         elif kind == POLICY and job_id in jobs:
             jobs[job_id].update(parse_policy(e["message"]))
+        elif kind == OUTPUT and (job_id not in jobs or parse_output(e.get("message")) is None):
+            note(
+                f"event {e.get('id')}: an output of job {job_id} that "
+                + ("is not key=value" if job_id in jobs else "was never created")
+            )
     for job in jobs.values():
         job.pop("not_before", None)
     return jobs
@@ -611,6 +616,85 @@ def check_message(message: str | None, what: str = "message") -> str | None:
     if message is not None and len(message) > MAX_MESSAGE_LENGTH:
         raise UsageError(f"a {what} is at most {MAX_MESSAGE_LENGTH} characters, not {len(message)}")
     return check_text(message, what)
+
+
+# --------------------------------------------------------------- outputs
+MAX_OUTPUT_KEY = 100  # characters
+MAX_OUTPUT_VALUE = 65_536  # characters of one value (a JSON value: of its compact text)
+MAX_OUTPUT_FILE = 1_000_000  # bytes of a run's --output-file (GitHub's cap per job's outputs is 1 MB)
+_OUTPUT_KEY = r"[A-Za-z_][A-Za-z0-9_-]{0,99}\Z"
+
+
+def check_output_key(key: str) -> str:
+    import re
+
+    if not re.match(_OUTPUT_KEY, key):
+        raise UsageError(
+            f"bad output key {key!r}: use 1-{MAX_OUTPUT_KEY} letters, digits, _ and - (starting with a letter or _)"
+        )
+    return key
+
+
+def output_message(key: str, value: object) -> str:
+    """An output event's message: `key=text` for a string, `key:=json` for any
+    other JSON value (compact); refuses a bad key or a value over the cap."""
+    import json
+
+    check_output_key(key)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(text) > MAX_OUTPUT_VALUE:
+        raise UsageError(f"output {key}: a value is at most {MAX_OUTPUT_VALUE:,} characters, not {len(text):,}")
+    check_text(text, "output value")
+    return f"{key}={text}" if isinstance(value, str) else f"{key}:={text}"
+
+
+def parse_output(message: str | None) -> tuple[str, object] | None:
+    """output_message's inverse: (key, value); None if it is not one."""
+    import json
+    import re
+
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_-]{0,99})(:?)=", message or "", re.S)
+    if m is None:
+        return None
+    text = (message or "")[m.end() :]
+    if not m[2]:
+        return m[1], text
+    try:
+        return m[1], json.loads(text)
+    except ValueError:
+        return None
+
+
+def parse_output_file(text: str) -> list[tuple[str, str]]:
+    """`key=value` lines as a command writes $GITHUB_OUTPUT (and its `key<<DELIMITER`
+    lines ... DELIMITER for a value of several lines): [(key, value)]."""
+    pairs: list[tuple[str, str]] = []
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip("\r")
+        n = i + 1
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            key, delimiter = line.split("<<", 1)
+            try:
+                end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip("\r") == delimiter)
+            except StopIteration:
+                raise UsageError(f"--output-file line {n}: no closing {delimiter!r} for {key!r}") from None
+            pairs.append((key, "\n".join(x.rstrip("\r") for x in lines[i + 1 : end])))
+            i = end + 1
+            continue
+        if "=" not in line:
+            if line.strip():
+                raise UsageError(f"--output-file line {n}: not key=value: {line[:100]!r}")
+            i += 1
+            continue
+        pairs.append(tuple(line.split("=", 1)))  # type: ignore[arg-type]
+        i += 1
+    for key, value in pairs:
+        output_message(key, value)  # a bad key or value: refused here, with nothing stored
+    return pairs
 
 
 def check_id(job_id: str) -> str:

@@ -626,6 +626,18 @@ class Writes:
         log_id = self._store.insert_log(job_id, level, message, ch.at)
         ch.event(job, LOG, None, None, None, log_id)
 
+    def set_output(self, job_id: str, key: str, value: object) -> None:
+        """Store a small named output with the job (`jobctl output set`), as an
+        `output` event: a string, or any JSON value; the last one set of a key wins.
+        UsageError for a bad key or a value over model.MAX_OUTPUT_VALUE."""
+        self._set_outputs(job_id, [model.output_message(key, value)])
+
+    @transaction
+    def _set_outputs(self, ch: UnitOfWork, job_id: str, messages: Sequence[str]) -> None:
+        job = ch.job(job_id)
+        for message in messages:
+            ch.event(job, model.OUTPUT, None, None, message)
+
     def log_lines(self, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
         """Append many log lines (level, text) to a job in one transaction (`jobctl run`'s output)."""
         self._log_lines(job_id, lines)
@@ -652,6 +664,7 @@ class Writes:
         retry_in: float | None = None,
         retries: int | None = None,
         attempt: int | None = None,
+        outputs: Sequence[tuple[str, str]] = (),
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
@@ -662,8 +675,10 @@ class Writes:
         attempt (`exit code 1; retrying in 5s`), not to be claimed before then.
         With `attempt` (the one the command ran as), an outcome that comes after
         the job moved on to another attempt (reaped, and perhaps run elsewhere
-        already) is stale: only its log lines are kept. Returns the job's status."""
-        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, retries, attempt)
+        already) is stale: only its log lines are kept. `outputs` (key, value),
+        from `run --output-file`, are stored with the outcome. Returns the job's status."""
+        messages = [model.output_message(k, v) for k, v in outputs]
+        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, retries, attempt, messages)
 
     @transaction
     def _finish(
@@ -678,11 +693,14 @@ class Writes:
         retry_in: float | None,
         retries: int | None,
         attempt: int | None,
+        outputs: Sequence[str] = (),
     ) -> str:
         self._append_lines(ch, job_id, lines)
         job = ch.job(job_id)
         if attempt is not None and job["attempt"] != attempt:
             return job["status"]
+        for text in outputs:
+            ch.event(job, model.OUTPUT, None, None, text)
         seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
             if status == FAILED and retry_in is not None and model.may_retry(job, retries):

@@ -71,7 +71,7 @@ class Model:
 
     def copy(self) -> "Model":
         m = Model()
-        m.jobs = {k: dict(v, kids=list(v["kids"])) for k, v in self.jobs.items()}
+        m.jobs = {k: dict(v, kids=list(v["kids"]), outputs=dict(v["outputs"])) for k, v in self.jobs.items()}
         m.order = list(self.order)
         m.events = self.events
         m.due = dict(self.due)
@@ -88,7 +88,7 @@ class Model:
             assert jid not in self.jobs
             self.jobs[jid] = {"status": PENDING, "parent": parent, "name": name, "kids": [], "fail_fast": False,
                               "allow": None, "max": max_attempts, "attempt": 1, "started": False,
-                              "open": False, "derived": False, "limit": None}
+                              "open": False, "derived": False, "limit": None, "outputs": {}}
             self.order.append(jid)
             self.events += 1
             if parent is not None:
@@ -447,6 +447,17 @@ class JobctlMachine(RuleBasedStateMachine):
         self.m = trial
 
     @precondition(lambda self: self.m.jobs)
+    @rule(data=st.data(), key=st.sampled_from(["count", "url", "summary"]),
+          value=st.one_of(names, st.integers(), st.lists(st.integers(), max_size=3)))
+    def set_output(self, data, key, value):
+        jid = self.any_job(data)
+        self.jc.set_output(jid, key, value)
+        job = self.m.jobs[jid]
+        job.setdefault("first_output", self.m.events)  # when it set its first: the order outputs gathers in
+        job["outputs"][key] = value
+        self.m.events += 1
+
+    @precondition(lambda self: self.m.jobs)
     @rule(data=st.data(), message=names, level=st.sampled_from(["info", "warning", "error"]))
     def log(self, data, message, level):
         jid = self.any_job(data)
@@ -514,6 +525,19 @@ class JobctlMachine(RuleBasedStateMachine):
             assert got == {s: want[s] for s in STATUSES}, jid
             assert p["total_children"] == sum(got.values()) == len(self.m.jobs[jid]["kids"])
             assert p["status"] == self.m.status(jid)
+
+    @invariant()
+    def outputs_gathered(self):
+        """Each parent's children's outputs, by name (a name shared: the later child's with its id),
+        in the order the children first set one."""
+        for jid, job in self.m.jobs.items():
+            got = self.jc.outputs(jid)
+            want = {}
+            for kid in sorted((k for k in job["kids"] if self.m.jobs[k]["outputs"]),
+                              key=lambda k: self.m.jobs[k]["first_output"]):
+                name = self.m.jobs[kid]["name"]
+                want[name if name not in want else f"{name} ({kid})"] = self.m.jobs[kid]["outputs"]
+            assert list(got.items()) == list(want.items()), jid
 
     @invariant()
     def verify_clean(self):

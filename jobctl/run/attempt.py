@@ -35,6 +35,7 @@ class Options:
     log_lines: int = 1000
     retries: int | None = None  # re-runs of a failed command (None: as the job's max_attempts allows)
     retry_delay: float = 0.0  # before the first re-run; doubled for each next one
+    output_file: str | None = None  # --output-file: key=value lines the command writes, stored as outputs
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -216,6 +217,9 @@ class Execution:
     def _environment(self, jc: Jobctl, job: dict) -> dict:
         env = dict(os.environ, **self.env)
         env.update(JOBCTL_JOB_ID=self.job_id, JOBCTL_PARENT_ID=job["parent_id"] or "", JOBCTL_DB=jc.path)
+        if self.options.output_file is not None:  # emptied for each attempt, as $GITHUB_OUTPUT is per step
+            empty_output_file(self.options.output_file)
+            env["JOBCTL_OUTPUT"] = self.options.output_file
         return env
 
     def _supervise(self, jc: Jobctl, job: dict, output: Output, started: float) -> Outcome:
@@ -282,6 +286,13 @@ class Execution:
         pending if the job has an attempt left (see Jobctl.finish). Returns it with
         the status the job has now."""
         lines = output.take() + output.last()
+        outputs: list[tuple[str, str]] = []
+        if self.options.output_file is not None and outcome.exit_code is not None:
+            try:
+                outputs = read_output_file(self.options.output_file)
+            except UsageError as exc:  # as GitHub fails a step whose $GITHUB_OUTPUT it cannot read
+                outcome = Outcome(FAILED, str(exc), outcome.exit_code, model.EXIT_FAILED)
+                retry_in = None
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
         noted = False
         while True:
@@ -303,6 +314,7 @@ class Execution:
                     retry_in=retry_in,
                     retries=self.options.retries,
                     attempt=job["attempt"],
+                    outputs=outputs,
                 )
                 return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
@@ -310,6 +322,32 @@ class Execution:
                     info(f"the outcome of job {self.job_id} ({outcome.message}) could not be recorded: {exc}")
                     return Outcome(outcome.status, outcome.message, outcome.exit_code, model.EXIT_DATABASE)
                 time.sleep(0.2)
+
+
+def empty_output_file(path: str) -> None:
+    """Create --output-file, or empty it (UsageError if it cannot be written)."""
+    try:
+        with open(path, "w"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write --output-file {path}: {exc.strerror or exc}") from None
+
+
+def read_output_file(path: str) -> list[tuple[str, str]]:
+    """What the command wrote to --output-file: (key, value) pairs (model.parse_output_file)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(model.MAX_OUTPUT_FILE + 1)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise UsageError(f"cannot read --output-file {path}: {exc.strerror or exc}") from None
+    if len(raw) > model.MAX_OUTPUT_FILE:
+        raise UsageError(f"--output-file {path} is over {model.MAX_OUTPUT_FILE:,} bytes: no outputs stored")
+    try:
+        return model.parse_output_file(raw.decode())
+    except UnicodeDecodeError:
+        raise UsageError(f"--output-file {path} is not UTF-8: no outputs stored") from None
 
 
 # ------------------------------------------------------------------ one job

@@ -126,6 +126,10 @@ MIGRATIONS = [
     """
     ALTER TABLE jobs ADD COLUMN max_running integer;
     """,
+    # 7: outputs are `output` events, read by parent (SQLite's migration 8).
+    """
+    CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,7 +29,7 @@ from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import CHANGE_COLUMNS, CHUNK, EVENT_COLUMNS, EVENT_SELECT, JOB_COLUMNS, SqlQueries
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 7  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 8  # the number of migrations below; stored in PRAGMA user_version
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds; JOBCTL_BUSY_TIMEOUT overrides
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
@@ -864,6 +864,11 @@ def _migrations():
     def max_running(db) -> None:
         # A parent's concurrency limit (create/policy set --max-running).
         db.execute("ALTER TABLE jobs ADD COLUMN max_running INTEGER")
+
+    @migrations(name="0008_outputs")
+    def outputs(db) -> None:
+        # Outputs are `output` events: `jobctl outputs P` reads its children's.
+        db.execute("CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output'")
 
     return migrations
 
