@@ -86,7 +86,10 @@ def claim(db: str | None, parent: str) -> int:
     with _open(db) as jc:
         job_id = jc.claim(parent)
         due = jc.next_retry_at(parent) if job_id is None else None
+        full = job_id is None and model.at_limit(jc.counts(parent), jc.get(parent))
     if job_id is None:
+        if full:
+            raise model.NotFound(f"job {parent} runs as many children as its --max-running allows: none claimed")
         if due is not None:
             raise model.NotFound(f"job {parent} has no pending child ready: the next retry is due at {due}")
         raise model.NotFound(f"job {parent} has no pending child")

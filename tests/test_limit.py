@@ -65,6 +65,8 @@ def test_cli_status_set_past_the_limit_is_exit_4(db):
     a, b = run("spawn", p, "--count", "2", db=db, check=True).stdout.split()
     run("status", "set", a, "running", db=db, check=True)
     before = snapshot(db)
+    r = run("claim", p, db=db)
+    assert r.returncode == 3 and "as many children as its --max-running allows" in r.stderr
     r = run("status", "set", b, "running", db=db)
     assert r.returncode == 4 and r.stderr.count("\n") == 1 and "--max-running 1" in r.stderr
     assert snapshot(db) == before
