@@ -590,3 +590,54 @@ def test_every_derived_message_is_told_from_one_given_by_hand(allow):
         assert not model.is_derived({"kind": "status", "attempt": 2, "message": message})
     for by_hand in ("derived from children of the nightly batch", "derived from children: stopped", None, ""):
         assert not model.is_derived({"kind": "status", "attempt": None, "message": by_hand})
+
+
+# ---------------------------------------------------- fan-outs that grow (issue 21)
+@pytest.mark.parametrize("counts,open,fail_fast,allow,expected", [
+    (c(co=3), True, False, None, RUNNING),  # open: more may come
+    (c(f=1, co=2), True, False, None, RUNNING),
+    (c(f=1, co=2), True, True, None, FAILED),  # fail-fast still fails it
+    (c(f=1, co=2), True, True, "1", RUNNING),  # within its allowance
+    (c(ca=2), True, False, None, RUNNING),
+    (c(), True, False, None, PENDING),  # no child yet: its own status
+    (c(co=3), False, False, None, COMPLETED),
+])
+def test_derive_an_open_parent(counts, open, fail_fast, allow, expected):
+    assert model.derive_status(counts, PENDING, allow_failures=allow, open=open, fail_fast=fail_fast) == expected
+
+
+DERIVED_EVENT = {"kind": "status", "attempt": None, "message": "derived from children"}
+BY_HAND = {"kind": "status", "attempt": 1, "message": "derived from children"}  # a message given by hand
+
+
+@pytest.mark.parametrize("status,counts,fail_fast,last,takes", [
+    (RUNNING, c(r=1), 0, None, True),  # not final
+    (PENDING, c(), 0, None, True),
+    (COMPLETED, c(co=2), 0, DERIVED_EVENT, True),  # derived final: takes one, runs again
+    (FAILED, c(co=1, f=1), 0, DERIVED_EVENT, True),
+    (CANCELLED, c(ca=2), 0, DERIVED_EVENT, True),
+    (COMPLETED, c(co=2), 0, BY_HAND, False),  # --force
+    (CANCELLED, c(ca=2), 0, {"kind": "status", "attempt": 1, "message": "cancelled"}, False),  # cancel
+    (FAILED, c(co=1, f=1), 1, DERIVED_EVENT, False),  # fail-fast failed it
+    (FAILED, c(co=2), 0, DERIVED_EVENT, False),  # its children say completed: not what they give
+    (COMPLETED, c(), 0, None, False),  # no children: set by hand
+])
+def test_takes_child(status, counts, fail_fast, last, takes):
+    job = {"status": status, "allow_failures": None, "fail_fast": fail_fast, "is_open": 0}
+    assert model.takes_child(counts, job, last) is takes
+
+
+@pytest.mark.parametrize("cap,running,full", [(None, 100, False), (2, 1, False), (2, 2, True), (1, 3, True)])
+def test_at_limit(cap, running, full):
+    assert model.at_limit(c(r=running, p=5), {"max_running": cap}) is full
+
+
+@pytest.mark.parametrize("statuses,code", [
+    ([COMPLETED, COMPLETED], 0), ([COMPLETED, FAILED, CANCELLED], 1), ([COMPLETED, CANCELLED], 6), ([], 0)])
+def test_exit_code_of_several(statuses, code):
+    assert model.exit_code_of(statuses) == code
+
+
+def test_output_file_lines():
+    text = "a=1\nmulti<<EOF\nx\n\ny=z\nEOF\nb=has=equals\n\n"
+    assert model.parse_output_file(text) == [("a", "1"), ("multi", "x\n\ny=z"), ("b", "has=equals")]
