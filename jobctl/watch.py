@@ -136,7 +136,7 @@ class Tail:
         """The new events of the watched tree since the cursor, folded into the progress.
 
         Stops after the event that makes the job final (when live), so the
-        last progress is the final one.
+        last progress is the final one; with `own`, reads all there is.
         """
         updates = []
         for e in self.feed.read():
@@ -145,9 +145,11 @@ class Tail:
                 self.own[e["job_id"]] = e["new_status"]
             replay = e["id"] <= self.live_from
             updates.append(Update(e, self.progress(), replay))
-            if not replay and self.done:
+            if not replay and self.done and self.own is None:
                 self.feed.cursor, self.feed.more = e["id"], False
                 break
+            # (with `own`, the rest of what was committed is read too: the parent's
+            # change comes after its children's in a transaction, fail-fast's say)
         if not self.feed.more:
             # Every event of this tree up to now has been read; the newest event at
             # start may belong to another tree, so the cursor alone would not reach it.
