@@ -275,6 +275,35 @@ for _name in CALLS:
 
 
 @more
+def claim_with_limit(args, tmp):
+    """`jobctl claim P` on a parent with --max-running (a limit it stays under, so
+    every claim takes one and checks it), against today's `jobctl claim P` on a
+    parent without one, in the same run (issue 21: no more than 1.5x)."""
+    from jobctl import Jobctl
+
+    runs = size(args, "calls")
+    template, parent, _ = _worker_db(tmp, "claim_plain", runs)
+    plain = str(_fresh(template, tmp, "claim_plain"))
+    limited = str(_fresh(template, tmp, "claim_limited"))
+    with Jobctl(limited) as jc:
+        jc.set_policy(parent, max_running=10 * runs + 10)
+    _checkpoint(limited)
+    ours, base = [], []
+    for _ in range(runs):
+        ours.append(_timed([JOBCTL, "--db", limited, "claim", parent]))
+        base.append(_timed([JOBCTL, "--db", plain, "claim", parent]))
+    return _ratio(
+        "wall time per call",
+        ours,
+        base,
+        "ratio ≤ 1.5",
+        1.5,
+        command="claim P (P --max-running N)",
+        baseline="jobctl claim P (no limit)",
+    )
+
+
+@more
 def fast_path_typer(args, tmp):
     """Which worker commands import typer (`python -X importtime -m jobctl ...`), and
     their import time (all modules, and jobctl's own)."""

@@ -96,7 +96,11 @@ policy_app = typer.Typer(
 )
 app.add_typer(status_app, name="status")
 app.add_typer(db_app, name="db")
+output_app = typer.Typer(
+    help="Small named outputs stored with a job.", context_settings={"help_option_names": ["-h", "--help"]}
+)
 app.add_typer(policy_app, name="policy")
+app.add_typer(output_app, name="output")
 
 # ------------------------------------------------------------- completion
 # Called by the shell's completion only (`jobctl --install-completion`), never on a
@@ -238,6 +242,16 @@ def create(
     ] = False,
     allow_failures: ALLOW_FAILURES = None,
     max_attempts: MAX_ATTEMPTS = None,
+    open: Annotated[
+        bool,
+        typer.Option(
+            "--open",
+            help="More children may come: it is not derived final until `jobctl close` (for fan-outs that grow).",
+        ),
+    ] = False,
+    max_running: Annotated[
+        int | None, typer.Option("--max-running", metavar="N", help="At most N of its children run at once.")
+    ] = None,
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
     done(
@@ -251,6 +265,8 @@ def create(
             fail_fast=fail_fast,
             allow_failures=allow_failures,
             max_attempts=max_attempts,
+            open=open,
+            max_running=max_running,
         )
     )
 
@@ -303,6 +319,18 @@ def policy_set(
     max_attempts: Annotated[
         str | None, typer.Option("--max-attempts", metavar="N|none", help="How many times it may start.")
     ] = None,
+    open: Annotated[
+        bool | None,
+        typer.Option(
+            "--open/--closed",
+            help="Open: more children may come, it is not derived final until closed (`jobctl close`).",
+            show_default=False,
+        ),
+    ] = None,
+    max_running: Annotated[
+        str | None,
+        typer.Option("--max-running", metavar="N|none", help="At most N of its children run at once."),
+    ] = None,
 ) -> None:
     """Change a job's failure policy (the parts given), as an event; its status follows at once.
 
@@ -310,9 +338,49 @@ def policy_set(
     """
     done(
         commands.policy_set(
-            ctx.obj["db"], job, fail_fast=fail_fast, allow_failures=allow_failures, max_attempts=max_attempts
+            ctx.obj["db"],
+            job,
+            fail_fast=fail_fast,
+            allow_failures=allow_failures,
+            max_attempts=max_attempts,
+            open=open,
+            max_running=max_running,
         )
     )
+
+
+@output_app.command("set")
+def output_set(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job.")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The output's name: letters, digits, _ and -.")],
+    value: Annotated[str | None, typer.Argument(metavar="[VALUE]", help="Its value (or --json).")] = None,
+    json: Annotated[bool, typer.Option("--json", help="Read the value from stdin, as JSON.")] = False,
+) -> None:
+    """Store a small named output with JOB (an `output` event); `jobctl outputs PARENT` gathers them."""
+    done(commands.output_set(ctx.obj["db"], job, key, value, json=json))
+
+
+@app.command("outputs")
+def outputs(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="PARENT", help="The parent whose children's outputs to gather.")],
+    json: Annotated[bool, typer.Option("--json", help="One JSON object: {child name: {key: value}}.")] = False,
+) -> None:
+    """The outputs of PARENT's children, by child name: `name<TAB>key<TAB>value` lines, or --json."""
+    done(commands.outputs(ctx.obj["db"], job, json=json))
+
+
+@app.command("close")
+def close_(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The open parent.")],
+) -> None:
+    """Close an open parent (create --open): no more children; its status is derived from theirs at once.
+
+    Prints its status. The same as `policy set JOB --closed`.
+    """
+    done(commands.close(ctx.obj["db"], job))
 
 
 @status_app.command("set")
@@ -723,6 +791,14 @@ def run(
             "the attempt not counted) or cancel.",
         ),
     ] = "requeue",
+    output_file: Annotated[
+        str | None,
+        typer.Option(
+            "--output-file",
+            metavar="FILE",
+            help="Store the key=value lines the command writes to FILE ($JOBCTL_OUTPUT) as the job's outputs.",
+        ),
+    ] = None,
 ) -> None:
     """Run a command as a tracked job: its output stored, heartbeats sent, its outcome recorded.
 
@@ -757,6 +833,7 @@ def run(
             retry_delay=retry_delay,
             quiet=quiet,
             on_term=on_term,
+            output_file=output_file,
         )
     )
 

@@ -89,7 +89,10 @@ def claim(db: str | None, parent: str) -> int:
     with _open(db) as jc:
         job_id = jc.claim(parent)
         due = jc.next_retry_at(parent) if job_id is None else None
+        full = job_id is None and model.at_limit(jc.counts(parent), jc.get(parent))
     if job_id is None:
+        if full:
+            raise model.NotFound(f"job {parent} runs as many children as its --max-running allows: none claimed")
         if due is not None:
             raise model.NotFound(f"job {parent} has no pending child ready: the next retry is due at {due}")
         raise model.NotFound(f"job {parent} has no pending child")
@@ -126,6 +129,8 @@ def create(
     fail_fast: bool = False,
     allow_failures: str | None = None,
     max_attempts: int | None = None,
+    open: bool = False,
+    max_running: int | None = None,
 ) -> int:
     meta_dict = parse_meta(meta or [])
     with _open(db, create=True) as jc:
@@ -139,6 +144,8 @@ def create(
                 fail_fast=fail_fast,
                 allow_failures=allow_failures,
                 max_attempts=max_attempts,
+                open=open,
+                max_running=max_running,
             )
         )
     return 0
@@ -317,22 +324,46 @@ def policy_set(
     fail_fast: bool | None = None,
     allow_failures: str | None = None,
     max_attempts: str | None = None,
+    open: bool | None = None,
+    max_running: str | None = None,
 ) -> int:
     """`policy set JOB`: change the parts of the policy given; print the policy."""
-    given: dict = {"fail_fast": fail_fast}
+    given: dict = {"fail_fast": fail_fast, "open": open}
+    for option, value, key in (
+        ("--max-attempts", max_attempts, "max_attempts"),
+        ("--max-running", max_running, "max_running"),
+    ):
+        if value is not None:
+            given[key] = _count_or_none(option, value)
     if allow_failures is not None:
         given["allow_failures"] = allow_failures
-    if max_attempts is not None:
-        word = max_attempts.strip().lower()
-        if word in ("none", "unlimited"):
-            given["max_attempts"] = None
-        elif word.isascii() and word.isdigit():
-            given["max_attempts"] = int(word)
-        else:
-            raise UsageError(f"--max-attempts takes a number or `none`, not {max_attempts!r}")
     with _open(db) as jc:
         policy = jc.set_policy(job, **given)
-    print(model.policy_text(policy["fail_fast"], policy["allow_failures"], policy["max_attempts"]) or "none")
+    _print_policy(policy)
+    return 0
+
+
+def _count_or_none(option: str, value: str) -> int | None:
+    word = value.strip().lower()
+    if word in ("none", "unlimited"):
+        return None
+    if word.isascii() and word.isdigit():
+        return int(word)
+    raise UsageError(f"{option} takes a number or `none`, not {value!r}")
+
+
+def _print_policy(policy: dict) -> None:
+    text = model.policy_text(
+        policy["fail_fast"], policy["allow_failures"], policy["max_attempts"], policy["open"], policy["max_running"]
+    )
+    print(text or "none")
+
+
+def close(db: str | None, job: str) -> int:
+    """`close JOB`: an open parent expects no more children; print its status, now derived."""
+    with _open(db) as jc:
+        jc.close_parent(job)
+        print(jc.status(job))
     return 0
 
 
@@ -494,6 +525,7 @@ def run(
     retry_delay: str | None = None,
     quiet: bool = False,
     on_term: str = "requeue",
+    output_file: str | None = None,
 ) -> int:
     """`jobctl run`: JOB -- CMD, --parent P -- CMD, --parent P --each -- CMD {}, --claim P -- CMD."""
     from jobctl import run as running
@@ -512,6 +544,10 @@ def run(
     ):
         if given and not (each or claim is not None and flag == "--jobs"):
             raise UsageError(f"{flag} goes with --each" + (" or --claim" if flag == "--jobs" else ""))
+    if output_file is not None and (each or claim is not None):
+        raise UsageError("--output-file goes with one job (run JOB, or run --parent P), not --each or --claim")
+    if output_file is not None:
+        running.empty_output_file(output_file)  # (refused before anything is written)
     if wait_for_more and claim is None:
         raise UsageError("--wait-for-more goes with --claim")
     if on_term not in ("requeue", "cancel"):
@@ -534,6 +570,7 @@ def run(
         retries=retries,
         retry_delay=0.0 if retry_delay is None else model.parse_duration(retry_delay, zero=True),
         quiet=quiet,
+        output_file=output_file,
     )
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if claim is not None:
@@ -563,6 +600,41 @@ def run(
         job, *args = args
         return running.run_one(db, job, None, None, None, args, options)
     return running.run_one(db, None, parent, name, id, args, options)
+
+
+def output_set(db: str | None, job: str, key: str, value: str | None = None, json: bool = False) -> int:
+    """`output set JOB KEY VALUE` (or `--json`: a JSON value from stdin)."""
+    import json as json_
+
+    if json == (value is not None):
+        raise UsageError("give the VALUE, or --json and the value as JSON on stdin")
+    stored: object = value
+    if json:
+        try:
+            stored = json_.loads(read_stdin())
+        except ValueError as exc:
+            raise UsageError(f"--json: stdin is not JSON ({exc})") from None
+    with _open(db) as jc:
+        jc.set_output(job, key, stored)
+    return 0
+
+
+def outputs(db: str | None, job: str, json: bool = False) -> int:
+    """`outputs P`: the outputs of P's children, by child name."""
+    import json as json_
+
+    with _open(db, create=False) as jc:
+        gathered = jc.outputs(job)
+    if json:
+        print(json_.dumps(gathered, ensure_ascii=False))
+        return 0
+    from jobctl.console import plain
+
+    for name, values in gathered.items():
+        for key, value in values.items():
+            text = value if isinstance(value, str) else json_.dumps(value, ensure_ascii=False)
+            print(f"{plain(name)}\t{key}\t{plain(text)}")
+    return 0
 
 
 def report(db: str | None, job: str, format: str = "markdown", output: str | None = None) -> int:

@@ -34,7 +34,7 @@ FAST: dict = {
     ("create",): (
         "create",
         ["name"],
-        {"--fail-fast": "fail_fast"},
+        {"--fail-fast": "fail_fast", "--open": "open"},
         {
             "--type": ("type", str),
             "--id": ("id", str),
@@ -42,6 +42,7 @@ FAST: dict = {
             "--meta": ("meta", list),
             "--allow-failures": ("allow_failures", str),
             "--max-attempts": ("max_attempts", int),
+            "--max-running": ("max_running", int),
         },
     ),
     ("spawn",): (
@@ -81,6 +82,7 @@ FAST: dict = {
             "--retries": ("retries", int),
             "--retry-delay": ("retry_delay", str),
             "--on-term": ("on_term", str),
+            "--output-file": ("output_file", str),
         },
     ),
     ("events",): (

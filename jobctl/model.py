@@ -38,7 +38,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
 RETRYABLE: frozenset[str] = frozenset({FAILED, CANCELLED})
 
 # Event kinds in the events table.
-CREATE, STATUS, LOG, POLICY = "create", "status", "log", "policy"
+CREATE, STATUS, LOG, POLICY, OUTPUT = "create", "status", "log", "policy", "output"
 LOG_LEVELS: tuple[str, ...] = ("info", "warning", "error")
 
 # Exit codes, documented in docs/reference.md and in `jobctl --help`.
@@ -70,6 +70,13 @@ def exit_code_for(status: str, counts: Mapping[str, int], *, strict: bool = Fals
     if strict and (status in (FAILED, CANCELLED) or counts.get(CANCELLED, 0)):
         return EXIT_FAILED
     return EXIT_FOR_STATUS.get(status, EXIT_OK)
+
+
+def exit_code_of(statuses: Iterable[str | None]) -> int:
+    """The exit status for several jobs that ended (`run --each`, its children):
+    1 if any failed, else 6 if any was cancelled, else 0."""
+    seen = set(statuses)
+    return EXIT_FAILED if FAILED in seen else EXIT_CANCELLED if CANCELLED in seen else EXIT_OK
 
 
 # How bad each outcome is, for `wait` on several jobs: the worst one wins.
@@ -105,6 +112,10 @@ class Conflict(JobctlError):
     """A transition that is not allowed, or a conflicting `--id`."""
 
     exit_code = EXIT_CONFLICT
+
+
+class AtLimit(Conflict):
+    """A child would run past its parent's --max-running."""
 
 
 class IdTaken(Conflict):
@@ -160,21 +171,33 @@ def n_children(counts: Mapping[str, int]) -> int:
 ACTIVE_PARENT = RUNNING
 
 
-def derive_status(counts: Mapping[str, int], current: str, *, allow_failures: str | None = None) -> str:
-    """A parent's status from the counts of its direct children and its allowance.
+def derive_status(
+    counts: Mapping[str, int],
+    current: str,
+    *,
+    allow_failures: str | None = None,
+    open: bool | int = False,
+    fail_fast: bool | int = False,
+) -> str:
+    """A parent's status from the counts of its direct children and its policy.
 
     No children: the job keeps its status. Any child pending or running:
-    running. All final: failed if more failed than allowed (`allowed_failures`);
-    cancelled if none completed and some were cancelled (cancelled children are
-    never allowed failures); else completed. (Fail-fast acts through the
-    children: see fails_fast.)
+    running. An `open` parent (more children may come: `create --open`) is
+    running whatever its children's states, unless it is fail-fast and more
+    failed than allowed. All final: failed if more failed than allowed
+    (`allowed_failures`); cancelled if none completed and some were cancelled
+    (cancelled children are never allowed failures); else completed.
+    (Fail-fast acts through the children: see fails_fast.)
     """
     children = n_children(counts)
     if children == 0:
         return current
     if counts.get(PENDING, 0) or counts.get(RUNNING, 0):
         return RUNNING
-    if counts.get(FAILED, 0) > allowed_failures(allow_failures, children):
+    too_many = counts.get(FAILED, 0) > allowed_failures(allow_failures, children)
+    if open and not (fail_fast and too_many):
+        return RUNNING
+    if too_many:
         return FAILED
     if not counts.get(COMPLETED, 0) and counts.get(CANCELLED, 0):
         return CANCELLED
@@ -196,14 +219,55 @@ def fails_fast(counts: Mapping[str, int], fail_fast: bool, allow_failures: str |
 DERIVED_MESSAGE = "derived from children"
 
 
-def follows_children(counts: Mapping[str, int], status: str, allow: str | None) -> bool:
+def derive(counts: Mapping[str, int], job: Mapping) -> str:
+    """derive_status for a job row (its status and policy)."""
+    return derive_status(
+        counts,
+        job["status"],
+        allow_failures=job["allow_failures"],
+        open=job.get("is_open", 0),
+        fail_fast=job["fail_fast"],
+    )
+
+
+def follows_children(counts: Mapping[str, int], job: Mapping) -> bool:
     """Whether a parent's status is what its children give (derive_status), and
     not one set by hand (cancel, --force): only such a parent follows a new policy."""
-    return derive_status(counts, status, allow_failures=allow) == status
+    return derive(counts, job) == job["status"]
 
 
-# every message derived_message makes (DERIVED_MESSAGE has no regex metacharacters)
-_DERIVED = DERIVED_MESSAGE + r"(: \d+ failed, (within|more than) --allow-failures \d+(\.\d+)?%? \(\d+ allowed\))?"
+def takes_child(counts: Mapping[str, int], job: Mapping, last_status: Mapping | None) -> bool:
+    """Whether a job may get a new child: one not final does; a final one only
+    if its status was derived from its children (its last status event
+    `last_status` is derived, and they still give it), then it goes back to
+    running. A parent made final by hand (`cancel`, --force), or a fail-fast
+    one that failed, refuses."""
+    if job["status"] not in TERMINAL:
+        return True
+    children = n_children(counts)
+    failed_fast = job["fail_fast"] and counts.get(FAILED, 0) > allowed_failures(job["allow_failures"], children)
+    return (
+        children > 0
+        and not failed_fast
+        and last_status is not None
+        and is_derived(last_status)
+        and follows_children(counts, job)
+    )
+
+
+def new_child_message(first: str, n: int = 1) -> str:
+    """Why a final parent went back to running: `derived from children: new child P.4`."""
+    return f"{DERIVED_MESSAGE}: new child {first}" if n == 1 else f"{DERIVED_MESSAGE}: {n} new children from {first}"
+
+
+CLOSED_MESSAGE = DERIVED_MESSAGE + ": closed"
+
+# every message derived_message, new_child_message and CLOSED_MESSAGE make
+# (DERIVED_MESSAGE has no regex metacharacters)
+_DERIVED = DERIVED_MESSAGE + (
+    r"(: \d+ failed, (within|more than) --allow-failures \d+(\.\d+)?%? \(\d+ allowed\)"
+    r"|: new child \S+|: \d+ new children from \S+|: closed)?"
+)
 
 
 def is_derived(event: Mapping) -> bool:
@@ -274,19 +338,31 @@ def allowance_used(counts: Mapping[str, int], status: str, allow: str | None) ->
     return status == COMPLETED and counts.get(FAILED, 0) > 0 and bool(allow)
 
 
-def policy_text(fail_fast: bool | int, allow: str | None, max_attempts: int | None) -> str | None:
+def policy_text(
+    fail_fast: bool | int,
+    allow: str | None,
+    max_attempts: int | None,
+    open: bool | int = False,
+    max_running: int | None = None,
+) -> str | None:
     """The canonical text of a policy (a create or policy event's message):
-    `fail-fast, allow-failures 5%, max-attempts 3`; None for no policy."""
-    parts = (["fail-fast"] if fail_fast else []) + ([f"allow-failures {allow}"] if allow else [])
+    `open, fail-fast, allow-failures 5%, max-attempts 3, max-running 4`; None for no policy."""
+    parts = (["open"] if open else []) + (["fail-fast"] if fail_fast else [])
+    parts += [f"allow-failures {allow}"] if allow else []
     parts += [f"max-attempts {max_attempts}"] if max_attempts is not None else []
+    parts += [f"max-running {max_running}"] if max_running is not None else []
     return ", ".join(parts) or None
 
 
 def parse_policy(text: str | None) -> dict:
-    """policy_text's inverse: {fail_fast, allow_failures, max_attempts}."""
-    out: dict = {"fail_fast": 0, "allow_failures": None, "max_attempts": None}
+    """policy_text's inverse: {is_open, fail_fast, allow_failures, max_attempts, max_running}."""
+    out: dict = {"is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None, "max_running": None}
     for part in (text or "").split(", "):
-        if part == "fail-fast":
+        if part == "open":
+            out["is_open"] = 1
+        elif part.startswith("max-running "):
+            out["max_running"] = int(part.split(" ", 1)[1])
+        elif part == "fail-fast":
             out["fail_fast"] = 1
         elif part.startswith("allow-failures "):
             out["allow_failures"] = part.split(" ", 1)[1]
@@ -300,6 +376,28 @@ def check_max_attempts(n: int | None) -> int | None:
     if n is not None and not (isinstance(n, int) and 1 <= n <= 1_000_000):
         raise UsageError(f"--max-attempts must be a whole number from 1 to 1,000,000, not {n}")
     return n
+
+
+def check_max_running(n: int | None) -> int | None:
+    """A --max-running value: 1 or more (None: no limit)."""
+    if n is not None and not (isinstance(n, int) and 1 <= n <= 1_000_000):
+        raise UsageError(f"--max-running must be a whole number from 1 to 1,000,000, not {n}")
+    return n
+
+
+def at_limit(counts: Mapping[str, int], parent: Mapping) -> bool:
+    """Whether a parent runs as many children as its --max-running allows: no
+    other may start (claim skips them; `status set running` needs --force)."""
+    cap = parent.get("max_running")
+    return cap is not None and counts.get(RUNNING, 0) >= cap
+
+
+def over_limit(parent: Mapping, child_id: str) -> AtLimit:
+    cap = parent["max_running"]
+    return AtLimit(
+        f"job {parent['id']} runs at most {cap} children at once (--max-running {cap}):"
+        f" {child_id} not started (use --force)"
+    )
 
 
 def attempts_left(job: Mapping) -> bool:
@@ -414,9 +512,11 @@ REPLAYED_FIELDS = (
     "completed_at",
     "updated_at",
     "attempt",
+    "is_open",
     "fail_fast",
     "allow_failures",
     "max_attempts",
+    "max_running",
 )
 
 
@@ -476,6 +576,11 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                 job["attempt"] = carried
         elif kind == POLICY and job_id in jobs:
             jobs[job_id].update(parse_policy(e["message"]))
+        elif kind == OUTPUT and (job_id not in jobs or parse_output(e.get("message")) is None):
+            note(
+                f"event {e.get('id')}: an output of job {job_id} that "
+                + ("is not key=value" if job_id in jobs else "was never created")
+            )
     for job in jobs.values():
         job.pop("not_before", None)
     return jobs
@@ -581,6 +686,85 @@ def check_message(message: str | None, what: str = "message") -> str | None:
     if message is not None and len(message) > MAX_MESSAGE_LENGTH:
         raise UsageError(f"a {what} is at most {MAX_MESSAGE_LENGTH} characters, not {len(message)}")
     return check_text(message, what)
+
+
+# --------------------------------------------------------------- outputs
+MAX_OUTPUT_KEY = 100  # characters
+MAX_OUTPUT_VALUE = 65_536  # characters of one value (a JSON value: of its compact text)
+MAX_OUTPUT_FILE = 1_000_000  # bytes of a run's --output-file (GitHub's cap per job's outputs is 1 MB)
+_OUTPUT_KEY = r"[A-Za-z_][A-Za-z0-9_-]{0,99}\Z"
+
+
+def check_output_key(key: str) -> str:
+    import re
+
+    if not re.match(_OUTPUT_KEY, key):
+        raise UsageError(
+            f"bad output key {key!r}: use 1-{MAX_OUTPUT_KEY} letters, digits, _ and - (starting with a letter or _)"
+        )
+    return key
+
+
+def output_message(key: str, value: object) -> str:
+    """An output event's message: `key=text` for a string, `key:=json` for any
+    other JSON value (compact); refuses a bad key or a value over the cap."""
+    import json
+
+    check_output_key(key)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(text) > MAX_OUTPUT_VALUE:
+        raise UsageError(f"output {key}: a value is at most {MAX_OUTPUT_VALUE:,} characters, not {len(text):,}")
+    check_text(text, "output value")
+    return f"{key}={text}" if isinstance(value, str) else f"{key}:={text}"
+
+
+def parse_output(message: str | None) -> tuple[str, object] | None:
+    """output_message's inverse: (key, value); None if it is not one."""
+    import json
+    import re
+
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_-]{0,99})(:?)=", message or "", re.S)
+    if m is None:
+        return None
+    text = (message or "")[m.end() :]
+    if not m[2]:
+        return m[1], text
+    try:
+        return m[1], json.loads(text)
+    except ValueError:
+        return None
+
+
+def parse_output_file(text: str) -> list[tuple[str, str]]:
+    """`key=value` lines as a command writes $GITHUB_OUTPUT (and its `key<<DELIMITER`
+    lines ... DELIMITER for a value of several lines): [(key, value)]."""
+    pairs: list[tuple[str, str]] = []
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip("\r")
+        n = i + 1
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            key, delimiter = line.split("<<", 1)
+            try:
+                end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip("\r") == delimiter)
+            except StopIteration:
+                raise UsageError(f"--output-file line {n}: no closing {delimiter!r} for {key!r}") from None
+            pairs.append((key, "\n".join(x.rstrip("\r") for x in lines[i + 1 : end])))
+            i = end + 1
+            continue
+        if "=" not in line:
+            if line.strip():
+                raise UsageError(f"--output-file line {n}: not key=value: {line[:100]!r}")
+            i += 1
+            continue
+        pairs.append(tuple(line.split("=", 1)))  # type: ignore[arg-type]
+        i += 1
+    for key, value in pairs:
+        output_message(key, value)  # a bad key or value: refused here, with nothing stored
+    return pairs
 
 
 def check_id(job_id: str) -> str:

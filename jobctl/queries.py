@@ -43,6 +43,26 @@ class Reads:
     def status(self, job_id: str) -> str:
         return self._job(job_id)["status"]
 
+    def outputs(self, job_id: str) -> dict[str, dict]:
+        """The outputs of the job's children, gathered: {child name: {key: value}}
+        (the last value set of each key; a name that two children share is the
+        later one's with its id: `name (P.7)`), children in the order they set
+        their first output. Only children with outputs appear."""
+        from jobctl.model import parse_output
+
+        with self._store.read():
+            self._job(job_id)
+            by_child: dict[str, dict] = {}
+            for e in self._store.output_events(job_id):
+                parsed = parse_output(e["message"])
+                if parsed is not None:
+                    by_child.setdefault(e["job_id"], {})[parsed[0]] = parsed[1]
+            out: dict[str, dict] = {}
+            for child, values in by_child.items():
+                name = self._job(child)["name"]
+                out[name if name not in out else f"{name} ({child})"] = values
+        return out
+
     def progress(self, job_id: str) -> dict:
         """Counts of the job's direct children by status, in O(1) from the kept counts."""
         with self._store.read():
@@ -108,6 +128,8 @@ class Reads:
                 "allowed_failures": model.allowed_failures(j["allow_failures"], total),
                 "allowance_used": model.allowance_used(c, j["status"], j["allow_failures"]),
                 "max_attempts": j["max_attempts"],
+                "open": bool(j.get("is_open")),
+                "max_running": j.get("max_running"),
             }
         return jobs
 

@@ -208,7 +208,9 @@ def job(j: Mapping) -> None:
     if j["duration"] is None:  # not a command's run time (a parent, say): from its start to its end, or now
         lines[fields.index("duration")] = ("duration", job_duration(j) or None)
     policy = j["policy"]
-    text = policy_text(policy["fail_fast"], policy["allow_failures"], None)
+    text = policy_text(
+        policy["fail_fast"], policy["allow_failures"], None, policy.get("open", False), policy.get("max_running")
+    )
     if policy["allow_failures"] and j["progress"]:  # what the allowance comes to, and whether it was needed
         text = f"{text} ({policy['allowed_failures']} allowed{', used' if policy['allowance_used'] else ''})"
     lines.append(("policy", text))

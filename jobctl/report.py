@@ -11,9 +11,12 @@ take time.
 Streaming. Every format reads the tree once, depth-first, through
 `Jobctl.tree()` (one read snapshot) and keeps only what it prints:
 
-- markdown and github: counts by status, the first MAX_LISTED (markdown) or
-  ANNOTATIONS (github) failed or cancelled units, and the SLOWEST slowest in
-  a heap; the text is built in memory, a bounded size.
+- markdown and github: counts by status, the MAX_LISTED (markdown) or
+  ANNOTATIONS (github) failed or cancelled units that lead with the cause
+  (failed before cancelled, the first to end first: _cause_first), kept to a
+  bounded list as the walk goes, and the SLOWEST slowest in a heap; for a
+  fail-fast job, the child that failed it; the text is built in memory, a
+  bounded size.
 - junit: every unit is a <testcase>, written as it streams by. Counts go in
   the opening tags, so each parent's cases are spooled (in memory up to
   SPOOL_BYTES, then a temporary file) until the walk leaves that parent's
@@ -148,6 +151,20 @@ class _Tree:
                     yield from self._with_units(held, tail_lines)
                     held = []
         yield from self._with_units(held, tail_lines)
+
+    def walk_then(self, last: Callable[[], None]) -> Iterator[tuple[dict, list[str], bool]]:
+        """walk(), calling last() once the last row known of has been taken (as
+        walk_units reads its last chunk), while the walk's snapshot is open."""
+        owed, called = 1, False
+        with closing(self.walk()) as rows:
+            for row, path, is_unit in rows:
+                owed += (row["progress"]["total_children"] if row["progress"] else 0) - 1
+                yield row, path, is_unit
+                if owed <= 0 and not called:
+                    called = True
+                    last()
+        if not called:
+            last()
 
     def _with_units(
         self, held: list[tuple[dict, list[str], bool, bool]], tail_lines: int
@@ -334,28 +351,57 @@ class _Listed:
         self.row, self.shown, self.seconds, self.unit = row, shown, seconds, unit
 
 
+def _cause_first(status: str, completed_at: str | None, n: int) -> tuple:
+    """The order a report lists failures in: failed before cancelled, and among
+    each the first to end first (then the walk's order)."""
+    return (status != FAILED, completed_at or "~", n)
+
+
+def fail_fast_trigger(events: list[dict]) -> str | None:
+    """The child whose failure failed a fail-fast job (its status event's message
+    is model.fail_fast_message), from the job's own events; None if it failed otherwise."""
+    last = next((e for e in reversed(events) if e["kind"] == STATUS), None)
+    message = (last or {}).get("message") or ""
+    if last is None or last["new_status"] != FAILED or not message.startswith("fail-fast: "):
+        return None
+    return message[len("fail-fast: ") :].rsplit(" failed", 1)[0]
+
+
 class _Summary:
-    """One pass over the tree keeping only what a summary shows."""
+    """One pass over the tree keeping only what a summary shows: the counts, the
+    slowest, and the `cap` units with one of `statuses` that lead with the cause
+    (_cause_first), whose events are read in one query as the walk ends; for a
+    job failed by fail-fast, the child that triggered it."""
 
     def __init__(self, tree: _Tree, statuses: frozenset[str], cap: int):
         self.counts = dict.fromkeys(STATUSES, 0)  # the units' statuses
         self.nested = False  # some unit is not a direct child
-        self.listed: list[_Listed] = []  # the first `cap` units with one of `statuses`
+        self.listed: list[_Listed] = []  # the `cap` units with one of `statuses` that come first
         self.matching = 0  # how many units have one of `statuses`
+        self.trigger: _Listed | None = None  # fail-fast: the child that failed the job
         slowest: list[tuple[float, int, dict, str]] = []  # a min-heap of the SLOWEST longest
         top: dict | None = None
-        picked = 0
+        picked: list[tuple[tuple, dict, str, float | None]] = []  # candidates, trimmed to `cap` now and then
+        trigger: list = [None, None]  # its id, then (row, shown) when the walk meets it
 
-        def wanted(row: Mapping, is_unit: bool) -> bool:  # the first `cap` units with one of `statuses`
-            nonlocal picked
-            if is_unit and row["status"] in statuses and picked < cap:
-                picked += 1
-                return True
-            return False
+        def last() -> None:  # inside the walk's snapshot: the listed units' events, one query
+            picked.sort(key=lambda c: c[0])
+            del picked[cap:]
+            ids = [row["id"] for _, row, _, _ in picked]
+            found = trigger[1]
+            events = _unit_events(tree.jc, ids + ([found[0]["id"]] if found and found[0]["id"] not in ids else []))
+            self.listed = [_Listed(row, shown, sec, _unit(row, events[row["id"]])) for _, row, shown, sec in picked]
+            if found is not None:
+                row, shown = found
+                self.trigger = _Listed(row, shown, _seconds(row), _unit(row, events[row["id"]]))
 
-        for n, (row, path, is_unit, unit) in enumerate(tree.walk_units(wanted)):
+        for n, (row, path, is_unit) in enumerate(tree.walk_then(last)):
             if top is None:
                 top = row
+                if row["status"] == FAILED and (row.get("policy") or {}).get("fail_fast"):
+                    trigger[0] = fail_fast_trigger(_unit_events(tree.jc, [row["id"]])[row["id"]])
+            if trigger[0] is not None and row["id"] == trigger[0]:
+                trigger[1] = (row, tree.shown(row, path))
             if not is_unit:
                 continue
             status = row["status"]
@@ -370,8 +416,10 @@ class _Summary:
                     heapq.heapreplace(slowest, item)
             if status in statuses:
                 self.matching += 1
-                if unit is not None:
-                    self.listed.append(_Listed(row, tree.shown(row, path), seconds, unit))
+                picked.append((_cause_first(status, row["completed_at"], n), row, tree.shown(row, path), seconds))
+                if len(picked) > 2 * cap:  # (memory stays bounded: only the first `cap` can be listed)
+                    picked.sort(key=lambda c: c[0])
+                    del picked[cap:]
         assert top is not None  # tree() yields the job first, or raises NotFound
         self.top = top
         self.slowest = sorted(slowest, reverse=True)
@@ -406,6 +454,16 @@ def markdown(tree: _Tree) -> str:
         used = f"; {policy['allowed_failures']} allowed" if policy.get("allow_failures") else ""
         used += ", used" if policy.get("allowance_used") else ""
         out += [f"Policy: {rule}{used}.", ""]
+    if s.trigger is not None:  # a fail-fast stop leads with what stopped it
+        t = s.trigger
+        because = f": {md_code(_cut(t.unit.message, MD_CHARS), cell=False)}" if t.unit.message else ""
+        out += [
+            f"**Stopped by fail-fast:** {md_code(_cut(t.shown, MD_CHARS), cell=False)}"
+            f" ({md_code(t.row['id'], cell=False)}) {t.row['status']}{because}",
+            "",
+            md_fenced([_cut(line, MD_CHARS) for line in t.unit.tail]),
+            "",
+        ]
     bad = [st for st in (FAILED, CANCELLED) if s.counts[st]]
     if not s.matching:
         out += ["No failed or cancelled jobs.", ""]

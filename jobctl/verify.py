@@ -22,7 +22,7 @@ def verify(store: Store) -> list[str]:
     what its children's real counts give, and the store's own integrity check
     (SQLite's). [] is clean."""
     problems: list[str] = []
-    derived: dict[str, tuple[str, str | None]] = {}  # parents whose last status was derived
+    derived: dict[str, dict] = {}  # parents whose last status was derived
     with store.read():
         problems += [f"integrity: {p}" for p in store.integrity_check()]
         # A job's state depends on its own events alone, so the replay runs job by
@@ -46,7 +46,7 @@ def verify(store: Store) -> list[str]:
                         problems.append(f"job {job['id']}: {field} is {job[field]!r}, events say {r[field]!r}")
                 last = next((e for e in reversed(events) if e["kind"] == STATUS), None)
                 if last is not None and model.is_derived(last):
-                    derived[job["id"]] = (job["status"], job["allow_failures"])
+                    derived[job["id"]] = job
                 job, group = next(jobs, None), next(groups, None)
         real = store.count_children()
         kept = store.all_counts()
@@ -57,8 +57,9 @@ def verify(store: Store) -> list[str]:
                 f"job {parent}: kept child counts {progress_text(kept.get(parent, zero))!r},"
                 f" real count {progress_text(real.get(parent, zero))!r}"
             )
-    for parent, (status, allow) in sorted(derived.items()):
-        want = model.derive_status(real.get(parent, zero), status, allow_failures=allow)
+    for parent, job in sorted(derived.items()):
+        status = job["status"]
+        want = model.derive(real.get(parent, zero), job)
         if want != status:
             problems.append(
                 f"job {parent}: status {status}, derived from children, but they give {want}"

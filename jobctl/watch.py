@@ -70,6 +70,9 @@ class Tail:
         self.job_id: str = fold.job["id"]
         self.counts = fold.counts
         self.live_from = live_from  # events up to here are history (replayed), after it live
+        # `run --each`: the children it created, with their statuses as the events
+        # say; when given, the watch ends with them (not with the job)
+        self.own: dict[str, str | None] | None = None
 
     @classmethod
     def start(cls, jc: Jobctl, job_id: str, since: int | None = None) -> Tail:
@@ -113,6 +116,8 @@ class Tail:
 
     @property
     def done(self) -> bool:
+        if self.own is not None:
+            return all(s in TERMINAL for s in self.own.values())
         return self.status in TERMINAL
 
     @property
@@ -132,16 +137,20 @@ class Tail:
         """The new events of the watched tree since the cursor, folded into the progress.
 
         Stops after the event that makes the job final (when live), so the
-        last progress is the final one.
+        last progress is the final one; with `own`, reads all there is.
         """
         updates = []
         for e in self.feed.read():
             self.fold.apply(e)
+            if self.own is not None and e["new_status"] is not None and e["job_id"] in self.own:
+                self.own[e["job_id"]] = e["new_status"]
             replay = e["id"] <= self.live_from
             updates.append(Update(e, self.progress(), replay))
-            if not replay and self.done:
+            if not replay and self.done and self.own is None:
                 self.feed.cursor, self.feed.more = e["id"], False
                 break
+            # (with `own`, the rest of what was committed is read too: the parent's
+            # change comes after its children's in a transaction, fail-fast's say)
         if not self.feed.more:
             # Every event of this tree up to now has been read; the newest event at
             # start may belong to another tree, so the cursor alone would not reach it.
@@ -284,6 +293,7 @@ def run_watch(
     wait_for_create: bool = False,
     on_stale=None,
     on_interrupt=None,
+    own: list[str] | None = None,
 ) -> int:
     """`jobctl watch`: the start state, then every event of the tree, then a summary.
 
@@ -294,6 +304,9 @@ def run_watch(
     stale; with `wait_for_create`, a job that does not exist yet is waited for.
     `on_interrupt()` (run --each: stop the commands, cancel the parent) runs
     before the summary of an interrupted watch, which then shows its end.
+    With `own` (`run --each`: the children it created, whose create events
+    come after `since`), the watch ends when they have ended, and the exit code
+    is theirs (model.exit_code_of).
     """
     model.check_seconds(timeout, "--timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -304,6 +317,8 @@ def run_watch(
             if wait_for_create and not wait_for_jobs(jc, [job_id], waker, poll_interval, deadline):
                 return model.EXIT_TIMEOUT
             tail = Tail.start(jc, job_id, since=since)
+            if own is not None:
+                tail.own = dict.fromkeys(own)
             on_tick = StaleCheck(tail, stale_after, sink, on_stale) if stale_after is not None else None
             earlier = tail.earlier_events() if since is None else 0
             sink.start(tail.job, tail.progress(), tail.cursor, earlier)
@@ -335,6 +350,8 @@ def run_watch(
         sink.end(tail.job, tail.progress(), "timeout", model.EXIT_TIMEOUT)
         return model.EXIT_TIMEOUT
     code = model.exit_code_for(tail.status, tail.counts, strict=strict) if exit_status else model.EXIT_OK
+    if tail.own is not None and exit_status:
+        code = model.exit_code_of(tail.own.values())
     sink.end(tail.job, tail.progress(), "", code, failures_of(tail))
     return code
 

@@ -201,15 +201,16 @@ class UnitOfWork:
         parent = self.job(parent_id)
         if new == FAILED and model.fails_fast(counts, parent["fail_fast"], parent["allow_failures"]):
             self.fail_fast_due.setdefault(parent_id, child_id or "a child")
-        self.rederive(parent)
+        new_child = old is None and parent["status"] in TERMINAL and child_id is not None
+        self.rederive(parent, model.new_child_message(child_id, n) if new_child else None)  # type: ignore[arg-type]
 
     def rederive(self, parent: dict, message: str | None = None) -> None:
-        """Set the parent's status to what its children's counts and its allowance give."""
+        """Set the parent's status to what its children's counts and its policy give."""
         counts = self.counts_of(parent["id"])
-        allow = parent["allow_failures"]
-        derived = model.derive_status(counts, parent["status"], allow_failures=allow)
+        derived = model.derive(counts, parent)
         if derived != parent["status"]:
-            self.set_status(parent, derived, message or model.derived_message(counts, derived, allow), derived=True)
+            message = message or model.derived_message(counts, derived, parent["allow_failures"])
+            self.set_status(parent, derived, message, derived=True)
 
     def settle(self) -> None:
         """Before the commit: every fail-fast parent that more children failed in
@@ -274,11 +275,12 @@ class UnitOfWork:
         self.store.insert_jobs(jobs)
         for j in jobs:
             self.jobs[j["id"]] = j
-            self.event(
-                j, CREATE, None, j["status"], model.policy_text(j["fail_fast"], j["allow_failures"], j["max_attempts"])
+            text = model.policy_text(
+                j["fail_fast"], j["allow_failures"], j["max_attempts"], j["is_open"], j["max_running"]
             )
+            self.event(j, CREATE, None, j["status"], text)
         if parent is not None:
-            self.child_changed(parent["id"], None, PENDING, n=len(jobs))
+            self.child_changed(parent["id"], None, PENDING, n=len(jobs), child_id=jobs[0]["id"])
 
     def insert_children(self, parent: dict, jobs: list[dict]) -> None:
         """Insert a chunk of new pending children with their create events at once,
@@ -289,7 +291,7 @@ class UnitOfWork:
             self.events = []
         cap = jobs[0]["max_attempts"] if jobs else None  # a spawn's children share it
         self.store.insert_children(jobs, model.policy_text(0, None, cap))
-        self.child_changed(parent["id"], None, PENDING, n=len(jobs))
+        self.child_changed(parent["id"], None, PENDING, n=len(jobs), child_id=jobs[0]["id"] if jobs else None)
 
     def flush(self) -> None:
         self.settle()
@@ -354,6 +356,8 @@ class Writes:
         max_attempts: int | None = None,
         running: str | None = None,
         fields: Mapping[str, object] | None = None,
+        open: bool = False,
+        max_running: int | None = None,
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -363,7 +367,9 @@ class Writes:
         complete. `max_attempts` caps how often it may start (None: no cap).
         With `id`, creating the same job again is a no-op that returns the id;
         the same id with other attributes (or another policy, where one is
-        given) raises Conflict.
+        given) raises Conflict. An `open` parent is not derived final, whatever
+        its children's states, until it is closed (`close`): more may come.
+        `max_running`: at most that many of its children run at once.
         With `running` (a message), the job is set running in the same
         transaction (`run --parent P`: no worker can claim it pending
         meanwhile); an existing job (`id`) must be pending then, and childless;
@@ -380,6 +386,8 @@ class Writes:
             "fail_fast": int(bool(fail_fast)),
             "allow_failures": model.check_allowance(allow_failures),
             "max_attempts": model.check_max_attempts(max_attempts),
+            "is_open": int(bool(open)),
+            "max_running": model.check_max_running(max_running),
         }
         return self._create(name, type, parent, id, _meta_json(meta), policy, running, _fields_json(fields))
 
@@ -410,6 +418,7 @@ class Writes:
                         raise UsageError(f"job {id} has children: its status is derived, it runs no command")
                     if job["status"] != PENDING:
                         raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
+                    self._check_limit(ch, job)
                     ch.set_status(job, RUNNING, running, fields=fields)
                 return id
         p = self._open_parent(ch, parent) if parent is not None else None
@@ -420,6 +429,7 @@ class Writes:
         job = self._new_job(ch, id, name, type, p, meta_json, **policy)
         ch.add_jobs(p, [job])
         if running is not None:
+            self._check_limit(ch, job)
             ch.set_status(job, RUNNING, running, fields=fields)
         return id
 
@@ -466,11 +476,19 @@ class Writes:
         fail_fast: bool | None = None,
         allow_failures: str | int | None | object = _KEEP,
         max_attempts: int | None | object = _KEEP,
+        open: bool | None = None,
+        max_running: int | None | object = _KEEP,
     ) -> dict:
         """Change the job's failure policy (parts not given stay), with a `policy`
         event; the job's status follows at once (a fail-fast parent with a child
-        failed already fails now and cancels the rest). Returns the new policy."""
+        failed already fails now and cancels the rest; a parent closed is
+        derived from its children). Opening a final parent is refused unless it
+        would take a new child (model.takes_child). Returns the new policy."""
         change: dict = {}
+        if open is not None:
+            change["is_open"] = int(bool(open))
+        if max_running is not Writes._KEEP:
+            change["max_running"] = model.check_max_running(max_running)  # type: ignore[arg-type]
         if fail_fast is not None:
             change["fail_fast"] = int(bool(fail_fast))
         if allow_failures is not Writes._KEEP:
@@ -478,30 +496,43 @@ class Writes:
         if max_attempts is not Writes._KEEP:
             change["max_attempts"] = model.check_max_attempts(max_attempts)  # type: ignore[arg-type]
         if not change:
-            raise UsageError("no policy given (--fail-fast, --no-fail-fast, --allow-failures, --max-attempts)")
+            raise UsageError(
+                "no policy given (--open, --closed, --fail-fast, --no-fail-fast, --allow-failures,"
+                " --max-attempts, --max-running)"
+            )
         return self._set_policy(job_id, change)
 
     @transaction
     def _set_policy(self, ch: UnitOfWork, job_id: str, change: dict) -> dict:
         job = ch.job(job_id)
-        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts")}
+        policy = {k: job[k] for k in ("fail_fast", "allow_failures", "max_attempts", "is_open", "max_running")}
         if {**policy, **change} == policy:
-            return {**policy, "fail_fast": bool(policy["fail_fast"])}
-        job.update(change)
-        self._store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
-        text = model.policy_text(job["fail_fast"], job["allow_failures"], job["max_attempts"])
-        ch.event(job, POLICY, None, None, text or "none")
+            return _policy(policy)
         counts = ch.counts_of(job_id)
+        before = dict(job)
+        if change.get("is_open") and not policy["is_open"]:
+            self._check_takes_child(counts, job, "open")
+        job.update(change)
+        if change.keys() - {"is_open", "max_running"}:
+            self._store.set_policy(job_id, job["fail_fast"], job["allow_failures"], job["max_attempts"])
+        if (job["is_open"], job["max_running"]) != (policy["is_open"], policy["max_running"]):
+            self._store.set_fanout(job_id, job["is_open"], job["max_running"])
+        text = model.policy_text(
+            job["fail_fast"], job["allow_failures"], job["max_attempts"], job["is_open"], job["max_running"]
+        )
+        ch.event(job, POLICY, None, None, text or "none")
         if model.fails_fast(counts, job["fail_fast"], job["allow_failures"]):
             first = next(iter(self._store.list_jobs(parent_id=job_id, statuses=[FAILED], limit=1)))
             ch.fail_fast_due[job_id] = first["id"]  # settled before the commit
-        elif model.follows_children(counts, job["status"], policy["allow_failures"]):
-            ch.rederive(job)  # a status set by hand (cancel, --force) stays
-        return {
-            "fail_fast": bool(job["fail_fast"]),
-            "allow_failures": job["allow_failures"],
-            "max_attempts": job["max_attempts"],
-        }
+        elif model.follows_children(counts, before):
+            closed = job["is_open"] < policy["is_open"]
+            ch.rederive(job, model.CLOSED_MESSAGE if closed else None)  # a status set by hand (cancel, --force) stays
+        return _policy(job)
+
+    def close_parent(self, job_id: str) -> dict:
+        """Close an open parent (`jobctl close`): no more children are expected,
+        its status is derived from its children's at once. Returns its policy."""
+        return self.set_policy(job_id, open=False)
 
     def set_status(
         self,
@@ -539,6 +570,8 @@ class Writes:
                 raise Conflict(
                     f"job {job['id']} has children: its status is derived from theirs (use `jobctl cancel`, or --force)"
                 )
+            if status == RUNNING and not force:
+                self._check_limit(ch, job)
             ch.set_status(job, status, message, fields=fields)
             changed.append(job["id"])
         return changed
@@ -611,7 +644,9 @@ class Writes:
     def _claim(
         self, ch: UnitOfWork, parent: str, message: str | Callable[[dict], str] | None, fields: str | None
     ) -> str | None:
-        ch.job(parent)
+        p = ch.job(parent)
+        if model.at_limit(ch.counts_of(parent), p):
+            return None  # (a worker waits for a change, as when none is pending)
         row = self._store.next_child(parent, PENDING, ready_at=ch.at)
         if row is None:
             return None
@@ -633,6 +668,18 @@ class Writes:
         job = ch.job(job_id)
         log_id = self._store.insert_log(job_id, level, message, ch.at)
         ch.event(job, LOG, None, None, None, log_id)
+
+    def set_output(self, job_id: str, key: str, value: object) -> None:
+        """Store a small named output with the job (`jobctl output set`), as an
+        `output` event: a string, or any JSON value; the last one set of a key wins.
+        UsageError for a bad key or a value over model.MAX_OUTPUT_VALUE."""
+        self._set_outputs(job_id, [model.output_message(key, value)])
+
+    @transaction
+    def _set_outputs(self, ch: UnitOfWork, job_id: str, messages: Sequence[str]) -> None:
+        job = ch.job(job_id)
+        for message in messages:
+            ch.event(job, model.OUTPUT, None, None, message)
 
     def log_lines(self, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
         """Append many log lines (level, text) to a job in one transaction (`jobctl run`'s output)."""
@@ -661,6 +708,7 @@ class Writes:
         retries: int | None = None,
         attempt: int | None = None,
         token: str | None = None,
+        outputs: Sequence[tuple[str, str]] = (),
     ) -> str:
         """End a running job with its command's outcome, in one transaction: the
         last log lines, the status change and the exit code and duration. A job
@@ -674,8 +722,12 @@ class Writes:
         already) is stale: only its log lines are kept. With `token` (unique to
         this outcome), a finish that committed already (its reply lost with the
         connection: `run` tries again) changes nothing: its events carry the
-        token, looked for first. Returns the job's status."""
-        return self._finish(job_id, status, message, exit_code, duration, lines, retry_in, retries, attempt, token)
+        token, looked for first. `outputs` (key, value), from `run --output-file`,
+        are stored with the outcome. Returns the job's status."""
+        messages = [model.output_message(k, v) for k, v in outputs]
+        return self._finish(
+            job_id, status, message, exit_code, duration, lines, retry_in, retries, attempt, token, messages
+        )
 
     @transaction
     def _finish(
@@ -691,6 +743,7 @@ class Writes:
         retries: int | None,
         attempt: int | None,
         token: str | None,
+        outputs: Sequence[str] = (),
     ) -> str:
         mark, n = _fields_json({"token": token} if token is not None else None), len(ch.events)
         if mark is not None and any(row["fields"] == mark for row in self._store.event_fields(job_id)):
@@ -699,6 +752,8 @@ class Writes:
         job = ch.job(job_id)
         if attempt is not None and job["attempt"] != attempt:
             return job["status"]
+        for text in outputs:
+            ch.event(job, model.OUTPUT, None, None, text)
         seconds = None if duration is None else round(duration, 3)
         if job["status"] not in TERMINAL:
             if status == FAILED and retry_in is not None and model.may_retry(job, retries):
@@ -746,11 +801,30 @@ class Writes:
                 ch.set_status(j, to, "heartbeat lost")
         return [j["id"] for j in stale]
 
+    @staticmethod
+    def _check_limit(ch: UnitOfWork, job: dict) -> None:
+        """AtLimit (exit 4) if the job starting would run its parent past --max-running."""
+        if job["parent_id"] is not None:
+            parent = ch.job(job["parent_id"])
+            if model.at_limit(ch.counts_of(parent["id"]), parent):
+                raise model.over_limit(parent, job["id"])
+
     def _open_parent(self, ch: UnitOfWork, parent_id: str) -> dict:
         p = ch.job(parent_id)
-        if p["status"] in TERMINAL:
-            raise Conflict(f"cannot add children to job {parent_id}: it is {p['status']}")
+        self._check_takes_child(ch.counts_of(parent_id), p, "add children to")
         return p
+
+    def _check_takes_child(self, counts: Mapping[str, int], p: dict, what: str) -> None:
+        """Conflict unless the job may get a new child (model.takes_child)."""
+        if p["status"] not in TERMINAL:
+            return
+        last = next(
+            (e for e in reversed(self._store.events(job_ids=[p["id"]])) if e["kind"] == STATUS),
+            None,
+        )
+        if not model.takes_child(counts, p, last):
+            how = "" if last is not None and model.is_derived(last) else " (not derived from its children)"
+            raise Conflict(f"cannot {what} job {p['id']}: it is {p['status']}{how}")
 
     def _free_root_id(self) -> str:
         while True:
@@ -807,6 +881,8 @@ class Writes:
         fail_fast: int = 0,
         allow_failures: str | None = None,
         max_attempts: int | None = None,
+        is_open: int = 0,
+        max_running: int | None = None,
     ) -> dict:
         job = {
             "id": id,
@@ -826,9 +902,22 @@ class Writes:
             "max_attempts": max_attempts,
             "attempt": 1,
             "not_before": None,
+            "is_open": is_open,
+            "max_running": max_running,
         }
         model.enter_status(job, PENDING, ch.at)
         return job
+
+
+def _policy(job: Mapping) -> dict:
+    """A job's policy as set_policy returns it."""
+    return {
+        "fail_fast": bool(job["fail_fast"]),
+        "allow_failures": job["allow_failures"],
+        "max_attempts": job["max_attempts"],
+        "open": bool(job["is_open"]),
+        "max_running": job["max_running"],
+    }
 
 
 class Retried(builtins.list):

@@ -106,7 +106,9 @@ def build_state(db: str) -> None:
         jc.spawn(g1, count=2)
         jc.create("done parent", id="D")
         jc.set_status(jc.spawn("D", count=2), "completed")
-        jc.create("failed parent", id="F")
+        jc.set_status(["D"], "failed", force=True)  # final by hand: it takes no new child
+        jc.set_status(["D"], "completed", force=True)
+        jc.create("failed parent", id="F", fail_fast=True)  # failed by fail-fast: the same
         f = jc.spawn("F", count=2)
         jc.set_status([f[0]], "completed")
         jc.set_status([f[1]], "failed")
@@ -461,6 +463,35 @@ CASES = [
         "many",
         expect="--max-attempts takes a number",
     ),
+    c("create-max-running-zero", 2, "create", "x", "--max-running", "0", expect="--max-running must be"),
+    c(
+        "policy-set-max-running-word",
+        2,
+        "policy",
+        "set",
+        "P",
+        "--max-running",
+        "many",
+        expect="--max-running takes a number",
+    ),
+    c("close-unknown", 3, "close", "nope", expect=NOT_FOUND),
+    c("output-set-bad-key", 2, "output", "set", "P", "a key", "v", expect="bad output key"),
+    c("output-set-unknown", 3, "output", "set", "nope", "k", "v", expect=NOT_FOUND),
+    c("outputs-unknown", 3, "outputs", "nope", expect=NOT_FOUND),
+    c(
+        "run-output-file-with-each",
+        2,
+        "run",
+        "--parent",
+        "P",
+        "--each",
+        "--output-file",
+        "o.txt",
+        "--",
+        "true",
+        expect="--output-file goes with one job",
+    ),
+    c("policy-set-open-cancelled-parent", 4, "policy", "set", "C", "--open", expect="cannot open job C"),
     c("run-retries-negative", 2, "run", "P.1", "--retries", "-1", "--", "true", expect="--retries must be"),
     c("run-retry-delay-bad", 2, "run", "P.1", "--retry-delay", "soon", "--", "true", expect="bad duration"),
     c("watch-report-unknown-format", 2, "watch", "P", "--report", "pdf", expect="unknown report format"),

@@ -286,7 +286,14 @@ def ev(kind, job_id, old, new, at, parent_id=None, attempt=None, message=None):
     }
 
 
-NO_POLICY = {"attempt": 1, "fail_fast": 0, "allow_failures": None, "max_attempts": None}
+NO_POLICY = {
+    "attempt": 1,
+    "is_open": 0,
+    "fail_fast": 0,
+    "allow_failures": None,
+    "max_attempts": None,
+    "max_running": None,
+}
 
 
 def test_replay_single_job():
@@ -630,7 +637,8 @@ def test_derive_with_an_allowance_and_no_children_keeps_current(allow):
     ],
 )
 def test_follows_children(counts, status, allow, follows):
-    assert model.follows_children(counts, status, allow) is follows
+    job = {"status": status, "allow_failures": allow, "fail_fast": 0}
+    assert model.follows_children(counts, job) is follows
 
 
 @pytest.mark.parametrize(
@@ -701,18 +709,28 @@ def test_allowance_used(status, counts, allow, used):
 @pytest.mark.parametrize(
     "policy",
     [
-        (0, None, None),
-        (1, None, None),
-        (0, "5%", None),
-        (0, None, 3),
-        (1, "2", 7),
-        (1, "2.5%", 1),
+        (0, None, None, 0),
+        (1, None, None, 0),
+        (0, "5%", None, 0),
+        (0, None, 3, 0),
+        (1, "2", 7, 0),
+        (1, "2.5%", 1, 0),
+        (0, None, None, 1),
+        (1, "2", 7, 1),
+        (0, None, None, 0, 4),
+        (1, "2", 7, 1, 1),
     ],
 )
 def test_policy_text_round_trips(policy):
     text = model.policy_text(*policy)
-    assert model.parse_policy(text) == {"fail_fast": policy[0], "allow_failures": policy[1], "max_attempts": policy[2]}
-    assert (text is None) == (policy == (0, None, None))
+    assert model.parse_policy(text) == {
+        "fail_fast": policy[0],
+        "allow_failures": policy[1],
+        "max_attempts": policy[2],
+        "is_open": policy[3],
+        "max_running": policy[4] if len(policy) > 4 else None,
+    }
+    assert (text is None) == (policy == (0, None, None, 0))
 
 
 # -------------------------------------------------------------------- attempts
@@ -810,3 +828,62 @@ def test_a_parent_with_an_active_child_is_the_active_parent_status():
             for current in model.STATUSES:
                 for allow in (None, "1", "50%"):
                     assert model.derive_status(counts, current, allow_failures=allow) == model.ACTIVE_PARENT
+
+
+# ---------------------------------------------------- fan-outs that grow (issue 21)
+@pytest.mark.parametrize(
+    "counts,open,fail_fast,allow,expected",
+    [
+        (c(co=3), True, False, None, RUNNING),  # open: more may come
+        (c(f=1, co=2), True, False, None, RUNNING),
+        (c(f=1, co=2), True, True, None, FAILED),  # fail-fast still fails it
+        (c(f=1, co=2), True, True, "1", RUNNING),  # within its allowance
+        (c(ca=2), True, False, None, RUNNING),
+        (c(), True, False, None, PENDING),  # no child yet: its own status
+        (c(co=3), False, False, None, COMPLETED),
+    ],
+)
+def test_derive_an_open_parent(counts, open, fail_fast, allow, expected):
+    assert model.derive_status(counts, PENDING, allow_failures=allow, open=open, fail_fast=fail_fast) == expected
+
+
+DERIVED_EVENT = {"kind": "status", "attempt": None, "message": "derived from children"}
+BY_HAND = {"kind": "status", "attempt": 1, "message": "derived from children"}  # a message given by hand
+
+
+@pytest.mark.parametrize(
+    "status,counts,fail_fast,last,takes",
+    [
+        (RUNNING, c(r=1), 0, None, True),  # not final
+        (PENDING, c(), 0, None, True),
+        (COMPLETED, c(co=2), 0, DERIVED_EVENT, True),  # derived final: takes one, runs again
+        (FAILED, c(co=1, f=1), 0, DERIVED_EVENT, True),
+        (CANCELLED, c(ca=2), 0, DERIVED_EVENT, True),
+        (COMPLETED, c(co=2), 0, BY_HAND, False),  # --force
+        (CANCELLED, c(ca=2), 0, {"kind": "status", "attempt": 1, "message": "cancelled"}, False),  # cancel
+        (FAILED, c(co=1, f=1), 1, DERIVED_EVENT, False),  # fail-fast failed it
+        (FAILED, c(co=2), 0, DERIVED_EVENT, False),  # its children say completed: not what they give
+        (COMPLETED, c(), 0, None, False),  # no children: set by hand
+    ],
+)
+def test_takes_child(status, counts, fail_fast, last, takes):
+    job = {"status": status, "allow_failures": None, "fail_fast": fail_fast, "is_open": 0}
+    assert model.takes_child(counts, job, last) is takes
+
+
+@pytest.mark.parametrize("cap,running,full", [(None, 100, False), (2, 1, False), (2, 2, True), (1, 3, True)])
+def test_at_limit(cap, running, full):
+    assert model.at_limit(c(r=running, p=5), {"max_running": cap}) is full
+
+
+@pytest.mark.parametrize(
+    "statuses,code",
+    [([COMPLETED, COMPLETED], 0), ([COMPLETED, FAILED, CANCELLED], 1), ([COMPLETED, CANCELLED], 6), ([], 0)],
+)
+def test_exit_code_of_several(statuses, code):
+    assert model.exit_code_of(statuses) == code
+
+
+def test_output_file_lines():
+    text = "a=1\nmulti<<EOF\nx\n\ny=z\nEOF\nb=has=equals\n\n"
+    assert model.parse_output_file(text) == [("a", "1"), ("multi", "x\n\ny=z"), ("b", "has=equals")]

@@ -156,7 +156,13 @@ def test_policy_set_is_an_event_and_the_status_follows_at_once(jc):
     kids = jc.spawn(p, count=4)
     jc.set_status([kids[0]], "failed")
     since = jc.events()[-1]["id"]
-    assert jc.set_policy(p, fail_fast=True) == {"fail_fast": True, "allow_failures": None, "max_attempts": None}
+    assert jc.set_policy(p, fail_fast=True) == {
+        "fail_fast": True,
+        "allow_failures": None,
+        "max_attempts": None,
+        "open": False,
+        "max_running": None,
+    }
     events = jc.events(since=since)
     assert (events[0]["kind"], events[0]["job_id"], events[0]["message"]) == ("policy", p, "fail-fast")
     assert jc.status(p) == "failed"
@@ -209,6 +215,8 @@ def test_the_cli_sets_shows_and_prints_the_policy(db):
         "allowed_failures": 0,
         "allowance_used": False,
         "max_attempts": 3,
+        "open": False,
+        "max_running": None,
     }
     kid = run("spawn", p, "--count", "1", db=db, check=True).stdout.strip()
     assert json.loads(run("show", kid, "--json", db=db).stdout)["max_attempts"] == 3  # the parent's cap

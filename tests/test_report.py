@@ -130,12 +130,23 @@ Below it, 9 jobs without children of their own: 0 pending, 0 running, 5 complete
 
 | # | job | id | status | duration | message |
 |--:|---|---|---|---|---|
-| 1 | ` test / shard 2 ` | ` ci.2.2 ` | failed | 1m15s | ` 2 of 40 tests failed ` |
-| 2 | ` test / shard 5 ` | ` ci.2.5 ` | failed | 12.2s | ` connection refused: db:5432 ` |
+| 1 | ` test / shard 5 ` | ` ci.2.5 ` | failed | 12.2s | ` connection refused: db:5432 ` |
+| 2 | ` test / shard 2 ` | ` ci.2.2 ` | failed | 1m15s | ` 2 of 40 tests failed ` |
 | 3 | ` test / shard 6 ` | ` ci.2.6 ` | cancelled | 5.0s | ` runner lost ` |
 | 4 | ` deploy / push image ` | ` ci.3.1 ` | cancelled | - | ` tests failed ` |
 
-<details><summary>1. test / shard 2 (ci.2.2): failed: 2 of 40 tests failed</summary>
+<details><summary>1. test / shard 5 (ci.2.5): failed</summary>
+
+```text
+T [info] created (pending)
+T [info] status changed: pending → running
+T [error] connection refused: db:5432
+T [info] status changed: running → failed
+```
+
+</details>
+
+<details><summary>2. test / shard 2 (ci.2.2): failed: 2 of 40 tests failed</summary>
 
 ```text
 T [info] created (pending)
@@ -143,17 +154,6 @@ T [info] status changed: pending → running
 T [info] collected 40 tests
 T [error] FAILED test_api.py::test_login - AssertionError
 T [info] status changed: running → failed: 2 of 40 tests failed
-```
-
-</details>
-
-<details><summary>2. test / shard 5 (ci.2.5): failed</summary>
-
-```text
-T [info] created (pending)
-T [info] status changed: pending → running
-T [error] connection refused: db:5432
-T [info] status changed: running → failed
 ```
 
 </details>
@@ -362,8 +362,8 @@ def test_junit_of_a_job_without_children_is_one_case(jc):
 def test_github_of_a_pipeline(jc, db):
     p = pipeline(jc, db)
     assert text(jc, p, "github").splitlines() == [
+        "::error title=test / shard 5 (ci.2.5)::connection refused: db:5432",  # the first to fail first
         "::error title=test / shard 2 (ci.2.2)::2 of 40 tests failed",
-        "::error title=test / shard 5 (ci.2.5)::connection refused: db:5432",
         "::notice title=jobctl report%3A CI pipeline::CI pipeline (ci) failed, 5m00s"
         " | 0 pending, 0 running, 1 completed, 1 failed, 1 cancelled"
         " | below it, 9 jobs without children: 0 pending, 0 running, 5 completed, 2 failed, 2 cancelled",
@@ -862,3 +862,42 @@ def test_watch_refuses_a_bad_report_before_it_starts(db, tmp_path, args, message
     assert result.stderr == f"jobctl: error: {message}" + result.stderr.split(message, 1)[1]
     assert len(result.stderr.splitlines()) == 1
     assert snapshot(db) == before
+
+
+# ------------------------------------------------- reports lead with the cause (issue 21)
+def test_a_fail_fast_report_leads_with_the_failure_that_stopped_it(jc):
+    """100 children, fail-fast: the 73rd fails, the other 99 are cancelled. The
+    report names it at the top with its log tail, and lists it before the
+    cancelled ones (it used to list 50 cancelled ones in id order, and not it)."""
+    p = jc.create("shards", fail_fast=True)
+    kids = jc.spawn(p, count=100)
+    jc.set_status([kids[72]], "running")
+    jc.log(kids[72], "AssertionError: expected 3, got 4", level="error")
+    jc.set_status([kids[72]], "failed", message="exit code 1")
+    md = unstamp(text(jc, p, "markdown"))
+    head, _, rest = md.partition("### Failed and cancelled: 100")
+    assert f"**Stopped by fail-fast:** ` child 73 ` (` {p}.73 `) failed: ` exit code 1 `" in head
+    assert "T [error] AssertionError: expected 3, got 4" in head
+    rows = [line for line in rest.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert rows[0].startswith(f"| 1 | ` child 73 ` | ` {p}.73 ` | failed |")
+    assert all("| cancelled |" in row for row in rows[1:]) and len(rows) == 50
+    assert rest.index(f"1. child 73 ({p}.73): failed") < rest.index("2. child 1 ")
+    gh = text(jc, p, "github").splitlines()
+    assert gh[0] == f"::error title=child 73 ({p}.73)::exit code 1"
+
+
+def test_failed_come_first_and_the_first_to_fail_first(jc):
+    p = jc.create("shards")
+    kids = jc.spawn(p, count=14)
+    jc.set_status(kids[:2], "cancelled")
+    for i in (9, 3, 11, 5, 6, 7, 8, 12, 13, 10, 4, 2):  # failed one by one, in this order
+        jc.set_status([kids[i]], "failed", message=f"failed #{i + 1}")
+    order = [p + f".{i + 1}" for i in (9, 3, 11, 5, 6, 7, 8, 12, 13, 10, 4, 2)]
+    md = text(jc, p, "markdown")
+    listed = [line.split(" | ")[2].strip("` ") for line in md.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert listed == order + [f"{p}.1", f"{p}.2"]
+    gh = text(jc, p, "github").splitlines()
+    assert [line.split("(")[1].split(")")[0] for line in gh[:10]] == order[:10]  # 10 errors: a step shows no more
+    assert (
+        len(gh) == 11 and gh[10].startswith("::notice ") and gh[10].endswith(" | 12 failed: the first 10 are annotated")
+    )

@@ -22,7 +22,7 @@ outcome; no database), `attempt` (one job's attempts and retries, recorded),
 `pool` (the fan-out: --each and --claim).
 """
 
-from jobctl.run.attempt import Execution, Options, backoff, check_command, run_one
+from jobctl.run.attempt import Execution, Options, backoff, check_command, empty_output_file, run_one
 from jobctl.run.pool import Pool, run_claim, run_each
 from jobctl.run.process import Outcome, StopReason
 
@@ -34,6 +34,7 @@ __all__ = [
     "StopReason",
     "backoff",
     "check_command",
+    "empty_output_file",
     "run_claim",
     "run_each",
     "run_one",

@@ -38,6 +38,7 @@ class Options:
     retries: int | None = None  # re-runs of a failed command (None: as the job's max_attempts allows)
     retry_delay: float = 0.0  # before the first re-run; doubled for each next one
     quiet: bool = False  # no line on stderr for an outcome that is not `completed`
+    output_file: str | None = None  # --output-file: key=value lines the command writes, stored as outputs
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -101,6 +102,24 @@ class Execution:
     stop_reason: StopReason | None = None  # set from elsewhere (another thread) to stop the command
     process: Process | None = None
 
+    def _start(self, jc: Jobctl, message: str, fields: dict) -> bool:
+        """Set the job running (False: it is running already). One of `--each`'s
+        children waits for a slot under its parent's --max-running (until
+        stopped); anything else gets AtLimit."""
+        waker = None
+        try:
+            while True:
+                try:
+                    return bool(jc.set_status([self.job_id], RUNNING, message=message, fields=fields))
+                except model.AtLimit:
+                    if not self.one_of_many or self.stop_reason is not None:
+                        raise
+                    waker = waker or jc.waker(1.0)
+                    waker.wait(1.0)  # until the database changes: a sibling may have ended
+        finally:
+            if waker is not None:
+                waker.close()
+
     def run(self, jc: Jobctl | None = None) -> Outcome:
         """Run it; on `jc` (the database, open already), else on a Jobctl of its own."""
         with nullcontext(jc) if jc is not None else Jobctl(self.db) as jc:
@@ -109,10 +128,12 @@ class Execution:
             if not self.claimed:
                 try:
                     check_runnable(job)
-                    if not jc.set_status([self.job_id], RUNNING, message=message, fields=where()):  # taken meanwhile
+                    if not self._start(jc, message, where()):  # taken meanwhile
                         raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
                 except (UsageError, model.Conflict):
                     status = jc.status(self.job_id)
+                    if self.one_of_many and status == PENDING and self.stop_reason is not None:
+                        return Outcome(PENDING, "stopped before its turn", None, model.EXIT_TERMINATED)
                     if self.one_of_many and status != PENDING:  # cancelled, or run by someone else: skipped
                         exit = model.EXIT_TERMINATED if status == CANCELLED else 0
                         return Outcome(status, f"{status} before its turn", None, exit)
@@ -155,8 +176,10 @@ class Execution:
                     self.stop_reason = None
                 stopped = self._back_off(jc, delay)
                 try:
-                    if stopped is None and not jc.set_status([self.job_id], RUNNING, message=message, fields=where()):
+                    if stopped is None and not self._start(jc, message, where()):
                         stopped = Outcome(PENDING, "retried elsewhere", outcome.exit_code, 0)
+                except model.AtLimit:  # its parent runs as many as it may: a worker runs the next attempt
+                    stopped = Outcome(PENDING, "left pending (--max-running)", outcome.exit_code, 0)
                 except model.Conflict:  # cancelled since the last look
                     stopped = CANCELLED_OUTCOME
                 if stopped is not None and stopped.status == PENDING:
@@ -219,6 +242,9 @@ class Execution:
         env = dict(os.environ, **self.env)
         db = jc.path if is_url(jc.path) else os.path.abspath(jc.path)  # the command may change directory
         env.update(JOBCTL_JOB_ID=self.job_id, JOBCTL_PARENT_ID=job["parent_id"] or "", JOBCTL_DB=db)
+        if self.options.output_file is not None:  # emptied for each attempt, as $GITHUB_OUTPUT is per step
+            empty_output_file(self.options.output_file)
+            env["JOBCTL_OUTPUT"] = self.options.output_file
         return env
 
     def _supervise(self, jc: Jobctl, job: dict, output: Output, started: float) -> Outcome:
@@ -302,6 +328,13 @@ class Execution:
         pending if the job has an attempt left (see Jobctl.finish). Returns it with
         the status the job has now."""
         lines = output.take() + output.last()
+        outputs: list[tuple[str, str]] = []
+        if self.options.output_file is not None and outcome.exit_code is not None:
+            try:
+                outputs = read_output_file(self.options.output_file)
+            except UsageError as exc:  # as GitHub fails a step whose $GITHUB_OUTPUT it cannot read
+                outcome = Outcome(FAILED, str(exc), outcome.exit_code, model.EXIT_FAILED)
+                retry_in = None
         deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
         # the token makes trying again safe: a finish whose COMMIT went through but
         # whose reply was lost is found, not written twice (see Jobctl.finish)
@@ -325,6 +358,7 @@ class Execution:
                     retries=self.options.retries,
                     attempt=job["attempt"],
                     token=token,
+                    outputs=outputs,
                 )
                 return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
@@ -333,6 +367,32 @@ class Execution:
                     info(f"the outcome of job {self.job_id} ({outcome.message}) could not be recorded: {exc}")
                     return Outcome(outcome.status, outcome.message, outcome.exit_code, model.EXIT_DATABASE)
                 time.sleep(0.2)
+
+
+def empty_output_file(path: str) -> None:
+    """Create --output-file, or empty it (UsageError if it cannot be written)."""
+    try:
+        with open(path, "w"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write --output-file {path}: {exc.strerror or exc}") from None
+
+
+def read_output_file(path: str) -> list[tuple[str, str]]:
+    """What the command wrote to --output-file: (key, value) pairs (model.parse_output_file)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(model.MAX_OUTPUT_FILE + 1)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise UsageError(f"cannot read --output-file {path}: {exc.strerror or exc}") from None
+    if len(raw) > model.MAX_OUTPUT_FILE:
+        raise UsageError(f"--output-file {path} is over {model.MAX_OUTPUT_FILE:,} bytes: no outputs stored")
+    try:
+        return model.parse_output_file(raw.decode())
+    except UnicodeDecodeError:
+        raise UsageError(f"--output-file {path} is not UTF-8: no outputs stored") from None
 
 
 # ------------------------------------------------------------------ one job

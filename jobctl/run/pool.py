@@ -117,9 +117,10 @@ def run_each(
     poll_interval: float = 1.0,
 ) -> int:
     """`run --parent P --each`: one child per input line, spawned in one transaction,
-    up to `jobs` at a time; the parent followed as `watch` does. Exit 0 if every
-    child completed, 1 if any failed, 130 (143) on Ctrl-C (SIGTERM) after
-    cancelling what had not finished."""
+    up to `jobs` at a time; the parent followed as `watch` does, until the
+    children it created have ended (P may have others, and stay open). Exit 0 if
+    every one of them completed, 1 if any failed, 6 if any was cancelled (none
+    failed), 130 (143) on Ctrl-C (SIGTERM) after cancelling what had not finished."""
     from jobctl import watch as watching
 
     check_command(argv)
@@ -176,7 +177,14 @@ def run_each(
 
         try:
             code = watching.run_watch(
-                jc, parent, sink, since=cursor, poll_interval=poll_interval, exit_status=True, on_interrupt=interrupted
+                jc,
+                parent,
+                sink,
+                since=cursor,
+                poll_interval=poll_interval,
+                exit_status=True,
+                on_interrupt=interrupted,
+                own=kids,
             )
         except BaseException:  # the watch failed: stop the commands rather than leave them running
             queue.clear()

@@ -68,6 +68,8 @@ JOB_COLUMNS = (
     "max_attempts",  # how many times the job may start (None: unlimited)
     "attempt",  # which attempt this is: 1 at first, one more each time a started job goes back to pending
     "not_before",  # a retry's backoff: `claim` does not take the job before this time
+    "is_open",  # a parent more children may come to (1): not derived final until closed
+    "max_running",  # a parent's limit: at most this many children running at once (None: no limit)
 )
 # What a write transaction reads of a job (jobs_and_counts): what the rules
 # need, not names or metadata, nor what a status change always sets
@@ -84,6 +86,8 @@ CHANGE_COLUMNS = (
     "max_attempts",
     "attempt",
     "not_before",
+    "is_open",
+    "max_running",
 )
 EVENT_COLUMNS = (
     "job_id",
@@ -257,6 +261,9 @@ class Store(Protocol):
     def set_policy(self, job_id: str, fail_fast: int, allow_failures: str | None, max_attempts: int | None) -> None:
         """Write a job's failure policy and attempt cap."""
 
+    def set_fanout(self, job_id: str, is_open: int, max_running: int | None) -> None:
+        """Write whether a parent is open (more children may come), and its limit."""
+
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         """Cancel the job (not with `below`: only what is below it) and every
         unfinished descendant in a few set-based statements (a million children
@@ -335,6 +342,7 @@ class Store(Protocol):
         """SqlQueries.last_entries."""
         ...
 
+    def output_events(self, parent_id: str) -> list[dict]: ...
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
         """How many events but creations of the tree `root_id` (of `job_ids` only, when given) have id <= until."""
         ...
@@ -429,6 +437,11 @@ class SqlQueries:
             (prefix, prefix + "\U0010ffff", limit),
         )
         return [r["id"] for r in rows]
+
+    def output_events(self, parent_id: str) -> list[dict]:
+        """The `output` events of the job's direct children, in id order (a partial index's read)."""
+        sql = EVENT_SELECT + f" WHERE e.parent_id = {self.mark} AND e.kind = 'output' ORDER BY e.parent_id, e.id"
+        return self._query(sql, (parent_id,))
 
     def count_events(self, root_id: str, until: int, job_ids: set[str] | None = None) -> int:
         """How many events of the tree `root_id` (of `job_ids` only, when given) have id <= until,

@@ -156,6 +156,18 @@ MIGRATIONS = [
     """
     ALTER TABLE events ADD COLUMN fields text;
     """,
+    # 6: open parents (SQLite's migration 7).
+    """
+    ALTER TABLE jobs ADD COLUMN is_open integer NOT NULL DEFAULT 0;
+    """,
+    # 7: a parent's concurrency limit (SQLite's migration 8).
+    """
+    ALTER TABLE jobs ADD COLUMN max_running integer;
+    """,
+    # 8: outputs are `output` events, read by parent (SQLite's migration 9).
+    """
+    CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -890,6 +902,13 @@ class PostgresStore(SqlQueries):
                 "UPDATE jobs SET fail_fast = %s, allow_failures = %s, max_attempts = %s WHERE id = %s",
                 (fail_fast, allow_failures, max_attempts, job_id),
             )
+            .decode()
+        )
+
+    def set_fanout(self, job_id: str, is_open: int, max_running: int | None) -> None:
+        self._later(
+            self.conn.cursor()
+            .mogrify("UPDATE jobs SET is_open = %s, max_running = %s WHERE id = %s", (is_open, max_running, job_id))
             .decode()
         )
 

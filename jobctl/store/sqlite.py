@@ -43,7 +43,7 @@ from jobctl.store.base import (
 )
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 6  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 9  # the number of migrations below; stored in PRAGMA user_version
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 KNOWN_LIMIT = 1024  # jobs a connection keeps between its write transactions (see SqliteStore.known)
@@ -421,6 +421,10 @@ class SqliteStore(SqlQueries):
             "UPDATE jobs SET fail_fast = ?, allow_failures = ?, max_attempts = ? WHERE id = ?",
             (fail_fast, allow_failures, max_attempts, job_id),
         )
+
+    def set_fanout(self, job_id: str, is_open: int, max_running: int | None) -> None:
+        self.known.pop(job_id, None)
+        self.conn.execute("UPDATE jobs SET is_open = ?, max_running = ? WHERE id = ?", (is_open, max_running, job_id))
 
     def cancel_subtree(self, job_id: str, message: str, at: str, *, below: bool = False) -> list[str] | None:
         self.forget()
@@ -870,6 +874,21 @@ def _migrations():
         # An event's fields, a JSON object: where `run` ran (its running event:
         # host, pid, CI job), the token of run's final write (so it is never replayed).
         db.execute("ALTER TABLE events ADD COLUMN fields TEXT")
+
+    @migrations(name="0007_open_parents")
+    def open_parents(db) -> None:
+        # A parent more children may come to (create --open): not derived final until closed.
+        db.execute("ALTER TABLE jobs ADD COLUMN is_open INTEGER NOT NULL DEFAULT 0")
+
+    @migrations(name="0008_max_running")
+    def max_running(db) -> None:
+        # A parent's concurrency limit (create/policy set --max-running).
+        db.execute("ALTER TABLE jobs ADD COLUMN max_running INTEGER")
+
+    @migrations(name="0009_outputs")
+    def outputs(db) -> None:
+        # Outputs are `output` events: `jobctl outputs P` reads its children's.
+        db.execute("CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output'")
 
     return migrations
 
