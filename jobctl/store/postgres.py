@@ -593,6 +593,7 @@ class PostgresStore(SqlQueries):
                 and row["status"] == ACTIVE_PARENT
                 and not row["fail_fast"]
                 and not row["allow_failures"]
+                and row.get("max_running") is None  # a limit reads the running count: checked exactly
             ):
                 more = sum(delta.get(s, 0) for s in ACTIVE)
                 active = " + ".join(f"c.{s}" for s in STATUSES if s in ACTIVE)
