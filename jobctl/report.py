@@ -193,13 +193,13 @@ class _Unit:
         return self.message or self.last_log or status
 
 
-_C1 = {c: f"\\x{c:02x}" for c in range(0x7F, 0xA0)} | {0xFFFE: "\\ufffe", 0xFFFF: "\\uffff"}
+_NONCHARACTERS = {0xFFFE: "\\ufffe", 0xFFFF: "\\uffff"}  # (plain escapes DEL and C1 already)
 
 
 def _plain(text: str) -> str:
-    """console.plain (C0 control characters escaped: one line), and DEL, the
-    C1 control characters and the non-characters U+FFFE and U+FFFF as well."""
-    return plain(text).translate(_C1)
+    """console.plain (control and invisible characters escaped: one line), and
+    the non-characters U+FFFE and U+FFFF as well (not allowed in XML)."""
+    return plain(text).translate(_NONCHARACTERS)
 
 
 def _unit_events(jc: Jobctl, job_ids: list[str]) -> dict[str, list[dict]]:
