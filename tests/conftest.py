@@ -161,3 +161,36 @@ def seed_news_crawler(jc: Jobctl) -> str:
     jc.set_status(kids[:41], "completed")
     jc.set_status([kids[41]], "running")
     return parent
+
+
+def on_a_terminal(argv, db, columns):
+    """What `jobctl ARGV` prints on a pseudo-terminal `columns` wide (colours removed;
+    test_top and test_watch share it)."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen(
+        [JOBCTL, "--db", str(db), *argv],
+        stdout=slave,
+        stderr=slave,
+        env=dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns)),
+    )
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    os.close(master)
+    assert proc.wait(timeout=30) == 0
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode()).replace("\r", "")

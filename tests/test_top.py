@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import JOBCTL, run
+from conftest import JOBCTL, on_a_terminal, run
 from jobctl import Jobctl
 
 pytestmark = pytest.mark.slow
@@ -169,36 +169,6 @@ def test_a_job_retried_after_it_left_the_table_comes_back(db):
         assert job not in overview.rows  # ended long ago: not shown
         jc.retry(job)
         assert overview.read() and overview.rows[job].job["status"] == "pending"
-
-
-def on_a_terminal(argv, db, columns):
-    """What `jobctl ARGV` prints on a pseudo-terminal `columns` wide (colours removed)."""
-    import fcntl
-    import struct
-    import subprocess
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    proc = subprocess.Popen(
-        [JOBCTL, "--db", str(db), *argv],
-        stdout=slave,
-        stderr=slave,
-        env=dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns)),
-    )
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        out += data
-    os.close(master)
-    assert proc.wait(timeout=30) == 0
-    return ANSI.sub("", out.decode()).replace("\r", "")
 
 
 COUNTS = re.compile(r"(\d+) pending, (\d+) running, (\d+)\s+completed, (\d+) failed")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FULL, JOBCTL, run, tamper
+from conftest import FULL, JOBCTL, on_a_terminal, run, tamper
 from jobctl import Jobctl
 from jobctl.watch import Tail
 
@@ -650,32 +650,11 @@ def test_a_watcher_notices_its_database_deleted_or_replaced(db_path, tmp_path, h
 def test_the_live_view_names_each_job_once(db_path):
     """On a terminal each line of the tail is `HH:MM:SS status JOB old → new`:
     the id once, not `completed P.1 P.1 running → completed`."""
-    import pty
-
     with Jobctl(db_path) as jc:
         parent = jc.create("p")
         kid = jc.spawn(parent, count=1)[0]
         jc.set_status([kid], "running")
         jc.set_status([kid], "completed", message="done")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [JOBCTL, "--db", str(db_path), "watch", parent, "--from-start"],
-        stdout=slave,
-        stderr=slave,
-        env=dict(os.environ, TERM="xterm-256color", COLUMNS="120", LINES="30"),
-    )
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        out += data
-    os.close(master)
-    assert proc.wait(timeout=30) == 0
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())
+    text = on_a_terminal(["watch", parent, "--from-start"], db_path, 120)
     assert f"{kid} running → completed: done" in text, text
     assert f"{kid} {kid}" not in text, text
