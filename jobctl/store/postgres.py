@@ -73,6 +73,13 @@ CHUNK = 1000  # rows per multi-row statement
 
 _JOBS = ", ".join(JOB_COLUMNS)
 _JOB_SELECT = f"SELECT {_JOBS} FROM jobs"
+# Fan-in without queueing on the parent's row (a change reads the parent unlocked and
+# its COMMIT batch checks it: _parent_checks) is switched off: with it, two `run --each`
+# processes under a --max-running limit of 2 ran three children at once about one time
+# in four (tests/test_limit.py), a hole not found yet. Every write locks the parents it
+# reads, as the measured "parent locked" fan-in figures in docs/database.md say.
+UNLOCKED_PARENTS = False
+
 _JOBS_WITH_COUNTS = (
     "SELECT "
     + ", ".join(f"j.{c}" for c in CHANGE_COLUMNS)
@@ -309,7 +316,7 @@ class PostgresStore(SqlQueries):
         self.watched: dict[str, tuple[dict, dict]] = {}
         self.updated: set[str] = set()
         self.count_deltas: dict[str, dict[str, int]] = {}
-        self.lock_parents = False
+        self.lock_parents = not UNLOCKED_PARENTS
         self.ready = False  # the schema is current: write() may read the next event id
 
     # ----------------------------------------------------------------- opening
@@ -544,7 +551,7 @@ class PostgresStore(SqlQueries):
                 self._locked("; ".join([*self._parent_checks(), *end, "COMMIT"]), fetch=False)
             elif self.begun or end:
                 self._run("; ".join([*end, "COMMIT"]), None, fetch=False, safe=False)
-            self.lock_parents = False
+            self.lock_parents = not UNLOCKED_PARENTS
         except Retryable:
             self.lock_parents = True  # a parent changed meanwhile: the next try locks it
             self._rollback()
