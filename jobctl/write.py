@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import random
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     W = TypeVar("W", bound="Writes")
 
 from jobctl import model
+from jobctl.backoff import Backoff
 from jobctl.model import (
     CANCELLED,
     CREATE,
@@ -319,6 +319,7 @@ def transaction(method: Callable[Concatenate[W, UnitOfWork, P], T]) -> Callable[
     make it (a wrong argument is caught)."""
 
     def run(self: W, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        backoff = Backoff(0.03, 0.5)
         for attempt in range(WRITE_RETRIES):
             try:
                 with self._store.write():
@@ -331,7 +332,7 @@ def transaction(method: Callable[Concatenate[W, UnitOfWork, P], T]) -> Callable[
                     raise DatabaseUnusable(
                         f"{exc} (still failing after {WRITE_RETRIES} tries; nothing was written)"
                     ) from None
-                time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
+                backoff.sleep()
         raise AssertionError("unreachable")
 
     run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__

@@ -111,3 +111,29 @@ def test_a_type_checker_catches_a_wrong_call_to_a_mutation(tmp_path):
     assert status == 1
     assert lines == {7, 8, 9}, out  # the three wrong calls, and none of the right ones
     assert any('"bogus"' in e for e in errors) and any('"retry"' in e and "int" in e for e in errors), out
+
+
+# What a backend may define itself of SqlQueries: how it runs a query, not a query.
+DIALECT_HOOKS = {"_query", "_query_light", "_query_locked", "_iterate", "_in"}
+
+
+def backend_methods(module: str) -> set[str]:
+    tree = ast.parse((PACKAGE / "store" / module).read_text())
+    return {
+        node.name
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef) and any(getattr(b, "id", "") == "SqlQueries" for b in cls.bases)
+        for node in cls.body
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+@pytest.mark.parametrize("module", ["sqlite.py", "postgres.py"])
+def test_a_query_both_stores_share_is_built_once(module):
+    """A query SqlQueries builds over the dialect is not written again in a backend
+    (list_jobs' filters, next_child, get_counts, child_events, subtree, ...)."""
+    from jobctl.store.base import SqlQueries
+
+    shared = {name for name, value in vars(SqlQueries).items() if callable(value)}
+    assert {"list_jobs_query", "next_child", "get_counts", "child_events", "subtree", "alive_at"} <= shared
+    assert backend_methods(module) & shared <= DIALECT_HOOKS

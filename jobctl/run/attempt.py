@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 from jobctl import model
 from jobctl.api import Jobctl
+from jobctl.backoff import Backoff
 from jobctl.console import info
 from jobctl.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, DatabaseUnusable, UsageError
 from jobctl.run.process import Outcome, Output, Process, StopReason, outcome_of
 from jobctl.store import is_url
+from jobctl.store.base import DEFAULT_BUSY_TIMEOUT, seconds_from_env
 
 FLUSH_SECONDS = 0.5  # output lines are stored at most this late (one transaction per batch)
 FLUSH_LINES = 500  # ...or as soon as this many are waiting
@@ -335,7 +337,7 @@ class Execution:
             except UsageError as exc:  # as GitHub fails a step whose $GITHUB_OUTPUT it cannot read
                 outcome = Outcome(FAILED, str(exc), outcome.exit_code, model.EXIT_FAILED)
                 retry_in = None
-        deadline = time.monotonic() + float(os.environ.get("JOBCTL_BUSY_TIMEOUT") or 30)
+        backoff = Backoff(0.1, 1.0, seconds_from_env("JOBCTL_BUSY_TIMEOUT", DEFAULT_BUSY_TIMEOUT))
         # the token makes trying again safe: a finish whose COMMIT went through but
         # whose reply was lost is found, not written twice (see Jobctl.finish)
         token, tried = os.urandom(16).hex(), False
@@ -363,10 +365,9 @@ class Execution:
                 return Outcome(status, outcome.message, outcome.exit_code, outcome.exit)
             except DatabaseUnusable as exc:
                 tried = True  # (it may have committed: from now on its token says)
-                if time.monotonic() >= deadline:
+                if not backoff.sleep():
                     info(f"the outcome of job {self.job_id} ({outcome.message}) could not be recorded: {exc}")
                     return Outcome(outcome.status, outcome.message, outcome.exit_code, model.EXIT_DATABASE)
-                time.sleep(0.2)
 
 
 def empty_output_file(path: str) -> None:

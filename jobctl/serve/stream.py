@@ -60,6 +60,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from typing import TYPE_CHECKING
 
 from jobctl import model
+from jobctl.backoff import Backoff
 from jobctl.model import CREATE, LOG, STATUS, STATUSES, duration_text, job_seconds
 from jobctl.progress import counts_of, done_text, empty_counts, fold, log_text, percent_done, progress_dict
 
@@ -346,19 +347,18 @@ class Hub:
         return self.feed.cursor
 
     def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 5.0)
         try:
             while not self._stop.is_set():
                 try:
                     while self.step() and not self._stop.is_set():
                         pass
-                    delay = 0.5
+                    backoff.reset()
                     self.feed.wait(min(self.poll_interval, STOP_CHECK))
                 except Exception as exc:  # a database hiccup must not end the feed: say so, retry
                     sys.stderr.write(f"jobctl: serve: reading events failed ({exc}); retrying\n")
                     self.folder.clear()  # whatever a half-done step folded is reloaded exactly
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, 5.0)
+                    backoff.sleep(self._stop.wait)
         finally:
             self.feed.close()
             self.jc.close()

@@ -368,16 +368,122 @@ class Store(Protocol):
     def integrity_check(self) -> list[str]: ...
 
 
-class SqlQueries:
-    """The queries both backends write alike, but for the driver's placeholder
-    (`mark`: `?` for sqlite3, `%s` for psycopg2). A backend provides
-    `_query(sql, params) -> list[dict]`."""
+def upsert_counts(values: str) -> str:
+    """Add rows of (parent_id, *STATUSES) deltas (`values`: the VALUES list) to the kept child
+    counts, a row made on first use: the one counts upsert of both stores."""
+    return (
+        f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)}) VALUES {values}"
+        " ON CONFLICT (parent_id) DO UPDATE SET "
+        + ", ".join(f"{s} = child_counts.{s} + excluded.{s}" for s in STATUSES)
+    )
 
-    mark = "?"
+
+class SqlQueries:
+    """Each query both backends need, built once here over a small dialect: the
+    class attributes below are all that differs between them (SQLite's values
+    are the defaults; store.postgres overrides them). A backend provides
+    `_query(sql, params) -> list[dict]`, and may stream (`_iterate`) or lock the
+    rows it reads (`_query_locked`) its own way."""
+
+    mark = "?"  # the driver's placeholder: ? for sqlite3, %s for psycopg2
+    text_param = "?"  # a text parameter where its type must be said (a recursive query's seed)
     json_object = "json_object({fields})"  # see event_json_select
+    order_column = "rowid"  # the column that orders jobs oldest first (PostgreSQL: seq)
+    greatest = "max"  # the larger of two values (PostgreSQL: greatest)
+    lock_rows = ""  # after a write's SELECT of rows it takes (PostgreSQL: FOR UPDATE SKIP LOCKED)
+    job_select = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 
     def _query(self, sql: str, params: Sequence = ()) -> list[dict]:
         raise NotImplementedError
+
+    def _query_locked(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """_query of a write's SELECT ... `lock_rows`: the rows it returns are this write's."""
+        return self._query(sql, params)
+
+    def _iterate(self, sql: str, params: Sequence = ()) -> Iterator[dict]:
+        """_query's rows as an iterator (a backend may stream them)."""
+        return iter(self._query(sql, params))
+
+    def alive_at(self) -> str:
+        """A job's last sign of life: the later of its start and its last heartbeat
+        (a heartbeat from an earlier attempt, before a retry, does not count)."""
+        return f"{self.greatest}(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
+
+    def list_jobs_query(
+        self,
+        *,
+        parent_id: str | None = None,
+        statuses: Sequence[str] | None = None,
+        type: str | None = None,
+        alive_before: str | None = None,
+        top_level: bool = False,
+    ) -> tuple[str, list[str], list]:
+        """list_jobs' SELECT list, WHERE conditions and their parameters (each backend
+        orders and streams them: see Store.list_jobs for what the filters mean).
+        alive_before is the stale rule: only jobs without children (their status is
+        derived, no worker beats for them) last alive before it, with `alive_at`."""
+        m = self.mark
+        select, where, params = ", ".join(JOB_COLUMNS), [], []
+        if parent_id is not None:
+            where.append(f"parent_id = {m}")
+            params.append(parent_id)
+        if statuses is not None:
+            sql, values = self._in("status", statuses)
+            where.append(sql)
+            params += values
+        if top_level:
+            where.append("parent_id IS NULL")
+        if type is not None:
+            where.append(f"type = {m}")
+            params.append(type)
+        if alive_before is not None:
+            select += f", {self.alive_at()} AS alive_at"
+            where.append(f"{self.alive_at()} < {m} AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)")
+            params.append(alive_before)
+        return select, where, params
+
+    def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
+        """The oldest child of `parent_id` with `status` (and, with `ready_at`, no
+        `not_before` later than it), taken for this write: SQLite's write lock keeps
+        it ours until COMMIT, PostgreSQL locks the row and skips rows locked by others."""
+        m = self.mark
+        sql, params = f"{self.job_select} WHERE parent_id = {m} AND status = {m}", [parent_id, status]
+        if ready_at is not None:
+            sql += f" AND (not_before IS NULL OR not_before <= {m})"
+            params.append(ready_at)
+        rows = self._query_locked(f"{sql} ORDER BY {self.order_column} LIMIT 1{self.lock_rows}", params)
+        return rows[0] if rows else None
+
+    def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """The kept child counts of each parent (zeros for a job with no children)."""
+        out = {p: dict.fromkeys(STATUSES, 0) for p in parent_ids}
+        for i in range(0, len(parent_ids), CHUNK):
+            where, values = self._in("parent_id", parent_ids[i : i + CHUNK])
+            for row in self._query(f"SELECT * FROM child_counts WHERE {where}", values):
+                out[row["parent_id"]] = {s: row[s] for s in STATUSES}
+        return out
+
+    def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
+        """Events of a job and of its direct children (up to event `until`), in id
+        order: consume them inside the same read transaction."""
+        m = self.mark
+        sql = EVENT_SELECT + f" WHERE (e.job_id = {m} OR e.parent_id = {m})"
+        params: tuple = (parent_id, parent_id)
+        if until is not None:
+            sql += f" AND e.id <= {m}"
+            params += (until,)
+        return self._iterate(sql + " ORDER BY e.id", params)
+
+    def subtree(self, job_id: str) -> list[dict]:
+        """The job and all its descendants, parents before children (siblings oldest first), each with `depth`."""
+        cols = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
+        return self._query(
+            f"WITH RECURSIVE t(id, depth) AS (SELECT {self.text_param}, 0 UNION ALL"
+            " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
+            f" SELECT {cols}, t.depth AS depth FROM t JOIN jobs j ON j.id = t.id"
+            f" ORDER BY t.depth, j.{self.order_column}",
+            (job_id,),
+        )
 
     def _query_light(self, sql: str, params: Sequence = ()) -> list:
         """_query's rows, read-only: any mapping a reader indexes by column name

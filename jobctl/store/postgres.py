@@ -31,7 +31,6 @@
 from __future__ import annotations
 
 import os
-import random
 import select
 import threading
 import time
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
     from typing import Any
 
+from jobctl.backoff import Backoff
 from jobctl.console import info
 from jobctl.model import ACTIVE, ACTIVE_PARENT, STATUSES, DatabaseUnusable, IdTaken, UsageError
 from jobctl.store.base import (
@@ -53,7 +53,6 @@ from jobctl.store.base import (
     CHANGE_COLUMNS,
     DEFAULT_BUSY_TIMEOUT,
     EVENT_COLUMNS,
-    EVENT_SELECT,
     JOB_COLUMNS,
     STATUS_KIND_SQL,
     Retryable,
@@ -61,6 +60,7 @@ from jobctl.store.base import (
     cancel_assignments,
     cancel_count_deltas,
     seconds_from_env,
+    upsert_counts,
 )
 from jobctl.store.urls import join_url, masked, masked_in, url_parts
 
@@ -72,7 +72,7 @@ PAGE = 5000  # rows per page of a streamed listing
 CHUNK = 1000  # rows per multi-row statement
 
 _JOBS = ", ".join(JOB_COLUMNS)
-_JOB_SELECT = f"SELECT {_JOBS} FROM jobs"
+_JOB_SELECT = SqlQueries.job_select
 # Fan-in without queueing on the parent's row (a change reads the parent unlocked and
 # its COMMIT batch checks it: _parent_checks) is switched off: with it, two `run --each`
 # processes under a --max-running limit of 2 ran three children at once about one time
@@ -87,7 +87,6 @@ _JOBS_WITH_COUNTS = (
     + ", ".join(f"c.{s} AS c_{s}" for s in STATUSES)
     + " FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id"
 )
-_ALIVE_AT = "greatest(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _job_row = itemgetter(*JOB_COLUMNS)
 _event_row = itemgetter(*EVENT_COLUMNS)
 # one row of events to insert, numbered (k): typed, as VALUES would guess text for a NULL
@@ -274,11 +273,34 @@ _SHARED: dict[tuple, _Shared] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+class _Errors:
+    """`with store.errors:` turns psycopg2's errors into DatabaseUnusable (PostgresStore._error),
+    but for a unique violation, which goes through as it is (insert_jobs makes it IdTaken).
+    A statement's own loop (_run_held) also re-makes a lost connection first."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: PostgresStore):
+        self.store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and isinstance(exc, self.store.pg.Error) and getattr(exc, "pgcode", None) != "23505":
+            raise self.store._error(exc) from exc
+
+
 class PostgresStore(SqlQueries):
     """A jobctl schema in a PostgreSQL database, through its process's shared connection."""
 
+    # the dialect (see SqlQueries)
     mark = "%s"
+    text_param = '%s::text COLLATE "C"'
     json_object = "(SELECT row_to_json(r)::text FROM (SELECT {columns}) r)"  # keys in order, compact
+    order_column = "seq"
+    greatest = "greatest"
+    lock_rows = " FOR UPDATE SKIP LOCKED"
 
     def _in(self, column: str, values: Sequence) -> tuple[str, list]:
         return f"{column} = ANY(%s)", [list(values)]
@@ -341,22 +363,19 @@ class PostgresStore(SqlQueries):
         (too many clients, a role's connection limit, starting up, not listening
         yet) is asked again with backoff until the connect timeout, then the
         last reason is given (exit 5); a wrong password or database is at once."""
-        deadline = time.monotonic() + self.connect_timeout
-        delay = 0.05
+        backoff = Backoff(0.05, 1.0, self.connect_timeout)
         while True:
             try:
                 return self._connect_once()
             except DatabaseUnusable as exc:
                 reason = str(exc.__cause__ or exc).lower()
                 final = any(w in reason for w in ("password", "authentication", "does not exist", "pg_hba"))
-                if final or time.monotonic() + delay > deadline:
+                if final or not backoff.sleep():
                     if not final and "JOBCTL_CONNECT_TIMEOUT" not in str(exc):
                         raise DatabaseUnusable(
                             f"{exc} (still refused after {self.connect_timeout:g} s; JOBCTL_CONNECT_TIMEOUT)"
                         ) from None
                     raise
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 1.0)
 
     def _connect_once(self):
         pg = self.pg
@@ -682,7 +701,14 @@ class PostgresStore(SqlQueries):
             except self.pg.Error:
                 pass
 
+    @property
+    def errors(self) -> _Errors:
+        """`with self.errors:` around a driver call: the one error wrapper (see _Errors)."""
+        return _Errors(self)
+
     def _error(self, exc: BaseException) -> DatabaseUnusable:
+        """A driver's error as the one line it means (exit 5): Retryable when nothing was
+        written and the whole write may run again."""
         code = getattr(exc, "pgcode", None)
         reason = _first_line(exc)
         if code in ("40001", "40P01"):  # serialization failure, deadlock: nothing was written
@@ -756,6 +782,9 @@ class PostgresStore(SqlQueries):
     def _execute(self, sql: str, params: Sequence | None = None) -> None:
         self._run(sql, params, fetch=False)
 
+    def _query_locked(self, sql: str, params: Sequence = ()) -> list[dict]:
+        return self._query(sql, params, rows_locked=True)
+
     def _query(self, sql: str, params: Sequence | None = None, *, rows_locked: bool = False) -> list[dict]:
         """Rows as dicts. Inside write(), a read that does not lock the rows it
         reads (`rows_locked`) takes the write lock first: what it read stays true
@@ -784,25 +813,16 @@ class PostgresStore(SqlQueries):
         import io
 
         buf = io.StringIO("".join(",".join(map(_csv_field, row)) + "\n" for row in rows))
-        try:
+        with self.errors:
             self.conn.cursor().copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buf)
-        except self.pg.Error as exc:
-            if getattr(exc, "pgcode", None) == "23505":
-                raise
-            raise self._error(exc) from exc
 
     def _insert(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
         if len(rows) >= COPY_FROM:
             self._copy(table, columns, rows)
             return
         marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        cur = self.conn.cursor()
-        try:
-            cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {self._values(marks, rows)}")
-        except self.pg.Error as exc:
-            if getattr(exc, "pgcode", None) == "23505":
-                raise
-            raise self._error(exc) from exc
+        with self.errors:
+            self.conn.cursor().execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {self._values(marks, rows)}")
 
     # -------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> dict | None:
@@ -971,15 +991,6 @@ class PostgresStore(SqlQueries):
             self._query("UPDATE jobs SET last_heartbeat = %s WHERE id = %s RETURNING 1", (at, job_id), rows_locked=True)
         )
 
-    def subtree(self, job_id: str) -> list[dict]:
-        cols = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
-        return self._query(
-            'WITH RECURSIVE t(id, depth) AS (SELECT %s::text COLLATE "C", 0 UNION ALL'
-            " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
-            f" SELECT {cols}, t.depth AS depth FROM t JOIN jobs j ON j.id = t.id ORDER BY t.depth, j.seq",
-            (job_id,),
-        )
-
     def walk(self, job_id: str, *, max_depth: int | None = None, limit: int | None = None) -> Iterator[dict]:
         """The job and its descendants depth-first (siblings oldest first), each
         with `depth`, streamed through a server-side cursor (call it inside read())."""
@@ -1027,24 +1038,12 @@ class PostgresStore(SqlQueries):
     ) -> Iterator[dict]:
         """Jobs matching every filter, streamed a page at a time (a keyset over
         `seq`); see base.Store.list_jobs."""
-        where = ["seq < %s" if newest_first else "seq > %s"]
-        params: list[object] = [2**63 - 1 if newest_first else 0]  # params[0]: the keyset cursor
-        select = f"SELECT seq, {_JOBS}"
-        if parent_id is not None:
-            where.append("parent_id = %s")
-            params.append(parent_id)
-        if statuses is not None:
-            where.append("status = ANY(%s)")
-            params.append(list(statuses))
-        if top_level:
-            where.append("parent_id IS NULL")
-        if type is not None:
-            where.append("type = %s")
-            params.append(type)
-        if alive_before is not None:
-            select += f", {_ALIVE_AT} AS alive_at"
-            where.append(f"{_ALIVE_AT} < %s AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)")
-            params.append(alive_before)
+        select, where, params = self.list_jobs_query(
+            parent_id=parent_id, statuses=statuses, type=type, alive_before=alive_before, top_level=top_level
+        )
+        select = f"SELECT seq, {select}"
+        where.insert(0, "seq < %s" if newest_first else "seq > %s")
+        params.insert(0, 2**63 - 1 if newest_first else 0)  # params[0]: the keyset cursor
         left = limit
         while left is None or left > 0:
             page = PAGE if left is None else min(PAGE, left)
@@ -1058,38 +1057,16 @@ class PostgresStore(SqlQueries):
             if len(rows) < page:
                 return
 
-    def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
-        sql, params = _JOB_SELECT + " WHERE parent_id = %s AND status = %s", [parent_id, status]
-        if ready_at is not None:
-            sql += " AND (not_before IS NULL OR not_before <= %s)"
-            params.append(ready_at)
-        rows = self._query(sql + " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED", params, rows_locked=True)
-        return rows[0] if rows else None
-
     # ------------------------------------------------------------------ counts
-    def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        out = {p: dict.fromkeys(STATUSES, 0) for p in parent_ids}
-        for i in range(0, len(parent_ids), CHUNK):
-            for row in self._query(
-                "SELECT * FROM child_counts WHERE parent_id = ANY(%s)", (list(parent_ids[i : i + CHUNK]),)
-            ):
-                out[row["parent_id"]] = {s: row[s] for s in STATUSES}
-        return out
-
     def apply_count_deltas(self, deltas: dict[str, dict[str, int]]) -> None:
         for p, d in deltas.items():
             mine = self.count_deltas.setdefault(p, dict.fromkeys(STATUSES, 0))
             for s in STATUSES:
                 mine[s] += d.get(s, 0)
         rows = [(p, *(d.get(s, 0) for s in STATUSES)) for p, d in deltas.items()]
-        cols = ", ".join(STATUSES)
         for i in range(0, len(rows), CHUNK):
             values = self._values("(%s, %s, %s, %s, %s, %s)", rows[i : i + CHUNK])
-            self._later(
-                f"INSERT INTO child_counts (parent_id, {cols}) VALUES {values}"
-                " ON CONFLICT (parent_id) DO UPDATE SET "
-                + ", ".join(f"{s} = child_counts.{s} + excluded.{s}" for s in STATUSES)
-            )
+            self._later(upsert_counts(values))
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Sequence[dict]) -> None:
@@ -1124,14 +1101,6 @@ class PostgresStore(SqlQueries):
             (job_id, level, message, at),
             rows_locked=True,  # a new row: nothing read
         )[0]["id"]
-
-    def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
-        sql = EVENT_SELECT + " WHERE (e.job_id = %s OR e.parent_id = %s)"
-        params: tuple = (parent_id, parent_id)
-        if until is not None:
-            sql += " AND e.id <= %s"
-            params += (until,)
-        return iter(self._query(sql + " ORDER BY e.id", params))
 
     def waker(self, poll_interval: float) -> ListenWaker:
         return ListenWaker(self, poll_interval)
@@ -1168,7 +1137,7 @@ class _Listener:
         self.polling = False
         self.refs = 0
         self.conn: Any = None
-        self.delay = 0.05
+        self.backoff = Backoff(0.05, 1.0)  # between tries to LISTEN again
 
     def listen(self) -> None:
         conn = self.connect()
@@ -1177,7 +1146,8 @@ class _Listener:
         except self.pg.Error as exc:
             conn.close()
             raise DatabaseUnusable(f"cannot LISTEN: {_first_line(exc)}") from None
-        self.conn, self.delay = conn, 0.05
+        self.conn = conn
+        self.backoff.reset()
 
     def wait(self, seen: int, timeout: float) -> int:
         """The generation once it is past `seen`, or `seen` after `timeout` seconds."""
@@ -1207,8 +1177,7 @@ class _Listener:
         """Watch the socket up to `timeout`: True on a notification or a reconnect."""
         pg = self.pg
         if self.conn is None:
-            time.sleep(min(timeout, self.delay))
-            self.delay = min(self.delay * 2, 1.0)
+            time.sleep(min(timeout, self.backoff.next()))
             try:
                 self.listen()
             except (DatabaseUnusable, pg.Error):

@@ -13,7 +13,6 @@ one-shot commands such as `jobctl status set` fast.
 from __future__ import annotations
 
 import os
-import random
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms pe
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
+from jobctl.backoff import Backoff
 from jobctl.console import info
 from jobctl.model import STATUSES, DatabaseUnusable, IdTaken
 from jobctl.store.base import (
@@ -33,13 +33,13 @@ from jobctl.store.base import (
     CHUNK,
     DEFAULT_BUSY_TIMEOUT,
     EVENT_COLUMNS,
-    EVENT_SELECT,
     JOB_COLUMNS,
     STATUS_KIND_SQL,
     SqlQueries,
     cancel_assignments,
     cancel_count_deltas,
     seconds_from_env,
+    upsert_counts,
 )
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
@@ -49,10 +49,7 @@ WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on s
 KNOWN_LIMIT = 1024  # jobs a connection keeps between its write transactions (see SqliteStore.known)
 KNOWN_BATCH = 64  # ... from reads of at most this many jobs
 
-_UPSERT_COUNTS = (
-    f"INSERT INTO child_counts (parent_id, {', '.join(STATUSES)}) VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (parent_id) DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in STATUSES)
-)
+_UPSERT_COUNTS = upsert_counts("(?, ?, ?, ?, ?, ?)")
 _counts_row = itemgetter(*STATUSES)  # a deltas dict has every status (api._Change)
 _UPDATE_STATUS = (
     "UPDATE jobs SET status = ?, started_at = ?, completed_at = ?, updated_at = ?, attempt = ?, not_before = ?"
@@ -70,7 +67,6 @@ def _many(cur: sqlite3.Cursor, sql: str, rows: list) -> None:
 
 
 _INSERT_EVENT = f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
-_ALIVE_AT = "max(coalesce(last_heartbeat, ''), coalesce(started_at, ''))"
 _JOBS_WITH_COUNTS = (  # CHANGE_COLUMNS, then the job's kept counts
     "SELECT "
     + ", ".join(f"jobs.{c}" for c in CHANGE_COLUMNS)
@@ -258,9 +254,10 @@ class SqliteStore(SqlQueries):
         info(f"waiting for another writer to finish (up to {left:g} s more; JOBCTL_BUSY_TIMEOUT)")
         conn = self.conn
         conn.execute(f"PRAGMA busy_timeout = {int(left / BEGIN_RETRIES * 1000)}")
+        backoff = Backoff(0.025, 0.1)
         try:
             for attempt in range(BEGIN_RETRIES):
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+                backoff.sleep()
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     return
@@ -482,15 +479,6 @@ class SqliteStore(SqlQueries):
         cur = self.conn.execute("UPDATE jobs SET last_heartbeat = ? WHERE id = ?", (at, job_id))
         return cur.rowcount == 1
 
-    def subtree(self, job_id: str) -> list[dict]:
-        """The job and all its descendants, parents before children."""
-        return self._query(
-            "WITH RECURSIVE t(id, depth) AS (SELECT ?, 0 UNION ALL"
-            " SELECT j.id, t.depth + 1 FROM jobs j JOIN t ON j.parent_id = t.id)"
-            " SELECT jobs.*, t.depth AS depth FROM t JOIN jobs ON jobs.id = t.id ORDER BY t.depth, jobs.rowid",
-            (job_id,),
-        )
-
     def walk(self, job_id: str, *, max_depth: int | None = None, limit: int | None = None) -> Iterator[dict]:
         """The job and its descendants depth-first (each child right after its
         parent, siblings oldest first), each with `depth`, streamed: the
@@ -522,33 +510,11 @@ class SqliteStore(SqlQueries):
         top_level: bool = False,
         newest_first: bool = False,
     ) -> Iterator[dict]:
-        """Jobs matching every given filter (any of `statuses`; only roots with
-        `top_level`), oldest first (or newest first), streamed.
-
-        alive_before: only jobs without children whose last sign of life, the
-        later of their start and their last heartbeat (a heartbeat from an
-        earlier attempt, before a retry, does not count), is older than that
-        timestamp; each row then has it as `alive_at`. This is the stale rule.
-        """
-        where, params = [], []
-        select = "SELECT *"
-        if parent_id is not None:
-            where.append("parent_id = ?")
-            params.append(parent_id)
-        if statuses is not None:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
-        if top_level:
-            where.append("parent_id IS NULL")
-        if type is not None:
-            where.append("type = ?")
-            params.append(type)
-        if alive_before is not None:
-            # Jobs with children are not stale: their status is derived, no worker beats for them.
-            select = f"SELECT *, {_ALIVE_AT} AS alive_at"
-            where.append(f"{_ALIVE_AT} < ? AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)")
-            params.append(alive_before)
-        sql = select + " FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        """Jobs matching every filter (SqlQueries.list_jobs_query), streamed; see base.Store.list_jobs."""
+        select, where, params = self.list_jobs_query(
+            parent_id=parent_id, statuses=statuses, type=type, alive_before=alive_before, top_level=top_level
+        )
+        sql = f"SELECT {select} FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY rowid DESC" if newest_first else " ORDER BY rowid"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -559,16 +525,6 @@ class SqliteStore(SqlQueries):
                 yield row
 
     # ------------------------------------------------------------------ counts
-    def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        """The kept child counts of each parent (zeros for a job with no children)."""
-        out = {p: dict.fromkeys(STATUSES, 0) for p in parent_ids}
-        for i in range(0, len(parent_ids), CHUNK):
-            chunk = parent_ids[i : i + CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for row in self._query(f"SELECT * FROM child_counts WHERE parent_id IN ({marks})", chunk):
-                out[row["parent_id"]] = {s: row[s] for s in STATUSES}
-        return out
-
     def apply_count_deltas(self, deltas: dict[str, dict[str, int]]) -> None:
         """Add each parent's deltas to its kept child counts (a row is made on first use)."""
         _many(self.cur, _UPSERT_COUNTS, [(p, *_counts_row(d)) for p, d in deltas.items()])
@@ -578,15 +534,6 @@ class SqliteStore(SqlQueries):
                 counts = known[p][1]
                 for s in STATUSES:
                     counts[s] += delta[s]
-
-    def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
-        """The oldest child with `status` (the write lock keeps it ours until COMMIT)."""
-        sql, params = "SELECT * FROM jobs WHERE parent_id = ? AND status = ?", [parent_id, status]
-        if ready_at is not None:
-            sql += " AND (not_before IS NULL OR not_before <= ?)"
-            params.append(ready_at)
-        rows = self._query(sql + " ORDER BY rowid LIMIT 1", params)
-        return rows[0] if rows else None
 
     # ------------------------------------------------------------ events, logs
     def insert_events(self, events: Iterable[dict]) -> None:
@@ -598,18 +545,6 @@ class SqliteStore(SqlQueries):
             "INSERT INTO logs (job_id, level, message, at) VALUES (?, ?, ?, ?)", (job_id, level, message, at)
         )
         return cur.lastrowid or 0  # always set after an INSERT
-
-    def child_events(self, parent_id: str, until: int | None = None) -> Iterator[dict]:
-        """Events of a job and of its direct children (up to event `until`), in id
-        order, streamed: consume them inside the same read transaction."""
-        sql = EVENT_SELECT + " WHERE (e.job_id = ? OR e.parent_id = ?)"
-        params: tuple = (parent_id, parent_id)
-        if until is not None:
-            sql += " AND e.id <= ?"
-            params += (until,)
-        with self.errors:
-            for row in self.conn.execute(sql + " ORDER BY e.id", params):
-                yield row
 
     def application_id(self) -> int:
         cur = self.conn.cursor()
@@ -631,12 +566,12 @@ class SqliteStore(SqlQueries):
         return iter(self._query("SELECT * FROM events ORDER BY id"))
 
     def jobs_by_id(self) -> Iterator[dict]:
-        return self._stream("SELECT * FROM jobs ORDER BY id")
+        return self._iterate("SELECT * FROM jobs ORDER BY id")
 
     def events_by_job(self) -> Iterator[dict]:
-        return self._stream("SELECT * FROM events ORDER BY job_id, id")
+        return self._iterate("SELECT * FROM events ORDER BY job_id, id")
 
-    def _stream(self, sql: str, params: Sequence = ()) -> Iterator[dict]:
+    def _iterate(self, sql: str, params: Sequence = ()) -> Iterator[dict]:
         with self.errors:
             for row in self.conn.execute(sql, params):
                 yield row
