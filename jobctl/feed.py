@@ -20,9 +20,10 @@ Pruned history (`jobctl prune`): prune removes whole trees, so a feed kept to
 a tree that still exists never misses one of its events. A feed of every event
 reads no hole in the ids but below the low-water mark (`store.pruned_before()`:
 events with smaller ids may be gone). A feed that starts at 0 reads what is
-kept; one that resumes from a cursor (> 0) and would read across a hole below
-the mark raises PrunedHistory (exit 5, "events before N were pruned") before it
-hands on an event after the hole: never a silent gap.
+kept; one that resumes from a cursor (> 0) older than N - 1 (event N - 1 is one
+prune removed) raises PrunedHistory (exit 5, "events before N were pruned") on
+its first read, and one that meets a hole a prune made since, before it hands
+on an event after it: never a silent gap.
 
 `JobFold` is the optional fold: one job's status and its direct children's
 counts, kept in O(1) per event (what `watch` shows and `top` keeps per row).
@@ -107,19 +108,16 @@ class EventFeed:
         return [e for e in rows if model.in_tree(self.ids, e)]
 
     def _check_pruned(self, rows: list) -> None:
-        """PrunedHistory if reading `rows` after the cursor skips pruned events (a
-        hole in the ids: events of every tree have none otherwise) or, caught up,
-        the cursor is older than the mark."""
+        """PrunedHistory if the feed resumes from a cursor older than the mark (on its
+        first read), or reading `rows` after the cursor skips events pruned since (a
+        hole in the ids: events of every tree have none otherwise)."""
         if self._floor is None:
-            mark = self._store.pruned_before()
-            self._floor = mark if self.cursor == 0 else 0
-            if not rows and 0 < self.cursor < mark - 1:
-                raise model.PrunedHistory(mark, self.cursor)
+            self._floor = check_cursor(self._store, self.cursor)
         if not rows or rows[0]["id"] == self.cursor + 1 and rows[-1]["id"] - rows[0]["id"] + 1 == len(rows):
             return
         before = self.cursor
         for e in rows:
-            if e["id"] != before + 1 and e["id"] > self._floor:
+            if e["id"] != before + 1 and e["id"] > self._floor:  # a hole not below the mark read at the start
                 mark = self._store.pruned_before()
                 if before + 1 < mark:
                     raise model.PrunedHistory(mark, before)
@@ -172,6 +170,17 @@ class EventFeed:
         if self._waker is not None:
             self._waker.close()
             self._waker = None
+
+
+def check_cursor(store: Store, since: int) -> int:
+    """PrunedHistory if a reader of every event resuming after `since` (> 0) would
+    read across pruned events: `since` < N - 1, where N is the low-water mark (event
+    N - 1 is one prune removed). Returns N (0: nothing pruned). A reader from 0
+    reads what is kept."""
+    mark = store.pruned_before()
+    if 0 < since < mark - 1:
+        raise model.PrunedHistory(mark, since)
+    return mark
 
 
 class JobFold:

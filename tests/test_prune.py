@@ -2,6 +2,7 @@
 transaction, verify stays clean, other writers keep writing, and a reader whose
 cursor points into what went is told so (exit 5), on both stores."""
 
+import json
 import subprocess
 import sys
 import time
@@ -166,6 +167,31 @@ def test_a_reader_resuming_inside_pruned_history_is_told_so(db):
     )
     watch = run("watch", old, db=db)
     assert (watch.returncode, watch.stderr) == (3, f"jobctl: error: job {old} not found\n")
+
+
+@pytest.mark.slow
+def test_serve_refuses_to_resume_a_stream_inside_pruned_history(db, tmp_path):
+    """`Last-Event-ID` older than the mark - 1: a 503 with exit code 5 and the
+    message, before the stream starts; at the mark - 1 the stream resumes."""
+    from test_serve import Server
+
+    with Jobctl(db) as jc:
+        old_tree(jc, "old")
+        inside = jc.last_event_id() // 2
+        kept = jc.create("kept")
+        mark = jc.prune(30 * DAY)["before"]
+    server = Server(db, tmp_path)
+    try:
+        status, _, body = server.request("GET", "/api/stream", headers={"Last-Event-ID": str(inside)})
+        assert (status, body["exit_code"]) == (503, 5)
+        assert body["error"].startswith(f"events before {mark} were pruned (the cursor {inside} is older")
+        stream = server.stream(since=mark - 1)
+        run("status", "set", kept, "running", db=db, check=True)
+        ((sse_id, message),) = stream.take(1)
+        assert int(sse_id.split(".")[0]) >= mark and kept in json.dumps(message)
+        stream.close()
+    finally:
+        server.stop()
 
 
 def test_a_reader_caught_up_before_the_last_pruned_events_is_told_so(db):
