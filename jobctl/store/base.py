@@ -576,12 +576,16 @@ class SqlQueries:
 
     def prune_children(self, parent_id: str, limit: int) -> list[dict]:
         """Up to `limit` children of the job (id, parent_id, status, and whether
-        they have children themselves: `inner`), along the parent's index."""
+        they have children themselves: `inner_node`, from their kept counts), along
+        the (parent_id, status) index. Not `EXISTS (SELECT ... WHERE parent_id = j.id)`:
+        under a million children of one parent, PostgreSQL's statistics say any
+        parent_id matches them all, and it planned a scan of the whole table per child."""
         m = self.mark
+        has_children = " + ".join(f"coalesce(c.{s}, 0)" for s in STATUSES)
         return self._query(
-            "SELECT j.id, j.parent_id, j.status,"
-            " CASE WHEN EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = j.id) THEN 1 ELSE 0 END AS inner_node"
-            f" FROM jobs j WHERE j.parent_id = {m} LIMIT {int(limit)}",
+            f"SELECT j.id, j.parent_id, j.status, CASE WHEN {has_children} > 0 THEN 1 ELSE 0 END AS inner_node"
+            f" FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id WHERE j.parent_id = {m}"
+            f" ORDER BY j.status LIMIT {int(limit)}",
             (parent_id,),
         )
 
