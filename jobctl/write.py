@@ -866,12 +866,12 @@ class Writes:
         children = store.prune_children(job_id, PRUNE_BATCH)
         if not children:
             if job_id == root:
-                store.prune_jobs([{"id": root, "parent_id": None, "status": None}])
+                store.prune_jobs(root, [{"id": root, "parent_id": None, "status": None}])
             return "up", job_id
         leaves = [c for c in children if not c["inner_node"]]
         if not leaves:
             return "down", children[0]["id"]
-        store.prune_jobs(leaves)
+        store.prune_jobs(root, leaves)
         return "gone", job_id
 
     @staticmethod

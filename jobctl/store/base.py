@@ -369,7 +369,7 @@ class Store(Protocol):
         """SqlQueries.prune_children."""
         ...
 
-    def prune_jobs(self, jobs: Sequence[dict]) -> int:
+    def prune_jobs(self, root_id: str, jobs: Sequence[dict]) -> None:
         """SqlQueries.prune_jobs."""
         ...
 
@@ -589,21 +589,24 @@ class SqlQueries:
             (parent_id,),
         )
 
-    def prune_jobs(self, jobs: Sequence[dict]) -> int:
-        """Delete jobs that have no children left (dicts with id, parent_id and status)
-        with their events, logs, outputs and kept counts, and take them off their
-        parents' kept counts; raise the low-water mark past their events. Returns
-        the highest event id removed (0: none)."""
+    def prune_jobs(self, root_id: str, jobs: Sequence[dict]) -> None:
+        """Delete jobs of the tree `root_id` that have no children left (dicts with id,
+        parent_id and status) with their events, logs, outputs and kept counts, and
+        take them off their parents' kept counts. First the low-water mark goes past
+        the tree's newest event (by the (root_id, id) index: a max over the jobs'
+        events could be planned as a walk down every event id)."""
         m = self.mark
         self.hold_write_lock()
-        self._execute("UPDATE pruned SET deleting = 1")
-        newest = 0
+        newest = f"coalesce((SELECT max(id) FROM events WHERE root_id = {m}), 0)"
+        self._execute(
+            f"UPDATE pruned SET deleting = 1, events_before = CASE WHEN events_before > {newest}"
+            f" THEN events_before ELSE {newest} + 1 END",
+            (root_id, root_id),
+        )
         ids = [j["id"] for j in jobs]
         for i in range(0, len(ids), CHUNK):
             chunk = ids[i : i + CHUNK]
             where, values = self._in("job_id", chunk)
-            row = self._query(f"SELECT coalesce(max(id), 0) AS n FROM events WHERE {where}", values)[0]
-            newest = max(newest, int(row["n"]))
             self._execute(f"DELETE FROM events WHERE {where}", values)
             self._execute(f"DELETE FROM logs WHERE {where}", values)
             where, values = self._in("parent_id", chunk)
@@ -617,12 +620,7 @@ class SqlQueries:
         for parent, counts in gone.items():
             sets = ", ".join(f"{s} = {s} - {int(n)}" for s, n in counts.items() if n)
             self._execute(f"UPDATE child_counts SET {sets} WHERE parent_id = {m}", (parent,))
-        self._execute(
-            f"UPDATE pruned SET deleting = 0, events_before = CASE WHEN events_before > {m} THEN events_before"
-            f" ELSE {m} END",
-            (newest + 1, newest + 1),
-        )
-        return newest
+        self._execute("UPDATE pruned SET deleting = 0")
 
     def pruned_before(self) -> int:
         return int(self._query("SELECT events_before AS n FROM pruned")[0]["n"])

@@ -303,9 +303,9 @@ class SqliteStore(SqlQueries):
         with self.errors:
             self.conn.execute(sql, params)
 
-    def prune_jobs(self, jobs: Sequence[dict]) -> int:
+    def prune_jobs(self, root_id: str, jobs: Sequence[dict]) -> None:
         self.forget()  # it may know rows this removes
-        return super().prune_jobs(jobs)
+        super().prune_jobs(root_id, jobs)
 
     def _query_tuples(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Plain tuples: the write path reads a job or two per change."""
