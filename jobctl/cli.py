@@ -595,6 +595,39 @@ def reap(
 
 
 @app.command()
+def prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            autocompletion=complete_duration,
+            help="Remove trees whose last change is older than this: 30d, 12h.",
+        ),
+    ],
+    status: Annotated[
+        list[str],
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            autocompletion=complete_status,
+            help="Only trees whose root is completed, failed or cancelled (default: any of them); repeatable.",
+        ),
+    ] = [],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; change nothing.")] = False,
+    json: JSON = False,
+) -> None:
+    """Remove finished top-level trees (jobs, events, logs, outputs) older than --older-than; print their ids.
+
+    A batch of jobs a transaction, so other writers keep working. A reader that
+    resumes from an event id older than what was removed exits 5 saying
+    `events before N were pruned`.
+    """
+    done(commands.prune(ctx.obj["db"], older_than, status=status, dry_run=dry_run, json=json))
+
+
+@app.command()
 def watch(
     ctx: typer.Context,
     job: Annotated[

@@ -374,6 +374,34 @@ def reap(db: str | None, stale_after: str, to: str = "failed", parent: str | Non
     return 0
 
 
+def prune(
+    db: str | None, older_than: str, status: list[str] | None = None, dry_run: bool = False, json: bool = False
+) -> int:
+    """`prune --older-than D`: remove old finished trees; print each root id as it goes
+    (--json: one object at the end), the totals on stderr."""
+    seconds = model.parse_duration(older_than)
+    statuses = model.check_prune_statuses(status or ())
+    roots: list[str] = []
+
+    def on_tree(root: str, jobs: int, events: int) -> None:
+        if json:
+            roots.append(root)
+        else:
+            print(root, flush=True)
+
+    with _open(db) as jc:
+        done = jc.prune(seconds, statuses=statuses, dry_run=dry_run, on_tree=on_tree)
+    if json:
+        _json({"dry_run": dry_run, **done, "roots": roots})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        info(
+            f"prune: {verb} {done['trees']:,} tree(s): {done['jobs']:,} job(s), {done['events']:,} event(s)"
+            + (" (--dry-run: nothing changed)" if dry_run else "")
+        )
+    return 0
+
+
 def _check_awaitable(job: str, wait_for_create: bool) -> None:
     """--wait-for-create waits for an id that can be created: not "" or another bad id."""
     if wait_for_create:

@@ -16,6 +16,15 @@ created under it (`model.in_tree`). A listing of a small subtree under a big
 tree (one shard of a million; `SMALL_SUBTREE`) reads by job id instead (the
 (job_id, id) index): `by_job`, for a read once to the present, not a follow.
 
+Pruned history (`jobctl prune`): prune removes whole trees, so a feed kept to
+a tree that still exists never misses one of its events. A feed of every event
+reads no hole in the ids but below the low-water mark (`store.pruned_before()`:
+events with smaller ids may be gone). A feed that starts at 0 reads what is
+kept; one that resumes from a cursor (> 0) older than N - 1 (event N - 1 is one
+prune removed) raises PrunedHistory (exit 5, "events before N were pruned") on
+its first read, and one that meets a hole a prune made since, before it hands
+on an event after it: never a silent gap.
+
 `JobFold` is the optional fold: one job's status and its direct children's
 counts, kept in O(1) per event (what `watch` shows and `top` keeps per row).
 """
@@ -70,6 +79,9 @@ class EventFeed:
         self.poll_interval = poll_interval
         self.more = True  # the last read filled a page: more may follow at once
         self._waker: Waker | None = None
+        # a feed of every event: holes in the ids below this id are pruned history it
+        # accepts (a feed from 0 reads what is kept); None until its first read
+        self._floor: int | None = None if root_id is None and ids is None else -1
 
     def read(self, until: int | None = None, limit: int | None = None) -> list[dict]:
         """The next page of events after the cursor (up to event `until`, at most
@@ -84,6 +96,8 @@ class EventFeed:
         else:
             rows = self._store.events(since=self.cursor, root_id=self.root_id, limit=size, as_json=self.as_json)
         self.more = len(rows) == size
+        if self._floor != -1:
+            self._check_pruned(rows)
         if until is not None and rows and rows[-1]["id"] >= until:
             rows = [e for e in rows if e["id"] <= until]
             self.more = False
@@ -92,6 +106,22 @@ class EventFeed:
         if self.ids is None or self.by_job:
             return rows
         return [e for e in rows if model.in_tree(self.ids, e)]
+
+    def _check_pruned(self, rows: list) -> None:
+        """PrunedHistory if the feed resumes from a cursor older than the mark (on its
+        first read), or reading `rows` after the cursor skips events pruned since (a
+        hole in the ids: events of every tree have none otherwise)."""
+        if self._floor is None:
+            self._floor = check_cursor(self._store, self.cursor)
+        if not rows or rows[0]["id"] == self.cursor + 1 and rows[-1]["id"] - rows[0]["id"] + 1 == len(rows):
+            return
+        before = self.cursor
+        for e in rows:
+            if e["id"] != before + 1 and e["id"] > self._floor:  # a hole not below the mark read at the start
+                mark = self._store.pruned_before()
+                if before + 1 < mark:
+                    raise model.PrunedHistory(mark, before)
+            before = e["id"]
 
     def pages(self, until: int | None = None) -> Iterator[list[dict]]:
         """Pages (none empty) until caught up, or up to event `until`."""
@@ -140,6 +170,17 @@ class EventFeed:
         if self._waker is not None:
             self._waker.close()
             self._waker = None
+
+
+def check_cursor(store: Store, since: int) -> int:
+    """PrunedHistory if a reader of every event resuming after `since` (> 0) would
+    read across pruned events: `since` < N - 1, where N is the low-water mark (event
+    N - 1 is one prune removed). Returns N (0: nothing pruned). A reader from 0
+    reads what is kept."""
+    mark = store.pruned_before()
+    if 0 < since < mark - 1:
+        raise model.PrunedHistory(mark, since)
+    return mark
 
 
 class JobFold:

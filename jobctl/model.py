@@ -126,6 +126,25 @@ class DatabaseUnusable(JobctlError):
     exit_code = EXIT_DATABASE
 
 
+class PrunedHistory(DatabaseUnusable):
+    """A reader's cursor points into history `prune` removed: the events it would
+    read next are gone (exit 5), never skipped in silence."""
+
+    def __init__(self, before: int, cursor: int):
+        super().__init__(f"events before {before} were pruned (the cursor {cursor} is older; read again from 0)")
+        self.before = before
+
+
+def check_prune_statuses(words: Iterable[str]) -> tuple[str, ...]:
+    """The final statuses whose trees `prune` removes (all of them if none given)."""
+    chosen = tuple(words) or tuple(s for s in STATUSES if s in TERMINAL)
+    for word in chosen:
+        if word not in TERMINAL:
+            final = ", ".join(s for s in STATUSES if s in TERMINAL)
+            raise UsageError(f"prune removes finished trees: --status takes {final}, not {word!r}")
+    return chosen
+
+
 def not_found(job_id: str) -> NotFound:
     """The one "job X not found" error; the id quoted when it is empty or has a space
     or an invisible character in it (`job 'P.1 ' not found`), so what was asked is seen."""

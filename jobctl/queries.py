@@ -267,6 +267,13 @@ class Reads:
         """At most `limit` job ids that start with `prefix`, in order (shell completion)."""
         return self._store.ids_starting(prefix, limit)
 
+    def check_cursor(self, since: int) -> None:
+        """PrunedHistory (exit 5) if a reader of every event resuming after `since`
+        would read across events `prune` removed (feed.check_cursor)."""
+        from jobctl.feed import check_cursor
+
+        check_cursor(self._store, since)
+
     def last_event_id(self) -> int:
         return self._store.last_event_id()
 

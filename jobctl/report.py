@@ -17,12 +17,17 @@ Streaming. Every format reads the tree once, depth-first, through
   bounded list as the walk goes, and the SLOWEST slowest in a heap; for a
   fail-fast job, the child that failed it; the text is built in memory, a
   bounded size.
-- junit: every unit is a <testcase>, written as it streams by. Counts go in
-  the opening tags, so each parent's cases are spooled (in memory up to
-  SPOOL_BYTES, then a temporary file) until the walk leaves that parent's
-  subtree, and the suites are spooled to a temporary file until the totals
-  of <testsuites> are known. Open spools: one per level of the tree.
-- json: one object whose `children` list is written a unit at a time.
+- junit: every unit is a <testcase>. Counts go in the opening tags, so each
+  parent's cases are spooled (in memory up to SPOOL_BYTES, then a temporary
+  file) until the walk leaves that parent's subtree, failed and cancelled ones
+  in a spool of their own with only their place (_cause_first) in memory, and
+  the suites are spooled to a temporary file until the totals of <testsuites>
+  are known (the suite of a fail-fast trigger in a file of its own, written
+  first). Open spools: one per level of the tree.
+- json: one object whose `children` list is spooled the same way (failed and
+  cancelled first), with `stopped_by` for a fail-fast job.
+- Every format leads with the cause: a fail-fast job's trigger, then failed
+  units before cancelled ones, the first to end first (_cause_first).
 
 A unit's own events (its failure message, log tail, last log line) are read
 only for the units shown: the listed failures, every failed or cancelled
@@ -82,7 +87,8 @@ FORMATS = ("markdown", "junit", "github", "json")
 TAIL_LINES = 20  # log lines shown per failed or cancelled unit
 MAX_LISTED = 50  # failed and cancelled units in the markdown table; "and N more" after
 SLOWEST = 5
-ANNOTATIONS = 10  # ::error lines: GitHub shows 10 error annotations per step and drops the rest
+ANNOTATIONS = 10  # ::error (or ::warning) lines: GitHub shows 10 of each type per step and drops the rest
+ANNOTATIONS_PER_JOB = 50  # ... and 50 in all per job: a report never writes more, its notice included
 MD_CHARS = 200  # longest message or log line in markdown, in characters
 XML_CHARS = 4000  # ... in junit
 SUMMARY_BYTES = 900_000  # markdown stops adding log tails here: GitHub refuses a step summary over 1 MiB
@@ -351,10 +357,11 @@ class _Listed:
         self.row, self.shown, self.seconds, self.unit = row, shown, seconds, unit
 
 
-def _cause_first(status: str, completed_at: str | None, n: int) -> tuple:
-    """The order a report lists failures in: failed before cancelled, and among
-    each the first to end first (then the walk's order)."""
-    return (status != FAILED, completed_at or "~", n)
+def _cause_first(status: str, completed_at: str | None, n: int, trigger: bool = False) -> tuple:
+    """The order every format lists failures in: the child that failed a fail-fast
+    job, then failed before cancelled, and among each the first to end first
+    (then the walk's order)."""
+    return (not trigger, status != FAILED, completed_at or "~", n)
 
 
 def fail_fast_trigger(events: list[dict]) -> str | None:
@@ -373,20 +380,34 @@ class _Summary:
     (_cause_first), whose events are read in one query as the walk ends; for a
     job failed by fail-fast, the child that triggered it."""
 
-    def __init__(self, tree: _Tree, statuses: frozenset[str], cap: int):
+    def __init__(self, tree: _Tree, statuses: frozenset[str], cap: int, *, each: bool = False):
+        """`each`: the first `cap` of each of `statuses` (github: a cap per annotation type)."""
         self.counts = dict.fromkeys(STATUSES, 0)  # the units' statuses
         self.nested = False  # some unit is not a direct child
         self.listed: list[_Listed] = []  # the `cap` units with one of `statuses` that come first
         self.matching = 0  # how many units have one of `statuses`
+        self.by_status = dict.fromkeys(statuses, 0)  # ... of each
         self.trigger: _Listed | None = None  # fail-fast: the child that failed the job
         slowest: list[tuple[float, int, dict, str]] = []  # a min-heap of the SLOWEST longest
         top: dict | None = None
         picked: list[tuple[tuple, dict, str, float | None]] = []  # candidates, trimmed to `cap` now and then
         trigger: list = [None, None]  # its id, then (row, shown) when the walk meets it
 
-        def last() -> None:  # inside the walk's snapshot: the listed units' events, one query
+        def trim() -> None:  # the first `cap` (of each status, with `each`) in _cause_first order
             picked.sort(key=lambda c: c[0])
-            del picked[cap:]
+            if not each:
+                del picked[cap:]
+                return
+            seen = dict.fromkeys(statuses, 0)
+            kept = []
+            for c in picked:
+                seen[c[1]["status"]] += 1
+                if seen[c[1]["status"]] <= cap:
+                    kept.append(c)
+            picked[:] = kept
+
+        def last() -> None:  # inside the walk's snapshot: the listed units' events, one query
+            trim()
             ids = [row["id"] for _, row, _, _ in picked]
             found = trigger[1]
             events = _unit_events(tree.jc, ids + ([found[0]["id"]] if found and found[0]["id"] not in ids else []))
@@ -416,10 +437,11 @@ class _Summary:
                     heapq.heapreplace(slowest, item)
             if status in statuses:
                 self.matching += 1
-                picked.append((_cause_first(status, row["completed_at"], n), row, tree.shown(row, path), seconds))
-                if len(picked) > 2 * cap:  # (memory stays bounded: only the first `cap` can be listed)
-                    picked.sort(key=lambda c: c[0])
-                    del picked[cap:]
+                self.by_status[status] += 1
+                first = _cause_first(status, row["completed_at"], n, row["id"] == trigger[0])
+                picked.append((first, row, tree.shown(row, path), seconds))
+                if len(picked) > 2 * cap * len(statuses):  # (memory stays bounded: only the first can be listed)
+                    trim()
         assert top is not None  # tree() yields the job first, or raises NotFound
         self.top = top
         self.slowest = sorted(slowest, reverse=True)
@@ -517,36 +539,105 @@ def markdown(tree: _Tree) -> str:
 
 
 def github(tree: _Tree) -> str:
-    s = _Summary(tree, frozenset({FAILED}), ANNOTATIONS)
+    """Workflow commands: an ::error per failed unit and a ::warning per cancelled
+    one, the first ANNOTATIONS of each (cause first: a fail-fast job's trigger
+    leads, with its log tail), never more than ANNOTATIONS_PER_JOB lines in all;
+    one ::notice with the job's progress sums up the rest."""
+    s = _Summary(tree, BAD, ANNOTATIONS, each=True)
     top = s.top
+    room = ANNOTATIONS_PER_JOB - 1  # (the notice)
     lines = []
+    shown = dict.fromkeys(BAD, 0)
     for item in s.listed:
+        if not room:
+            break
+        status = item.row["status"]
         title = f"{item.shown} ({item.row['id']})"
-        lines.append(f"::error title={gh_property(title)}::{gh_data(item.unit.reason(FAILED))}")
+        message = item.unit.reason(status)
+        if s.trigger is not None and item.row["id"] == s.trigger.row["id"]:
+            title = f"stopped by fail-fast: {title}"
+            message = "\n".join([message, "", *item.unit.tail])
+        kind = "error" if status == FAILED else "warning"
+        lines.append(f"::{kind} title={gh_property(title)}::{gh_data(message)}")
+        shown[status] += 1
+        room -= 1
     took = _took(top)
     text = f"{top['name']} ({top['id']}) {top['status']}, {took}"
     if top["progress"]:
         text += f" | {top['progress']['progress_text']}"
     if s.nested:
         text += f" | below it, {sum(s.counts.values())} jobs without children: {progress_text(s.counts)}"
-    if s.matching > len(s.listed):
-        text += f" | {s.matching} failed: the first {len(s.listed)} are annotated"
+    for status in (FAILED, CANCELLED):
+        if s.by_status[status] > shown[status]:
+            text += f" | {s.by_status[status]} {status}: the first {shown[status]} are annotated"
     title = f"jobctl report: {top['name']}"
     lines.append(f"::notice title={gh_property(title)}::{gh_data(text)}")
     return "\n".join(lines) + "\n"
 
 
-# -------------------------------------------------------------------- junit
-class _Suite:
-    """The testcases of one parent's units, spooled until its subtree is over."""
+# ------------------------------------------------------------- junit, json
+class _CauseFirstSpool:
+    """Pieces of text written out failed and cancelled units first, in _cause_first
+    order, then the others in the order they came: spooled (in memory up to
+    SPOOL_BYTES, then a temporary file), with only a (key, offset, length) kept
+    in memory for each failed or cancelled one."""
 
-    def __init__(self, depth: int, job_id: str, path: list[str]):
+    def __init__(self):
         import tempfile
 
+        self.bad = tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+b")
+        self.rest = tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8", newline="")
+        self.index: list[tuple[tuple, int, int]] = []
+
+    def add(self, text: str, key: tuple | None) -> None:
+        """`text`, in the place of `key` (_cause_first), or after them all (None)."""
+        if key is None:
+            self.rest.write(text)
+            return
+        data = text.encode("utf-8", "surrogatepass")
+        self.index.append((key, self.bad.tell(), len(data)))
+        self.bad.write(data)
+
+    def pieces(self) -> Iterator[str]:
+        self.index.sort()
+        for _, offset, size in self.index:
+            self.bad.seek(offset)
+            yield self.bad.read(size).decode("utf-8", "surrogatepass")
+        self.rest.seek(0)
+        while chunk := self.rest.read(1 << 16):
+            yield chunk
+
+    def close(self) -> None:
+        self.bad.close()
+        self.rest.close()
+
+
+def _lead_key(row: Mapping, n: int, trigger: str | None) -> tuple | None:
+    """Where a unit goes in a junit suite or json's children: failed and cancelled
+    ones cause first (_cause_first), the others after them (None)."""
+    if row["status"] not in BAD:
+        return None
+    return _cause_first(row["status"], row["completed_at"], n, row["id"] == trigger)
+
+
+def _trigger_of(tree: _Tree, top: Mapping) -> str | None:
+    """The child that failed a fail-fast job (None if it did not fail so); inside the walk."""
+    if top["status"] != FAILED or not (top.get("policy") or {}).get("fail_fast"):
+        return None
+    return fail_fast_trigger(_unit_events(tree.jc, [top["id"]])[top["id"]])
+
+
+# -------------------------------------------------------------------- junit
+class _Suite:
+    """The testcases of one parent's units, spooled until its subtree is over:
+    failed and cancelled ones first, the first to fail first."""
+
+    def __init__(self, depth: int, job_id: str, path: list[str]):
         self.depth, self.job_id, self.name = depth, job_id, ".".join(path)
         self.tests = self.failures = self.skipped = 0
         self.time = 0.0
-        self.cases = tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8", newline="")
+        self.cases = _CauseFirstSpool()
+        self.has_trigger = False
 
     def write(self, out: TextIO) -> None:
         out.write(
@@ -554,10 +645,8 @@ class _Suite:
             f' errors="0" skipped="{self.skipped}" time="{self.time:.3f}">\n'
             f'    <properties><property name="jobctl.job" value="{xml_attr(self.job_id)}"/></properties>\n'
         )
-        self.cases.seek(0)
-        import shutil
-
-        shutil.copyfileobj(self.cases, out)
+        for piece in self.cases.pieces():
+            out.write(piece)
         self.cases.close()
         out.write("  </testsuite>\n")
 
@@ -581,26 +670,35 @@ def _testcase(row: Mapping, unit: _Unit | None, classname: str, seconds: float |
 
 
 def junit(tree: _Tree, out: TextIO) -> None:
+    """A suite per parent with units, a case per unit: in each suite the failed
+    and cancelled cases first (_cause_first); the suite of the child that failed
+    a fail-fast job comes first, that child its first case."""
     import shutil
     import tempfile
 
     tests = failures = skipped = 0
     total = 0.0
     name = None
-    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as body:
+    trigger: str | None = None
+    with (
+        tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as body,
+        tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as first,
+    ):
         suites: list[_Suite] = []  # the open ones, one per level at most, deepest last
 
         def close(suite: _Suite) -> None:
             nonlocal tests, failures, skipped, total
-            suite.write(body)
+            suite.write(first if suite.has_trigger else body)
             tests, failures, skipped = tests + suite.tests, failures + suite.failures, skipped + suite.skipped
             total += suite.time
 
         try:
-            for row, path, is_unit, unit in tree.walk_units(lambda row, is_unit: is_unit and row["status"] in BAD):
+            walk = tree.walk_units(lambda row, is_unit: is_unit and row["status"] in BAD)
+            for n, (row, path, is_unit, unit) in enumerate(walk):
                 depth = row["depth"]
                 if name is None:
                     name = row["name"]
+                    trigger = _trigger_of(tree, row)
                 while suites and suites[-1].depth >= depth:
                     close(suites.pop())
                 if not is_unit:
@@ -610,7 +708,8 @@ def junit(tree: _Tree, out: TextIO) -> None:
                     suites.append(_Suite(depth - 1, row["parent_id"] or row["id"], path or [row["name"]]))
                 suite = suites[-1]
                 seconds = _seconds(row)
-                suite.cases.write(_testcase(row, unit, suite.name, seconds))
+                suite.cases.add(_testcase(row, unit, suite.name, seconds), _lead_key(row, n, trigger))
+                suite.has_trigger = suite.has_trigger or row["id"] == trigger
                 suite.tests += 1
                 suite.failures += row["status"] == FAILED
                 suite.skipped += row["status"] != FAILED and row["status"] != COMPLETED
@@ -627,49 +726,63 @@ def junit(tree: _Tree, out: TextIO) -> None:
             f'<testsuites name="{xml_attr(name or "")}" tests="{tests}" failures="{failures}" errors="0"'
             f' time="{total:.3f}">\n'
         )
-        body.seek(0)
-        shutil.copyfileobj(body, out)
+        for spool in (first, body):
+            spool.seek(0)
+            shutil.copyfileobj(spool, out)
     out.write("</testsuites>\n")
 
 
 # --------------------------------------------------------------------- json
 def json_report(tree: _Tree, out: TextIO) -> None:
     """One object: the job's progress fields, its name, times and duration,
-    and `children`: its units, one per line, each with its status, attempt,
-    exit code, duration, the message of its last status change and its last
-    log line."""
+    `stopped_by` (the child that failed a fail-fast job: its id, message and
+    log tail; else null), and `children`: its units, one per line, failed and
+    cancelled ones first (_cause_first), each with its status, attempt, exit
+    code, duration, the message of its last status change and its last log line."""
     dump = json.dumps
-    first = True
-    for row, path, _, unit in tree.walk_units(lambda row, is_unit: is_unit, tail_lines=0):
-        if row["depth"] == 0:
-            progress = row["progress"] or progress_dict(row["id"], row["status"], {})
-            head = {
-                **progress,
+    children = _CauseFirstSpool()
+    trigger: str | None = None
+    try:
+        walk = tree.walk_units(lambda row, is_unit: is_unit, tail_lines=0)
+        for n, (row, path, _, unit) in enumerate(walk):
+            if row["depth"] == 0:
+                trigger = _trigger_of(tree, row)
+                progress = row["progress"] or progress_dict(row["id"], row["status"], {})
+                stopped_by = None
+                if trigger is not None:
+                    cause = _unit({"status": FAILED}, _unit_events(tree.jc, [trigger])[trigger])
+                    stopped_by = {"id": trigger, "message": cause.reason(FAILED), "tail": cause.tail}
+                head = {
+                    **progress,
+                    "name": row["name"],
+                    "started_at": row["started_at"],
+                    "completed_at": row["completed_at"],
+                    "duration": _seconds(row),
+                    "stopped_by": stopped_by,
+                }
+                out.write(dump(head, ensure_ascii=False)[:-1] + ', "children": [')
+            if unit is None:  # not a unit
+                continue
+            seconds = row.get("duration")
+            child = {
+                "id": row["id"],
                 "name": row["name"],
+                "parent_id": row["parent_id"],
+                "path": path,
+                "status": row["status"],
+                "attempt": row.get("attempt"),
+                "exit_code": row.get("exit_code"),
+                "duration": _seconds(row) if seconds is None else seconds,
                 "started_at": row["started_at"],
                 "completed_at": row["completed_at"],
-                "duration": _seconds(row),
+                "message": unit.message,
+                "last_log": unit.last_log,
             }
-            out.write(dump(head, ensure_ascii=False)[:-1] + ', "children": [')
-        if unit is None:  # not a unit
-            continue
-        seconds = row.get("duration")
-        child = {
-            "id": row["id"],
-            "name": row["name"],
-            "parent_id": row["parent_id"],
-            "path": path,
-            "status": row["status"],
-            "attempt": row.get("attempt"),
-            "exit_code": row.get("exit_code"),
-            "duration": _seconds(row) if seconds is None else seconds,
-            "started_at": row["started_at"],
-            "completed_at": row["completed_at"],
-            "message": unit.message,
-            "last_log": unit.last_log,
-        }
-        out.write(("\n" if first else ",\n") + dump(child, ensure_ascii=False))
-        first = False
+            children.add(",\n" + dump(child, ensure_ascii=False), _lead_key(row, n, trigger))
+        for i, piece in enumerate(children.pieces()):
+            out.write(piece[1:] if i == 0 else piece)  # (no comma before the first)
+    finally:
+        children.close()
     out.write("\n]}\n")
 
 

@@ -54,6 +54,7 @@ from jobctl.progress import fold
 from jobctl.store.base import Retryable
 
 SPAWN_CHUNK = 10_000  # children written at a time by spawn (memory stays flat at any count)
+PRUNE_BATCH = 1000  # jobs prune removes per transaction (the write lock is held for one batch only)
 WRITE_RETRIES = 5  # tries of a write transaction that failed for a transient reason (PostgreSQL)
 
 
@@ -801,6 +802,78 @@ class Writes:
             else:
                 ch.set_status(j, to, "heartbeat lost")
         return [j["id"] for j in stale]
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        statuses: Sequence[str] = (),
+        dry_run: bool = False,
+        on_tree: Callable[[str, int, int], None] | None = None,
+    ) -> dict:
+        """Remove the finished top-level trees (jobs, events, logs, outputs) whose
+        root has one of `statuses` (every final status if none) and that changed
+        last more than `older_than` seconds ago; with `dry_run`, only count them.
+        A transaction removes at most PRUNE_BATCH jobs, leaves first, so the write
+        lock is never held long and every commit leaves the counts right. The tree
+        holding the newest event is kept (PostgreSQL numbers events from it).
+        `on_tree(root, jobs, events)` is called for each tree as it goes. Returns
+        the totals: trees, jobs, events, and the low-water mark `before`."""
+        chosen = model.check_prune_statuses(statuses)
+        cutoff = model.ago(older_than)
+        store = self._store
+        totals = {"trees": 0, "jobs": 0, "events": 0}
+        after = ""
+        while True:
+            roots = store.prune_roots(cutoff, chosen, after=after)
+            if not roots:
+                break
+            after = roots[-1]
+            for root in roots:
+                jobs, events = store.tree_size(root)
+                if not dry_run and not self._prune_tree(root, cutoff, chosen):
+                    continue  # it changed meanwhile: kept (what went is consistent)
+                totals["trees"] += 1
+                totals["jobs"] += jobs
+                totals["events"] += events
+                if on_tree is not None:
+                    on_tree(root, jobs, events)
+        return {**totals, "before": store.pruned_before()}
+
+    def _prune_tree(self, root: str, cutoff: str, statuses: Sequence[str]) -> bool:
+        """Remove one tree a batch a transaction, depth first; False if it stopped
+        being one to prune (a new event came) before its root went."""
+        path = [root]  # the jobs whose children are being removed, root first
+        while path:
+            step, job_id = self._prune_step(path[-1], root, cutoff, statuses)
+            if step == "stop":
+                return False
+            if step == "down":
+                path.append(job_id)
+            elif step == "up":
+                path.pop()  # (no children left: its parent's next batch removes it)
+        return True
+
+    @transaction
+    def _prune_step(
+        self, ch: UnitOfWork, job_id: str, root: str, cutoff: str, statuses: Sequence[str]
+    ) -> tuple[str, str]:
+        """One batch: remove up to PRUNE_BATCH childless children of `job_id` ("gone"),
+        or the root itself once it has none ("up"); or go down to a child that has
+        children ("down"); "stop" if the tree is no longer one to prune."""
+        store = self._store
+        if not store.prune_roots(cutoff, statuses, only=root):
+            return "stop", root
+        children = store.prune_children(job_id, PRUNE_BATCH)
+        if not children:
+            if job_id == root:
+                store.prune_jobs(root, [{"id": root, "parent_id": None, "status": None}])
+            return "up", job_id
+        leaves = [c for c in children if not c["inner_node"]]
+        if not leaves:
+            return "down", children[0]["id"]
+        store.prune_jobs(root, leaves)
+        return "gone", job_id
 
     @staticmethod
     def _check_limit(ch: UnitOfWork, job: dict) -> None:

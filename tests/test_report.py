@@ -294,12 +294,12 @@ def test_junit_of_a_pipeline(jc, db):
     assert [(c.classname, c.name, c.time) for s in doc for c in s] == [
         ("CI pipeline.build", "linux", 90.0),
         ("CI pipeline.build", "macos", 180.0),
-        ("CI pipeline.test", "shard 1", 40.0),
+        ("CI pipeline.test", "shard 5", 12.25),  # failed first, the first to fail first
         ("CI pipeline.test", "shard 2", 75.5),
+        ("CI pipeline.test", "shard 6", 5.0),  # then cancelled
+        ("CI pipeline.test", "shard 1", 40.0),  # then the others, in the walk's order
         ("CI pipeline.test", "shard 3", 30.0),
         ("CI pipeline.test", "shard 4", 45.0),
-        ("CI pipeline.test", "shard 5", 12.25),
-        ("CI pipeline.test", "shard 6", 5.0),
         ("CI pipeline.deploy", "push image", 0.0),
     ]
     assert {n for n, c in cases.items() if c.is_passed} == {"linux", "macos", "shard 1", "shard 3", "shard 4"}
@@ -364,6 +364,8 @@ def test_github_of_a_pipeline(jc, db):
     assert text(jc, p, "github").splitlines() == [
         "::error title=test / shard 5 (ci.2.5)::connection refused: db:5432",  # the first to fail first
         "::error title=test / shard 2 (ci.2.2)::2 of 40 tests failed",
+        "::warning title=test / shard 6 (ci.2.6)::runner lost",  # cancelled: a warning each
+        "::warning title=deploy / push image (ci.3.1)::tests failed",
         "::notice title=jobctl report%3A CI pipeline::CI pipeline (ci) failed, 5m00s"
         " | 0 pending, 0 running, 1 completed, 1 failed, 1 cancelled"
         " | below it, 9 jobs without children: 0 pending, 0 running, 5 completed, 2 failed, 2 cancelled",
@@ -401,9 +403,11 @@ def test_json_of_a_pipeline(jc, db):
         "started_at": at(0),
         "completed_at": at(5),
         "duration": 300.0,
+        "stopped_by": None,
     }
     kids = {c["id"]: c for c in doc["children"]}
-    assert list(kids) == ["ci.1.1", "ci.1.2", "ci.2.1", "ci.2.2", "ci.2.3", "ci.2.4", "ci.2.5", "ci.2.6", "ci.3.1"]
+    # failed first (the first to fail first), then cancelled, then the others in the walk's order
+    assert list(kids) == ["ci.2.5", "ci.2.2", "ci.2.6", "ci.3.1", "ci.1.1", "ci.1.2", "ci.2.1", "ci.2.3", "ci.2.4"]
     assert kids["ci.2.2"] == {
         "id": "ci.2.2",
         "name": "shard 2",
@@ -419,15 +423,15 @@ def test_json_of_a_pipeline(jc, db):
         "last_log": "FAILED test_api.py::test_login - AssertionError",
     }
     assert [(c["status"], c["duration"], c["message"], c["last_log"]) for c in doc["children"]] == [
+        ("failed", 12.25, None, "connection refused: db:5432"),
+        ("failed", 75.5, "2 of 40 tests failed", "FAILED test_api.py::test_login - AssertionError"),
+        ("cancelled", 5.0, "runner lost", None),
+        ("cancelled", None, "tests failed", None),
         ("completed", 90.0, "built", "compiling 120 files"),
         ("completed", 180.0, "built", None),
         ("completed", 40.0, None, None),
-        ("failed", 75.5, "2 of 40 tests failed", "FAILED test_api.py::test_login - AssertionError"),
         ("completed", 30.0, None, None),
         ("completed", 45.0, None, None),
-        ("failed", 12.25, None, "connection refused: db:5432"),
-        ("cancelled", 5.0, "runner lost", None),
-        ("cancelled", None, "tests failed", None),
     ]
 
 
@@ -460,7 +464,7 @@ def test_units_events_are_read_a_chunk_at_a_time(jc, monkeypatch):
         "json": [(99, True), (100, True), (51, True)],  # the job and 99 children, 100 children, the last 51
         "junit": [(50, True)],  # the failed and cancelled ones, all in the last chunk of rows
         "markdown": [(50, True)],  # the 50 listed
-        "github": [(10, True)],  # the 10 annotated
+        "github": [(20, True)],  # the 10 failed and 10 cancelled annotated
     }
 
 
@@ -548,7 +552,7 @@ def unescape_gh(value: str, prop: bool) -> str:
 def test_hostile_text_in_github_commands(jc, db):
     p = evil_tree(jc)
     lines = text(jc, p, "github").split("\n")
-    assert lines[-1] == "" and len(lines) == 3  # an error and the notice, no line of anyone else's
+    assert lines[-1] == "" and len(lines) == 4  # an error, a warning and the notice, no line of anyone else's
     m = re.fullmatch(r"::error title=([^:,]*)::(.*)", lines[0])
     assert m, lines[0]
     title, message = (unescape_gh(m.group(1), True), unescape_gh(m.group(2), False))
@@ -556,8 +560,9 @@ def test_hostile_text_in_github_commands(jc, db):
     assert title == controls(f"{EVIL_NAME} ({p}.1)")
     assert message == controls(EVIL_MESSAGE)
     assert "%250A" in lines[0] and "\r" not in lines[0]
-    assert re.fullmatch(r"::notice title=[^:,]*::.*", lines[1])
-    assert unescape_gh(lines[1].split("::")[1].removeprefix("notice title="), True) == controls(
+    assert re.fullmatch(r"::warning title=[^:,]*::.*", lines[1])
+    assert re.fullmatch(r"::notice title=[^:,]*::.*", lines[2])
+    assert unescape_gh(lines[2].split("::")[1].removeprefix("notice title="), True) == controls(
         f"jobctl report: {EVIL_NAME}"
     )
 
@@ -821,7 +826,8 @@ def test_a_report_of_100000_children_streams_in_bounded_memory(jc, db, tmp_path,
     md = (tmp_path / "report.markdown").read_text()
     assert "### Failed and cancelled: 2000" in md and "…and 1950 more (the first 50 are listed)." in md
     lines = (tmp_path / "report.json").read_text().splitlines()
-    assert len(lines) == n + 2 and json.loads(lines[-2].rstrip(","))["status"] == "cancelled"
+    statuses = [json.loads(line.rstrip(","))["status"] for line in lines[1:-1]]
+    assert statuses == ["failed"] * 1500 + ["cancelled"] * 500 + ["completed"] * (n - 2000)
 
 
 # ----------------------------------------------------------- watch --report
@@ -883,7 +889,46 @@ def test_a_fail_fast_report_leads_with_the_failure_that_stopped_it(jc):
     assert all("| cancelled |" in row for row in rows[1:]) and len(rows) == 50
     assert rest.index(f"1. child 73 ({p}.73): failed") < rest.index("2. child 1 ")
     gh = text(jc, p, "github").splitlines()
-    assert gh[0] == f"::error title=child 73 ({p}.73)::exit code 1"
+    assert gh[0].startswith(f"::error title=stopped by fail-fast%3A child 73 ({p}.73)::exit code 1%0A%0A")
+    assert "[error] AssertionError: expected 3, got 4" in gh[0]  # with its log tail
+    assert [line.split(" title=")[0] for line in gh] == ["::error"] + ["::warning"] * 10 + ["::notice"]
+    assert gh[-1].endswith(" | 99 cancelled: the first 10 are annotated")
+    doc = parse_junit(text(jc, p, "junit"))
+    cases = [c for suite in doc for c in suite]
+    assert cases[0].name == "child 73" and isinstance(cases[0].result[0], junitparser.Failure)
+    assert "AssertionError: expected 3, got 4" in cases[0].system_out
+    report_json = json.loads(text(jc, p, "json"))
+    stopped = report_json["stopped_by"]
+    assert (stopped["id"], stopped["message"]) == (f"{p}.73", "exit code 1")
+    assert any(line.endswith("[error] AssertionError: expected 3, got 4") for line in stopped["tail"])
+    assert [c["id"] for c in report_json["children"]][:2] == [f"{p}.73", f"{p}.1"]
+
+
+def test_junit_puts_the_suite_of_the_fail_fast_trigger_first(jc):
+    """A root's own units' suite closes after its stages' (it is written last);
+    when one of them failed the root by fail-fast, that suite comes first."""
+    p = jc.create("mixed", fail_fast=True)
+    a, stage, b = jc.spawn(p, names=["a", "stage", "b"])
+    jc.spawn(stage, names=["s1", "s2"])
+    jc.set_status([b], "failed", message="b broke")
+    doc = parse_junit(text(jc, p, "junit"))
+    assert [s.name for s in doc] == ["mixed", "mixed.stage"]
+    assert [c.name for c in next(iter(doc))] == ["b", "a"]  # the trigger, then the cancelled one
+
+
+def test_github_never_writes_more_than_50_annotations(jc, monkeypatch):
+    """GitHub keeps 50 annotations per job: with room for 30 of each type (the
+    runner's 10 per step, raised here to reach the cap), 30 errors, 19 warnings
+    and the notice, which sums up the rest."""
+    monkeypatch.setattr(report, "ANNOTATIONS", 30)
+    p = jc.create("many")
+    kids = jc.spawn(p, count=80)
+    jc.set_status(kids[:40], "failed", message="boom")
+    jc.set_status(kids[40:], "cancelled", message="stop")
+    gh = text(jc, p, "github").splitlines()
+    kinds = [line.split(" title=")[0] for line in gh]
+    assert kinds == ["::error"] * 30 + ["::warning"] * 19 + ["::notice"]
+    assert gh[-1].endswith(" | 40 failed: the first 30 are annotated | 40 cancelled: the first 19 are annotated")
 
 
 def test_failed_come_first_and_the_first_to_fail_first(jc):
@@ -897,7 +942,10 @@ def test_failed_come_first_and_the_first_to_fail_first(jc):
     listed = [line.split(" | ")[2].strip("` ") for line in md.splitlines() if re.match(r"\| \d+ \|", line)]
     assert listed == order + [f"{p}.1", f"{p}.2"]
     gh = text(jc, p, "github").splitlines()
-    assert [line.split("(")[1].split(")")[0] for line in gh[:10]] == order[:10]  # 10 errors: a step shows no more
-    assert (
-        len(gh) == 11 and gh[10].startswith("::notice ") and gh[10].endswith(" | 12 failed: the first 10 are annotated")
-    )
+    assert [line.split("(")[1].split(")")[0] for line in gh[:12]] == order[:10] + [f"{p}.1", f"{p}.2"]
+    assert [line.split(" title=")[0] for line in gh] == ["::error"] * 10 + ["::warning"] * 2 + ["::notice"]
+    assert gh[12].endswith(" | 12 failed: the first 10 are annotated")  # 10 errors: a step shows no more
+    cases = [c.name for suite in parse_junit(text(jc, p, "junit")) for c in suite]
+    assert cases[:14] == [f"child {i + 1}" for i in (9, 3, 11, 5, 6, 7, 8, 12, 13, 10, 4, 2, 0, 1)]
+    children = [c["id"] for c in json.loads(text(jc, p, "json"))["children"]]
+    assert children == order + [f"{p}.1", f"{p}.2"]

@@ -523,6 +523,8 @@ class Stream:
                 raise UsageError(f"since must be an event id (N, or N.K from an SSE id), not {text!r}") from None
             if cursor is not None and cursor[0] > app.cursor:
                 cursor = await anyio.to_thread.run_sync(self.clamp, cursor)
+            if cursor is not None:  # resuming inside pruned history: 503, exit 5, before the stream starts
+                await anyio.to_thread.run_sync(self.check_pruned, cursor)
         except JobctlError as exc:
             await (await App.jobctl_error(request, exc))(scope, receive, send)
             return
@@ -561,6 +563,11 @@ class Stream:
         with self.app.pool.get() as jc:
             last = jc.last_event_id()
         return cursor if cursor[0] <= last else (last, None)
+
+    def check_pruned(self, cursor: stream.Cursor) -> None:
+        """PrunedHistory if the replay after `cursor` would read across events `prune` removed."""
+        with self.app.pool.get() as jc:
+            jc.check_cursor(stream.replay_from(cursor))
 
     @staticmethod
     async def watch_disconnect(receive: Receive, client: Client) -> None:

@@ -354,6 +354,29 @@ class Store(Protocol):
     def last_event_id(self) -> int: ...
     def waker(self, poll_interval: float) -> Waker: ...
 
+    # prune
+    def prune_roots(
+        self, before: str, statuses: Sequence[str], *, after: str = "", only: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """SqlQueries.prune_roots."""
+        ...
+
+    def tree_size(self, root_id: str) -> tuple[int, int]:
+        """How many jobs and events the tree `root_id` holds (by its events)."""
+        ...
+
+    def prune_children(self, parent_id: str, limit: int) -> list[dict]:
+        """SqlQueries.prune_children."""
+        ...
+
+    def prune_jobs(self, root_id: str, jobs: Sequence[dict]) -> None:
+        """SqlQueries.prune_jobs."""
+        ...
+
+    def pruned_before(self) -> int:
+        """The low-water mark: every event prune removed has an id below it (0: none removed)."""
+        ...
+
     # verify
     def all_jobs(self) -> list[dict]: ...
     def all_events(self) -> Iterator[dict]: ...
@@ -612,3 +635,98 @@ class SqlQueries:
 
     def all_counts(self) -> dict[str, dict[str, int]]:
         return {r["parent_id"]: {s: r[s] for s in STATUSES} for r in self._query("SELECT * FROM child_counts")}
+
+    # ------------------------------------------------------------------ prune
+    # `prune` removes old finished trees a batch of jobs at a time (jobctl.write).
+    # The events table is append-only: its triggers let a DELETE through only while
+    # the transaction has set `pruned.deleting` (prune_jobs, which sets it back
+    # before it ends: no other transaction ever sees it set).
+
+    def _execute(self, sql: str, params: Sequence = ()) -> None:
+        raise NotImplementedError
+
+    def hold_write_lock(self) -> None:
+        raise NotImplementedError
+
+    def prune_roots(
+        self, before: str, statuses: Sequence[str], *, after: str = "", only: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """Roots (in id order, after `after`; or just `only`, if it still is one) with
+        one of `statuses` whose tree changed last before `before`: the root's
+        updated_at and the tree's newest event. The tree holding the database's
+        newest event is never one: PostgreSQL numbers events from max(id), which
+        must not go back to an id a reader has seen."""
+        m = self.mark
+        status_in, status_values = self._in("j.status", statuses)
+        sql = (
+            f"SELECT j.id FROM jobs j WHERE j.parent_id IS NULL AND {status_in} AND j.updated_at < {m}"
+            f" AND coalesce((SELECT e.at FROM events e WHERE e.root_id = j.id ORDER BY e.id DESC LIMIT 1), '') < {m}"
+            " AND j.id <> coalesce((SELECT e.root_id FROM events e ORDER BY e.id DESC LIMIT 1), '')"
+        )
+        params: list = [*status_values, before, before]
+        if only is not None:
+            sql += f" AND j.id = {m}"
+            params.append(only)
+        else:
+            sql += f" AND j.id > {m} ORDER BY j.id LIMIT {int(limit)}"
+            params.append(after)
+        return [r["id"] for r in self._query(sql, params)]
+
+    def tree_size(self, root_id: str) -> tuple[int, int]:
+        row = self._query(
+            "SELECT coalesce(sum(CASE WHEN kind = 'create' THEN 1 ELSE 0 END), 0) AS jobs, count(*) AS events"
+            f" FROM events WHERE root_id = {self.mark}",
+            (root_id,),
+        )[0]
+        return int(row["jobs"]), int(row["events"])
+
+    def prune_children(self, parent_id: str, limit: int) -> list[dict]:
+        """Up to `limit` children of the job (id, parent_id, status, and whether
+        they have children themselves: `inner_node`, from their kept counts), along
+        the (parent_id, status) index. Not `EXISTS (SELECT ... WHERE parent_id = j.id)`:
+        under a million children of one parent, PostgreSQL's statistics say any
+        parent_id matches them all, and it planned a scan of the whole table per child."""
+        m = self.mark
+        has_children = " + ".join(f"coalesce(c.{s}, 0)" for s in STATUSES)
+        return self._query(
+            f"SELECT j.id, j.parent_id, j.status, CASE WHEN {has_children} > 0 THEN 1 ELSE 0 END AS inner_node"
+            f" FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id WHERE j.parent_id = {m}"
+            f" ORDER BY j.status LIMIT {int(limit)}",
+            (parent_id,),
+        )
+
+    def prune_jobs(self, root_id: str, jobs: Sequence[dict]) -> None:
+        """Delete jobs of the tree `root_id` that have no children left (dicts with id,
+        parent_id and status) with their events, logs, outputs and kept counts, and
+        take them off their parents' kept counts. First the low-water mark goes past
+        the tree's newest event (by the (root_id, id) index: a max over the jobs'
+        events could be planned as a walk down every event id)."""
+        m = self.mark
+        self.hold_write_lock()
+        newest = f"coalesce((SELECT max(id) FROM events WHERE root_id = {m}), 0)"
+        self._execute(
+            f"UPDATE pruned SET deleting = 1, events_before = CASE WHEN events_before > {newest}"
+            f" THEN events_before ELSE {newest} + 1 END",
+            (root_id, root_id),
+        )
+        ids = [j["id"] for j in jobs]
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            where, values = self._in("job_id", chunk)
+            self._execute(f"DELETE FROM events WHERE {where}", values)
+            self._execute(f"DELETE FROM logs WHERE {where}", values)
+            where, values = self._in("parent_id", chunk)
+            self._execute(f"DELETE FROM child_counts WHERE {where}", values)
+            where, values = self._in("id", chunk)
+            self._execute(f"DELETE FROM jobs WHERE {where}", values)
+        gone: dict[str, dict[str, int]] = {}
+        for j in jobs:
+            if j["parent_id"] is not None:
+                gone.setdefault(j["parent_id"], dict.fromkeys(STATUSES, 0))[j["status"]] += 1
+        for parent, counts in gone.items():
+            sets = ", ".join(f"{s} = {s} - {int(n)}" for s, n in counts.items() if n)
+            self._execute(f"UPDATE child_counts SET {sets} WHERE parent_id = {m}", (parent,))
+        self._execute("UPDATE pruned SET deleting = 0")
+
+    def pruned_before(self) -> int:
+        return int(self._query("SELECT events_before AS n FROM pruned")[0]["n"])

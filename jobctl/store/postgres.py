@@ -174,6 +174,20 @@ MIGRATIONS = [
     """
     CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output';
     """,
+    # 10 (9 is dependencies', on its branch: the lead numbers them at the merge):
+    # `jobctl prune`, SQLite's migration 11: the low-water mark of removed events,
+    # and the flag that lets prune's own transaction (only) delete events.
+    """
+    CREATE TABLE pruned (
+        id integer PRIMARY KEY CHECK (id = 1), events_before bigint NOT NULL, deleting integer NOT NULL DEFAULT 0);
+    INSERT INTO pruned (id, events_before, deleting) VALUES (1, 0, 0);
+    CREATE OR REPLACE FUNCTION events_append_only() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS
+        $$ BEGIN
+            IF TG_OP = 'DELETE' AND EXISTS (SELECT 1 FROM pruned WHERE deleting = 1) THEN RETURN NULL; END IF;
+            RAISE EXCEPTION 'the events table is append-only';
+        END $$;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -43,7 +43,7 @@ from jobctl.store.base import (
 )
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 9  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 10  # the number of migrations below; stored in PRAGMA user_version
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 KNOWN_LIMIT = 1024  # jobs a connection keeps between its write transactions (see SqliteStore.known)
@@ -295,6 +295,14 @@ class SqliteStore(SqlQueries):
         cur.row_factory = sqlite3.Row
         with self.errors:
             return cur.execute(sql, params).fetchall()
+
+    def _execute(self, sql: str, params: Sequence = ()) -> None:
+        with self.errors:
+            self.conn.execute(sql, params)
+
+    def prune_jobs(self, root_id: str, jobs: Sequence[dict]) -> None:
+        self.forget()  # it may know rows this removes
+        super().prune_jobs(root_id, jobs)
 
     def _query_tuples(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Plain tuples: the write path reads a job or two per change."""
@@ -824,6 +832,23 @@ def _migrations():
     def outputs(db) -> None:
         # Outputs are `output` events: `jobctl outputs P` reads its children's.
         db.execute("CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output'")
+
+    # (0010 is dependencies', on its branch: the lead numbers them at the merge)
+    @migrations(name="0011_prune")
+    def prune(db) -> None:
+        # `jobctl prune`: the low-water mark of removed events, and the flag that
+        # lets prune's own transaction (only) delete from the append-only events.
+        db.execute(
+            "CREATE TABLE pruned (id INTEGER PRIMARY KEY CHECK (id = 1), events_before INTEGER NOT NULL,"
+            " deleting INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.execute("INSERT INTO pruned (id, events_before, deleting) VALUES (1, 0, 0)")
+        db.execute("DROP TRIGGER events_append_only_delete")
+        db.execute(
+            "CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events"
+            " WHEN NOT (SELECT deleting FROM pruned WHERE id = 1)"
+            " BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END"
+        )
 
     return migrations
 
