@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object
 
-from jobctl.model import ACTIVE, CANCELLED, STATUS, STATUSES, DatabaseUnusable, entering
+from jobctl.model import ACTIVE, CANCELLED, CLAIM_FIELD, RUNNING, STATUS, STATUSES, DatabaseUnusable, entering
 
 JOB_COLUMNS = (
     "id",
@@ -206,6 +206,13 @@ class Retryable(DatabaseUnusable):
     """A write transaction failed for a transient reason and changed nothing: run it again."""
 
 
+class Lost(DatabaseUnusable):
+    """The connection dropped during a write: whether it committed is unknown (its
+    COMMIT may have reached the server, its reply lost). The store has ended the
+    lost session before its next statement runs (PostgreSQL), so a read then
+    sees whether it did."""
+
+
 class Waker(Protocol):
     """Blocks until the database may have changed (a hint, never the truth)."""
 
@@ -308,6 +315,10 @@ class Store(Protocol):
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
         """The earliest `not_before` of the children of `parent_id` with `status`
         that have one (when a backed-off retry may be claimed)."""
+
+    def claimed_child(self, parent_id: str, token: str) -> str | None:
+        """The running child of `parent_id` whose current attempt was claimed with
+        `token` (in its running event's fields), or None."""
 
     # child counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...
@@ -582,6 +593,19 @@ class SqlQueries:
             sql = f"SELECT id, job_id, new_status, at FROM events WHERE id IN ({last}) ORDER BY id"
             out += self._query(sql, [*values, until, *kind_values, *start_values])
         return out
+
+    def claimed_child(self, parent_id: str, token: str) -> str | None:
+        """The running child of `parent_id` whose current attempt's running event
+        carries the claim `token` (model.CLAIM_FIELD), or None: along the running
+        children (by parent and status), then each one's events (by job)."""
+        m = self.mark
+        rows = self._query(
+            "SELECT j.id FROM jobs j JOIN events e ON e.job_id = j.id AND e.attempt = j.attempt"
+            f" WHERE j.parent_id = {m} AND j.status = {m} AND e.kind = {m} AND e.new_status = {m}"
+            f" AND e.fields LIKE {m}",
+            (parent_id, RUNNING, STATUS, RUNNING, f'%"{CLAIM_FIELD}":"{token}"%'),
+        )
+        return rows[0]["id"] if rows else None
 
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
         """The earliest `not_before` of the children of `parent_id` with `status`."""

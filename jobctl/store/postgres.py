@@ -55,6 +55,7 @@ from jobctl.store.base import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
     STATUS_KIND_SQL,
+    Lost,
     Retryable,
     SqlQueries,
     cancel_assignments,
@@ -249,6 +250,7 @@ class _Shared:
         self.conn: Any = None
         self.tx: PostgresStore | None = None  # the store whose transaction is open
         self.refs = 0
+        self.pid: int | None = None  # the server process of `conn` (PQbackendPID), for _end_lost
         self.listener: _Listener | None = None
         self.listeners = 0
 
@@ -321,7 +323,7 @@ class PostgresStore(SqlQueries):
         try:
             with shared.lock:
                 if shared.conn is None:
-                    shared.conn = self._connect()
+                    self.conn = self._connect()
         except BaseException:
             self.close()
             raise
@@ -492,6 +494,7 @@ class PostgresStore(SqlQueries):
     @conn.setter
     def conn(self, value: Any) -> None:
         self.shared.conn = value
+        self.shared.pid = value.get_backend_pid()  # (no round trip; unreadable once the connection is lost)
 
     def close(self) -> None:
         if self.closed:
@@ -524,7 +527,7 @@ class PostgresStore(SqlQueries):
         self.shared.refs = 1
         self.shared.lock.acquire()
         try:
-            self.shared.conn = self._connect()
+            self.conn = self._connect()
         except BaseException:
             self.shared.lock.release()
             raise
@@ -722,7 +725,7 @@ class PostgresStore(SqlQueries):
         if code in ("53100", "53200"):
             return DatabaseUnusable(f"database {self.name}: the server is out of space or memory; nothing was written")
         if self.conn.closed or code is None and isinstance(exc, self.pg.OperationalError):
-            return DatabaseUnusable(f"lost the connection to {self.name}: {reason}")
+            return Lost(f"lost the connection to {self.name}: {reason}")
         return DatabaseUnusable(f"database {self.name}: {reason}")
 
     def _run(self, sql: str, params: Sequence | None, fetch: bool, safe: bool | None = None) -> list[tuple] | None:
@@ -774,10 +777,33 @@ class PostgresStore(SqlQueries):
             self.conn.close()
         except Exception:
             pass
+        lost = self.shared.pid
         try:
             self.conn = self._connect()
         except DatabaseUnusable as exc:
             raise DatabaseUnusable(f"lost the connection to {self.name}: {_first_line(cause)} ({exc})") from None
+        self._end_lost(lost)
+
+    def _end_lost(self, pid: int | None) -> None:
+        """Before anything runs on a new connection: the server session of the lost
+        one ended (terminated if still there, within the busy timeout). A write whose
+        COMMIT was on its way as the connection dropped (Lost) has then committed or
+        rolled back for good, so a read now sees which (Jobctl.claim looks for its
+        token so), and no orphaned transaction keeps the rows it locked. Only a
+        jobctl session of this role is touched: through a pooler the pid is the
+        pooler's own, found nowhere, and this does nothing."""
+        if pid is None:
+            return
+        cur = self.conn.cursor()
+        mine = "pid = %s AND usename = current_user AND application_name = 'jobctl'"
+        deadline = time.monotonic() + self.lock_timeout
+        try:
+            cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {mine}", (pid,))
+            while cur.fetchall() and time.monotonic() < deadline:
+                time.sleep(0.005)  # (the server has no wait for another session's end but this poll)
+                cur.execute(f"SELECT 1 FROM pg_stat_activity WHERE {mine}", (pid,))
+        except self.pg.Error:  # (not allowed to end it, say: the lost session ends with its transaction)
+            pass
 
     def _execute(self, sql: str, params: Sequence | None = None) -> None:
         self._run(sql, params, fetch=False)
