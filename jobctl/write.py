@@ -653,7 +653,7 @@ class Writes:
                 return self._claim(parent, message, _fields_json({**(fields or {}), model.CLAIM_FIELD: token}))
             except Lost as exc:
                 try:
-                    found = self._store.claimed_child(parent, token)
+                    found = self._store.child_marked(parent, RUNNING, f'"{model.CLAIM_FIELD}":"{token}"')
                 except DatabaseUnusable as again:
                     raise DatabaseUnusable(
                         f"{exc}; whether it claimed a child of {parent} is unknown ({again}):"

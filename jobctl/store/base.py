@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object
 
-from jobctl.model import ACTIVE, CANCELLED, CLAIM_FIELD, RUNNING, STATUS, STATUSES, DatabaseUnusable, entering
+from jobctl.model import ACTIVE, CANCELLED, STATUS, STATUSES, DatabaseUnusable, entering
 
 JOB_COLUMNS = (
     "id",
@@ -316,9 +316,9 @@ class Store(Protocol):
         """The earliest `not_before` of the children of `parent_id` with `status`
         that have one (when a backed-off retry may be claimed)."""
 
-    def claimed_child(self, parent_id: str, token: str) -> str | None:
-        """The running child of `parent_id` whose current attempt was claimed with
-        `token` (in its running event's fields), or None."""
+    def child_marked(self, parent_id: str, status: str, mark: str) -> str | None:
+        """The child of `parent_id` with `status` whose current attempt's event into
+        it has fields containing the text `mark` (a claim's token), or None."""
 
     # child counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...
@@ -594,16 +594,16 @@ class SqlQueries:
             out += self._query(sql, [*values, until, *kind_values, *start_values])
         return out
 
-    def claimed_child(self, parent_id: str, token: str) -> str | None:
-        """The running child of `parent_id` whose current attempt's running event
-        carries the claim `token` (model.CLAIM_FIELD), or None: along the running
-        children (by parent and status), then each one's events (by job)."""
+    def child_marked(self, parent_id: str, status: str, mark: str) -> str | None:
+        """The child of `parent_id` with `status` whose current attempt's event into
+        it has fields containing `mark` (no LIKE wildcards in it), or None: along the
+        children with that status (by parent and status), then each one's events (by job)."""
         m = self.mark
         rows = self._query(
             "SELECT j.id FROM jobs j JOIN events e ON e.job_id = j.id AND e.attempt = j.attempt"
-            f" WHERE j.parent_id = {m} AND j.status = {m} AND e.kind = {m} AND e.new_status = {m}"
+            f" WHERE j.parent_id = {m} AND j.status = {m} AND e.kind = {m} AND e.new_status = j.status"
             f" AND e.fields LIKE {m}",
-            (parent_id, RUNNING, STATUS, RUNNING, f'%"{CLAIM_FIELD}":"{token}"%'),
+            (parent_id, status, STATUS, f"%{mark}%"),
         )
         return rows[0]["id"] if rows else None
 
