@@ -74,12 +74,12 @@ CHUNK = 1000  # rows per multi-row statement
 
 _JOBS = ", ".join(JOB_COLUMNS)
 _JOB_SELECT = SqlQueries.job_select
-# Fan-in without queueing on the parent's row (a change reads the parent unlocked and
-# its COMMIT batch checks it: _parent_checks) is switched off: with it, two `run --each`
-# processes under a --max-running limit of 2 ran three children at once about one time
-# in four (tests/test_limit.py), a hole not found yet. Every write locks the parents it
-# reads, as the measured "parent locked" fan-in figures in docs/database.md say.
-UNLOCKED_PARENTS = False
+# Fan-in without queueing on the parent's row: a change reads the parent unlocked and
+# its COMMIT batch checks it (_parent_checks). (It was off for a while: a retry after a
+# failed check used to lock the parent's row instead and skip the check, but the
+# changes that read it unlocked move its counts without that row lock, so two racing
+# starts under --max-running 2 could both pass. A retry now holds the write lock.)
+UNLOCKED_PARENTS = True
 
 _JOBS_WITH_COUNTS = (
     "SELECT "
@@ -335,12 +335,12 @@ class PostgresStore(SqlQueries):
         self.notify = False
         self.deferred: list[str] = []  # statements sent with the COMMIT
         # write(): parents read without a row lock, as read (see _parent_checks), the
-        # jobs this change updated, and its count deltas; after a failed check, the
-        # next write locks every row it reads
+        # jobs this change updated, and its count deltas
         self.watched: dict[str, tuple[dict, dict]] = {}
         self.updated: set[str] = set()
         self.count_deltas: dict[str, dict[str, int]] = {}
         self.lock_parents = not UNLOCKED_PARENTS
+        self.serial = False  # the next write holds the write lock from its start (this one's check failed)
         self.ready = False  # the schema is current: write() may read the next event id
 
     # ----------------------------------------------------------------- opening
@@ -556,7 +556,11 @@ class PostgresStore(SqlQueries):
           and the COMMIT: one round trip, the lock released at its end;
         - a change that needs more (a read that locks no row, COPY, a subtree
           cancelled in one statement) takes the lock first (hold_write_lock)
-          and keeps it to its end, as every write did before.
+          and keeps it to its end, as every write did before; so does the next
+          try of a change that failed for a transient reason (a parent changed
+          under it: Retryable), which then cannot fail so again. (Not a row lock
+          on the parent: the changes that read it unlocked move its counts
+          without one.)
 
         After WAIT_NOTICE seconds of waiting for the lock it says so on stderr,
         then waits the rest of the busy timeout."""
@@ -566,6 +570,8 @@ class PostgresStore(SqlQueries):
         self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
         self.watched, self.updated, self.count_deltas = {}, set(), {}
         try:
+            if self.serial:
+                self.hold_write_lock()
             yield self
             end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else ""]
             end = [x for x in end if x]
@@ -573,12 +579,13 @@ class PostgresStore(SqlQueries):
                 self._locked("; ".join([*self._parent_checks(), *end, "COMMIT"]), fetch=False)
             elif self.begun or end:
                 self._run("; ".join([*end, "COMMIT"]), None, fetch=False, safe=False)
-            self.lock_parents = not UNLOCKED_PARENTS
+            self.serial = False
         except Retryable:
-            self.lock_parents = True  # a parent changed meanwhile: the next try locks it
+            self.serial = True  # a parent changed meanwhile (say): the next try holds the write lock
             self._rollback()
             raise
         except BaseException:
+            self.serial = False
             self._rollback()
             raise
         finally:
