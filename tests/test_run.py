@@ -1228,6 +1228,38 @@ def test_a_claim_whose_connection_drops_after_its_commit_is_found_by_its_token(j
     assert jc.verify() == []
 
 
+def test_a_claimed_child_whose_row_cannot_be_read_goes_back_to_pending(db_path, tmp_path, monkeypatch):
+    """`run --claim` (in-process): a child is claimed, then reading it fails (the
+    database unusable past its timeouts, injected): the worker gives it back to
+    pending, its attempt not counted, and ends with the error (exit 5) saying so;
+    the command never ran."""
+    from jobctl import DatabaseUnusable, model
+    from jobctl.run.attempt import Options
+    from jobctl.run.pool import run_claim
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        (kid,) = jc.spawn(parent, count=1)
+    real = Jobctl.get
+
+    def get(self, job_id, *args, **kwargs):
+        if job_id == kid:
+            raise DatabaseUnusable("the database is unreachable (injected)")
+        return real(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(Jobctl, "get", get)
+    ran = tmp_path / "ran"
+    with pytest.raises(DatabaseUnusable) as info:
+        run_claim(str(db_path), parent, ["touch", str(ran)], Options(), jobs=1, wait_for_more=False)
+    monkeypatch.undo()
+    assert str(info.value).endswith(f"job {kid} was claimed, its command not started: given back to pending")
+    assert info.value.exit_code == 5 and not ran.exists()
+    with Jobctl(db_path) as jc:
+        assert (jc.status(kid), jc.get(kid)["attempt"]) == ("pending", 1)
+        assert [e["message"] for e in jc.events(job=kid) if e["kind"] == "status"][-1] == model.UNSTARTED
+        assert jc.verify() == []
+
+
 def test_the_running_event_says_where_it_ran(db):
     """The running event of `run` (a child it creates, and one a worker claims)
     records the host, jobctl run's pid and the CI job; `show` and the report say it."""

@@ -256,8 +256,7 @@ def run_claim(
                     try:
                         job = jc.get(job_id)
                     except model.DatabaseUnusable as exc:  # claimed, its command not started: given back
-                        give_back(jc, job_id, exc)
-                        raise
+                        raise give_back(jc, job_id, exc) from None
                     env = {"JOBCTL_JOB_NAME": job["name"]}
                     env.update({f"JOBCTL_META_{meta_key(k)}": str(v) for k, v in job["metadata"].items()})
                     echo = prefixed(job_id, out_lock) if jobs > 1 else echo_through
@@ -299,14 +298,17 @@ def run_claim(
     return 0 if all(o.exit == 0 for o in pool.outcomes) else 1
 
 
-def give_back(jc: Jobctl, job_id: str, exc: model.DatabaseUnusable) -> None:
-    """A claimed child whose command cannot start goes back to pending, its attempt
-    not counted; when even that cannot be written, `exc` says it is left running
-    (reapable: no heartbeat comes)."""
+def give_back(jc: Jobctl, job_id: str, exc: model.DatabaseUnusable) -> model.DatabaseUnusable:
+    """A claimed child whose command cannot start (`exc`) goes back to pending, its
+    attempt not counted; the error to end with says so, or, when even that cannot
+    be written, that the child is left running (reapable: no heartbeat comes)."""
     try:
         jc.finish(job_id, model.PENDING, message=model.UNSTARTED, exit_code=None, duration=None)
     except model.DatabaseUnusable:
-        exc.args = (f"{exc}; job {job_id} was claimed but its command not started: reap it (jobctl reap)",)
+        return model.DatabaseUnusable(
+            f"{exc}; job {job_id} was claimed, its command not started: reap it (jobctl reap)"
+        )
+    return model.DatabaseUnusable(f"{exc}; job {job_id} was claimed, its command not started: given back to pending")
 
 
 def meta_key(key: str) -> str:
