@@ -18,7 +18,8 @@ cut_after_client_sends(pattern): the next client->server chunk containing
 once and the server's is half-closed (it still receives everything it was sent
 and may act on it; what it answers is read and thrown away), so no byte the
 server sends after that chunk reaches the client. A pattern split across two
-chunks is not seen. cut_all() drops every open connection (a network cut).
+chunks is not seen. The event's `port` is then the cut connection's port as the
+server sees it (PostgreSQL's pg_stat_activity.client_port). cut_all() drops every open connection (a network cut).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class _Conn:
 
     def cut(self) -> None:
         """The chunk just written is the last the server gets; the client gets nothing more."""
+        port = self.server.get_extra_info("sockname")[1] if self.server is not None else None
         self.discarding = True
         self.down.queue.clear()
         if self.client is not None:
@@ -144,7 +146,7 @@ class _Conn:
                 self.server.write_eof()
         except OSError:
             self.close()
-        self.proxy.cut_done()
+        self.proxy.cut_done(port)
 
     def close(self) -> None:
         if self.closed:
@@ -227,10 +229,11 @@ class Proxy:
         with self._lock:
             return self._cut_pattern is not None and self._cut_pattern in data
 
-    def cut_done(self) -> None:
+    def cut_done(self, port: int | None = None) -> None:
         with self._lock:
             event, self._cut_pattern, self._cut_event = self._cut_event, None, None
         if event is not None:
+            event.port = port  # type: ignore[attr-defined]
             event.set()
 
     def cut_all(self) -> None:

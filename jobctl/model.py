@@ -453,9 +453,18 @@ def out_of_attempts(job: Mapping) -> Conflict:
     return Conflict(f"job {job['id']} has used all {cap} of its attempts (--max-attempts {cap}): not retried")
 
 
+# The key of a claim's token in its running event's fields: each claim carries a
+# token of its own, so a claim whose reply was lost with the connection (its
+# COMMIT may have gone through) is found again by it, never left running without
+# the worker that made it (Jobctl.claim).
+CLAIM_FIELD = "claim"
+
 # The message of a running job given back to pending by its worker (`run --claim`
 # stopped by SIGTERM): that attempt does not count, the job keeps its number.
 REQUEUED = "requeued: its worker was stopped; this attempt does not count"
+# ... and one its worker claimed but could not start (the database failed it).
+UNSTARTED = "requeued: its worker could not start the command; this attempt does not count"
+NOT_COUNTED = (REQUEUED, UNSTARTED)  # the messages of a return to pending that is no new attempt
 
 
 def where_text(fields: Mapping) -> str:
@@ -489,11 +498,11 @@ def enter_status(job: dict, new: str, at: str, message: str | None = None) -> No
     started_at is set on entering running, completed_at on entering a terminal
     status; going back to pending (retry) clears both, so a retried job's
     timestamps describe its latest attempt. Going back to pending after it
-    started begins the job's next attempt (unless its `message` is REQUEUED);
+    started begins the job's next attempt (unless its `message` is one of NOT_COUNTED);
     entering running ends any backoff.
     """
     if (
-        message != REQUEUED
+        message not in NOT_COUNTED
         and new == PENDING
         and job.get("status") not in (None, PENDING)
         and job.get("started_at") is not None

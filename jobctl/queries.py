@@ -156,6 +156,7 @@ class Reads:
         for row in reversed(rows):
             fields = json.loads(row["fields"])
             if "host" in fields:
+                fields.pop(model.CLAIM_FIELD, None)  # (the claim's token: no place)
                 return fields
         return None
 

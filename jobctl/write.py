@@ -51,7 +51,7 @@ from jobctl.model import (
     not_found,
 )
 from jobctl.progress import fold
-from jobctl.store.base import Retryable
+from jobctl.store.base import Lost, Retryable
 
 SPAWN_CHUNK = 10_000  # children written at a time by spawn (memory stays flat at any count)
 PRUNE_BATCH = 1000  # jobs prune removes per transaction (the write lock is held for one batch only)
@@ -639,8 +639,32 @@ class Writes:
         """Atomically take the oldest pending child of `parent` (not one backing off
         before a retry: see `not_before`) and set it running; concurrent
         claimers never get the same child. `message` may be a function of the
-        child's row (its name, say), for the running event."""
-        return self._claim(parent, message, _fields_json(fields))
+        child's row (its name, say), for the running event.
+
+        A claim whose connection drops (store.Lost: its COMMIT may have gone
+        through, the reply lost) is not left running without its claimer: each
+        claim carries a token of its own in its running event's fields
+        (model.CLAIM_FIELD), looked for once the store has reconnected; the
+        child found is returned, and if none is, the claim changed nothing and
+        runs again (up to WRITE_RETRIES tries). A claimer that cannot tell
+        (the database stays unreachable) raises DatabaseUnusable saying so."""
+        for attempt in range(WRITE_RETRIES):
+            token = os.urandom(8).hex()
+            try:
+                return self._claim(parent, message, _fields_json({**(fields or {}), model.CLAIM_FIELD: token}))
+            except Lost as exc:
+                try:
+                    found = self._store.child_marked(parent, RUNNING, f'"{model.CLAIM_FIELD}":"{token}"')
+                except DatabaseUnusable as again:
+                    raise DatabaseUnusable(
+                        f"{exc}; whether it claimed a child of {parent} is unknown ({again}):"
+                        " a child left running without its worker is reapable (jobctl reap)"
+                    ) from None
+                if found is not None:
+                    return found
+                if attempt == WRITE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @transaction
     def _claim(

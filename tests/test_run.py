@@ -1078,6 +1078,188 @@ def test_a_final_write_whose_commit_reply_is_lost_is_not_replayed(pg_url, tmp_pa
         assert jc.verify() == []
 
 
+def _tcp_proxy():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("tcp_proxy", ROOT / "bench" / "tcp_proxy.py")
+    tcp_proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tcp_proxy)
+    return tcp_proxy
+
+
+def _through(pg_url, proxy):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(pg_url)
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}").geturl()
+
+
+def _ended(proc):
+    """The worker's (returncode, stderr) once it ended by itself (the test fails if it waits on)."""
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the worker did not end: {err}")
+    assert "Traceback" not in err, err
+    return proc.returncode, err
+
+
+def _each_ran_once(pg_url, kids, ran):
+    """After the worker: every child completed, its command run exactly once, none left running."""
+    assert sorted(ran.read_text().split()) == sorted(kids)
+    with Jobctl(pg_url) as jc:
+        assert [jc.status(k) for k in kids] == ["completed"] * len(kids)
+        assert jc.verify() == []
+
+
+def test_a_claim_whose_commit_reply_is_lost_runs_its_child_once(pg_url, tmp_path):
+    """On PostgreSQL, the COMMIT of `run --claim`'s claim reaches the server but its
+    reply is lost (a proxy cuts the connection right after forwarding it): the
+    worker finds the child it claimed by its claim's token and runs it, so no child
+    is left running without its command, and every command runs once."""
+    from urllib.parse import urlsplit
+
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("shards")
+        kids = jc.spawn(parent, count=3)
+    ran = tmp_path / "ran"
+    parts = urlsplit(pg_url)
+    with _tcp_proxy().Proxy(parts.hostname, parts.port) as proxy:
+        cut = proxy.cut_after_client_sends(b"run: sh")  # the first claim's COMMIT batch: its running event
+        proc = start(
+            _through(pg_url, proxy),
+            "--claim",
+            parent,
+            "--jobs",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            f'echo "$JOBCTL_JOB_ID" >> {ran}',
+        )
+        code, err = _ended(proc)
+        assert cut.is_set()
+    assert code == 0, err
+    _each_ran_once(pg_url, kids, ran)
+
+
+def test_a_claim_still_committing_when_its_connection_drops_is_settled_before_it_is_looked_for(pg_url, tmp_path):
+    """The claim's COMMIT batch is still on the server, waiting for the write lock
+    (held by another session here), when its connection drops: the worker ends that
+    session before it looks for its claim, so the claim is rolled back rather than
+    committed behind the worker's back after the look found nothing; every
+    command runs once, none is left running."""
+    from urllib.parse import urlsplit
+
+    from conftest import connect_to
+
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("shards")
+        kids = jc.spawn(parent, count=2)
+        key = jc._store.lock_key
+    ran = tmp_path / "ran"
+    holder = connect_to(pg_url)
+    holder.autocommit = True
+    lock = holder.cursor()
+    lock.execute("SELECT pg_advisory_lock(%s)", (key,))
+
+    def waiting_ports():  # the server ports of the sessions waiting for a lock (the write lock, or a row's)
+        lock.execute(
+            "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted"
+        )
+        return {port for (port,) in lock.fetchall()}
+
+    parts = urlsplit(pg_url)
+    try:
+        with _tcp_proxy().Proxy(parts.hostname, parts.port) as proxy:
+            cut = proxy.cut_after_client_sends(b"run: sh")
+            proc = start(
+                _through(pg_url, proxy),
+                "--claim",
+                parent,
+                "--jobs",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                f'echo "$JOBCTL_JOB_ID" >> {ran}',
+            )
+            try:
+                # the worker has looked for its cut claim and claims again, on a new connection
+                wait_for(lambda: cut.is_set() and waiting_ports() - {cut.port}, "the worker's next claim to wait")
+            finally:
+                lock.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            code, err = _ended(proc)
+    finally:
+        holder.close()
+    assert code == 0, err
+    _each_ran_once(pg_url, kids, ran)
+
+
+def test_a_claim_whose_connection_drops_after_its_commit_is_found_by_its_token(jc, monkeypatch):
+    """Jobctl.claim (both stores): the store commits the claim, then reports the
+    connection lost (store.Lost, as PostgreSQL does when the reply is lost): the
+    claim returns the child it claimed, set running once, not a second one."""
+    from contextlib import contextmanager
+
+    from jobctl.store.base import Lost
+
+    parent = jc.create("p")
+    first, second = jc.spawn(parent, count=2)
+    store, real = jc._store, jc._store.write
+
+    @contextmanager
+    def lost_reply():
+        with real() as s:
+            yield s
+        monkeypatch.setattr(store, "write", real)  # (once)
+        raise Lost("lost the connection (its reply)")
+
+    monkeypatch.setattr(store, "write", lost_reply)
+    assert jc.claim(parent, fields={"host": "h", "pid": 1}) == first
+    assert (jc.status(first), jc.status(second)) == ("running", "pending")
+    assert [e["new_status"] for e in jc.events(job=first) if e["kind"] == "status"] == ["running"]
+    assert jc.ran_on(first) == {"host": "h", "pid": 1}  # (the token is no place)
+    assert jc.verify() == []
+
+
+def test_a_claimed_child_whose_row_cannot_be_read_goes_back_to_pending(db_path, tmp_path, monkeypatch):
+    """`run --claim` (in-process): a child is claimed, then reading it fails (the
+    database unusable past its timeouts, injected): the worker gives it back to
+    pending, its attempt not counted, and ends with the error (exit 5) saying so;
+    the command never ran."""
+    from jobctl import DatabaseUnusable, model
+    from jobctl.run.attempt import Options
+    from jobctl.run.pool import run_claim
+
+    with Jobctl(db_path) as jc:
+        parent = jc.create("p")
+        (kid,) = jc.spawn(parent, count=1)
+    real = Jobctl.get
+
+    def get(self, job_id, *args, **kwargs):
+        if job_id == kid:
+            raise DatabaseUnusable("the database is unreachable (injected)")
+        return real(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(Jobctl, "get", get)
+    ran = tmp_path / "ran"
+    with pytest.raises(DatabaseUnusable) as info:
+        run_claim(str(db_path), parent, ["touch", str(ran)], Options(), jobs=1, wait_for_more=False)
+    monkeypatch.undo()
+    assert str(info.value).endswith(f"job {kid} was claimed, its command not started: given back to pending")
+    assert info.value.exit_code == 5 and not ran.exists()
+    with Jobctl(db_path) as jc:
+        assert (jc.status(kid), jc.get(kid)["attempt"]) == ("pending", 1)
+        assert [e["message"] for e in jc.events(job=kid) if e["kind"] == "status"][-1] == model.UNSTARTED
+        assert jc.verify() == []
+
+
 def test_the_running_event_says_where_it_ran(db):
     """The running event of `run` (a child it creates, and one a worker claims)
     records the host, jobctl run's pid and the CI job; `show` and the report say it."""

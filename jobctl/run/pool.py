@@ -226,6 +226,14 @@ def run_claim(
     here = where()
 
     def worker() -> None:
+        try:
+            claiming()
+        except BaseException as exc:  # (a database unusable past its timeouts: exit 5, once the others end)
+            with pool.lock:
+                pool.errors.append(exc)
+            stopping.set()
+
+    def claiming() -> None:
         with Jobctl(resolved) as jc:
             waker = jc.waker(poll_interval)
             try:
@@ -245,7 +253,10 @@ def run_claim(
                             return
                         waker.wait(poll_interval)  # a retry or a reap may put one back
                         continue
-                    job = jc.get(job_id)
+                    try:
+                        job = jc.get(job_id)
+                    except model.DatabaseUnusable as exc:  # claimed, its command not started: given back
+                        raise give_back(jc, job_id, exc) from None
                     env = {"JOBCTL_JOB_NAME": job["name"]}
                     env.update({f"JOBCTL_META_{meta_key(k)}": str(v) for k, v in job["metadata"].items()})
                     echo = prefixed(job_id, out_lock) if jobs > 1 else echo_through
@@ -285,6 +296,19 @@ def run_claim(
     if "signum" in got:
         return 128 + got["signum"]
     return 0 if all(o.exit == 0 for o in pool.outcomes) else 1
+
+
+def give_back(jc: Jobctl, job_id: str, exc: model.DatabaseUnusable) -> model.DatabaseUnusable:
+    """A claimed child whose command cannot start (`exc`) goes back to pending, its
+    attempt not counted; the error to end with says so, or, when even that cannot
+    be written, that the child is left running (reapable: no heartbeat comes)."""
+    try:
+        jc.finish(job_id, model.PENDING, message=model.UNSTARTED, exit_code=None, duration=None)
+    except model.DatabaseUnusable:
+        return model.DatabaseUnusable(
+            f"{exc}; job {job_id} was claimed, its command not started: reap it (jobctl reap)"
+        )
+    return model.DatabaseUnusable(f"{exc}; job {job_id} was claimed, its command not started: given back to pending")
 
 
 def meta_key(key: str) -> str:

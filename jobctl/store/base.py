@@ -206,6 +206,13 @@ class Retryable(DatabaseUnusable):
     """A write transaction failed for a transient reason and changed nothing: run it again."""
 
 
+class Lost(DatabaseUnusable):
+    """The connection dropped during a write: whether it committed is unknown (its
+    COMMIT may have reached the server, its reply lost). The store has ended the
+    lost session before its next statement runs (PostgreSQL), so a read then
+    sees whether it did."""
+
+
 class Waker(Protocol):
     """Blocks until the database may have changed (a hint, never the truth)."""
 
@@ -308,6 +315,10 @@ class Store(Protocol):
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
         """The earliest `not_before` of the children of `parent_id` with `status`
         that have one (when a backed-off retry may be claimed)."""
+
+    def child_marked(self, parent_id: str, status: str, mark: str) -> str | None:
+        """The child of `parent_id` with `status` whose current attempt's event into
+        it has fields containing the text `mark` (a claim's token), or None."""
 
     # child counts
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...
@@ -605,6 +616,19 @@ class SqlQueries:
             sql = f"SELECT id, job_id, new_status, at FROM events WHERE id IN ({last}) ORDER BY id"
             out += self._query(sql, [*values, until, *kind_values, *start_values])
         return out
+
+    def child_marked(self, parent_id: str, status: str, mark: str) -> str | None:
+        """The child of `parent_id` with `status` whose current attempt's event into
+        it has fields containing `mark` (no LIKE wildcards in it), or None: along the
+        children with that status (by parent and status), then each one's events (by job)."""
+        m = self.mark
+        rows = self._query(
+            "SELECT j.id FROM jobs j JOIN events e ON e.job_id = j.id AND e.attempt = j.attempt"
+            f" WHERE j.parent_id = {m} AND j.status = {m} AND e.kind = {m} AND e.new_status = j.status"
+            f" AND e.fields LIKE {m}",
+            (parent_id, status, STATUS, f"%{mark}%"),
+        )
+        return rows[0]["id"] if rows else None
 
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
         """The earliest `not_before` of the children of `parent_id` with `status`."""

@@ -55,6 +55,7 @@ from jobctl.store.base import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
     STATUS_KIND_SQL,
+    Lost,
     Retryable,
     SqlQueries,
     cancel_assignments,
@@ -73,12 +74,12 @@ CHUNK = 1000  # rows per multi-row statement
 
 _JOBS = ", ".join(JOB_COLUMNS)
 _JOB_SELECT = SqlQueries.job_select
-# Fan-in without queueing on the parent's row (a change reads the parent unlocked and
-# its COMMIT batch checks it: _parent_checks) is switched off: with it, two `run --each`
-# processes under a --max-running limit of 2 ran three children at once about one time
-# in four (tests/test_limit.py), a hole not found yet. Every write locks the parents it
-# reads, as the measured "parent locked" fan-in figures in docs/database.md say.
-UNLOCKED_PARENTS = False
+# Fan-in without queueing on the parent's row: a change reads the parent unlocked and
+# its COMMIT batch checks it (_parent_checks). (It was off for a while: a retry after a
+# failed check used to lock the parent's row instead and skip the check, but the
+# changes that read it unlocked move its counts without that row lock, so two racing
+# starts under --max-running 2 could both pass. A retry now holds the write lock.)
+UNLOCKED_PARENTS = True
 
 _JOBS_WITH_COUNTS = (
     "SELECT "
@@ -263,6 +264,7 @@ class _Shared:
         self.conn: Any = None
         self.tx: PostgresStore | None = None  # the store whose transaction is open
         self.refs = 0
+        self.pid: int | None = None  # the server process of `conn` (PQbackendPID), for _end_lost
         self.listener: _Listener | None = None
         self.listeners = 0
 
@@ -335,7 +337,7 @@ class PostgresStore(SqlQueries):
         try:
             with shared.lock:
                 if shared.conn is None:
-                    shared.conn = self._connect()
+                    self.conn = self._connect()
         except BaseException:
             self.close()
             raise
@@ -347,12 +349,12 @@ class PostgresStore(SqlQueries):
         self.notify = False
         self.deferred: list[str] = []  # statements sent with the COMMIT
         # write(): parents read without a row lock, as read (see _parent_checks), the
-        # jobs this change updated, and its count deltas; after a failed check, the
-        # next write locks every row it reads
+        # jobs this change updated, and its count deltas
         self.watched: dict[str, tuple[dict, dict]] = {}
         self.updated: set[str] = set()
         self.count_deltas: dict[str, dict[str, int]] = {}
         self.lock_parents = not UNLOCKED_PARENTS
+        self.serial = False  # the next write holds the write lock from its start (this one's check failed)
         self.ready = False  # the schema is current: write() may read the next event id
 
     # ----------------------------------------------------------------- opening
@@ -506,6 +508,7 @@ class PostgresStore(SqlQueries):
     @conn.setter
     def conn(self, value: Any) -> None:
         self.shared.conn = value
+        self.shared.pid = value.get_backend_pid()  # (no round trip; unreadable once the connection is lost)
 
     def close(self) -> None:
         if self.closed:
@@ -538,7 +541,7 @@ class PostgresStore(SqlQueries):
         self.shared.refs = 1
         self.shared.lock.acquire()
         try:
-            self.shared.conn = self._connect()
+            self.conn = self._connect()
         except BaseException:
             self.shared.lock.release()
             raise
@@ -567,7 +570,11 @@ class PostgresStore(SqlQueries):
           and the COMMIT: one round trip, the lock released at its end;
         - a change that needs more (a read that locks no row, COPY, a subtree
           cancelled in one statement) takes the lock first (hold_write_lock)
-          and keeps it to its end, as every write did before.
+          and keeps it to its end, as every write did before; so does the next
+          try of a change that failed for a transient reason (a parent changed
+          under it: Retryable), which then cannot fail so again. (Not a row lock
+          on the parent: the changes that read it unlocked move its counts
+          without one.)
 
         After WAIT_NOTICE seconds of waiting for the lock it says so on stderr,
         then waits the rest of the busy timeout."""
@@ -577,6 +584,8 @@ class PostgresStore(SqlQueries):
         self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
         self.watched, self.updated, self.count_deltas = {}, set(), {}
         try:
+            if self.serial:
+                self.hold_write_lock()
             yield self
             end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else ""]
             end = [x for x in end if x]
@@ -584,12 +593,13 @@ class PostgresStore(SqlQueries):
                 self._locked("; ".join([*self._parent_checks(), *end, "COMMIT"]), fetch=False)
             elif self.begun or end:
                 self._run("; ".join([*end, "COMMIT"]), None, fetch=False, safe=False)
-            self.lock_parents = not UNLOCKED_PARENTS
+            self.serial = False
         except Retryable:
-            self.lock_parents = True  # a parent changed meanwhile: the next try locks it
+            self.serial = True  # a parent changed meanwhile (say): the next try holds the write lock
             self._rollback()
             raise
         except BaseException:
+            self.serial = False
             self._rollback()
             raise
         finally:
@@ -736,7 +746,7 @@ class PostgresStore(SqlQueries):
         if code in ("53100", "53200"):
             return DatabaseUnusable(f"database {self.name}: the server is out of space or memory; nothing was written")
         if self.conn.closed or code is None and isinstance(exc, self.pg.OperationalError):
-            return DatabaseUnusable(f"lost the connection to {self.name}: {reason}")
+            return Lost(f"lost the connection to {self.name}: {reason}")
         return DatabaseUnusable(f"database {self.name}: {reason}")
 
     def _run(self, sql: str, params: Sequence | None, fetch: bool, safe: bool | None = None) -> list[tuple] | None:
@@ -788,10 +798,33 @@ class PostgresStore(SqlQueries):
             self.conn.close()
         except Exception:
             pass
+        lost = self.shared.pid
         try:
             self.conn = self._connect()
         except DatabaseUnusable as exc:
             raise DatabaseUnusable(f"lost the connection to {self.name}: {_first_line(cause)} ({exc})") from None
+        self._end_lost(lost)
+
+    def _end_lost(self, pid: int | None) -> None:
+        """Before anything runs on a new connection: the server session of the lost
+        one ended (terminated if still there, within the busy timeout). A write whose
+        COMMIT was on its way as the connection dropped (Lost) has then committed or
+        rolled back for good, so a read now sees which (Jobctl.claim looks for its
+        token so), and no orphaned transaction keeps the rows it locked. Only a
+        jobctl session of this role is touched: through a pooler the pid is the
+        pooler's own, found nowhere, and this does nothing."""
+        if pid is None:
+            return
+        cur = self.conn.cursor()
+        mine = "pid = %s AND usename = current_user AND application_name = 'jobctl'"
+        deadline = time.monotonic() + self.lock_timeout
+        try:
+            cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {mine}", (pid,))
+            while cur.fetchall() and time.monotonic() < deadline:
+                time.sleep(0.005)  # (the server has no wait for another session's end but this poll)
+                cur.execute(f"SELECT 1 FROM pg_stat_activity WHERE {mine}", (pid,))
+        except self.pg.Error:  # (not allowed to end it, say: the lost session ends with its transaction)
+            pass
 
     def _execute(self, sql: str, params: Sequence | None = None) -> None:
         self._run(sql, params, fetch=False)
