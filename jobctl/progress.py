@@ -24,6 +24,17 @@ from jobctl.model import (
 )
 
 
+def waiting_text(deps: Iterable[tuple[str, int]]) -> str:
+    """What a job waits on (its dependencies, (id, any_outcome)): `waiting on P.2, P.4 (any outcome)`."""
+    return "waiting on " + ", ".join(f"{a} (any outcome)" if any_outcome else a for a, any_outcome in deps)
+
+
+def create_message(policy: str | None, deps: Iterable[tuple[str, int]]) -> str | None:
+    """A create event's message: its policy text (model.policy_text), then what it waits on."""
+    deps = list(deps)
+    return "; ".join(t for t in (policy, waiting_text(deps) if deps else None) if t) or None
+
+
 def empty_counts() -> dict[str, int]:
     return {s: 0 for s in STATUSES}
 

@@ -293,6 +293,7 @@ NO_POLICY = {
     "allow_failures": None,
     "max_attempts": None,
     "max_running": None,
+    "after": [],
 }
 
 

@@ -174,6 +174,15 @@ MIGRATIONS = [
     """
     CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output';
     """,
+    # 9: what a job waits on (SQLite's migration 10).
+    """
+    CREATE TABLE dependencies (
+        job_id text COLLATE "C" NOT NULL REFERENCES jobs(id),
+        after_id text COLLATE "C" NOT NULL REFERENCES jobs(id),
+        any_outcome integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, after_id));
+    CREATE INDEX dependencies_after_id ON dependencies (after_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -877,7 +886,13 @@ class PostgresStore(SqlQueries):
             raise IdTaken(f"a job id is taken ({_first_line(exc)})") from None
         self._execute("RELEASE SAVEPOINT insert_jobs")
 
-    def insert_children(self, jobs: Sequence[dict], message: str | None) -> None:
+    def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        self._insert("dependencies", ("job_id", "after_id", "any_outcome"), list(rows))
+
+    def _query_unlocked(self, sql: str, params: Sequence = ()) -> list[dict]:
+        return self._query(sql, params, rows_locked=True)
+
+    def insert_children(self, jobs: Sequence[dict], message: str | None, fields: str | None = None) -> None:
         """The rows, then their events built here (COPY for big chunks): a round trip
         for the highest seq first would cost as much as it saves."""
         self.insert_jobs(jobs)
@@ -893,7 +908,7 @@ class PostgresStore(SqlQueries):
                     "at": j["created_at"],
                     "message": message,
                     "log_id": None,
-                    "fields": None,
+                    "fields": fields,
                     "exit_code": None,
                     "duration": None,
                     "attempt": j["attempt"],

@@ -43,7 +43,7 @@ from jobctl.store.base import (
 )
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 9  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 10  # the number of migrations below; stored in PRAGMA user_version
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 KNOWN_LIMIT = 1024  # jobs a connection keeps between its write transactions (see SqliteStore.known)
@@ -387,17 +387,20 @@ class SqliteStore(SqlQueries):
             raise
         self.conn.execute("RELEASE insert_jobs")
 
-    def insert_children(self, jobs: Sequence[dict], message: str | None) -> None:
+    def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        self.conn.executemany("INSERT INTO dependencies (job_id, after_id, any_outcome) VALUES (?, ?, ?)", rows)
+
+    def insert_children(self, jobs: Sequence[dict], message: str | None, fields: str | None = None) -> None:
         """The rows by executemany, their events by one INSERT ... SELECT of the rows
         just inserted (rowids after the last one: the write lock is ours), which
         costs a quarter of binding each event's values from Python."""
         last = self.conn.execute("SELECT coalesce(max(rowid), 0) AS n FROM jobs").fetchone()["n"]
         self.insert_jobs(jobs)
         self.conn.execute(
-            "INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at, message, attempt, max_attempts)"
-            " SELECT id, parent_id, root_id, 'create', status, created_at, ?, attempt, max_attempts"
+            "INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at, message, attempt, max_attempts,"
+            " fields) SELECT id, parent_id, root_id, 'create', status, created_at, ?, attempt, max_attempts, ?"
             " FROM jobs WHERE rowid > ? ORDER BY rowid",
-            (message, last),
+            (message, fields, last),
         )
 
     def update_statuses(self, jobs: Iterable[dict]) -> None:
@@ -824,6 +827,16 @@ def _migrations():
     def outputs(db) -> None:
         # Outputs are `output` events: `jobctl outputs P` reads its children's.
         db.execute("CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output'")
+
+    @migrations(name="0010_dependencies")
+    def dependencies(db) -> None:
+        # What a job waits on (create --after/--after-any): claim skips it until then.
+        db.execute(
+            "CREATE TABLE dependencies (job_id TEXT NOT NULL REFERENCES jobs(id),"
+            " after_id TEXT NOT NULL REFERENCES jobs(id), any_outcome INTEGER NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (job_id, after_id))"
+        )
+        db.execute("CREATE INDEX dependencies_after_id ON dependencies (after_id)")
 
     return migrations
 
