@@ -111,7 +111,6 @@ class Execution:
         (--after) waits for them (until stopped); one cancelled meanwhile (a
         job it waited on failed) ends the run as cancelled (exit 6)."""
         waker = None
-        waited = False
         try:
             while True:
                 try:
@@ -119,14 +118,9 @@ class Execution:
                 except model.Waiting:
                     if self.stop_reason is not None:
                         raise
-                    waited = True
                 except model.AtLimit:
                     if not self.one_of_many or self.stop_reason is not None:
                         raise
-                except model.Conflict:
-                    if waited and not self.one_of_many and jc.status(self.job_id) == CANCELLED:
-                        raise cancelled_waiting(jc, self.job_id) from None
-                    raise
                 waker = waker or jc.waker(1.0)
                 waker.wait(1.0)  # until the database changes: a sibling or a job waited on may have ended
         finally:
@@ -143,13 +137,15 @@ class Execution:
                     check_runnable(job)
                     if not self._start(jc, message, where()):  # taken meanwhile
                         raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
-                except (UsageError, model.Conflict):
+                except (UsageError, model.Conflict) as exc:
                     status = jc.status(self.job_id)
                     if self.one_of_many and status == PENDING and self.stop_reason is not None:
                         return Outcome(PENDING, "stopped before its turn", None, model.EXIT_TERMINATED)
                     if self.one_of_many and status != PENDING:  # cancelled, or run by someone else: skipped
                         exit = model.EXIT_TERMINATED if status == CANCELLED else 0
                         return Outcome(status, f"{status} before its turn", None, exit)
+                    if status == CANCELLED:
+                        raise cancelled_waiting(jc, self.job_id) or exc from None
                     raise
             while True:
                 started = time.monotonic()
@@ -435,10 +431,12 @@ def echo_through(stream: str, raw: bytes) -> None:
     out.flush()
 
 
-def cancelled_waiting(jc: Jobctl, job_id: str) -> model.JobctlError:
-    """`run` of a job cancelled while it waited on other jobs: exit 6, saying why
-    (its cancelling event's message: `dependency P.2 failed`)."""
-    why = next(e["message"] for e in reversed(jc.events_of([job_id])) if e["kind"] == model.STATUS)
+def cancelled_waiting(jc: Jobctl, job_id: str) -> model.JobctlError | None:
+    """`run` of a job cancelled while it waited on other jobs (its cancelling event's
+    message is model.dependency_message's): exit 6, saying why. None for another cancel."""
+    why = next(e["message"] for e in reversed(jc.events_of([job_id])) if e["kind"] == model.STATUS) or ""
+    if not why.startswith(model.DEPENDENCY_PREFIX):
+        return None
     return model.JobctlError(f"job {job_id} was cancelled while it waited: {why}", model.EXIT_CANCELLED)
 
 
@@ -467,7 +465,7 @@ def run_one(
             # (one that waits on other jobs stays pending: Execution.run waits for them)
             status = jc.status(job) if after or after_any else RUNNING
             if status == CANCELLED:  # one of them had failed or was cancelled
-                raise cancelled_waiting(jc, job)
+                raise cancelled_waiting(jc, job) or AssertionError(job)
             claimed = status == RUNNING
         assert job is not None  # (JOB itself is checked by Execution.run, before anything runs)
         execution = Execution(jc.path, job, argv, options, echo=echo_through, claimed=claimed)
