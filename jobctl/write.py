@@ -244,7 +244,9 @@ class UnitOfWork:
         failed or cancelled: `dependency P.2 failed`; those it cancels are ended
         in turn, so a chain is cancelled to its end in this change."""
         ended, self.ended = self.ended, []
-        for d in self.store.dependents(ended, PENDING):
+        waiting = self.store.dependents(ended, PENDING)
+        self.load(list(dict.fromkeys(d[k] for d in waiting for k in ("job_id", "after_id"))))  # in one read
+        for d in waiting:
             after = self.job(d["after_id"])
             job = self.job(d["job_id"])
             if job["status"] != PENDING or not model.cancels(after["status"], d["any_outcome"]):
