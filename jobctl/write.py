@@ -882,16 +882,25 @@ class Writes:
         exists (else UsageError) and can end before the new one does (else UsageError:
         a cycle, model.dependency_cycle). One that failed or was cancelled already
         is this change's to follow up (cancel_dependents cancels the new job). Returns
-        the ids the new job waits on now. Read under the write lock (PostgreSQL): a
-        change that ends one of them reads what waits on it under it too."""
+        the ids the new job waits on now. On PostgreSQL their rows are locked first (a
+        change that ends one of them locks it too: the two queue on its row, in the
+        order every change locks rows, before the write lock), then read again under
+        the write lock, which a change ending one of them holds when it reads what
+        waits on it (cancel_dependents), so neither misses the other whichever
+        commits first, even where a parent is read without a row lock; the write lock
+        also keeps two creations from closing a cycle between them."""
         if not deps:
             return []
-        self._store.hold_write_lock()
         ids = [a for a, _ in deps]
         try:
-            after = ch.load(ids)
+            ch.load(ids)
         except model.NotFound as exc:
             raise UsageError(f"--after: {exc}") from None
+        self._store.hold_write_lock()
+        fresh = self._store.jobs_and_counts(ids)[0]
+        after = [ch.jobs[a] for a in ids]
+        for a in after:
+            a.update(fresh[a["id"]])  # (this change's copies: cancel_dependents reads them)
         cycle = model.dependency_cycle(job_id or "", parent_id, ids, self._store.required_by)
         if cycle is not None:
             raise UsageError(
