@@ -618,6 +618,7 @@ REPLAYED_FIELDS = (
     "max_attempts",
     "max_running",
     "after",  # what the job waits on (parse_after): the dependencies table's rows of it
+    "waits",  # ... and how many: the jobs table's count of them
 )
 
 
@@ -647,6 +648,7 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                 **parse_policy(e.get("message")),
                 "after": parse_after(e.get("fields")),
             }
+            job["waits"] = len(job["after"])
             enter_status(job, e["new_status"], e["at"])
             jobs[job_id] = job
         elif kind == STATUS:
@@ -662,6 +664,7 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                     "attempt": 1,
                     **parse_policy(None),
                     "after": [],
+                    "waits": 0,
                 }
             else:
                 job = known

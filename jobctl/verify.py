@@ -27,6 +27,7 @@ def verify(store: Store) -> list[str]:
     with store.read():
         problems += [f"integrity: {p}" for p in store.integrity_check()]
         dependencies = store.all_dependencies()
+        waited_on = {a for deps in dependencies.values() for a, _ in deps}
         # A job's state depends on its own events alone, so the replay runs job by
         # job: the jobs in id order merged with the events in (job, id) order,
         # streamed, in memory that does not grow with the database.
@@ -44,6 +45,9 @@ def verify(store: Store) -> list[str]:
                 events = list(group[1])  # (one job's own: a few)
                 r = model.replay(events, problems)[job["id"]]
                 job["after"] = dependencies.pop(job["id"], [])
+                if job["waited_on"] != (job["id"] in waited_on):
+                    some = "a job waits" if job["id"] in waited_on else "no job waits"
+                    problems.append(f"job {job['id']}: waited_on is {job['waited_on']}, but {some} on it")
                 for field in model.REPLAYED_FIELDS:
                     if r[field] != job[field]:
                         problems.append(f"job {job['id']}: {field} is {job[field]!r}, events say {r[field]!r}")

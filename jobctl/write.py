@@ -182,7 +182,7 @@ class UnitOfWork:
             return False
         model.enter_status(job, new, self.at, message)
         self.dirty[job["id"]] = job
-        if model.cancels(new, 0):
+        if job.get("waited_on", 1) and model.cancels(new, 0):  # (a row without the column: looked for)
             self.ended.append(job["id"])
         self.event(job, STATUS, old, new, message)
         self.events[-1]["fields"] = fields
@@ -469,7 +469,7 @@ class Writes:
                         raise UsageError(f"job {id} has children: its status is derived, it runs no command")
                     if job["status"] != PENDING:
                         raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
-                    if not self._waiting_on(id):  # (else left pending: `run` waits)
+                    if not self._waiting_on(job):  # (else left pending: `run` waits)
                         self._check_limit(ch, job)
                         ch.set_status(job, RUNNING, running, fields=fields)
                 return id
@@ -479,7 +479,7 @@ class Writes:
         if p is not None and policy["max_attempts"] is None:  # a child gets its parent's cap, as in spawn
             policy = {**policy, "max_attempts": p["max_attempts"]}
         waits = self._check_after(ch, id, parent, deps)
-        job = self._new_job(ch, id, name, type, p, meta_json, **policy)
+        job = self._new_job(ch, id, name, type, p, meta_json, **policy, waits=len(deps))
         ch.add_jobs(p, [job], deps)
         if running is not None and not waits:
             self._check_limit(ch, job)
@@ -637,7 +637,7 @@ class Writes:
                 )
             if status == RUNNING and not force:
                 self._check_limit(ch, job)
-                held_by = self._waiting_on(job["id"])
+                held_by = self._waiting_on(job)
                 if held_by:
                     raise model.not_ready(job["id"], held_by)
             ch.set_status(job, status, message, fields=fields)
@@ -900,7 +900,7 @@ class Writes:
         fresh = self._store.jobs_and_counts(ids)[0]
         after = [ch.jobs[a] for a in ids]
         for a in after:
-            a.update(fresh[a["id"]])  # (this change's copies: cancel_dependents reads them)
+            a.update(fresh[a["id"]], waited_on=1)  # (this change's copies: cancel_dependents reads them)
         cycle = model.dependency_cycle(job_id or "", parent_id, ids, self._store.required_by)
         if cycle is not None:
             raise UsageError(
@@ -913,9 +913,9 @@ class Writes:
             ch.ended.append(blocked["after_id"])
         return model.waiting_on(rows)
 
-    def _waiting_on(self, job_id: str) -> list[str]:
-        """The jobs that hold `job_id` back (model.waiting_on)."""
-        return model.waiting_on(self._store.dependencies_of([job_id]))
+    def _waiting_on(self, job: Mapping) -> list[str]:
+        """The jobs that hold `job` back (model.waiting_on); read only if it waits on any."""
+        return model.waiting_on(self._store.dependencies_of([job["id"]])) if job.get("waits", 1) else []
 
     @staticmethod
     def _check_limit(ch: UnitOfWork, job: dict) -> None:
@@ -975,7 +975,7 @@ class Writes:
             size = min(SPAWN_CHUNK, n - len(ids))
             numbers = range(k, k + size)
             chunk_names = names[len(ids) : len(ids) + size] if names is not None else [f"child {x}" for x in numbers]
-            base = self._new_job(ch, "", "", type, parent, None, max_attempts=cap)  # what every child shares
+            base = self._new_job(ch, "", "", type, parent, None, max_attempts=cap, waits=len(deps))  # shared
             prefix = parent["id"] + "."
             jobs = [{**base, "id": f"{prefix}{x}", "name": nm} for x, nm in zip(numbers, chunk_names)]
             try:
@@ -1000,6 +1000,7 @@ class Writes:
         max_attempts: int | None = None,
         is_open: int = 0,
         max_running: int | None = None,
+        waits: int = 0,
     ) -> dict:
         job = {
             "id": id,
@@ -1021,6 +1022,8 @@ class Writes:
             "not_before": None,
             "is_open": is_open,
             "max_running": max_running,
+            "waits": waits,
+            "waited_on": 0,
         }
         model.enter_status(job, PENDING, ch.at)
         return job

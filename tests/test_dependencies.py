@@ -163,7 +163,12 @@ def test_verify_sees_a_dependency_the_events_do_not_record(db, jc):
     a, b = jc.spawn(p, count=2)
     assert jc.verify() == []
     tamper(db, "INSERT INTO dependencies (job_id, after_id, any_outcome) VALUES (?, ?, 0)", (b, a))
-    assert jc.verify() == [f"job {b}: after is [({a!r}, 0)], events say []"]
+    assert jc.verify() == [
+        f"job {a}: waited_on is 0, but a job waits on it",
+        f"job {b}: after is [({a!r}, 0)], events say []",
+    ]
+    tamper(db, "UPDATE jobs SET waits = 2 WHERE id = ?", (b,))
+    assert f"job {b}: waits is 2, events say 0" in jc.verify()
 
 
 def test_run_parent_after_waits_then_runs_and_a_failure_cancels_it(db, jc):

@@ -294,6 +294,7 @@ NO_POLICY = {
     "max_attempts": None,
     "max_running": None,
     "after": [],
+    "waits": 0,
 }
 
 

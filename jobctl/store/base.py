@@ -79,6 +79,8 @@ JOB_COLUMNS = (
     "not_before",  # a retry's backoff: `claim` does not take the job before this time
     "is_open",  # a parent more children may come to (1): not derived final until closed
     "max_running",  # a parent's limit: at most this many children running at once (None: no limit)
+    "waits",  # how many jobs it waits on (--after, --after-any: the dependencies table's rows of it)
+    "waited_on",  # 1 once a job waits on it: a change that ends it failed looks for them (else none is)
 )
 # What a write transaction reads of a job (jobs_and_counts): what the rules
 # need, not names or metadata, nor what a status change always sets
@@ -97,6 +99,8 @@ CHANGE_COLUMNS = (
     "not_before",
     "is_open",
     "max_running",
+    "waits",
+    "waited_on",
 )
 EVENT_COLUMNS = (
     "job_id",
@@ -326,7 +330,8 @@ class Store(Protocol):
         concurrent callers never get the same row."""
 
     def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
-        """Record what new jobs wait on: (job_id, after_id, any_outcome) rows."""
+        """Record what new jobs wait on: (job_id, after_id, any_outcome) rows, and
+        mark each job waited on (`waited_on`)."""
 
     def dependencies_of(self, job_ids: Sequence[str], *, locked: bool = False) -> list[dict]:
         """What the jobs wait on: {job_id, after_id, any_outcome, status} (the status

@@ -176,6 +176,8 @@ MIGRATIONS = [
     """,
     # 9: what a job waits on (SQLite's migration 10).
     """
+    ALTER TABLE jobs ADD COLUMN waits integer NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN waited_on integer NOT NULL DEFAULT 0;
     CREATE TABLE dependencies (
         job_id text COLLATE "C" NOT NULL REFERENCES jobs(id),
         after_id text COLLATE "C" NOT NULL REFERENCES jobs(id),
@@ -646,8 +648,8 @@ class PostgresStore(SqlQueries):
                     self._mogrify(
                         "EXISTS (SELECT 1 FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id WHERE j.id = %s"
                         " AND j.status = %s AND j.fail_fast = %s AND j.allow_failures IS NOT DISTINCT FROM %s"
-                        f" AND {same})",
-                        (pid, row["status"], row["fail_fast"], row["allow_failures"]),
+                        f" AND j.waited_on = %s AND {same})",  # (waited on since: ending it must look for them)
+                        (pid, row["status"], row["fail_fast"], row["allow_failures"], row.get("waited_on", 0)),
                     )
                 )
         self.watched = {}
@@ -888,6 +890,8 @@ class PostgresStore(SqlQueries):
 
     def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
         self._insert("dependencies", ("job_id", "after_id", "any_outcome"), list(rows))
+        after = sorted({r[1] for r in rows})
+        self._later(self._mogrify("UPDATE jobs SET waited_on = 1 WHERE id = ANY(%s) AND waited_on = 0", (after,)))
 
     def _query_unlocked(self, sql: str, params: Sequence = ()) -> list[dict]:
         return self._query(sql, params, rows_locked=True)

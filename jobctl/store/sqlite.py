@@ -389,6 +389,12 @@ class SqliteStore(SqlQueries):
 
     def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
         self.conn.executemany("INSERT INTO dependencies (job_id, after_id, any_outcome) VALUES (?, ?, ?)", rows)
+        after = sorted({r[1] for r in rows})
+        for a in after:
+            self.known.pop(a, None)
+        for i in range(0, len(after), CHUNK):
+            chunk = after[i : i + CHUNK]
+            self.conn.execute(f"UPDATE jobs SET waited_on = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     def insert_children(self, jobs: Sequence[dict], message: str | None, fields: str | None = None) -> None:
         """The rows by executemany, their events by one INSERT ... SELECT of the rows
@@ -830,7 +836,10 @@ def _migrations():
 
     @migrations(name="0010_dependencies")
     def dependencies(db) -> None:
-        # What a job waits on (create --after/--after-any): claim skips it until then.
+        # What a job waits on (create --after/--after-any): claim skips it until then;
+        # on the jobs, how many it waits on and whether any waits on it.
+        db.execute("ALTER TABLE jobs ADD COLUMN waits INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE jobs ADD COLUMN waited_on INTEGER NOT NULL DEFAULT 0")
         db.execute(
             "CREATE TABLE dependencies (job_id TEXT NOT NULL REFERENCES jobs(id),"
             " after_id TEXT NOT NULL REFERENCES jobs(id), any_outcome INTEGER NOT NULL DEFAULT 0,"
