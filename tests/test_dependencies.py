@@ -274,3 +274,14 @@ def test_racing_creations_and_a_failure_leave_nothing_waiting_on_a_failed_job(db
         assert len(kids) == 40
         assert {j["status"] for j in kids} == {"cancelled"}
         assert jc.verify() == []
+
+
+def test_run_of_a_job_a_dependency_cancelled_is_refused_as_any_final_job(db, jc):
+    p = jc.create("p", id="P")
+    (a,) = jc.spawn(p, count=1)
+    b = jc.create("b", parent=p, after=[a])
+    jc.set_status([a], "failed")
+    before = snapshot(db)
+    got = run("run", b, "--", "true", db=db)
+    assert (got.returncode, got.stderr) == (2, f"jobctl: error: job {b} is cancelled: only a pending job can be run\n")
+    assert snapshot(db) == before

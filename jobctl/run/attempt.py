@@ -144,7 +144,7 @@ class Execution:
                     if self.one_of_many and status != PENDING:  # cancelled, or run by someone else: skipped
                         exit = model.EXIT_TERMINATED if status == CANCELLED else 0
                         return Outcome(status, f"{status} before its turn", None, exit)
-                    if status == CANCELLED:
+                    if status == CANCELLED and job["status"] == PENDING:  # (cancelled since it was read)
                         raise cancelled_waiting(jc, self.job_id) or exc from None
                     raise
             while True:
