@@ -304,6 +304,42 @@ def claim_with_limit(args, tmp):
 
 
 @more
+def claim_with_deps_and_limit(args, tmp):
+    """`jobctl claim P` on a parent with --max-running whose children wait on
+    other jobs (--after): every other one on a job that completed (claimable),
+    the rest on one still pending (skipped), so each claim checks both kinds,
+    against today's `jobctl claim P` (no limit, no dependencies) on a parent with
+    as many children, in the same run (issue 21: no more than 1.5x)."""
+    from jobctl import Jobctl
+
+    runs = size(args, "calls")
+    template, parent, kids = _worker_db(tmp, "claim_plain", runs)
+    plain = str(_fresh(template, tmp, "claim_plain"))
+    waiting = str(tmp / "claim_deps.db")
+    with Jobctl(waiting) as jc:
+        p = jc.create("p", max_running=10 * runs + 10)
+        done, gate = jc.create("upstream"), jc.create("gate")
+        jc.set_status([done], "completed")
+        for i in range(len(kids)):
+            jc.spawn(p, count=1, after=[done if i % 2 == 0 else gate])
+        jc.claim(p)
+    _checkpoint(waiting)
+    ours, base = [], []
+    for _ in range(runs):
+        ours.append(_timed([JOBCTL, "--db", waiting, "claim", p]))
+        base.append(_timed([JOBCTL, "--db", plain, "claim", parent]))
+    return _ratio(
+        "wall time per call",
+        ours,
+        base,
+        "ratio ≤ 1.5",
+        1.5,
+        command="claim P (P --max-running N, its children --after a job, half of them waiting)",
+        baseline="jobctl claim P (no limit, no dependencies)",
+    )
+
+
+@more
 def fast_path_typer(args, tmp):
     """Which worker commands import typer (`python -X importtime -m jobctl ...`), and
     their import time (all modules, and jobctl's own)."""

@@ -166,6 +166,24 @@ MAX_ATTEMPTS = Annotated[
         "--max-attempts", metavar="N", help="How many times it may start (retry refuses more; default: no cap)."
     ),
 ]
+AFTER = Annotated[
+    list[str],
+    typer.Option(
+        "--after",
+        metavar="JOB",
+        autocompletion=complete_job,
+        help="Wait, pending, until JOB has completed (cancelled if it fails or is cancelled); repeatable.",
+    ),
+]
+AFTER_ANY = Annotated[
+    list[str],
+    typer.Option(
+        "--after-any",
+        metavar="JOB",
+        autocompletion=complete_job,
+        help="Wait, pending, until JOB has ended, whatever its outcome; repeatable.",
+    ),
+]
 POLL_INTERVAL = Annotated[
     float, typer.Option("--poll-interval", metavar="SECONDS", help="Check this often even without a file notification.")
 ]
@@ -252,6 +270,8 @@ def create(
     max_running: Annotated[
         int | None, typer.Option("--max-running", metavar="N", help="At most N of its children run at once.")
     ] = None,
+    after: AFTER = [],
+    after_any: AFTER_ANY = [],
 ) -> None:
     """Create a pending job and print its id alone: P=$(jobctl create "News Crawler")."""
     done(
@@ -267,6 +287,8 @@ def create(
             max_attempts=max_attempts,
             open=open,
             max_running=max_running,
+            after=after,
+            after_any=after_any,
         )
     )
 
@@ -287,11 +309,21 @@ def spawn(
             "--max-attempts", metavar="N", help="Each child may start N times (default: PARENT's cap, if any)."
         ),
     ] = None,
+    after: AFTER = [],
+    after_any: AFTER_ANY = [],
 ) -> None:
     """Create children of PARENT, pending, in one transaction; print their ids, one per line."""
     done(
         commands.spawn(
-            ctx.obj["db"], parent, count=count, name=name, names_from=names_from, type=type, max_attempts=max_attempts
+            ctx.obj["db"],
+            parent,
+            count=count,
+            name=name,
+            names_from=names_from,
+            type=type,
+            max_attempts=max_attempts,
+            after=after,
+            after_any=after_any,
         )
     )
 
@@ -832,6 +864,8 @@ def run(
             help="Store the key=value lines the command writes to FILE ($JOBCTL_OUTPUT) as the job's outputs.",
         ),
     ] = None,
+    after: AFTER = [],
+    after_any: AFTER_ANY = [],
 ) -> None:
     """Run a command as a tracked job: its output stored, heartbeats sent, its outcome recorded.
 
@@ -867,6 +901,8 @@ def run(
             quiet=quiet,
             on_term=on_term,
             output_file=output_file,
+            after=after,
+            after_any=after_any,
         )
     )
 

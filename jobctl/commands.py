@@ -89,12 +89,15 @@ def claim(db: str | None, parent: str) -> int:
     with _open(db) as jc:
         job_id = jc.claim(parent)
         due = jc.next_retry_at(parent) if job_id is None else None
-        full = job_id is None and model.at_limit(jc.counts(parent), jc.get(parent))
+        counts = jc.counts(parent) if job_id is None else {}
+        full = job_id is None and model.at_limit(counts, jc.get(parent))
     if job_id is None:
         if full:
             raise model.NotFound(f"job {parent} runs as many children as its --max-running allows: none claimed")
         if due is not None:
             raise model.NotFound(f"job {parent} has no pending child ready: the next retry is due at {due}")
+        if counts.get(model.PENDING):
+            raise model.NotFound(f"job {parent} has no pending child ready: they wait on other jobs (--after)")
         raise model.NotFound(f"job {parent} has no pending child")
     print(job_id)
     return 0
@@ -131,6 +134,8 @@ def create(
     max_attempts: int | None = None,
     open: bool = False,
     max_running: int | None = None,
+    after: list[str] | None = None,
+    after_any: list[str] | None = None,
 ) -> int:
     meta_dict = parse_meta(meta or [])
     with _open(db, create=True) as jc:
@@ -146,6 +151,8 @@ def create(
                 max_attempts=max_attempts,
                 open=open,
                 max_running=max_running,
+                after=after or (),
+                after_any=after_any or (),
             )
         )
     return 0
@@ -159,6 +166,8 @@ def spawn(
     names_from: str | None = None,
     type: str | None = None,
     max_attempts: int | None = None,
+    after: list[str] | None = None,
+    after_any: list[str] | None = None,
 ) -> int:
     if sum(x is not None and x != [] for x in (count, name, names_from)) != 1:
         raise UsageError("give exactly one of --count, --name or --names-from")
@@ -166,7 +175,15 @@ def spawn(
     if names_from is not None:
         names = read_lines(names_from, "--names-from")
     with _open(db) as jc:
-        ids = jc.spawn(parent, count=count, names=names, type=type, max_attempts=max_attempts)
+        ids = jc.spawn(
+            parent,
+            count=count,
+            names=names,
+            type=type,
+            max_attempts=max_attempts,
+            after=after or (),
+            after_any=after_any or (),
+        )
     sys.stdout.write("\n".join(ids) + "\n")
     return 0
 
@@ -554,6 +571,8 @@ def run(
     quiet: bool = False,
     on_term: str = "requeue",
     output_file: str | None = None,
+    after: list[str] | None = None,
+    after_any: list[str] | None = None,
 ) -> int:
     """`jobctl run`: JOB -- CMD, --parent P -- CMD, --parent P --each -- CMD {}, --claim P -- CMD."""
     from jobctl import run as running
@@ -564,6 +583,8 @@ def run(
         raise UsageError("--each goes with --parent P")
     if (name is not None or id is not None) and (parent is None or each):
         raise UsageError("--name and --id go with --parent P (one child)")
+    if (after or after_any) and (parent is None or each):
+        raise UsageError("--after and --after-any go with --parent P (one child)")
     for flag, given in (
         ("--jobs", jobs is not None),
         ("--keep-order", keep_order),
@@ -627,7 +648,7 @@ def run(
             raise UsageError("give the job to run: jobctl run JOB -- CMD (or --parent P -- CMD)")
         job, *args = args
         return running.run_one(db, job, None, None, None, args, options)
-    return running.run_one(db, None, parent, name, id, args, options)
+    return running.run_one(db, None, parent, name, id, args, options, after=after or (), after_any=after_any or ())
 
 
 def output_set(db: str | None, job: str, key: str, value: str | None = None, json: bool = False) -> int:

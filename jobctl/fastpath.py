@@ -43,6 +43,8 @@ FAST: dict = {
             "--allow-failures": ("allow_failures", str),
             "--max-attempts": ("max_attempts", int),
             "--max-running": ("max_running", int),
+            "--after": ("after", list),
+            "--after-any": ("after_any", list),
         },
     ),
     ("spawn",): (
@@ -55,6 +57,8 @@ FAST: dict = {
             "--names-from": ("names_from", str),
             "--type": ("type", str),
             "--max-attempts": ("max_attempts", int),
+            "--after": ("after", list),
+            "--after-any": ("after_any", list),
         },
     ),
     ("run",): (
@@ -83,6 +87,8 @@ FAST: dict = {
             "--retry-delay": ("retry_delay", str),
             "--on-term": ("on_term", str),
             "--output-file": ("output_file", str),
+            "--after": ("after", list),
+            "--after-any": ("after_any", list),
         },
     ),
     ("events",): (

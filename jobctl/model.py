@@ -12,7 +12,7 @@ import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = (
     "pending",
@@ -116,6 +116,10 @@ class Conflict(JobctlError):
 
 class AtLimit(Conflict):
     """A child would run past its parent's --max-running."""
+
+
+class Waiting(Conflict):
+    """A job started by hand while it waits on other jobs (--after)."""
 
 
 class IdTaken(Conflict):
@@ -376,7 +380,7 @@ def policy_text(
 def parse_policy(text: str | None) -> dict:
     """policy_text's inverse: {is_open, fail_fast, allow_failures, max_attempts, max_running}."""
     out: dict = {"is_open": 0, "fail_fast": 0, "allow_failures": None, "max_attempts": None, "max_running": None}
-    for part in (text or "").split(", "):
+    for part in (text or "").split("; ")[0].split(", "):  # (a create event's `; waiting on ...` is not policy)
         if part == "open":
             out["is_open"] = 1
         elif part.startswith("max-running "):
@@ -417,6 +421,102 @@ def over_limit(parent: Mapping, child_id: str) -> AtLimit:
         f"job {parent['id']} runs at most {cap} children at once (--max-running {cap}):"
         f" {child_id} not started (use --force)"
     )
+
+
+# ------------------------------------------------------------- dependencies
+# A job created with --after JOB waits, pending, until JOB has completed (with
+# --after-any: until JOB has ended, whatever its outcome); claim skips it until
+# then. A job it waits on (with --after) that ends failed or cancelled cancels
+# it at once: `dependency P.2 failed`. Its dependencies are a list of
+# (job id, any_outcome) pairs, sorted by id; they are recorded in its create
+# event's fields ({"after": [...], "after_any": [...]}), so replay rebuilds them.
+DEPENDENCY_PREFIX = "dependency "
+
+
+def check_after(after: Iterable[str] = (), after_any: Iterable[str] = ()) -> list[tuple[str, int]]:
+    """--after and --after-any ids as dependencies: [(id, any_outcome)] sorted by id,
+    each once; an id given to both is refused."""
+    strict, anyway = {check_id(a) for a in after}, {check_id(a) for a in after_any}
+    both = sorted(strict & anyway)
+    if both:
+        raise UsageError(f"job {both[0]} is given to both --after and --after-any: use one")
+    return sorted([(a, 0) for a in strict] + [(a, 1) for a in anyway])
+
+
+# The statuses of a job waited on that release the job waiting on it (--after), and
+# with --after-any; the stores' claim builds its SQL from these (store/base.py).
+DEPENDENCY_DONE: frozenset[str] = frozenset({COMPLETED})
+DEPENDENCY_DONE_ANY: frozenset[str] = TERMINAL
+
+
+def releases(status: str, any_outcome: bool | int) -> bool:
+    """Whether a job in `status` no longer holds a job that waits on it."""
+    return status in (DEPENDENCY_DONE_ANY if any_outcome else DEPENDENCY_DONE)
+
+
+def cancels(status: str, any_outcome: bool | int) -> bool:
+    """Whether a job in `status` cancels a pending job that waits on it (--after, not --after-any)."""
+    return not any_outcome and status in (FAILED, CANCELLED)
+
+
+def dependency_message(after_id: str, status: str) -> str:
+    """Why a waiting job was cancelled: `dependency P.2 failed`."""
+    return f"{DEPENDENCY_PREFIX}{after_id} {status}"
+
+
+def waiting_on(deps: Iterable[Mapping]) -> list[str]:
+    """The ids of the jobs still holding a job back, of its dependencies
+    ({after_id, any_outcome, status}: the status of the job waited on)."""
+    return [d["after_id"] for d in deps if not releases(d["status"], d["any_outcome"])]
+
+
+def blocker(deps: Iterable[Mapping]) -> Mapping | None:
+    """The first dependency that cancels the job waiting on it (cancels), or None."""
+    return next((d for d in deps if cancels(d["status"], d["any_outcome"])), None)
+
+
+def not_ready(job_id: str, held_by: list[str]) -> Waiting:
+    return Waiting(f"job {job_id} is waiting on {', '.join(held_by)}: not started (use --force)")
+
+
+def after_fields(deps: Iterable[tuple[str, int]]) -> dict:
+    """A create event's fields for its dependencies ({} without any)."""
+    deps = list(deps)
+    out = {}
+    for key, flag in (("after", 0), ("after_any", 1)):
+        ids = [a for a, any_outcome in deps if any_outcome == flag]
+        if ids:
+            out[key] = ids
+    return out
+
+
+def parse_after(fields: str | None) -> list[tuple[str, int]]:
+    """after_fields' inverse, from the fields' JSON text: [(id, any_outcome)] sorted."""
+    if not fields or '"after' not in fields:
+        return []
+    import json
+
+    data = json.loads(fields)
+    return sorted([(a, 0) for a in data.get("after", ())] + [(a, 1) for a in data.get("after_any", ())])
+
+
+def dependency_cycle(
+    job_id: str,
+    parent_id: str | None,
+    after: Iterable[str],
+    required_by: Callable[[list[str]], Iterable[str]],
+) -> str | None:
+    """The first of `after` that a new job `job_id` (child of `parent_id`) cannot
+    wait on, because that job cannot end before the new one does: a cycle.
+    A job needs its children to end and the jobs it waits on to complete;
+    `required_by(ids)` gives the jobs that need any of `ids` so (their parents,
+    and the jobs waiting on them). None: no cycle."""
+    seen = {job_id} | ({parent_id} if parent_id is not None else set())
+    frontier = [parent_id] if parent_id is not None else []
+    while frontier:
+        frontier = [j for j in dict.fromkeys(required_by(frontier)) if j not in seen]
+        seen.update(frontier)
+    return next((a for a in after if a in seen), None)
 
 
 def attempts_left(job: Mapping) -> bool:
@@ -545,13 +645,16 @@ REPLAYED_FIELDS = (
     "allow_failures",
     "max_attempts",
     "max_running",
+    "after",  # what the job waits on (parse_after): the dependencies table's rows of it
+    "waits",  # ... and how many: the jobs table's count of them
 )
 
 
 def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str, dict]:
     """Fold events (in id order) into every job's state, from empty.
 
-    Returns {job_id: {field: value}} for REPLAYED_FIELDS. Events that contradict
+    Returns {job_id: {field: value}} for REPLAYED_FIELDS (`after`: what the job
+    waits on, parse_after of its create event's fields). Events that contradict
     the history so far (a second create, a change of a job never created, an
     old status that is not the job's status then, an attempt the rules do not
     give) are still applied, and are described in `problems` when a list is given.
@@ -571,7 +674,9 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                 "completed_at": None,
                 "attempt": 1,
                 **parse_policy(e.get("message")),
+                "after": parse_after(e.get("fields")),
             }
+            job["waits"] = len(job["after"])
             enter_status(job, e["new_status"], e["at"])
             jobs[job_id] = job
         elif kind == STATUS:
@@ -586,6 +691,8 @@ def replay(events: Iterable[Mapping], problems: list | None = None) -> dict[str,
                     "completed_at": None,
                     "attempt": 1,
                     **parse_policy(None),
+                    "after": [],
+                    "waits": 0,
                 }
             else:
                 job = known

@@ -24,6 +24,28 @@ from jobctl.model import (
 )
 
 
+def waiting_text(deps: Iterable[tuple[str, int]]) -> str:
+    """What a job waits on (its dependencies, (id, any_outcome)): `waiting on P.2, P.4 (any outcome)`."""
+    return "waiting on " + ", ".join(f"{a} (any outcome)" if any_outcome else a for a, any_outcome in deps)
+
+
+def held_text(waiting_on: Iterable[str]) -> str:
+    """A pending job still held back (a row's `waiting_on`): `waiting on P.2, P.3` ('' for none)."""
+    ids = list(waiting_on)
+    return waiting_text((a, 0) for a in ids) if ids else ""
+
+
+def after_text(after: Iterable[Mapping]) -> str:
+    """What a job waits on, with their statuses (`show`): `P.2 completed, P.4 running (any outcome)`."""
+    return ", ".join(f"{d['id']} {d['status']}" + (" (any outcome)" if d["any_outcome"] else "") for d in after)
+
+
+def create_message(policy: str | None, deps: Iterable[tuple[str, int]]) -> str | None:
+    """A create event's message: its policy text (model.policy_text), then what it waits on."""
+    deps = list(deps)
+    return "; ".join(t for t in (policy, waiting_text(deps) if deps else None) if t) or None
+
+
 def empty_counts() -> dict[str, int]:
     return {s: 0 for s in STATUSES}
 

@@ -115,10 +115,20 @@ class Reads:
         yield from self._add_progress(batch)
 
     def _add_progress(self, jobs: builtins.list[dict]) -> builtins.list[dict]:
-        """Each job with `progress` (None without children) and `policy`: its failure
-        policy and whether its allowance was used (the same in show, list and tree)."""
+        """Each job with `progress` (None without children), `policy`: its failure
+        policy and whether its allowance was used, `after`: the jobs it waits on
+        ({id, any_outcome, status}), and `waiting_on`: the ids of those still holding
+        it back while it is pending (the same in show, list and tree)."""
         counts = self._store.get_counts([j["id"] for j in jobs]) if jobs else {}
+        after: dict[str, builtins.list[dict]] = {}
+        for d in self._store.dependencies_of([j["id"] for j in jobs]) if jobs else ():
+            after.setdefault(d["job_id"], []).append(d)
         for j in jobs:
+            deps = after.get(j["id"], [])
+            j["after"] = [
+                {"id": d["after_id"], "any_outcome": bool(d["any_outcome"]), "status": d["status"]} for d in deps
+            ]
+            j["waiting_on"] = model.waiting_on(deps) if j["status"] == PENDING else []
             c = counts[j["id"]]
             total = sum(c.values())
             j["progress"] = progress_dict(j["id"], j["status"], c) if total else None

@@ -7,7 +7,7 @@ import sys
 
 from jobctl.console import plain
 from jobctl.model import duration_text, job_seconds, policy_text, where_text
-from jobctl.progress import counts_of, event_text, finished
+from jobctl.progress import after_text, counts_of, event_text, finished, held_text
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~5 ms per start)
 
@@ -217,6 +217,8 @@ def job(j: Mapping) -> None:
     lines.append(("metadata", _dumps(j["metadata"]) if j["metadata"] else None))
     lines.append(("progress", j["progress"]["progress_text"] if j["progress"] else None))
     lines.append(("ran on", where_text(j["ran_on"]) if j.get("ran_on") else None))
+    lines.append(("after", after_text(j["after"]) if j.get("after") else None))
+    lines.append(("waiting on", ", ".join(j.get("waiting_on", ())) or None))
     if not is_terminal():
         for k, v in lines:
             write_line(f"{k}: {plain(v) if v is not None else '-'}")
@@ -239,7 +241,8 @@ def tree(rows: Iterable[Mapping]) -> None:
 
     def label(r: Mapping) -> str:
         text = f"{r['id']} {r['status']} {plain(r['name'])}"
-        return text + (f" ({r['progress']['progress_text']})" if r["progress"] else "")
+        text += f" ({r['progress']['progress_text']})" if r["progress"] else ""
+        return text + (f" [{held_text(r['waiting_on'])}]" if r.get("waiting_on") else "")
 
     if not is_terminal():
         out = sys.stdout
@@ -257,6 +260,8 @@ def tree(rows: Iterable[Mapping]) -> None:
         text = f"[bold]{escape(r['id'])}[/] [{style}]{r['status']}[/] {escape(plain(r['name']))}"
         if r["progress"]:
             text += f" [dim]({r['progress']['progress_text']})[/]"
+        if r.get("waiting_on"):
+            text += f" [dim]{escape(held_text(r['waiting_on']))}[/]"
         if root is None:
             root = nodes[r["id"]] = Tree(text)
         else:

@@ -17,7 +17,8 @@ from jobctl.progress import empty_counts, progress_text
 
 
 def verify(store: Store) -> list[str]:
-    """Differences between the events and the jobs table, between the kept
+    """Differences between the events and the jobs table (and the dependencies
+    table: what each job waits on), between the kept
     child counts and a real count, between a parent's status derived last and
     what its children's real counts give, and the store's own integrity check
     (SQLite's). [] is clean."""
@@ -25,6 +26,8 @@ def verify(store: Store) -> list[str]:
     derived: dict[str, dict] = {}  # parents whose last status was derived
     with store.read():
         problems += [f"integrity: {p}" for p in store.integrity_check()]
+        dependencies = store.all_dependencies()
+        waited_on = {a for deps in dependencies.values() for a, _ in deps}
         # A job's state depends on its own events alone, so the replay runs job by
         # job: the jobs in id order merged with the events in (job, id) order,
         # streamed, in memory that does not grow with the database.
@@ -41,6 +44,10 @@ def verify(store: Store) -> list[str]:
             else:
                 events = list(group[1])  # (one job's own: a few)
                 r = model.replay(events, problems)[job["id"]]
+                job["after"] = dependencies.pop(job["id"], [])
+                if job["waited_on"] != (job["id"] in waited_on):
+                    some = "a job waits" if job["id"] in waited_on else "no job waits"
+                    problems.append(f"job {job['id']}: waited_on is {job['waited_on']}, but {some} on it")
                 for field in model.REPLAYED_FIELDS:
                     if r[field] != job[field]:
                         problems.append(f"job {job['id']}: {field} is {job[field]!r}, events say {r[field]!r}")
@@ -48,6 +55,7 @@ def verify(store: Store) -> list[str]:
                 if last is not None and model.is_derived(last):
                     derived[job["id"]] = job
                 job, group = next(jobs, None), next(groups, None)
+        problems += [f"job {j}: waits on {w!r}, but it is not in the jobs table" for j, w in dependencies.items()]
         real = store.count_children()
         kept = store.all_counts()
     zero = empty_counts()

@@ -50,7 +50,7 @@ from jobctl.model import (
     check_text,
     not_found,
 )
-from jobctl.progress import fold
+from jobctl.progress import create_message, fold
 from jobctl.store.base import Lost, Retryable
 
 SPAWN_CHUNK = 10_000  # children written at a time by spawn (memory stays flat at any count)
@@ -106,6 +106,9 @@ class UnitOfWork:
         # change's own work, so a change of several jobs (status set, reap)
         # applies to all of them first.
         self.fail_fast_due: dict[str, str] = {}
+        # Jobs this change ended failed or cancelled: the pending jobs waiting on them
+        # (--after) are cancelled before the commit (cancel_dependents).
+        self.ended: list[str] = []
 
     def load(self, ids: Sequence[str]) -> list[dict]:
         """The jobs, with their kept child counts, read in one query where not loaded yet
@@ -180,6 +183,8 @@ class UnitOfWork:
             return False
         model.enter_status(job, new, self.at, message)
         self.dirty[job["id"]] = job
+        if job.get("waited_on", 1) and model.cancels(new, 0):  # (a row without the column: looked for)
+            self.ended.append(job["id"])
         self.event(job, STATUS, old, new, message)
         self.events[-1]["fields"] = fields
         if derived:
@@ -217,8 +222,13 @@ class UnitOfWork:
         """Before the commit: every fail-fast parent that more children failed in
         than allowed cancels its unfinished descendants (`fail-fast: <child>
         failed`), then fails, its event after theirs; a parent failing so may
-        make its own fail-fast parent due in turn."""
-        while self.fail_fast_due:
+        make its own fail-fast parent due in turn. Then the jobs waiting on one
+        that ended failed or cancelled are cancelled (cancel_dependents), and
+        so on, until nothing more is due."""
+        while self.fail_fast_due or self.ended:
+            if not self.fail_fast_due:
+                self.cancel_dependents()
+                continue
             # the deepest first: one inside another's subtree fails (as its own
             # children say) before the outer one's cancelling reaches it
             parent_id = max(self.fail_fast_due, key=self.depth)
@@ -229,6 +239,24 @@ class UnitOfWork:
             message = model.fail_fast_message(child_id)
             self.cancel_tree(parent, message, below=True)
             self.rederive(parent, message)
+
+    def cancel_dependents(self) -> None:
+        """Cancel every pending job that waits (--after) on a job this change ended
+        failed or cancelled: `dependency P.2 failed`; those it cancels are ended
+        in turn, so a chain is cancelled to its end in this change."""
+        ended, self.ended = self.ended, []
+        waiting = self.store.dependents(ended, PENDING)
+        self.load(list(dict.fromkeys(d[k] for d in waiting for k in ("job_id", "after_id"))))  # in one read
+        for d in waiting:
+            after = self.job(d["after_id"])
+            job = self.job(d["job_id"])
+            if job["status"] != PENDING or not model.cancels(after["status"], d["any_outcome"]):
+                continue
+            message = model.dependency_message(after["id"], after["status"])
+            if any(self.counts_of(job["id"]).values()):  # (a parent pending: only --force makes one)
+                self.cancel_tree(job, message)
+            else:
+                self.set_status(job, CANCELLED, message)
 
     def depth(self, job_id: str) -> int:
         """How many ancestors the job has (read through this change's copies)."""
@@ -251,6 +279,7 @@ class UnitOfWork:
         old = job["status"]
         ids = self.store.cancel_subtree(job["id"], message, self.at, below=below)
         if ids is not None:
+            self.ended += ids
             self.jobs.clear()
             self.counts.clear()
             job.update(self.job(job["id"]))  # the caller's copy stays this change's copy
@@ -270,20 +299,25 @@ class UnitOfWork:
             self.frozen = before
         return [j["id"] for j in targets]
 
-    def add_jobs(self, parent: dict | None, jobs: list[dict]) -> None:
-        """Insert new pending jobs (all children of `parent`, or one root).
-        If one of their ids is taken, IdTaken is raised and nothing has changed."""
+    def add_jobs(self, parent: dict | None, jobs: list[dict], deps: Sequence[tuple[str, int]] = ()) -> None:
+        """Insert new pending jobs (all children of `parent`, or one root), each
+        waiting on `deps` (model.check_after's). If one of their ids is taken,
+        IdTaken is raised and nothing has changed."""
         self.store.insert_jobs(jobs)
+        fields = _fields_json(model.after_fields(deps))
         for j in jobs:
             self.jobs[j["id"]] = j
             text = model.policy_text(
                 j["fail_fast"], j["allow_failures"], j["max_attempts"], j["is_open"], j["max_running"]
             )
-            self.event(j, CREATE, None, j["status"], text)
+            self.event(j, CREATE, None, j["status"], create_message(text, deps))
+            self.events[-1]["fields"] = fields
+        if deps:
+            self.store.insert_dependencies([(j["id"], a, any_outcome) for j in jobs for a, any_outcome in deps])
         if parent is not None:
             self.child_changed(parent["id"], None, PENDING, n=len(jobs), child_id=jobs[0]["id"])
 
-    def insert_children(self, parent: dict, jobs: list[dict]) -> None:
+    def insert_children(self, parent: dict, jobs: list[dict], deps: Sequence[tuple[str, int]] = ()) -> None:
         """Insert a chunk of new pending children with their create events at once,
         keeping none of them in this change (a spawn of a million stays small
         in memory); IdTaken if an id is taken, with nothing of this chunk written."""
@@ -291,7 +325,10 @@ class UnitOfWork:
             self.store.insert_events(self.events)
             self.events = []
         cap = jobs[0]["max_attempts"] if jobs else None  # a spawn's children share it
-        self.store.insert_children(jobs, model.policy_text(0, None, cap))
+        message = create_message(model.policy_text(0, None, cap), deps)
+        self.store.insert_children(jobs, message, _fields_json(model.after_fields(deps)))
+        if deps:
+            self.store.insert_dependencies([(j["id"], a, any_outcome) for j in jobs for a, any_outcome in deps])
         self.child_changed(parent["id"], None, PENDING, n=len(jobs), child_id=jobs[0]["id"] if jobs else None)
 
     def flush(self) -> None:
@@ -360,6 +397,8 @@ class Writes:
         fields: Mapping[str, object] | None = None,
         open: bool = False,
         max_running: int | None = None,
+        after: Iterable[str] = (),
+        after_any: Iterable[str] = (),
     ) -> str:
         """Create a job (pending) and return its id.
 
@@ -376,7 +415,15 @@ class Writes:
         transaction (`run --parent P`: no worker can claim it pending
         meanwhile); an existing job (`id`) must be pending then, and childless;
         `fields` go on that running event (where it runs: see Jobctl.set_status).
+        With `after` (job ids), it waits, pending, until each of them has
+        completed (`after_any`: has ended, whatever its outcome): claim skips it,
+        starting it by hand needs force, and `running` leaves it pending (`run`
+        waits). One of `after` that ends failed or cancelled cancels it at once
+        (`dependency P.2 failed`), even if it had before. A job that does not
+        exist, or one that cannot end before this one does (its parent, say: a
+        cycle), is a UsageError.
         """
+        deps = model.check_after(after, after_any)
         check_name(name)
         check_message(running)
         check_text(type, "type")
@@ -391,7 +438,7 @@ class Writes:
             "is_open": int(bool(open)),
             "max_running": model.check_max_running(max_running),
         }
-        return self._create(name, type, parent, id, _meta_json(meta), policy, running, _fields_json(fields))
+        return self._create(name, type, parent, id, _meta_json(meta), policy, running, _fields_json(fields), deps)
 
     @transaction
     def _create(
@@ -405,6 +452,7 @@ class Writes:
         policy: dict,
         running: str | None = None,
         fields: str | None = None,
+        deps: Sequence[tuple[str, int]] = (),
     ) -> str:
         if id is not None:
             existing = self._store.get_job(id)
@@ -412,6 +460,8 @@ class Writes:
                 given = {k: v for k, v in policy.items() if v}  # the policy parts given (not defaults)
                 want = {"name": name, "type": type, "parent_id": parent, "metadata": meta_json, **given}
                 differ = [k for k, v in want.items() if existing[k] != v]
+                had = [(d["after_id"], d["any_outcome"]) for d in self._store.dependencies_of([id])]
+                differ += ["--after"] if deps and had != list(deps) else []
                 if differ:
                     raise Conflict(f"job {id} already exists with a different {', '.join(differ)}")
                 if running is not None:
@@ -420,17 +470,19 @@ class Writes:
                         raise UsageError(f"job {id} has children: its status is derived, it runs no command")
                     if job["status"] != PENDING:
                         raise UsageError(f"job {id} is {job['status']}: only a pending job can be run")
-                    self._check_limit(ch, job)
-                    ch.set_status(job, RUNNING, running, fields=fields)
+                    if not self._waiting_on(job):  # (else left pending: `run` waits)
+                        self._check_limit(ch, job)
+                        ch.set_status(job, RUNNING, running, fields=fields)
                 return id
         p = self._open_parent(ch, parent) if parent is not None else None
         if id is None:
             id = self._free_child_id(p) if p else self._free_root_id()
         if p is not None and policy["max_attempts"] is None:  # a child gets its parent's cap, as in spawn
             policy = {**policy, "max_attempts": p["max_attempts"]}
-        job = self._new_job(ch, id, name, type, p, meta_json, **policy)
-        ch.add_jobs(p, [job])
-        if running is not None:
+        waits = self._check_after(ch, id, parent, deps)
+        job = self._new_job(ch, id, name, type, p, meta_json, **policy, waits=len(deps))
+        ch.add_jobs(p, [job], deps)
+        if running is not None and not waits:
             self._check_limit(ch, job)
             ch.set_status(job, RUNNING, running, fields=fields)
         return id
@@ -443,9 +495,13 @@ class Writes:
         names: Sequence[str] | None = None,
         type: str | None = None,
         max_attempts: int | None = None,
+        after: Iterable[str] = (),
+        after_any: Iterable[str] = (),
     ) -> list[str]:
         """Create children of `parent`, pending, in one transaction; return their ids.
-        Each may start `max_attempts` times (default: the parent's cap, if any)."""
+        Each may start `max_attempts` times (default: the parent's cap, if any),
+        and waits on `after` and `after_any` as in `create`."""
+        deps = model.check_after(after, after_any)
         model.check_max_attempts(max_attempts)
         if (count is None) == (names is None):
             raise UsageError("give either a count or names of the children")
@@ -459,15 +515,23 @@ class Writes:
             raise UsageError(f"--count must be a positive whole number, not {count}")
         elif count > model.MAX_SPAWN:
             raise UsageError(f"--count is at most {model.MAX_SPAWN:,} children in one spawn, not {count:,}")
-        return self._spawn(parent, count, names, type, max_attempts)
+        return self._spawn(parent, count, names, type, max_attempts, deps)
 
     @transaction
     def _spawn(
-        self, ch: UnitOfWork, parent: str, n: int, names: Sequence[str] | None, type: str | None, cap: int | None
+        self,
+        ch: UnitOfWork,
+        parent: str,
+        n: int,
+        names: Sequence[str] | None,
+        type: str | None,
+        cap: int | None,
+        deps: Sequence[tuple[str, int]] = (),
     ) -> list[str]:
         p = self._open_parent(ch, parent)
         cap = p["max_attempts"] if cap is None else cap
-        return self._add_children(ch, p, sum(ch.counts_of(parent).values()) + 1, n, names, type, cap)
+        self._check_after(ch, None, parent, deps)
+        return self._add_children(ch, p, sum(ch.counts_of(parent).values()) + 1, n, names, type, cap, deps)
 
     _KEEP = object()  # set_policy: leave this part of the policy as it is
 
@@ -574,6 +638,9 @@ class Writes:
                 )
             if status == RUNNING and not force:
                 self._check_limit(ch, job)
+                held_by = self._waiting_on(job)
+                if held_by:
+                    raise model.not_ready(job["id"], held_by)
             ch.set_status(job, status, message, fields=fields)
             changed.append(job["id"])
         return changed
@@ -624,6 +691,12 @@ class Writes:
                 f" {'has' if len(skipped) == 1 else 'have'} used all their attempts (--max-attempts)"
             )
         retried = Retried((t["id"] for t in targets if model.attempts_left(t)), skipped)
+        for d in self._store.dependencies_of(retried, locked=True):
+            if model.cancels(d["status"], d["any_outcome"]) and d["after_id"] not in retried:
+                raise Conflict(
+                    f"job {d['job_id']} waits on {d['after_id']}, which is {d['status']}:"
+                    f" retry {d['after_id']} first (or a job above both)"
+                )
         for t in targets:
             if model.attempts_left(t):
                 ch.set_status(t, PENDING, "retry")
@@ -899,6 +972,48 @@ class Writes:
         store.prune_jobs(root, leaves)
         return "gone", job_id
 
+    def _check_after(
+        self, ch: UnitOfWork, job_id: str | None, parent_id: str | None, deps: Sequence[tuple[str, int]]
+    ) -> list[str]:
+        """Check what a new job (`job_id`: None for a spawn's) is to wait on: each job
+        exists (else UsageError) and can end before the new one does (else UsageError:
+        a cycle, model.dependency_cycle). One that failed or was cancelled already
+        is this change's to follow up (cancel_dependents cancels the new job). Returns
+        the ids the new job waits on now. On PostgreSQL their rows are locked first (a
+        change that ends one of them locks it too: the two queue on its row, in the
+        order every change locks rows, before the write lock), then read again under
+        the write lock, which a change ending one of them holds when it reads what
+        waits on it (cancel_dependents), so neither misses the other whichever
+        commits first, even where a parent is read without a row lock; the write lock
+        also keeps two creations from closing a cycle between them."""
+        if not deps:
+            return []
+        ids = [a for a, _ in deps]
+        try:
+            ch.load(ids)
+        except model.NotFound as exc:
+            raise UsageError(f"--after: {exc}") from None
+        self._store.hold_write_lock()
+        fresh = self._store.jobs_and_counts(ids)[0]
+        after = [ch.jobs[a] for a in ids]
+        for a in after:
+            a.update(fresh[a["id"]], waited_on=1)  # (this change's copies: cancel_dependents reads them)
+        cycle = model.dependency_cycle(job_id or "", parent_id, ids, self._store.required_by)
+        if cycle is not None:
+            raise UsageError(
+                f"--after {cycle}: job {cycle} cannot end before {job_id or 'the new jobs'} do"
+                f"{'es' if job_id else ''} (a cycle)"
+            )
+        rows = [{"after_id": a["id"], "any_outcome": flag, "status": a["status"]} for a, (_, flag) in zip(after, deps)]
+        blocked = model.blocker(rows)
+        if blocked is not None:
+            ch.ended.append(blocked["after_id"])
+        return model.waiting_on(rows)
+
+    def _waiting_on(self, job: Mapping) -> list[str]:
+        """The jobs that hold `job` back (model.waiting_on); read only if it waits on any."""
+        return model.waiting_on(self._store.dependencies_of([job["id"]])) if job.get("waits", 1) else []
+
     @staticmethod
     def _check_limit(ch: UnitOfWork, job: dict) -> None:
         """AtLimit (exit 4) if the job starting would run its parent past --max-running."""
@@ -946,6 +1061,7 @@ class Writes:
         names: Sequence[str] | None,
         type: str | None,
         cap: int | None,
+        deps: Sequence[tuple[str, int]] = (),
     ) -> list[str]:
         """Children are numbered <parent>.<start>, <parent>.<start + 1>, ..., written a
         chunk at a time. Where a chosen --id took a number, the numbering goes on
@@ -956,11 +1072,11 @@ class Writes:
             size = min(SPAWN_CHUNK, n - len(ids))
             numbers = range(k, k + size)
             chunk_names = names[len(ids) : len(ids) + size] if names is not None else [f"child {x}" for x in numbers]
-            base = self._new_job(ch, "", "", type, parent, None, max_attempts=cap)  # what every child shares
+            base = self._new_job(ch, "", "", type, parent, None, max_attempts=cap, waits=len(deps))  # shared
             prefix = parent["id"] + "."
             jobs = [{**base, "id": f"{prefix}{x}", "name": nm} for x, nm in zip(numbers, chunk_names)]
             try:
-                ch.insert_children(parent, jobs)
+                ch.insert_children(parent, jobs, deps)
             except model.IdTaken:
                 k = self._store.last_child_number(parent["id"]) + 1
                 continue
@@ -981,6 +1097,7 @@ class Writes:
         max_attempts: int | None = None,
         is_open: int = 0,
         max_running: int | None = None,
+        waits: int = 0,
     ) -> dict:
         job = {
             "id": id,
@@ -1002,6 +1119,8 @@ class Writes:
             "not_before": None,
             "is_open": is_open,
             "max_running": max_running,
+            "waits": waits,
+            "waited_on": 0,
         }
         model.enter_status(job, PENDING, ch.at)
         return job

@@ -50,7 +50,7 @@ def exists(db: str) -> bool:
 
 def snapshot(db: str) -> tuple:
     """Everything in the database, as the API reads it: jobs, kept counts,
-    events and logs, to prove that a refused command changed nothing."""
+    events, logs and dependencies, to prove that a refused command changed nothing."""
     if not exists(db):
         return ()
     with Jobctl(db, create=False) as jc:
@@ -60,6 +60,7 @@ def snapshot(db: str) -> tuple:
             store.all_counts(),
             list(store.all_events()),
             [(e["id"], e["message"], e["level"]) for e in store.events()],
+            store.all_dependencies(),
         )
 
 

@@ -114,7 +114,16 @@ def test_a_type_checker_catches_a_wrong_call_to_a_mutation(tmp_path):
 
 
 # What a backend may define itself of SqlQueries: how it runs a query, not a query.
-DIALECT_HOOKS = {"_query", "_query_light", "_query_locked", "_iterate", "_in", "_execute", "hold_write_lock"}
+DIALECT_HOOKS = {
+    "_query",
+    "_query_light",
+    "_query_locked",
+    "_query_unlocked",
+    "_iterate",
+    "_in",
+    "_execute",
+    "hold_write_lock",
+}
 
 
 def extends(node: ast.FunctionDef) -> bool:

@@ -293,6 +293,8 @@ NO_POLICY = {
     "allow_failures": None,
     "max_attempts": None,
     "max_running": None,
+    "after": [],
+    "waits": 0,
 }
 
 
@@ -887,3 +889,96 @@ def test_exit_code_of_several(statuses, code):
 def test_output_file_lines():
     text = "a=1\nmulti<<EOF\nx\n\ny=z\nEOF\nb=has=equals\n\n"
     assert model.parse_output_file(text) == [("a", "1"), ("multi", "x\n\ny=z"), ("b", "has=equals")]
+
+
+# ------------------------------------------------------------- dependencies
+@pytest.mark.parametrize(
+    "status, strict_releases, any_releases, strict_cancels",
+    [
+        (PENDING, False, False, False),
+        (RUNNING, False, False, False),
+        (COMPLETED, True, True, False),
+        (FAILED, False, True, True),
+        (CANCELLED, False, True, True),
+    ],
+)
+def test_what_a_dependency_in_each_status_does(status, strict_releases, any_releases, strict_cancels):
+    assert model.releases(status, 0) is strict_releases
+    assert model.releases(status, 1) is any_releases
+    assert model.cancels(status, 0) is strict_cancels
+    assert model.cancels(status, 1) is False  # --after-any never cancels
+
+
+def test_check_after_sorts_and_refuses_a_job_given_twice_or_a_bad_id():
+    assert model.check_after(["P.2", "P.1", "P.2"], ["Q"]) == [("P.1", 0), ("P.2", 0), ("Q", 1)]
+    assert model.check_after() == []
+    with pytest.raises(model.UsageError, match="both --after and --after-any"):
+        model.check_after(["P.1"], ["P.1"])
+    with pytest.raises(model.UsageError, match="bad job id"):
+        model.check_after(["a b"])
+
+
+def test_waiting_on_and_the_blocker():
+    deps = [
+        {"after_id": "a", "any_outcome": 0, "status": COMPLETED},
+        {"after_id": "b", "any_outcome": 1, "status": FAILED},
+        {"after_id": "c", "any_outcome": 0, "status": RUNNING},
+        {"after_id": "d", "any_outcome": 0, "status": CANCELLED},
+    ]
+    assert model.waiting_on(deps) == ["c", "d"]
+    assert model.blocker(deps)["after_id"] == "d"
+    assert model.blocker(deps[:3]) is None
+    assert model.dependency_message("P.2", FAILED) == "dependency P.2 failed"
+
+
+def test_after_fields_round_trip_through_parse_after():
+    deps = [("P.1", 0), ("P.3", 1), ("Q", 0)]
+    fields = model.after_fields(deps)
+    assert fields == {"after": ["P.1", "Q"], "after_any": ["P.3"]}
+    import json
+
+    assert model.parse_after(json.dumps(fields)) == deps
+    assert model.after_fields([]) == {} and model.parse_after(None) == [] and model.parse_after('{"host":"x"}') == []
+
+
+def test_a_create_message_keeps_the_policy_readable():
+    from jobctl.progress import create_message
+
+    text = create_message("fail-fast, max-attempts 3", [("open", 0), ("P.2", 1)])
+    assert text == "fail-fast, max-attempts 3; waiting on open, P.2 (any outcome)"
+    assert model.parse_policy(text) == {**model.parse_policy("fail-fast, max-attempts 3")}
+    assert model.parse_policy(create_message(None, [("open", 0)]))["is_open"] == 0  # a job named open
+    assert create_message(None, []) is None
+
+
+GRAPH = {  # job: (parent, [jobs it waits on])
+    "P": (None, []),
+    "P.1": ("P", []),
+    "P.2": ("P", ["P.1"]),
+    "Q": (None, ["P"]),
+    "Q.1": ("Q", []),
+    "R": (None, ["Q.1"]),
+}
+
+
+def required_by(ids):
+    """GRAPH's parents of `ids`, and the jobs waiting on them."""
+    return [GRAPH[j][0] for j in ids if GRAPH[j][0]] + [k for k, (_, after) in GRAPH.items() if set(after) & set(ids)]
+
+
+@pytest.mark.parametrize(
+    "parent, after, cycle",
+    [
+        ("P", ["P.1", "P.2"], None),  # siblings: fine
+        ("P", ["P"], "P"),  # its own parent cannot end first
+        ("P.2", ["P"], "P"),  # nor a grandparent
+        ("P", ["Q"], "Q"),  # Q waits on P, which needs the new job
+        ("P", ["R"], None),  # R waits on Q.1 only: it does not need P
+        ("Q", ["R"], None),  # R waits on Q.1, a child of Q, not on Q itself
+        ("Q.1", ["R"], "R"),  # R waits on Q.1, which needs the new job
+        (None, ["P", "Q", "R"], None),  # a new root: nothing needs it
+    ],
+)
+def test_dependency_cycle(parent, after, cycle):
+    assert model.dependency_cycle("new", parent, after, required_by) == cycle
+    assert model.dependency_cycle("new", parent, ["new"], required_by) == "new"

@@ -76,6 +76,7 @@ class Model:
         self.order: list[str] = []  # creation order (the jobs table's rowid order)
         self.events = 0
         self.due: dict[str, str] = {}  # fail-fast parents to settle at the end of the operation
+        self.ended: list[str] = []  # jobs the operation ended failed or cancelled: what waits on them is cancelled
 
     def copy(self) -> "Model":
         m = Model()
@@ -83,6 +84,7 @@ class Model:
         m.order = list(self.order)
         m.events = self.events
         m.due = dict(self.due)
+        m.ended = list(self.ended)
         return m
 
     def status(self, jid: str) -> str:
@@ -91,7 +93,15 @@ class Model:
     def counts(self, jid: str) -> Counter:
         return Counter(self.jobs[k]["status"] for k in self.jobs[jid]["kids"])
 
-    def add(self, parent: str | None, ids_names: list[tuple[str, str]], max_attempts: int | None = None) -> None:
+    def add(
+        self,
+        parent: str | None,
+        ids_names: list[tuple[str, str]],
+        max_attempts: int | None = None,
+        after: list[tuple[str, bool]] = (),
+    ) -> None:
+        """New pending jobs, each waiting on `after` ((id, any outcome) pairs): one
+        that failed or was cancelled already (without any outcome) cancels them at once."""
         for jid, name in ids_names:
             assert jid not in self.jobs
             self.jobs[jid] = {
@@ -108,6 +118,7 @@ class Model:
                 "derived": False,
                 "limit": None,
                 "outputs": {},
+                "after": sorted(after),
             }
             self.order.append(jid)
             self.events += 1
@@ -115,6 +126,7 @@ class Model:
                 self.jobs[parent]["kids"].append(jid)
         if parent is not None:
             self.roll_up(parent, frozenset())
+        self.ended += [a for a, any_outcome in after if not any_outcome and self.status(a) in (FAILED, CANCELLED)]
         self.settle()
 
     def set(self, jid: str, new: str, frozen: frozenset = frozenset(), derived: bool = False) -> bool:
@@ -128,6 +140,8 @@ class Model:
         job["started"] = new != PENDING and (job["started"] or new == RUNNING)
         job["status"] = new
         self.events += 1
+        if new in (FAILED, CANCELLED):
+            self.ended.append(jid)
         if job["parent"] is not None:
             self.roll_up(job["parent"], frozen, failed_child=jid if new == FAILED else None)
         return True
@@ -162,9 +176,40 @@ class Model:
             and counts[FAILED] > allowed(p["allow"], sum(counts.values()))
         )
 
+    def waiting_on(self, jid: str) -> list[str]:
+        """What holds a pending job back: each job it waits on that has not completed
+        (with any outcome: not ended)."""
+        job = self.jobs[jid]
+        if job["status"] != PENDING:
+            return []
+        return [a for a, any_outcome in job["after"] if self.status(a) not in (FINAL if any_outcome else {COMPLETED})]
+
+    def needs(self, jid: str) -> set[str]:
+        """Every job that must end before `jid` can: its children and what it waits on, transitively."""
+        out, todo = set(), [jid]
+        while todo:
+            j = todo.pop()
+            for k in self.jobs[j]["kids"] + [a for a, _ in self.jobs[j]["after"]]:
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+        return out
+
     def settle(self) -> None:
-        """At the end of an operation: each fail-fast parent due cancels what is unfinished below it, then fails."""
-        while self.due:
+        """At the end of an operation: each fail-fast parent due cancels what is unfinished
+        below it, then fails; when none is due, every pending job waiting (without any
+        outcome) on a job that ended failed or cancelled is cancelled; until neither is left."""
+        while self.due or self.ended:
+            if not self.due:
+                ended, self.ended = set(self.ended), []
+                for jid in list(self.order):
+                    job = self.jobs[jid]
+                    bad = [a for a, any_outcome in job["after"] if a in ended and not any_outcome]
+                    if job["status"] == PENDING and any(self.status(a) in (FAILED, CANCELLED) for a in bad):
+                        targets = [j for j in reversed(self.subtree(jid)) if self.status(j) not in FINAL]
+                        for t in targets:
+                            assert self.set(t, CANCELLED, frozenset(targets))
+                continue
             pid = max(self.due, key=self.depth)  # the deepest first
             del self.due[pid]
             if self.too_many_failed_while_open(pid):
@@ -228,6 +273,8 @@ class Model:
             limit = parent and self.jobs[parent]["limit"]
             if new == RUNNING and not force and limit and self.counts(parent)[RUNNING] >= limit:
                 raise jobctl.Conflict(f"{parent} runs {limit} at most")
+            if new == RUNNING and not force and self.waiting_on(jid):
+                raise jobctl.Conflict(f"{jid} waits on {self.waiting_on(jid)}")
             self.set(jid, new)
             changed.append(jid)
         self.settle()
@@ -260,6 +307,10 @@ class Model:
         kept = [t for t in targets if self.attempts_left(t)]
         if targets and not kept:
             raise jobctl.Conflict(f"none of {targets} has attempts left")
+        for t in kept:
+            for a, any_outcome in self.jobs[t]["after"]:
+                if not any_outcome and self.status(a) in (FAILED, CANCELLED) and a not in kept:
+                    raise jobctl.Conflict(f"{t} waits on {a}, which is {self.status(a)}")
         for t in kept:
             assert self.set(t, PENDING)
         self.settle()
@@ -343,23 +394,66 @@ class JobctlMachine(RuleBasedStateMachine):
         self.m.add(None, [(jid, name)])
         self.m.jobs[jid]["open"] = open
 
+    def draw_after(self, data) -> list[tuple[str, bool]]:
+        """Up to two jobs to wait on, each with --after or --after-any."""
+        ids = data.draw(st.lists(st.sampled_from(self.m.order), max_size=2, unique=True), label="after")
+        return [(a, data.draw(st.booleans(), label="any outcome")) for a in ids]
+
+    def expect_cycle(self, parent: str, after: list[tuple[str, bool]], call) -> bool:
+        """A job to wait on that needs the new job's parent to end (or is it) cannot end
+        before the new job does: UsageError, nothing written. True if so."""
+        if not any(a == parent or parent in self.m.needs(a) for a, _ in after):
+            return False
+        before = self.snapshot()
+        with pytest.raises(jobctl.UsageError, match="a cycle"):
+            call()
+        assert self.snapshot() == before
+        return True
+
+    @staticmethod
+    def after_kwargs(after: list[tuple[str, bool]]) -> dict:
+        return {"after": [a for a, x in after if not x], "after_any": [a for a, x in after if x]}
+
     @precondition(lambda self: self.open_jobs())
     @rule(data=st.data(), name=names)
     def create_child(self, data, name):
         parent = data.draw(st.sampled_from(self.open_jobs()), label="parent")
-        jid = self.jc.create(name, parent=parent)
+        after = self.draw_after(data)
+        if self.expect_cycle(parent, after, lambda: self.jc.create(name, parent=parent, **self.after_kwargs(after))):
+            return
+        jid = self.jc.create(name, parent=parent, **self.after_kwargs(after))
         assert jid == f"{parent}.{len(self.m.jobs[parent]['kids']) + 1}"
-        self.m.add(parent, [(jid, name)], max_attempts=self.m.jobs[parent]["max"])  # the parent's cap
+        self.m.add(parent, [(jid, name)], max_attempts=self.m.jobs[parent]["max"], after=after)  # the parent's cap
 
     @precondition(lambda self: self.open_jobs())
     @rule(data=st.data(), n=st.integers(1, 5), cap=st.sampled_from([None, None, 1, 2]))
     def spawn(self, data, n, cap):
         parent = data.draw(st.sampled_from(self.open_jobs()), label="parent")
-        ids = self.jc.spawn(parent, count=n, max_attempts=cap)
+        after = self.draw_after(data)
+        call = lambda: self.jc.spawn(parent, count=n, max_attempts=cap, **self.after_kwargs(after))  # noqa: E731
+        if self.expect_cycle(parent, after, call):
+            return
+        ids = call()
         k = len(self.m.jobs[parent]["kids"])
         assert ids == [f"{parent}.{k + i}" for i in range(1, n + 1)]
         cap = self.m.jobs[parent]["max"] if cap is None else cap  # the parent's cap by default
-        self.m.add(parent, [(i, f"child {i.rsplit('.', 1)[1]}") for i in ids], max_attempts=cap)
+        self.m.add(parent, [(i, f"child {i.rsplit('.', 1)[1]}") for i in ids], max_attempts=cap, after=after)
+
+    @precondition(lambda self: any(j["kids"] for j in self.m.jobs.values()))
+    @rule(data=st.data())
+    def claim(self, data):
+        """The oldest pending child that waits on nothing, unless the parent runs as many as its limit allows."""
+        parent = data.draw(st.sampled_from([j for j in self.m.order if self.m.jobs[j]["kids"]]), label="parent")
+        limit = self.m.jobs[parent]["limit"]
+        ready = [k for k in self.m.jobs[parent]["kids"] if self.m.status(k) == PENDING and not self.m.waiting_on(k)]
+        if (limit and self.m.counts(parent)[RUNNING] >= limit) or not ready:
+            before = self.snapshot()
+            assert self.jc.claim(parent) is None
+            assert self.snapshot() == before
+            return
+        assert self.jc.claim(parent) == ready[0]
+        self.m.set(ready[0], RUNNING)
+        self.m.settle()
 
     @precondition(lambda self: self.m.jobs)
     @rule(
@@ -581,6 +675,14 @@ class JobctlMachine(RuleBasedStateMachine):
                 name = self.m.jobs[kid]["name"]
                 want[name if name not in want else f"{name} ({kid})"] = self.m.jobs[kid]["outputs"]
             assert list(got.items()) == list(want.items()), jid
+
+    @invariant()
+    def waiting_matches(self):
+        """What each job waits on, and what still holds a pending one back."""
+        for row in self.jc.list():
+            job = self.m.jobs[row["id"]]
+            assert [(d["id"], d["any_outcome"]) for d in row["after"]] == job["after"], row["id"]
+            assert row["waiting_on"] == self.m.waiting_on(row["id"]), row["id"]
 
     @invariant()
     def verify_clean(self):

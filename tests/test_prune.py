@@ -330,3 +330,24 @@ def test_a_million_children_are_pruned_in_bounded_memory(db, tmp_path):
     assert peak_mb < 200, peak_mb
     with Jobctl(db) as jc:
         assert jc.find(root) is None and jc.verify() == []
+
+
+def test_dependencies_go_with_their_tree_and_a_tree_another_waits_on_stays(db):
+    """A dependency inside an old tree goes with it (verify stays clean); a tree that
+    a job of another tree waits on (--after) stays, whatever its age: that job's
+    create event names it."""
+    with Jobctl(db) as jc:
+        with days_ago(40):
+            inside = jc.create("inside")
+            first, second = jc.spawn(inside, names=["build", "test"])
+            chained = jc.create("chained", parent=inside, after=[first])
+            jc.set_status([first, second, chained], "completed")
+            needed = old_tree(jc, "needed")
+            waiter = jc.create("waits on it", after=[f"{needed}.2"])
+    result = run("prune", "--older-than", "30d", db=db)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [inside]
+    assert tree_rows(db, inside) == 0 and tree_rows(db, needed) > 0
+    with Jobctl(db) as jc:
+        assert jc._store.all_dependencies() == {waiter: [(f"{needed}.2", 0)]}
+        assert jc.verify() == []

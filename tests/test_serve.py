@@ -1210,3 +1210,19 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         assert problems == []
     finally:
         page.close()
+
+
+def test_the_api_says_what_a_job_waits_on(db, serve):
+    """A job created --after others: its rows carry after/waiting_on and the texts the page places."""
+    with Jobctl(db) as jc:
+        p = jc.create("release", id="P")
+        a, b = jc.spawn(p, count=2)
+        c = jc.create("publish", parent=p, after=[a], after_any=[b])
+        jc.set_status([a], "completed")
+    server = serve(db)
+    rows = {j["id"]: j for j in server.get(f"/api/jobs?parent={p}")["jobs"]}
+    assert rows[c]["waiting_on"] == [b]
+    assert rows[c]["waiting_text"] == f"waiting on {b}"
+    assert rows[c]["after_text"] == f"{a} completed, {b} pending (any outcome)"
+    assert rows[a]["waiting_text"] is None and rows[a]["after_text"] is None
+    assert server.get(f"/api/jobs/{c}")["waiting_text"] == f"waiting on {b}"

@@ -107,17 +107,22 @@ class Execution:
     def _start(self, jc: Jobctl, message: str, fields: dict) -> bool:
         """Set the job running (False: it is running already). One of `--each`'s
         children waits for a slot under its parent's --max-running (until
-        stopped); anything else gets AtLimit."""
+        stopped); anything else gets AtLimit. A job waiting on other jobs
+        (--after) waits for them (until stopped); one cancelled meanwhile (a
+        job it waited on failed) ends the run as cancelled (exit 6)."""
         waker = None
         try:
             while True:
                 try:
                     return bool(jc.set_status([self.job_id], RUNNING, message=message, fields=fields))
+                except model.Waiting:
+                    if self.stop_reason is not None:
+                        raise
                 except model.AtLimit:
                     if not self.one_of_many or self.stop_reason is not None:
                         raise
-                    waker = waker or jc.waker(1.0)
-                    waker.wait(1.0)  # until the database changes: a sibling may have ended
+                waker = waker or jc.waker(1.0)
+                waker.wait(1.0)  # until the database changes: a sibling or a job waited on may have ended
         finally:
             if waker is not None:
                 waker.close()
@@ -132,13 +137,15 @@ class Execution:
                     check_runnable(job)
                     if not self._start(jc, message, where()):  # taken meanwhile
                         raise UsageError(f"job {self.job_id} is running: only a pending job can be run")
-                except (UsageError, model.Conflict):
+                except (UsageError, model.Conflict) as exc:
                     status = jc.status(self.job_id)
                     if self.one_of_many and status == PENDING and self.stop_reason is not None:
                         return Outcome(PENDING, "stopped before its turn", None, model.EXIT_TERMINATED)
                     if self.one_of_many and status != PENDING:  # cancelled, or run by someone else: skipped
                         exit = model.EXIT_TERMINATED if status == CANCELLED else 0
                         return Outcome(status, f"{status} before its turn", None, exit)
+                    if status == CANCELLED and job["status"] == PENDING:  # (cancelled since it was read)
+                        raise cancelled_waiting(jc, self.job_id) or exc from None
                     raise
             while True:
                 started = time.monotonic()
@@ -424,6 +431,15 @@ def echo_through(stream: str, raw: bytes) -> None:
     out.flush()
 
 
+def cancelled_waiting(jc: Jobctl, job_id: str) -> model.JobctlError | None:
+    """`run` of a job cancelled while it waited on other jobs (its cancelling event's
+    message is model.dependency_message's): exit 6, saying why. None for another cancel."""
+    why = next(e["message"] for e in reversed(jc.events_of([job_id])) if e["kind"] == model.STATUS) or ""
+    if not why.startswith(model.DEPENDENCY_PREFIX):
+        return None
+    return model.JobctlError(f"job {job_id} was cancelled while it waited: {why}", model.EXIT_CANCELLED)
+
+
 def run_one(
     db: str | None,
     job: str | None,
@@ -432,15 +448,27 @@ def run_one(
     id: str | None,
     argv: list[str],
     options: Options,
+    *,
+    after: Sequence[str] = (),
+    after_any: Sequence[str] = (),
 ) -> int:
-    """`run JOB -- CMD` and `run --parent P [--name N] [--id ID] -- CMD`."""
+    """`run JOB -- CMD` and `run --parent P [--name N] [--id ID] [--after JOB] -- CMD`."""
     check_command(argv)
     with Jobctl(db) as jc:
+        claimed = parent is not None
         if parent is not None:  # the child is created running, in one transaction: no worker can claim it
             name = name or shorten(command_line(argv))
-            job = jc.create(name, parent=parent, id=id, running=running_message(argv), fields=where())
+            running = running_message(argv)
+            job = jc.create(
+                name, parent=parent, id=id, running=running, fields=where(), after=after, after_any=after_any
+            )
+            # (one that waits on other jobs stays pending: Execution.run waits for them)
+            status = jc.status(job) if after or after_any else RUNNING
+            if status == CANCELLED:  # one of them had failed or was cancelled
+                raise cancelled_waiting(jc, job) or AssertionError(job)
+            claimed = status == RUNNING
         assert job is not None  # (JOB itself is checked by Execution.run, before anything runs)
-        execution = Execution(jc.path, job, argv, options, echo=echo_through, claimed=parent is not None)
+        execution = Execution(jc.path, job, argv, options, echo=echo_through, claimed=claimed)
         with Interrupts(execution):
             outcome = execution.run(jc)
     return outcome.exit

@@ -173,13 +173,18 @@
     return row;
   }
 
+  // `waiting on P.2` (the server's text) while the job is pending.
+  function waiting(job) {
+    return job.status === "pending" ? job.waiting_text : null;
+  }
+
   function fillRow(row) {
     const c = row.cells;
     const job = row.job;
     setText(c.label, job.name === null || job.name === undefined ? "…" : job.name);
     setText(c.id, job.id);
     setBadge(c.badge, job.status);
-    setText(c.progress, job.progress ? job.progress.progress_text : "—");
+    setText(c.progress, job.progress ? job.progress.progress_text : waiting(job) || "—");
     c.bar.update(job);
     setText(c.started, when(job.started_at));
     setText(c.duration, duration(job));
@@ -331,7 +336,8 @@
       $("detail-status").appendChild(badge);
     }
     setBadge(badge, job.status);
-    setText($("detail-progress"), job.progress ? job.progress.progress_text : "no children");
+    setText($("detail-progress"), job.progress ? job.progress.progress_text : waiting(job) || "no children");
+    setText($("detail-after"), job.after_text || "—");
     detail.bar.update(job);
     setText($("detail-started"), when(job.started_at));
     setText($("detail-duration"), duration(job));

@@ -62,7 +62,17 @@ from typing import TYPE_CHECKING
 from jobctl import model
 from jobctl.backoff import Backoff
 from jobctl.model import CREATE, LOG, STATUS, STATUSES, duration_text, job_seconds
-from jobctl.progress import counts_of, done_text, empty_counts, fold, log_text, percent_done, progress_dict
+from jobctl.progress import (
+    after_text,
+    counts_of,
+    done_text,
+    empty_counts,
+    fold,
+    held_text,
+    log_text,
+    percent_done,
+    progress_dict,
+)
 
 if TYPE_CHECKING:
     from jobctl.api import Jobctl
@@ -127,8 +137,15 @@ def done(counts: Mapping[str, int] | None) -> dict:
 
 
 def job_texts(job: Mapping) -> dict:
-    """What the page shows of a job row (the API's) beyond its fields: times() and done()."""
-    return {**times(job), **done(counts_of(job["progress"]) if job.get("progress") else None)}
+    """What the page shows of a job row (the API's) beyond its fields: times(), done(),
+    and what it waits on: `after_text` (every job, with its status) and `waiting_text`
+    (while pending: `waiting on P.2`), None for neither."""
+    return {
+        **times(job),
+        **done(counts_of(job["progress"]) if job.get("progress") else None),
+        "after_text": after_text(job.get("after") or ()) or None,
+        "waiting_text": held_text(job.get("waiting_on") or ()) or None,
+    }
 
 
 class Folder:

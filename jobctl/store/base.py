@@ -46,7 +46,16 @@ if TYPE_CHECKING:
 else:
     Protocol = object
 
-from jobctl.model import ACTIVE, CANCELLED, STATUS, STATUSES, DatabaseUnusable, entering
+from jobctl.model import (
+    ACTIVE,
+    CANCELLED,
+    DEPENDENCY_DONE,
+    DEPENDENCY_DONE_ANY,
+    STATUS,
+    STATUSES,
+    DatabaseUnusable,
+    entering,
+)
 
 JOB_COLUMNS = (
     "id",
@@ -70,6 +79,8 @@ JOB_COLUMNS = (
     "not_before",  # a retry's backoff: `claim` does not take the job before this time
     "is_open",  # a parent more children may come to (1): not derived final until closed
     "max_running",  # a parent's limit: at most this many children running at once (None: no limit)
+    "waits",  # how many jobs it waits on (--after, --after-any: the dependencies table's rows of it)
+    "waited_on",  # 1 once a job waits on it: a change that ends it failed looks for them (else none is)
 )
 # What a write transaction reads of a job (jobs_and_counts): what the rules
 # need, not names or metadata, nor what a status change always sets
@@ -88,6 +99,8 @@ CHANGE_COLUMNS = (
     "not_before",
     "is_open",
     "max_running",
+    "waits",
+    "waited_on",
 )
 EVENT_COLUMNS = (
     "job_id",
@@ -144,6 +157,17 @@ def cancel_count_deltas(count_of) -> str:
 
 
 CHUNK = 500  # values per `IN (...)` list, well below SQLite's variable limit
+
+
+def ready_sql(job: str) -> str:
+    """SQL true when the job `job` (a table alias) waits on nothing (model.releases):
+    each job it waits on has completed, or (--after-any) ended."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM dependencies d JOIN jobs a ON a.id = d.after_id WHERE d.job_id = {job}.id"
+        f" AND (a.status NOT IN {sql_words(DEPENDENCY_DONE_ANY)}"
+        f" OR d.any_outcome = 0 AND a.status NOT IN {sql_words(DEPENDENCY_DONE)}))"
+    )
+
 
 # An event's JSON object (`events --json`), built by the database: the keys and
 # their order of render.event_json, compact (no spaces), as `sqlite3 -json` prints.
@@ -254,10 +278,10 @@ class Store(Protocol):
     def insert_jobs(self, jobs: Sequence[dict]) -> None:
         """All or none: IdTaken if one of the ids exists, with nothing inserted."""
 
-    def insert_children(self, jobs: Sequence[dict], message: str | None) -> None:
+    def insert_children(self, jobs: Sequence[dict], message: str | None, fields: str | None = None) -> None:
         """Insert new pending jobs (every key of JOB_COLUMNS present; a spawn's
-        chunk) and a `create` event for each, in their order, carrying `message`
-        and each job's attempt and cap; all or none: IdTaken if an id is taken."""
+        chunk) and a `create` event for each, in their order, carrying `message`,
+        `fields` and each job's attempt and cap; all or none: IdTaken if an id is taken."""
 
     def update_statuses(self, jobs: Iterable[dict]) -> None: ...
     def set_heartbeat(self, job_id: str, at: str) -> bool: ...
@@ -311,6 +335,31 @@ class Store(Protocol):
         """The oldest child of `parent_id` with `status` (and, with `ready_at`, no
         `not_before` later than it), locked for this write transaction;
         concurrent callers never get the same row."""
+
+    def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Record what new jobs wait on: (job_id, after_id, any_outcome) rows, and
+        mark each job waited on (`waited_on`)."""
+
+    def dependencies_of(self, job_ids: Sequence[str], *, locked: bool = False) -> list[dict]:
+        """What the jobs wait on: {job_id, after_id, any_outcome, status} (the status
+        of the job waited on), by job_id then after_id. Inside a write, `locked`
+        keeps what was read true until the commit (PostgreSQL: the write lock)."""
+        ...
+
+    def dependents(self, after_ids: Sequence[str], status: str) -> list[dict]:
+        """The jobs in `status` that wait on any of `after_ids`: {job_id, after_id,
+        any_outcome}, by after_id then job_id. Inside a write, what it read
+        stays true until the commit (PostgreSQL: it takes the write lock)."""
+        ...
+
+    def required_by(self, job_ids: Sequence[str]) -> list[str]:
+        """The jobs that cannot end before one of `job_ids` does: their parents and
+        the jobs waiting on them (for model.dependency_cycle)."""
+        ...
+
+    def all_dependencies(self) -> dict[str, list[tuple[str, int]]]:
+        """Every job's dependencies, [(after_id, any_outcome)] sorted (for verify)."""
+        ...
 
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
         """The earliest `not_before` of the children of `parent_id` with `status`
@@ -478,13 +527,15 @@ class SqlQueries:
 
     def next_child(self, parent_id: str, status: str, ready_at: str | None = None) -> dict | None:
         """The oldest child of `parent_id` with `status` (and, with `ready_at`, no
-        `not_before` later than it), taken for this write: SQLite's write lock keeps
-        it ours until COMMIT, PostgreSQL locks the row and skips rows locked by others."""
+        `not_before` later than it; none waiting on other jobs: ready_sql), taken for
+        this write: SQLite's write lock keeps it ours until COMMIT, PostgreSQL locks
+        the row and skips rows locked by others."""
         m = self.mark
         sql, params = f"{self.job_select} WHERE parent_id = {m} AND status = {m}", [parent_id, status]
         if ready_at is not None:
             sql += f" AND (not_before IS NULL OR not_before <= {m})"
             params.append(ready_at)
+        sql += f" AND {ready_sql('jobs')}"  # (not one waiting on other jobs)
         rows = self._query_locked(f"{sql} ORDER BY {self.order_column} LIMIT 1{self.lock_rows}", params)
         return rows[0] if rows else None
 
@@ -630,6 +681,57 @@ class SqlQueries:
         )
         return rows[0]["id"] if rows else None
 
+    def _query_unlocked(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """_query for a read inside a write that need not stay true to its commit
+        (PostgreSQL: without taking the write lock)."""
+        return self._query(sql, params)
+
+    def dependencies_of(self, job_ids: Sequence[str], *, locked: bool = False) -> list[dict]:
+        out: list[dict] = []
+        ids = sorted(set(job_ids))
+        for i in range(0, len(ids), CHUNK):
+            where, values = self._in("d.job_id", ids[i : i + CHUNK])
+            sql = (
+                "SELECT d.job_id, d.after_id, d.any_outcome, a.status FROM dependencies d"
+                f" JOIN jobs a ON a.id = d.after_id WHERE {where} ORDER BY d.job_id, d.after_id"
+            )
+            out += self._query(sql, values) if locked else self._query_unlocked(sql, values)
+        return out
+
+    def dependents(self, after_ids: Sequence[str], status: str) -> list[dict]:
+        ids = sorted(set(after_ids))
+        if len(ids) > CHUNK and not self._query("SELECT 1 AS x FROM dependencies LIMIT 1"):
+            return []  # (a big cancel in a database without dependencies: one read)
+        out: list[dict] = []
+        for i in range(0, len(ids), CHUNK):
+            where, values = self._in("d.after_id", ids[i : i + CHUNK])
+            out += self._query(
+                "SELECT d.job_id, d.after_id, d.any_outcome FROM dependencies d JOIN jobs j ON j.id = d.job_id"
+                f" WHERE {where} AND j.status = {self.mark} ORDER BY d.after_id, d.job_id",
+                [*values, status],
+            )
+        return out
+
+    def required_by(self, job_ids: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(job_ids), CHUNK):
+            chunk = job_ids[i : i + CHUNK]
+            parents, values = self._in("id", chunk)
+            waiting, more = self._in("after_id", chunk)
+            rows = self._query(
+                f"SELECT parent_id AS id FROM jobs WHERE {parents} AND parent_id IS NOT NULL"
+                f" UNION SELECT job_id AS id FROM dependencies WHERE {waiting}",
+                values + more,
+            )
+            out += [r["id"] for r in rows]
+        return out
+
+    def all_dependencies(self) -> dict[str, list[tuple[str, int]]]:
+        out: dict[str, list[tuple[str, int]]] = {}
+        for r in self._query("SELECT job_id, after_id, any_outcome FROM dependencies ORDER BY job_id, after_id"):
+            out.setdefault(r["job_id"], []).append((r["after_id"], r["any_outcome"]))
+        return out
+
     def next_ready_at(self, parent_id: str, status: str) -> str | None:
         """The earliest `not_before` of the children of `parent_id` with `status`."""
         m = self.mark
@@ -677,7 +779,8 @@ class SqlQueries:
     ) -> list[str]:
         """Roots (in id order, after `after`; or just `only`, if it still is one) with
         one of `statuses` whose tree changed last before `before`: the root's
-        updated_at and the tree's newest event. The tree holding the database's
+        updated_at and the tree's newest event; none that a job of another tree
+        waits on (--after). The tree holding the database's
         newest event is never one: PostgreSQL numbers events from max(id), which
         must not go back to an id a reader has seen."""
         m = self.mark
@@ -686,6 +789,9 @@ class SqlQueries:
             f"SELECT j.id FROM jobs j WHERE j.parent_id IS NULL AND {status_in} AND j.updated_at < {m}"
             f" AND coalesce((SELECT e.at FROM events e WHERE e.root_id = j.id ORDER BY e.id DESC LIMIT 1), '') < {m}"
             " AND j.id <> coalesce((SELECT e.root_id FROM events e ORDER BY e.id DESC LIMIT 1), '')"
+            # a tree another tree's job waits on (--after) is kept: that job's create event names it
+            " AND NOT EXISTS (SELECT 1 FROM dependencies d JOIN jobs a ON a.id = d.after_id"
+            " JOIN jobs w ON w.id = d.job_id WHERE a.root_id = j.id AND w.root_id <> j.id)"
         )
         params: list = [*status_values, before, before]
         if only is not None:
@@ -739,6 +845,9 @@ class SqlQueries:
             where, values = self._in("job_id", chunk)
             self._execute(f"DELETE FROM events WHERE {where}", values)
             self._execute(f"DELETE FROM logs WHERE {where}", values)
+            self._execute(f"DELETE FROM dependencies WHERE {where}", values)
+            where, values = self._in("after_id", chunk)
+            self._execute(f"DELETE FROM dependencies WHERE {where}", values)
             where, values = self._in("parent_id", chunk)
             self._execute(f"DELETE FROM child_counts WHERE {where}", values)
             where, values = self._in("id", chunk)

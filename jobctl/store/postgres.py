@@ -175,8 +175,18 @@ MIGRATIONS = [
     """
     CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output';
     """,
-    # 10 (9 is dependencies', on its branch: the lead numbers them at the merge):
-    # `jobctl prune`, SQLite's migration 11: the low-water mark of removed events,
+    # 9: what a job waits on (SQLite's migration 10).
+    """
+    ALTER TABLE jobs ADD COLUMN waits integer NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN waited_on integer NOT NULL DEFAULT 0;
+    CREATE TABLE dependencies (
+        job_id text COLLATE "C" NOT NULL REFERENCES jobs(id),
+        after_id text COLLATE "C" NOT NULL REFERENCES jobs(id),
+        any_outcome integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, after_id));
+    CREATE INDEX dependencies_after_id ON dependencies (after_id);
+    """,
+    # 10: `jobctl prune` (SQLite's migration 11): the low-water mark of removed events,
     # and the flag that lets prune's own transaction (only) delete events.
     """
     CREATE TABLE pruned (
@@ -661,8 +671,8 @@ class PostgresStore(SqlQueries):
                     self._mogrify(
                         "EXISTS (SELECT 1 FROM jobs j LEFT JOIN child_counts c ON c.parent_id = j.id WHERE j.id = %s"
                         " AND j.status = %s AND j.fail_fast = %s AND j.allow_failures IS NOT DISTINCT FROM %s"
-                        f" AND {same})",
-                        (pid, row["status"], row["fail_fast"], row["allow_failures"]),
+                        f" AND j.waited_on = %s AND {same})",  # (waited on since: ending it must look for them)
+                        (pid, row["status"], row["fail_fast"], row["allow_failures"], row.get("waited_on", 0)),
                     )
                 )
         self.watched = {}
@@ -924,7 +934,15 @@ class PostgresStore(SqlQueries):
             raise IdTaken(f"a job id is taken ({_first_line(exc)})") from None
         self._execute("RELEASE SAVEPOINT insert_jobs")
 
-    def insert_children(self, jobs: Sequence[dict], message: str | None) -> None:
+    def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        self._insert("dependencies", ("job_id", "after_id", "any_outcome"), list(rows))
+        after = sorted({r[1] for r in rows})
+        self._later(self._mogrify("UPDATE jobs SET waited_on = 1 WHERE id = ANY(%s) AND waited_on = 0", (after,)))
+
+    def _query_unlocked(self, sql: str, params: Sequence = ()) -> list[dict]:
+        return self._query(sql, params, rows_locked=True)
+
+    def insert_children(self, jobs: Sequence[dict], message: str | None, fields: str | None = None) -> None:
         """The rows, then their events built here (COPY for big chunks): a round trip
         for the highest seq first would cost as much as it saves."""
         self.insert_jobs(jobs)
@@ -940,7 +958,7 @@ class PostgresStore(SqlQueries):
                     "at": j["created_at"],
                     "message": message,
                     "log_id": None,
-                    "fields": None,
+                    "fields": fields,
                     "exit_code": None,
                     "duration": None,
                     "attempt": j["attempt"],

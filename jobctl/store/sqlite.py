@@ -43,7 +43,7 @@ from jobctl.store.base import (
 )
 
 APPLICATION_ID = 0x6A6F6263  # "jobc": marks a file as a jobctl database
-SCHEMA_VERSION = 10  # the number of migrations below; stored in PRAGMA user_version
+SCHEMA_VERSION = 11  # the number of migrations below; stored in PRAGMA user_version
 BEGIN_RETRIES = 3  # extra tries of BEGIN IMMEDIATE, with jitter; the busy timeout is split among all tries
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 KNOWN_LIMIT = 1024  # jobs a connection keeps between its write transactions (see SqliteStore.known)
@@ -395,17 +395,26 @@ class SqliteStore(SqlQueries):
             raise
         self.conn.execute("RELEASE insert_jobs")
 
-    def insert_children(self, jobs: Sequence[dict], message: str | None) -> None:
+    def insert_dependencies(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        self.conn.executemany("INSERT INTO dependencies (job_id, after_id, any_outcome) VALUES (?, ?, ?)", rows)
+        after = sorted({r[1] for r in rows})
+        for a in after:
+            self.known.pop(a, None)
+        for i in range(0, len(after), CHUNK):
+            chunk = after[i : i + CHUNK]
+            self.conn.execute(f"UPDATE jobs SET waited_on = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+    def insert_children(self, jobs: Sequence[dict], message: str | None, fields: str | None = None) -> None:
         """The rows by executemany, their events by one INSERT ... SELECT of the rows
         just inserted (rowids after the last one: the write lock is ours), which
         costs a quarter of binding each event's values from Python."""
         last = self.conn.execute("SELECT coalesce(max(rowid), 0) AS n FROM jobs").fetchone()["n"]
         self.insert_jobs(jobs)
         self.conn.execute(
-            "INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at, message, attempt, max_attempts)"
-            " SELECT id, parent_id, root_id, 'create', status, created_at, ?, attempt, max_attempts"
+            "INSERT INTO events (job_id, parent_id, root_id, kind, new_status, at, message, attempt, max_attempts,"
+            " fields) SELECT id, parent_id, root_id, 'create', status, created_at, ?, attempt, max_attempts, ?"
             " FROM jobs WHERE rowid > ? ORDER BY rowid",
-            (message, last),
+            (message, fields, last),
         )
 
     def update_statuses(self, jobs: Iterable[dict]) -> None:
@@ -833,7 +842,19 @@ def _migrations():
         # Outputs are `output` events: `jobctl outputs P` reads its children's.
         db.execute("CREATE INDEX events_outputs ON events (parent_id, id) WHERE kind = 'output'")
 
-    # (0010 is dependencies', on its branch: the lead numbers them at the merge)
+    @migrations(name="0010_dependencies")
+    def dependencies(db) -> None:
+        # What a job waits on (create --after/--after-any): claim skips it until then;
+        # on the jobs, how many it waits on and whether any waits on it.
+        db.execute("ALTER TABLE jobs ADD COLUMN waits INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE jobs ADD COLUMN waited_on INTEGER NOT NULL DEFAULT 0")
+        db.execute(
+            "CREATE TABLE dependencies (job_id TEXT NOT NULL REFERENCES jobs(id),"
+            " after_id TEXT NOT NULL REFERENCES jobs(id), any_outcome INTEGER NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (job_id, after_id))"
+        )
+        db.execute("CREATE INDEX dependencies_after_id ON dependencies (after_id)")
+
     @migrations(name="0011_prune")
     def prune(db) -> None:
         # `jobctl prune`: the low-water mark of removed events, and the flag that
