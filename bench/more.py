@@ -288,19 +288,19 @@ def claim_with_limit(args, tmp):
     with Jobctl(limited) as jc:
         jc.set_policy(parent, max_running=10 * runs + 10)
     _checkpoint(limited)
+    return _claims_against_plain(
+        runs, (limited, parent), (plain, parent), "claim P (P --max-running N)", "jobctl claim P (no limit)"
+    )
+
+
+def _claims_against_plain(runs: int, ours_at, plain_at, command: str, baseline: str) -> dict:
+    """`jobctl claim` timed `runs` times on (database, parent) `ours_at`, alternating with
+    today's plain claim on `plain_at`: the ratio against issue 21's bar of 1.5."""
     ours, base = [], []
     for _ in range(runs):
-        ours.append(_timed([JOBCTL, "--db", limited, "claim", parent]))
-        base.append(_timed([JOBCTL, "--db", plain, "claim", parent]))
-    return _ratio(
-        "wall time per call",
-        ours,
-        base,
-        "ratio ≤ 1.5",
-        1.5,
-        command="claim P (P --max-running N)",
-        baseline="jobctl claim P (no limit)",
-    )
+        ours.append(_timed([JOBCTL, "--db", ours_at[0], "claim", ours_at[1]]))
+        base.append(_timed([JOBCTL, "--db", plain_at[0], "claim", plain_at[1]]))
+    return _ratio("wall time per call", ours, base, "ratio ≤ 1.5", 1.5, command=command, baseline=baseline)
 
 
 @more
@@ -324,18 +324,12 @@ def claim_with_deps_and_limit(args, tmp):
             jc.spawn(p, count=1, after=[done if i % 2 == 0 else gate])
         jc.claim(p)
     _checkpoint(waiting)
-    ours, base = [], []
-    for _ in range(runs):
-        ours.append(_timed([JOBCTL, "--db", waiting, "claim", p]))
-        base.append(_timed([JOBCTL, "--db", plain, "claim", parent]))
-    return _ratio(
-        "wall time per call",
-        ours,
-        base,
-        "ratio ≤ 1.5",
-        1.5,
-        command="claim P (P --max-running N, its children --after a job, half of them waiting)",
-        baseline="jobctl claim P (no limit, no dependencies)",
+    return _claims_against_plain(
+        runs,
+        (waiting, p),
+        (plain, parent),
+        "claim P (P --max-running N, its children --after a job, half of them waiting)",
+        "jobctl claim P (no limit, no dependencies)",
     )
 
 
