@@ -607,6 +607,39 @@ def test_a_writer_that_waited_for_a_parent_sees_the_counts_committed_before_it(p
         assert jc.verify() == []
 
 
+def test_a_child_s_change_commits_while_a_claimer_holds_its_parent_s_row(pg_url):
+    """A claim locks its parent's row while it picks a child; a change of another
+    child meanwhile (`run` ending one: its row updated twice in one transaction,
+    so the server checks the child's foreign key to its parent) only needs the
+    parent's key to stay: the row lock a write takes is FOR NO KEY UPDATE, so the
+    change goes through at once. (A FOR UPDATE lock blocked it: once the claimer
+    then waited for the write lock that change held, they deadlocked until the
+    server noticed, and three `run --claim --jobs 2` workers took 30 s for 30
+    children, one of them running out of its busy timeout.)"""
+    with Jobctl(pg_url) as setup:
+        parent = setup.create("p")
+        first, second = setup.spawn(parent, count=2)
+        setup.set_status([first], "running")
+    with Jobctl(pg_url) as jc:
+        store = jc._store
+        with store.write():
+            store.jobs_and_counts([parent])  # what a claim reads first: the parent, its row locked
+            finish = (
+                f"from jobctl import Jobctl; Jobctl({pg_url!r})"
+                f".finish({first!r}, 'completed', message=None, exit_code=0, duration=0.1)"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", finish],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=dict(os.environ, JOBCTL_BUSY_TIMEOUT="5"),
+            )
+        assert done.returncode == 0, done.stderr
+        assert jc.status(first) == "completed" and jc.progress(parent)["completed_children"] == 1
+        assert jc.verify() == []
+
+
 def test_a_waker_whose_server_refuses_it_still_says_look_each_poll_interval(pg_url, monkeypatch):
     """The wake-up connection is cut and the server refuses a new one: wait() still
     returns True once per poll interval, so the reader looks (and meets the refusal

@@ -473,7 +473,7 @@ class SqlQueries:
     json_object = "json_object({fields})"  # see event_json_select
     order_column = "rowid"  # the column that orders jobs oldest first (PostgreSQL: seq)
     greatest = "max"  # the larger of two values (PostgreSQL: greatest)
-    lock_rows = ""  # after a write's SELECT of rows it takes (PostgreSQL: FOR UPDATE SKIP LOCKED)
+    lock_rows = ""  # after a write's SELECT of rows it takes (PostgreSQL: FOR NO KEY UPDATE SKIP LOCKED)
     job_select = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 
     def _query(self, sql: str, params: Sequence = ()) -> list[dict]:

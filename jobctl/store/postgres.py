@@ -9,8 +9,9 @@
   import costs about 25 ms against 120 ms for psycopg 3, which matters for a
   one-shot `status set` (docs/database.md, "Across machines").
 - **The event order, held only for the server's own work:** a write locks the
-  jobs it reads (FOR UPDATE) and reads the parents it rolls up to without a
-  lock; its COMMIT batch takes a transaction-scoped advisory lock, checks those
+  jobs it reads (FOR NO KEY UPDATE: a foreign key check of a child's row, which
+  locks its parent's key, need not wait) and reads the parents it rolls up to
+  without a lock; its COMMIT batch takes a transaction-scoped advisory lock, checks those
   parents (_parent_checks), writes, assigns event ids as max(id) + 1 on the
   server, NOTIFYs and commits, in one round trip. So ids are gap-free and in
   commit order (a reader polling `id > cursor` never skips an event that
@@ -326,7 +327,7 @@ class PostgresStore(SqlQueries):
     json_object = "(SELECT row_to_json(r)::text FROM (SELECT {columns}) r)"  # keys in order, compact
     order_column = "seq"
     greatest = "greatest"
-    lock_rows = " FOR UPDATE SKIP LOCKED"
+    lock_rows = " FOR NO KEY UPDATE SKIP LOCKED"
 
     def _in(self, column: str, values: Sequence) -> tuple[str, list]:
         return f"{column} = ANY(%s)", [list(values)]
@@ -571,7 +572,7 @@ class PostgresStore(SqlQueries):
         never across a client round trip:
 
         - BEGIN goes with the first statement; the jobs a change reads are
-          row-locked as they are read (SELECT ... FOR UPDATE: a read-then-write
+          row-locked as they are read (SELECT ... FOR NO KEY UPDATE: a read-then-write
           loses no update, and writers of other trees do not wait), except the
           parents it rolls up to, which are checked at the commit instead
           (_parent_checks: fan-in does not queue on the parent's row);
@@ -884,7 +885,7 @@ class PostgresStore(SqlQueries):
     # -------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> dict | None:
         if self.writing:
-            rows = self._query(_JOB_SELECT + " WHERE id = %s FOR UPDATE", (job_id,), rows_locked=True)
+            rows = self._query(_JOB_SELECT + " WHERE id = %s FOR NO KEY UPDATE", (job_id,), rows_locked=True)
         else:
             rows = self._query(_JOB_SELECT + " WHERE id = %s", (job_id,))
         return rows[0] if rows else None
@@ -911,7 +912,7 @@ class PostgresStore(SqlQueries):
                 # are read without a lock and checked at the commit (_parent_checks),
                 # unless a check failed the last time.
                 locked = where if self.lock_parents else " WHERE j.id = ANY(%s)"
-                sql = f"SELECT 1 FROM jobs j{locked} ORDER BY j.id FOR UPDATE; {sql}"
+                sql = f"SELECT 1 FROM jobs j{locked} ORDER BY j.id FOR NO KEY UPDATE; {sql}"
                 params = (params if self.lock_parents else [chunk]) + params
             got = []
             for row in self._query(sql, params, rows_locked=True):
