@@ -845,10 +845,10 @@ class Writes:
         outputs: Sequence[str] = (),
     ) -> str:
         mark, n = _fields_json({"token": token} if token is not None else None), len(ch.events)
+        job = ch.job(job_id)  # first: its row lock keeps the look for the token true (event_fields)
         if mark is not None and any(row["fields"] == mark for row in self._store.event_fields(job_id)):
-            return ch.job(job_id)["status"]
+            return job["status"]
         self._append_lines(ch, job_id, lines)
-        job = ch.job(job_id)
         if attempt is not None and job["attempt"] != attempt:
             return job["status"]
         for text in outputs:

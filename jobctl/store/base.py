@@ -379,7 +379,9 @@ class Store(Protocol):
     def insert_events(self, events: Sequence[dict]) -> None: ...
     def insert_log(self, job_id: str, level: str, message: str, at: str) -> int: ...
     def event_fields(self, job_id: str) -> list[dict]:
-        """The job's events that have fields: id, kind and fields (JSON text), in id order."""
+        """The job's events that have fields: id, kind and fields (JSON text), in id order.
+        Inside a write, only after the job is loaded (UnitOfWork.job): what it read
+        then stays true to the commit without the write lock."""
         ...
 
     def events(
@@ -580,7 +582,9 @@ class SqlQueries:
         return f"{column} IN ({','.join(self.mark for _ in values)})", list(values)
 
     def event_fields(self, job_id: str) -> list[dict]:
-        return self._query(
+        # (inside a write, read once the job is loaded: its row lock keeps what this
+        # finds true, as every change that gives a job an event with fields loads it)
+        return self._query_unlocked(
             f"SELECT id, kind, fields FROM events WHERE job_id = {self.mark} AND fields IS NOT NULL ORDER BY id",
             (job_id,),
         )
