@@ -311,9 +311,9 @@ class Reads:
         """Every event of the jobs `job_ids`, in id order."""
         return self._store.events(job_ids=job_ids)
 
-    def waker(self, poll_interval: float) -> Waker:
+    def waker(self, poll_interval: float, *, cancels_only: bool = False) -> Waker:
         """What wakes a reader when the database may have changed (see Store.waker)."""
-        return self._store.waker(poll_interval)
+        return self._store.waker(poll_interval, cancels_only=cancels_only)
 
     def logs(self, job_id: str, *, children: bool = False) -> builtins.list[dict]:
         """The job's log: its status changes and log lines; with `children`, its

@@ -175,6 +175,37 @@ def test_one_notify_per_transaction(pg_url):
     listener.close()
 
 
+def test_a_running_job_s_waker_wakes_for_cancels_not_for_every_commit(pg_url):
+    """`run` waits on a cancels-only waker: a commit that cancels a job (one job,
+    a subtree in one statement, fail-fast) says so in its NOTIFY and wakes it;
+    the other commits (every runner's output and heartbeats) wake only the
+    general wakers. Both share the process's one listening connection, so once
+    the general waker has seen a commit, the cancels-only one has seen it too."""
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("p", fail_fast=True)
+        a, b, c = jc.spawn(parent, count=3)
+        tree = jc.create("tree")
+        jc.spawn(tree, count=3)
+        everything = jc.waker(60)
+        cancels = jc.waker(60, cancels_only=True)
+        try:
+            for change, is_cancel in [
+                (lambda: jc.set_status([a], "running"), False),
+                (lambda: jc.log(a, "output"), False),
+                (lambda: jc.cancel(c), True),  # one job
+                (lambda: jc.log(a, "more output"), False),
+                (lambda: jc.cancel(tree), True),  # a subtree, in one statement
+                (lambda: jc.set_status([a], "failed"), True),  # fail-fast cancels b
+            ]:
+                change()
+                assert everything.wait(30)
+                assert cancels.wait(0 if not is_cancel else 30) is is_cancel
+        finally:
+            everything.close()
+            cancels.close()
+        assert jc.status(b) == "cancelled"
+
+
 def test_watch_survives_a_server_restart(pg_url, pg_server):
     with Jobctl(pg_url) as jc:
         parent = jc.create("across a restart")

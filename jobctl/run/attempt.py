@@ -266,7 +266,8 @@ class Execution:
             process.signal(reason.signum)
         if not process.wait(0.05):  # a quick command ends before the wake-ups (and the guardian) are worth it
             process.guarded()
-        waker = jc.waker(CHECK_SECONDS) if process.running() else None
+        # (woken by cancels only where the store can tell: not by every runner's output)
+        waker = jc.waker(CHECK_SECONDS, cancels_only=True) if process.running() else None
         deadline = None if self.options.timeout is None else started + self.options.timeout
         last_beat = last_flush = last_check = time.monotonic()
         try:

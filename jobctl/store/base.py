@@ -414,7 +414,12 @@ class Store(Protocol):
         ...
 
     def last_event_id(self) -> int: ...
-    def waker(self, poll_interval: float) -> Waker: ...
+    def waker(self, poll_interval: float, *, cancels_only: bool = False) -> Waker:
+        """What wakes a reader when the database may have changed. `cancels_only`:
+        for a running job's supervisor, which only needs to know of cancels:
+        where the store can tell them apart (PostgreSQL's NOTIFY says so), no
+        other commit wakes it; elsewhere (SQLite's file) every commit does."""
+        ...
 
     # prune
     def prune_roots(

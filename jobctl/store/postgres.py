@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 from jobctl.backoff import Backoff
 from jobctl.console import info
-from jobctl.model import ACTIVE, ACTIVE_PARENT, STATUSES, DatabaseUnusable, IdTaken, UsageError
+from jobctl.model import ACTIVE, ACTIVE_PARENT, CANCELLED, STATUSES, DatabaseUnusable, IdTaken, UsageError
 from jobctl.store.base import (
     ACTIVE_SQL,
     CANCELLED_SQL,
@@ -68,6 +68,7 @@ from jobctl.store.urls import join_url, masked, masked_in, url_parts
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides
+CANCELS = "cancels"  # the NOTIFY payload of a commit that cancelled a job (see ListenWaker)
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 COPY_FROM = 200  # rows from which an insert goes through COPY instead of one INSERT ... VALUES
 PAGE = 5000  # rows per page of a streamed listing
@@ -358,6 +359,7 @@ class PostgresStore(SqlQueries):
         self.locked = False  # write(): the write lock is ours (see write())
         self.next_event_id: int | None = None  # the next event id, once locked
         self.notify = False
+        self.cancels = False  # write(): this change cancels a job (its NOTIFY says so: ListenWaker)
         self.deferred: list[str] = []  # statements sent with the COMMIT
         # write(): parents read without a row lock, as read (see _parent_checks), the
         # jobs this change updated, and its count deltas
@@ -593,12 +595,13 @@ class PostgresStore(SqlQueries):
         self.shared.tx = self
         self.writing, self.begun, self.locked = True, False, False
         self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
-        self.watched, self.updated, self.count_deltas = {}, set(), {}
+        self.watched, self.updated, self.count_deltas, self.cancels = {}, set(), {}, False
         try:
             if self.serial:
                 self.hold_write_lock()
             yield self
-            end = [*self.deferred, f"NOTIFY {self.channel}" if self.notify else ""]
+            notify = f"NOTIFY {self.channel}" + (f", '{CANCELS}'" if self.cancels else "")
+            end = [*self.deferred, notify if self.notify else ""]
             end = [x for x in end if x]
             if end and not self.locked:
                 self._locked("; ".join([*self._parent_checks(), *end, "COMMIT"]), fetch=False)
@@ -972,6 +975,7 @@ class PostgresStore(SqlQueries):
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         rows = [_status_row(j) for j in jobs]
         self.updated.update(r[0] for r in rows)
+        self.cancels = self.cancels or any(r[1] == CANCELLED for r in rows)
         for i in range(0, len(rows), CHUNK):
             values = self._values("(%s, %s, %s, %s, %s, %s::integer, %s)", rows[i : i + CHUNK])
             self._later(
@@ -1050,6 +1054,7 @@ class PostgresStore(SqlQueries):
         assert self.next_event_id is not None  # read with the lock
         self.next_event_id += len(ids)
         self.notify = self.notify or bool(ids)
+        self.cancels = self.cancels or bool(ids)
         return ids
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
@@ -1168,8 +1173,8 @@ class PostgresStore(SqlQueries):
             rows_locked=True,  # a new row: nothing read
         )[0]["id"]
 
-    def waker(self, poll_interval: float) -> ListenWaker:
-        return ListenWaker(self, poll_interval)
+    def waker(self, poll_interval: float, *, cancels_only: bool = False) -> ListenWaker:
+        return ListenWaker(self, poll_interval, cancels_only=cancels_only)
 
     # ------------------------------------------------------------------ verify
     def all_jobs(self) -> list[dict]:
@@ -1194,12 +1199,15 @@ class _Listener:
     """A process's one LISTEN connection to a database, shared by its wakers:
     whichever waker waits first watches the socket for all of them; each
     notification (and each reconnect, after which one may have been missed)
-    moves `generation` on, which every waker sees once."""
+    moves `generation` on, which every waker sees once; one from a commit that
+    cancelled a job (its payload CANCELS), or a reconnect, also moves `cancels`
+    on, for the wakers that only wait for those (a running job's: `run`)."""
 
     def __init__(self, store: PostgresStore):
         self.connect, self.channel, self.pg = store._connect, store.channel, store.pg
         self.cond = threading.Condition()
         self.generation = 0
+        self.cancels = 0
         self.polling = False
         self.refs = 0
         self.conn: Any = None
@@ -1215,56 +1223,60 @@ class _Listener:
         self.conn = conn
         self.backoff.reset()
 
-    def wait(self, seen: int, timeout: float) -> int:
-        """The generation once it is past `seen`, or `seen` after `timeout` seconds."""
+    def wait(self, seen: int, timeout: float, counter: str = "generation") -> int:
+        """The `counter` (generation, or cancels) once it is past `seen`, or `seen`
+        after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        with self.cond:
-            while self.generation == seen:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return seen
-                if not self.polling:
-                    self.polling = True
-                    break
-                self.cond.wait(left)
-            else:
-                return self.generation
-        moved = False
-        try:
-            moved = self._poll(max(0.0, deadline - time.monotonic()))
-        finally:
+        while True:
             with self.cond:
-                self.polling = False
-                self.generation += moved
-                self.cond.notify_all()
-        return self.generation
+                while getattr(self, counter) == seen:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return seen
+                    if not self.polling:
+                        self.polling = True
+                        break
+                    self.cond.wait(left)
+                else:
+                    return getattr(self, counter)
+            moved = cancels = False
+            try:
+                moved, cancels = self._poll(max(0.0, deadline - time.monotonic()))
+            finally:
+                with self.cond:
+                    self.polling = False
+                    self.generation += moved
+                    self.cancels += cancels
+                    self.cond.notify_all()
 
-    def _poll(self, timeout: float) -> bool:
-        """Watch the socket up to `timeout`: True on a notification or a reconnect."""
+    def _poll(self, timeout: float) -> tuple[bool, bool]:
+        """Watch the socket up to `timeout`: (True, True) after a reconnect; on
+        notifications, (True, whether one says a job was cancelled)."""
         pg = self.pg
         if self.conn is None:
             time.sleep(min(timeout, self.backoff.next()))
             try:
                 self.listen()
             except (DatabaseUnusable, pg.Error):
-                return False
-            return True  # notifications may have been missed while away
+                return False, False
+            return True, True  # notifications may have been missed while away
         try:
             if not self.conn.notifies:
                 ready, _, _ = select.select([self.conn], [], [], timeout)
                 if not ready:
-                    return False
+                    return False, False
                 self.conn.poll()
             if not self.conn.notifies:
-                return False
+                return False, False
+            cancels = any(n.payload == CANCELS for n in self.conn.notifies)
             self.conn.notifies.clear()
-            return True
+            return True, cancels
         except (pg.OperationalError, pg.InterfaceError, OSError, ValueError):
             try:
                 self.conn.close()
             finally:
                 self.conn = None
-            return True
+            return True, True
 
     def close(self) -> None:
         if self.conn is not None:
@@ -1278,15 +1290,18 @@ class ListenWaker:
     backoff; after it, and after every poll interval without a notification
     (connected or not: a reader that looks then meets a dead server itself),
     wait() says "may have changed", so the reader looks again (a cheap indexed
-    query)."""
+    query). With `cancels_only`, only a commit that cancelled a job wakes it
+    (besides the timer and a reconnect): a running job's waker (`run`), which
+    would otherwise wake, and look, at every commit of every runner."""
 
     mode = "listen"
 
-    def __init__(self, store: PostgresStore, poll_interval: float):
+    def __init__(self, store: PostgresStore, poll_interval: float, *, cancels_only: bool = False):
         self.poll_interval = poll_interval
         self.shared = store.shared
         self.listener: _Listener | None = self.shared.listener_for(store)
-        self.seen = self.listener.generation
+        self.counter = "cancels" if cancels_only else "generation"
+        self.seen = getattr(self.listener, self.counter)
         self.last_look = time.monotonic()
 
     def wait(self, timeout: float) -> bool:
@@ -1295,7 +1310,7 @@ class ListenWaker:
         limit = max(0.0, min(timeout, self.poll_interval))
         if self.listener is None:
             raise DatabaseUnusable("this waker is closed")
-        generation = self.listener.wait(self.seen, limit)
+        generation = self.listener.wait(self.seen, limit, self.counter)
         if generation != self.seen:
             self.seen = generation
             return self._looked()

@@ -572,8 +572,8 @@ class SqliteStore(SqlQueries):
         """Changes whenever another connection commits (cheap: no disk read)."""
         return self.conn.execute("PRAGMA data_version").fetchone()["data_version"]
 
-    def waker(self, poll_interval: float) -> "FileWaker":
-        return FileWaker(self, poll_interval)
+    def waker(self, poll_interval: float, *, cancels_only: bool = False) -> "FileWaker":
+        return FileWaker(self, poll_interval)  # (a file change says nothing of what changed)
 
     # ------------------------------------------------------------------ verify
     def all_jobs(self) -> list[dict]:
