@@ -765,7 +765,7 @@ class Writes:
     @transaction
     def _log(self, ch: UnitOfWork, job_id: str, message: str, level: str) -> None:
         job = ch.job(job_id)
-        log_id = self._store.insert_log(job_id, level, message, ch.at)
+        (log_id,) = self._store.insert_logs(job_id, [(level, message)], ch.at)
         ch.event(job, LOG, None, None, None, log_id)
 
     def set_output(self, job_id: str, key: str, value: object) -> None:
@@ -790,8 +790,8 @@ class Writes:
 
     def _append_lines(self, ch: UnitOfWork, job_id: str, lines: Sequence[tuple[str, str]]) -> None:
         job = ch.job(job_id)
-        for level, text in lines:
-            log_id = self._store.insert_log(job_id, level, text[: model.MAX_MESSAGE_LENGTH] or " ", ch.at)
+        cut = [(level, text[: model.MAX_MESSAGE_LENGTH] or " ") for level, text in lines]
+        for log_id in self._store.insert_logs(job_id, cut, ch.at):  # (one statement: one round trip)
             ch.event(job, LOG, None, None, None, log_id)
 
     def finish(

@@ -280,3 +280,17 @@ def test_a_change_reads_what_the_rules_need_of_a_job_and_its_parent(jc):
     assert counts[kid] == dict.fromkeys(counts[p], 0)
     jobs, counts = jc._store.jobs_and_counts([p], parents=True)  # a root: no parent row
     assert set(jobs) == {p}
+
+
+def test_a_batch_of_log_lines_keeps_their_order_and_text(db):
+    """`run`'s output goes in as one batch per flush (one statement a chunk on
+    PostgreSQL, not one a line): over a chunk's size, with quotes, percent signs
+    and backslashes, every line is stored once, in order, with its level."""
+    lines = [("error" if i % 7 == 0 else "info", f"line {i}: 100% of '%s' \"q\" \\ {i}") for i in range(2500)]
+    with Jobctl(db) as jc:
+        job = jc.create("chatty")
+        jc.log_lines(job, lines[:3])
+        jc.log_lines(job, lines[3:])
+        logged = [(x["level"], x["text"]) for x in jc.logs(job)]
+        assert logged[-len(lines) :] == lines
+        assert jc.verify() == []

@@ -377,7 +377,11 @@ class Store(Protocol):
 
     # events and logs
     def insert_events(self, events: Sequence[dict]) -> None: ...
-    def insert_log(self, job_id: str, level: str, message: str, at: str) -> int: ...
+    def insert_logs(self, job_id: str, lines: Sequence[tuple[str, str]], at: str) -> list[int]:
+        """Insert the job's log lines (level, text), in order; their ids, in the same
+        order (PostgreSQL: one statement a chunk, so one round trip, not one a line)."""
+        ...
+
     def event_fields(self, job_id: str) -> list[dict]:
         """The job's events that have fields: id, kind and fields (JSON text), in id order.
         Inside a write, only after the job is loaded (UnitOfWork.job): what it read

@@ -1166,12 +1166,21 @@ class PostgresStore(SqlQueries):
             marks = "(" + ", ".join(["%s"] * (1 + len(EVENT_COLUMNS))) + ")"
             self._later(f"INSERT INTO events (id, {', '.join(EVENT_COLUMNS)}) VALUES {self._values(marks, rows)}")
 
-    def insert_log(self, job_id: str, level: str, message: str, at: str) -> int:
-        return self._query(
-            "INSERT INTO logs (job_id, level, message, at) VALUES (%s, %s, %s, %s) RETURNING id",
-            (job_id, level, message, at),
-            rows_locked=True,  # a new row: nothing read
-        )[0]["id"]
+    def insert_logs(self, job_id: str, lines: Sequence[tuple[str, str]], at: str) -> list[int]:
+        """One statement a chunk (at RTT 10 ms, a run's half-second batch of 20 lines
+        took 20 round trips). The ids come from the logs sequence, drawn in the
+        rows' order (ORDER BY k), so sorted they are the lines' ids in order."""
+        ids: list[int] = []
+        for i in range(0, len(lines), CHUNK):
+            rows = [(k, job_id, level, text, at) for k, (level, text) in enumerate(lines[i : i + CHUNK])]
+            got = self._query(
+                "INSERT INTO logs (job_id, level, message, at) SELECT v.j, v.l, v.m, v.a"
+                f" FROM (VALUES {self._values('(%s::integer, %s, %s, %s, %s)', rows)}) AS v(k, j, l, m, a)"
+                " ORDER BY v.k RETURNING id",
+                rows_locked=True,  # new rows: nothing read
+            )
+            ids += sorted(r["id"] for r in got)
+        return ids
 
     def waker(self, poll_interval: float, *, cancels_only: bool = False) -> ListenWaker:
         return ListenWaker(self, poll_interval, cancels_only=cancels_only)

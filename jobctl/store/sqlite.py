@@ -557,11 +557,14 @@ class SqliteStore(SqlQueries):
         """Insert event dicts (every key of EVENT_COLUMNS present), in order."""
         _many(self.cur, _INSERT_EVENT, list(map(_event_row, events)))
 
-    def insert_log(self, job_id: str, level: str, message: str, at: str) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO logs (job_id, level, message, at) VALUES (?, ?, ?, ?)", (job_id, level, message, at)
-        )
-        return cur.lastrowid or 0  # always set after an INSERT
+    def insert_logs(self, job_id: str, lines: Sequence[tuple[str, str]], at: str) -> list[int]:
+        ids = []
+        for level, message in lines:
+            cur = self.conn.execute(
+                "INSERT INTO logs (job_id, level, message, at) VALUES (?, ?, ?, ?)", (job_id, level, message, at)
+            )
+            ids.append(cur.lastrowid or 0)  # always set after an INSERT
+        return ids
 
     def application_id(self) -> int:
         cur = self.conn.cursor()
