@@ -22,7 +22,8 @@ EXIT_CODES_HELP = """
 Exit codes: 0 ok; 1 the job failed (watch/wait) or verify found a difference;
 2 usage (unknown option, unknown status word); 3 job not found;
 4 transition not allowed, or a conflicting --id; 5 database unusable
-(not a jobctl database, newer schema, read-only, full, or still locked);
+(not a jobctl database, newer schema, read-only, full, or still locked),
+or events before the cursor were pruned;
 6 the job was cancelled (watch/wait); 124 timeout; 130 interrupted.
 """
 

@@ -583,8 +583,8 @@ def run(
         raise UsageError("--each goes with --parent P")
     if (name is not None or id is not None) and (parent is None or each):
         raise UsageError("--name and --id go with --parent P (one child)")
-    if (after or after_any) and (parent is None or each):
-        raise UsageError("--after and --after-any go with --parent P (one child)")
+    if (after or after_any) and parent is None:
+        raise UsageError("--after and --after-any go with --parent P (its new child, or each one with --each)")
     for flag, given in (
         ("--jobs", jobs is not None),
         ("--keep-order", keep_order),
@@ -642,6 +642,8 @@ def run(
             sink=sink,
             output_lines=output == "lines",
             keep_order=keep_order,
+            after=after or (),
+            after_any=after_any or (),
         )
     if parent is None:
         if not args:

@@ -197,6 +197,69 @@ def test_run_parent_after_waits_then_runs_and_a_failure_cancels_it(db, jc):
     assert jc.verify() == []
 
 
+def test_run_each_after_runs_its_children_once_what_they_wait_on_completed(db, jc):
+    """`run --parent P --each --after A`: every child it creates waits on A; the
+    commands start only once A completed, and the run's exit is its children's.
+    With a failed A they are cancelled, none started (exit 6). A cycle is exit 2
+    before anything is written."""
+    p = jc.create("p", id="P")
+    a, b = jc.spawn(p, count=2)
+    each = [
+        subprocess.Popen(
+            [
+                JOBCTL,
+                "--db",
+                db,
+                "run",
+                "--parent",
+                p,
+                "--each",
+                "--jobs",
+                "2",
+                "--output",
+                "lines",
+                "--after",
+                after,
+                "--",
+                "echo",
+                "{}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for after in (a, b)
+    ]
+    for proc, lines in zip(each, ("x\ny\n", "z\n")):
+        proc.stdin.write(lines)
+        proc.stdin.close()
+        proc.stdin = None  # (communicate below has nothing more to send)
+    wait_for(lambda: jc.progress(p)["total_children"] == 5, "both runs' children", jc=jc)
+    assert jc.progress(p)["running_children"] == 0  # all waiting
+    jc.set_status([a, b], "running")
+    jc.set_status([a], "completed")
+    jc.set_status([b], "failed")
+    (out, err), (out2, err2) = (proc.communicate(timeout=60) for proc in each)
+    assert each[0].returncode == 0, err
+    kids = {j["name"]: j for j in jc.list(parent=p)}
+    assert sorted(line for line in out.splitlines() if line.startswith(f"{p}.")) == [
+        f"{kids['x']['id']}: x",
+        f"{kids['y']['id']}: y",
+    ]
+    assert each[1].returncode == 6, err2
+    kids = {j["name"]: j for j in jc.list(parent=p)}  # (now final)
+    assert [kids[n]["status"] for n in ("x", "y", "z")] == ["completed", "completed", "cancelled"]
+    assert kids["z"]["started_at"] is None  # its command never ran
+    events = [(e["job_id"], e["new_status"]) for e in jc.events() if e["kind"] == "status"]
+    assert events.index((a, "completed")) < events.index((kids["x"]["id"], "running"))
+    before = snapshot(db)
+    cycle = run("run", "--parent", p, "--each", "--after", p, "--", "true", db=db, input="w\n")
+    assert cycle.returncode == 2 and "job P cannot end before the new jobs do" in cycle.stderr
+    assert snapshot(db) == before
+    assert jc.verify() == []
+
+
 def test_racing_claim_workers_keep_the_order_of_a_chain(db):
     """Two `run --claim` worker processes of two threads each, on a chain and a
     fan-in: no job starts before every job it waits on has completed (the order

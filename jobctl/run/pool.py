@@ -11,7 +11,7 @@ from collections import deque
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 from jobctl import model
 from jobctl.api import Jobctl
@@ -115,9 +115,13 @@ def run_each(
     output_lines: bool,
     keep_order: bool,
     poll_interval: float = 1.0,
+    after: Sequence[str] = (),
+    after_any: Sequence[str] = (),
 ) -> int:
-    """`run --parent P --each`: one child per input line, spawned in one transaction,
-    up to `jobs` at a time; the parent followed as `watch` does, until the
+    """`run --parent P --each`: one child per input line, spawned in one transaction
+    (each waiting on `after`/`after_any` as in `spawn`: their commands start once
+    those have ended so, and a child a failed one cancels is skipped), up to
+    `jobs` at a time; the parent followed as `watch` does, until the
     children it created have ended (P may have others, and stay open). Exit 0 if
     every one of them completed, 1 if any failed, 6 if any was cancelled (none
     failed), 130 (143) on Ctrl-C (SIGTERM) after cancelling what had not finished."""
@@ -132,7 +136,7 @@ def run_each(
     with Jobctl(db) as jc:
         jc.progress(parent)  # exists (exit 3 if not)
         cursor = jc.last_event_id()  # the watch below shows everything from the spawn on
-        kids = jc.spawn(parent, names=inputs)
+        kids = jc.spawn(parent, names=inputs, after=after, after_any=after_any)
         resolved = jc.path
     queue = deque(zip(kids, inputs))
     pool = Pool(jobs)
