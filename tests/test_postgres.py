@@ -671,6 +671,55 @@ def test_a_child_s_change_commits_while_a_claimer_holds_its_parent_s_row(pg_url)
         assert jc.verify() == []
 
 
+def test_claim_and_a_walk_down_a_subtree_stay_index_lookups_beside_a_huge_tree(pg_url):
+    """Kept history is mostly a few huge fan-outs: the jobs a change reads with their
+    parents, the next child to claim and the jobs under one job are found through
+    indexes, not by scanning the jobs table
+    (which the planner chose, taking a parent's children to be spread evenly and
+    many: a claim, or a leaf's cancel under the write lock, then cost what the
+    whole table does)."""
+    with Jobctl(pg_url) as jc:
+        old = jc.create("history")
+        jc.spawn(old, count=20_000)
+        p = jc.create("now")
+        kids = jc.spawn(p, count=20_000)
+        store = jc._store
+        store._execute("ANALYZE")
+        seen = []
+        real = store._run
+
+        def spy(sql, params, *args, **kwargs):
+            seen.append((sql, params))
+            return real(sql, params, *args, **kwargs)
+
+        store._run = spy
+        jc.claim(p)
+        jc.cancel(kids[-1])
+        assert [j["id"] for j in jc.tree(kids[-2])] == [kids[-2]]
+        store._run = real
+    statements = []
+    for sql, params in seen:
+        left = list(params or ())
+        for part in sql.split("; "):  # (a round trip's statements, each with its own parameters)
+            n = part.count("%s")
+            mine, left = left[:n], left[n:]
+            if "SKIP LOCKED" in part or "WITH RECURSIVE" in part or "LEFT JOIN child_counts" in part:
+                statements.append((part.strip(), mine))
+    assert all(any(w in s for s, _ in statements) for w in ("SKIP LOCKED", "WITH RECURSIVE", "LEFT JOIN child_counts"))
+    conn = psycopg2.connect(pg_url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SET search_path = jobctl")
+        for statement, params in statements:
+            cur.execute("EXPLAIN " + statement, params or None)
+            plan = "\n".join(r[0] for r in cur.fetchall())
+            # (nor a walk through every job in creation order, filtered: what claim did)
+            assert "Seq Scan on jobs" not in plan and "jobs_seq_key" not in plan, (statement, plan)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 def test_a_waker_whose_server_refuses_it_still_says_look_each_poll_interval(pg_url, monkeypatch):
     """The wake-up connection is cut and the server refuses a new one: wait() still
     returns True once per poll interval, so the reader looks (and meets the refusal

@@ -483,6 +483,7 @@ class SqlQueries:
     text_param = "?"  # a text parameter where its type must be said (a recursive query's seed)
     json_object = "json_object({fields})"  # see event_json_select
     order_column = "rowid"  # the column that orders jobs oldest first (PostgreSQL: seq)
+    claim_order = "rowid"  # the same, for next_child's ORDER BY (PostgreSQL: an index of its own)
     greatest = "max"  # the larger of two values (PostgreSQL: greatest)
     lock_rows = ""  # after a write's SELECT of rows it takes (PostgreSQL: FOR NO KEY UPDATE SKIP LOCKED)
     job_select = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
@@ -547,7 +548,7 @@ class SqlQueries:
             sql += f" AND (not_before IS NULL OR not_before <= {m})"
             params.append(ready_at)
         sql += f" AND {ready_sql('jobs')}"  # (not one waiting on other jobs)
-        rows = self._query_locked(f"{sql} ORDER BY {self.order_column} LIMIT 1{self.lock_rows}", params)
+        rows = self._query_locked(f"{sql} ORDER BY {self.claim_order} LIMIT 1{self.lock_rows}", params)
         return rows[0] if rows else None
 
     def get_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
