@@ -990,12 +990,15 @@ def pg_distance_run(args, tmp):
     with Jobctl(url) as jc:
         stored = [sum(1 for e in jc.events(job=k) if e["kind"] == "log") for k in kids]
         probe_ids = [e["id"] for e in jc.events(job=probe) if e["kind"] == "status"][: len(commits)]
-    latencies = [(printed[i] - c) * 1000 for i, c in zip(probe_ids, commits) if i in printed]
+    # (k, latency) of each probe change the watch printed: k numbers the commits
+    timed = [(k, (printed[i] - c) * 1000) for k, (i, c) in enumerate(zip(probe_ids, commits)) if i in printed]
+    latencies = [ms for _, ms in timed]
     PG.drop(name)
     want = int(seconds * 20)
     # the bar is the watch's while the runs print: from the first change after every run
     # was running; before it, N interpreters starting on the machine's cores (reported too)
-    steady = latencies[steady_from[0] :] if steady_from[0] is not None else []
+    first = steady_from[0]
+    steady = [ms for k, ms in timed if k >= first] if first is not None else []
     p99 = percentile(steady, 99) if steady else float("inf")
     met = (
         all(c == 0 for c in codes)
@@ -1015,7 +1018,7 @@ def pg_distance_run(args, tmp):
         "watch_p50_ms": percentile(steady, 50) if steady else None,
         "watch_p99_ms": p99,
         "watch_p99_with_start_ms": percentile(latencies, 99),
-        "start_seconds": round((steady_from[0] or 0) / 10, 1),
+        "start_seconds": round(commits[min(first, len(commits) - 1)] - commits[0], 1) if first is not None else None,
         "probe_changes": len(commits),
         "probe_changes_printed": len(latencies),
         "bar": "32 processes, 30 s: every line stored, none stale at 3 s, watch p99 ≤ 50 ms",

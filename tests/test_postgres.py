@@ -176,8 +176,9 @@ def test_one_notify_per_transaction(pg_url):
 
 
 def test_a_running_job_s_waker_wakes_for_cancels_not_for_every_commit(pg_url):
-    """`run` waits on a cancels-only waker: a commit that cancels a job (one job,
-    a subtree in one statement, fail-fast) says so in its NOTIFY and wakes it;
+    """`run` waits on a cancels-only waker: a commit that cancels a job (a status
+    set, written as the rows' update; a subtree, in one statement; fail-fast's)
+    says so in its NOTIFY and wakes it;
     the other commits (every runner's output and heartbeats) wake only the
     general wakers. Both share the process's one listening connection, so once
     the general waker has seen a commit, the cancels-only one has seen it too."""
@@ -192,9 +193,10 @@ def test_a_running_job_s_waker_wakes_for_cancels_not_for_every_commit(pg_url):
             for change, is_cancel in [
                 (lambda: jc.set_status([a], "running"), False),
                 (lambda: jc.log(a, "output"), False),
-                (lambda: jc.cancel(c), True),  # one job
-                (lambda: jc.log(a, "more output"), False),
+                (lambda: jc.set_status([c], "cancelled"), True),  # a status set: the rows' update
+                (lambda: jc.log(a, "still output"), False),
                 (lambda: jc.cancel(tree), True),  # a subtree, in one statement
+                (lambda: jc.log(a, "more output"), False),
                 (lambda: jc.set_status([a], "failed"), True),  # fail-fast cancels b
             ]:
                 change()

@@ -696,8 +696,9 @@ class SqlQueries:
         return rows[0]["id"] if rows else None
 
     def _query_unlocked(self, sql: str, params: Sequence = ()) -> list[dict]:
-        """_query for a read inside a write that need not stay true to its commit
-        (PostgreSQL: without taking the write lock)."""
+        """_query for a read inside a write that need not stay true to its commit,
+        or that something else keeps true (a row lock this write holds: see
+        event_fields) (PostgreSQL: without taking the write lock)."""
         return self._query(sql, params)
 
     def dependencies_of(self, job_ids: Sequence[str], *, locked: bool = False) -> list[dict]:

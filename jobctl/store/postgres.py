@@ -22,7 +22,8 @@
   Schema and lock timeout are set per transaction, so PgBouncer in
   transaction-pooling mode can be between (LISTEN then needs a session).
 - **Wake-ups:** LISTEN/NOTIFY, one NOTIFY per committing transaction that
-  added events, with the poll interval as a timer fallback.
+  added events (its payload `cancels` when it cancelled a job: what a running
+  job's supervisor waits for), with the poll interval as a timer fallback.
 - **Connection loss:** a refused connection (too many clients, a role's limit,
   a restart) is asked again with backoff within JOBCTL_CONNECT_TIMEOUT; a read
   outside a transaction reconnects and runs again, so `watch` survives a
@@ -68,7 +69,7 @@ from jobctl.store.urls import join_url, masked, masked_in, url_parts
 
 DEFAULT_SCHEMA = "jobctl"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds; JOBCTL_CONNECT_TIMEOUT overrides
-CANCELS = "cancels"  # the NOTIFY payload of a commit that cancelled a job (see ListenWaker)
+CANCEL_PAYLOAD = "cancels"  # the NOTIFY payload of a commit that cancelled a job (see ListenWaker)
 WAIT_NOTICE = 1.0  # seconds of waiting for the write lock before saying so on stderr
 COPY_FROM = 200  # rows from which an insert goes through COPY instead of one INSERT ... VALUES
 PAGE = 5000  # rows per page of a streamed listing
@@ -206,14 +207,13 @@ MIGRATIONS = [
     #   serve (`seq + 0`: see next_child). Ordered by plain `seq`, the planner walked
     #   jobs_seq_key from the oldest job of the whole table, taking a parent's children
     #   to be spread evenly through it: 14-45 ms a claim at 200,000 jobs, growing with
-    #   every tree kept. Its prefix serves (parent_id, status) lookups.
+    #   every tree kept. (jobs_parent_id_status stays, for the listings by seq.)
     # - a parent's children are few for the planner (n_distinct: one parent per 20
     #   jobs): a few huge fan-outs made it take every parent for one of them, so a walk
     #   down a subtree (cancel, tree) scanned the whole table at each level: a leaf's
     #   cancel took 60-180 ms under the write lock at 300,000 jobs, 1 ms now.
     """
     CREATE INDEX jobs_claim_order ON jobs (parent_id, status, (seq + 0));
-    DROP INDEX jobs_parent_id_status;
     ALTER TABLE jobs ALTER COLUMN parent_id SET (n_distinct = -0.05);
     ANALYZE jobs;
     """,
@@ -343,7 +343,9 @@ class PostgresStore(SqlQueries):
     text_param = '%s::text COLLATE "C"'
     json_object = "(SELECT row_to_json(r)::text FROM (SELECT {columns}) r)"  # keys in order, compact
     order_column = "seq"
-    claim_order = "seq + 0"  # (jobs_claim_order: migration 11)
+    # next_child's order: `seq + 0`, which only jobs_claim_order (migration 11) serves, so
+    # the planner cannot walk jobs_seq_key from the oldest job of the table instead
+    claim_order = "seq + 0"
     greatest = "greatest"
     lock_rows = " FOR NO KEY UPDATE SKIP LOCKED"
 
@@ -376,7 +378,7 @@ class PostgresStore(SqlQueries):
         self.locked = False  # write(): the write lock is ours (see write())
         self.next_event_id: int | None = None  # the next event id, once locked
         self.notify = False
-        self.cancels = False  # write(): this change cancels a job (its NOTIFY says so: ListenWaker)
+        self.cancelling = False  # write(): this change cancels a job (its NOTIFY says so: ListenWaker)
         self.deferred: list[str] = []  # statements sent with the COMMIT
         # write(): parents read without a row lock, as read (see _parent_checks), the
         # jobs this change updated, and its count deltas
@@ -612,12 +614,12 @@ class PostgresStore(SqlQueries):
         self.shared.tx = self
         self.writing, self.begun, self.locked = True, False, False
         self.in_transaction, self.notify, self.deferred, self.next_event_id = True, False, [], None
-        self.watched, self.updated, self.count_deltas, self.cancels = {}, set(), {}, False
+        self.watched, self.updated, self.count_deltas, self.cancelling = {}, set(), {}, False
         try:
             if self.serial:
                 self.hold_write_lock()
             yield self
-            notify = f"NOTIFY {self.channel}" + (f", '{CANCELS}'" if self.cancels else "")
+            notify = f"NOTIFY {self.channel}" + (f", '{CANCEL_PAYLOAD}'" if self.cancelling else "")
             end = [*self.deferred, notify if self.notify else ""]
             end = [x for x in end if x]
             if end and not self.locked:
@@ -931,7 +933,7 @@ class PostgresStore(SqlQueries):
                 # Lock the rows (in id order: writers queue alike), then read them in a
                 # second statement of the same round trip: its snapshot is taken once
                 # the locks are ours, so it sees the counts their last writer committed
-                # (one statement with FOR UPDATE would re-read the locked jobs rows but
+                # (one statement with FOR NO KEY UPDATE would re-read the locked jobs rows but
                 # join the counts rows of its older snapshot). See write(). Parents
                 # are read without a lock and checked at the commit (_parent_checks),
                 # unless a check failed the last time.
@@ -996,7 +998,7 @@ class PostgresStore(SqlQueries):
     def update_statuses(self, jobs: Iterable[dict]) -> None:
         rows = [_status_row(j) for j in jobs]
         self.updated.update(r[0] for r in rows)
-        self.cancels = self.cancels or any(r[1] == CANCELLED for r in rows)
+        self.cancelling = self.cancelling or any(r[1] == CANCELLED for r in rows)
         for i in range(0, len(rows), CHUNK):
             values = self._values("(%s, %s, %s, %s, %s, %s::integer, %s)", rows[i : i + CHUNK])
             self._later(
@@ -1079,7 +1081,7 @@ class PostgresStore(SqlQueries):
         assert self.next_event_id is not None  # read with the lock
         self.next_event_id += len(ids)
         self.notify = self.notify or bool(ids)
-        self.cancels = self.cancels or bool(ids)
+        self.cancelling = self.cancelling or bool(ids)
         return ids
 
     def set_heartbeat(self, job_id: str, at: str) -> bool:
@@ -1234,14 +1236,14 @@ class _Listener:
     whichever waker waits first watches the socket for all of them; each
     notification (and each reconnect, after which one may have been missed)
     moves `generation` on, which every waker sees once; one from a commit that
-    cancelled a job (its payload CANCELS), or a reconnect, also moves `cancels`
+    cancelled a job (its payload CANCEL_PAYLOAD), or a reconnect, also moves `cancel_wakes`
     on, for the wakers that only wait for those (a running job's: `run`)."""
 
     def __init__(self, store: PostgresStore):
         self.connect, self.channel, self.pg = store._connect, store.channel, store.pg
         self.cond = threading.Condition()
         self.generation = 0
-        self.cancels = 0
+        self.cancel_wakes = 0
         self.polling = False
         self.refs = 0
         self.conn: Any = None
@@ -1258,7 +1260,7 @@ class _Listener:
         self.backoff.reset()
 
     def wait(self, seen: int, timeout: float, counter: str = "generation") -> int:
-        """The `counter` (generation, or cancels) once it is past `seen`, or `seen`
+        """The `counter` (generation, or cancel_wakes) once it is past `seen`, or `seen`
         after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
@@ -1273,14 +1275,14 @@ class _Listener:
                     self.cond.wait(left)
                 else:
                     return getattr(self, counter)
-            moved = cancels = False
+            moved = cancelled = False
             try:
-                moved, cancels = self._poll(max(0.0, deadline - time.monotonic()))
+                moved, cancelled = self._poll(max(0.0, deadline - time.monotonic()))
             finally:
                 with self.cond:
                     self.polling = False
                     self.generation += moved
-                    self.cancels += cancels
+                    self.cancel_wakes += cancelled
                     self.cond.notify_all()
 
     def _poll(self, timeout: float) -> tuple[bool, bool]:
@@ -1302,9 +1304,9 @@ class _Listener:
                 self.conn.poll()
             if not self.conn.notifies:
                 return False, False
-            cancels = any(n.payload == CANCELS for n in self.conn.notifies)
+            cancelled = any(n.payload == CANCEL_PAYLOAD for n in self.conn.notifies)
             self.conn.notifies.clear()
-            return True, cancels
+            return True, cancelled
         except (pg.OperationalError, pg.InterfaceError, OSError, ValueError):
             try:
                 self.conn.close()
@@ -1334,7 +1336,7 @@ class ListenWaker:
         self.poll_interval = poll_interval
         self.shared = store.shared
         self.listener: _Listener | None = self.shared.listener_for(store)
-        self.counter = "cancels" if cancels_only else "generation"
+        self.counter = "cancel_wakes" if cancels_only else "generation"
         self.seen = getattr(self.listener, self.counter)
         self.last_look = time.monotonic()
 
