@@ -675,8 +675,8 @@ def test_a_child_s_change_commits_while_a_claimer_holds_its_parent_s_row(pg_url)
 
 def test_claim_and_a_walk_down_a_subtree_stay_index_lookups_beside_a_huge_tree(pg_url):
     """Kept history is mostly a few huge fan-outs: the jobs a change reads with their
-    parents, the next child to claim and the jobs under one job are found through
-    indexes, not by scanning the jobs table
+    parents, the next child to claim and the jobs under one job (cancel, retry of a
+    parent, tree) are found through indexes, not by scanning the jobs table
     (which the planner chose, taking a parent's children to be spread evenly and
     many: a claim, or a leaf's cancel under the write lock, then cost what the
     whole table does)."""
@@ -685,6 +685,9 @@ def test_claim_and_a_walk_down_a_subtree_stay_index_lookups_beside_a_huge_tree(p
         jc.spawn(old, count=20_000)
         p = jc.create("now")
         kids = jc.spawn(p, count=20_000)
+        grandchildren = jc.spawn(kids[-3], count=2)
+        jc.set_status(grandchildren, "running")
+        jc.set_status(grandchildren, "failed")
         store = jc._store
         store._execute("ANALYZE")
         seen = []
@@ -697,6 +700,7 @@ def test_claim_and_a_walk_down_a_subtree_stay_index_lookups_beside_a_huge_tree(p
         store._run = spy
         jc.claim(p)
         jc.cancel(kids[-1])
+        jc.retry(kids[-3])  # a parent: reads its subtree
         assert [j["id"] for j in jc.tree(kids[-2])] == [kids[-2]]
         store._run = real
     statements = []
