@@ -1212,6 +1212,36 @@ def test_the_page_updates_in_place_from_the_stream(db, serve, browser, tmp_path)
         page.close()
 
 
+@pytest.mark.slow
+def test_the_page_follows_what_a_job_waits_on_as_it_changes(db, serve, browser):
+    """A pending job's row says `waiting on P.1` while P.1 runs; once P.1 completes
+    (from another process), the row and the job's own view stop saying so, without
+    a reload: the page asks the server for the texts again, composing none."""
+    with Jobctl(db) as jc:
+        p = jc.create("release", id="P")
+        (a,) = jc.spawn(p, count=1)
+        b = jc.create("publish", parent=p, after=[a])
+        jc.set_status([a], "running")
+    token = secrets.token_urlsafe(24)
+    server = serve(db, token=token)
+    page = browser.new_page(viewport={"width": 1280, "height": 760})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        page.goto(f"{server.base}/?token={token}#/job/{p}")
+        row = f'#children tr[data-job-id="{b}"] td.progress'
+        wait_text(page, row, f"waiting on {a}", 10_000)
+        wait_text(page, "#connection", "live", 10_000)
+        run("status", "set", a, "completed", db=db, check=True)
+        wait_text(page, row, "—", 5000)  # pending, and waiting on nothing
+        page.goto(f"{server.base}/?token={token}#/job/{b}")
+        wait_text(page, "#detail-after", f"{a} completed", 10_000)
+        wait_text(page, "#detail-progress", "no children", 5000)
+        assert problems == []
+    finally:
+        page.close()
+
+
 def test_the_api_says_what_a_job_waits_on(db, serve):
     """A job created --after others: its rows carry after/waiting_on and the texts the page places."""
     with Jobctl(db) as jc:

@@ -299,9 +299,39 @@
       applyProgress(job, m);
       redraw(top.rows.get(m.job_id));
     }
+    if (m.type === "child_status_change") refreshDependents(m.child_id);
+    else if (m.type === "parent_job_progress" && m.parent_id === null && m.text) refreshDependents(m.job_id);
     if (detail.id === null) return;
     if (detail.loading) detail.buffer.push(m);
     else detailHandle(m);
+  }
+
+  // A job that waits on others (--after) shows their statuses and `waiting on P.2`
+  // (the server's texts): when one of those changes, the rows that name it ask the
+  // server for their texts again.
+  function dependsOn(job, id) {
+    return (job.waiting_on || []).includes(id) || (job.after || []).some((d) => d.id === id);
+  }
+
+  function refreshDependents(id) {
+    const rows = [...top.rows.values()];
+    if (detail.id !== null && !detail.loading) rows.push(...detail.children.values());
+    for (const row of rows) if (dependsOn(row.job, id)) refetchTexts(row.job, () => redraw(row));
+    if (detail.id !== null && detail.job && dependsOn(detail.job, id)) {
+      refetchTexts(detail.job, () => {
+        detailDirty = true;
+        redraw(null);
+      });
+    }
+  }
+
+  function refetchTexts(job, then) {
+    api("/api/jobs/" + enc(job.id))
+      .then((j) => {
+        for (const key of ["after", "waiting_on", "after_text", "waiting_text"]) job[key] = j[key];
+        then();
+      })
+      .catch(() => {});
   }
 
   // ---------------------------------------------------------------- detail
