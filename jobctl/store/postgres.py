@@ -1346,9 +1346,9 @@ class ListenWaker:
         limit = max(0.0, min(timeout, self.poll_interval))
         if self.listener is None:
             raise DatabaseUnusable("this waker is closed")
-        generation = self.listener.wait(self.seen, limit, self.counter)
-        if generation != self.seen:
-            self.seen = generation
+        count = self.listener.wait(self.seen, limit, self.counter)  # (generation, or cancel_wakes)
+        if count != self.seen:
+            self.seen = count
             return self._looked()
         if time.monotonic() - self.last_look >= self.poll_interval:
             return self._looked()
