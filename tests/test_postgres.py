@@ -605,6 +605,66 @@ def test_writers_work_through_pgbouncer_in_transaction_pooling(pg_url, pg_server
         assert jc.verify() == []
 
 
+def test_long_lived_writers_through_pgbouncer_in_transaction_pooling(pg_url, pg_server):
+    """Writers that change many times each prepare their statements (see
+    PostgresStore._statement), which a pooler in transaction mode does not keep
+    for them: the next transaction's server session lacks them or has another
+    client's. Four such writers through PgBouncer (2 server connections): every
+    change lands once, ids consecutive, the counts right."""
+    if not os.access("/usr/sbin/pgbouncer", os.X_OK):  # CI installs it (.ci/run): there, its absence fails
+        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)("Debian's pgbouncer is not installed")
+    from throwaway_pg import PgBouncer
+
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("pooled")
+        kids = jc.spawn(parent, count=8)
+        before = len(list(jc.events()))
+    script = (
+        "import sys; from jobctl import Jobctl\n"
+        "jc = Jobctl(sys.argv[1])\n"
+        "for i in range(20):\n"
+        "    jc.set_status(sys.argv[2:], 'running' if i % 2 == 0 else 'pending', force=True)\n"
+        "jc.set_status(sys.argv[2:], 'completed')\n"
+    )
+    with PgBouncer(pg_server.url, pool_mode="transaction", pool_size=2) as bouncer:
+        pooled = bouncer.url_for(pg_url)
+        writers = [
+            subprocess.Popen([sys.executable, "-c", script, pooled, *kids[w::4]], stderr=subprocess.PIPE, text=True)
+            for w in range(4)
+        ]
+        for w in writers:
+            assert w.wait(timeout=120) == 0, w.stderr.read()
+    with Jobctl(pg_url) as jc:
+        events = list(jc.events())
+        ids = [e["id"] for e in events]
+        assert ids == list(range(1, len(ids) + 1))
+        assert len([e for e in events[before:] if e["job_id"] in kids]) == 8 * 21  # every change once
+        assert jc.progress(parent)["completed_children"] == 8 and jc.status(parent) == "completed"
+        assert jc.verify() == []
+
+
+def test_a_writer_whose_prepared_statements_vanish_sends_them_in_full(pg_url):
+    """A long-lived writer prepares what it sends again; when its session no longer
+    has them (what a pooler in transaction mode does), the write runs again in
+    full, once, and the writer prepares nothing more."""
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("p")
+        kid = jc.spawn(parent, count=2)[0]
+        for status in ("running", "pending", "running", "pending"):
+            jc.set_status([kid], status, force=True)
+        store = jc._store
+        names = [r["name"] for r in store._query("SELECT name FROM pg_prepared_statements")]
+        assert names and all(n.startswith("jobctl_") for n in names)
+        events = len(list(jc.events()))
+        store._execute("DEALLOCATE ALL")  # (behind the store's back: as if another server session)
+        jc.set_status([kid], "running", force=True)
+        assert store.shared.prepares is False
+        assert len(list(jc.events())) == events + 1 and jc.status(kid) == "running"
+        jc.set_status([kid], "completed")
+        assert store._query("SELECT name FROM pg_prepared_statements") == []
+        assert jc.verify() == []
+
+
 def test_a_writer_that_waited_for_a_parent_sees_the_counts_committed_before_it(pg_url):
     """Two last children completing at once, from two processes, each having read
     the other as running: whichever commits second sees the parent's counts as the
@@ -692,6 +752,7 @@ def test_claim_and_a_walk_down_a_subtree_stay_index_lookups_beside_a_huge_tree(p
         store._execute("ANALYZE")
         seen = []
         real = store._run
+        store.shared.prepares = False  # (statements sent in full, to be EXPLAINed as sent; prepared: below)
 
         def spy(sql, params, *args, **kwargs):
             seen.append((sql, params))
@@ -703,6 +764,19 @@ def test_claim_and_a_walk_down_a_subtree_stay_index_lookups_beside_a_huge_tree(p
         jc.retry(kids[-3])  # a parent: reads its subtree
         assert [j["id"] for j in jc.tree(kids[-2])] == [kids[-2]]
         store._run = real
+        store.shared.prepares = True
+        for _ in range(3):  # a long-lived writer: its statements are prepared, then planned generically
+            jc.set_status(kids[:2], "running")
+            jc.heartbeat(kids[0])
+            jc.set_status(kids[:2], "pending", force=True)
+        prepared = store._query("SELECT name, cardinality(parameter_types) AS n FROM pg_prepared_statements")
+        assert len(prepared) >= 4, prepared
+        store._execute("SET plan_cache_mode = force_generic_plan")
+        for p in prepared:
+            args = ", ".join(["NULL"] * p["n"])
+            plan = "\n".join(r["QUERY PLAN"] for r in store._query(f"EXPLAIN EXECUTE {p['name']}({args})"))
+            assert "Seq Scan on jobs" not in plan and "jobs_seq_key" not in plan, (p, plan)
+        store._execute("RESET plan_cache_mode")
     statements = []
     for sql, params in seen:
         left = list(params or ())
