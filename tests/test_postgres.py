@@ -463,6 +463,43 @@ def test_one_process_uses_two_connections_whatever_its_jobs(pg_url, tmp_path):
         assert jc.progress(parent)["progress_text"] == "0 pending, 0 running, 8 completed, 0 failed"
 
 
+def test_twenty_runners_of_four_jobs_fit_in_forty_connections(pg_url, tmp_path):
+    """The budget the docs give (N runners need 2N connections), held to: twenty
+    `run --claim --jobs 4` workers under a role limited to 40 connections, all
+    80 commands running at once, then every child completed and no worker
+    refused. (The issue's case: 20 such workers exhausted max_connections=100.)"""
+    dbname = urlsplit(pg_url).path.lstrip("/")
+    role = f"budget_{os.getpid()}"
+    sql(pg_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 40")
+    sql(pg_url, f"GRANT CONNECT, CREATE ON DATABASE {dbname} TO {role}")
+    url = role_url(pg_url, role)
+    gate = tmp_path / "gate"
+    workers = []
+    try:
+        with Jobctl(url) as jc:
+            parent = jc.create("budget")
+            jc.spawn(parent, count=80)
+        workers = [gated_claim(url, parent, gate, 4, env={"JOBCTL_CONNECT_TIMEOUT": "2"}) for _ in range(20)]
+        with Jobctl(pg_url) as jc:
+            wait_until(lambda: jc.progress(parent)["running_children"] == 80, timeout=120)
+        in_use = sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))[0][0]
+        assert in_use == 40
+        gate.touch()
+        for w in workers:
+            out, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err
+        with Jobctl(pg_url) as jc:
+            assert jc.progress(parent)["progress_text"] == "0 pending, 0 running, 80 completed, 0 failed"
+    finally:
+        gate.touch()
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        sql(pg_url, f"DROP OWNED BY {role}")
+        sql(pg_url, f"DROP ROLE {role}")
+
+
 def test_a_role_with_a_connection_limit_runs_all_its_children(pg_url, tmp_path):
     """A role with `CONNECTION LIMIT 2`: `run --claim --jobs 4` runs every child (it
     needs two connections), and a process that finds no connection free is told so
