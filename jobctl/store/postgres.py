@@ -96,12 +96,6 @@ _JOBS_WITH_COUNTS = (
 )
 _job_row = itemgetter(*JOB_COLUMNS)
 
-
-def _rows(template: str, rows: Sequence[tuple]) -> tuple[str, list]:
-    """A multi-row VALUES list of `template` (%s marks) for `rows`, and its values in order."""
-    return ", ".join([template] * len(rows)), [v for row in rows for v in row]
-
-
 _event_row = itemgetter(*EVENT_COLUMNS)
 # one row of events to insert, numbered (k): typed, as VALUES would guess text for a NULL
 # The types of an event's values in a VALUES list (text where not named here), after
@@ -115,6 +109,12 @@ _EVENT_TYPES = {
 }
 _EVENT_VALUES = "(%s::bigint, " + ", ".join(f"%s::{_EVENT_TYPES.get(c, 'text')}" for c in EVENT_COLUMNS) + ")"
 _status_row = itemgetter("id", "status", "started_at", "completed_at", "updated_at", "attempt", "not_before")
+
+
+def _rows(template: str, rows: Sequence[tuple]) -> tuple[str, list]:
+    """A multi-row VALUES list of `template` (%s marks) for `rows`, and its values in order."""
+    return ", ".join([template] * len(rows)), [v for row in rows for v in row]
+
 
 # The numbered migrations, in order. Never edit one that has shipped: add the next.
 MIGRATIONS = [
@@ -703,7 +703,8 @@ class PostgresStore(SqlQueries):
         updated, must be exactly as read. Every change of a job's status or of
         the kept counts commits under the write lock, so what the check sees
         holds until this change commits."""
-        checks, params = [], []
+        checks: list[str] = []
+        params: list = []
         for pid, (row, counts) in self.watched.items():
             delta = self.count_deltas.get(pid, {})
             if (
@@ -957,8 +958,7 @@ class PostgresStore(SqlQueries):
 
     def _values(self, template: str, rows: Sequence[tuple]) -> str:
         """`(a, b), (c, d), ...` with every value escaped by the driver."""
-        cur = self.conn.cursor()
-        return ",".join(cur.mogrify(template, row).decode() for row in rows)
+        return self._mogrify(*_rows(template, rows))
 
     def _copy(self, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
         """Bulk insert through COPY (CSV: an unquoted empty field is NULL)."""
@@ -1001,7 +1001,7 @@ class PostgresStore(SqlQueries):
             where += " AND parent_id IS NOT NULL))"
         for i in range(0, len(ids), CHUNK):
             chunk = list(ids[i : i + CHUNK])
-            params: list = [chunk, chunk] if parents else [chunk]
+            params: Sequence = [chunk, chunk] if parents else [chunk]
             sql = _JOBS_WITH_COUNTS + where
             if self.writing:
                 # Lock the rows (in id order: writers queue alike), then read them in a
