@@ -463,6 +463,33 @@ def test_one_process_uses_two_connections_whatever_its_jobs(pg_url, tmp_path):
         assert jc.progress(parent)["progress_text"] == "0 pending, 0 running, 8 completed, 0 failed"
 
 
+def test_watch_uses_two_connections(pg_url):
+    """`watch` holds one connection for its reads and one for wake-ups (LISTEN), and
+    follows changes on them."""
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("watched")
+        kids = jc.spawn(parent, count=2)
+    watcher = subprocess.Popen(
+        [JOBCTL, "--db", pg_url, "watch", parent, "--json", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(watcher.stdout.readline())["type"] == "start"
+        with Jobctl(pg_url) as jc:
+            jc.set_status([kids[0]], "running")
+            assert json.loads(watcher.stdout.readline())["event"]["job_id"] == kids[0]
+            assert jobctl_backends(pg_url) == 2 + 1  # (+ this test's own Jobctl)
+            jc.set_status(kids, "completed", force=True)
+        out, err = watcher.communicate(timeout=60)
+        assert watcher.returncode == 0, err
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+
+
 def test_twenty_runners_of_four_jobs_fit_in_forty_connections(pg_url, tmp_path):
     """The budget the docs give (N runners need 2N connections), held to: twenty
     `run --claim --jobs 4` workers under a role limited to 40 connections, all
