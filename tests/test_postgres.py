@@ -669,6 +669,30 @@ def test_writers_work_through_pgbouncer_in_transaction_pooling(pg_url, pg_server
         assert jc.verify() == []
 
 
+def test_a_write_that_fails_after_preparing_leaves_one_copy_of_each_statement(pg_url):
+    """A write whose batch prepared a statement and then failed (here: an unknown
+    job, found after the read) leaves that statement prepared, outliving the
+    rollback: the next writes EXECUTE it, and the session's prepared statements
+    do not grow with the writes that fail so."""
+    from jobctl import NotFound
+
+    with Jobctl(pg_url) as jc:
+        parent = jc.create("p")
+        kid = jc.spawn(parent, count=1)[0]
+        store = jc._store
+        held = []
+        for i in range(6):
+            jc.set_status([kid], "running" if i % 2 == 0 else "pending", force=True)
+            store._execute("DEALLOCATE ALL")  # (as in a new session: the failing write prepares its read)
+            store.shared.prepared.clear()
+            with pytest.raises(NotFound):
+                jc.set_status([kid, f"{parent}.nope{i}"], "running", force=True)
+            held.append(store._query("SELECT count(*) AS n FROM pg_prepared_statements")[0]["n"])
+        assert held[0] >= 1 and held[-1] == held[1]  # no copy per failure
+        assert store.shared.prepares  # (a PREPARE of a name already there would have turned it off)
+        assert jc.status(kid) == "pending" and jc.verify() == []
+
+
 def test_long_lived_writers_through_pgbouncer_in_transaction_pooling(pg_url, pg_server):
     """Writers that change many times each prepare their statements (see
     PostgresStore._statement), which a pooler in transaction mode does not keep

@@ -321,7 +321,6 @@ class _Shared:
         self.prepared: set[str] = set()
         self.uses: dict[str, int] = {}
         self.names: dict[str, str] = {}
-        self.epoch = 0  # bumped when a batch that prepared failed: its names may or may not exist
         self.prepares = True
 
     def listener_for(self, store: PostgresStore) -> _Listener:
@@ -668,8 +667,8 @@ class PostgresStore(SqlQueries):
             self._rollback()
             raise
         finally:
-            if self.preparing - self.shared.prepared:  # (sent or not, run or not: names not to use again)
-                self.shared.epoch += 1
+            if self.preparing - self.shared.prepared:
+                self._settle_prepared()
             self.preparing = set()
             self.in_transaction = self.writing = self.begun = self.locked = False
             self.deferred = []
@@ -767,7 +766,6 @@ class PostgresStore(SqlQueries):
             del shared.uses[sql]
             digest = hashlib.blake2b(f"{self.schema}\0{sql}".encode(), digest_size=12).hexdigest()
             name = shared.names[sql] = f"jobctl_{digest}"
-        name = f"{name}_{shared.epoch}"
         execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
         if name in shared.prepared or name in self.preparing:
             return execute, params
@@ -775,6 +773,21 @@ class PostgresStore(SqlQueries):
         marks = iter(range(1, len(params) + 1))
         numbered = re.sub(r"%[s%]", lambda m: f"${next(marks)}" if m.group() == "%s" else "%%", sql)
         return f"PREPARE {name} AS {numbered}; {execute}", params
+
+    def _settle_prepared(self) -> None:
+        """After a write that failed: which of the statements it prepared this session
+        now has (a PREPARE runs or not with the rest of its batch, and outlives the
+        rollback), so that the next use neither PREPAREs one again nor EXECUTEs a
+        missing one. One round trip, only after such a failure."""
+        names = sorted(self.preparing - self.shared.prepared)
+        if self.conn.closed:
+            return  # (a new connection starts with none)
+        try:
+            cur = self.conn.cursor()
+            cur.execute("SELECT name FROM pg_prepared_statements WHERE name = ANY(%s)", (names,))
+            self.shared.prepared.update(r[0] for r in cur.fetchall())
+        except self.pg.Error:
+            pass  # (lost: the same)
 
     def _locked(self, tail: str, fetch: bool) -> list[tuple] | None:
         """The write lock then `tail`, one round trip: waiting at most WAIT_NOTICE
