@@ -763,7 +763,7 @@ class PostgresStore(SqlQueries):
                 return sql, params
             import hashlib
 
-            del shared.uses[sql]
+            shared.uses.pop(sql, None)
             digest = hashlib.blake2b(f"{self.schema}\0{sql}".encode(), digest_size=12).hexdigest()
             name = shared.names[sql] = f"jobctl_{digest}"
         execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
